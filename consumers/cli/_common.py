@@ -1,0 +1,36 @@
+"""Options several commands share, and the settings they build."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeVar
+
+from agentstream.schemas.settings import KafkaSettings
+
+S = TypeVar("S", bound=KafkaSettings)
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: AGENTSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    parser.add_argument(
+        "--topic-prefix", metavar="PREFIX", help="topic prefix (default: agentstream)"
+    )
+
+
+def kafka_settings_from(args: argparse.Namespace, **overrides: Any) -> KafkaSettings:
+    """Plain Kafka settings: environment, overridden by the options given on the command line."""
+    return settings_from(args, KafkaSettings, **overrides)
+
+
+def settings_from(args: argparse.Namespace, cls: type[S], **overrides: Any) -> S:
+    """The process's settings: environment, overridden by the options given on the command line."""
+    given = {
+        "bootstrap_servers": getattr(args, "bootstrap_servers", None),
+        "topic_prefix": getattr(args, "topic_prefix", None),
+        **overrides,
+    }
+    return cls(**{k: v for k, v in given.items() if v is not None})

@@ -1,0 +1,54 @@
+"""``agentstream topics create``: the five agentstream topics, idempotently."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import add_kafka_arguments, kafka_settings_from
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "topics", help="manage the agentstream topics"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser(
+        "create", help="create the topics that do not exist yet (idempotent)"
+    )
+    add_kafka_arguments(create)
+    create.add_argument(
+        "--partitions", type=int, default=6, help="partitions per topic (default 6)"
+    )
+    create.add_argument(
+        "--replication-factor", type=int, default=1, help="replicas per partition (default 1)"
+    )
+    for kind, days in (("events", 7), ("tokens", 1), ("alerts", 30), ("control", 1), ("dlq", 30)):
+        create.add_argument(
+            f"--{kind}-retention-hours",
+            type=float,
+            default=days * 24,
+            metavar="H",
+            help=f"retention of the {kind} topic (default {days * 24} h)",
+        )
+    create.set_defaults(func=create_topics)
+
+
+async def create_topics(args: argparse.Namespace) -> int:
+    from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+
+    settings = kafka_settings_from(args)
+    retention = {
+        kind: int(getattr(args, f"{kind}_retention_hours") * 3_600_000)
+        for kind in ("events", "tokens", "alerts", "control", "dlq")
+    }
+    spec = TopicSpec(
+        partitions=args.partitions,
+        replication_factor=args.replication_factor,
+        retention_ms=retention,
+    )
+    await wait_for_broker(settings.admin_options())
+    outcome = await ensure_topics(settings.admin_options(), settings.routing(), spec)
+    for name, state in sorted(outcome.items()):
+        print(f"{name}\t{state}")
+    return 0

@@ -1,0 +1,125 @@
+"""Cluster administration both sides need: broker readiness and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from .errors import BrokerUnavailableError
+from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """Partitions, replication and retention for the five topics."""
+
+    partitions: int = 6
+    replication_factor: int = 1
+    retention_ms: Mapping[str, int] = field(
+        default_factory=lambda: {
+            EVENTS: 7 * DAY_MS,
+            TOKENS: 1 * DAY_MS,
+            ALERTS: 30 * DAY_MS,
+            CONTROL: 1 * DAY_MS,
+            DLQ: 30 * DAY_MS,
+        }
+    )
+    extra_configs: Mapping[str, str] = field(default_factory=dict)
+
+    def new_topics(self, routing: Routing) -> list[NewTopic]:
+        topics = []
+        for kind, retention in self.retention_ms.items():
+            configs = {
+                "retention.ms": str(retention),
+                "cleanup.policy": "delete",
+                **self.extra_configs,
+            }
+            topics.append(
+                NewTopic(
+                    routing.topic(kind),
+                    self.partitions,
+                    self.replication_factor,
+                    topic_configs=configs,
+                )
+            )
+        return topics
+
+
+async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.0) -> None:
+    """Return once the cluster answers a metadata request; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(**{**admin_options, "request_timeout_ms": 2_000})
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except KafkaError as exc:  # not up yet
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.05)
+    servers = admin_options.get("bootstrap_servers")
+    raise BrokerUnavailableError(
+        f"expected a Kafka broker answering metadata requests at {servers} within {timeout:.0f} s; "
+        f"last error: {last!r}"
+    )
+
+
+async def ensure_topics(
+    admin_options: Mapping[str, Any],
+    routing: Routing,
+    spec: TopicSpec | None = None,
+    *,
+    extra: list[NewTopic] | None = None,
+) -> dict[str, str]:
+    """Create the agentstream topics (and ``extra`` ones) that do not exist yet.
+
+    Idempotent: returns ``{topic: "created" | "exists"}``.
+    """
+    spec = spec or TopicSpec()
+    wanted = spec.new_topics(routing) + list(extra or ())
+    admin = AIOKafkaAdminClient(**admin_options)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise BrokerUnavailableError(
+            f"expected a Kafka broker at {admin_options.get('bootstrap_servers')}: {exc}"
+        ) from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        outcome = {t.name: "exists" for t in wanted if t.name in existing}
+        if missing:
+            response = await admin.create_topics(missing)
+            for name, code, message in _topic_errors(response):
+                if code == 0:
+                    outcome[name] = "created"
+                elif code == TopicAlreadyExistsError.errno:
+                    outcome[name] = "exists"
+                else:
+                    raise KafkaError(
+                        f"creating topic {name!r} failed: error {code} {message or ''}"
+                    )
+        return outcome
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    rows = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        rows.append((name, code, message))
+    return rows

@@ -1,0 +1,184 @@
+"""The wire format: record value, key and headers of an event.
+
+Value
+    The whole envelope, msgspec JSON by default or MessagePack, chosen per record by its
+    ``content-type`` header. A record is self-contained: persisted, replayed or dead-lettered
+    as it is.
+Key
+    The event's ``session_id``, so a session is one key on one partition and keeps its order.
+    Events without a session are keyed by ``source`` (the producer instance), which keeps
+    each producer's session-less events in order; an event with neither has no key.
+Headers
+    CloudEvents 1.0, Kafka protocol binding, binary mode: ``ce_specversion``, ``ce_id``,
+    ``ce_type``, ``ce_source``, ``ce_time``, ``content-type``, and the extension attributes
+    ``ce_sessionid``, ``ce_agentid``, ``ce_turnid`` (when set) and ``ce_sequence``. A consumer
+    filters on ``ce_type`` without decoding the value. The CloudEvent's data is the envelope.
+
+Encoders and decoders are built once, at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from .envelope import Event, WireEvent
+from .errors import (
+    EventTypeError,
+    MalformedRecordError,
+    PayloadValidationError,
+    RecordLocation,
+    RecordTooLargeError,
+    UnknownContentTypeError,
+)
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+Encoding = Literal["json", "msgpack"]
+CONTENT_TYPES: dict[str, str] = {"json": JSON, "msgpack": MSGPACK}
+_READ_TYPES: dict[str, Literal["json", "msgpack"]] = {
+    JSON: "json",
+    "text/json": "json",
+    MSGPACK: "msgpack",
+    "application/x-msgpack": "msgpack",
+    "application/vnd.msgpack": "msgpack",
+}
+
+DEFAULT_MAX_RECORD_BYTES = 1_048_576
+"""aiokafka's ``max_request_size`` default, and about Kafka's ``message.max.bytes``."""
+
+Headers = Sequence[tuple[str, bytes]]
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_json_decoder = msgspec.json.Decoder(WireEvent)
+_msgpack_decoder = msgspec.msgpack.Decoder(WireEvent)
+_ENCODE = {"json": _json_encoder.encode, "msgpack": _msgpack_encoder.encode}
+_DECODE = {"json": _json_decoder.decode, "msgpack": _msgpack_decoder.decode}
+
+
+def encode_event(
+    event: Event, encoding: Encoding = "json", *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> bytes:
+    """The record value of ``event``; raises :class:`RecordTooLargeError` past ``max_bytes``."""
+    value = _ENCODE[encoding](event)
+    if len(value) > max_bytes:
+        raise RecordTooLargeError(
+            f"event {event.event_id} of type {event.type!r} encodes to {len(value)} bytes "
+            f"({encoding}); the largest record allowed is {max_bytes} bytes (max_request_size)"
+        )
+    return value
+
+
+def decode_event(
+    value: bytes | None,
+    encoding: Encoding = "json",
+    *,
+    validate: bool = True,
+    where: RecordLocation | None = None,
+) -> Event:
+    """Decode a record value. With ``validate`` the typed payload is checked (and cached).
+
+    Raises a :class:`~agentstream.schemas.errors.DecodeError` subclass that says what was
+    wrong and, given ``where``, which record it was.
+    """
+    if not value:
+        raise MalformedRecordError(
+            "expected an encoded event, the record value is empty", where=where
+        )
+    try:
+        event = _DECODE[encoding](value)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        is_type = text.endswith("`$.type`") or text.endswith("field `type`")
+        cls = EventTypeError if is_type else PayloadValidationError
+        raise cls(
+            f"expected an agentstream event envelope ({encoding}): {text}", where=where
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedRecordError(
+            f"expected {encoding} encoding of an event, got undecodable bytes ({exc}); "
+            f"first bytes {value[:32]!r}",
+            where=where,
+        ) from None
+    if validate:
+        try:
+            _ = event.payload
+        except PayloadValidationError as exc:
+            raise exc.at(where) if where is not None else exc from None
+    return event
+
+
+def encoding_of(
+    content_type: bytes | str | None, *, where: RecordLocation | None = None
+) -> Encoding:
+    """The encoding a ``content-type`` header names; no header means JSON."""
+    if content_type is None:
+        return "json"
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    found = _READ_TYPES.get(text.split(";", 1)[0].strip().lower())
+    if found is None:
+        raise UnknownContentTypeError(
+            f"expected content-type {JSON} or {MSGPACK}, got {text!r}", where=where
+        )
+    return found
+
+
+def header(headers: Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """The first value of header ``name``, or None."""
+    if headers:
+        for key, value in headers:
+            if key == name:
+                return value
+    return None
+
+
+def decode_record(
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | None,
+    *,
+    validate: bool = True,
+    where: RecordLocation | None = None,
+) -> Event:
+    """Decode a consumed record: picks the encoding from ``content-type`` and checks that the
+    envelope's type is the one ``ce_type`` announced."""
+    headers = tuple(headers or ())
+    encoding = encoding_of(header(headers, "content-type"), where=where)
+    event = decode_event(value, encoding, validate=validate, where=where)
+    announced = header(headers, "ce_type")
+    if announced is not None:
+        text = announced.decode("utf-8", "replace")
+        if text != event.type:
+            raise EventTypeError(
+                f"expected the envelope type to match header ce_type={text!r}, got {event.type!r}",
+                where=where,
+            )
+    return event
+
+
+def record_key(event: Event) -> bytes | None:
+    """The Kafka key: ``session_id``, else ``source``, else none."""
+    key = event.session_id or event.source
+    return key.encode() if key else None
+
+
+def event_headers(event: Event, encoding: Encoding = "json") -> list[tuple[str, bytes]]:
+    """CloudEvents binary-mode headers for ``event``."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event.event_id.encode()),
+        ("ce_type", str(event.type).encode()),
+        ("ce_source", (event.source or "agentstream").encode()),
+        ("ce_time", event.timestamp.isoformat().encode()),
+        ("content-type", CONTENT_TYPES[encoding].encode()),
+        ("ce_sequence", str(event.seq).encode()),
+    ]
+    if event.session_id:
+        headers.append(("ce_sessionid", event.session_id.encode()))
+    if event.agent_id:
+        headers.append(("ce_agentid", event.agent_id.encode()))
+    if event.turn_id:
+        headers.append(("ce_turnid", event.turn_id.encode()))
+    return headers

@@ -1,0 +1,97 @@
+"""The error hierarchy shared by producers, consumers and services.
+
+Like aiokafka's: one base class, :class:`AgentstreamError`, whose ``retriable`` flag
+tells callers whether trying the same thing again can succeed. Messages say what was
+expected, what came, and where (topic, partition, offset) when the error concerns a
+record read from Kafka.
+
+Two control-flow exceptions let a consumer handler steer the runtime:
+:class:`SkipEvent` (the record is done, nothing to retry) and :class:`DeadLetter`
+(send the record to the dead-letter topic now, without retries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLocation:
+    """Where a record came from, for error messages and dead-letter headers."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class AgentstreamError(Exception):
+    """Base class of every error agentstream raises on purpose."""
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, where: RecordLocation | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{message} (at {where})" if where is not None else message)
+
+    def at(self, where: RecordLocation) -> AgentstreamError:
+        """Return a copy of this error that names where the record came from."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        AgentstreamError.__init__(clone, self.message, where=where)
+        return clone
+
+
+class ConfigurationError(AgentstreamError):
+    """A setting or argument cannot work (wrong value, missing dependency)."""
+
+
+class BrokerUnavailableError(AgentstreamError):
+    """The Kafka cluster did not answer in time."""
+
+    retriable = True
+
+
+# --- wire format -------------------------------------------------------------------------
+
+
+class DecodeError(AgentstreamError):
+    """A record's bytes could not be turned into an :class:`~agentstream.schemas.Event`."""
+
+
+class MalformedRecordError(DecodeError):
+    """The bytes are not a valid encoding (bad JSON or MessagePack, not an object, ...)."""
+
+
+class UnknownContentTypeError(DecodeError):
+    """The record's ``content-type`` header names an encoding agentstream does not speak."""
+
+
+class EventTypeError(DecodeError):
+    """The type tag is malformed, unknown (strict decoding) or disagrees with the headers."""
+
+
+class PayloadValidationError(DecodeError):
+    """The envelope or the ``data`` of a known type does not match its schema."""
+
+
+class RecordTooLargeError(AgentstreamError):
+    """An encoded event is larger than the configured maximum record size."""
+
+
+# --- handler control flow ----------------------------------------------------------------
+
+
+class SkipEvent(Exception):
+    """Raised by a handler: this event is done, do not retry or dead-letter it."""
+
+
+class DeadLetter(Exception):
+    """Raised by a handler: send this record to the dead-letter topic now, without retries."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

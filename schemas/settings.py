@@ -1,0 +1,146 @@
+"""Kafka settings, shared by agent pods and services.
+
+One settings object per process, read from ``AGENTSTREAM_*`` environment variables at the
+entry point only; components take explicit arguments. Each service's settings class
+subclasses :class:`KafkaSettings` and adds its own fields.
+
+Kafka options keep aiokafka's names and ``_ms`` units (``AGENTSTREAM_LINGER_MS`` is
+aiokafka's ``linger_ms``). They are declared once, here, each marked with the clients it
+applies to, and expanded by :meth:`KafkaSettings.client_options`,
+:meth:`~KafkaSettings.producer_options`, :meth:`~KafkaSettings.consumer_options` and
+:meth:`~KafkaSettings.admin_options`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .codec import DEFAULT_MAX_RECORD_BYTES
+from .routing import Routing
+
+Role = Literal["client", "producer", "consumer"]
+
+
+def kafka_option(*roles: Role, default: Any, description: str = "") -> Any:
+    """A field that is passed through to aiokafka under its own name for ``roles``."""
+    return Field(default=default, description=description, json_schema_extra={"kafka": list(roles)})
+
+
+class KafkaSettings(BaseSettings):
+    """Connection, security, producer and consumer options, and topic naming."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_", extra="ignore")
+
+    # --- connection (every client) -------------------------------------------------------
+    bootstrap_servers: str = kafka_option(
+        "client", default="127.0.0.1:9092", description="Comma-separated host:port list."
+    )
+    client_id: str = kafka_option("client", default="agentstream")
+    request_timeout_ms: int = kafka_option("client", default=40_000)
+    retry_backoff_ms: int = kafka_option("client", default=100)
+    metadata_max_age_ms: int = kafka_option("client", default=300_000)
+    connections_max_idle_ms: int = kafka_option("client", default=540_000)
+
+    # --- security ------------------------------------------------------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = kafka_option(
+        "client", default="PLAINTEXT"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = kafka_option(
+        "client", default="PLAIN"
+    )
+    sasl_plain_username: str | None = kafka_option("client", default=None)
+    sasl_plain_password: SecretStr | None = kafka_option("client", default=None)
+    ssl_cafile: str | None = Field(
+        default=None, description="CA bundle that signs the brokers' certificates."
+    )
+    ssl_certfile: str | None = Field(default=None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    # --- producer ------------------------------------------------------------------------
+    acks: Literal["all", "1", "0"] = kafka_option("producer", default="all")
+    linger_ms: int = kafka_option("producer", default=5)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = kafka_option(
+        "producer", default=None
+    )
+    max_batch_size: int = kafka_option("producer", default=16_384)
+    max_request_size: int = kafka_option("producer", default=DEFAULT_MAX_RECORD_BYTES)
+    enable_idempotence: bool = kafka_option(
+        "producer",
+        default=False,
+        description="Needs InitProducerId (Apache Kafka has it; the embedded broker does not).",
+    )
+
+    # --- consumer ------------------------------------------------------------------------
+    auto_offset_reset: Literal["earliest", "latest"] = kafka_option("consumer", default="earliest")
+    session_timeout_ms: int = kafka_option("consumer", default=10_000)
+    heartbeat_interval_ms: int = kafka_option("consumer", default=3_000)
+    max_poll_interval_ms: int = kafka_option("consumer", default=300_000)
+    rebalance_timeout_ms: int | None = kafka_option("consumer", default=None)
+    fetch_max_wait_ms: int = kafka_option("consumer", default=500)
+    fetch_max_bytes: int = kafka_option("consumer", default=52_428_800)
+    max_partition_fetch_bytes: int = kafka_option("consumer", default=1_048_576)
+    isolation_level: Literal["read_uncommitted", "read_committed"] = kafka_option(
+        "consumer", default="read_uncommitted"
+    )
+
+    # --- topics and wire format ----------------------------------------------------------
+    topic_prefix: str = Field(default="agentstream", description="Topics are <prefix>.events, ...")
+    encoding: Literal["json", "msgpack"] = Field(
+        default="json", description="Value encoding producers write."
+    )
+
+    def routing(self) -> Routing:
+        return Routing(prefix=self.topic_prefix)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL (system CAs unless ``ssl_cafile`` is set)."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile:
+            password = self.ssl_password.get_secret_value() if self.ssl_password else None
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+        return context
+
+    def _options(self, role: Role) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and role in extra.get("kafka", ()):  # type: ignore[operator]
+                value = getattr(self, name)
+                if value is None:
+                    continue
+                options[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return options
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client takes (connection and security)."""
+        options = self._options("client")
+        if self.security_protocol in ("PLAINTEXT", "SSL"):
+            for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+                options.pop(name, None)
+        context = self.ssl_context()
+        if context is not None:
+            options["ssl_context"] = context
+        return options
+
+    def producer_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaProducer``."""
+        options = {**self.client_options(), **self._options("producer")}
+        options["acks"] = "all" if self.acks == "all" else int(self.acks)
+        return options
+
+    def consumer_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaConsumer`` (commits are always manual)."""
+        return {**self.client_options(), **self._options("consumer"), "enable_auto_commit": False}
+
+    def admin_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaAdminClient``."""
+        return self.client_options()

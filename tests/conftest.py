@@ -1,0 +1,62 @@
+"""Fixtures for every test: a real broker for the session, and per-test topics and groups."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from support.kafka import real_broker
+
+from agentstream.consumers.broker import EmbeddedBroker
+from agentstream.schemas.admin import TopicSpec, ensure_topics
+from agentstream.schemas.settings import KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def broker_kind_and_bootstrap() -> Iterator[tuple[str, str]]:
+    with real_broker() as (bootstrap, kind):
+        yield kind, bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_kind_and_bootstrap: tuple[str, str]) -> str:
+    """Bootstrap address of the session's real broker."""
+    return broker_kind_and_bootstrap[1]
+
+
+@pytest.fixture(scope="session")
+def broker_kind(broker_kind_and_bootstrap: tuple[str, str]) -> str:
+    """``external``, ``testcontainers`` or ``embedded`` (some Kafka features differ)."""
+    return broker_kind_and_bootstrap[0]
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A name no other test uses (for topic prefixes and consumer groups)."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def kafka_settings(kafka_bootstrap: str, unique_name: str) -> KafkaSettings:
+    """Settings pointing at the session broker, with this test's own freshly created topics."""
+    settings = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=unique_name, linger_ms=1
+    )
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=4))
+    return settings
+
+
+@pytest.fixture
+def broker_factory() -> Iterator[type[EmbeddedBroker]]:
+    """Start private embedded brokers (for outage tests); all are stopped at teardown."""
+    started: list[EmbeddedBroker] = []
+
+    class _Tracked(EmbeddedBroker):
+        def start(self) -> None:
+            super().start()
+            started.append(self)
+
+    yield _Tracked
+    for broker in started:
+        broker.stop()
