@@ -70,7 +70,7 @@ AUDIT_PREFIX = "audit."
 
 
 def audit_type(calute_event_type: str) -> str:
-    """The agentstream type of a Calute/Xerxes ``event_type`` (``turn_start`` → ``audit.turn_start``)."""
+    """The agentstream type of a Calute/Xerxes ``event_type``, e.g. ``audit.turn_start``."""
     return AUDIT_PREFIX + calute_event_type
 
 

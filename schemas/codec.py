@@ -103,6 +103,9 @@ def decode_event(
             f"first bytes {value[:32]!r}",
             where=where,
         ) from None
+    # WireEvent only adds decode-time checks (required identity fields, the type pattern) and
+    # has Event's exact layout: hand back a plain Event, equal to one built in code.
+    event.__class__ = Event
     if validate:
         try:
             _ = event.payload

@@ -3,6 +3,7 @@
 ``Event`` is what code builds and handlers receive; ``WireEvent`` is the same shape with the
 identity fields required, the type for decoding records, so a record that lacks its
 ``event_id`` or ``timestamp`` is rejected instead of getting a fresh one on every read.
+(The codec hands back decoded events as plain ``Event`` instances.)
 """
 
 from __future__ import annotations

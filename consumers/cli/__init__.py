@@ -1,5 +1,6 @@
 """The ``agentstream`` command: the composition root. Thin; each command lives in its own
-module with a ``register(subparsers)`` function, imported here and nowhere else."""
+module of this package with a ``register(subparsers)`` function, found here by name (modules
+starting with ``_`` are helpers), so adding a command edits no shared list."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import asyncio
 import importlib
 import inspect
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from agentstream.schemas.errors import AgentstreamError
 
-# Each module defines register(subparsers); the order is the order of `agentstream --help`.
-COMMAND_MODULES: tuple[str, ...] = (
-    "agentstream.consumers.cli.broker",
-    "agentstream.consumers.cli.topics",
-    "agentstream.consumers.cli.schemas",
-)
+
+def command_modules() -> list[str]:
+    """Every command module of this package, in name order."""
+    return sorted(
+        f"{__name__}.{info.name}"
+        for info in pkgutil.iter_modules(__path__)
+        if not info.name.startswith("_")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(name).register(commands)
     return parser
 

@@ -24,18 +24,14 @@ def docker_engine_answers(timeout: float = 1.0) -> bool:
     """Whether a Docker engine answers ``GET /_ping`` (unix socket or DOCKER_HOST tcp)."""
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     url = urlparse(host)
+    if url.scheme not in ("unix", "tcp"):
+        return False
+    family = socket.AF_UNIX if url.scheme == "unix" else socket.AF_INET
+    address = url.path if url.scheme == "unix" else (url.hostname or "localhost", url.port or 2375)
     try:
-        if url.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(url.path)
-        elif url.scheme == "tcp":
-            sock = socket.create_connection(
-                (url.hostname or "localhost", url.port or 2375), timeout
-            )
-        else:
-            return False
-        with sock:
+            sock.connect(address)
             sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
             return b"OK" in sock.recv(256)
     except OSError:
