@@ -1,4 +1,4 @@
-"""Test traffic straight through aiokafka and the wire format (independent of the producer package)."""
+"""Test traffic through aiokafka and the wire format (independent of the producer package)."""
 
 from __future__ import annotations
 
