@@ -13,7 +13,7 @@ from agentstream.schemas.settings import KafkaSettings
 async def produce_events(
     settings: KafkaSettings, events: Iterable[Event], topic: str | None = None
 ) -> int:
-    """Send ``events`` (to their routed topic unless ``topic`` is given); return how many were acked."""
+    """Send ``events`` (to their routed topic, or ``topic``); return how many were acked."""
     routing = settings.routing()
     producer = AIOKafkaProducer(**settings.producer_options())
     await producer.start()
