@@ -1,0 +1,224 @@
+"""Redaction of secrets before events leave the pod.
+
+A :class:`Redactor` is a callable applied to an event's ``data`` dict by the publisher (on by
+default: :data:`DEFAULT_REDACTOR`). Two kinds of rules:
+
+* **field names** -- the value of a key whose name matches is replaced wholesale. Names are
+  compared case-insensitively with ``_``, ``-``, ``.`` and spaces removed, and a key also matches
+  when it *ends with* a name (``db_password``, ``X-Api-Key``, ``openaiApiKey``). The bare word
+  ``token`` is not a default name: Corail's ``llm.token`` stream carries generated text.
+* **patterns** -- regular expressions applied inside every string value (and string list item).
+  The whole match is replaced, or only the group named ``secret`` when the pattern has one
+  (``Bearer [REDACTED]``, ``https://user:[REDACTED]@host``).
+
+All patterns are folded into one compiled alternation, so a string is scanned once; strings
+shorter than ``min_length`` and non-string values are skipped without a regex call. The
+caller's dict is never mutated: containers are copied only along the path to a change, and when
+nothing matched the very same dict comes back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_FIELD_NAMES",
+    "DEFAULT_PATTERNS",
+    "DEFAULT_REDACTOR",
+    "REPLACEMENT",
+    "Redactor",
+]
+
+REPLACEMENT: Final = "[REDACTED]"
+
+DEFAULT_FIELD_NAMES: Final[tuple[str, ...]] = (
+    "password",
+    "passwd",
+    "secret",
+    "api_key",
+    "apikey",
+    "authorization",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "bearer_token",
+    "session_token",
+    "private_key",
+    "credentials",
+    "cookie",
+)
+"""Keys whose values never leave the pod (matched as described in the module docstring)."""
+
+DEFAULT_PATTERNS: Final[tuple[str, ...]] = (
+    # Each pattern starts with a literal character (no leading \b or group): the combined regex
+    # then gets sre's first-character prefilter, which keeps clean strings cheap.
+    # OpenAI / Anthropic style keys: sk-..., sk-proj-..., sk-ant-...
+    r"sk-(?<![A-Za-z0-9_]sk-)[A-Za-z0-9_\-]{16,}",
+    # AWS access key ids
+    r"A[KS]IA(?<![A-Za-z0-9_]A[KS]IA)[0-9A-Z]{16}\b",
+    # GitHub tokens (classic and fine-grained)
+    r"gh[pousr]_(?<![A-Za-z0-9_]gh[pousr]_)[A-Za-z0-9]{30,}",
+    r"github_pat_[A-Za-z0-9_]{22,}",
+    # Slack tokens
+    r"xox[abposr]-[A-Za-z0-9\-]{10,}",
+    # Google API keys
+    r"AIza[0-9A-Za-z_\-]{35}",
+    # Authorization: Bearer <token> (only the token is replaced)
+    r"B(?i:earer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+    r"b(?i:earer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+    # PEM private key blocks (RSA, EC, OPENSSH, PKCS#8, encrypted)
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+    # Passwords in URLs: scheme://user:password@host (only the password is replaced)
+    r"://[^\s:/@]*:(?P<secret>[^\s@/]+)@",
+)
+"""Regular expressions for common secrets, applied inside string values."""
+
+_SCOPED_FLAGS = {re.IGNORECASE: "i", re.MULTILINE: "m", re.DOTALL: "s", re.VERBOSE: "x"}
+_LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
+_GROUP_DEF = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
+_GROUP_REF = re.compile(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)")
+_KEY_SEPARATORS = str.maketrans("", "", "_-. ")
+_SEQUENCES = (list, tuple)
+_CONTAINERS = (dict, list, tuple)
+
+
+def _normalise_key(name: str) -> str:
+    return name.lower().translate(_KEY_SEPARATORS)
+
+
+def _alternative(index: int, pattern: re.Pattern[str]) -> str:
+    """``pattern`` as one branch of the combined regex: its named groups renamed so branches do
+    not collide, its flags scoped to the branch (no wrapping group when it has none, so a branch
+    that starts with a literal keeps the combined regex's first-character prefilter)."""
+    source = _LEADING_FLAGS.sub("", pattern.pattern)
+    source = _GROUP_DEF.sub(lambda m: f"(?P<_g{index}_{m.group(1)}>", source)
+    source = _GROUP_REF.sub(lambda m: f"(?P=_g{index}_{m.group(1)})", source)
+    flags = "".join(letter for flag, letter in _SCOPED_FLAGS.items() if pattern.flags & flag)
+    return f"(?{flags}:{source})" if flags else source
+
+
+class Redactor:
+    """Returns a redacted copy of a ``data`` dict, or the same dict when nothing matched.
+
+    ``field_names``: keys whose values are replaced wholesale; ``patterns``: regular expressions
+    replaced inside strings (only the ``secret`` group when present); ``min_length``: strings
+    shorter than this are not scanned (no default pattern matches fewer than 8 characters).
+    ``None`` and empty-string values of sensitive keys are kept (nothing to hide).
+    """
+
+    __slots__ = ("_combined", "_key_cache", "_names", "_patterns", "min_length", "replacement")
+
+    def __init__(
+        self,
+        *,
+        field_names: Iterable[str] = DEFAULT_FIELD_NAMES,
+        patterns: Iterable[str | re.Pattern[str]] = DEFAULT_PATTERNS,
+        replacement: str = REPLACEMENT,
+        min_length: int = 8,
+    ) -> None:
+        self.replacement = replacement
+        self.min_length = min_length
+        self._names: tuple[str, ...] = tuple(
+            n for n in {_normalise_key(name) for name in field_names} if n
+        )
+        self._key_cache: dict[str, bool] = {}
+        self._patterns = tuple(p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns)
+        branches = [_alternative(index, pattern) for index, pattern in enumerate(self._patterns)]
+        self._combined: re.Pattern[str] | None = (
+            re.compile("|".join(branches)) if branches else None
+        )
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self._dict(data)
+
+    def is_sensitive_key(self, key: str) -> bool:
+        """Whether the value of ``key`` is replaced wholesale (cached per key)."""
+        cached = self._key_cache.get(key)
+        if cached is None:
+            normalised = _normalise_key(key)
+            cached = any(normalised.endswith(name) for name in self._names)
+            if len(self._key_cache) < 4096:
+                self._key_cache[key] = cached
+        return cached
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every pattern match replaced (the same object when nothing matched)."""
+        if self._combined is None or len(text) < self.min_length:
+            return text
+        if self._combined.search(text) is None:
+            return text
+        return self._combined.sub(self._replace, text)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        # Slow path, only for a string that holds a secret: the alternation took the first
+        # pattern that matches at this position, so the same pattern is found again here.
+        text, start = match.string, match.start()
+        for pattern in self._patterns:
+            own = pattern.match(text, start)
+            if own is None:
+                continue
+            if "secret" not in pattern.groupindex or own.group("secret") is None:
+                return self.replacement
+            whole = match.group(0)
+            s_start, s_end = own.span("secret")
+            return whole[: s_start - start] + self.replacement + whole[s_end - start :]
+        return self.replacement
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return self._dict(value)
+        if isinstance(value, _SEQUENCES):
+            return self._sequence(value)
+        return value
+
+    def _dict(self, data: dict[str, Any]) -> dict[str, Any]:
+        # The hot path: written out flat (no helper calls for keys already seen and for
+        # short or clean strings), since it runs on every emitted event.
+        changed: dict[str, Any] | None = None
+        key_cache = self._key_cache
+        combined = self._combined
+        min_length = self.min_length
+        for key, value in data.items():
+            sensitive = key_cache.get(key)
+            if sensitive is None:
+                sensitive = isinstance(key, str) and self.is_sensitive_key(key)
+            if sensitive:
+                if value is None or value == "":
+                    continue
+                new: Any = self.replacement
+            elif type(value) is str:
+                if len(value) < min_length or combined is None or combined.search(value) is None:
+                    continue
+                new = combined.sub(self._replace, value)
+            elif isinstance(value, _CONTAINERS):
+                new = self._value(value)
+            else:
+                continue
+            if new is not value:
+                if changed is None:
+                    changed = dict(data)
+                changed[key] = new
+        if changed is None:
+            return data
+        return changed
+
+    def _sequence(self, items: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+        changed: list[Any] | None = None
+        for index, item in enumerate(items):
+            new = self._value(item)
+            if new is not item:
+                if changed is None:
+                    changed = list(items)
+                changed[index] = new
+        if changed is None:
+            return items
+        return tuple(changed) if isinstance(items, tuple) else changed
+
+
+DEFAULT_REDACTOR: Final = Redactor()
+"""The redactor the publisher applies unless told otherwise (``redact=None`` turns it off)."""
