@@ -31,6 +31,10 @@ async def run(args: argparse.Namespace) -> int:
     from agentstream.schemas.admin import TopicSpec, ensure_topics
     from agentstream.schemas.routing import Routing
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     broker = EmbeddedBroker(args.port or None, host=args.host)
     broker.start()
     try:
@@ -51,10 +55,6 @@ async def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{name} ({state})" for name, state in sorted(created.items())),
                 flush=True,
             )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         broker.stop()

@@ -31,6 +31,13 @@ def register(commands: Any) -> None:
             metavar="H",
             help=f"retention of the {kind} topic (default {days * 24} h)",
         )
+    create.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="wait this long for the broker (default 30 s)",
+    )
     create.set_defaults(func=create_topics)
 
 
@@ -47,7 +54,7 @@ async def create_topics(args: argparse.Namespace) -> int:
         replication_factor=args.replication_factor,
         retention_ms=retention,
     )
-    await wait_for_broker(settings.admin_options())
+    await wait_for_broker(settings.admin_options(), timeout=args.timeout)
     outcome = await ensure_topics(settings.admin_options(), settings.routing(), spec)
     for name, state in sorted(outcome.items()):
         print(f"{name}\t{state}")

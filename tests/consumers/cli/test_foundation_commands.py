@@ -1,0 +1,116 @@
+"""The foundation's commands: `topics create`, `broker`, `schemas export`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from agentstream.consumers.broker import free_port
+from agentstream.schemas.admin import wait_for_broker
+from agentstream.schemas.jsonschema import PACKAGED_DIR
+
+CLI = [sys.executable, "-m", "agentstream.consumers.cli"]
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_topics_create_is_idempotent(kafka_bootstrap: str, unique_name: str) -> None:
+    args = (
+        "topics",
+        "create",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic-prefix",
+        unique_name,
+    )
+    code, out, err = await _run(*args, "--partitions", "3", "--dlq-retention-hours", "48")
+    assert code == 0, err
+    assert out.count("\tcreated") == 5
+    code, out, err = await _run(*args, "--partitions", "3")
+    assert code == 0, err
+    assert out.count("\texists") == 5
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([f"{unique_name}.events", f"{unique_name}.dlq"])
+    finally:
+        await admin.close()
+    assert [len(t["partitions"]) for t in described] == [3, 3]
+
+
+async def test_topics_create_says_clearly_when_no_broker_answers() -> None:
+    port = free_port()
+    code, _, err = await _run(
+        "topics", "create", "--bootstrap-servers", f"127.0.0.1:{port}", "--topic-prefix", "x",
+        "--timeout", "2",
+    )  # fmt: skip
+    assert code == 2
+    assert f"expected a Kafka broker answering metadata requests at 127.0.0.1:{port}" in err
+
+
+async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> None:
+    port = free_port()
+    with subprocess.Popen(
+        [*CLI, "broker", "--port", str(port), "--create-topics", "--partitions", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        await _check_broker_process(process, port)
+
+
+async def _check_broker_process(process: subprocess.Popen[str], port: int) -> None:
+    try:
+        await wait_for_broker({"bootstrap_servers": f"127.0.0.1:{port}"}, timeout=30)
+        assert process.stdout is not None
+        line = await asyncio.to_thread(process.stdout.readline)
+        assert f"ready at 127.0.0.1:{port}" in line
+        topics_line = await asyncio.to_thread(process.stdout.readline)
+        assert "agentstream.events (created)" in topics_line
+        children = _children(process.pid)
+        assert children, "the broker runs as a child process"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+        for child in children:
+            assert not _alive(child), "the broker process was left behind"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+async def test_schemas_export_check(tmp_path: Path) -> None:
+    assert (await _run("schemas", "export", "--check", "--out", str(PACKAGED_DIR)))[0] == 0
+    code, out, _ = await _run("schemas", "export", "--check", "--out", str(tmp_path))
+    assert code == 1 and "stale:" in out
+    code, out, _ = await _run("schemas", "export", "--out", str(tmp_path))
+    assert code == 0 and "wrote" in out
+    assert (await _run("schemas", "export", "--check", "--out", str(tmp_path)))[0] == 0

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from agentstream.schemas import EventType, Routing, matches
+from agentstream.schemas.routing import compile_patterns
+
+R = Routing()
+
+
+def test_topic_names_follow_the_prefix() -> None:
+    assert R.all_topics() == [
+        "agentstream.events", "agentstream.tokens", "agentstream.alerts",
+        "agentstream.control", "agentstream.dlq",
+    ]  # fmt: skip
+    assert Routing(prefix="team-a").dlq == "team-a.dlq"
+    with pytest.raises(ValueError, match="topic kind"):
+        R.topic("nope")
+
+
+def test_producers_route_tokens_apart_and_everything_else_to_events() -> None:
+    assert R.topic_for("llm.token") == "agentstream.tokens"
+    assert R.topic_for("tool.called") == "agentstream.events"
+    assert R.topic_for("audit.skill_used") == "agentstream.events"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "event_type", "expected"),
+    [
+        ("*", "tool.called", True),
+        ("tool.called", "tool.called", True),
+        ("tool.*", "tool.called", True),
+        ("tool.*", "tool.result", True),
+        ("tool.*", "tools.x", False),
+        ("llm.*", "llm.call.started", True),
+        ("audit.tool_*", "audit.tool_call_attempt", True),
+        ("tool.called", "tool.calledx", False),
+    ],
+)
+def test_patterns_match_like_the_in_pod_bus(pattern: str, event_type: str, expected: bool) -> None:
+    assert matches(pattern, event_type) is expected
+
+
+def test_patterns_map_to_the_topics_that_can_hold_matching_events() -> None:
+    assert R.topics_for_pattern("tool.called") == {"agentstream.events"}
+    assert R.topics_for_pattern("tool.*") == {"agentstream.events"}
+    assert R.topics_for_pattern("llm.token") == {"agentstream.tokens"}
+    assert R.topics_for_pattern("llm.*") == {"agentstream.events", "agentstream.tokens"}
+    assert R.topics_for_pattern("budget.*") == {"agentstream.events", "agentstream.alerts"}
+    assert R.topics_for_pattern("control.agent.paused") == {
+        "agentstream.events",
+        "agentstream.control",
+    }
+    assert R.topics_for_pattern("custom.thing") == {"agentstream.events"}
+    everything = R.topics_for_pattern("*")
+    assert everything == set(R.all_topics()) - {R.dlq}
+
+
+def test_every_known_type_is_reachable_from_the_wildcard() -> None:
+    topics = R.topics_for_pattern("*")
+    assert all(R.topic_for(t.value) in topics for t in EventType)
+
+
+def test_compiled_patterns() -> None:
+    match = compile_patterns(("tool.*", "turn.ended"))
+    assert match("tool.error") and match("turn.ended") and not match("turn.started")

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from pydantic import ValidationError
+
+from agentstream.schemas.settings import KafkaSettings
+
+
+def test_env_prefix_and_aiokafka_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTREAM_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("AGENTSTREAM_LINGER_MS", "20")
+    monkeypatch.setenv("AGENTSTREAM_COMPRESSION_TYPE", "gzip")
+    monkeypatch.setenv("AGENTSTREAM_SESSION_TIMEOUT_MS", "15000")
+    settings = KafkaSettings()
+    producer = settings.producer_options()
+    assert producer["bootstrap_servers"] == "k1:9092,k2:9092"
+    assert producer["linger_ms"] == 20
+    assert producer["compression_type"] == "gzip"
+    assert producer["acks"] == "all"
+    assert "session_timeout_ms" not in producer
+    consumer = settings.consumer_options()
+    assert consumer["session_timeout_ms"] == 15000
+    assert consumer["enable_auto_commit"] is False
+    assert "linger_ms" not in consumer
+
+
+def test_explicit_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTREAM_BOOTSTRAP_SERVERS", "from-env:9092")
+    assert KafkaSettings(bootstrap_servers="given:9092").bootstrap_servers == "given:9092"
+
+
+def test_options_match_aiokafka_signatures() -> None:
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="u", sasl_plain_password="p",  # type: ignore[arg-type]
+    )  # fmt: skip
+    for cls, options in (
+        (AIOKafkaProducer, settings.producer_options()),
+        (AIOKafkaConsumer, settings.consumer_options()),
+        (AIOKafkaAdminClient, settings.admin_options()),
+    ):
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        assert set(options) <= accepted, set(options) - accepted
+
+
+def test_sasl_credentials_are_secret_and_passed_in_the_clear_only_to_the_client() -> None:
+    settings = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256",
+        sasl_plain_username="svc", sasl_plain_password="s3cret",  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert "s3cret" not in repr(settings)
+    options = settings.client_options()
+    assert options["sasl_plain_password"] == "s3cret"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert "ssl_context" not in options
+
+
+def test_plaintext_leaves_sasl_out() -> None:
+    options = KafkaSettings(sasl_plain_username="x").client_options()
+    assert "sasl_plain_username" not in options and "sasl_mechanism" not in options
+
+
+def test_ssl_builds_a_verifying_context() -> None:
+    options = KafkaSettings(security_protocol="SSL").client_options()
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+
+
+def test_enumerations_are_checked() -> None:
+    with pytest.raises(ValidationError):
+        KafkaSettings(security_protocol="TLS")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        KafkaSettings(acks="2")  # type: ignore[arg-type]
+
+
+def test_acks_expand_to_aiokafka_values() -> None:
+    assert KafkaSettings(acks="1").producer_options()["acks"] == 1
+    assert KafkaSettings(acks="0").producer_options()["acks"] == 0
