@@ -1,0 +1,303 @@
+"""The PostgreSQL store: asyncpg, a small connection pool, one statement per batch.
+
+A batch is one ``INSERT ... SELECT FROM unnest($1::uuid[], $2::text[], ...) ON CONFLICT
+(event_id) DO NOTHING``: the rows travel as binary arrays in a single round trip and commit
+as one statement (``benchmarks/bench_persistence.py`` compares it with COPY into a staging
+table and with ``executemany``).
+
+PostgreSQL cannot store everything an event may hold: ``uuid`` needs a UUID and ``text`` and
+``jsonb`` refuse the NUL character. So an ``event_id`` that is not a UUID is stored under a
+UUIDv5 derived from it (deterministic, so redelivery still deduplicates; the original id
+stays in the ``event`` column), and NUL characters in strings become U+FFFD.
+
+Connection losses (refused, terminated, server shutting down or starting, timeouts) raise
+:class:`StoreUnavailableError`; the pool replaces broken connections on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from agentstream.schemas import Event, RecordLocation
+
+from .migrations import POSTGRES_MIGRATIONS
+from .rows import event_from_json, event_json
+from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+
+T = TypeVar("T")
+
+_INSERT = """
+INSERT INTO events (event_id, type, timestamp, agent_id, user_id, session_id, turn_id, seq,
+                    source, schema_version, event, kafka_topic, kafka_partition, kafka_offset)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::bigint[], $9::text[], $10::integer[],
+                     $11::jsonb[], $12::text[], $13::integer[], $14::bigint[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+_ORDER = "ORDER BY timestamp, seq, event_id"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+_MIGRATION_LOCK = 0x61676E74  # pg_advisory_xact_lock key: "agnt"
+_OUTAGE_CLASSES = ("08", "53", "57", "40")
+"""SQLSTATE classes that pass: connection exception, insufficient resources, operator
+intervention (shutdown, terminated, starting up), transaction rollback (deadlock)."""
+
+
+def stored_id(event_id: str) -> str:
+    """The ``uuid`` an event is stored under (its own id when it is a UUID)."""
+    if len(event_id) == 36 and _UUID.fullmatch(event_id):
+        return event_id
+    return str(uuid.uuid5(_ID_NAMESPACE, event_id))
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _json(event: Event) -> str:
+    text = event_json(event)
+    return _JSON_NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an asyncpg error means the server is (temporarily) unreachable."""
+    if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.PostgresConnectionError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _OUTAGE_CLASSES or state == "25006"  # read-only (failover)
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
+
+
+class PostgresStore(Store):
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 4, command_timeout: float = 60.0) -> None:
+        super().__init__(url)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_size = pool_size
+        self._command_timeout = command_timeout
+
+    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise StoreError(f"the store {self.url} is not open (use `async with`)")
+        try:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except Exception as exc:
+            if is_outage(exc):
+                raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}") from exc
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise StoreError(f"PostgreSQL {self.url}: {exc!r}") from exc
+            raise
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=self._command_timeout,
+            )
+        except Exception as exc:
+            if is_outage(exc):
+                raise StoreUnavailableError(f"cannot connect to {self.url}: {exc!r}") from exc
+            raise StoreError(f"cannot connect to {self.url}: {exc!r}") from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def latest_version(self) -> int:
+        return POSTGRES_MIGRATIONS[-1].version
+
+    async def migrate(self) -> list[int]:
+        return await self._run(_migrate)
+
+    async def schema_version(self) -> int:
+        async def query(conn: asyncpg.Connection) -> int:
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return 0
+            return int(
+                await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            )
+
+        return await self._run(query)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def write_batch(
+        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+    ) -> int:
+        if not events:
+            return 0
+        columns: list[list[Any]] = [
+            [stored_id(e.event_id) for e in events],
+            [_text(e.type) for e in events],
+            [e.timestamp for e in events],
+            [_text(e.agent_id) for e in events],
+            [_text(e.user_id) for e in events],
+            [_text(e.session_id) for e in events],
+            [_text(e.turn_id) for e in events],
+            [e.seq for e in events],
+            [_text(e.source) for e in events],
+            [e.schema_version for e in events],
+            [_json(e) for e in events],
+        ]
+        if locations is None:
+            columns += [[None] * len(events)] * 3
+        else:
+            if len(locations) != len(events):
+                raise ValueError(f"expected {len(events)} locations, got {len(locations)}")
+            columns += [
+                [_text(loc.topic) for loc in locations],
+                [loc.partition for loc in locations],
+                [loc.offset for loc in locations],
+            ]
+
+        async def insert(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(_INSERT, *columns)
+            return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
+
+        return await self._run(insert)
+
+    async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
+        sql = (
+            "DELETE FROM events WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM events WHERE timestamp < $1 LIMIT $2))"
+        )
+
+        async def delete(conn: asyncpg.Connection) -> int:
+            return int((await conn.execute(sql, cutoff, limit)).rsplit(" ", 1)[-1])
+
+        return await self._run(delete)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return list(await conn.fetch(sql, *args))
+
+        return await self._run(fetch)
+
+    def _decode(self, rows: list[asyncpg.Record]) -> list[Event]:
+        return [event_from_json(r[1], f"row {r[0]} of {self.url}") for r in rows]
+
+    async def count(self) -> int:
+        return int((await self._fetch("SELECT count(*) FROM events"))[0][0])
+
+    async def timeline(self, session_id: str) -> list[Event]:
+        sql = f"SELECT event_id, event::text FROM events WHERE session_id = $1 {_ORDER}"
+        return self._decode(await self._fetch(sql, session_id))
+
+    async def events(
+        self,
+        *,
+        type: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1_000,
+    ) -> list[Event]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def add(condition: str, *values: Any) -> None:
+            marks = [f"${len(args) + i + 1}" for i in range(len(values))]
+            where.append(condition.format(*marks))
+            args.extend(values)
+
+        if type is not None and type != "*":
+            bounds = type_bounds(type)
+            if bounds is None:
+                add("type = {}", type)
+            else:
+                add("type >= {} AND type < {}", *bounds)
+        if agent is not None:
+            add("agent_id = {}", agent)
+        if session is not None:
+            add("session_id = {}", session)
+        if since is not None:
+            add("timestamp >= {}", since)
+        if until is not None:
+            add("timestamp < {}", until)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        args.append(limit)
+        sql = f"SELECT event_id, event::text FROM events {clause} {_ORDER} LIMIT ${len(args)}"
+        return self._decode(await self._fetch(sql, *args))
+
+    async def sessions(
+        self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[SessionSummary]:
+        where = ["session_id <> ''"]
+        args: list[Any] = []
+        if agent is not None:
+            args.append(agent)
+            where.append(f"agent_id = ${len(args)}")
+        if since is not None:
+            args.append(since)
+            where.append(f"timestamp >= ${len(args)}")
+        args.append(limit)
+        sql = f"""
+            WITH picked AS (SELECT DISTINCT session_id FROM events WHERE {" AND ".join(where)})
+            SELECT e.session_id, max(e.agent_id), count(*), min(e.timestamp), max(e.timestamp),
+                   (SELECT last.event -> 'data' ->> 'stop_reason' FROM events AS last
+                     WHERE last.session_id = e.session_id AND last.type = 'turn.ended'
+                     ORDER BY last.timestamp DESC, last.seq DESC, last.event_id DESC
+                     LIMIT 1)
+              FROM events AS e JOIN picked USING (session_id)
+             GROUP BY e.session_id
+             ORDER BY max(e.timestamp) DESC, e.session_id
+             LIMIT ${len(args)}
+        """
+        return [
+            SessionSummary(
+                session_id=sid,
+                agent_id=agent_id or "",
+                events=n,
+                first=first,
+                last=last,
+                stop_reason=reason,
+            )
+            for sid, agent_id, n, first, last, reason in await self._fetch(sql, *args)
+        ]
+
+
+async def _migrate(conn: asyncpg.Connection) -> list[int]:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in POSTGRES_MIGRATIONS:
+            if migration.version in done:
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied.append(migration.version)
+    return applied

@@ -1,0 +1,306 @@
+"""The SQLite store: the standard library's ``sqlite3`` on one connection, in one worker thread.
+
+WAL journal (readers never block the writer), ``synchronous=NORMAL`` by default: a commit
+survives a crash of the process (the case ``kill -9`` tests) but the last transactions can
+be lost with the machine's power; ``sqlite:///path?synchronous=full`` makes commits survive
+that too, for about half the write throughput. Every call runs on the store's own thread,
+one at a time, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from agentstream.schemas import Event, RecordLocation
+
+from .migrations import SQLITE_MIGRATIONS
+from .rows import event_from_json, event_json, from_micros, to_micros
+from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+
+T = TypeVar("T")
+
+_INSERT = """
+INSERT INTO events (event_id, type, timestamp_us, agent_id, user_id, session_id, turn_id, seq,
+                    source, schema_version, event, kafka_topic, kafka_partition, kafka_offset,
+                    ingested_at_us)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (event_id) DO NOTHING
+"""
+_ORDER = "ORDER BY timestamp_us, seq, event_id"
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+
+
+def sqlite_path(url: str) -> tuple[str, str]:
+    """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db``; and the
+    ``synchronous`` option (default ``normal``)."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+        raise StoreError(
+            f"expected sqlite:///relative/path.db or sqlite:////absolute/path.db, got {url!r}"
+        )
+    options = parse_qs(parts.query)
+    synchronous = options.pop("synchronous", ["normal"])[-1].lower()
+    if synchronous not in _SYNCHRONOUS or options:
+        raise StoreError(
+            f"expected only the option synchronous={'|'.join(_SYNCHRONOUS)} in {url!r}"
+        )
+    return parts.path[1:], synchronous
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        super().__init__(url)
+        self.path, self._synchronous = sqlite_path(url)
+        self._readonly = readonly
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- the worker thread -----------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._conn is None:
+            raise StoreError(f"the store {self.url} is not open (use `async with`)")
+        conn = self._conn
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        except sqlite3.OperationalError as exc:
+            # locked by another writer, disk full, I/O error: may pass
+            raise StoreUnavailableError(f"SQLite {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._readonly and self.path != ":memory:":
+            target, uri = f"file:{self.path}?mode=ro", True
+        else:
+            target, uri = self.path, False
+        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if not self._readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="agentstream-sqlite")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._connect
+            )
+        except sqlite3.Error as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        conn, executor = self._conn, self._executor
+        self._conn = self._executor = None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=True)
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def latest_version(self) -> int:
+        return SQLITE_MIGRATIONS[-1].version
+
+    async def migrate(self) -> list[int]:
+        return await self._run(_migrate)
+
+    async def schema_version(self) -> int:
+        return await self._run(_schema_version)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def write_batch(
+        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+    ) -> int:
+        if not events:
+            return 0
+        now = to_micros(datetime.now(UTC))
+        if locations is None:
+            rows = [_row(e, None, None, None, now) for e in events]
+        else:
+            rows = [
+                _row(e, loc.topic, loc.partition, loc.offset, now)
+                for e, loc in zip(events, locations, strict=True)
+            ]
+        return await self._run(lambda conn: _insert(conn, rows))
+
+    async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
+        sql = (
+            "DELETE FROM events WHERE rowid IN "
+            "(SELECT rowid FROM events WHERE timestamp_us < ? LIMIT ?)"
+        )
+        micros = to_micros(cutoff)
+        return await self._run(lambda conn: conn.execute(sql, (micros, limit)).rowcount)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def count(self) -> int:
+        return await self._run(
+            lambda conn: conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        )
+
+    async def timeline(self, session_id: str) -> list[Event]:
+        sql = f"SELECT event_id, event FROM events WHERE session_id = ? {_ORDER}"
+        rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
+        return [event_from_json(text, f"row {eid} of {self.path}") for eid, text in rows]
+
+    async def events(
+        self,
+        *,
+        type: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1_000,
+    ) -> list[Event]:
+        where: list[str] = []
+        args: list[Any] = []
+        if type is not None and type != "*":
+            bounds = type_bounds(type)
+            if bounds is None:
+                where.append("type = ?")
+                args.append(type)
+            else:
+                where.append("type >= ? AND type < ?")
+                args.extend(bounds)
+        for column, value in (("agent_id", agent), ("session_id", session)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("timestamp_us >= ?")
+            args.append(to_micros(since))
+        if until is not None:
+            where.append("timestamp_us < ?")
+            args.append(to_micros(until))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT event_id, event FROM events {clause} {_ORDER} LIMIT ?"
+        args.append(limit)
+        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        return [event_from_json(text, f"row {eid} of {self.path}") for eid, text in rows]
+
+    async def sessions(
+        self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[SessionSummary]:
+        where = ["session_id <> ''"]
+        args: list[Any] = []
+        if agent is not None:
+            where.append("agent_id = ?")
+            args.append(agent)
+        if since is not None:
+            where.append("timestamp_us >= ?")
+            args.append(to_micros(since))
+        picked = f"SELECT DISTINCT session_id FROM events WHERE {' AND '.join(where)}"
+        sql = f"""
+            SELECT session_id, max(agent_id), count(*), min(timestamp_us), max(timestamp_us),
+                   (SELECT json_extract(last.event, '$.data.stop_reason') FROM events AS last
+                     WHERE last.session_id = e.session_id AND last.type = 'turn.ended'
+                     ORDER BY last.timestamp_us DESC, last.seq DESC, last.event_id DESC
+                     LIMIT 1)
+              FROM events AS e
+             WHERE session_id IN ({picked})
+             GROUP BY session_id
+             ORDER BY max(timestamp_us) DESC, session_id
+             LIMIT ?
+        """
+        args.append(limit)
+        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        return [
+            SessionSummary(
+                session_id=sid,
+                agent_id=agent_id or "",
+                events=n,
+                first=from_micros(first),
+                last=from_micros(last),
+                stop_reason=None if reason is None else str(reason),
+            )
+            for sid, agent_id, n, first, last, reason in rows
+        ]
+
+
+def _row(
+    e: Event, topic: str | None, partition: int | None, offset: int | None, now: int
+) -> tuple[Any, ...]:
+    return (
+        e.event_id,
+        e.type,
+        to_micros(e.timestamp),
+        e.agent_id,
+        e.user_id,
+        e.session_id,
+        e.turn_id,
+        e.seq,
+        e.source,
+        e.schema_version,
+        event_json(e),
+        topic,
+        partition,
+        offset,
+        now,
+    )
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        inserted = conn.executemany(_INSERT, rows).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return inserted
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if exists is None:
+        return 0
+    return int(
+        conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> list[int]:
+    conn.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at_us INTEGER NOT NULL)"
+        )
+        done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in SQLITE_MIGRATIONS:
+            if migration.version in done:
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (migration.version, migration.name, to_micros(datetime.now(UTC))),
+            )
+            applied.append(migration.version)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return applied

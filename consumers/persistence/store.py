@@ -1,0 +1,208 @@
+"""The store interface: what the persistence service writes through and readers query.
+
+Two implementations: :class:`~.sqlite_store.SqliteStore` (``sqlite:///path``, the default)
+and :class:`~.postgres_store.PostgresStore` (``postgresql://...``). :func:`open_store` picks
+one from a URL. A store is used as an async context manager::
+
+    async with open_store("sqlite:///agentstream.db", readonly=True) as store:
+        for summary in await store.sessions(since=datetime.now(UTC) - timedelta(hours=1)):
+            ...
+        events = await store.timeline(session_id)
+
+Order of a timeline: ``timestamp``, then ``seq``, then ``event_id``. ``seq`` counts per
+producer instance, not per session, so it only breaks ties between events of one producer
+stamped in the same microsecond; ``event_id`` (UUIDv7, creation-ordered within a process)
+makes the order total and stable.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+from agentstream.schemas import AgentstreamError, Event, RecordLocation
+
+
+class StoreError(AgentstreamError):
+    """The store refused or failed an operation (bad URL, schema missing, bad data)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached right now (connection refused or lost, locked, shut down).
+    Trying again later can succeed."""
+
+    retriable = True
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One line of ``agentstream sessions``."""
+
+    session_id: str
+    agent_id: str
+    events: int
+    first: datetime
+    last: datetime
+    stop_reason: str | None
+    """``data.stop_reason`` of the session's last ``turn.ended`` event, if it has one."""
+
+    @property
+    def duration(self) -> timedelta:
+        return self.last - self.first
+
+
+class Store(abc.ABC):
+    """An event store. Writes are idempotent by ``event_id``; reads return :class:`Event`."""
+
+    backend: str
+    """``sqlite`` or ``postgresql``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = redact_url(url)
+        """The URL without its password, for messages."""
+        self._dsn = url
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect. Raises :class:`StoreUnavailableError` when the store does not answer."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this store has not seen yet; return their versions.
+        Safe to run from several processes at once."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+
+    async def require_schema(self) -> None:
+        """Raise :class:`StoreError` unless the store is migrated to this code's version."""
+        have, want = await self.schema_version(), self.latest_version()
+        if have < want:
+            raise StoreError(
+                f"expected the store {self.url} at schema version {want}, found version {have}; "
+                f"run `agentstream db migrate --store {self.url}`"
+            )
+        if have > want:
+            raise StoreError(
+                f"expected the store {self.url} at schema version {want} or older, found "
+                f"version {have} (written by a newer agentstream); upgrade agentstream"
+            )
+
+    @abc.abstractmethod
+    def latest_version(self) -> int:
+        """The schema version this code writes."""
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def write_batch(
+        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+    ) -> int:
+        """Store ``events`` in one transaction, skipping those whose ``event_id`` is already
+        stored; return how many were new. The transaction is committed when this returns.
+        ``locations`` (same length) records the Kafka topic, partition and offset of each."""
+
+    @abc.abstractmethod
+    async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
+        """Delete at most ``limit`` events stamped before ``cutoff``; return how many."""
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def sessions(
+        self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[SessionSummary]:
+        """Sessions, latest activity first: those with an event of ``agent`` (when given)
+        and an event at or after ``since`` (when given). Counts cover the whole session."""
+
+    @abc.abstractmethod
+    async def timeline(self, session_id: str) -> list[Event]:
+        """Every stored event of a session, in timeline order (see the module docs)."""
+
+    @abc.abstractmethod
+    async def events(
+        self,
+        *,
+        type: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1_000,
+    ) -> list[Event]:
+        """Events matching every filter given, oldest first. ``type`` is a type or a prefix
+        pattern ending in ``.*`` (``tool.*``); ``until`` is exclusive."""
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many events are stored."""
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def type_bounds(pattern: str) -> tuple[str, str] | None:
+    """``tool.*`` → the half-open text range ``['tool.', 'tool/')`` (index-friendly, no LIKE
+    escaping); None for an exact type. ``*`` alone is handled by the caller (no filter)."""
+    if pattern.endswith(".*") and "*" not in pattern[:-2]:
+        prefix = pattern[:-1]
+        return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    if any(c in pattern for c in "*?["):
+        raise StoreError(
+            f"expected an event type or a prefix pattern like 'tool.*', got {pattern!r}"
+        )
+    return None
+
+
+def open_store(url: str, *, readonly: bool = False) -> Store:
+    """The store a URL names (not connected yet: use ``async with`` or ``await open()``).
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
+    ``postgresql://user@host:port/database`` (also ``postgres://``; extra query parameters
+    are PostgreSQL settings, e.g. ``?search_path=agentstream``). ``readonly`` opens SQLite
+    without creating the file.
+    """
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from .sqlite_store import SqliteStore
+
+        return SqliteStore(url, readonly=readonly)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres_store import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(
+        f"expected a store URL sqlite:///path or postgresql://user@host/db, got {url!r}"
+    )
