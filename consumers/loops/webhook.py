@@ -1,0 +1,136 @@
+"""Optional webhook delivery of alerts, off the hot path.
+
+Alerts are queued (bounded; a full queue drops the alert and counts it) and POSTed by one
+background task with ``urllib`` in a worker thread, with a timeout and retries with
+exponential backoff. Delivery never blocks or fails the alert path: the alert is already on
+the alerts topic when it is queued here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, Literal
+
+from agentstream.schemas import Event
+
+log = logging.getLogger(__name__)
+
+WebhookFormat = Literal["json", "slack"]
+Outcome = Literal["delivered", "failed", "dropped"]
+
+
+def webhook_body(alert: Event, fmt: WebhookFormat) -> dict[str, Any]:
+    """The JSON body: the alert event itself, or Slack's ``{"text": ...}``."""
+    if fmt == "slack":
+        data = alert.data
+        kind = "BLOCK" if alert.type.endswith("block") else "warning"
+        details = data.get("metadata", {}).get("details") or data.get("pattern", "")
+        return {
+            "text": (
+                f":rotating_light: Tool loop {kind} — agent `{alert.agent_id or '?'}` session "
+                f"`{alert.session_id or '?'}` turn `{alert.turn_id or '-'}`: {details} "
+                f"(alert {alert.event_id})"
+            )
+        }
+    return alert.to_dict()
+
+
+class WebhookNotifier:
+    """POSTs alerts to ``url`` from a background task; ``notify`` never waits."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fmt: WebhookFormat = "json",
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_queue: int = 1_000,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// webhook URL, got {url!r}")
+        self.url = url
+        self.fmt: WebhookFormat = fmt
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
+        self._on_outcome = on_outcome
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="loops-webhook")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued (up to ``timeout_s``), then stop."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except TimeoutError:
+            log.warning("webhook: %d alerts not delivered at shutdown", self._queue.qsize())
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def notify(self, alert: Event) -> None:
+        try:
+            self._queue.put_nowait(alert)
+        except asyncio.QueueFull:
+            log.warning("webhook: queue full, alert %s not delivered", alert.event_id)
+            self._outcome("dropped")
+
+    def _outcome(self, outcome: Outcome) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+    async def _run(self) -> None:
+        while True:
+            alert = await self._queue.get()
+            try:
+                await self._deliver(alert)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, alert: Event) -> None:
+        body = json.dumps(webhook_body(alert, self.fmt)).encode()
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                await asyncio.to_thread(self._post, body)
+            except OSError as exc:  # URLError and HTTPError are OSErrors
+                permanent = isinstance(exc, urllib.error.HTTPError) and (
+                    400 <= exc.code < 500 and exc.code not in (408, 429)
+                )
+                if permanent or attempt == self.retries:
+                    log.warning(
+                        "webhook: alert %s not delivered to %s after %d attempts: %s",
+                        alert.event_id,
+                        self.url,
+                        attempt + 1,
+                        exc,
+                    )
+                    self._outcome("failed")
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+            else:
+                self._outcome("delivered")
+                return
+
+    def _post(self, body: bytes) -> None:
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            response.read()
