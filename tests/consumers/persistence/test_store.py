@@ -1,0 +1,174 @@
+"""The store contract, on real SQLite and real PostgreSQL (each test runs on both)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support.samples import FIXED_TIME, all_sample_events, sample_event
+
+from agentstream.consumers.persistence import Store, StoreError, open_store
+from agentstream.schemas import Event, RecordLocation
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def ev(
+    session: str,
+    minute: float,
+    *,
+    type: str = "tool.called",
+    seq: int = 0,
+    agent: str = "agent-a",
+    data: dict[str, object] | None = None,
+) -> Event:
+    return Event(
+        type=type,
+        timestamp=T0 + timedelta(minutes=minute),
+        session_id=session,
+        agent_id=agent,
+        seq=seq,
+        source="pod-1",
+        data=dict(data) if data is not None else {"name": "weather", "args": {"city": "Paris"}},
+    )
+
+
+async def test_migrate_is_versioned_and_idempotent(store_url: str) -> None:
+    async with open_store(store_url) as a, open_store(store_url) as b:
+        assert await a.schema_version() == 0
+        with pytest.raises(StoreError, match="agentstream db migrate"):
+            await a.require_schema()
+        first, second = await asyncio.gather(a.migrate(), b.migrate())
+        assert sorted(first + second) == [1]  # applied once although both ran it
+        assert await a.migrate() == []
+        assert await b.schema_version() == a.latest_version() == 1
+        await a.require_schema()
+
+
+async def test_writes_are_idempotent_by_event_id(store: Store) -> None:
+    events = all_sample_events()
+    assert await store.write_batch(events) == len(events)
+    assert await store.write_batch(events) == 0
+    assert (
+        await store.write_batch(events[:3] + events[:3] + [sample_event("tool.called", 999)]) == 1
+    )
+    assert await store.count() == len(events) + 1
+
+
+async def test_timeline_round_trips_events_in_timestamp_seq_id_order(store: Store) -> None:
+    events = [
+        *(ev("s1", m, seq=s) for m, s in [(3, 0), (1, 5), (2, 1), (1, 2)]),
+        ev("s2", 0),
+        *all_sample_events(),
+    ]
+    same_instant = [sample_event("llm.token", 100 + i) for i in range(5)]  # equal timestamp and seq
+    for e in same_instant:
+        e.seq = 7
+    events += same_instant
+    shuffled = events[:]
+    random.Random(1).shuffle(shuffled)
+    locations = [RecordLocation("t.events", i % 4, i) for i in range(len(shuffled))]
+    await store.write_batch(shuffled, locations)
+
+    s1 = await store.timeline("s1")
+    assert [(e.timestamp.minute, e.seq) for e in s1] == [(1, 2), (1, 5), (2, 1), (3, 0)]
+    sample_session = all_sample_events()[0].session_id
+    timeline = await store.timeline(sample_session)
+    expected = sorted(
+        [e for e in events if e.session_id == sample_session],
+        key=lambda e: (e.timestamp, e.seq, e.event_id),
+    )
+    assert timeline == expected  # every field, data included, comes back as it went in
+    assert await store.timeline("nope") == []
+
+
+async def test_sessions_summarise_whole_sessions(store: Store) -> None:
+    await store.write_batch(
+        [
+            ev("s1", 0, type="turn.started", data={"round": 0}),
+            ev("s1", 1, type="turn.ended", data={"round": 0, "stop_reason": "max_rounds"}),
+            ev("s1", 5, type="turn.ended", data={"round": 1, "stop_reason": "end_turn"}),
+            ev("s1", 6),
+            ev("s2", 10, agent="agent-b"),
+            ev("s2", 70, agent="agent-b"),
+            ev("", 80),  # no session: not a session
+        ]
+    )
+    s2, s1 = await store.sessions()
+    assert (s1.session_id, s1.agent_id, s1.events) == ("s1", "agent-a", 4)
+    assert (s1.first, s1.last, s1.duration) == (T0, T0 + timedelta(minutes=6), timedelta(minutes=6))
+    assert s1.stop_reason == "end_turn"  # the last turn.ended, not the first
+    assert (s2.session_id, s2.events, s2.stop_reason) == ("s2", 2, None)
+    assert s2.duration == timedelta(hours=1)
+
+    assert [s.session_id for s in await store.sessions(agent="agent-b")] == ["s2"]
+    recent = await store.sessions(since=T0 + timedelta(minutes=60))
+    assert [(s.session_id, s.events) for s in recent] == [("s2", 2)]  # whole session counted
+    assert [s.session_id for s in await store.sessions(limit=1)] == ["s2"]
+    assert await store.sessions(agent="agent-c") == []
+
+
+async def test_events_filter_by_type_agent_session_and_time(store: Store) -> None:
+    await store.write_batch(all_sample_events())
+    await store.write_batch([ev("s9", m, agent="agent-z") for m in range(10)])
+    assert {e.type for e in await store.events(type="tool.*")} == {
+        "tool.called",
+        "tool.result",
+        "tool.error",
+    }
+    assert {e.type for e in await store.events(type="audit.*")} == {
+        t for t in (e.type for e in all_sample_events()) if t.startswith("audit.")
+    }
+    assert len(await store.events(type="audit.tool_call_attempt")) == 1
+    assert len(await store.events(type="*")) == len(all_sample_events()) + 10
+    window = await store.events(
+        agent="agent-z", since=T0 + timedelta(minutes=2), until=T0 + timedelta(minutes=5)
+    )
+    assert [e.timestamp.minute for e in window] == [2, 3, 4]
+    assert len(await store.events(session="s9", limit=4)) == 4
+    assert len(await store.events(since=FIXED_TIME, until=FIXED_TIME + timedelta(seconds=1))) == 50
+    with pytest.raises(StoreError, match="prefix pattern"):
+        await store.events(type="tool.c*")
+
+
+async def test_delete_before_removes_at_most_limit_old_events(store: Store) -> None:
+    old = [ev("old", -60 * 24 * d) for d in range(10, 35)]
+    new = [ev("new", 0)]
+    await store.write_batch(old + new)
+    assert await store.delete_before(T0 - timedelta(days=1), limit=10) == 10
+    assert await store.delete_before(T0 - timedelta(days=1), limit=10) == 10
+    assert await store.delete_before(T0 - timedelta(days=1), limit=10) == 5
+    assert await store.delete_before(T0 - timedelta(days=1), limit=10) == 0
+    assert [e.session_id for e in await store.events()] == ["new"]
+
+
+async def test_awkward_values_are_stored_and_deduplicated(store: Store) -> None:
+    odd = Event(
+        event_id="not-a-uuid",
+        type="tool.called",
+        session_id="s\x00x",
+        data={"name": "a\x00b", "args": {"raw": "\\u0000 stays text", "n": 2**60}},
+    )
+    assert await store.write_batch([odd]) == 1
+    assert await store.write_batch([odd]) == 0
+    (back,) = await store.events()
+    assert back.event_id == "not-a-uuid"
+    assert back.data["args"] == {"raw": "\\u0000 stays text", "n": 2**60}
+    # SQLite keeps NUL characters; PostgreSQL cannot and stores U+FFFD instead
+    assert back.data["name"] in ("a\x00b", "a\ufffdb")
+
+
+async def test_readers_get_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"sqlite:///path or postgresql://"):
+        open_store("mysql://localhost/x")
+    with pytest.raises(StoreError, match="absolute"):
+        open_store("sqlite://relative.db")
+    missing = open_store(f"sqlite:///{tmp_path}/missing.db", readonly=True)
+    with pytest.raises(StoreError, match="cannot open"):
+        await missing.open()
+    unopened = open_store(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(StoreError, match="not open"):
+        await unopened.count()
