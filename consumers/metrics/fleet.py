@@ -1,0 +1,488 @@
+"""The fleet's Prometheus metrics, computed from the event stream.
+
+:class:`FleetMetrics` registers every ``agentstream_*`` family on an injected registry and
+updates them from batches of records (:meth:`FleetMetrics.observe_batch`). The hot path is
+the part every event pays for: a count per ``(type, agent)`` kept in a plain dict and added
+to the counters once per batch, the pipeline delay counted into a local histogram batch, the
+session's latest time, and a dict lookup for the few types that feed a specific metric.
+Payloads are read from ``event.data`` with type checks instead of the typed view: an event
+whose ``data`` is odd still counts, with ``unknown`` where a name is missing.
+
+Counters are per process; instances splitting the partitions add up with ``sum``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from agentstream.schemas import Event, StopReason
+
+from .histogram import BatchHistogram
+from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
+from .pairing import PendingCalls
+from .sessions import ActiveSessions, PartitionKey
+
+log = logging.getLogger(__name__)
+
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+AGENT, SERVICE = "agent", "service"
+"""``origin`` of a budget or loop signal: emitted in the agent pod (events topic) or
+published by an agentstream service (alerts topic)."""
+
+SUCCESS, ERROR = "success", "error"
+_STOP_REASONS = frozenset(r.value for r in StopReason)
+_DIRECTIONS = frozenset(("input", "output"))
+
+
+class RecordLike(Protocol):
+    """What :meth:`FleetMetrics.observe_batch` reads of a consumed record."""
+
+    @property
+    def event(self) -> Event: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+
+
+class PartitionLike(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+
+
+class _PartitionState:
+    __slots__ = ("llm", "seen", "tools")
+
+    def __init__(
+        self, tools: PendingCalls, llm: PendingCalls, seen: dict[str, float] | None
+    ) -> None:
+        self.tools = tools
+        self.llm = llm
+        self.seen = seen
+
+
+_Handler = Callable[[Event, float, _PartitionState, str], None]
+
+
+def _text(value: object) -> str:
+    return value if type(value) is str else ""
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer, or None (bool is not a count)."""
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is float and value >= 0 and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def _session(event: Event) -> str:
+    # Events without a session are keyed (and partitioned) by their source.
+    return event.session_id or event.source
+
+
+class FleetMetrics:
+    """Every fleet metric, and how each event updates them."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        events_topic: str,
+        alerts_topic: str,
+        agents: BoundedLabel | None = None,
+        tools: BoundedLabel | None = None,
+        models: BoundedLabel | None = None,
+        session_window_s: float = 300.0,
+        pending_max_sessions: int = 10_000,
+        pending_max_per_session: int = 64,
+        pending_ttl_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._events_topic = events_topic
+        self._alerts_topic = alerts_topic
+        self._agents = agents or BoundedLabel(50)
+        self._tools = tools or BoundedLabel(100)
+        self._models = models or BoundedLabel(20)
+        self._dimensions = BoundedLabel(16)
+        self._patterns = BoundedLabel(16)
+        self._pending_max_sessions = pending_max_sessions
+        self._pending_max_per_session = pending_max_per_session
+        self._pending_ttl_s = pending_ttl_s
+        self._clock = clock
+        self._states: dict[PartitionKey, _PartitionState] = {}
+        self._states_lock = threading.Lock()
+        self._next_prune = 0.0
+        self._prune_every_s = min(60.0, session_window_s / 4)
+
+        def counter(name: str, doc: str, labels: Sequence[str]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.events = counter(
+            "agentstream_events_total",
+            "Events consumed, by type (the catalogue's, else other) and agent.",
+            ["type", "agent"],
+        )
+        self.tool_calls = counter(
+            "agentstream_tool_calls_total",
+            "Tool call outcomes (tool.result, tool.error, audit.tool_call_complete/_failure).",
+            ["tool", "outcome"],
+        )
+        self.tool_duration = Histogram(
+            "agentstream_tool_duration_seconds",
+            "Tool call duration: the audit duration_ms, or tool.called to its outcome.",
+            ["tool"],
+            buckets=TOOL_BUCKETS,
+            registry=registry,
+        )
+        self.llm_calls = counter(
+            "agentstream_llm_calls_total", "Completed LLM calls (llm.call.completed).", ["model"]
+        )
+        self.llm_duration = Histogram(
+            "agentstream_llm_call_duration_seconds",
+            "LLM call duration, llm.call.started to llm.call.completed of the same round.",
+            ["model"],
+            buckets=LLM_BUCKETS,
+            registry=registry,
+        )
+        self.llm_tokens = counter(
+            "agentstream_llm_tokens_total",
+            "LLM tokens by kind: input, output (reported), output_estimated (characters / 4 "
+            "when the call reported no output tokens).",
+            ["model", "kind"],
+        )
+        self.turns = counter(
+            "agentstream_turns_total",
+            "Finished agent loops by stop reason (turn.ended; audit.turn_end counts as unknown).",
+            ["stop_reason"],
+        )
+        self.guard_checks = counter(
+            "agentstream_guard_checks_total",
+            "Guard checks (guard.input/output.checked) by direction and outcome.",
+            ["direction", "outcome"],
+        )
+        self.guard_blocks = counter(
+            "agentstream_guard_blocks_total", "Content blocked by a guard.", ["direction"]
+        )
+        self.budget_signals = counter(
+            "agentstream_budget_signals_total",
+            "budget.warning and budget.exceeded events by level, dimension and origin "
+            "(agent: emitted in the pod; service: published on the alerts topic).",
+            ["level", "dimension", "origin"],
+        )
+        self.loop_signals = counter(
+            "agentstream_loop_signals_total",
+            "Tool loop findings (audit.tool_loop_warning/_block) by kind, pattern and origin.",
+            ["kind", "pattern", "origin"],
+        )
+        self.unpaired_calls = counter(
+            "agentstream_unpaired_calls_total",
+            "Call starts or outcomes that got no duration: no_start (outcome without a start), "
+            "evicted (memory bound), expired, session_ended, revoked (partition moved).",
+            ["call", "reason"],
+        )
+        self.malformed = counter(
+            "agentstream_metrics_malformed_events_total",
+            "Events counted in agentstream_events_total whose data could not feed their "
+            "specific metric.",
+            ["type"],
+        )
+        self.pipeline_delay = BatchHistogram(
+            "agentstream_pipeline_delay_seconds",
+            "Time from an event's timestamp to its processing by the metrics service.",
+            DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.active_sessions = ActiveSessions(session_window_s, clock=clock, registry=registry)
+
+        self._event_children: dict[tuple[str, str], Counter] = {}
+        self._children: dict[Hashable, Any] = {}
+        self._dispatch: dict[str, _Handler] = {
+            "tool.called": self._tool_called,
+            "tool.result": self._tool_result,
+            "tool.error": self._tool_error,
+            "audit.tool_call_complete": self._audit_tool_complete,
+            "audit.tool_call_failure": self._audit_tool_failure,
+            "llm.call.started": self._llm_started,
+            "llm.call.completed": self._llm_completed,
+            "turn.ended": self._turn_ended,
+            "audit.turn_end": self._audit_turn_end,
+            "guard.input.checked": self._guard_checked,
+            "guard.output.checked": self._guard_checked,
+            "guard.blocked": self._guard_blocked,
+            "budget.warning": self._budget_warning,
+            "budget.exceeded": self._budget_exceeded,
+            "audit.tool_loop_warning": self._loop_warning,
+            "audit.tool_loop_block": self._loop_block,
+            "session.ended": self._session_ended,
+        }
+
+    # --- the consumer side --------------------------------------------------------------
+
+    async def handle_batch(self, records: Sequence[RecordLike]) -> None:
+        """The batch handler to subscribe with ``consumer.subscribe_batch("*", ...)``."""
+        self.observe_batch(records)
+
+    async def forget_partitions(self, partitions: Iterable[PartitionLike]) -> None:
+        """The ``on_revoked`` hook: drop the open calls and sessions of those partitions."""
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            with self._states_lock:
+                state = self._states.pop(key, None)
+            if state is not None:
+                state.tools.clear()
+                state.llm.clear()
+            self.active_sessions.forget(key)
+
+    def observe_batch(self, records: Sequence[RecordLike]) -> None:
+        """Update every metric from ``records`` (normally consecutive records of one partition)."""
+        if not records:
+            return
+        now = self._clock()
+        counts: dict[tuple[str, str], int] = {}
+        delay = self.pipeline_delay.new_batch()
+        observe_delay = delay.observe
+        dispatch = self._dispatch
+        topic, partition = "", -1
+        state: _PartitionState | None = None
+        seen: dict[str, float] | None = None
+        origin = AGENT
+        with self.active_sessions.lock:
+            for record in records:
+                if record.partition != partition or record.topic != topic:
+                    topic, partition = record.topic, record.partition
+                    state = self._state(topic, partition)
+                    seen = state.seen
+                    origin = SERVICE if topic == self._alerts_topic else AGENT
+                event = record.event
+                key = (event.type, event.agent_id)
+                counts[key] = counts.get(key, 0) + 1
+                at = event.timestamp.timestamp()
+                observe_delay(now - at if now > at else 0.0)
+                if seen is not None and event.session_id:
+                    seen[event.session_id] = at if at < now else now
+                handler = dispatch.get(event.type)
+                if handler is not None:
+                    assert state is not None
+                    try:
+                        handler(event, at, state, origin)
+                    except Exception:  # a bug or odd data must not cost the batch its counts
+                        log.debug("metrics of a %s event failed", event.type, exc_info=True)
+                        self._child(self.malformed, type_label(event.type)).inc()
+            if now >= self._next_prune:
+                self._prune(now)
+        self.pipeline_delay.add(delay)
+        children = self._event_children
+        for key, n in counts.items():
+            child = children.get(key)
+            if child is None:
+                child = self._child(self.events, type_label(key[0]), self._agents(key[1]))
+                if len(children) < 16_384:
+                    children[key] = child
+            child.inc(n)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _state(self, topic: str, partition: int) -> _PartitionState:
+        key = (topic, partition)
+        state = self._states.get(key)
+        if state is None:
+            seen = self.active_sessions.partition(key) if topic == self._events_topic else None
+            state = _PartitionState(self._pending("tool"), self._pending("llm"), seen)
+            with self._states_lock:
+                self._states[key] = state
+        return state
+
+    def _pending(self, call: str) -> PendingCalls:
+        def dropped(reason: str, count: int) -> None:
+            self._child(self.unpaired_calls, call, reason).inc(count)
+
+        return PendingCalls(
+            max_sessions=self._pending_max_sessions,
+            max_per_session=self._pending_max_per_session,
+            on_drop=dropped,
+        )
+
+    def _prune(self, now: float) -> None:
+        """Forget stale sessions and open calls even when nobody scrapes (lock held)."""
+        self._next_prune = now + self._prune_every_s
+        cutoff = now - self.active_sessions.window_s
+        for state in list(self._states.values()):
+            state.tools.expire(now - self._pending_ttl_s)
+            state.llm.expire(now - self._pending_ttl_s)
+            if state.seen:
+                for session in [s for s, seen in state.seen.items() if seen < cutoff]:
+                    del state.seen[session]
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        """The labelled child of ``family``, cached (label values are already bounded)."""
+        key = (id(family), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    # --- tools ----------------------------------------------------------------------------
+
+    def _tool_called(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        data = event.data
+        name = _text(data.get("name"))
+        call_id = _text(data.get("call_id"))
+        key = ("id", call_id) if call_id else ("name", name)
+        state.tools.start(_session(event), key, at, name)
+
+    def _tool_result(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._tool_outcome(event, at, state, SUCCESS)
+
+    def _tool_error(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._tool_outcome(event, at, state, ERROR)
+
+    def _tool_outcome(self, event: Event, at: float, state: _PartitionState, outcome: str) -> None:
+        data = event.data
+        name = _text(data.get("name"))
+        call_id = _text(data.get("call_id"))
+        session = _session(event)
+        started = None
+        if call_id:
+            started = state.tools.finish(session, ("id", call_id))
+        if started is None:
+            started = state.tools.finish(session, ("name", name))
+        tool = self._tools(name or (started[1] if started else ""))
+        self._child(self.tool_calls, tool, outcome).inc()
+        if started is None:
+            self._child(self.unpaired_calls, "tool", "no_start").inc()
+        elif at >= started[0]:
+            self._child(self.tool_duration, tool).observe(at - started[0])
+
+    def _audit_tool_complete(
+        self, event: Event, at: float, state: _PartitionState, origin: str
+    ) -> None:
+        data = event.data
+        tool = self._tools(data.get("tool_name"))
+        status = data.get("status", SUCCESS)
+        self._child(self.tool_calls, tool, SUCCESS if status == SUCCESS else ERROR).inc()
+        duration_ms = _seconds_from_ms(data.get("duration_ms"))
+        if duration_ms is not None:
+            self._child(self.tool_duration, tool).observe(duration_ms)
+
+    def _audit_tool_failure(
+        self, event: Event, at: float, state: _PartitionState, origin: str
+    ) -> None:
+        self._child(self.tool_calls, self._tools(event.data.get("tool_name")), ERROR).inc()
+
+    # --- LLM ------------------------------------------------------------------------------
+
+    def _llm_started(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        data = event.data
+        state.llm.start(_session(event), _round(data), at, _text(data.get("model")))
+
+    def _llm_completed(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        data = event.data
+        started = state.llm.finish(_session(event), _round(data))
+        model = self._models(_text(data.get("model")) or (started[1] if started else ""))
+        self._child(self.llm_calls, model).inc()
+        if started is None:
+            self._child(self.unpaired_calls, "llm", "no_start").inc()
+        elif at >= started[0]:
+            self._child(self.llm_duration, model).observe(at - started[0])
+        input_tokens = _count(data.get("input_tokens"))
+        if input_tokens:
+            self._child(self.llm_tokens, model, "input").inc(input_tokens)
+        output_tokens = _count(data.get("output_tokens"))
+        if output_tokens is not None:
+            if output_tokens:
+                self._child(self.llm_tokens, model, "output").inc(output_tokens)
+        else:
+            chars = _count(data.get("output_chars"))
+            if chars:
+                self._child(self.llm_tokens, model, "output_estimated").inc(chars // 4)
+
+    # --- turns, guards --------------------------------------------------------------------
+
+    def _turn_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        reason = event.data.get("stop_reason")
+        label = reason if reason in _STOP_REASONS else OTHER
+        self._child(self.turns, label).inc()
+
+    def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._child(self.turns, UNKNOWN).inc()
+
+    def _guard_checked(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        data = event.data
+        direction = _direction(data, "input" if event.type == "guard.input.checked" else "output")
+        allowed = data.get("allowed")
+        outcome = "allowed" if allowed is True else "blocked" if allowed is False else UNKNOWN
+        self._child(self.guard_checks, direction, outcome).inc()
+
+    def _guard_blocked(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._child(self.guard_blocks, _direction(event.data, UNKNOWN)).inc()
+
+    # --- budgets, loops, sessions ---------------------------------------------------------
+
+    def _budget_warning(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._budget("warning", event, origin)
+
+    def _budget_exceeded(
+        self, event: Event, at: float, state: _PartitionState, origin: str
+    ) -> None:
+        self._budget("exceeded", event, origin)
+
+    def _budget(self, level: str, event: Event, origin: str) -> None:
+        data = event.data
+        dimension = _text(data.get("dimension"))
+        if not dimension:
+            # Corail's own budget.exceeded says which limit through the key it sends.
+            if data.get("tokens_used") is not None:
+                dimension = "tokens"
+            elif data.get("rounds") is not None:
+                dimension = "rounds"
+        self._child(self.budget_signals, level, self._dimensions(dimension), origin).inc()
+
+    def _loop_warning(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        # Calute's detector emits a "warning" with severity_level "ok" for every checked call
+        # (a bug of the seed): that is no finding.
+        if event.data.get("severity_level") != "ok":
+            self._loop("warning", event, origin)
+
+    def _loop_block(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        self._loop("block", event, origin)
+
+    def _loop(self, kind: str, event: Event, origin: str) -> None:
+        pattern = self._patterns(event.data.get("pattern"))
+        self._child(self.loop_signals, kind, pattern, origin).inc()
+
+    def _session_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        session = _session(event)
+        state.tools.end_session(session)
+        state.llm.end_session(session)
+        if state.seen is not None:
+            state.seen.pop(event.session_id, None)
+
+
+def _seconds_from_ms(value: object) -> float | None:
+    if (type(value) is int or type(value) is float) and 0 <= value < math.inf:
+        return value / 1000
+    return None
+
+
+def _round(data: dict[str, Any]) -> int | None:
+    value = data.get("round")
+    return value if type(value) is int else None
+
+
+def _direction(data: dict[str, Any], default: str) -> str:
+    value = data.get("direction")
+    return value if value in _DIRECTIONS else default
