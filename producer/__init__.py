@@ -1,2 +1,89 @@
 """agentstream's producer side, for code inside agent pods: the EventBus and AuditEmitter
-APIs of the seed runtimes, shipping every event to Kafka. Imports only ``schemas``."""
+APIs of the seed runtimes, shipping every event to Kafka. Imports only ``schemas``.
+
+Wiring for one pod (one publisher, shared)::
+
+    publisher = KafkaPublisher(KafkaSettings())             # reads AGENTSTREAM_* once
+    bus = EventBus(publisher, agent_id="agent-1")             # Corail's API
+    emitter = AuditEmitter(KafkaCollector(publisher, agent_id="agent-1"), session_id=sid)
+    ...
+    await bus.close(); publisher.close()                      # close() flushes
+"""
+
+from typing import Any
+
+from agentstream.schemas import Event, EventType, StopReason
+
+from .audit import PREVIEW_CHARS, AuditEmitter
+from .audit_events import (
+    AuditEvent,
+    ErrorEvent,
+    HookMutationEvent,
+    SandboxDecisionEvent,
+    ToolCallAttemptEvent,
+    ToolCallCompleteEvent,
+    ToolCallFailureEvent,
+    ToolLoopBlockEvent,
+    ToolLoopWarningEvent,
+    ToolPolicyDecisionEvent,
+    TurnEndEvent,
+    TurnStartEvent,
+)
+from .bus import EventBus, Handler, Publisher
+from .collectors import (
+    AuditCollector,
+    CompositeCollector,
+    InMemoryCollector,
+    JSONLSinkCollector,
+    KafkaCollector,
+    audit_envelope,
+)
+from .control import ControlListener
+from .redact import DEFAULT_REDACTOR, Redactor
+from .scope import Scope, current_scope, event_scope
+
+
+def __getattr__(name: str) -> Any:
+    # The publisher pulls in its background thread machinery: loaded on first use.
+    if name == "KafkaPublisher":
+        from .publisher import KafkaPublisher  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return KafkaPublisher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_REDACTOR",
+    "PREVIEW_CHARS",
+    "AuditCollector",
+    "AuditEmitter",
+    "AuditEvent",
+    "CompositeCollector",
+    "ControlListener",
+    "ErrorEvent",
+    "Event",
+    "EventBus",
+    "EventType",
+    "Handler",
+    "HookMutationEvent",
+    "InMemoryCollector",
+    "JSONLSinkCollector",
+    "KafkaCollector",
+    "KafkaPublisher",
+    "Publisher",
+    "Redactor",
+    "SandboxDecisionEvent",
+    "Scope",
+    "StopReason",
+    "ToolCallAttemptEvent",
+    "ToolCallCompleteEvent",
+    "ToolCallFailureEvent",
+    "ToolLoopBlockEvent",
+    "ToolLoopWarningEvent",
+    "ToolPolicyDecisionEvent",
+    "TurnEndEvent",
+    "TurnStartEvent",
+    "audit_envelope",
+    "current_scope",
+    "event_scope",
+]

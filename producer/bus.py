@@ -1,0 +1,319 @@
+"""Corail's ``EventBus``, shipping every event it sees to Kafka.
+
+>>> bus = EventBus(publisher, agent_id="my-agent")          # publisher: the pod's KafkaPublisher
+>>> bus.subscribe(EventType.TOOL_CALLED, on_tool_called)     # exact type
+>>> bus.subscribe("tool.*", on_any_tool_event)               # glob (beyond the seed)
+>>> bus.subscribe("*", audit_log)                            # everything
+>>> with bus.scope(session_id="s-1", user_id="u-7"):         # ids for events emitted inside
+...     await bus.emit(Event(type=EventType.TOOL_CALLED, data={"name": "calc", "args": {}}))
+
+``emit`` records the event (history), stamps the scope's ids where the event's own are empty,
+hands it to the publisher (encode and enqueue: no network wait), then runs the matching
+handlers concurrently: exact-type ones, then glob ones, then ``"*"`` ones. A handler's error
+is logged with its name and the event type and never reaches the emitter.
+
+``emit_sync`` does the recording and shipping at once, in the caller's order, and schedules
+only the handlers: on the running loop, or from another thread on the loop the bus was
+started on. Without any loop the event is still recorded and shipped (Corail only recorded it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agentstream.schemas import Event
+from agentstream.schemas.routing import matches
+
+from .collectors import FailureLog
+from .scope import Scope, current_scope, event_scope
+
+if TYPE_CHECKING:
+    from agentstream.schemas.settings import KafkaSettings
+
+    from .control import ControlListener
+
+__all__ = ["DEFAULT_HISTORY_SIZE", "EventBus", "Handler", "Publisher"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_SIZE = 1000
+_WILDCARD = "*"
+_MAX_TRACKED_SESSIONS = 10_000
+_MAX_LOCAL_IDS = 1_000
+
+Handler = Callable[[Event], Awaitable[None] | None]
+"""``async def handler(event) -> None`` (Corail's shape); a plain function works too."""
+
+
+class Publisher(Protocol):
+    """What the bus and ``KafkaCollector`` need from ``KafkaPublisher``."""
+
+    def publish(self, event: Event) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+def _pattern_key(event_type: object) -> str:
+    """A subscription key: EventType members (ours or any enum with a str value) → value."""
+    value = getattr(event_type, "value", event_type)
+    if not isinstance(value, str):
+        raise TypeError(f"expected an EventType, a type string, a glob or '*', got {event_type!r}")
+    return value
+
+
+def _handler_name(handler: Handler) -> str:
+    return getattr(handler, "__qualname__", None) or repr(handler)
+
+
+class EventBus:
+    """In-process pub/sub for one agent pod (Corail's API) that also ships events to Kafka.
+
+    ``publisher``: the pod's shared publisher (``None``: local only, as Corail).
+    ``agent_id``: stamped on events that carry none (after the scope's), and the agent whose
+    control directives this bus receives. ``control``: a
+    :class:`~agentstream.producer.control.ControlListener`, started by :meth:`start`
+    (or ``async with bus``) and stopped by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher | None = None,
+        *,
+        agent_id: str = "",
+        control: ControlListener | None = None,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+    ) -> None:
+        self.publisher = publisher
+        self.agent_id = agent_id
+        self.control = control
+        self._handlers: dict[str, list[Handler]] = {}
+        self._dispatch_cache: dict[str, tuple[Handler, ...]] = {}
+        self._history: deque[Event] = deque(maxlen=history_size)
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: dict[str, None] = {}
+        self._local_ids: dict[str, None] = {}
+        self.handler_errors = 0
+        self.publish_failures = FailureLog("EventBus publish")
+
+    # --- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self, event_type: object, handler: Handler) -> None:
+        """Call ``handler`` for events of ``event_type`` (an EventType, a type string, a glob
+        such as ``"tool.*"``, or ``"*"``). Subscribing twice calls it twice."""
+        self._handlers.setdefault(_pattern_key(event_type), []).append(handler)
+        self._dispatch_cache.clear()
+
+    def unsubscribe(self, event_type: object, handler: Handler) -> None:
+        """Remove the first subscription of ``handler`` to ``event_type`` (no-op if none)."""
+        key = _pattern_key(event_type)
+        handlers = self._handlers.get(key)
+        if handlers is None or handler not in handlers:
+            return
+        handlers.remove(handler)
+        if not handlers:
+            del self._handlers[key]
+        self._dispatch_cache.clear()
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions exist (duplicates counted)."""
+        return sum(len(handlers) for handlers in self._handlers.values())
+
+    def _handlers_for(self, event_type: str) -> tuple[Handler, ...]:
+        handlers = self._dispatch_cache.get(event_type)
+        if handlers is None:
+            exact = self._handlers.get(event_type, [])
+            globs = [
+                h
+                for pattern, hs in self._handlers.items()
+                if pattern not in (event_type, _WILDCARD) and matches(pattern, event_type)
+                for h in hs
+            ]
+            handlers = (*exact, *globs, *self._handlers.get(_WILDCARD, []))
+            self._dispatch_cache[event_type] = handlers
+        return handlers
+
+    # --- history ----------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Event]:
+        """The last ``history_size`` (1000) events seen here, newest first."""
+        return list(reversed(self._history))
+
+    def clear_history(self) -> None:
+        self._history.clear()
+
+    # --- scope ------------------------------------------------------------------------------
+
+    def scope(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        turn_id: str | None = None,
+    ) -> AbstractContextManager[Scope]:
+        """Stamp these ids on events emitted inside the ``with`` block where the event's own
+        are empty (see :mod:`agentstream.producer.scope`; shared with ``KafkaCollector``)."""
+        return event_scope(
+            session_id=session_id, user_id=user_id, agent_id=agent_id, turn_id=turn_id
+        )
+
+    # --- emitting ---------------------------------------------------------------------------
+
+    async def emit(self, event: Event) -> None:
+        """Record and ship ``event``, then run the matching handlers concurrently."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._record(event)
+        handlers = self._handlers_for(event.type)
+        if handlers:
+            await self._dispatch(event, handlers)
+
+    def emit_sync(self, event: Event) -> None:
+        """Fire-and-forget from synchronous code: records and ships ``event`` now (in call
+        order), and schedules the handlers on the running loop, or from another thread on the
+        bus's loop (the one it was started or first awaited on). With no loop at all the
+        handlers cannot run; the event is still recorded and shipped."""
+        self._record(event)
+        handlers = self._handlers_for(event.type)
+        if handlers:
+            self._schedule(event, handlers)
+
+    async def emit_local(self, event: Event) -> None:
+        """Record ``event`` and run its handlers, never shipping it (control directives
+        received from Kafka come in this way: a handler that re-emits one cannot loop it
+        back)."""
+        self._mark_local(event.event_id)
+        self._history.append(event)
+        handlers = self._handlers_for(event.type)
+        if handlers:
+            await self._dispatch(event, handlers)
+
+    def _record(self, event: Event) -> None:
+        scope = current_scope()
+        if not scope.empty:
+            if not event.session_id:
+                event.session_id = scope.session_id
+            if not event.user_id:
+                event.user_id = scope.user_id
+            if not event.agent_id:
+                event.agent_id = scope.agent_id
+            if not event.turn_id:
+                event.turn_id = scope.turn_id
+        if not event.agent_id:
+            event.agent_id = self.agent_id
+        self._history.append(event)
+        if self.control is not None and event.session_id:
+            self._note_session(event.session_id)
+        if self.publisher is None or (self._local_ids and event.event_id in self._local_ids):
+            return
+        try:
+            self.publisher.publish(event)
+        except Exception as exc:
+            self.publish_failures.record(exc, f"publish({event.type})")
+
+    def _schedule(self, event: Event, handlers: tuple[Handler, ...]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._track(loop.create_task(self._dispatch(event, handlers)))
+            return
+        bus_loop = self._loop
+        if bus_loop is not None and bus_loop.is_running() and not bus_loop.is_closed():
+            bus_loop.call_soon_threadsafe(self._spawn, event, handlers)
+            return
+        logger.debug("emit_sync(%s) without an event loop: handlers not run", event.type)
+
+    def _spawn(self, event: Event, handlers: tuple[Handler, ...]) -> None:
+        self._track(asyncio.ensure_future(self._dispatch(event, handlers)))
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, event: Event, handlers: tuple[Handler, ...]) -> None:
+        if len(handlers) == 1:
+            await self._safe_call(handlers[0], event)
+        else:
+            await asyncio.gather(*(self._safe_call(h, event) for h in handlers))
+
+    async def _safe_call(self, handler: Handler, event: Event) -> None:
+        try:
+            result = handler(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self.handler_errors += 1
+            logger.error(
+                "EventBus handler %s failed for %s: %r",
+                _handler_name(handler),
+                event.type,
+                exc,
+                exc_info=exc,
+            )
+
+    # --- bookkeeping for the control channel ------------------------------------------------
+
+    def _note_session(self, session_id: str) -> None:
+        sessions = self._sessions
+        if session_id in sessions:
+            return
+        sessions[session_id] = None
+        if len(sessions) > _MAX_TRACKED_SESSIONS:
+            del sessions[next(iter(sessions))]
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether this bus emitted in ``session_id`` recently (the last 10,000 sessions;
+        tracked only when a control listener is attached)."""
+        return session_id in self._sessions
+
+    def _mark_local(self, event_id: str) -> None:
+        self._local_ids[event_id] = None
+        if len(self._local_ids) > _MAX_LOCAL_IDS:
+            del self._local_ids[next(iter(self._local_ids))]
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the bus to the running loop and start the control listener, if any."""
+        self._loop = asyncio.get_running_loop()
+        if self.control is not None:
+            await self.control.start(self)
+
+    async def enable_control(self, settings: KafkaSettings, **options: Any) -> ControlListener:
+        """Create and start a control listener for this bus's agent."""
+        from .control import ControlListener
+
+        if self.control is not None:
+            raise RuntimeError("expected a bus without a control listener, this one has one")
+        self.control = ControlListener(settings, **options)
+        await self.start()
+        return self.control
+
+    async def close(self) -> None:
+        """Stop the control listener and wait for scheduled handlers. The publisher is
+        shared and not closed here: close it where it was created, after the bus."""
+        if self.control is not None:
+            await self.control.stop()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,290 @@
+"""Audit collectors: where an :class:`~agentstream.producer.audit.AuditEmitter` sends events.
+
+Calute's three (``InMemoryCollector``, ``JSONLSinkCollector``, ``CompositeCollector``) with
+their API, plus :class:`KafkaCollector`, which turns each audit event into an envelope and
+hands it to the pod's :class:`~agentstream.producer.bus.Publisher`.
+
+Unlike Calute, a failing child of a :class:`CompositeCollector` is logged and counted and the
+other children still get the event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from agentstream.schemas import Event, audit_type
+
+from .scope import current_scope
+
+if TYPE_CHECKING:
+    from agentstream.schemas.settings import KafkaSettings
+
+    from .bus import Publisher
+
+__all__ = [
+    "AuditCollector",
+    "AuditEventLike",
+    "CompositeCollector",
+    "FailureLog",
+    "InMemoryCollector",
+    "JSONLSinkCollector",
+    "KafkaCollector",
+    "audit_envelope",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class AuditEventLike(Protocol):
+    """What a collector accepts: Calute's, Xerxes' and our own audit events all qualify."""
+
+    event_type: str
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class AuditCollector(Protocol):
+    """Calute's collector protocol."""
+
+    def emit(self, event: Any) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class FailureLog:
+    """Counts failures and logs the 1st, 10th, 100th, ... of them (a broken collector on a
+    hot path must not flood the log, and must not go unnoticed either). Thread-safe."""
+
+    __slots__ = ("_lock", "count", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def record(self, exc: BaseException, detail: str) -> None:
+        with self._lock:
+            self.count += 1
+            count = self.count
+        if _is_power_of_ten(count):
+            logger.error(
+                "%s failed (%d failure(s) so far; logging the 1st, 10th, 100th...): %s: %r",
+                self.what,
+                count,
+                detail,
+                exc,
+                exc_info=exc,
+            )
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0 and n >= 10:
+        n //= 10
+    return n == 1
+
+
+def _to_json(event: Any) -> str:
+    to_json = getattr(event, "to_json", None)
+    if callable(to_json):
+        return str(to_json())
+    return json.dumps(event.to_dict(), default=str)
+
+
+class InMemoryCollector:
+    """Keeps every event in a lock-protected list (tests, debugging)."""
+
+    def __init__(self) -> None:
+        self._events: list[Any] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def get_events(self) -> list[Any]:
+        """A copy of the events, in insertion order."""
+        with self._lock:
+            return list(self._events)
+
+    def get_events_by_type(self, event_type: str) -> list[Any]:
+        with self._lock:
+            return [e for e in self._events if e.event_type == event_type]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+
+class JSONLSinkCollector:
+    """One JSON object per line, to a path (opened in append mode, owned: ``close()`` closes
+    it) or to an open text stream (not owned: ``close()`` only flushes it)."""
+
+    def __init__(self, sink: str | os.PathLike[str] | IO[str]) -> None:
+        self._lock = threading.Lock()
+        self._owned = isinstance(sink, str | os.PathLike)
+        self._stream: IO[str] = (
+            open(sink, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            if isinstance(sink, str | os.PathLike)
+            else sink
+        )
+        self._closed = False
+
+    def emit(self, event: Any) -> None:
+        line = _to_json(event) + "\n"
+        with self._lock:
+            if self._closed:
+                raise ValueError(
+                    f"expected an open JSONL sink, got a closed one ({self._stream!r})"
+                )
+            self._stream.write(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stream.flush()
+            if self._owned:
+                self._stream.close()
+
+
+class CompositeCollector:
+    """Forwards emit and flush to every child in order; a failing child is logged and counted
+    (:attr:`failures`) and does not keep the event from the children after it."""
+
+    def __init__(self, collectors: Iterable[AuditCollector] | None = None) -> None:
+        self._collectors: list[AuditCollector] = list(collectors or ())
+        self._lock = threading.Lock()
+        self.failures = FailureLog("a CompositeCollector child")
+
+    def add(self, collector: AuditCollector) -> None:
+        with self._lock:
+            self._collectors.append(collector)
+
+    @property
+    def collectors(self) -> list[AuditCollector]:
+        with self._lock:
+            return list(self._collectors)
+
+    def emit(self, event: Any) -> None:
+        for collector in self.collectors:
+            try:
+                collector.emit(event)
+            except Exception as exc:
+                self.failures.record(
+                    exc, f"{type(collector).__name__}.emit({getattr(event, 'event_type', '?')})"
+                )
+
+    def flush(self) -> None:
+        for collector in self.collectors:
+            try:
+                collector.flush()
+            except Exception as exc:
+                self.failures.record(exc, f"{type(collector).__name__}.flush()")
+
+
+_ENVELOPE_FIELDS = frozenset({"event_type", "timestamp", "agent_id", "turn_id", "session_id"})
+
+
+def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
+    """The envelope of an audit event (ours, Calute's or Xerxes'): type
+    ``audit.<event_type>``, the event's timestamp, its ids as envelope fields (empty ones
+    filled from the current :func:`~agentstream.producer.scope.event_scope`, then
+    ``agent_id``), and every other field (severity, metadata, class fields) in ``data``."""
+    fields = event.to_dict()
+    data = {k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS}
+    scope = current_scope()
+    return Event(
+        type=audit_type(str(event.event_type)),
+        timestamp=_parse_timestamp(fields.get("timestamp")),
+        agent_id=fields.get("agent_id") or scope.agent_id or agent_id,
+        session_id=fields.get("session_id") or scope.session_id,
+        turn_id=fields.get("turn_id") or scope.turn_id,
+        user_id=scope.user_id,
+        data=data,
+    )
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            logger.warning("audit event timestamp %r is not ISO-8601; using now", value)
+        else:
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+class KafkaCollector:
+    """Publishes every audit event to Kafka through the pod's shared publisher.
+
+    ``emit`` maps the event with :func:`audit_envelope` and calls ``publisher.publish``: it
+    encodes and enqueues, never waits on the network. ``flush()`` waits until everything
+    published so far is acknowledged, up to ``flush_timeout`` seconds (logged when it is not).
+    A collector built by :meth:`from_settings` owns its publisher and closes it in
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        agent_id: str = "",
+        flush_timeout: float | None = 30.0,
+        owns_publisher: bool = False,
+    ) -> None:
+        self.publisher = publisher
+        self.agent_id = agent_id
+        self.flush_timeout = flush_timeout
+        self._owns_publisher = owns_publisher
+
+    @classmethod
+    def from_settings(
+        cls, settings: KafkaSettings, *, agent_id: str = "", **publisher_options: Any
+    ) -> KafkaCollector:
+        """A collector with its own :class:`~agentstream.producer.publisher.KafkaPublisher`
+        (prefer sharing the pod's one publisher with the EventBus)."""
+        from .publisher import KafkaPublisher  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return cls(
+            KafkaPublisher(settings, **publisher_options), agent_id=agent_id, owns_publisher=True
+        )
+
+    def emit(self, event: Any) -> None:
+        self.publisher.publish(audit_envelope(event, agent_id=self.agent_id))
+
+    def flush(self) -> None:
+        if not self.publisher.flush(self.flush_timeout):
+            logger.warning(
+                "KafkaCollector.flush: not every audit event was acknowledged within %ss",
+                self.flush_timeout,
+            )
+
+    def close(self) -> None:
+        if self._owns_publisher:
+            self.publisher.close()
+        else:
+            self.flush()

@@ -1,0 +1,299 @@
+"""EventBus: Corail's behaviour, globs, scope, shipping (with an in-memory publisher)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from agentstream.producer import Event, EventBus, EventType
+
+if TYPE_CHECKING:
+    from conftest import RecordingPublisher
+
+
+def ev(event_type: str = EventType.TOOL_CALLED, **kwargs: object) -> Event:
+    kwargs.setdefault("data", {"name": "calc", "args": {}})
+    return Event(type=event_type, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_corail_construction_and_exact_and_wildcard_handlers() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    async def on_tool(event: Event) -> None:
+        seen.append(f"tool:{event.data['name']}")
+
+    async def audit_log(event: Event) -> None:
+        seen.append(f"all:{event.type.value}")  # type: ignore[attr-defined]
+
+    bus.subscribe(EventType.TOOL_CALLED, on_tool)
+    bus.subscribe("*", audit_log)
+    await bus.emit(
+        Event(type=EventType.TOOL_CALLED, agent_id="my-agent", data={"name": "calculator"})
+    )
+    await bus.emit(Event(type=EventType.TOOL_RESULT, data={"name": "calculator"}))
+    assert seen == ["tool:calculator", "all:tool.called", "all:tool.result"]
+
+
+async def test_exact_then_glob_then_wildcard_order_and_duplicates() -> None:
+    bus = EventBus()
+    started: list[str] = []
+
+    def make(name: str):  # type: ignore[no-untyped-def]
+        async def handler(event: Event) -> None:
+            started.append(name)
+
+        return handler
+
+    star, glob, exact, other = make("star"), make("glob"), make("exact"), make("other")
+    bus.subscribe("*", star)
+    bus.subscribe("tool.*", glob)
+    bus.subscribe("tool.called", exact)
+    bus.subscribe(EventType.TOOL_CALLED, exact)  # duplicates allowed
+    bus.subscribe("llm.*", other)
+    assert bus.subscriber_count == 5
+    await bus.emit(ev())
+    assert started == ["exact", "exact", "glob", "star"]
+
+    bus.unsubscribe(EventType.TOOL_CALLED, exact)  # removes the first match only
+    bus.unsubscribe("tool.*", other)  # not subscribed there: no-op
+    assert bus.subscriber_count == 4
+    started.clear()
+    await bus.emit(ev())
+    assert started == ["exact", "glob", "star"]
+
+
+async def test_handlers_run_concurrently() -> None:
+    bus = EventBus()
+    a_ready, b_ready = asyncio.Event(), asyncio.Event()
+
+    async def a(event: Event) -> None:
+        a_ready.set()
+        await asyncio.wait_for(b_ready.wait(), 5)
+
+    async def b(event: Event) -> None:
+        b_ready.set()
+        await asyncio.wait_for(a_ready.wait(), 5)
+
+    bus.subscribe(EventType.TOOL_CALLED, a)
+    bus.subscribe("*", b)
+    await bus.emit(ev())  # would time out if handlers ran one after the other
+    assert a_ready.is_set() and b_ready.is_set()
+
+
+async def test_failing_handler_is_logged_with_name_and_type_never_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+    ran: list[str] = []
+
+    async def broken_handler(event: Event) -> None:
+        raise ValueError("boom")
+
+    async def fine(event: Event) -> None:
+        ran.append("fine")
+
+    bus.subscribe("*", broken_handler)
+    bus.subscribe("*", fine)
+    with caplog.at_level(logging.ERROR, logger="agentstream.producer.bus"):
+        await bus.emit(ev())
+    assert ran == ["fine"]
+    assert bus.handler_errors == 1
+    message = caplog.records[-1].getMessage()
+    assert "broken_handler" in message and "tool.called" in message and "boom" in message
+
+
+async def test_sync_handlers_are_accepted() -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe("*", seen.append)
+    event = ev()
+    await bus.emit(event)
+    assert seen == [event]
+
+
+async def test_history_newest_first_capped_and_cleared() -> None:
+    bus = EventBus()
+    events = [ev(data={"i": i}) for i in range(1005)]
+    for event in events:
+        await bus.emit(event)
+    history = bus.history
+    assert len(history) == 1000
+    assert history[0] is events[-1] and history[-1] is events[5]
+    bus.clear_history()
+    assert bus.history == []
+
+
+async def test_emit_records_before_handlers_and_ships_to_publisher(
+    recording: type[RecordingPublisher],
+) -> None:
+    publisher = recording()
+    bus = EventBus(publisher, agent_id="agent-1")
+    seen_history: list[int] = []
+
+    async def handler(event: Event) -> None:
+        seen_history.append(len(bus.history))
+        assert publisher.events[-1] is event
+
+    bus.subscribe("*", handler)
+    event = ev()
+    await bus.emit(event)
+    assert seen_history == [1]
+    assert publisher.events == [event]
+    assert event.agent_id == "agent-1"
+
+
+async def test_emit_sync_keeps_task_references_and_runs_handlers(
+    recording: type[RecordingPublisher],
+) -> None:
+    bus = EventBus(recording())
+    done = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        done.set()
+
+    bus.subscribe("*", handler)
+    bus.emit_sync(ev())
+    assert len(bus._tasks) == 1  # referenced, so not garbage-collected mid-flight
+    await asyncio.wait_for(done.wait(), 5)
+    await bus.close()
+    assert not bus._tasks
+
+
+def test_emit_sync_without_a_loop_records_and_ships(recording: type[RecordingPublisher]) -> None:
+    publisher = recording()
+    bus = EventBus(publisher)
+    called: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        called.append(event)
+
+    bus.subscribe("*", handler)
+    event = ev(session_id="s1")
+    bus.emit_sync(event)
+    assert bus.history == [event]
+    assert publisher.events == [event]
+    assert called == []  # no loop to run a coroutine handler on
+
+
+async def test_emit_sync_keeps_call_order_on_the_wire(recording: type[RecordingPublisher]) -> None:
+    publisher = recording()
+    bus = EventBus(publisher)
+    bus.subscribe("*", lambda e: None)
+    first, second = ev(session_id="s"), ev(session_id="s")
+    bus.emit_sync(first)  # handlers scheduled, shipping done now
+    await bus.emit(second)
+    assert publisher.events == [first, second]
+    await bus.close()
+
+
+async def test_emit_sync_from_another_thread_runs_handlers_on_the_bus_loop(
+    recording: type[RecordingPublisher],
+) -> None:
+    bus = EventBus(recording())
+    await bus.start()
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    threads: list[int] = []
+
+    async def handler(event: Event) -> None:
+        threads.append(threading.get_ident())
+        received.set()
+
+    bus.subscribe("*", handler)
+    worker = threading.Thread(target=bus.emit_sync, args=(ev(),))
+    worker.start()
+    worker.join()
+    await asyncio.wait_for(received.wait(), 5)
+    assert threads == [threading.get_ident()]
+    assert asyncio.get_running_loop() is loop
+    await bus.close()
+
+
+async def test_publish_failure_is_isolated_and_counted(recording: type[RecordingPublisher]) -> None:
+    bus = EventBus(recording(fail=True))
+    seen: list[Event] = []
+    bus.subscribe("*", seen.append)
+    await bus.emit(ev())
+    bus.emit_sync(ev())
+    assert bus.publish_failures.count == 2
+    assert len(bus.history) == 2
+    await bus.close()
+
+
+async def test_scope_stamps_empty_fields_nested_and_follows_tasks(
+    recording: type[RecordingPublisher],
+) -> None:
+    publisher = recording()
+    bus = EventBus(publisher, agent_id="default-agent")
+    with bus.scope(session_id="s1", user_id="u1"):
+        await bus.emit(ev())
+        await bus.emit(ev(session_id="own"))  # the event's own id wins
+        with bus.scope(session_id="s2", turn_id="t9"):
+            await bus.emit(ev())
+
+            async def in_task() -> None:
+                await bus.emit(ev())
+
+            await asyncio.create_task(in_task())
+        await bus.emit(ev())
+    await bus.emit(ev())
+    got = [(e.session_id, e.user_id, e.turn_id, e.agent_id) for e in publisher.events]
+    assert got == [
+        ("s1", "u1", "", "default-agent"),
+        ("own", "u1", "", "default-agent"),
+        ("s2", "u1", "t9", "default-agent"),
+        ("s2", "u1", "t9", "default-agent"),
+        ("s1", "u1", "", "default-agent"),
+        ("", "", "", "default-agent"),
+    ]
+
+
+async def test_scope_agent_id_overrides_bus_default(recording: type[RecordingPublisher]) -> None:
+    publisher = recording()
+    bus = EventBus(publisher, agent_id="default")
+    with bus.scope(agent_id="scoped"):
+        await bus.emit(ev())
+    assert publisher.events[0].agent_id == "scoped"
+
+
+async def test_scopes_do_not_leak_between_concurrent_tasks(
+    recording: type[RecordingPublisher],
+) -> None:
+    publisher = recording()
+    bus = EventBus(publisher)
+
+    async def session(sid: str) -> None:
+        with bus.scope(session_id=sid):
+            for _ in range(20):
+                await bus.emit(ev(data={"sid": sid}))
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(session(f"s{i}") for i in range(5)))
+    assert all(e.session_id == e.data["sid"] for e in publisher.events)
+    assert len(publisher.events) == 100
+
+
+async def test_emit_local_is_never_shipped_even_when_re_emitted(
+    recording: type[RecordingPublisher],
+) -> None:
+    publisher = recording()
+    bus = EventBus(publisher, agent_id="a1")
+    directive = Event(type=EventType.CONTROL_AGENT_PAUSED, agent_id="a1", data={"reason": "x"})
+
+    async def echo(event: Event) -> None:
+        await bus.emit(event)  # a careless handler re-emitting what it got
+
+    bus.subscribe(EventType.CONTROL_AGENT_PAUSED, echo)
+    await bus.emit_local(directive)
+    assert publisher.events == []
+    assert bus.history[0] is directive
+
+
+def test_subscribe_rejects_non_string_types() -> None:
+    with pytest.raises(TypeError, match="expected an EventType"):
+        EventBus().subscribe(42, print)
