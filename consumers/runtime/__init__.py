@@ -1,0 +1,25 @@
+"""The consumer runtime every agentstream service stands on.
+
+:class:`EventConsumer` gives the in-pod bus's subscription model (exact types, globs, ``*``)
+on a Kafka consumer group, with at-least-once delivery, retries, dead letters, rebalance
+hooks and backpressure. :class:`ServiceSpec` describes a service to ``agentstream consume``.
+"""
+
+from .consumer import EventConsumer
+from .deadletter import ERROR_PREFIX, REPLAYED_FROM
+from .record import Record
+from .settings import ServiceSettings
+from .spec import ServiceSpec
+from .subscriptions import BatchHandler, Handler, PartitionsCallback
+
+__all__ = [
+    "ERROR_PREFIX",
+    "REPLAYED_FROM",
+    "BatchHandler",
+    "EventConsumer",
+    "Handler",
+    "PartitionsCallback",
+    "Record",
+    "ServiceSettings",
+    "ServiceSpec",
+]

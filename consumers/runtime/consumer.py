@@ -1,0 +1,471 @@
+"""``EventConsumer``: the in-pod bus's subscription model on a Kafka consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar, overload
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
+from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
+
+from .dispatch import Dispatcher
+from .metrics import ConsumerMetrics, LagCollector
+from .partition import PartitionWorker
+from .settings import ServiceSettings
+from .subscriptions import (
+    BatchHandler,
+    Handler,
+    PartitionsCallback,
+    SubscriptionTable,
+    make_batch_subscription,
+    make_subscription,
+)
+
+log = logging.getLogger("agentstream.consumers.runtime")
+
+H = TypeVar("H", bound=Handler)
+B = TypeVar("B", bound=BatchHandler)
+C = TypeVar("C", bound=PartitionsCallback)
+
+POLL_TIMEOUT_MS = 200
+STALL_SECONDS = 60.0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: EventConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._partitions_revoked(frozenset(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._partitions_assigned(frozenset(assigned))
+
+
+class EventConsumer:
+    """Subscribe handlers to event patterns; run them on one consumer group per service.
+
+    Per partition, records are handed over in offset order (so per session); partitions run
+    concurrently; the handlers of one event run concurrently, each with its own retries. An
+    offset is committed only when every handler finished with that record and with all
+    records before it (periodically, on revoke and on stop). Failing handlers are retried with
+    exponential backoff, then the record is copied to the DLQ with error headers before it
+    counts as finished. Undecodable records go to the DLQ at once.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        service: str,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.routing = settings.routing()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.group_id = settings.group_for(service)
+        self.metrics = ConsumerMetrics(self.registry, service)
+        self.registry.register(LagCollector(service, self._lag))
+        self._table = SubscriptionTable()
+        self._assigned_callbacks: list[PartitionsCallback] = []
+        self._revoked_callbacks: list[PartitionsCallback] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._workers: dict[TopicPartition, PartitionWorker] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = False
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+        self._last_poll = time.monotonic()
+
+    # --- subscriptions and hooks ---------------------------------------------------------
+
+    @overload
+    def subscribe(self, pattern: str | EventType, handler: H, *, name: str | None = None) -> H: ...
+
+    @overload
+    def subscribe(
+        self, pattern: str | EventType, handler: None = None, *, name: str | None = None
+    ) -> Callable[[H], H]: ...
+
+    def subscribe(
+        self, pattern: str | EventType, handler: H | None = None, *, name: str | None = None
+    ) -> H | Callable[[H], H]:
+        """Call ``handler(event)`` or ``handler(event, record)`` for every matching event.
+
+        ``pattern``: an exact type, an :class:`EventType`, a glob (``tool.*``) or ``*``.
+        Without ``handler`` this is a decorator.
+        """
+
+        def add(h: H) -> H:
+            self._check_not_started()
+            self._table.add(make_subscription(pattern, h, name))
+            return h
+
+        return add if handler is None else add(handler)
+
+    @overload
+    def subscribe_batch(
+        self,
+        pattern: str | EventType,
+        handler: B,
+        *,
+        max_records: int = 500,
+        max_wait_ms: int = 100,
+        name: str | None = None,
+    ) -> B: ...
+
+    @overload
+    def subscribe_batch(
+        self,
+        pattern: str | EventType,
+        handler: None = None,
+        *,
+        max_records: int = 500,
+        max_wait_ms: int = 100,
+        name: str | None = None,
+    ) -> Callable[[B], B]: ...
+
+    def subscribe_batch(
+        self,
+        pattern: str | EventType,
+        handler: B | None = None,
+        *,
+        max_records: int = 500,
+        max_wait_ms: int = 100,
+        name: str | None = None,
+    ) -> B | Callable[[B], B]:
+        """Call ``handler(records)`` with consecutive matching records of one partition.
+
+        A batch is handed over when it holds ``max_records`` or its first record waited
+        ``max_wait_ms``. All its records count as finished when the handler returns.
+        """
+
+        def add(h: B) -> B:
+            self._check_not_started()
+            self._table.add(make_batch_subscription(pattern, h, name, max_records, max_wait_ms))
+            return h
+
+        return add if handler is None else add(handler)
+
+    def on_assigned(self, callback: C) -> C:
+        """Await ``callback(partitions)`` after an assignment, before any of their records
+        reach a handler (restore state here). Usable as a decorator."""
+        self._assigned_callbacks.append(callback)
+        return callback
+
+    def on_revoked(self, callback: C) -> C:
+        """Await ``callback(partitions)`` when partitions are taken away or at shutdown,
+        after their in-flight work finished and their offsets were committed. With Kafka's
+        eager rebalancing every rebalance revokes all partitions, then assigns anew."""
+        self._revoked_callbacks.append(callback)
+        return callback
+
+    def _check_not_started(self) -> None:
+        if self._started:
+            raise ConfigurationError(
+                "expected subscriptions before start(); the consumer is already running"
+            )
+
+    # --- output ----------------------------------------------------------------------------
+
+    async def send(self, topic: str, event: Event, *, key: bytes | None = None) -> None:
+        """Publish ``event`` to ``topic`` in the wire format; returns once acknowledged."""
+        producer = self._require_producer()
+        value = encode_event(
+            event, self.settings.encoding, max_bytes=self.settings.max_request_size
+        )
+        await producer.send_and_wait(
+            topic,
+            value,
+            key=key if key is not None else record_key(event),
+            headers=event_headers(event, self.settings.encoding),
+        )
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise ConfigurationError("expected a started consumer: call start() before send()")
+        return self._producer
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether partitions were assigned (at least once)."""
+        return self._ready
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the fetch loop runs and polled recently (for ``/healthz``)."""
+        if not self._started or self._stopped:
+            return False
+        if any(task.done() for task in self._tasks):
+            return False
+        return time.monotonic() - self._last_poll < STALL_SECONDS
+
+    def topics(self) -> list[str]:
+        """The topics the subscriptions need (the union over every pattern)."""
+        return sorted(self.routing.topics_for_patterns(self._table.patterns()))
+
+    async def start(self) -> None:
+        """Connect, join the group and start processing in background tasks."""
+        if self._started:
+            raise ConfigurationError("expected a consumer that was not started yet")
+        if not self._table.patterns():
+            raise ConfigurationError(
+                f"expected at least one subscription before start() (service {self.service!r})"
+            )
+        self._started = True
+        settings = self.settings
+        producer = AIOKafkaProducer(**settings.producer_options())
+        consumer = AIOKafkaConsumer(group_id=self.group_id, **settings.consumer_options())
+        try:
+            await producer.start()
+            self._producer = producer
+            await consumer.start()
+            self._consumer = consumer
+        except KafkaError as exc:
+            await producer.stop()
+            await consumer.stop()
+            self._stopped = True
+            raise BrokerUnavailableError(
+                f"expected a Kafka broker at {settings.bootstrap_servers} for service "
+                f"{self.service!r}, got {exc!r}"
+            ) from exc
+        self._dispatcher = Dispatcher(
+            settings=settings,
+            service=self.service,
+            group_id=self.group_id,
+            dlq_topic=self.routing.dlq,
+            metrics=self.metrics,
+            producer=self._require_producer,
+        )
+        topics = self.topics()
+        consumer.subscribe(topics=topics, listener=_Listener(self))
+        log.info("service %s (group %s) subscribed to %s", self.service, self.group_id, topics)
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name=f"agentstream-fetch-{self.service}"),
+            asyncio.create_task(self._commit_loop(), name=f"agentstream-commit-{self.service}"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight work (bounded by ``drain_timeout_ms``), commit,
+        call ``on_revoked``, leave the group."""
+        if not self._started or self._stopped:
+            return
+        self._stopping = True
+        self._stopped = True
+        deadline = time.monotonic() + self.settings.drain_timeout_ms / 1000
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        held = frozenset(self._workers)
+        try:
+            await self._drain(held, deadline - time.monotonic())
+            await self._commit(held)
+            await self._call(self._revoked_callbacks, held, "on_revoked")
+        finally:
+            self._workers.clear()
+            self.metrics.assigned_partitions.set(0)
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
+            log.info("service %s stopped", self.service)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, process until ``stop`` is set (or the fetch loop dies), then stop."""
+        await self.start()
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        finally:
+            await self.stop()
+
+    # --- fetching --------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        limit = max(1, min(self.settings.max_buffered_records // 2, 2_000))
+        while not self._stopping:
+            self._last_poll = time.monotonic()
+            try:
+                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=limit)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %r", exc)
+                await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
+                continue
+            for tp, records in batches.items():
+                worker = self._workers.get(tp)
+                if worker is None:  # records before the assignment callback: gate stays shut
+                    worker = self._workers[tp] = self._new_worker(tp)
+                worker.feed(records)
+            self._backpressure(consumer)
+
+    def _new_worker(self, tp: TopicPartition) -> PartitionWorker:
+        assert self._dispatcher is not None
+        return PartitionWorker(tp, self._table, self._dispatcher)
+
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        workers = self._workers
+        if not workers:
+            return
+        share = max(1, self.settings.max_buffered_records // len(workers))
+        assigned = consumer.assignment()
+        pause, resume, buffered, paused = [], [], 0, 0
+        for tp, worker in workers.items():
+            outstanding = worker.offsets.outstanding
+            buffered += outstanding
+            if not worker.paused and outstanding >= share and tp in assigned:
+                worker.paused = True
+                pause.append(tp)
+            elif worker.paused and outstanding <= share // 2:
+                worker.paused = False
+                if tp in assigned:
+                    resume.append(tp)
+            paused += worker.paused
+        if pause:
+            consumer.pause(*pause)
+            log.debug("backpressure: paused %s", pause)
+        if resume:
+            consumer.resume(*resume)
+            log.debug("backpressure: resumed %s", resume)
+        self.metrics.buffered_records.set(buffered)
+        self.metrics.paused_partitions.set(paused)
+
+    # --- offsets ---------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self, only: frozenset[TopicPartition] | None = None) -> bool:
+        """Commit the finished prefix of each partition that advanced; False if refused."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        async with self._commit_lock:
+            offsets: dict[TopicPartition, int] = {}
+            for tp, worker in self._workers.items():
+                if only is not None and tp not in only:
+                    continue
+                committable = worker.offsets.committable()
+                if committable is not None and committable > self._committed.get(tp, -1):
+                    offsets[tp] = committable
+            if not offsets:
+                return True
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:  # CommitFailedError, IllegalStateError, broker errors
+                self.metrics.commit_failures.inc()
+                log.warning(
+                    "offset commit of %s refused (%r); those records will be processed again "
+                    "by the partition's next owner (at-least-once)",
+                    {f"{tp.topic}[{tp.partition}]": o for tp, o in offsets.items()},
+                    exc,
+                )
+                return False
+            self._committed.update(offsets)
+            return True
+
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """What this process committed last, per partition it holds."""
+        return {tp: o for tp, o in self._committed.items() if tp in self._workers}
+
+    def _lag(self) -> Iterator[tuple[str, int, int]]:
+        consumer = self._consumer
+        if consumer is None or self._stopped:
+            return
+        for tp in list(self._workers):
+            committed = self._committed.get(tp)
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # partition no longer assigned
+                continue
+            if committed is None or high is None:
+                continue
+            yield tp.topic, tp.partition, max(0, high - committed)
+
+    # --- rebalances ------------------------------------------------------------------------
+
+    async def _drain(self, tps: frozenset[TopicPartition], timeout: float) -> None:
+        workers = [self._workers[tp] for tp in tps if tp in self._workers]
+        if workers:
+            await asyncio.gather(*(w.stop(timeout) for w in workers))
+
+    async def _partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        if self._stopping or not revoked:
+            return
+        log.info("service %s: partitions revoked: %s", self.service, _names(revoked))
+        await self._drain(revoked, self.settings.drain_timeout_ms / 1000)
+        await self._commit(revoked)
+        for tp in revoked:
+            self._workers.pop(tp, None)
+            self._committed.pop(tp, None)
+        self.metrics.assigned_partitions.set(len(self._workers))
+        await self._call(self._revoked_callbacks, revoked, "on_revoked")
+
+    async def _partitions_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        if self._stopping:
+            return
+        log.info("service %s: partitions assigned: %s", self.service, _names(assigned))
+        self.metrics.rebalances.inc()
+        self.metrics.assigned_partitions.set(len(assigned))
+        workers = []
+        for tp in assigned:
+            worker = self._workers.get(tp)
+            if worker is None or worker.done:
+                worker = self._workers[tp] = self._new_worker(tp)
+            workers.append(worker)
+        await self._call(self._assigned_callbacks, assigned, "on_assigned")
+        for worker in workers:
+            worker.gate.set()
+        self._ready = True
+        if assigned:
+            self._tasks.append(asyncio.create_task(self._load_committed(assigned)))
+
+    async def _load_committed(self, tps: frozenset[TopicPartition]) -> None:
+        """Learn the group's committed offsets of new partitions (for the lag gauge)."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in tps:
+            try:
+                committed = await consumer.committed(tp)
+            except Exception:
+                return
+            if committed is not None and tp in self._workers:
+                self._committed.setdefault(tp, committed)
+
+    async def _call(
+        self, callbacks: list[PartitionsCallback], tps: frozenset[TopicPartition], what: str
+    ) -> None:
+        for callback in callbacks:
+            try:
+                await callback(tps)
+            except Exception:
+                log.exception("%s callback %r failed for %s", what, callback, _names(tps))
+
+
+def _names(tps: frozenset[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"

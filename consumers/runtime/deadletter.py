@@ -1,0 +1,94 @@
+"""Dead-letter records: the original record plus error headers.
+
+The headers follow Kafka Connect's ``__connect.errors.*`` convention under our own prefix,
+``agentstream.errors.``: where the record came from, which service and handler gave up,
+the exception, when, after how many attempts and why. The original key, value and headers
+are kept as they were, so ``agentstream dlq replay`` can send the record back unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+ERROR_PREFIX = "agentstream.errors."
+REPLAYED_FROM = "agentstream.replayed.from"
+STACKTRACE_LIMIT = 8_192
+MESSAGE_LIMIT = 2_048
+
+H_TOPIC = ERROR_PREFIX + "topic"
+H_PARTITION = ERROR_PREFIX + "partition"
+H_OFFSET = ERROR_PREFIX + "offset"
+H_SERVICE = ERROR_PREFIX + "service"
+H_GROUP = ERROR_PREFIX + "group.id"
+H_HANDLER = ERROR_PREFIX + "handler"
+H_CLASS = ERROR_PREFIX + "exception.class.name"
+H_MESSAGE = ERROR_PREFIX + "exception.message"
+H_STACKTRACE = ERROR_PREFIX + "exception.stacktrace"
+H_TIMESTAMP = ERROR_PREFIX + "timestamp"
+H_ATTEMPTS = ERROR_PREFIX + "attempts"
+H_REASON = ERROR_PREFIX + "reason"
+
+REASON_UNDECODABLE = "undecodable"
+REASON_RETRIES_EXHAUSTED = "retries exhausted"
+
+DECODE_HANDLER = "<decode>"
+"""The handler name in dead letters of records that could not be decoded."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one handler gave up on a record."""
+
+    handler: str
+    reason: str
+    error: BaseException | None
+    attempts: int
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 20] + f"... [{len(text) - limit + 20} more]"
+
+
+def error_headers(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    service: str,
+    group_id: str,
+    failure: Failure,
+    now_ms: int | None = None,
+) -> list[tuple[str, bytes]]:
+    error = failure.error
+    if error is not None:
+        cls = type(error)
+        class_name = f"{cls.__module__}.{cls.__qualname__}"
+        message = str(error)
+        trace = "".join(traceback.format_exception(error))
+    else:
+        class_name = message = trace = ""
+    values = [
+        (H_TOPIC, topic),
+        (H_PARTITION, str(partition)),
+        (H_OFFSET, str(offset)),
+        (H_SERVICE, service),
+        (H_GROUP, group_id),
+        (H_HANDLER, failure.handler),
+        (H_CLASS, class_name),
+        (H_MESSAGE, _truncate(message, MESSAGE_LIMIT)),
+        (H_STACKTRACE, _truncate(trace, STACKTRACE_LIMIT)),
+        (H_TIMESTAMP, str(now_ms if now_ms is not None else int(time.time() * 1000))),
+        (H_ATTEMPTS, str(failure.attempts)),
+        (H_REASON, _truncate(failure.reason, MESSAGE_LIMIT)),
+    ]
+    return [(name, value.encode("utf-8", "replace")) for name, value in values]
+
+
+def original_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``headers`` without error headers (a replayed record failing again gets fresh ones)."""
+    return [(k, v) for k, v in headers if not k.startswith(ERROR_PREFIX)]

@@ -1,0 +1,144 @@
+"""Calling handlers: retries with backoff, control-flow exceptions, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from agentstream.schemas import DeadLetter, SkipEvent
+
+from .deadletter import REASON_RETRIES_EXHAUSTED, Failure, error_headers, original_headers
+from .metrics import DEAD_LETTERED, ConsumerMetrics
+from .retry import backoff_seconds
+from .settings import ServiceSettings
+
+log = logging.getLogger("agentstream.consumers.runtime")
+
+
+class Dispatcher:
+    """Runs one handler call to its end (success, skip, or a :class:`Failure`) and publishes
+    dead letters until the broker acknowledges them."""
+
+    def __init__(
+        self,
+        *,
+        settings: ServiceSettings,
+        service: str,
+        group_id: str,
+        dlq_topic: str,
+        metrics: ConsumerMetrics,
+        producer: Callable[[], AIOKafkaProducer],
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.group_id = group_id
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self._producer = producer
+
+    async def attempt(
+        self, name: str, call: Callable[[], Awaitable[None]], where: str
+    ) -> Failure | None:
+        """Call ``call`` until it returns, raises :class:`SkipEvent` or :class:`DeadLetter`, or
+        has failed ``1 + handler_retries`` times. Returns the failure to dead-letter, if any."""
+        settings = self.settings
+        duration = self.metrics.handler_duration(name)
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await call()
+            except SkipEvent:
+                duration.observe(time.perf_counter() - started)
+                return None
+            except DeadLetter as exc:
+                duration.observe(time.perf_counter() - started)
+                return Failure(name, exc.reason or "dead letter requested", exc, attempt)
+            except Exception as exc:
+                duration.observe(time.perf_counter() - started)
+                if attempt > settings.handler_retries:
+                    log.error(
+                        "handler %s failed on %s after %d attempts, dead-lettering: %r",
+                        name,
+                        where,
+                        attempt,
+                        exc,
+                    )
+                    return Failure(name, REASON_RETRIES_EXHAUSTED, exc, attempt)
+                delay = backoff_seconds(
+                    attempt,
+                    settings.handler_retry_backoff_ms,
+                    settings.handler_retry_max_backoff_ms,
+                )
+                log.warning(
+                    "handler %s failed on %s (attempt %d), retrying in %.3f s: %r",
+                    name,
+                    where,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                self.metrics.retried(name)
+                await asyncio.sleep(delay)
+            else:
+                duration.observe(time.perf_counter() - started)
+                return None
+
+    async def dead_letter(self, raw: Any, failure: Failure, event_type: str | None) -> None:
+        """Copy ``raw`` (an aiokafka ``ConsumerRecord``) to the DLQ with error headers.
+
+        Returns only once the broker acknowledged it: until then the record stays unfinished
+        (so uncommitted), and its partition's worker waits here (fetching of that partition
+        pauses when its buffer fills). Cancelled by a revoke or shutdown past its bound.
+        """
+        headers = original_headers(raw.headers or ()) + error_headers(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            service=self.service,
+            group_id=self.group_id,
+            failure=failure,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._producer().send_and_wait(
+                    self.dlq_topic, raw.value, key=raw.key, headers=headers
+                )
+            except Exception as exc:
+                self.metrics.dead_letter_errors.inc()
+                delay = backoff_seconds(
+                    attempt,
+                    self.settings.handler_retry_backoff_ms or 100,
+                    self.settings.handler_retry_max_backoff_ms,
+                )
+                log.error(
+                    "could not publish the dead letter of %s[%d]@%d to %s (attempt %d), "
+                    "retrying in %.3f s; the record stays uncommitted: %r",
+                    raw.topic,
+                    raw.partition,
+                    raw.offset,
+                    self.dlq_topic,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.metrics.record(event_type, DEAD_LETTERED)
+                log.warning(
+                    "dead-lettered %s[%d]@%d (handler %s: %s)",
+                    raw.topic,
+                    raw.partition,
+                    raw.offset,
+                    failure.handler,
+                    failure.reason,
+                )
+                return

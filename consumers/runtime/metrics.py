@@ -1,0 +1,151 @@
+"""The consumer's Prometheus metrics, on a registry the caller injects.
+
+Labels are bounded: service, handler (names in code), event type (the catalogue; anything
+else is ``other``), outcome, and topic/partition for lag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agentstream.schemas import EventType
+
+CONSUMED, SKIPPED, FAILED, DEAD_LETTERED = "consumed", "skipped", "failed", "dead_lettered"
+OUTCOMES = (CONSUMED, SKIPPED, FAILED, DEAD_LETTERED)
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+OTHER_TYPE = "other"
+
+HANDLER_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+
+
+def type_label(event_type: str | None) -> str:
+    """The ``type`` label of an event type: itself when the catalogue knows it, else ``other``."""
+    return event_type if event_type in _KNOWN_TYPES else OTHER_TYPE
+
+
+LagSource = Callable[[], Iterable[tuple[str, int, int]]]
+"""Yields ``(topic, partition, lag)`` for the partitions the consumer holds."""
+
+
+class LagCollector(Collector):
+    """``agentstream_consumer_lag``: high watermark - committed offset, computed at scrape."""
+
+    def __init__(self, service: str, source: LagSource) -> None:
+        self._service = service
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "agentstream_consumer_lag",
+            "Records not yet committed per partition (high watermark - committed offset).",
+            labels=["service", "topic", "partition"],
+        )
+        for topic, partition, lag in self._source():
+            family.add_metric([self._service, topic, str(partition)], lag)
+        yield family
+
+
+class ConsumerMetrics:
+    """Counters, histograms and gauges of one :class:`EventConsumer`."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        self._records = Counter(
+            "agentstream_consumer_records_total",
+            "Records by outcome: consumed (handed to handlers), skipped (no subscription "
+            "matched), failed (a handler gave up or the record was undecodable), "
+            "dead_lettered (copied to the DLQ).",
+            ["service", "type", "outcome"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "agentstream_consumer_handler_duration_seconds",
+            "Duration of one handler call (one attempt; a batch call for batch handlers).",
+            ["service", "handler"],
+            buckets=HANDLER_BUCKETS,
+            registry=registry,
+        )
+        self._retries = Counter(
+            "agentstream_consumer_handler_retries_total",
+            "Handler calls that raised and were retried.",
+            ["service", "handler"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "agentstream_consumer_rebalances_total",
+            "Partition assignments received (each rebalance this member took part in).",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.assigned_partitions = Gauge(
+            "agentstream_consumer_assigned_partitions",
+            "Partitions currently assigned to this process.",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.paused_partitions = Gauge(
+            "agentstream_consumer_paused_partitions",
+            "Assigned partitions whose fetching is paused (backpressure or DLQ outage).",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.buffered_records = Gauge(
+            "agentstream_consumer_buffered_records",
+            "Records fetched and not yet finished.",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.commit_failures = Counter(
+            "agentstream_consumer_commit_failures_total",
+            "Offset commits the group coordinator refused or that failed (re-processed later).",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self.dead_letter_errors = Counter(
+            "agentstream_consumer_dead_letter_errors_total",
+            "Failed attempts to publish a dead letter (retried; the record stays uncommitted).",
+            ["service"],
+            registry=registry,
+        ).labels(service)
+        self._record_children: dict[tuple[str, str], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        self._retry_children: dict[str, Counter] = {}
+
+    def record(self, event_type: str | None, outcome: str, count: int = 1) -> None:
+        key = (type_label(event_type), outcome)
+        child = self._record_children.get(key)
+        if child is None:
+            child = self._record_children[key] = self._records.labels(self.service, *key)
+        child.inc(count)
+
+    def handler_duration(self, handler: str) -> Histogram:
+        child = self._duration_children.get(handler)
+        if child is None:
+            child = self._duration_children[handler] = self._duration.labels(self.service, handler)
+        return child
+
+    def retried(self, handler: str) -> None:
+        child = self._retry_children.get(handler)
+        if child is None:
+            child = self._retry_children[handler] = self._retries.labels(self.service, handler)
+        child.inc()

@@ -1,0 +1,54 @@
+"""Which offset of a partition may be committed: the end of its contiguous finished prefix."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionOffsets:
+    """Tracks the records of one partition from fetch to finish.
+
+    Each received record starts with one hold (the worker's); :meth:`hold` adds one per
+    batch handler that buffers it, :meth:`release` drops one. A record is finished when it
+    holds nothing. :meth:`committable` is the offset of the first unfinished record, or one
+    past the last received record when all are finished: committing it never skips an
+    unfinished record.
+    """
+
+    __slots__ = ("_holds", "_next", "_order")
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._holds: dict[int, int] = {}
+        self._next: int | None = None
+
+    def received(self, offset: int) -> None:
+        if self._next is not None and offset < self._next:
+            raise ValueError(f"expected offsets in order, got {offset} after {self._next - 1}")
+        self._order.append(offset)
+        self._holds[offset] = 1
+        self._next = offset + 1
+
+    def hold(self, offset: int, count: int = 1) -> None:
+        self._holds[offset] += count
+
+    def release(self, offset: int) -> None:
+        left = self._holds[offset] - 1
+        if left:
+            self._holds[offset] = left
+        else:
+            del self._holds[offset]
+
+    @property
+    def outstanding(self) -> int:
+        """Records received and not finished (queued, in progress or buffered in batches)."""
+        return len(self._holds)
+
+    def committable(self) -> int | None:
+        """The offset to commit (next record to read), or None before any record came."""
+        order, holds = self._order, self._holds
+        while order and order[0] not in holds:
+            order.popleft()
+        if order:
+            return order[0]
+        return self._next

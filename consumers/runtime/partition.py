@@ -1,0 +1,213 @@
+"""One partition's worker: records in offset order, handlers of a record concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record, header
+
+from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
+from .dispatch import Dispatcher
+from .metrics import CONSUMED, FAILED, SKIPPED
+from .offsets import PartitionOffsets
+from .record import Record
+from .subscriptions import BatchSubscription, Subscription, SubscriptionTable
+
+log = logging.getLogger("agentstream.consumers.runtime")
+
+
+class _Batch:
+    __slots__ = ("items", "started")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Record, Any]] = []
+        self.started = 0.0
+
+
+class PartitionWorker:
+    """Processes the records of one partition, one after the other.
+
+    ``gate`` opens once the ``on_assigned`` callbacks have returned: no record reaches a
+    handler before. :meth:`stop` finishes the record in progress and the batches already
+    collected, drops what is still queued (uncommitted, so fetched again by whoever owns the
+    partition next) and returns within its bound.
+    """
+
+    def __init__(
+        self, tp: TopicPartition, table: SubscriptionTable, dispatcher: Dispatcher
+    ) -> None:
+        self.tp = tp
+        self.offsets = PartitionOffsets()
+        self.gate = asyncio.Event()
+        self.paused = False
+        self._table = table
+        self._dispatcher = dispatcher
+        self._metrics = dispatcher.metrics
+        self._queue: deque[Any] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._batches: dict[BatchSubscription, _Batch] = {}
+        self._task = asyncio.create_task(
+            self._run(), name=f"agentstream-partition-{tp.topic}-{tp.partition}"
+        )
+
+    def feed(self, records: Iterable[Any]) -> None:
+        """Queue fetched records (aiokafka ``ConsumerRecord``s, in offset order)."""
+        if self._stopping:
+            return
+        offsets, queue = self.offsets, self._queue
+        for raw in records:
+            offsets.received(raw.offset)
+            queue.append(raw)
+        self._wake.set()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def stop(self, timeout: float) -> bool:
+        """Finish in-flight work within ``timeout`` seconds; True if it did, False if cut."""
+        self._stopping = True
+        self._queue.clear()
+        self._wake.set()
+        self.gate.set()
+        task = self._task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), max(timeout, 0.0))
+        if task.done():
+            return True
+        log.warning(
+            "partition %s[%d]: in-flight work did not finish within %.1f s, cancelled "
+            "(its records stay uncommitted and will be processed again)",
+            self.tp.topic,
+            self.tp.partition,
+            timeout,
+        )
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _run(self) -> None:
+        await self.gate.wait()
+        queue, wake = self._queue, self._wake
+        try:
+            while not self._stopping:
+                if not queue:
+                    await self._wait(self._next_deadline())
+                    wake.clear()
+                    await self._flush(due_only=True)
+                    continue
+                await self._process(queue.popleft())
+                if self._batches:
+                    await self._flush(due_only=True)
+            await self._flush(due_only=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not stop the partition silently
+            log.exception("partition worker %s[%d] failed", self.tp.topic, self.tp.partition)
+            raise
+
+    async def _wait(self, deadline: float | None) -> None:
+        if deadline is None:
+            await self._wake.wait()
+            return
+        timeout = deadline - time.monotonic()
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [
+            batch.started + sub.max_wait_ms / 1000
+            for sub, batch in self._batches.items()
+            if batch.items
+        ]
+        return min(deadlines) if deadlines else None
+
+    async def _process(self, raw: Any) -> None:
+        offsets, metrics, offset = self.offsets, self._metrics, raw.offset
+        announced = header(raw.headers, "ce_type")
+        event_type = announced.decode("utf-8", "replace") if announced is not None else None
+        if event_type is not None and not self._table.wants(event_type):
+            metrics.record(event_type, SKIPPED)
+            offsets.release(offset)
+            return
+        where = RecordLocation(raw.topic, raw.partition, offset)
+        try:
+            event = decode_record(raw.value, raw.headers, where=where)
+        except DecodeError as exc:
+            metrics.record(event_type, FAILED)
+            reason = f"{REASON_UNDECODABLE}: {type(exc).__name__}"
+            await self._dispatcher.dead_letter(
+                raw, Failure(DECODE_HANDLER, reason, exc, 1), event_type
+            )
+            offsets.release(offset)
+            return
+        singles, batches = self._table.for_type(event.type)
+        if not singles and not batches:
+            metrics.record(event.type, SKIPPED)
+            offsets.release(offset)
+            return
+        metrics.record(event.type, CONSUMED)
+        record = Record(
+            event, raw.topic, raw.partition, offset, raw.key, raw.timestamp, tuple(raw.headers)
+        )
+        for sub in batches:
+            batch = self._batches.get(sub)
+            if batch is None:
+                batch = self._batches[sub] = _Batch()
+            if not batch.items:
+                batch.started = time.monotonic()
+            batch.items.append((record, raw))
+            offsets.hold(offset)
+        if singles:
+            dispatcher, text = self._dispatcher, str(where)
+            failures: list[Failure | None]
+            if len(singles) == 1:
+                only = singles[0]
+                failures = [await dispatcher.attempt(only.name, _bind(only, event, record), text)]
+            else:
+                failures = await asyncio.gather(
+                    *(dispatcher.attempt(s.name, _bind(s, event, record), text) for s in singles)
+                )
+            for failure in failures:
+                if failure is not None:
+                    metrics.record(event.type, FAILED)
+                    await dispatcher.dead_letter(raw, failure, event.type)
+        offsets.release(offset)
+        for sub in batches:
+            if len(self._batches[sub].items) >= sub.max_records:
+                await self._flush_one(sub)
+
+    async def _flush(self, *, due_only: bool) -> None:
+        now = time.monotonic()
+        for sub, batch in list(self._batches.items()):
+            if batch.items and (not due_only or now >= batch.started + sub.max_wait_ms / 1000):
+                await self._flush_one(sub)
+
+    async def _flush_one(self, sub: BatchSubscription) -> None:
+        batch = self._batches[sub]
+        items, batch.items = batch.items, []
+        records = [record for record, _ in items]
+        first = records[0].location
+        where = f"{first}..{records[-1].offset}"
+        failure = await self._dispatcher.attempt(sub.name, lambda: sub.handler(records), where)
+        if failure is not None:
+            for record, raw in items:
+                self._metrics.record(record.event.type, FAILED)
+                await self._dispatcher.dead_letter(raw, failure, record.event.type)
+        for record in records:
+            self.offsets.release(record.offset)
+
+
+def _bind(sub: Subscription, event: Event, record: Record) -> Callable[[], Awaitable[None]]:
+    return lambda: sub.call(event, record)

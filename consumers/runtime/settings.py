@@ -1,0 +1,48 @@
+"""The settings every service process reads: Kafka, HTTP endpoints, retries, limits."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from agentstream.schemas.settings import KafkaSettings
+
+
+class ServiceSettings(KafkaSettings):
+    """One service process's settings (``AGENTSTREAM_*``); each service subclasses it.
+
+    Each service overrides ``http_port``'s default: persistence 9101, loops 9102,
+    budget 9103, metrics 9104, tracing 9105.
+    """
+
+    http_host: str = Field(default="0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
+    http_port: int = Field(default=9100, description="Port of /metrics, /healthz, /readyz.")
+    group_id: str | None = Field(
+        default=None, description='Consumer group; default "<topic_prefix>.<service name>".'
+    )
+    drain_timeout_ms: int = Field(
+        default=20_000,
+        description="Bound on stopping (SIGTERM) and on a revoke: finish in-flight work, commit.",
+    )
+    handler_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a failing handler before the record is dead-lettered.",
+    )
+    handler_retry_backoff_ms: int = Field(default=200, ge=0, description="First retry delay.")
+    handler_retry_max_backoff_ms: int = Field(
+        default=10_000, ge=0, description="Longest retry delay."
+    )
+    max_buffered_records: int = Field(
+        default=10_000,
+        ge=1,
+        description="Records fetched but not finished, per process; fetching pauses above it.",
+    )
+    commit_interval_ms: int = Field(
+        default=1_000,
+        ge=10,
+        description="How often the finished prefix of each partition is committed.",
+    )
+
+    def group_for(self, service: str) -> str:
+        """The consumer group of ``service``: ``group_id`` or ``<topic_prefix>.<service>``."""
+        return self.group_id or f"{self.topic_prefix}.{service}"

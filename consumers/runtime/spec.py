@@ -1,0 +1,32 @@
+"""How a service describes itself to ``agentstream consume``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from .settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from .consumer import EventConsumer
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[S]):
+    """A service: its name, settings class and setup.
+
+    ``setup(consumer, settings)`` subscribes handlers and hooks on the consumer, opens the
+    service's resources, yields, and closes them on exit. ``add_arguments`` adds options to
+    ``agentstream consume <name>``; each option's ``dest`` is a field of ``settings_class``.
+    """
+
+    name: str
+    settings_class: type[S]
+    setup: Callable[[EventConsumer, S], AbstractAsyncContextManager[object]]
+    description: str = ""
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None

@@ -1,0 +1,152 @@
+"""Subscriptions: which handler gets which events, and how it is called."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentstream.schemas import Event, EventType
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.routing import compile_patterns, matches
+
+from .record import Record
+
+Handler = Callable[..., Awaitable[None]]
+"""``async def h(event: Event) -> None`` or ``async def h(event, record: Record) -> None``."""
+BatchHandler = Callable[[list[Record]], Awaitable[None]]
+"""``async def h(records: list[Record]) -> None``: consecutive matching records of one partition."""
+PartitionsCallback = Callable[[frozenset[Any]], Awaitable[None]]
+
+
+def pattern_text(pattern: str | EventType) -> str:
+    text = pattern.value if isinstance(pattern, EventType) else str(pattern)
+    if not text:
+        raise ConfigurationError("expected a subscription pattern (type, glob or '*'), got ''")
+    return text
+
+
+def handler_name(handler: Callable[..., object]) -> str:
+    return str(
+        getattr(handler, "__qualname__", None) or getattr(handler, "__name__", repr(handler))
+    )
+
+
+def _takes_record(handler: Callable[..., object]) -> bool:
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # builtins, some C callables: call with the event only
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """An event handler on a pattern."""
+
+    pattern: str
+    name: str
+    handler: Handler
+    takes_record: bool
+
+    def matches(self, event_type: str) -> bool:
+        return matches(self.pattern, event_type)
+
+    def call(self, event: Event, record: Record) -> Awaitable[None]:
+        return self.handler(event, record) if self.takes_record else self.handler(event)
+
+
+@dataclass(frozen=True)
+class BatchSubscription:
+    """A batch handler on a pattern: up to ``max_records`` records, at most ``max_wait_ms`` old."""
+
+    pattern: str
+    name: str
+    handler: BatchHandler
+    max_records: int
+    max_wait_ms: int
+
+    def matches(self, event_type: str) -> bool:
+        return matches(self.pattern, event_type)
+
+
+@dataclass
+class SubscriptionTable:
+    """Every subscription of a consumer, with the per-type lookups the hot path needs."""
+
+    events: list[Subscription] = field(default_factory=list)
+    batches: list[BatchSubscription] = field(default_factory=list)
+    _by_type: dict[str, tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]] = field(
+        default_factory=dict
+    )
+
+    def add(self, subscription: Subscription | BatchSubscription) -> None:
+        taken = {s.name for s in self.all()}
+        if subscription.name in taken:
+            raise ConfigurationError(
+                f"expected a unique handler name, {subscription.name!r} is already subscribed; "
+                "pass name=..."
+            )
+        if isinstance(subscription, Subscription):
+            self.events.append(subscription)
+        else:
+            self.batches.append(subscription)
+        self._by_type.clear()
+
+    def all(self) -> Iterable[Subscription | BatchSubscription]:
+        yield from self.events
+        yield from self.batches
+
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.pattern for s in self.all()))
+
+    def wants(self, event_type: str) -> bool:
+        """Whether any subscription matches ``event_type`` (memoised per type)."""
+        return compile_patterns(self.patterns())(event_type)
+
+    def for_type(
+        self, event_type: str
+    ) -> tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]:
+        found = self._by_type.get(event_type)
+        if found is None:
+            found = (
+                tuple(s for s in self.events if s.matches(event_type)),
+                tuple(s for s in self.batches if s.matches(event_type)),
+            )
+            if len(self._by_type) < 4096:
+                self._by_type[event_type] = found
+        return found
+
+
+def make_subscription(pattern: str | EventType, handler: Handler, name: str | None) -> Subscription:
+    if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+    ):
+        raise ConfigurationError(
+            f"expected an async handler (async def), got {handler_name(handler)!r}"
+        )
+    return Subscription(
+        pattern_text(pattern), name or handler_name(handler), handler, _takes_record(handler)
+    )
+
+
+def make_batch_subscription(
+    pattern: str | EventType,
+    handler: BatchHandler,
+    name: str | None,
+    max_records: int,
+    max_wait_ms: int,
+) -> BatchSubscription:
+    if max_records < 1 or max_wait_ms < 0:
+        raise ConfigurationError(
+            f"expected max_records >= 1 and max_wait_ms >= 0, got {max_records} and {max_wait_ms}"
+        )
+    return BatchSubscription(
+        pattern_text(pattern), name or handler_name(handler), handler, max_records, max_wait_ms
+    )

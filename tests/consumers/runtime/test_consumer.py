@@ -1,0 +1,242 @@
+"""EventConsumer against the real broker: subscriptions, order, hooks, commits, output."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from aiokafka.structs import TopicPartition
+from support.produce import produce_events, produce_raw
+from support.runtime import (
+    committed_offsets,
+    read_records,
+    running_consumer,
+    service_settings,
+    wait_until,
+)
+from support.samples import all_sample_events, sample_event
+
+from agentstream.consumers.runtime import EventConsumer, Record
+from agentstream.schemas import Event, decode_record, event_headers, new_event_id
+from agentstream.schemas.settings import KafkaSettings
+
+
+def _session_events(
+    sessions: int, per_session: int, event_type: str = "tool.called"
+) -> list[Event]:
+    events = []
+    for s in range(sessions):
+        for i in range(per_session):
+            event = sample_event(event_type, i)
+            events.append(
+                Event(
+                    event_id=new_event_id(),
+                    type=event.type,
+                    session_id=f"session-{s}",
+                    seq=i,
+                    source="test",
+                    data=event.data,
+                )
+            )
+    return events
+
+
+async def test_patterns_route_every_matching_event_to_its_handlers(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="patterns")
+    everything: list[str] = []
+    tools: list[str] = []
+    tokens: list[Record] = []
+
+    @consumer.subscribe("*")
+    async def on_any(event: Event) -> None:
+        everything.append(event.type)
+
+    @consumer.subscribe("tool.*")
+    async def on_tool(event: Event) -> None:
+        tools.append(event.type)
+
+    @consumer.subscribe("llm.token", name="tokens")
+    async def on_token(event: Event, record: Record) -> None:
+        tokens.append(record)
+
+    assert consumer.topics() == sorted(settings.routing().all_topics()[:4])
+    events = all_sample_events()
+    async with running_consumer(consumer):
+        await produce_events(settings, events)
+        await wait_until(lambda: len(everything) == len(events), what="all events handled")
+    assert sorted(everything) == sorted(e.type for e in events)
+    assert sorted(tools) == ["tool.called", "tool.error", "tool.result"]
+    assert len(tokens) == 1
+    assert tokens[0].topic == settings.routing().tokens
+    assert tokens[0].event.type == "llm.token"
+    assert dict(tokens[0].headers)["ce_type"] == b"llm.token"
+
+
+async def test_per_session_order_and_commit_of_everything_handled(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="order")
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    @consumer.subscribe("tool.called")
+    async def on_tool(event: Event) -> None:
+        await asyncio.sleep(0)  # let partitions interleave
+        seen[event.session_id].append(event.seq)
+
+    events = _session_events(sessions=8, per_session=25)
+    async with running_consumer(consumer):
+        await produce_events(settings, events)
+        await wait_until(lambda: sum(map(len, seen.values())) == len(events))
+    assert all(seqs == list(range(25)) for seqs in seen.values()), seen
+    committed = await committed_offsets(settings, consumer.group_id)
+    topic = settings.routing().events
+    assert sum(o for tp, o in committed.items() if tp.topic == topic) == len(events)
+
+
+async def test_skipped_types_are_not_decoded_and_still_committed(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="skipper")
+    handled: list[str] = []
+
+    @consumer.subscribe("tool.*")
+    async def on_tool(event: Event) -> None:
+        handled.append(event.event_id)
+
+    topic = settings.routing().events
+    # Not an event at all, but announced as a type nobody here subscribes to.
+    await produce_raw(
+        settings, topic, b"\x00not-json", key=b"k", headers=[("ce_type", b"memory.stored")]
+    )
+    last = sample_event("tool.called", 1)
+    async with running_consumer(consumer):
+        await produce_events(settings, [last], topic=topic)
+        await wait_until(lambda: handled == [last.event_id])
+        await wait_until(lambda: _sample(consumer, "skipped", "memory.stored") == 1)
+    assert _sample(consumer, "failed", "memory.stored") == 0
+    committed = await committed_offsets(settings, consumer.group_id)
+    assert sum(o for tp, o in committed.items() if tp.topic == topic) == 2
+
+
+async def test_assigned_hook_runs_before_records_and_revoked_after_commit(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="hooks")
+    log: list[str] = []
+    hook_done = asyncio.Event()
+
+    @consumer.on_assigned
+    async def restore(partitions: frozenset[TopicPartition]) -> None:
+        log.append(f"assigned {len(partitions)}")
+        await asyncio.sleep(0.2)  # a slow restore: records must wait for it
+        log.append("restored")
+        hook_done.set()
+
+    @consumer.on_revoked
+    async def flush(partitions: frozenset[TopicPartition]) -> None:
+        committed = await committed_offsets(settings, consumer.group_id)
+        log.append(f"revoked {len(partitions)} after commit {sum(committed.values())}")
+
+    @consumer.subscribe("*")
+    async def on_any(event: Event) -> None:
+        log.append("event")
+
+    # Records are already there when the consumer joins.
+    await produce_events(settings, [sample_event("tool.called", i) for i in range(3)])
+    async with running_consumer(consumer):
+        await wait_until(lambda: log.count("event") == 3)
+    assert log[0] == "assigned 16", log  # 4 topics x 4 partitions
+    assert log[1] == "restored"
+    assert log[-1] == "revoked 16 after commit 3"
+
+
+async def test_offset_of_an_unfinished_record_is_never_committed(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings, commit_interval_ms=50)
+    consumer = EventConsumer(settings, service="blocker")
+    release = asyncio.Event()
+    blocked: list[Record] = []
+    finished: list[Record] = []
+
+    @consumer.subscribe("tool.called")
+    async def handler(event: Event, record: Record) -> None:
+        if event.data.get("block"):
+            blocked.append(record)
+            await release.wait()
+        finished.append(record)
+
+    events = _session_events(sessions=6, per_session=5)
+    blocker = Event(
+        type="tool.called", session_id="session-0", source="test", data={"name": "x", "block": 1}
+    )
+    after = _session_events(sessions=6, per_session=5)
+    sent = [*events, blocker, *after]
+    async with running_consumer(consumer):
+        await produce_events(settings, sent)
+        records = await read_records(settings, settings.routing().events, len(sent))
+        await wait_until(lambda: bool(blocked))
+        stuck = blocked[0]
+        stuck_tp = stuck.topic_partition
+        ends: dict[TopicPartition, int] = defaultdict(int)
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            ends[tp] = max(ends[tp], r.offset + 1)
+        expect_others = {tp: end for tp, end in ends.items() if tp != stuck_tp}
+
+        async def others_committed() -> bool:
+            committed = await committed_offsets(settings, consumer.group_id)
+            return all(committed.get(tp) == end for tp, end in expect_others.items())
+
+        await wait_until(others_committed, what="other partitions committed")
+        assert {r.offset for r in finished if r.topic_partition == stuck_tp} == set(
+            range(stuck.offset)
+        ), "records after the blocked one ran out of order"
+        # Several commit intervals passed while the blocked record was in progress.
+        committed = await committed_offsets(settings, consumer.group_id)
+        assert committed.get(stuck_tp, 0) == stuck.offset, "committed past an unfinished record"
+        release.set()
+
+        async def stuck_committed() -> bool:
+            committed = await committed_offsets(settings, consumer.group_id)
+            return committed.get(stuck_tp) == ends[stuck_tp]
+
+        await wait_until(stuck_committed, what="blocked partition committed after release")
+    assert len(finished) == len(sent)
+
+
+async def test_send_publishes_in_the_wire_format(kafka_settings: KafkaSettings) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="alerter")
+
+    @consumer.subscribe("tool.error")
+    async def on_error(event: Event) -> None:
+        alert = Event(
+            type="budget.warning",
+            session_id=event.session_id,
+            data={"scope": "session", "dimension": "tokens", "used": 1, "limit": 2},
+        )
+        await consumer.send(consumer.routing.alerts, alert)
+
+    async with running_consumer(consumer):
+        await produce_events(settings, [sample_event("tool.error", 3)])
+        [record] = await read_records(settings, settings.routing().alerts, 1)
+    event = decode_record(record.value, record.headers)
+    assert event.type == "budget.warning"
+    assert record.key == event.session_id.encode()
+    assert dict(record.headers)["ce_type"] == b"budget.warning"
+    assert list(record.headers)[:2] == event_headers(event)[:2]
+
+
+def _sample(consumer: EventConsumer, outcome: str, event_type: str) -> float:
+    value = consumer.registry.get_sample_value(
+        "agentstream_consumer_records_total",
+        {"service": consumer.service, "type": event_type, "outcome": outcome},
+    )
+    return value or 0.0

@@ -1,0 +1,105 @@
+"""Offsets, backoff and subscription tables, without a broker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agentstream.consumers.runtime.offsets import PartitionOffsets
+from agentstream.consumers.runtime.retry import backoff_seconds
+from agentstream.consumers.runtime.subscriptions import (
+    SubscriptionTable,
+    make_batch_subscription,
+    make_subscription,
+)
+from agentstream.schemas import Event, EventType
+from agentstream.schemas.errors import ConfigurationError
+
+
+def test_committable_is_first_unfinished_record() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.committable() is None
+    for offset in (10, 11, 12, 13):
+        offsets.received(offset)
+    assert offsets.committable() == 10
+    offsets.release(11)
+    offsets.release(12)
+    assert offsets.committable() == 10, "later records finished, 10 did not"
+    offsets.release(10)
+    assert offsets.committable() == 13
+    offsets.release(13)
+    assert offsets.committable() == 14
+    assert offsets.outstanding == 0
+
+
+def test_held_record_blocks_until_every_hold_is_released() -> None:
+    offsets = PartitionOffsets()
+    offsets.received(0)
+    offsets.hold(0, 2)  # two batch handlers buffer it
+    offsets.release(0)  # the worker is done with it
+    offsets.release(0)
+    assert offsets.committable() == 0
+    offsets.release(0)
+    assert offsets.committable() == 1
+
+
+def test_offsets_out_of_order_are_refused() -> None:
+    offsets = PartitionOffsets()
+    offsets.received(5)
+    with pytest.raises(ValueError, match="in order"):
+        offsets.received(3)
+
+
+def test_gaps_in_offsets_are_fine() -> None:  # compacted topics, transaction markers
+    offsets = PartitionOffsets()
+    offsets.received(3)
+    offsets.received(7)
+    offsets.release(3)
+    assert offsets.committable() == 7
+    offsets.release(7)
+    assert offsets.committable() == 8
+
+
+def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
+    rng = random.Random(1)
+    for attempt, ceiling in ((1, 0.2), (2, 0.4), (3, 0.8), (10, 5.0), (200, 5.0)):
+        delay = backoff_seconds(attempt, 200, 5_000, rng)
+        assert ceiling / 2 <= delay <= ceiling
+    with pytest.raises(ValueError, match=">= 1"):
+        backoff_seconds(0, 200, 5_000)
+
+
+async def _handler(event: Event) -> None:
+    return None
+
+
+async def _with_record(event: Event, record: object) -> None:
+    return None
+
+
+def test_subscription_table_matches_patterns_and_types() -> None:
+    table = SubscriptionTable()
+    table.add(make_subscription("tool.*", _handler, None))
+    table.add(make_subscription(EventType.LLM_TOKEN, _with_record, None))
+    table.add(make_batch_subscription("*", _handler, "sink", 10, 5))
+    singles, batches = table.for_type("tool.called")
+    assert [s.name for s in singles] == ["_handler"]
+    assert [b.name for b in batches] == ["sink"]
+    singles, _ = table.for_type("llm.token")
+    assert singles[0].takes_record
+    assert table.wants("anything.else")
+    assert table.patterns() == ("tool.*", "llm.token", "*")
+
+
+def test_subscriptions_need_unique_names_and_async_handlers() -> None:
+    table = SubscriptionTable()
+    table.add(make_subscription("tool.*", _handler, None))
+    with pytest.raises(ConfigurationError, match="unique handler name"):
+        table.add(make_subscription("llm.*", _handler, None))
+
+    def sync(event: Event) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="async handler"):
+        make_subscription("*", sync, None)  # type: ignore[arg-type]
