@@ -1,0 +1,113 @@
+"""The control channel, pod side, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from support.produce import produce_events, produce_raw
+
+from agentstream.producer import ControlListener, Event, EventBus, EventType
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from conftest import RecordingPublisher
+
+logger = logging.getLogger(__name__)
+
+
+def directive(agent_id: str, session_id: str, reason: str = "loop") -> Event:
+    return Event(
+        type=EventType.CONTROL_AGENT_PAUSED,
+        agent_id=agent_id,
+        session_id=session_id,
+        data={"reason": reason, "service": "loops", "finding_id": "f-1", "tool_name": "search"},
+    )
+
+
+async def test_directives_for_this_agent_reach_local_handlers_only(
+    kafka_settings: KafkaSettings, recording: type[RecordingPublisher]
+) -> None:
+    publisher = recording()
+    listener = ControlListener(kafka_settings)
+    bus = EventBus(publisher, agent_id="agent-a", control=listener)
+    received: asyncio.Queue[tuple[Event, float]] = asyncio.Queue()
+
+    async def guard(event: Event) -> None:
+        received.put_nowait((event, time.monotonic()))
+
+    bus.subscribe(EventType.CONTROL_AGENT_PAUSED, guard)
+    async with bus:
+        assert listener.running
+        with bus.scope(session_id="sess-of-a"):
+            await bus.emit(Event(type=EventType.TOOL_CALLED, data={"name": "search"}))
+        topic = kafka_settings.routing().control
+        latencies = []
+        for i in range(5):
+            sent = time.monotonic()
+            await produce_events(kafka_settings, [directive("agent-b", f"s{i}")], topic=topic)
+            await produce_events(kafka_settings, [directive("agent-a", f"s{i}")], topic=topic)
+            event, at = await asyncio.wait_for(received.get(), 10)
+            latencies.append(at - sent)
+            assert (event.agent_id, event.session_id) == ("agent-a", f"s{i}")
+            assert event.data["reason"] == "loop"
+        # addressed by session only (no agent id): this bus emitted in that session
+        await produce_events(kafka_settings, [directive("", "sess-of-a", "budget")], topic=topic)
+        event, _ = await asyncio.wait_for(received.get(), 10)
+        assert event.data["reason"] == "budget"
+        await produce_events(kafka_settings, [directive("", "someone-else")], topic=topic)
+        # a poison record on the control topic is skipped, not fatal
+        await produce_raw(kafka_settings, topic, b"not an event", headers=[])
+        await produce_events(kafka_settings, [directive("agent-a", "last")], topic=topic)
+        event, _ = await asyncio.wait_for(received.get(), 10)
+        assert event.session_id == "last"
+        assert received.empty()
+        assert listener.running
+    assert not listener.running
+    # received directives are local: never shipped back to Kafka
+    assert [e.type for e in publisher.events] == [EventType.TOOL_CALLED]
+    assert sum(1 for e in bus.history if e.type == EventType.CONTROL_AGENT_PAUSED) == 7
+    counts = {
+        s.labels["outcome"]: s.value
+        for m in listener.registry.collect()
+        for s in m.samples
+        if s.name == "agentstream_control_directives_total"
+    }
+    assert counts == {"delivered": 7, "ignored": 6, "malformed": 1}
+    latencies.sort()
+    logger.info("directive -> local handler latency: %s", [f"{x * 1000:.0f} ms" for x in latencies])
+
+
+async def test_directives_published_before_start_are_not_replayed(
+    kafka_settings: KafkaSettings,
+) -> None:
+    topic = kafka_settings.routing().control
+    await produce_events(kafka_settings, [directive("agent-a", "old")], topic=topic)
+    received: list[Event] = []
+    arrived = asyncio.Event()
+
+    def guard(event: Event) -> None:
+        received.append(event)
+        arrived.set()
+
+    bus = EventBus(agent_id="agent-a")
+    bus.subscribe("control.*", guard)
+    listener = await bus.enable_control(kafka_settings)
+    try:
+        await produce_events(kafka_settings, [directive("agent-a", "new")], topic=topic)
+        await asyncio.wait_for(arrived.wait(), 10)
+    finally:
+        await bus.close()
+    assert [e.session_id for e in received] == ["new"]
+    assert not listener.running
+
+
+async def test_missing_control_topic_is_a_clear_error(kafka_bootstrap: str) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix="no-such-prefix-x")
+    bus = EventBus(agent_id="a", control=ControlListener(settings))
+    with pytest.raises(ConfigurationError, match=r"no-such-prefix-x\.control"):
+        await bus.start()
