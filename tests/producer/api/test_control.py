@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def running(listener: ControlListener) -> bool:
+    return listener.running
+
+
 def directive(agent_id: str, session_id: str, reason: str = "loop") -> Event:
     return Event(
         type=EventType.CONTROL_AGENT_PAUSED,
@@ -66,8 +70,8 @@ async def test_directives_for_this_agent_reach_local_handlers_only(
         event, _ = await asyncio.wait_for(received.get(), 10)
         assert event.session_id == "last"
         assert received.empty()
-        assert listener.running
-    assert not listener.running
+        assert running(listener)
+    assert not running(listener)
     # received directives are local: never shipped back to Kafka
     assert [e.type for e in publisher.events] == [EventType.TOOL_CALLED]
     assert sum(1 for e in bus.history if e.type == EventType.CONTROL_AGENT_PAUSED) == 7
@@ -103,7 +107,7 @@ async def test_directives_published_before_start_are_not_replayed(
     finally:
         await bus.close()
     assert [e.session_id for e in received] == ["new"]
-    assert not listener.running
+    assert not running(listener)
 
 
 async def test_missing_control_topic_is_a_clear_error(kafka_bootstrap: str) -> None:
