@@ -1,0 +1,117 @@
+"""The persistence handler: each batch of records becomes one store transaction.
+
+Exactly-once effect on at-least-once delivery: the insert is idempotent by ``event_id`` and
+the transaction commits before the handler returns, so before the runtime may commit the
+records' offsets. A crash between the two redelivers records that are already stored; they
+are skipped (and counted as duplicates).
+
+A store outage is not a bad record: the handler keeps retrying the same batch with capped
+exponential backoff, for as long as it takes, and never lets the error reach the runtime
+(which would dead-letter the records). Meanwhile the partition's later records wait and the
+runtime's backpressure pauses fetching; no offset moves past an unwritten event. Other
+store errors (a row the database refuses) propagate: the runtime retries, then dead-letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agentstream.consumers.runtime import Record
+from agentstream.consumers.runtime.retry import backoff_seconds
+
+from .store import Store, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class SinkMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stored = Counter(
+            "agentstream_persistence_events_stored_total",
+            "Events written to the store (new rows).",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "agentstream_persistence_duplicate_events_total",
+            "Events received again (redelivery, replay) and skipped: already stored.",
+            registry=registry,
+        )
+        self.write_seconds = Histogram(
+            "agentstream_persistence_write_seconds",
+            "Time to write and commit one batch (successful attempts).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "agentstream_persistence_batch_events",
+            "Events per written batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=registry,
+        )
+        self.unavailable = Counter(
+            "agentstream_persistence_store_unavailable_total",
+            "Write attempts that failed because the store could not be reached (retried).",
+            registry=registry,
+        )
+        self.up = Gauge(
+            "agentstream_persistence_store_up",
+            "1 while the last store operation succeeded, 0 during an outage.",
+            registry=registry,
+        )
+
+
+class EventSink:
+    """``async def __call__(records)``: the batch handler the service subscribes with."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        metrics: SinkMetrics,
+        retry_backoff_ms: int = 200,
+        retry_max_backoff_ms: int = 5_000,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._backoff = (retry_backoff_ms, retry_max_backoff_ms)
+        metrics.up.set(1)
+
+    async def __call__(self, records: list[Record]) -> None:
+        if not records:
+            return
+        events = [r.event for r in records]
+        locations = [r.location for r in records]
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                inserted = await self.store.write_batch(events, locations)
+            except StoreUnavailableError as exc:
+                attempt += 1
+                self.metrics.unavailable.inc()
+                self.metrics.up.set(0)
+                delay = backoff_seconds(attempt, *self._backoff)
+                log.warning(
+                    "store %s unavailable writing %d events from %s (attempt %d); "
+                    "retrying in %.2f s: %s",
+                    self.store.url,
+                    len(records),
+                    records[0].location,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                continue
+            break
+        if attempt:
+            log.info("store %s is back after %d failed attempts", self.store.url, attempt)
+        self.metrics.up.set(1)
+        self.metrics.write_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_events.observe(len(records))
+        self.metrics.stored.inc(inserted)
+        self.metrics.duplicates.inc(len(records) - inserted)
