@@ -17,14 +17,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import Event, StopReason
 
-from .histogram import BatchHistogram
+from .histogram import BatchHistogram, HistogramBatch
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
 from .pairing import PendingCalls
 from .sessions import ActiveSessions, PartitionKey
@@ -141,21 +141,21 @@ class FleetMetrics:
             "Tool call outcomes (tool.result, tool.error, audit.tool_call_complete/_failure).",
             ["tool", "outcome"],
         )
-        self.tool_duration = Histogram(
+        self.tool_duration = BatchHistogram(
             "agentstream_tool_duration_seconds",
             "Tool call duration: the audit duration_ms, or tool.called to its outcome.",
+            TOOL_BUCKETS,
             ["tool"],
-            buckets=TOOL_BUCKETS,
             registry=registry,
         )
         self.llm_calls = counter(
             "agentstream_llm_calls_total", "Completed LLM calls (llm.call.completed).", ["model"]
         )
-        self.llm_duration = Histogram(
+        self.llm_duration = BatchHistogram(
             "agentstream_llm_call_duration_seconds",
             "LLM call duration, llm.call.started to llm.call.completed of the same round.",
+            LLM_BUCKETS,
             ["model"],
-            buckets=LLM_BUCKETS,
             registry=registry,
         )
         self.llm_tokens = counter(
@@ -208,8 +208,12 @@ class FleetMetrics:
         )
         self.active_sessions = ActiveSessions(session_window_s, clock=clock, registry=registry)
 
-        self._event_children: dict[tuple[str, str], Counter] = {}
-        self._children: dict[Hashable, Any] = {}
+        self._event_children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        # What the batch in progress adds; merged into the metrics when it is done.
+        self._incs: dict[tuple[Any, ...], float] = {}
+        self._tool_times = self.tool_duration.new_batch()
+        self._llm_times = self.llm_duration.new_batch()
         self._dispatch: dict[str, _Handler] = {
             "tool.called": self._tool_called,
             "tool.result": self._tool_result,
@@ -248,13 +252,20 @@ class FleetMetrics:
             self.active_sessions.forget(key)
 
     def observe_batch(self, records: Sequence[RecordLike]) -> None:
-        """Update every metric from ``records`` (normally consecutive records of one partition)."""
+        """Update every metric from ``records`` (normally consecutive records of one partition).
+
+        Counts become visible when the whole batch is done: a batch that fails half-way
+        (and is retried by the runtime) adds nothing to the counters.
+        """
         if not records:
             return
         now = self._clock()
         counts: dict[tuple[str, str], int] = {}
         delay = self.pipeline_delay.new_batch()
         observe_delay = delay.observe
+        self._incs = {}
+        self._tool_times = self.tool_duration.new_batch()
+        self._llm_times = self.llm_duration.new_batch()
         dispatch = self._dispatch
         topic, partition = "", -1
         state: _PartitionState | None = None
@@ -281,18 +292,30 @@ class FleetMetrics:
                         handler(event, at, state, origin)
                     except Exception:  # a bug or odd data must not cost the batch its counts
                         log.debug("metrics of a %s event failed", event.type, exc_info=True)
-                        self._child(self.malformed, type_label(event.type)).inc()
+                        self._inc(self.malformed, type_label(event.type))
             if now >= self._next_prune:
                 self._prune(now)
-        self.pipeline_delay.add(delay)
-        children = self._event_children
+        self._flush(counts, delay)
+
+    def _flush(self, counts: dict[tuple[str, str], int], delay: HistogramBatch) -> None:
+        event_children = self._event_children
         for key, n in counts.items():
-            child = children.get(key)
+            child = event_children.get(key)
             if child is None:
                 child = self._child(self.events, type_label(key[0]), self._agents(key[1]))
-                if len(children) < 16_384:
-                    children[key] = child
+                if len(event_children) < 16_384:
+                    event_children[key] = child
             child.inc(n)
+        for labelled, amount in self._incs.items():
+            self._child(*labelled).inc(amount)
+        self.pipeline_delay.add(delay)
+        self.tool_duration.add(self._tool_times)
+        self.llm_duration.add(self._llm_times)
+
+    def _inc(self, family: Counter, *labels: str, amount: float = 1) -> None:
+        """Add to a counter when the batch is done (label values already bounded)."""
+        key = (family, *labels)
+        self._incs[key] = self._incs.get(key, 0) + amount
 
     # --- state ----------------------------------------------------------------------------
 
@@ -308,7 +331,7 @@ class FleetMetrics:
 
     def _pending(self, call: str) -> PendingCalls:
         def dropped(reason: str, count: int) -> None:
-            self._child(self.unpaired_calls, call, reason).inc(count)
+            self._child(self.unpaired_calls, call, reason).inc(count)  # rare: at once
 
         return PendingCalls(
             max_sessions=self._pending_max_sessions,
@@ -361,11 +384,11 @@ class FleetMetrics:
         if started is None:
             started = state.tools.finish(session, ("name", name))
         tool = self._tools(name or (started[1] if started else ""))
-        self._child(self.tool_calls, tool, outcome).inc()
+        self._inc(self.tool_calls, tool, outcome)
         if started is None:
-            self._child(self.unpaired_calls, "tool", "no_start").inc()
+            self._inc(self.unpaired_calls, "tool", "no_start")
         elif at >= started[0]:
-            self._child(self.tool_duration, tool).observe(at - started[0])
+            self._tool_times.observe(at - started[0], (tool,))
 
     def _audit_tool_complete(
         self, event: Event, at: float, state: _PartitionState, origin: str
@@ -373,15 +396,15 @@ class FleetMetrics:
         data = event.data
         tool = self._tools(data.get("tool_name"))
         status = data.get("status", SUCCESS)
-        self._child(self.tool_calls, tool, SUCCESS if status == SUCCESS else ERROR).inc()
+        self._inc(self.tool_calls, tool, SUCCESS if status == SUCCESS else ERROR)
         duration_ms = _seconds_from_ms(data.get("duration_ms"))
         if duration_ms is not None:
-            self._child(self.tool_duration, tool).observe(duration_ms)
+            self._tool_times.observe(duration_ms, (tool,))
 
     def _audit_tool_failure(
         self, event: Event, at: float, state: _PartitionState, origin: str
     ) -> None:
-        self._child(self.tool_calls, self._tools(event.data.get("tool_name")), ERROR).inc()
+        self._inc(self.tool_calls, self._tools(event.data.get("tool_name")), ERROR)
 
     # --- LLM ------------------------------------------------------------------------------
 
@@ -393,42 +416,42 @@ class FleetMetrics:
         data = event.data
         started = state.llm.finish(_session(event), _round(data))
         model = self._models(_text(data.get("model")) or (started[1] if started else ""))
-        self._child(self.llm_calls, model).inc()
+        self._inc(self.llm_calls, model)
         if started is None:
-            self._child(self.unpaired_calls, "llm", "no_start").inc()
+            self._inc(self.unpaired_calls, "llm", "no_start")
         elif at >= started[0]:
-            self._child(self.llm_duration, model).observe(at - started[0])
+            self._llm_times.observe(at - started[0], (model,))
         input_tokens = _count(data.get("input_tokens"))
         if input_tokens:
-            self._child(self.llm_tokens, model, "input").inc(input_tokens)
+            self._inc(self.llm_tokens, model, "input", amount=input_tokens)
         output_tokens = _count(data.get("output_tokens"))
         if output_tokens is not None:
             if output_tokens:
-                self._child(self.llm_tokens, model, "output").inc(output_tokens)
+                self._inc(self.llm_tokens, model, "output", amount=output_tokens)
         else:
             chars = _count(data.get("output_chars"))
             if chars:
-                self._child(self.llm_tokens, model, "output_estimated").inc(chars // 4)
+                self._inc(self.llm_tokens, model, "output_estimated", amount=chars // 4)
 
     # --- turns, guards --------------------------------------------------------------------
 
     def _turn_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         reason = event.data.get("stop_reason")
         label = reason if reason in _STOP_REASONS else OTHER
-        self._child(self.turns, label).inc()
+        self._inc(self.turns, label)
 
     def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
-        self._child(self.turns, UNKNOWN).inc()
+        self._inc(self.turns, UNKNOWN)
 
     def _guard_checked(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
         direction = _direction(data, "input" if event.type == "guard.input.checked" else "output")
         allowed = data.get("allowed")
         outcome = "allowed" if allowed is True else "blocked" if allowed is False else UNKNOWN
-        self._child(self.guard_checks, direction, outcome).inc()
+        self._inc(self.guard_checks, direction, outcome)
 
     def _guard_blocked(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
-        self._child(self.guard_blocks, _direction(event.data, UNKNOWN)).inc()
+        self._inc(self.guard_blocks, _direction(event.data, UNKNOWN))
 
     # --- budgets, loops, sessions ---------------------------------------------------------
 
@@ -449,7 +472,7 @@ class FleetMetrics:
                 dimension = "tokens"
             elif data.get("rounds") is not None:
                 dimension = "rounds"
-        self._child(self.budget_signals, level, self._dimensions(dimension), origin).inc()
+        self._inc(self.budget_signals, level, self._dimensions(dimension), origin)
 
     def _loop_warning(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         # Calute's detector emits a "warning" with severity_level "ok" for every checked call
@@ -462,7 +485,7 @@ class FleetMetrics:
 
     def _loop(self, kind: str, event: Event, origin: str) -> None:
         pattern = self._patterns(event.data.get("pattern"))
-        self._child(self.loop_signals, kind, pattern, origin).inc()
+        self._inc(self.loop_signals, kind, pattern, origin)
 
     def _session_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         session = _session(event)
