@@ -1,0 +1,405 @@
+"""The two stages of the budget service, each on its own consumer group.
+
+``SessionStage`` reads the events topic. Per partition it keeps the session scopes of the
+sessions on that partition, and forwards every counted event's charge to the repartition
+topic, keyed by the agent's and the user's day scope. ``DayStage`` reads the repartition
+topic and keeps the agent and user day scopes of its partitions: each day is summed on
+exactly one partition, whatever partitions the sessions were on.
+
+Durability, per handled batch of one partition (the runtime commits the input offsets only
+after the handler returned):
+
+1. apply the records to the in-memory scopes (a scope skips a record at or below the
+   source offset it applied last: replays never count twice);
+2. (sessions) send the charges to the repartition topic, in order, and wait for the acks;
+3. write the touched scopes to the changelog partition, with the signals they earned in
+   their ``pending`` outbox, and wait for the acks;
+4. publish the pending signals (``consumer.send``, acknowledged), clear the outboxes and
+   write those scopes again.
+
+A crash between 3 and 4 leaves signals pending in the changelog: the next owner looks for
+their deterministic ids on the alerts topic and sends only the missing ones. So each
+warning and exceedance is published once, and totals are exact, across kill -9.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+
+import msgspec
+from aiokafka.structs import TopicPartition
+
+from agentstream.consumers.runtime import Record
+from agentstream.schemas import Event, encode_event, event_headers
+from agentstream.schemas.settings import KafkaSettings
+
+from .accounting import (
+    SIGNAL_NAMESPACE,
+    Charge,
+    Context,
+    Ledger,
+    Level,
+    ScopeKind,
+    ScopeState,
+    Signal,
+    day_scopes,
+    scope_kind,
+)
+from .changelog import ChangelogWriter, find_event_ids, read_states
+from .metrics import BudgetMetrics
+from .signals import SOURCE, pause_directive, signal_event
+
+log = logging.getLogger("agentstream.consumers.budget")
+
+USAGE_TYPE = "budget.usage"
+"""Type of the repartition records (internal to the budget service)."""
+
+Send = Callable[[str, Event], Awaitable[None]]
+OutRecord = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+"""``(topic, key, value, headers)``."""
+
+
+class UsageDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``data`` of a repartition record: one event's charge for one day scope."""
+
+    scope: str
+    owner: str
+    source_partition: int
+    source_offset: int
+    charge: Charge
+
+
+def usage_event(
+    event: Event, scope: str, owner: str, charge: Charge, partition: int, offset: int
+) -> Event:
+    """The repartition record of ``event``'s charge for ``scope``. Its id is derived from the
+    scope and the source position, so a replayed record is recognisably the same."""
+    return Event(
+        event_id=str(uuid.uuid5(SIGNAL_NAMESPACE, f"usage|{scope}|{partition}|{offset}")),
+        type=USAGE_TYPE,
+        timestamp=event.timestamp,
+        session_id=event.session_id,
+        agent_id=event.agent_id,
+        user_id=event.user_id,
+        turn_id=event.turn_id,
+        source=SOURCE,
+        data=msgspec.to_builtins(
+            UsageDelta(
+                scope=scope,
+                owner=owner,
+                source_partition=partition,
+                source_offset=offset,
+                charge=charge,
+            )
+        ),
+    )
+
+
+class Stage:
+    """Scopes of the partitions a consumer owns, and the protocol that makes them durable."""
+
+    name = "stage"
+    kinds: frozenset[ScopeKind] = frozenset()
+
+    def __init__(
+        self,
+        *,
+        settings: KafkaSettings,
+        repartition_topic: str,
+        ledger: Ledger,
+        writer: ChangelogWriter,
+        metrics: BudgetMetrics,
+        send: Send,
+        pause_on_exceeded: bool = False,
+        session_idle: timedelta = timedelta(hours=24),
+        keep_days: int = 2,
+        evict_every_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.repartition_topic = repartition_topic
+        self.routing = settings.routing()
+        self.ledger = ledger
+        self.writer = writer
+        self.metrics = metrics
+        self.send = send
+        self.pause_on_exceeded = pause_on_exceeded
+        self.session_idle = session_idle
+        self.keep_days = keep_days
+        self.evict_every_s = evict_every_s
+        self._next_evict = time.monotonic() + evict_every_s
+        self.partitions: dict[int, set[str]] = {}
+        """Owned partitions → the scopes held for each."""
+        self._dirty: dict[int, set[str]] = {}
+        self._retained: dict[int, tuple[dict[str, ScopeState], int]] = {}
+        """Revoked partitions: their scopes and our last changelog offset there."""
+        self._written: dict[int, int] = {}
+        self._outbox: dict[int, list[OutRecord]] = {}
+        """Records to acknowledge before the next changelog write (sessions: repartition)."""
+
+    # --- topics this stage reads ------------------------------------------------------------
+
+    def input_partitions(self, tps: Iterable[TopicPartition]) -> list[int]:
+        raise NotImplementedError
+
+    # --- assignment -----------------------------------------------------------------------
+
+    async def assigned(self, tps: frozenset[TopicPartition]) -> None:
+        """Restore the scopes of newly assigned partitions before their records flow."""
+        for partition in self.input_partitions(tps):
+            started = time.perf_counter()
+            await self._restore(partition)
+            self.metrics.restore_seconds.labels(self.name).observe(time.perf_counter() - started)
+        self._update_gauge()
+
+    async def _restore(self, partition: int) -> None:
+        retained = self._retained.pop(partition, None)
+        scopes: dict[str, ScopeState] = {}
+        start: dict[int, int] | None = None
+        if retained is not None:
+            # Our snapshot is current up to our last write; replay what came after it only.
+            scopes, last = retained
+            start = {partition: last + 1}
+        changed = await read_states(self.settings, [partition], start=start)
+        for key, state in changed.items():
+            if scope_kind(key) not in self.kinds:
+                continue
+            if state is None:
+                scopes.pop(key, None)
+            else:
+                scopes[key] = state
+        self.metrics.restored_scopes.labels(self.name).inc(len(changed))
+        held = self.partitions[partition] = set()
+        pending: list[ScopeState] = []
+        for state in scopes.values():
+            self.ledger.put(state)
+            held.add(state.scope)
+            if state.pending:
+                pending.append(state)
+        if pending:
+            await self._resolve_pending(partition, pending)
+        log.info(
+            "%s stage: partition %d restored, %d scopes (%d changelog records read%s)",
+            self.name,
+            partition,
+            len(held),
+            len(changed),
+            ", incremental" if retained is not None else "",
+        )
+
+    async def _resolve_pending(self, partition: int, states: list[ScopeState]) -> None:
+        """Signals a crashed owner decided but may not have published: publish the missing."""
+        wanted = {s.event_id for state in states for s in state.pending}
+        published = await find_event_ids(self.settings, self.routing.alerts, wanted)
+        log.info(
+            "%s stage: partition %d had %d pending signals, %d already published",
+            self.name,
+            partition,
+            len(wanted),
+            len(published),
+        )
+        for state in states:
+            for signal in state.pending:
+                if signal.event_id not in published:
+                    await self._publish(signal)
+                elif self.pause_on_exceeded and signal.level is Level.EXCEEDED:
+                    await self.send(self.routing.control, pause_directive(signal))
+            state.pending.clear()
+        await self._write(partition, states, [])
+
+    async def revoked(self, tps: frozenset[TopicPartition]) -> None:
+        """Keep the scopes of revoked partitions aside: if we get them back, only the
+        changelog records written after ours need reading."""
+        for partition in self.input_partitions(tps):
+            scopes = self.partitions.pop(partition, set())
+            if self._dirty.get(partition):
+                try:
+                    await self._persist(partition)
+                except Exception:
+                    log.exception(
+                        "%s stage: partition %d: final persist failed", self.name, partition
+                    )
+            held = {s: st for s in scopes if (st := self.ledger.get(s)) is not None}
+            for scope in scopes:
+                self.ledger.drop(scope)
+            last = self._written.pop(partition, None)
+            if last is not None and not self._dirty.pop(partition, None):
+                self._retained[partition] = (held, last)
+            else:
+                self._dirty.pop(partition, None)
+        self._update_gauge()
+
+    # --- the durable step -----------------------------------------------------------------
+
+    def touch(self, partition: int, state: ScopeState) -> None:
+        self.partitions.setdefault(partition, set()).add(state.scope)
+        self._dirty.setdefault(partition, set()).add(state.scope)
+
+    async def before_write(self, partition: int) -> None:
+        """Hook: what must be acknowledged before the changelog records it (sessions:
+        the repartition records)."""
+
+    async def _persist(self, partition: int) -> None:
+        self._maybe_evict()
+        await self.before_write(partition)
+        dirty = self._dirty.pop(partition, set())
+        if not dirty:
+            return
+        try:
+            states = [s for scope in dirty if (s := self.ledger.get(scope)) is not None]
+            gone = [scope for scope in dirty if self.ledger.get(scope) is None]
+            await self._write(partition, states, gone)
+        except BaseException:
+            self._dirty.setdefault(partition, set()).update(dirty)
+            raise
+        with_signals = [s for s in states if s.pending]
+        if not with_signals:
+            return
+        for state in with_signals:
+            for signal in list(state.pending):
+                await self._publish(signal)
+                state.pending.remove(signal)
+        await self._write(partition, with_signals, [])
+
+    async def _write(self, partition: int, states: list[ScopeState], gone: list[str]) -> None:
+        last = await self.writer.write(partition, states, gone)
+        if last is not None:
+            self._written[partition] = max(self._written.get(partition, -1), last)
+            self.metrics.changelog_records.labels(self.name).inc(len(states) + len(gone))
+
+    async def _publish(self, signal: Signal) -> None:
+        await self.send(self.routing.alerts, signal_event(signal))
+        self.metrics.signalled(signal)
+        log.info(
+            "%s %s of %s: %s at %s of %s",
+            signal.event_type,
+            signal.dimension.value,
+            signal.scope,
+            signal.dimension.value,
+            signal.used,
+            signal.limit,
+        )
+        if self.pause_on_exceeded and signal.level is Level.EXCEEDED:
+            await self.send(self.routing.control, pause_directive(signal))
+
+    def _maybe_evict(self) -> None:
+        now = time.monotonic()
+        if now < self._next_evict:
+            return
+        self._next_evict = now + self.evict_every_s
+        for scope in self.ledger.evict(session_idle=self.session_idle, keep_days=self.keep_days):
+            for partition, scopes in self.partitions.items():
+                if scope in scopes:
+                    scopes.discard(scope)
+                    self._dirty.setdefault(partition, set()).add(scope)  # → tombstone
+                    break
+        self._update_gauge()
+
+    def _update_gauge(self) -> None:
+        counts = dict.fromkeys(self.kinds, 0)
+        for scopes in self.partitions.values():
+            for scope in scopes:
+                counts[scope_kind(scope)] += 1
+        for kind, count in counts.items():
+            self.metrics.tracked_scopes.labels(kind.value).set(count)
+
+
+class SessionStage(Stage):
+    """Sessions, on the events topic's partitions."""
+
+    name = "sessions"
+    kinds = frozenset({ScopeKind.SESSION})
+
+    def input_partitions(self, tps: Iterable[TopicPartition]) -> list[int]:
+        events = self.routing.events
+        return sorted(tp.partition for tp in tps if tp.topic == events)
+
+    async def handle(self, records: list[Record]) -> None:
+        """Batch handler: records of one partition, in offset order."""
+        if not records or records[0].topic != self.routing.events:
+            return  # tokens, alerts and control topics: nothing to count there
+        partition = records[0].partition
+        ledger, metrics, encoding = self.ledger, self.metrics, self.settings.encoding
+        outbox = self._outbox.setdefault(partition, [])
+        for record in records:
+            event = record.event
+            charge, state, _ = ledger.apply_session(event, partition, record.offset)
+            if state is not None:
+                self.touch(partition, state)
+            elif event.session_id:
+                metrics.replayed.labels(self.name).inc()
+                continue
+            if charge is None:
+                continue
+            metrics.charged(charge)
+            for scope, owner in day_scopes(event):
+                delta = usage_event(event, scope, owner, charge, partition, record.offset)
+                outbox.append(
+                    (
+                        self.repartition_topic,
+                        scope.encode(),
+                        encode_event(delta, encoding),
+                        event_headers(delta, encoding),
+                    )
+                )
+        await self._persist(partition)
+        self._update_gauge()
+
+    async def before_write(self, partition: int) -> None:
+        outbox = self._outbox.get(partition)
+        if outbox:
+            await self.writer.send_ordered(outbox)
+            outbox.clear()
+
+    async def revoked(self, tps: frozenset[TopicPartition]) -> None:
+        await super().revoked(tps)
+        for partition in self.input_partitions(tps):
+            lost = self._outbox.pop(partition, None)
+            if lost:
+                log.error(
+                    "sessions stage: partition %d revoked with %d repartition records unsent; "
+                    "the next owner replays their events only if their offsets were not committed",
+                    partition,
+                    len(lost),
+                )
+
+
+class DayStage(Stage):
+    """Agent and user days, on the repartition topic's partitions."""
+
+    name = "days"
+    kinds = frozenset({ScopeKind.AGENT, ScopeKind.USER})
+
+    def input_partitions(self, tps: Iterable[TopicPartition]) -> list[int]:
+        topic = self.repartition_topic
+        return sorted(tp.partition for tp in tps if tp.topic == topic)
+
+    async def handle(self, records: list[Record]) -> None:
+        if not records or records[0].topic != self.repartition_topic:
+            return
+        partition = records[0].partition
+        for record in records:
+            event = record.event
+            try:
+                delta = msgspec.convert(event.data, UsageDelta)
+            except msgspec.ValidationError as exc:
+                self.metrics.invalid.inc()
+                log.error("unreadable repartition record at %s, skipped: %s", record.location, exc)
+                continue
+            state, _ = self.ledger.apply_day(
+                delta.scope,
+                delta.charge,
+                owner=delta.owner,
+                context=Context.of(event),
+                partition=delta.source_partition,
+                offset=delta.source_offset,
+            )
+            if state is None:
+                self.metrics.replayed.labels(self.name).inc()
+            else:
+                self.touch(partition, state)
+        await self._persist(partition)
+        self._update_gauge()
