@@ -1,0 +1,177 @@
+"""The tracing service's settings, and where its OTLP export goes.
+
+Our own settings (``AGENTSTREAM_OTLP_ENDPOINT``, ``AGENTSTREAM_OTLP_HEADERS``) win; otherwise the
+standard OpenTelemetry variables apply, with the precedence of the OTLP exporter spec:
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is) over ``OTEL_EXPORTER_OTLP_ENDPOINT``
+(``/v1/traces`` appended), ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` over
+``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`` over
+``OTEL_EXPORTER_OTLP_COMPRESSION``; ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from agentstream.consumers.runtime import ServiceSettings
+from agentstream.schemas.errors import ConfigurationError
+
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+TRACES_PATH = "/v1/traces"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class TracingSettings(ServiceSettings):
+    """``agentstream consume tracing``: assembly limits, export target, restore window."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTSTREAM_", extra="ignore", populate_by_name=True
+    )
+
+    http_port: int = 9105
+
+    # --- export target --------------------------------------------------------------------
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=_env("AGENTSTREAM_OTLP_ENDPOINT", "otlp_endpoint"),
+        description="Full OTLP/HTTP traces URL (e.g. http://collector:4318/v1/traces).",
+    )
+    otlp_headers: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("AGENTSTREAM_OTLP_HEADERS", "otlp_headers"),
+        description="Headers for the export, k=v,k2=v2 (values URL-encoded), e.g. auth tokens.",
+    )
+    otel_traces_endpoint: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    otel_endpoint: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_traces_headers: SecretStr | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    )
+    otel_headers: SecretStr | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_HEADERS")
+    )
+    otel_traces_compression: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+    )
+    otel_compression: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_COMPRESSION")
+    )
+    otel_service_name: str | None = Field(
+        default=None,
+        validation_alias=_env("OTEL_SERVICE_NAME", "otel_service_name"),
+        description="service.name of exported spans; default: the agent id of each trace.",
+    )
+    otel_resource_attributes: str | None = Field(
+        default=None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES")
+    )
+    otlp_timeout_ms: int = Field(default=10_000, ge=1, description="Timeout of one POST.")
+
+    # --- batching, retries, buffering -------------------------------------------------------
+    export_batch_spans: int = Field(default=512, ge=1, description="Spans per request (at most).")
+    export_linger_ms: int = Field(default=50, ge=0, description="Wait for more traces to batch.")
+    export_queue_spans: int = Field(
+        default=20_000, ge=1, description="Spans buffered for export; above it, traces are dropped."
+    )
+    export_max_retries: int = Field(default=5, ge=0, description="Retries of a failed POST.")
+    export_backoff_ms: int = Field(default=500, ge=1, description="First retry delay.")
+    export_max_backoff_ms: int = Field(default=30_000, ge=1, description="Longest retry delay.")
+    export_wait_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="How long a batch of records waits for the export of the turns it ended "
+        "before its offsets may be committed (0: never waits).",
+    )
+
+    # --- assembly ---------------------------------------------------------------------------
+    idle_timeout_ms: int = Field(
+        default=300_000, ge=1, description="A turn without events this long is exported incomplete."
+    )
+    max_turn_duration_ms: int = Field(
+        default=3_600_000, ge=1, description="A turn older than this (event time) is closed."
+    )
+    max_open_turns: int = Field(default=10_000, ge=1, description="Open turns per process (LRU).")
+    max_spans_per_turn: int = Field(default=1_000, ge=1)
+    max_events_per_span: int = Field(default=128, ge=0)
+    max_attribute_chars: int = Field(default=4_096, ge=16)
+
+    # --- restore ----------------------------------------------------------------------------
+    restore_window_records: int = Field(
+        default=20_000,
+        ge=0,
+        description="Records before the committed offset re-read on assignment to rebuild the "
+        "turns still open (0: no restore).",
+    )
+    restore_timeout_ms: int = Field(default=30_000, ge=1)
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """Where and how to POST: resolved once from the settings."""
+
+    endpoint: str
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: Literal["none", "gzip"] = "none"
+    service_name: str | None = None
+    resource: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 10.0
+
+
+def parse_pairs(text: str | None, what: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (the OTel env format; values URL-decoded) into a dict."""
+    pairs: dict[str, str] = {}
+    if not text:
+        return pairs
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(
+                f"{what}: expected comma-separated key=value pairs, got the item {item.strip()!r}"
+            )
+        pairs[unquote(key.strip())] = unquote(value.strip())
+    return pairs
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def export_target(settings: TracingSettings) -> ExportTarget:
+    if settings.otlp_endpoint:
+        endpoint = settings.otlp_endpoint
+    elif settings.otel_traces_endpoint:
+        endpoint = settings.otel_traces_endpoint
+    elif settings.otel_endpoint:
+        endpoint = settings.otel_endpoint.rstrip("/") + TRACES_PATH
+    else:
+        endpoint = DEFAULT_ENDPOINT
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigurationError(f"OTLP endpoint: expected an http(s) URL, got {endpoint!r}")
+    headers: dict[str, str] = {}
+    headers.update(parse_pairs(_secret(settings.otel_headers), "OTEL_EXPORTER_OTLP_HEADERS"))
+    headers.update(
+        parse_pairs(_secret(settings.otel_traces_headers), "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    )
+    headers.update(parse_pairs(_secret(settings.otlp_headers), "AGENTSTREAM_OTLP_HEADERS"))
+    compression = (settings.otel_traces_compression or settings.otel_compression or "none").lower()
+    if compression not in ("none", "gzip"):
+        raise ConfigurationError(f"OTLP compression: expected none or gzip, got {compression!r}")
+    return ExportTarget(
+        endpoint=endpoint,
+        headers=headers,
+        compression="gzip" if compression == "gzip" else "none",
+        service_name=settings.otel_service_name or None,
+        resource=parse_pairs(settings.otel_resource_attributes, "OTEL_RESOURCE_ATTRIBUTES"),
+        timeout_s=settings.otlp_timeout_ms / 1000,
+    )

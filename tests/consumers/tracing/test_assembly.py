@@ -1,0 +1,348 @@
+"""Turn assembly without Kafka: span tree, pairing, retries, timeouts, bounds, ids."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agentstream.consumers.tracing import StatusCode, Trace, TraceAssembler, TurnLimits
+from agentstream.consumers.tracing.spans import INCOMPLETE, INCOMPLETE_REASON, Span
+from agentstream.schemas import Event
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SESSION = "5f0c9e6a1b2d4c3e8f7a6b5c4d3e2f1a"
+
+
+class Stream:
+    """Builds the events of one session, with increasing ids, seq and timestamps."""
+
+    def __init__(self, session: str = SESSION, agent: str = "agent-weather") -> None:
+        self.session = session
+        self.agent = agent
+        self.counter = itertools.count()
+
+    def __call__(self, type_: str, data: dict[str, Any] | None = None, **kw: Any) -> Event:
+        n = next(self.counter)
+        at = kw.pop("at", n * 100)
+        return Event(
+            event_id=f"{self.session[:8]}-{n:06d}",
+            type=type_,
+            timestamp=T0 + timedelta(milliseconds=at),
+            agent_id=self.agent,
+            user_id="user-42",
+            session_id=self.session,
+            seq=n,
+            data=data or {},
+            **kw,
+        )
+
+
+def feed(assembler: TraceAssembler, events: list[Event]) -> list[Trace]:
+    out: list[Trace] = []
+    for event in events:
+        out.extend(assembler.add(event, scope=0))
+    return out
+
+
+def children(trace: Trace, prefix: str = "") -> list[Span]:
+    return [s for s in trace.spans[1:] if s.name.startswith(prefix)]
+
+
+def test_corail_turn_becomes_root_with_llm_and_tool_children() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "Weather in Paris?"}),
+        ev("turn.started", {"round": 0}),
+        ev("llm.call.started", {"round": 0, "model": "claude-sonnet"}),
+        ev(
+            "llm.call.completed",
+            {
+                "round": 0,
+                "stop_reason": "tool_use",
+                "model": "claude-sonnet",
+                "input_tokens": 800,
+                "output_tokens": 60,
+            },
+        ),
+        ev("tool.called", {"name": "weather", "args": {"city": "Paris"}}),
+        ev("tool.result", {"name": "weather", "output": "18 C"}),
+        ev("turn.started", {"round": 1}),
+        ev("llm.call.started", {"round": 1, "model": "claude-sonnet"}),
+        ev("llm.call.completed", {"round": 1, "stop_reason": "end_turn"}),
+        ev("turn.ended", {"round": 1, "stop_reason": "end_turn"}),
+        ev("message.response", {"content": "18 C and sunny"}),
+    ]
+    assembler = TraceAssembler()
+    traces = feed(assembler, events)
+    assert len(traces) == 1
+    trace = traces[0]
+    assert trace.complete
+    root = trace.root
+    assert root.name == "turn" and root.parent_span_id is None
+    assert root.status == StatusCode.OK
+    assert root.attributes["session.id"] == SESSION
+    assert root.attributes["mlflow.trace.session"] == SESSION
+    assert root.attributes["gen_ai.agent.id"] == "agent-weather"
+    assert root.attributes["mlflow.spanInputs"] == "Weather in Paris?"
+    assert root.start_ns < root.end_ns if root.end_ns else False
+    assert [s.name for s in trace.spans[1:]] == [
+        "llm:claude-sonnet",
+        "tool:weather",
+        "llm:claude-sonnet",
+    ]
+    assert all(s.parent_span_id == root.span_id for s in trace.spans[1:])
+    llm0 = trace.spans[1]
+    assert llm0.attributes["agentstream.round"] == 0
+    assert llm0.attributes["agentstream.stop_reason"] == "tool_use"
+    assert llm0.attributes["gen_ai.usage.input_tokens"] == 800
+    assert llm0.attributes["mlflow.chat.tokenUsage"] == {
+        "input_tokens": 800,
+        "output_tokens": 60,
+        "total_tokens": 860,
+    }
+    assert llm0.end_ns is not None and llm0.end_ns - llm0.start_ns == 100_000_000
+    tool = trace.spans[2]
+    assert tool.status == StatusCode.OK
+    assert tool.attributes["mlflow.spanInputs"] == {"city": "Paris"}
+    assert tool.attributes["agentstream.round"] == 0
+    # message.response comes after turn.ended in Corail: counted, not part of the trace
+    assert assembler.ignored["outside_turn"] == 1
+    assert assembler.open_turns == 0
+
+
+def test_concurrent_calls_of_one_tool_pair_in_order_not_by_name_alone() -> None:
+    """Corail's listener pairs by name: a.result would close the wrong call. FIFO per name."""
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "two cities"}, at=0),
+        ev("tool.called", {"name": "weather", "args": {"city": "Paris"}}, at=100),
+        ev("tool.called", {"name": "weather", "args": {"city": "Rome"}}, at=110),
+        ev("tool.called", {"name": "clock", "args": {}}, at=120),
+        ev("tool.result", {"name": "clock", "output": "noon"}, at=130),
+        ev("tool.result", {"name": "weather", "output": "Paris 18"}, at=300),
+        ev("tool.error", {"name": "weather", "error": "Rome timeout", "attempt": 0}, at=900),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}, at=1000),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    paris, rome = children(trace, "tool:weather")
+    assert paris.attributes["mlflow.spanInputs"] == {"city": "Paris"}
+    assert (paris.status, paris.end_ns - paris.start_ns) == (StatusCode.OK, 200_000_000)
+    assert rome.attributes["mlflow.spanInputs"] == {"city": "Rome"}
+    assert rome.status == StatusCode.ERROR and rome.status_message == "Rome timeout"
+    assert rome.end_ns - rome.start_ns == 790_000_000
+    (clock,) = children(trace, "tool:clock")
+    assert clock.status == StatusCode.OK
+
+
+def test_call_ids_pair_exactly_whatever_the_order() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "x"}),
+        ev("tool.called", {"name": "search", "args": "a", "call_id": "c1"}),
+        ev("tool.called", {"name": "search", "args": "b", "call_id": "c2"}),
+        ev("tool.result", {"name": "search", "output": "B", "call_id": "c2"}),
+        ev("tool.result", {"name": "search", "output": "A", "call_id": "c1"}),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    first, second = children(trace, "tool:")
+    assert (first.attributes["mlflow.spanInputs"], first.attributes["mlflow.spanOutputs"]) == (
+        "a",
+        "A",
+    )
+    assert (second.attributes["mlflow.spanInputs"], second.attributes["mlflow.spanOutputs"]) == (
+        "b",
+        "B",
+    )
+    assert first.attributes["gen_ai.tool.call.id"] == "c1"
+
+
+def test_corail_retries_each_get_a_span_with_error_status_on_failures() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "x"}, at=0),
+        ev("tool.called", {"name": "fetch", "args": {"u": 1}}, at=100),
+        ev("tool.error", {"name": "fetch", "error": "boom", "attempt": 0}, at=200),
+        ev("tool.error", {"name": "fetch", "error": "boom again", "attempt": 1}, at=400),
+        ev("tool.result", {"name": "fetch", "output": "ok"}, at=700),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}, at=800),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    spans = children(trace, "tool:fetch")
+    assert [s.attributes["agentstream.tool.attempt"] for s in spans] == [0, 1, 2]
+    assert [s.status for s in spans] == [StatusCode.ERROR, StatusCode.ERROR, StatusCode.OK]
+    # each retry starts where the previous attempt ended
+    assert [(s.start_ns - spans[0].start_ns) // 1_000_000 for s in spans] == [0, 100, 300]
+    assert spans[1].attributes["agentstream.tool.retry_of"] == spans[0].span_id.hex()
+    assert len({s.span_id for s in spans}) == 3
+
+
+def test_calute_turn_with_decisions_retry_and_block() -> None:
+    ev = Stream()
+    tid = "a1b2c3d4e5f6"
+    events = [
+        ev("audit.turn_start", {"prompt_preview": "search twice"}, turn_id=tid),
+        ev("audit.tool_policy_decision", {"tool_name": "web", "action": "allow"}, turn_id=tid),
+        ev(
+            "audit.tool_call_attempt", {"tool_name": "web", "arguments_preview": "q=1"}, turn_id=tid
+        ),
+        ev("audit.sandbox_decision", {"tool_name": "web", "context": "net"}, turn_id=tid),
+        ev(
+            "audit.tool_call_failure",
+            {"tool_name": "web", "error_type": "ValueError", "error_message": "bad"},
+            turn_id=tid,
+        ),
+        ev(
+            "audit.tool_call_attempt", {"tool_name": "web", "arguments_preview": "q=1"}, turn_id=tid
+        ),
+        ev(
+            "audit.tool_call_complete",
+            {"tool_name": "web", "duration_ms": 5.0, "result_preview": "3 hits"},
+            turn_id=tid,
+        ),
+        ev("audit.tool_loop_block", {"tool_name": "web", "pattern": "same_call"}, turn_id=tid),
+        ev("audit.turn_end", {"content_preview": "done", "function_calls_count": 2}, turn_id=tid),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    assert trace.complete and trace.root.attributes["agentstream.turn_id"] == tid
+    assert trace.root.attributes["mlflow.spanOutputs"] == "done"
+    first, retry, blocked = children(trace, "tool:web")
+    assert first.status == StatusCode.ERROR and first.status_message == "ValueError: bad"
+    assert [e.name for e in first.events] == [
+        "tool_policy_decision",
+        "sandbox_decision",
+        "exception",
+    ]
+    assert retry.attributes["agentstream.tool.attempt"] == 1 and retry.status == StatusCode.OK
+    assert retry.attributes["mlflow.spanOutputs"] == "3 hits"
+    assert blocked.status == StatusCode.ERROR and blocked.attributes["agentstream.blocked"] is True
+    assert "same_call" in blocked.status_message
+
+
+def test_guards_retrieval_plan_and_stop_reason() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "x"}),
+        ev("guard.input.checked", {"guard": "pii", "direction": "input", "allowed": True}),
+        ev("retrieval.searched", {"query": "paris"}),
+        ev("retrieval.results", {"count": 3}),
+        ev("plan.created", {"goal": "trip", "steps": ["a", "b"]}),
+        ev("plan.step.started", {"step": "a", "index": 0}),
+        ev("plan.step.completed", {"step": "a", "index": 0}),
+        ev("plan.step.started", {"step": "b", "index": 1}),
+        ev("plan.step.failed", {"step": "b", "error": "no rooms", "index": 1}),
+        ev("plan.completed", {"goal": "trip", "progress": 0.5}),
+        ev("guard.blocked", {"direction": "output", "reason": "card number", "guard": "pii"}),
+        ev("turn.ended", {"round": 0, "stop_reason": "guard_blocked"}),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    names = [s.name for s in trace.spans[1:]]
+    assert names == ["retrieval", "plan", "plan.step", "plan.step", "guard:pii"]
+    retrieval, plan, step_a, step_b, guard = trace.spans[1:]
+    assert retrieval.attributes["agentstream.retrieval.count"] == 3
+    assert step_a.parent_span_id == plan.span_id and step_a.status == StatusCode.OK
+    assert step_b.status == StatusCode.ERROR and step_b.status_message == "no rooms"
+    assert guard.status == StatusCode.ERROR and "card number" in guard.status_message
+    assert [e.name for e in trace.root.events] == ["guard.input.checked"]
+    assert trace.root.status == StatusCode.ERROR
+    assert trace.root.attributes["agentstream.stop_reason"] == "guard_blocked"
+
+
+def test_idle_timeout_exports_incomplete_with_open_spans_marked() -> None:
+    now = [0.0]
+    assembler = TraceAssembler(idle_timeout_s=30, clock=lambda: now[0])
+    ev = Stream()
+    assert (
+        feed(
+            assembler,
+            [
+                ev("message.received", {"content": "x"}, at=0),
+                ev("llm.call.started", {"round": 0}, at=100),
+            ],
+        )
+        == []
+    )
+    now[0] = 29.0
+    assert assembler.expire() == []
+    now[0] = 31.0
+    (trace,) = assembler.expire()
+    assert not trace.complete and assembler.open_turns == 0
+    llm = trace.spans[1]
+    assert (
+        llm.attributes[INCOMPLETE] is True and llm.attributes[INCOMPLETE_REASON] == "idle_timeout"
+    )
+    assert llm.status == StatusCode.ERROR and llm.end_ns == llm.start_ns  # closed at the last event
+    assert trace.root.attributes[INCOMPLETE_REASON] == "idle_timeout"
+
+
+def test_open_turns_are_bounded_least_recently_active_evicted() -> None:
+    assembler = TraceAssembler(max_open_turns=2)
+    a, b, c = Stream("a" * 32), Stream("b" * 32), Stream("c" * 32)
+    feed(
+        assembler,
+        [a("message.received", {"content": "1"}), b("message.received", {"content": "2"})],
+    )
+    feed(assembler, [a("tool.called", {"name": "t"})])  # a is now the most recently active
+    (evicted,) = feed(assembler, [c("message.received", {"content": "3"})])
+    assert evicted.session_id == "b" * 32 and not evicted.complete
+    assert evicted.root.attributes[INCOMPLETE_REASON] == "evicted"
+    assert assembler.open_turns == 2
+
+
+def test_ids_are_deterministic_and_redeliveries_ignored() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "x"}),
+        ev("tool.called", {"name": "t"}),
+        ev("tool.result", {"name": "t"}),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+    ]
+    (first,) = feed(TraceAssembler(), events)
+    assembler = TraceAssembler()
+    (second,) = feed(assembler, [*events[:2], events[1], *events[2:]])  # tool.called redelivered
+    assert assembler.ignored["duplicate"] == 1
+    assert first.trace_id == second.trace_id and len(first.trace_id) == 16
+    assert [s.span_id for s in first.spans] == [s.span_id for s in second.spans]
+    assert [(s.start_ns, s.end_ns) for s in first.spans] == [
+        (s.start_ns, s.end_ns) for s in second.spans
+    ]
+
+
+def test_new_message_supersedes_an_open_corail_turn_and_turn_ids_separate_turns() -> None:
+    ev = Stream()
+    assembler = TraceAssembler()
+    feed(assembler, [ev("message.received", {"content": "1"}), ev("tool.called", {"name": "t"})])
+    (old,) = feed(assembler, [ev("message.received", {"content": "2"})])
+    assert old.root.attributes[INCOMPLETE_REASON] == "superseded"
+    assert old.spans[1].attributes[INCOMPLETE_REASON] == "superseded"
+    # Calute turns interleaved in one session stay apart by turn_id
+    feed(
+        assembler,
+        [ev("audit.turn_start", {}, turn_id="t1"), ev("audit.turn_start", {}, turn_id="t2")],
+    )
+    done = feed(assembler, [ev("audit.turn_end", {}, turn_id="t1")])
+    assert [t.root.attributes["agentstream.turn_id"] for t in done] == ["t1"]
+
+
+def test_span_limit_per_turn_counts_refused_spans() -> None:
+    ev = Stream()
+    assembler = TraceAssembler(limits=TurnLimits(max_spans=3))
+    events = [ev("message.received", {"content": "x"})]
+    events += [ev("tool.called", {"name": f"t{i}"}) for i in range(4)]
+    events.append(ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}))
+    (trace,) = feed(assembler, events)
+    assert len(trace.spans) == 3 and trace.dropped_spans == 2
+
+
+def test_malformed_data_never_raises() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": 12}),
+        ev("tool.called", {"name": None, "args": object()}),
+        ev("llm.call.completed", {"round": "x"}),
+        ev("tool.error", {"attempt": "two"}),
+        ev("turn.ended", {"stop_reason": 5}),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    assert trace.complete and [s.name for s in trace.spans[1:]] == ["tool:unknown", "llm"]
