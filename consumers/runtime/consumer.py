@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -326,31 +326,34 @@ class EventConsumer:
         return PartitionWorker(tp, self._table, self._dispatcher)
 
     def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause the partitions holding buffered records once the process holds
+        ``max_buffered_records``; resume them below half. Memory stays bounded by the limit
+        plus one poll, and idle partitions keep fetching."""
         workers = self._workers
-        if not workers:
-            return
-        share = max(1, self.settings.max_buffered_records // len(workers))
+        buffered = sum(w.offsets.outstanding for w in workers.values())
+        limit = self.settings.max_buffered_records
         assigned = consumer.assignment()
-        pause, resume, buffered, paused = [], [], 0, 0
-        for tp, worker in workers.items():
-            outstanding = worker.offsets.outstanding
-            buffered += outstanding
-            if not worker.paused and outstanding >= share and tp in assigned:
-                worker.paused = True
-                pause.append(tp)
-            elif worker.paused and outstanding <= share // 2:
-                worker.paused = False
-                if tp in assigned:
-                    resume.append(tp)
-            paused += worker.paused
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        if buffered >= limit:
+            for tp, worker in workers.items():
+                if not worker.paused and worker.offsets.outstanding and tp in assigned:
+                    worker.paused = True
+                    pause.append(tp)
+        elif buffered <= limit // 2:
+            for tp, worker in workers.items():
+                if worker.paused:
+                    worker.paused = False
+                    if tp in assigned:
+                        resume.append(tp)
         if pause:
             consumer.pause(*pause)
-            log.debug("backpressure: paused %s", pause)
+            log.debug("backpressure: %d records buffered, paused %s", buffered, _names(pause))
         if resume:
             consumer.resume(*resume)
-            log.debug("backpressure: resumed %s", resume)
+            log.debug("backpressure: %d records buffered, resumed %s", buffered, _names(resume))
         self.metrics.buffered_records.set(buffered)
-        self.metrics.paused_partitions.set(paused)
+        self.metrics.paused_partitions.set(sum(w.paused for w in workers.values()))
 
     # --- offsets ---------------------------------------------------------------------------
 
@@ -467,5 +470,5 @@ class EventConsumer:
                 log.exception("%s callback %r failed for %s", what, callback, _names(tps))
 
 
-def _names(tps: frozenset[TopicPartition]) -> str:
+def _names(tps: Iterable[TopicPartition]) -> str:
     return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"

@@ -25,6 +25,7 @@ def service_settings(base: KafkaSettings, **overrides: Any) -> ServiceSettings:
         "bootstrap_servers": base.bootstrap_servers,
         "topic_prefix": base.topic_prefix,
         "linger_ms": 1,
+        "fetch_max_wait_ms": 100,
         "commit_interval_ms": 100,
         "handler_retries": 2,
         "handler_retry_backoff_ms": 1,

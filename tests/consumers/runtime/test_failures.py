@@ -1,0 +1,179 @@
+"""Poison records, failing handlers, batches and backpressure against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from support.produce import produce_events, produce_raw
+from support.runtime import read_records, running_consumer, service_settings, wait_until
+from support.samples import sample_event
+
+from agentstream.consumers.runtime import EventConsumer, Record
+from agentstream.schemas import Event, encode_event, event_headers
+from agentstream.schemas.settings import KafkaSettings
+
+
+async def test_poison_records_and_failing_handlers_land_in_the_dlq(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings, handler_retries=2)
+    consumer = EventConsumer(settings, service="poisoned")
+    ok: list[str] = []
+    attempts: list[str] = []
+
+    @consumer.subscribe("*")
+    async def fine(event: Event) -> None:
+        ok.append(event.event_id)
+
+    @consumer.subscribe("tool.error", name="always-raises")
+    async def broken(event: Event) -> None:
+        attempts.append(event.event_id)
+        raise RuntimeError(f"cannot handle {event.event_id}")
+
+    topic = settings.routing().events
+    key = b"session-poison"
+    good = sample_event("tool.called", 1)
+    failing = sample_event("tool.error", 2)
+    wrong_tag = encode_event(sample_event("tool.result", 3)).replace(
+        b'"tool.result"', b'"Not A Type!"'
+    )
+    after = sample_event("message.received", 4)
+    async with running_consumer(consumer):
+        await produce_raw(settings, topic, os.urandom(64), key=key)
+        await produce_raw(
+            settings, topic, wrong_tag, key=key, headers=[("content-type", b"application/json")]
+        )
+        await produce_raw(
+            settings, topic, encode_event(failing), key=key, headers=event_headers(failing)
+        )
+        await produce_raw(
+            settings, topic, encode_event(after), key=key, headers=event_headers(after)
+        )
+        await produce_events(settings, [good])
+        await wait_until(lambda: after.event_id in ok and good.event_id in ok)
+        letters = await read_records(settings, settings.routing().dlq, 3)
+    assert attempts == [failing.event_id] * 3  # 1 + handler_retries
+    assert ok.count(failing.event_id) == 1, "the other handler of the failing event still ran"
+    by_handler = {dict(r.headers)["agentstream.errors.handler"]: r for r in letters}
+    assert sorted(by_handler) == ["<decode>", "<decode>", "always-raises"] or len(letters) == 3
+    handlers = sorted(dict(r.headers)["agentstream.errors.handler"] for r in letters)
+    assert handlers == [b"<decode>", b"<decode>", b"always-raises"]
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert letter.key == key
+        assert headers["agentstream.errors.topic"] == topic.encode()
+        assert headers["agentstream.errors.service"] == b"poisoned"
+        assert int(headers["agentstream.errors.timestamp"]) > 0
+        assert headers["agentstream.errors.exception.stacktrace"]
+    raised = next(
+        r for r in letters if dict(r.headers)["agentstream.errors.handler"] == b"always-raises"
+    )
+    headers = dict(raised.headers)
+    assert raised.value == encode_event(failing)
+    assert headers["ce_type"] == b"tool.error", "original headers are kept"
+    assert headers["agentstream.errors.exception.class.name"] == b"builtins.RuntimeError"
+    assert (
+        headers["agentstream.errors.exception.message"]
+        == f"cannot handle {failing.event_id}".encode()
+    )
+    assert headers["agentstream.errors.attempts"] == b"3"
+    assert headers["agentstream.errors.reason"] == b"retries exhausted"
+    classes = sorted(
+        dict(r.headers)["agentstream.errors.exception.class.name"]
+        for r in letters
+        if dict(r.headers)["agentstream.errors.handler"] == b"<decode>"
+    )
+    assert classes == [
+        b"agentstream.schemas.errors.EventTypeError",
+        b"agentstream.schemas.errors.MalformedRecordError",
+    ]
+    sample = consumer.registry.get_sample_value
+    labels = {"service": "poisoned", "type": "tool.error"}
+    assert sample("agentstream_consumer_records_total", {**labels, "outcome": "dead_lettered"}) == 1
+    assert sample("agentstream_consumer_records_total", {**labels, "outcome": "failed"}) == 1
+
+
+async def test_dead_letter_and_skip_requests_from_handlers(kafka_settings: KafkaSettings) -> None:
+    from agentstream.schemas import DeadLetter, SkipEvent
+
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="steered")
+    calls: list[int] = []
+
+    @consumer.subscribe("tool.called")
+    async def steer(event: Event) -> None:
+        calls.append(event.seq)
+        if event.seq == 0:
+            raise SkipEvent
+        if event.seq == 1:
+            raise DeadLetter("tool name not allowed")
+
+    async with running_consumer(consumer):
+        await produce_events(settings, [sample_event("tool.called", i) for i in range(3)])
+        await wait_until(lambda: len(calls) == 3)
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
+    assert calls == [0, 1, 2], "no retries for SkipEvent and DeadLetter"
+    headers = dict(letter.headers)
+    assert headers["agentstream.errors.reason"] == b"tool name not allowed"
+    assert headers["agentstream.errors.attempts"] == b"1"
+
+
+async def test_batches_hold_consecutive_records_of_one_partition(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="sink")
+    batches: list[list[Record]] = []
+
+    @consumer.subscribe_batch("*", max_records=7, max_wait_ms=50)
+    async def sink(records: list[Record]) -> None:
+        batches.append(records)
+
+    events = [sample_event("tool.called", i) for i in range(30)]  # one session: one partition
+    async with running_consumer(consumer):
+        await produce_events(settings, events)
+        await wait_until(lambda: sum(map(len, batches)) == 30)
+    assert all(len(b) <= 7 for b in batches)
+    offsets = [r.offset for b in batches for r in b]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 30
+    assert [r.event.seq for b in batches for r in b] == list(range(30))
+
+
+async def test_a_slow_handler_pauses_fetching_and_bounds_the_buffer(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings, max_buffered_records=20)
+    consumer = EventConsumer(settings, service="slow")
+    gate = asyncio.Event()
+    handled: list[int] = []
+    peak = 0
+
+    @consumer.subscribe("tool.called")
+    async def slow(event: Event) -> None:
+        nonlocal peak
+        await gate.wait()
+        handled.append(event.seq)
+
+    events = [sample_event("tool.called", i) for i in range(300)]
+    async with running_consumer(consumer):
+        await produce_events(settings, events)
+
+        def paused() -> bool:
+            nonlocal peak
+            value = consumer.registry.get_sample_value(
+                "agentstream_consumer_buffered_records", {"service": "slow"}
+            )
+            peak = max(peak, int(value or 0))
+            return (
+                consumer.registry.get_sample_value(
+                    "agentstream_consumer_paused_partitions", {"service": "slow"}
+                )
+                == 1
+            )
+
+        await wait_until(paused, what="partition paused")
+        gate.set()
+        await wait_until(lambda: len(handled) == 300)
+    assert handled == list(range(300))
+    assert peak <= 20 + 10, "buffer bounded by max_buffered_records plus one fetch"
