@@ -1,0 +1,401 @@
+"""The disk spool: an append-only, checksummed log of records waiting for the broker.
+
+Layout of ``spool_dir``::
+
+    00000000000000000001.seg    segments, appended in order, never rewritten
+    00000000000000000002.seg
+    checkpoint                  where delivery resumes: (segment, offset) of the oldest
+                                record not yet acknowledged
+
+Each record is framed as ``magic (4 bytes) | length (u32, big-endian) | crc32 (u32) | payload``.
+A reader that meets a bad checksum, a wrong magic or a frame running past the end of a segment
+(a torn tail left by a crash) logs it, counts it in :attr:`Spool.corrupt`, and resumes at the
+next intact frame or the next segment, so one bad record never blocks the rest.
+
+A process never appends to a segment it did not create: after a crash the next process starts
+a new segment and reads the old ones from the checkpoint. Segments are deleted only once every
+record in them is acknowledged (:meth:`Spool.ack` then :meth:`Spool.commit`). A record read but
+not acknowledged before a crash is read again: delivery from the spool is at-least-once.
+
+Durability (``fsync``): ``always`` syncs segment and checkpoint on every :meth:`Spool.sync`;
+``interval`` at most once per ``fsync_interval`` seconds; ``never`` leaves it to the OS (a killed
+process loses nothing; a power cut may lose the last writes). Not thread-safe: one thread uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal, NamedTuple
+
+__all__ = ["FsyncPolicy", "Position", "Spool", "SpoolTicket"]
+
+log = logging.getLogger(__name__)
+
+FsyncPolicy = Literal["always", "interval", "never"]
+
+MAGIC = b"ASR1"
+_FRAME = struct.Struct(">4sII")
+_CHECKPOINT = struct.Struct(">QQI")
+_SUFFIX = ".seg"
+_CHECKPOINT_NAME = "checkpoint"
+
+
+class Position(NamedTuple):
+    """A byte offset in a segment; positions order as records do."""
+
+    segment: int
+    offset: int
+
+
+class SpoolTicket:
+    """One record handed out by :meth:`Spool.read`; :meth:`Spool.ack` it once delivered."""
+
+    __slots__ = ("acked", "end", "position")
+
+    def __init__(self, position: Position, end: Position) -> None:
+        self.position = position
+        self.end = end
+        self.acked = False
+
+
+def frame(payload: bytes) -> bytes:
+    """The framed bytes of one record."""
+    return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+class Spool:
+    """Append-only segment files with a delivery checkpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 1.0,
+        segment_bytes: int | None = None,
+        checkpoint_interval: float = 0.2,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"expected a positive spool size, got max_bytes={max_bytes}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.segment_bytes = segment_bytes or min(max(max_bytes // 8, 4096), 16 * 2**20)
+        self.checkpoint_interval = checkpoint_interval
+        self.corrupt = 0
+        """Corrupt or torn regions skipped so far (each one is also logged)."""
+
+        self._sizes: dict[int, int] = {}
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            try:
+                number = int(path.stem)
+            except ValueError:
+                continue
+            self._sizes[number] = path.stat().st_size
+        self._writer: BinaryIO | None = None
+        self._write_segment = max(self._sizes, default=0)  # the next one created is +1
+        self._dirty = False
+        self._last_fsync = time.monotonic()
+
+        self._read_pos = self._load_checkpoint()
+        # Never write into (or before) the segment the checkpoint names.
+        self._write_segment = max(self._write_segment, self._read_pos.segment)
+        self._reader: BinaryIO | None = None
+        self._reader_segment = -1
+        self._tickets: deque[SpoolTicket] = deque()
+        self._committed = self._read_pos
+        self._checkpoint_written = self._read_pos
+        self._last_checkpoint = 0.0
+        self.unread = self._count_unread()
+        """Records appended (or left by an earlier process) and not yet read."""
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk in segments (acknowledged records count until their segment goes)."""
+        return sum(self._sizes.values())
+
+    @property
+    def outstanding(self) -> int:
+        """Records read and not yet acknowledged."""
+        return len(self._tickets)
+
+    @property
+    def pending(self) -> int:
+        """Records not yet acknowledged (read or not)."""
+        return self.unread + len(self._tickets)
+
+    def has_room(self, payload_size: int) -> bool:
+        return self.size_bytes + _FRAME.size + payload_size <= self.max_bytes
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> bool:
+        """Append one record; False (nothing written) when the spool is full."""
+        data = frame(payload)
+        if self.size_bytes + len(data) > self.max_bytes:
+            return False
+        writer = self._writer
+        if writer is None or self._sizes[self._write_segment] >= self.segment_bytes:
+            writer = self._roll()
+        writer.write(data)
+        self._sizes[self._write_segment] += len(data)
+        self._dirty = True
+        self.unread += 1
+        return True
+
+    def sync(self, *, force: bool = False) -> None:
+        """Hand appended bytes to the OS, and fsync them as the policy says."""
+        if self._writer is None or not self._dirty:
+            return
+        self._writer.flush()
+        now = time.monotonic()
+        if self.fsync == "always" or (
+            self.fsync == "interval" and (force or now - self._last_fsync >= self.fsync_interval)
+        ):
+            os.fsync(self._writer.fileno())
+            self._last_fsync = now
+            self._dirty = False
+        elif self.fsync == "never":
+            self._dirty = False
+
+    def _roll(self) -> BinaryIO:
+        if self._writer is not None:
+            self.sync(force=True)
+            self._writer.close()
+        self._write_segment += 1
+        path = self._segment_path(self._write_segment)
+        self._writer = path.open("xb")
+        self._sizes[self._write_segment] = 0
+        if self.fsync == "always":
+            _fsync_dir(self.directory)
+        return self._writer
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self, max_records: int) -> list[tuple[SpoolTicket, bytes]]:
+        """Up to ``max_records`` records in append order, skipping corrupt ones."""
+        out: list[tuple[SpoolTicket, bytes]] = []
+        if self._writer is not None and self._dirty:
+            self._writer.flush()
+        while len(out) < max_records:
+            item = self._read_one()
+            if item is None:
+                break
+            out.append(item)
+            self._tickets.append(item[0])
+        return out
+
+    def _read_one(self) -> tuple[SpoolTicket, bytes] | None:
+        while True:
+            segment, offset = self._read_pos
+            size = self._sizes.get(segment)
+            if size is None or offset >= size:
+                later = [n for n in self._sizes if n > segment]
+                if not later:
+                    self.unread = 0  # caught up with the writer
+                    return None
+                self._read_pos = Position(min(later), 0)
+                continue
+            reader = self._open_reader(segment)
+            reader.seek(offset)
+            header = reader.read(_FRAME.size)
+            if len(header) == _FRAME.size:
+                magic, length, crc = _FRAME.unpack(header)
+                end = offset + _FRAME.size + length
+                if magic == MAGIC and end <= size:
+                    payload = reader.read(length)
+                    if len(payload) == length and zlib.crc32(payload) == crc:
+                        self.unread = max(self.unread - 1, 0)
+                        self._read_pos = Position(segment, end)
+                        ticket = SpoolTicket(Position(segment, offset), self._read_pos)
+                        return ticket, payload
+            self._skip_corrupt(segment, offset, size)
+
+    def _skip_corrupt(self, segment: int, offset: int, size: int) -> None:
+        """Resume at the next intact frame of ``segment``, or at its end."""
+        reader = self._open_reader(segment)
+        reader.seek(offset + 1)
+        rest = reader.read(size - offset - 1)
+        base = offset + 1
+        found = size
+        for at in _magic_offsets(rest):
+            if _intact(rest, at):
+                found = base + at
+                break
+        kind = "torn tail" if found == size else "corrupt record"
+        self.corrupt += 1
+        log.warning(
+            "spool %s: %s in segment %s at byte %d: skipped %d bytes%s",
+            self.directory,
+            kind,
+            self._segment_path(segment).name,
+            offset,
+            found - offset,
+            "" if found == size else f", resuming at byte {found}",
+        )
+        self._read_pos = Position(segment, found)
+
+    def _open_reader(self, segment: int) -> BinaryIO:
+        if self._reader_segment != segment or self._reader is None:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = self._segment_path(segment).open("rb")
+            self._reader_segment = segment
+        return self._reader
+
+    # --- acknowledging ---------------------------------------------------------------------
+
+    def ack(self, ticket: SpoolTicket) -> None:
+        ticket.acked = True
+
+    def commit(self, *, force: bool = False) -> None:
+        """Move the checkpoint past acknowledged records; delete finished segments."""
+        tickets = self._tickets
+        while tickets and tickets[0].acked:
+            tickets.popleft()
+        self._committed = tickets[0].position if tickets else self._read_pos
+        if not tickets and self.unread == 0 and self._writer is not None and not force:
+            self._reset_if_drained()
+        for number in sorted(self._sizes):
+            if number >= self._committed.segment or number == self._write_segment:
+                break
+            self._delete(number)
+        now = time.monotonic()
+        if self._committed != self._checkpoint_written and (
+            force or now - self._last_checkpoint >= self.checkpoint_interval
+        ):
+            self._write_checkpoint(self._committed)
+            self._last_checkpoint = now
+
+    def _reset_if_drained(self) -> None:
+        """Everything is delivered: remove all segments and start afresh on the next append."""
+        if self._sizes.get(self._write_segment, 0) < self.segment_bytes // 2:
+            return  # keep appending to a small active segment
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        for number in list(self._sizes):
+            self._delete(number)
+        self._read_pos = self._committed = Position(self._write_segment + 1, 0)
+
+    def _delete(self, number: int) -> None:
+        if self._reader_segment == number and self._reader is not None:
+            self._reader.close()
+            self._reader = None
+            self._reader_segment = -1
+        self._segment_path(number).unlink(missing_ok=True)
+        del self._sizes[number]
+
+    def close(self) -> None:
+        """Sync, write the checkpoint, and close the files (idempotent)."""
+        self.commit(force=True)
+        if self._writer is not None:
+            self.sync(force=True)
+            self._writer.close()
+            self._writer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self.pending == 0:
+            for number in list(self._sizes):
+                self._delete(number)
+            (self.directory / _CHECKPOINT_NAME).unlink(missing_ok=True)
+
+    # --- checkpoint ------------------------------------------------------------------------
+
+    def _load_checkpoint(self) -> Position:
+        first = Position(min(self._sizes, default=1), 0)
+        path = self.directory / _CHECKPOINT_NAME
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return first
+        if len(data) == _CHECKPOINT.size:
+            segment, offset, crc = _CHECKPOINT.unpack(data)
+            if zlib.crc32(data[:16]) == crc:
+                position = Position(segment, offset)
+                return max(position, first)
+        self.corrupt += 1
+        log.warning(
+            "spool %s: unreadable checkpoint file; resending from the oldest segment "
+            "(records may be delivered twice)",
+            self.directory,
+        )
+        return first
+
+    def _write_checkpoint(self, position: Position) -> None:
+        body = struct.pack(">QQ", position.segment, position.offset)
+        data = body + struct.pack(">I", zlib.crc32(body))
+        path = self.directory / _CHECKPOINT_NAME
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            out.write(data)
+            if self.fsync != "never":
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(tmp, path)
+        if self.fsync == "always":
+            _fsync_dir(self.directory)
+        self._checkpoint_written = position
+
+    def _count_unread(self) -> int:
+        """Records left by earlier processes after the checkpoint (a scan at open)."""
+        count = 0
+        for number in sorted(self._sizes):
+            if number < self._read_pos.segment:
+                continue
+            start = self._read_pos.offset if number == self._read_pos.segment else 0
+            data = self._segment_path(number).read_bytes()
+            at = start
+            while at < len(data):
+                if _intact(data, at):
+                    count += 1
+                    at += _FRAME.size + _FRAME.unpack_from(data, at)[1]
+                else:
+                    nxt = next((o for o in _magic_offsets(data, at + 1) if _intact(data, o)), None)
+                    if nxt is None:
+                        break
+                    at = nxt
+        return count
+
+    def _segment_path(self, number: int) -> Path:
+        return self.directory / f"{number:020d}{_SUFFIX}"
+
+
+def _intact(data: bytes, at: int) -> bool:
+    if at + _FRAME.size > len(data):
+        return False
+    magic, length, crc = _FRAME.unpack_from(data, at)
+    end = at + _FRAME.size + length
+    return (
+        bool(magic == MAGIC)
+        and end <= len(data)
+        and zlib.crc32(data[at + _FRAME.size : end]) == crc
+    )
+
+
+def _magic_offsets(data: bytes, start: int = 0) -> Iterator[int]:
+    at = data.find(MAGIC, start)
+    while at != -1:
+        yield at
+        at = data.find(MAGIC, at + 1)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,153 @@
+"""The disk spool: framing, order, checkpoints, corruption and torn tails, size limit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agentstream.producer.spool import MAGIC, Spool
+
+
+def payloads(n: int, start: int = 0) -> list[bytes]:
+    return [f"record-{i:05d}".encode() * 3 for i in range(start, start + n)]
+
+
+def read_all(spool: Spool) -> list[bytes]:
+    return [payload for _, payload in spool.read(10_000)]
+
+
+def test_records_come_back_in_append_order_across_segments(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=256)
+    for p in payloads(50):
+        assert spool.append(p)
+    spool.sync()
+    assert len(list(tmp_path.glob("*.seg"))) > 3
+    assert spool.unread == 50
+    assert read_all(spool) == payloads(50)
+    assert spool.unread == 0 and spool.outstanding == 50
+    spool.close()
+
+
+def test_acknowledged_segments_are_deleted_and_unacked_ones_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=256, fsync="always")
+    for p in payloads(40):
+        spool.append(p)
+    spool.sync()
+    entries = spool.read(40)
+    segments_before = len(list(tmp_path.glob("*.seg")))
+    for ticket, _ in entries[:25]:
+        spool.ack(ticket)
+    spool.ack(entries[30][0])  # acked out of order: does not move the checkpoint past 25
+    spool.commit(force=True)
+    assert len(list(tmp_path.glob("*.seg"))) < segments_before
+    # simulate a crash: no close(), a new process opens the same directory
+    again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=256)
+    assert again.unread == 15
+    assert read_all(again) == payloads(15, start=25)  # 30 again too: at-least-once
+    again.close()
+    spool.close()
+
+
+def test_everything_acked_leaves_an_empty_directory_on_close(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=256)
+    for p in payloads(30):
+        spool.append(p)
+    for ticket, _ in spool.read(30):
+        spool.ack(ticket)
+    spool.close()
+    assert list(tmp_path.iterdir()) == []
+    reopened = Spool(tmp_path, max_bytes=1 << 20)
+    assert reopened.unread == 0
+    reopened.close()
+
+
+def test_a_new_process_never_appends_to_an_old_segment(tmp_path: Path) -> None:
+    first = Spool(tmp_path, max_bytes=1 << 20)
+    first.append(b"old")
+    first.sync()
+    second = Spool(tmp_path, max_bytes=1 << 20)
+    second.append(b"new")
+    second.sync()
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+    assert read_all(second) == [b"old", b"new"]
+    first.close()
+    second.close()
+
+
+def test_a_corrupt_record_is_skipped_logged_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for p in payloads(5):
+        spool.append(p)
+    spool.close()
+    (segment,) = tmp_path.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    second = data.find(MAGIC, 1)
+    data[second + 14] ^= 0xFF  # a flipped bit inside the second record's payload
+    segment.write_bytes(bytes(data))
+    reopened = Spool(tmp_path, max_bytes=1 << 20)
+    assert reopened.unread == 4
+    with caplog.at_level(logging.WARNING, logger="agentstream.producer.spool"):
+        got = read_all(reopened)
+    assert got == [p for i, p in enumerate(payloads(5)) if i != 1]
+    assert reopened.corrupt == 1
+    assert "corrupt record" in caplog.text and segment.name in caplog.text
+    reopened.close()
+
+
+def test_a_torn_tail_is_skipped_and_later_segments_are_still_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashed = Spool(tmp_path, max_bytes=1 << 20)
+    for p in payloads(3):
+        crashed.append(p)
+    crashed.sync()
+    (segment,) = tmp_path.glob("*.seg")
+    segment.write_bytes(segment.read_bytes()[:-5])  # the last write was cut short
+    survivor = Spool(tmp_path, max_bytes=1 << 20)
+    survivor.append(b"after the crash")
+    survivor.sync()
+    with caplog.at_level(logging.WARNING, logger="agentstream.producer.spool"):
+        got = read_all(survivor)
+    assert got == [*payloads(2), b"after the crash"]
+    assert survivor.corrupt == 1
+    assert "torn tail" in caplog.text
+    crashed.close()
+    survivor.close()
+
+
+def test_a_full_spool_refuses_appends_until_acked_segments_go(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=2048, segment_bytes=512)
+    accepted = 0
+    while spool.append(b"x" * 100):
+        accepted += 1
+    assert 10 <= accepted <= 20
+    assert spool.size_bytes <= 2048
+    assert not spool.has_room(100)
+    for ticket, _ in spool.read(accepted):
+        spool.ack(ticket)
+    spool.commit()
+    assert spool.append(b"x" * 100)
+    spool.close()
+
+
+def test_a_damaged_checkpoint_means_resending_from_the_oldest_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=128)
+    for p in payloads(10):
+        spool.append(p)
+    entries = spool.read(10)
+    for ticket, _ in entries[:5]:
+        spool.ack(ticket)
+    spool.commit(force=True)
+    (tmp_path / "checkpoint").write_bytes(b"garbage")
+    again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=128)
+    assert again.corrupt == 1
+    got = read_all(again)
+    assert got[-5:] == payloads(5, start=5)  # nothing unacknowledged is lost
+    again.close()
+    spool.close()
