@@ -10,8 +10,6 @@ Wiring for one pod (one publisher, shared)::
     await bus.close(); publisher.close()                      # close() flushes
 """
 
-from typing import Any
-
 from agentstream.schemas import Event, EventType, StopReason
 
 from .audit import PREVIEW_CHARS, AuditEmitter
@@ -39,18 +37,9 @@ from .collectors import (
     audit_envelope,
 )
 from .control import ControlListener
+from .publisher import KafkaPublisher
 from .redact import DEFAULT_REDACTOR, Redactor
 from .scope import Scope, current_scope, event_scope
-
-
-def __getattr__(name: str) -> Any:
-    # The publisher pulls in its background thread machinery: loaded on first use.
-    if name == "KafkaPublisher":
-        from .publisher import KafkaPublisher  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        return KafkaPublisher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "DEFAULT_REDACTOR",

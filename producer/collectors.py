@@ -267,7 +267,7 @@ class KafkaCollector:
     ) -> KafkaCollector:
         """A collector with its own :class:`~agentstream.producer.publisher.KafkaPublisher`
         (prefer sharing the pod's one publisher with the EventBus)."""
-        from .publisher import KafkaPublisher  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from .publisher import KafkaPublisher
 
         return cls(
             KafkaPublisher(settings, **publisher_options), agent_id=agent_id, owns_publisher=True
