@@ -1,0 +1,209 @@
+"""The OTLP/HTTP exporter against an in-process receiver: encoding, batching, retries, drops."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agentstream.consumers.tracing import Trace, TraceAssembler
+from agentstream.consumers.tracing.exporter import ExportPolicy, OtlpHttpExporter
+from agentstream.consumers.tracing.metrics import TracingMetrics
+from agentstream.consumers.tracing.settings import ExportTarget, TracingSettings, export_target
+from agentstream.schemas import Event
+from agentstream.schemas.errors import ConfigurationError
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def make_trace(n: int, tools: int = 1) -> Trace:
+    session = f"{n:032x}"
+    events = [("message.received", {"content": f"q{n}"})]
+    for i in range(tools):
+        events += [("tool.called", {"name": f"t{i}"}), ("tool.result", {"name": f"t{i}"})]
+    events.append(("turn.ended", {"round": 0, "stop_reason": "end_turn"}))
+    assembler = TraceAssembler()
+    out: list[Trace] = []
+    for i, (type_, data) in enumerate(events):
+        event = Event(
+            event_id=f"{n}-{i}",
+            type=type_,
+            timestamp=T0 + timedelta(milliseconds=i),
+            agent_id="agent-a",
+            session_id=session,
+            source="pod-1",
+            data=data,
+        )
+        out += assembler.add(event)
+    (trace,) = out
+    return trace
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def exporter_for(url: str, registry: CollectorRegistry, **policy: float) -> OtlpHttpExporter:
+    target = ExportTarget(endpoint=url, headers={"authorization": "Bearer s3cret"}, timeout_s=2)
+    defaults = {"linger_s": 0.01, "backoff_s": 0.01, "max_backoff_s": 0.05}
+    return OtlpHttpExporter(
+        target,
+        TracingMetrics(registry),
+        ExportPolicy(**{**defaults, **policy}),  # type: ignore[arg-type]
+    )
+
+
+async def test_delivers_protobuf_with_headers_ids_and_resource(otlp_receiver: Any) -> None:
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry)
+    await exporter.start()
+    try:
+        trace = make_trace(1, tools=2)
+        assert await exporter.export([trace], wait_s=5)
+    finally:
+        await exporter.close()
+    (request,) = otlp_receiver.requests
+    assert otlp_receiver.headers[0]["authorization"] == "Bearer s3cret"
+    assert otlp_receiver.headers[0]["content-type"] == "application/x-protobuf"
+    (rs,) = request.resource_spans
+    resource = {kv.key: kv.value.string_value for kv in rs.resource.attributes}
+    assert resource == {
+        "service.name": "agent-a",
+        "gen_ai.agent.id": "agent-a",
+        "service.instance.id": "pod-1",
+    }
+    spans = list(rs.scope_spans[0].spans)
+    assert [s.name for s in spans] == ["turn", "tool:t0", "tool:t1"]
+    assert all(s.trace_id == trace.trace_id for s in spans)
+    assert spans[1].parent_span_id == spans[0].span_id and not spans[0].parent_span_id
+    assert spans[0].status.code == 1  # OK
+    assert value(registry, "agentstream_tracing_spans_exported_total") == 3
+    assert value(registry, "agentstream_tracing_traces_exported_total", outcome="complete") == 1
+
+
+async def test_batches_whole_traces_up_to_the_span_limit(otlp_receiver: Any) -> None:
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry, batch_spans=7, linger_s=0.05)
+    await exporter.start()
+    try:
+        traces = [make_trace(n, tools=2) for n in range(6)]  # 3 spans each
+        assert await exporter.export(traces, wait_s=5)
+    finally:
+        await exporter.close()
+    sizes = [
+        sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans)
+        for r in otlp_receiver.requests
+    ]
+    assert sizes == [6, 6, 6]  # two whole traces per request, never split
+    assert len(otlp_receiver.spans()) == 18
+
+
+async def test_retries_retryable_answers_then_delivers(otlp_receiver: Any) -> None:
+    otlp_receiver.script = [503, 429, 502]
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry, max_retries=5)
+    await exporter.start()
+    try:
+        assert await exporter.export([make_trace(1)], wait_s=5)
+    finally:
+        await exporter.close()
+    assert otlp_receiver.attempts == 4 and len(otlp_receiver.requests) == 1
+    assert value(registry, "agentstream_tracing_export_failures_total") == 3
+
+
+async def test_non_retryable_answer_drops_and_counts(otlp_receiver: Any) -> None:
+    otlp_receiver.script = [400]
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry)
+    await exporter.start()
+    try:
+        assert not await exporter.export([make_trace(1)], wait_s=5)
+    finally:
+        await exporter.close()
+    assert otlp_receiver.attempts == 1
+    assert value(registry, "agentstream_tracing_dropped_spans_total", reason="rejected") == 2
+
+
+async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
+    registry = CollectorRegistry()
+    # Nothing listens on this port: every POST fails to connect.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exporter = exporter_for(
+        f"http://127.0.0.1:{port}/v1/traces", registry, queue_spans=6, max_retries=2
+    )
+    await exporter.start()
+    try:
+        traces = [make_trace(n) for n in range(10)]  # 2 spans each
+        futures = exporter.submit(traces)
+        assert exporter.queued_spans <= 6
+        results = await asyncio.gather(*futures)
+    finally:
+        await exporter.close()
+    assert not any(results)
+    dropped_full = value(registry, "agentstream_tracing_dropped_spans_total", reason="queue_full")
+    dropped_failed = value(
+        registry, "agentstream_tracing_dropped_spans_total", reason="export_failed"
+    )
+    assert dropped_full >= 8 and dropped_full + dropped_failed == 20
+    assert value(registry, "agentstream_tracing_export_failures_total") >= 3
+
+
+async def test_export_waits_at_most_the_bound_and_keeps_retrying(otlp_receiver: Any) -> None:
+    otlp_receiver.script = [503] * 3
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry, backoff_s=0.2, max_backoff_s=0.2)
+    await exporter.start()
+    try:
+        assert not await exporter.export([make_trace(1)], wait_s=0.05)
+        for _ in range(100):  # delivered later, in the background
+            if otlp_receiver.requests:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await exporter.close()
+    assert len(otlp_receiver.requests) == 1
+
+
+def test_settings_follow_otel_variables_and_ours_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1,authorization=Basic%20abc")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "fleet")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    target = export_target(TracingSettings())
+    assert target.endpoint == "http://collector:4318/v1/traces"
+    assert target.headers == {"x-a": "1", "authorization": "Basic abc"}
+    assert (target.service_name, target.compression) == ("fleet", "gzip")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-a=2")
+    target = export_target(TracingSettings())
+    assert target.endpoint == "http://traces:4318/custom" and target.headers["x-a"] == "2"
+    monkeypatch.setenv("AGENTSTREAM_OTLP_ENDPOINT", "https://ours:443/v1/traces")
+    monkeypatch.setenv("AGENTSTREAM_OTLP_HEADERS", "x-a=3")
+    settings = TracingSettings()
+    target = export_target(settings)
+    assert target.endpoint == "https://ours:443/v1/traces" and target.headers["x-a"] == "3"
+    assert settings.http_port == 9105
+    monkeypatch.setenv("AGENTSTREAM_OTLP_HEADERS", "novalue")
+    with pytest.raises(ConfigurationError, match="key=value"):
+        export_target(TracingSettings())
+
+
+async def test_gzip_compression(otlp_receiver: Any) -> None:
+    registry = CollectorRegistry()
+    target = ExportTarget(endpoint=otlp_receiver.url, compression="gzip", service_name="fleet")
+    exporter = OtlpHttpExporter(target, TracingMetrics(registry), ExportPolicy(linger_s=0))
+    await exporter.start()
+    try:
+        assert await exporter.export([make_trace(3)], wait_s=5)
+    finally:
+        await exporter.close()
+    assert otlp_receiver.headers[0]["content-encoding"] == "gzip"
+    (rs,) = otlp_receiver.requests[0].resource_spans
+    assert rs.resource.attributes[0].value.string_value == "fleet"
