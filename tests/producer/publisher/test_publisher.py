@@ -1,0 +1,310 @@
+"""KafkaPublisher against a real broker: partitions, order, headers, metrics, overflow, errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY, CollectorRegistry
+from support.samples import sample_event
+
+from agentstream.consumers.broker import EmbeddedBroker, free_port
+from agentstream.producer.partitioner import partition_for
+from agentstream.producer.publisher import KafkaPublisher, producer_kwargs
+from agentstream.schemas import Event
+from agentstream.schemas.admin import TopicSpec, ensure_topics
+from agentstream.schemas.codec import decode_record, header
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
+
+Consume = Callable[..., Awaitable[list[Any]]]
+TYPES = ("tool.called", "tool.result", "llm.token", "message.received", "llm.token")
+
+
+def events(n: int, sessions: int) -> list[Event]:
+    out = []
+    for i in range(n):
+        event = sample_event(TYPES[i % len(TYPES)], i)
+        event.session_id = f"session-{i % sessions:03d}"
+        event.source = ""  # the publisher stamps its instance id
+        out.append(event)
+    return out
+
+
+def files_in(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
+
+
+def dead_settings(**overrides: object) -> KafkaSettings:
+    """Settings pointing at a loopback port nobody listens on."""
+    return KafkaSettings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}", topic_prefix="nobroker", **overrides
+    )
+
+
+async def test_sessions_keep_their_partition_and_order_with_keys_and_headers(
+    kafka_settings: KafkaSettings, consume: Consume
+) -> None:
+    sent = events(1_000, sessions=25)
+    publisher = KafkaPublisher(kafka_settings, redact=None, instance_id="pod-1")
+    try:
+        for event in sent:
+            publisher.publish(event)
+        assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+    routing = kafka_settings.routing()
+    records = await consume(kafka_settings, routing.events, 600)
+    records += await consume(kafka_settings, routing.tokens, 400)
+    assert len(records) == 1_000
+    by_session: dict[str, list[int]] = defaultdict(list)
+    partitions: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        event = decode_record(record.value, record.headers)
+        assert record.key == event.session_id.encode()
+        assert record.partition == partition_for(record.key, 4)
+        assert record.topic == routing.topic_for(event.type)
+        assert header(record.headers, "ce_id") == event.event_id.encode()
+        assert event.source == "pod-1"
+        by_session[f"{record.topic}/{event.session_id}"].append(event.seq)
+        partitions[event.session_id].add((record.topic, record.partition))
+    assert {e.event_id for e in sent} == {
+        decode_record(r.value, r.headers).event_id for r in records
+    }
+    for seqs in by_session.values():
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert all(len({t for t, _ in tps}) == len(tps) for tps in partitions.values())
+
+
+async def test_data_is_redacted_before_it_leaves(
+    kafka_settings: KafkaSettings, consume: Consume
+) -> None:
+    event = sample_event("tool.called", 1)
+    event.session_id = "s-redact"
+    event.data = {"name": "http", "args": {"api_key": "sk-live-1234567890abcdef"}}
+    publisher = KafkaPublisher(kafka_settings)
+    try:
+        publisher.publish(event)
+        assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+    (record,) = await consume(kafka_settings, kafka_settings.routing().events, 1)
+    assert b"sk-live-1234567890abcdef" not in record.value
+    assert event.data["args"]["api_key"] == "sk-live-1234567890abcdef"  # caller's dict intact
+
+
+async def test_metrics_land_on_the_injected_registry_only(kafka_settings: KafkaSettings) -> None:
+    registry = CollectorRegistry()
+    publisher = KafkaPublisher(kafka_settings, registry=registry, redact=None)
+    try:
+        for event in events(20, sessions=3):
+            publisher.publish(event)
+        assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+    routing = kafka_settings.routing()
+    value = registry.get_sample_value
+    assert value("agentstream_producer_events_emitted_total") == 20
+    delivered = {
+        topic: value("agentstream_producer_events_delivered_total", {"topic": topic})
+        for topic in (routing.events, routing.tokens)
+    }
+    assert delivered == {routing.events: 12, routing.tokens: 8}
+    assert value("agentstream_producer_delivery_latency_seconds_count") == 20
+    assert value("agentstream_producer_delivery_latency_seconds_sum") > 0
+    assert value("agentstream_producer_queue_depth") == 0
+    assert value("agentstream_producer_events_dropped_total", {"reason": "queue_full"}) == 0
+    assert REGISTRY.get_sample_value("agentstream_producer_events_emitted_total") is None
+
+
+def test_full_memory_without_spool_drops_the_newest_and_counts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher = KafkaPublisher(dead_settings(), max_queue_events=10, redact=None)
+    try:
+        slowest = 0.0
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            for event in events(15, sessions=2):
+                start = time.perf_counter()
+                publisher.publish(event)
+                slowest = max(slowest, time.perf_counter() - start)
+        stats = publisher.stats()
+        assert stats.emitted == 15
+        assert stats.dropped["queue_full"] == 5
+        assert stats.in_memory == 10
+        assert slowest < 0.05
+        assert "dropped the newest event (overflow=drop, reason=queue_full)" in caplog.text
+        assert not publisher.flush(0.2)
+    finally:
+        publisher.close(0.1)
+    assert publisher.stats().dropped["closed"] == 10  # said at close, not silently lost
+
+
+def test_block_policy_waits_for_room_then_drops() -> None:
+    publisher = KafkaPublisher(
+        dead_settings(), max_queue_events=3, overflow="block", block_timeout_ms=300, redact=None
+    )
+    try:
+        for event in events(3, sessions=1):
+            publisher.publish(event)
+        start = time.monotonic()
+        publisher.publish(events(1, sessions=1)[0])
+        waited = time.monotonic() - start
+        assert 0.25 <= waited < 3
+        assert publisher.stats().dropped["block_timeout"] == 1
+    finally:
+        publisher.close(0.1)
+
+
+def test_block_policy_gets_room_as_the_broker_acknowledges(kafka_settings: KafkaSettings) -> None:
+    publisher = KafkaPublisher(
+        kafka_settings, max_queue_events=2, overflow="block", block_timeout_ms=10_000, redact=None
+    )
+    try:
+        for event in events(60, sessions=4):
+            publisher.publish(event)
+        assert publisher.flush(30)
+        stats = publisher.stats()
+        assert stats.delivered == 60 and sum(stats.dropped.values()) == 0
+    finally:
+        publisher.close(5)
+
+
+def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
+    publisher = KafkaPublisher(
+        dead_settings(),
+        spool_dir=tmp_path,
+        spool_max_bytes=8192,
+        max_queue_events=20,
+        redact=None,
+    )
+    try:
+        for event in events(300, sessions=5):
+            publisher.publish(event)
+        deadline = time.monotonic() + 10
+        while publisher.stats().spooled == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for event in events(100, sessions=5):
+            publisher.publish(event)
+        stats = publisher.stats()
+        assert stats.spooled > 0
+        assert stats.dropped["spool_full"] > 0
+        assert stats.spool_bytes <= 8192
+        assert stats.emitted == 400
+        assert stats.spooled + stats.dropped["spool_full"] + stats.in_memory == 400
+    finally:
+        publisher.close(0.1)
+
+
+def test_undeliverable_input_is_counted_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    publisher = KafkaPublisher(dead_settings(max_request_size=2_000), redact=None)
+    try:
+        big = sample_event("tool.result", 1)
+        big.data = {"name": "read", "output": "x" * 5_000}
+        weird = sample_event("tool.result", 2)
+        weird.data = {"name": "read", "output": object()}
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            publisher.publish(big)
+            publisher.publish(weird)
+        dropped = publisher.stats().dropped
+        assert dropped["too_large"] == 1 and dropped["unencodable"] == 1
+        assert big.event_id in caplog.text and "max_request_size" in caplog.text
+    finally:
+        publisher.close(0.1)
+
+
+def test_idempotence_is_passed_through_and_refused_clearly_without_init_producer_id(
+    kafka_settings: KafkaSettings, broker_kind: str
+) -> None:
+    settings = kafka_settings.model_copy(update={"enable_idempotence": True})
+    assert producer_kwargs(settings)["enable_idempotence"] is True
+    publisher = KafkaPublisher(settings, redact=None)
+    try:
+        publisher.publish(events(1, sessions=1)[0])
+        if broker_kind != "embedded":  # Apache Kafka: idempotent delivery works
+            assert publisher.flush(30)
+            return
+        with pytest.raises(ConfigurationError, match="rejected InitProducerId"):
+            publisher.flush(30)
+        with pytest.raises(ConfigurationError, match="ENABLE_IDEMPOTENCE=false"):
+            publisher.publish(events(1, sessions=1)[0])
+    finally:
+        publisher.close(1)
+
+
+async def test_sasl_and_tls_settings_reach_the_aiokafka_producer(tls_files: Any) -> None:
+    ca = tls_files.ca
+    settings = KafkaSettings(
+        bootstrap_servers="kafka.example:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="agent",
+        sasl_plain_password="s3cret",  # type: ignore[arg-type]
+        ssl_cafile=str(ca),
+        compression_type="gzip",
+    )
+    kwargs = producer_kwargs(settings)
+    assert kwargs["sasl_plain_password"] == "s3cret"
+    producer = AIOKafkaProducer(**kwargs)
+    try:
+        client = producer.client
+        assert client._security_protocol == "SASL_SSL"
+        assert client._sasl_mechanism == "SCRAM-SHA-512"
+        assert client._sasl_plain_username == "agent"
+        assert client._sasl_plain_password == "s3cret"
+        assert client._ssl_context is not None
+        assert producer._compression_type == "gzip"
+        assert kwargs["acks"] == "all"
+    finally:
+        await producer.stop()
+    for protocol, mechanism in (("SASL_PLAINTEXT", "PLAIN"), ("SASL_PLAINTEXT", "SCRAM-SHA-256")):
+        plain = KafkaSettings(
+            security_protocol=protocol,  # type: ignore[arg-type]
+            sasl_mechanism=mechanism,  # type: ignore[arg-type]
+            sasl_plain_username="u",
+            sasl_plain_password="p",  # type: ignore[arg-type]
+        )
+        kwargs = producer_kwargs(plain)
+        assert kwargs["sasl_mechanism"] == mechanism and "ssl_context" not in kwargs
+    assert "sasl_mechanism" not in producer_kwargs(KafkaSettings(security_protocol="SSL"))
+
+
+async def test_spooled_events_are_delivered_in_order_once_a_broker_answers(
+    tmp_path: Path, broker_factory: type[EmbeddedBroker], consume: Consume
+) -> None:
+    port = free_port()
+    settings = KafkaSettings(
+        bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="late", linger_ms=1
+    )
+    sent = [e for e in events(300, sessions=7) if e.type != "llm.token"]
+    publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None)
+    try:
+        for event in sent:
+            publisher.publish(event)
+        deadline = time.monotonic() + 10
+        while publisher.stats().spooled < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert publisher.stats().spooled == len(sent)
+        broker = broker_factory(port=port)
+        broker.start()
+        await broker.wait_ready()
+        await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+        assert publisher.flush(30)
+        assert publisher.stats().queue_depth == 0
+    finally:
+        publisher.close(5)
+    records = await consume(settings, settings.routing().events, len(sent))
+    got = [decode_record(r.value, r.headers) for r in records]
+    assert sorted(e.event_id for e in got) == sorted(e.event_id for e in sent)
+    per_session: dict[str, list[int]] = defaultdict(list)
+    for record, event in zip(records, got, strict=True):
+        assert record.partition == partition_for(event.session_id.encode(), 3)
+        per_session[event.session_id].append(event.seq)
+    assert all(seqs == sorted(seqs) for seqs in per_session.values())
+    assert files_in(tmp_path) == []  # everything acknowledged: nothing left on disk
