@@ -69,8 +69,14 @@ def _json(event: Event) -> str:
 
 def is_outage(exc: BaseException) -> bool:
     """Whether an asyncpg error means the server is (temporarily) unreachable."""
-    if isinstance(exc, OSError | asyncio.TimeoutError | asyncpg.PostgresConnectionError):
-        return True
+    if isinstance(
+        exc,
+        OSError
+        | asyncio.TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InternalClientError,
+    ):
+        return True  # InternalClientError: a connection cut in the middle of a protocol step
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state[:2] in _OUTAGE_CLASSES or state == "25006"  # read-only (failover)
@@ -89,9 +95,17 @@ class PostgresStore(Store):
     async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._pool is None:
             raise StoreError(f"the store {self.url} is not open (use `async with`)")
+        pool = self._pool
         try:
-            async with self._pool.acquire() as conn:
+            conn = await pool.acquire()
+            try:
                 return await fn(conn)
+            except Exception as exc:
+                if is_outage(exc) and not conn.is_closed():
+                    conn.terminate()  # its protocol state is unknown: the pool opens a new one
+                raise
+            finally:
+                await pool.release(conn)
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}") from exc

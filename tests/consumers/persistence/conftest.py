@@ -14,9 +14,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from support.persistence import TcpProxy
 
 from agentstream.consumers.persistence import Store, open_store
 
@@ -101,3 +103,15 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url) as opened:
         await opened.migrate()
         yield opened
+
+
+@pytest.fixture
+async def pg_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy in front of PostgreSQL that the test can stop and start."""
+    target = urlsplit(PG_BASE)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()

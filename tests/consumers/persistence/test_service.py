@@ -3,65 +3,16 @@ redelivery deduplicated, old events swept, offsets committed only after the stor
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
+from support.persistence import count_is, metric, persistence, settings_for, stream
 from support.produce import produce_events
-from support.runtime import running_consumer, wait_until
-from support.samples import SAMPLE_DATA
+from support.runtime import wait_until
 
-from agentstream.consumers.persistence import Store, open_store
-from agentstream.consumers.persistence.service import SERVICE, PersistenceSettings
-from agentstream.consumers.runtime import EventConsumer
-from agentstream.schemas import Event, utc_now
+from agentstream.consumers.persistence import open_store
+from agentstream.schemas import utc_now
 from agentstream.schemas.settings import KafkaSettings
-
-TYPES = sorted(SAMPLE_DATA)
-
-
-def settings_for(kafka: KafkaSettings, store: str, **overrides: Any) -> PersistenceSettings:
-    return PersistenceSettings(
-        bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=kafka.topic_prefix,
-        store=store,
-        linger_ms=1,
-        commit_interval_ms=100,
-        batch_max_records=200,
-        batch_max_wait_ms=20,
-        store_retry_backoff_ms=20,
-        store_retry_max_backoff_ms=200,
-        **overrides,
-    )
-
-
-def stream(count: int, *, sessions: int = 20, prefix: str = "s") -> list[Event]:
-    """``count`` events of every type, spread over ``sessions`` sessions, per-session seq."""
-    return [
-        Event(
-            type=TYPES[i % len(TYPES)],
-            session_id=f"{prefix}{i % sessions}",
-            agent_id=f"agent-{i % 3}",
-            seq=i,
-            source="pod-1",
-            data=dict(SAMPLE_DATA[TYPES[i % len(TYPES)]]),
-        )
-        for i in range(count)
-    ]
-
-
-@contextlib.asynccontextmanager
-async def persistence(settings: PersistenceSettings) -> AsyncIterator[tuple[EventConsumer, Store]]:
-    consumer = EventConsumer(settings, service=SERVICE.name)
-    async with SERVICE.setup(consumer, settings) as store, running_consumer(consumer):
-        assert isinstance(store, Store)
-        yield consumer, store
-
-
-def metric(consumer: EventConsumer, name: str) -> float:
-    return consumer.registry.get_sample_value(name) or 0.0
 
 
 async def test_every_event_is_stored_once_and_in_session_order(
@@ -71,7 +22,7 @@ async def test_every_event_is_stored_once_and_in_session_order(
     settings = settings_for(kafka_settings, store_url)
     async with persistence(settings) as (consumer, store):
         await produce_events(kafka_settings, events)
-        await wait_until(lambda: _count_is(store, 600), timeout=30, what="600 events stored")
+        await wait_until(lambda: count_is(store, 600), timeout=30, what="600 events stored")
         for session in ("s0", "s7"):
             assert await store.timeline(session) == [e for e in events if e.session_id == session]
 
@@ -91,7 +42,7 @@ async def test_kafka_origin_is_recorded(kafka_settings: KafkaSettings, sqlite_ur
     events = stream(40)
     async with persistence(settings_for(kafka_settings, sqlite_url)) as (_, store):
         await produce_events(kafka_settings, events)
-        await wait_until(lambda: _count_is(store, 40), what="40 events stored")
+        await wait_until(lambda: count_is(store, 40), what="40 events stored")
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
         rows = db.execute(
             "SELECT kafka_topic, kafka_partition, kafka_offset FROM events"
@@ -129,7 +80,3 @@ async def test_retention_sweeps_old_events_while_ingesting(
         )
         assert await store.count() == 500
         assert {s.session_id[:3] for s in await store.sessions(limit=100)} == {"new"}
-
-
-async def _count_is(store: Store, n: int) -> bool:
-    return await store.count() == n

@@ -1,0 +1,112 @@
+"""PostgreSQL going away during ingestion: the service retries, commits no offsets for
+unwritten events, and when the database is back every event is stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+
+import asyncpg
+import pytest
+from support.persistence import TcpProxy, count_is, metric, persistence, settings_for, stream
+from support.produce import produce_events
+from support.runtime import wait_until
+
+from agentstream.consumers.persistence import Store, StoreUnavailableError, open_store
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas import Event
+from agentstream.schemas.settings import KafkaSettings
+
+pytestmark = pytest.mark.postgres
+
+
+def committed_total(consumer: EventConsumer) -> int:
+    return sum(consumer.committed_offsets().values())
+
+
+async def stored_ids(store: Store) -> list[str]:
+    return [e.event_id for e in await store.events(limit=1_000_000)]
+
+
+async def test_outage_holds_offsets_and_loses_nothing(
+    kafka_settings: KafkaSettings, pg_database_url: str, pg_proxy: TcpProxy
+) -> None:
+    proxy = pg_proxy
+    before, during = stream(500, prefix="a"), stream(500, prefix="b")
+    settings = settings_for(kafka_settings, proxy.url_for(pg_database_url))
+    async with persistence(settings) as (consumer, _), open_store(pg_database_url) as direct:
+        await produce_events(kafka_settings, before)
+        await wait_until(lambda: count_is(direct, 500), what="the first 500 stored")
+        await wait_until(lambda: committed_total(consumer) == 500, what="their offsets committed")
+
+        await proxy.stop()  # the database goes away: connections cut, new ones refused
+        await produce_events(kafka_settings, during)
+        await wait_until(
+            lambda: metric(consumer, "agentstream_persistence_store_unavailable_total") >= 6,
+            what="the service retrying the store",
+        )
+        assert metric(consumer, "agentstream_persistence_store_up") == 0
+        assert committed_total(consumer) == 500  # nothing unwritten was committed
+        assert await direct.count() == 500
+
+        await proxy.start()  # back on the same port
+        await wait_until(lambda: count_is(direct, 1_000), what="the rest stored after the outage")
+        await wait_until(lambda: committed_total(consumer) == 1_000, what="all offsets committed")
+        assert metric(consumer, "agentstream_persistence_store_up") == 1
+        assert sorted(await stored_ids(direct)) == sorted(e.event_id for e in before + during)
+
+
+async def surviving_count(store: Store) -> int:
+    """The count, or -1 when the killer cut this reader's connection too."""
+    try:
+        return await store.count()
+    except StoreUnavailableError:
+        return -1
+
+
+async def test_connections_killed_during_ingestion(
+    kafka_settings: KafkaSettings, pg_database_url: str
+) -> None:
+    events: list[Event] = stream(6_000, sessions=50)
+    database = pg_database_url.rsplit("/", 1)[1].split("?")[0]
+    settings = settings_for(kafka_settings, pg_database_url, batch_max_records=100)
+    admin = await asyncpg.connect(pg_database_url.rsplit("/", 1)[0] + "/test")
+    kills = 0
+
+    async def killer(store: Store) -> None:
+        nonlocal kills
+        while await surviving_count(store) < len(events):
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            kills += killed
+            await asyncio.sleep(0.03)
+
+    try:
+        async with persistence(settings) as (consumer, _), open_store(pg_database_url) as direct:
+            task = asyncio.create_task(killer(direct))
+            try:
+                await produce_events(kafka_settings, events)
+                await wait_until(
+                    lambda: _is(surviving_count(direct), len(events)), timeout=60, what="all stored"
+                )
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            failed_writes = metric(consumer, "agentstream_persistence_store_unavailable_total")
+        async with open_store(pg_database_url) as reader:
+            ids = await stored_ids(reader)
+    finally:
+        await admin.close()
+    assert kills > 0
+    assert failed_writes > 0, "no write was interrupted: the test did not exercise the outage path"
+    assert len(ids) == len(set(ids)) == len(events)
+    assert set(ids) == {e.event_id for e in events}
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
