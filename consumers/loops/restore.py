@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Offsets ``[start, stop)`` of one partition to read again."""
+    """Offsets ``[start, stop)`` of one partition to read again; ``stop=None``: up to the
+    partition's end, judged by a fetch that brings nothing more."""
 
     start: int
-    stop: int
+    stop: int | None
 
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+    def __bool__(self) -> bool:
+        return self.stop is None or self.stop > self.start
 
 
 async def group_offsets(
@@ -71,23 +72,22 @@ async def read_windows(
     timeout_s: float = 30.0,
 ) -> AsyncIterator[ConsumerRecord]:
     """Every record of each window, in offset order per partition. Stops at ``timeout_s``
-    (logged: the restore is then partial) and at the partition's end."""
-    wanted = {tp: w for tp, w in windows.items() if len(w)}
+    (logged: the restore is then partial). ``end_offsets`` is not used to bound the reads (the
+    embedded broker can understate it).
+
+    A window with a ``stop`` is complete when a record at ``stop - 1`` (or a position at
+    ``stop``) was reached; one without, when a whole fetch round brought nothing at all."""
+    wanted = {tp: w for tp, w in windows.items() if w}
     if not wanted:
         return
     consumer = _reader(settings, "loops-restore")
     await consumer.start()
     try:
         consumer.assign(list(wanted))
-        ends = await consumer.end_offsets(list(wanted))
-        pending: dict[TopicPartition, int] = {}
+        pending: dict[TopicPartition, int | None] = {}
         for tp, window in wanted.items():
-            stop = min(window.stop, ends.get(tp, window.stop))
-            if window.start < stop:
-                consumer.seek(tp, window.start)
-                pending[tp] = stop
-            else:
-                consumer.pause(tp)
+            consumer.seek(tp, window.start)
+            pending[tp] = window.stop
         deadline = time.monotonic() + timeout_s
         while pending:
             remaining = deadline - time.monotonic()
@@ -98,16 +98,20 @@ async def read_windows(
                     len(pending),
                 )
                 return
-            batches = await consumer.getmany(*pending, timeout_ms=int(min(remaining, 1.0) * 1000))
-            for tp, records in batches.items():
-                stop = pending.get(tp)
-                if stop is None:
-                    continue
-                for record in records:
-                    if record.offset >= stop:
-                        break
-                    yield record
-                if await consumer.position(tp) >= stop:
+            batches = await consumer.getmany(*pending, timeout_ms=int(min(remaining, 0.5) * 1000))
+            for tp, stop in list(pending.items()):
+                records = batches.get(tp)
+                if records:
+                    for record in records:
+                        if stop is not None and record.offset >= stop:
+                            break
+                        yield record
+                    done = stop is not None and records[-1].offset + 1 >= stop
+                elif stop is None:
+                    done = not batches  # an idle round: every partition is at its end
+                else:  # a gap up to `stop` (compaction, control records)?
+                    done = await consumer.position(tp) >= stop
+                if done:
                     del pending[tp]
                     consumer.pause(tp)
     finally:
@@ -148,7 +152,9 @@ async def recent_ids_from(
         ends = await probe.end_offsets(tps)
     finally:
         await probe.stop()
-    windows = {tp: Window(max(begins[tp], ends[tp] - window), ends[tp]) for tp in tps}
+    # The end offset only places the start: the embedded broker can report less than the true
+    # end (the last batch's base offset + 1), so reading goes on until nothing more comes.
+    windows = {tp: Window(max(begins[tp], ends[tp] - window), None) for tp in tps}
     wanted = source.encode()
     ids = []
     async for record in read_windows(settings, windows, timeout_s=timeout_s):

@@ -199,7 +199,8 @@ class LoopService:
             self.positions[raw.partition] = raw.offset + 1
             replayed += 1
         for tp, window in windows.items():
-            self.positions[tp.partition] = window.stop
+            if window.stop is not None:
+                self.positions[tp.partition] = window.stop
         for alert_id in await recent_ids_from(
             self.settings, self.routing.alerts, SOURCE, self.settings.alerts_dedup_window
         ):

@@ -69,7 +69,13 @@ def boundary(event_type: str, **envelope: str) -> Event:
         "audit.turn_end": {"content_preview": "done", "function_calls_count": 4},
         "audit.turn_start": {"prompt_preview": "find papers"},
     }
-    return Event(type=event_type, data=data[event_type], **envelope)
+    return Event(
+        type=event_type,
+        data=data[event_type],
+        agent_id=envelope.get("agent_id", ""),
+        session_id=envelope.get("session_id", ""),
+        turn_id=envelope.get("turn_id", ""),
+    )
 
 
 SEARCH = {"query": "kafka exactly once", "top_k": 5}

@@ -1,0 +1,278 @@
+"""The loops service on a real broker: alerts and directives, restarts and rebalances."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from support.produce import produce_events
+from support.runtime import committed_offsets, running_consumer, wait_until
+
+from agentstream.consumers.loops.service import SERVICE, LoopService, LoopSettings
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas import Event, decode_record
+from agentstream.schemas.settings import KafkaSettings
+
+SEARCH = {"query": "kafka exactly once", "top_k": 5}
+
+
+def search(session: str, agent: str = "support-bot") -> Event:
+    """Corail ``tool.called`` without a turn id: the session is the scope."""
+    return Event(
+        type="tool.called",
+        agent_id=agent,
+        user_id="u-1",
+        session_id=session,
+        data={"name": "web_search", "args": dict(SEARCH)},
+    )
+
+
+def attempt(session: str, name: str, i: int, turn: str = "a1b2c3d4e5f6") -> Event:
+    """Calute ``audit.tool_call_attempt`` within a turn."""
+    return Event(
+        type="audit.tool_call_attempt",
+        agent_id="researcher",
+        session_id=session,
+        turn_id=turn,
+        data={"tool_name": name, "arguments_preview": f'{{"path": "/src/{i}"}}'},
+    )
+
+
+def loop_settings(base: KafkaSettings, **overrides: Any) -> LoopSettings:
+    fields: dict[str, Any] = {
+        "bootstrap_servers": base.bootstrap_servers,
+        "topic_prefix": base.topic_prefix,
+        "linger_ms": 1,
+        "commit_interval_ms": 100,
+        "handler_retries": 2,
+        "handler_retry_backoff_ms": 1,
+        "handler_retry_max_backoff_ms": 5,
+        "drain_timeout_ms": 10_000,
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 300,
+        "fetch_max_wait_ms": 50,
+        **overrides,
+    }
+    return LoopSettings(**fields)
+
+
+@contextlib.asynccontextmanager
+async def loops_service(settings: LoopSettings) -> AsyncIterator[LoopService]:
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings) as service, running_consumer(consumer):
+        yield cast(LoopService, service)
+
+
+async def all_processed(settings: LoopSettings, produced: int) -> bool:
+    """Whether the group committed all ``produced`` records of the events topic (counted from
+    what the test produced: the embedded broker can understate end offsets)."""
+    done = await committed_offsets(settings, settings.group_for(SERVICE.name))
+    return sum(o for tp, o in done.items() if tp.topic == settings.routing().events) >= produced
+
+
+async def records_of(
+    settings: KafkaSettings, topic: str, *, at_least: int = 0, timeout: float = 20.0
+) -> list[tuple[bytes | None, Event]]:
+    """Every record of ``topic`` (key, event): read until a fetch round brings nothing."""
+    consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "auto_offset_reset": "earliest"})
+    await consumer.start()
+    found: list[tuple[bytes | None, Event]] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(4)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout
+        while True:
+            batches = await consumer.getmany(timeout_ms=300)
+            for records in batches.values():
+                found.extend((r.key, decode_record(r.value, r.headers)) for r in records)
+            if not batches and len(found) >= at_least:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"expected {at_least} records on {topic}, got {len(found)}")
+    finally:
+        await consumer.stop()
+
+
+def findings(alerts: list[tuple[bytes | None, Event]]) -> collections.Counter[tuple[str, ...]]:
+    return collections.Counter(
+        (e.session_id, e.type, e.data["pattern"], e.data["severity_level"]) for _, e in alerts
+    )
+
+
+async def test_findings_publish_alerts_and_a_pause_directive(kafka_settings: KafkaSettings) -> None:
+    settings = loop_settings(kafka_settings)
+    events = [search("s-same") for _ in range(6)]
+    events += [
+        attempt("s-pingpong", "read_file" if i % 2 == 0 else "list_dir", i) for i in range(7)
+    ]
+    events += [
+        Event(type="tool.called", session_id="s-max", agent_id="a", data={"name": "f", "args": i})
+        for i in range(30)
+    ]
+    async with loops_service(settings) as service:
+        await produce_events(settings, events)
+        await wait_until(lambda: all_processed(settings, len(events)), what="all processed")
+        alerts = await records_of(settings, settings.routing().alerts, at_least=5)
+        controls = await records_of(settings, settings.routing().control, at_least=3)
+        metrics = service.consumer.registry
+
+    assert findings(alerts) == collections.Counter(
+        {
+            ("s-same", "audit.tool_loop_warning", "same_call", "warning"): 1,
+            ("s-same", "audit.tool_loop_block", "same_call", "critical"): 1,
+            ("s-pingpong", "audit.tool_loop_warning", "pingpong", "warning"): 1,
+            ("s-pingpong", "audit.tool_loop_block", "pingpong", "critical"): 1,
+            ("s-max", "audit.tool_loop_block", "max_calls", "critical"): 1,
+        }
+    )
+    by_session = {(e.session_id, e.type): (key, e) for key, e in alerts}
+    key, block = by_session[("s-same", "audit.tool_loop_block")]
+    assert key == b"s-same"
+    assert block.source == "agentstream-loops"
+    assert block.agent_id == "support-bot" and block.user_id == "u-1"
+    assert block.data["tool_name"] == "web_search" and block.data["call_count"] == 5
+    assert block.data["metadata"]["trigger_event_id"] == events[4].event_id
+    _, pingpong = by_session[("s-pingpong", "audit.tool_loop_warning")]
+    assert pingpong.turn_id == "a1b2c3d4e5f6" and pingpong.data["call_count"] == 4
+
+    blocks = {e.event_id: e for _, e in alerts if e.type == "audit.tool_loop_block"}
+    assert len(controls) == 3
+    for key, directive in controls:
+        assert directive.type == "control.agent.paused"
+        assert key == directive.session_id.encode()
+        assert directive.data["service"] == "loops"
+        alert = blocks[directive.data["finding_id"]]
+        assert (directive.agent_id, directive.session_id, directive.turn_id) == (
+            alert.agent_id,
+            alert.session_id,
+            alert.turn_id,
+        )
+        assert directive.data["pattern"] == alert.data["pattern"]
+    sample = metrics.get_sample_value
+    assert (
+        sample("agentstream_loop_findings_total", {"pattern": "same_call", "level": "warning"}) == 1
+    )
+    assert sample("agentstream_loop_alerts_published_total", {"kind": "control"}) == 3
+    assert sample("agentstream_loop_alerts_published_total", {"kind": "block"}) == 3
+
+
+def assert_each_finding_once(alerts: list[tuple[bytes | None, Event]], sessions: list[str]) -> None:
+    ids = collections.Counter(e.event_id for _, e in alerts)
+    assert [i for i, n in ids.items() if n > 1] == [], "an alert id was published twice"
+    expected: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for s in sessions:
+        expected[(s, "audit.tool_loop_warning", "same_call", "warning")] = 1
+        expected[(s, "audit.tool_loop_block", "same_call", "critical")] = 1
+    assert findings(alerts) == expected
+
+
+SESSIONS = [f"sess-{i}" for i in range(8)]
+
+
+async def test_a_second_instance_joining_misses_nothing_and_repeats_nothing(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = loop_settings(kafka_settings)
+    async with loops_service(settings) as first:
+        await produce_events(settings, [search(s) for _ in range(4) for s in SESSIONS])
+        await wait_until(lambda: all_processed(settings, 32), what="part 1 processed")
+        async with loops_service(settings) as second:
+            await wait_until(
+                lambda: (
+                    bool(first.positions)
+                    and bool(second.positions)
+                    and len(first.positions) + len(second.positions) == 4
+                ),
+                what="partitions split between the two instances",
+            )
+            await produce_events(settings, [search(s) for _ in range(2) for s in SESSIONS])
+            await wait_until(lambda: all_processed(settings, 48), what="part 2 processed")
+            restored = second.consumer.registry.get_sample_value(
+                "agentstream_loop_restored_records_total"
+            )
+    assert restored is not None and restored > 0
+    alerts = await records_of(settings, settings.routing().alerts, at_least=16)
+    assert_each_finding_once(alerts, SESSIONS)
+
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from agentstream.consumers.loops.service import SERVICE, LoopSettings
+    from agentstream.consumers.runtime import EventConsumer
+
+    async def main() -> None:
+        settings = LoopSettings(**json.loads(sys.argv[1]))
+        consumer = EventConsumer(settings, service=SERVICE.name)
+        async with SERVICE.setup(consumer, settings):
+            await consumer.start()
+            while not consumer.ready:
+                await asyncio.sleep(0.02)
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+@contextlib.contextmanager
+def worker_process(settings: LoopSettings, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    script = tmp_path / "loops_worker.py"
+    script.write_text(WORKER)
+    options = settings.model_dump(mode="json", exclude_none=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(options)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.parametrize("commit_interval_ms", [100, 60_000], ids=["some-committed", "none"])
+async def test_kill_9_mid_stream_then_restart_misses_nothing_and_repeats_nothing(
+    kafka_settings: KafkaSettings, tmp_path: Path, commit_interval_ms: int
+) -> None:
+    settings = loop_settings(kafka_settings)
+    crashing = settings.model_copy(
+        update={"commit_interval_ms": commit_interval_ms, "session_timeout_ms": 3_000}
+    )
+    alerts_topic = settings.routing().alerts
+    with worker_process(crashing, tmp_path) as process:
+        await produce_events(settings, [search(s) for _ in range(4) for s in SESSIONS])
+
+        async def warned() -> bool:
+            return len(await records_of(settings, alerts_topic)) >= len(SESSIONS)
+
+        await wait_until(warned, what="part 1 alerted by the worker")
+        process.kill()  # SIGKILL: no drain, no final commit
+        process.wait(timeout=10)
+    await produce_events(settings, [search(s) for _ in range(2) for s in SESSIONS])
+    async with loops_service(settings) as restarted:
+        await wait_until(lambda: all_processed(settings, 48), timeout=40, what="all processed")
+        skipped = restarted.consumer.registry.get_sample_value(
+            "agentstream_loop_duplicate_alerts_skipped_total"
+        )
+    assert_each_finding_once(await records_of(settings, alerts_topic, at_least=16), SESSIONS)
+    if commit_interval_ms == 60_000:  # nothing committed: part 1 was processed again
+        assert skipped == len(SESSIONS)
