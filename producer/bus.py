@@ -31,7 +31,7 @@ from agentstream.schemas import Event
 from agentstream.schemas.routing import matches
 
 from .collectors import FailureLog
-from .scope import Scope, current_scope, event_scope
+from .scope import EMPTY_SCOPE, Scope, event_scope, get_scope
 
 if TYPE_CHECKING:
     from agentstream.schemas.settings import KafkaSettings
@@ -175,7 +175,9 @@ class EventBus:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         self._record(event)
-        handlers = self._handlers_for(event.type)
+        handlers = self._dispatch_cache.get(event.type)
+        if handlers is None:
+            handlers = self._handlers_for(event.type)
         if handlers:
             await self._dispatch(event, handlers)
 
@@ -185,7 +187,9 @@ class EventBus:
         bus's loop (the one it was started or first awaited on). With no loop at all the
         handlers cannot run; the event is still recorded and shipped."""
         self._record(event)
-        handlers = self._handlers_for(event.type)
+        handlers = self._dispatch_cache.get(event.type)
+        if handlers is None:
+            handlers = self._handlers_for(event.type)
         if handlers:
             self._schedule(event, handlers)
 
@@ -200,8 +204,8 @@ class EventBus:
             await self._dispatch(event, handlers)
 
     def _record(self, event: Event) -> None:
-        scope = current_scope()
-        if not scope.empty:
+        scope = get_scope()
+        if scope is not EMPTY_SCOPE:
             if not event.session_id:
                 event.session_id = scope.session_id
             if not event.user_id:

@@ -10,6 +10,7 @@ other children still get the event.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentstream.schemas import Event, audit_type
 
-from .scope import current_scope
+from .audit_events import AuditEvent
+from .scope import get_scope
 
 if TYPE_CHECKING:
     from agentstream.schemas.settings import KafkaSettings
@@ -211,24 +213,56 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     ``audit.<event_type>``, the event's timestamp, its ids as envelope fields (empty ones
     filled from the current :func:`~agentstream.producer.scope.event_scope`, then
     ``agent_id``), and every other field (severity, metadata, class fields) in ``data``."""
-    fields = event.to_dict()
-    data = {k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS}
-    scope = current_scope()
+    data_fields = _data_fields(type(event))
+    if data_fields is not None:  # one of ours: read the fields, no intermediate dict
+        data = {name: getattr(event, name) for name in data_fields}
+        data["metadata"] = dict(event.metadata)
+        timestamp, ev_agent, ev_session, ev_turn = (
+            event.timestamp,
+            event.agent_id,
+            event.session_id,
+            event.turn_id,
+        )
+    else:
+        fields = event.to_dict()
+        data = {k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS}
+        timestamp, ev_agent, ev_session, ev_turn = (
+            fields.get("timestamp"),
+            fields.get("agent_id"),
+            fields.get("session_id"),
+            fields.get("turn_id"),
+        )
+    scope = get_scope()
     return Event(
         type=audit_type(str(event.event_type)),
-        timestamp=_parse_timestamp(fields.get("timestamp")),
-        agent_id=fields.get("agent_id") or scope.agent_id or agent_id,
-        session_id=fields.get("session_id") or scope.session_id,
-        turn_id=fields.get("turn_id") or scope.turn_id,
+        timestamp=_parse_timestamp(timestamp),
+        agent_id=ev_agent or scope.agent_id or agent_id,
+        session_id=ev_session or scope.session_id,
+        turn_id=ev_turn or scope.turn_id,
         user_id=scope.user_id,
         data=data,
     )
 
 
+_DATA_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _data_fields(cls: type) -> tuple[str, ...] | None:
+    """The non-envelope field names of one of our audit event classes (None for others)."""
+    names = _DATA_FIELDS.get(cls)
+    if names is None:
+        if not (isinstance(cls, type) and issubclass(cls, AuditEvent)):
+            return None
+        names = _DATA_FIELDS[cls] = tuple(
+            f.name for f in dataclasses.fields(cls) if f.name not in _ENVELOPE_FIELDS
+        )
+    return names
+
+
 def _parse_timestamp(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    if isinstance(value, str):
+    if type(value) is str:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

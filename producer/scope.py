@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-__all__ = ["Scope", "current_scope", "event_scope"]
+__all__ = ["EMPTY_SCOPE", "Scope", "current_scope", "event_scope", "get_scope"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +30,20 @@ class Scope:
         return not (self.session_id or self.user_id or self.agent_id or self.turn_id)
 
 
-_EMPTY = Scope()
+EMPTY_SCOPE = Scope()
+_EMPTY = EMPTY_SCOPE
 _current: contextvars.ContextVar[Scope] = contextvars.ContextVar(
     "agentstream_event_scope", default=_EMPTY
 )
 
 
 def current_scope() -> Scope:
-    """The ids in force here (all empty outside any scope)."""
+    """The ids in force here (:data:`EMPTY_SCOPE` outside any scope)."""
     return _current.get()
+
+
+get_scope = _current.get
+""":func:`current_scope` without the wrapper call, for hot paths."""
 
 
 @contextmanager

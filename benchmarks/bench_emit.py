@@ -1,0 +1,380 @@
+"""Emit cost per event on the agent's hot path, next to the seeds' own in-process cost.
+
+Measured in one run, against an embedded broker this script starts and stops:
+
+* baseline (seed): a minimal, faithful re-implementation of Corail's ``EventBus.emit`` (history
+  list trimmed to 1000, exact + wildcard handler lists, gather) and of Calute's
+  ``AuditEmitter.emit_tool_call_attempt`` with an ``InMemoryCollector`` (dataclass event, ISO
+  timestamp, 200-character preview, one lock, list append) -- in-process only, nothing shipped;
+* agentstream: ``await bus.emit`` and ``bus.emit_sync`` with a ``KafkaPublisher`` attached (stamp,
+  redact, encode, enqueue), ``AuditEmitter.emit_tool_call_attempt`` with a ``KafkaCollector``;
+* the redaction step alone on the same payload, and the control-channel latency (directive
+  produced -> handler running in the pod's bus).
+
+Each call is timed on its own (``perf_counter_ns``), so p99 includes GC pauses and lock waits.
+Every shipped event is then flushed and counted as delivered. Writes
+``benchmarks/results/emit.json``.
+
+    python benchmarks/bench_emit.py [--events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from agentstream.consumers.broker import EmbeddedBroker
+from agentstream.producer import (
+    AuditEmitter,
+    ControlListener,
+    Event,
+    EventBus,
+    EventType,
+    KafkaCollector,
+    KafkaPublisher,
+)
+from agentstream.producer.redact import DEFAULT_REDACTOR
+from agentstream.schemas import encode_event, event_headers, record_key
+from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+from agentstream.schemas.settings import KafkaSettings
+
+RESULTS = Path(__file__).parent / "results" / "emit.json"
+TARGET_MEDIAN_US = 5.0
+TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
+ARGS_TEXT = json.dumps(TOOL_ARGS)
+
+
+# --- baseline: the seeds' in-process cost (re-implemented from the seed documentation) -----
+
+
+@dataclass
+class CorailEvent:
+    type: str
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    agent_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CorailBus:
+    """Corail's EventBus.emit as documented: history first, then exact + '*' handlers."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Callable[[CorailEvent], Any]]] = defaultdict(list)
+        self._history: list[CorailEvent] = []
+        self._max_history = 1000
+
+    async def emit(self, event: CorailEvent) -> None:
+        self._history.append(event)
+        if len(self._history) > self._max_history:
+            self._history = self._history[-self._max_history :]
+        handlers = self._handlers.get(event.type, []) + self._handlers.get("*", [])
+        if handlers:
+            await asyncio.gather(*(self._safe_call(h, event) for h in handlers))
+
+    async def _safe_call(self, handler: Callable[[CorailEvent], Any], event: CorailEvent) -> None:
+        try:
+            await handler(event)
+        except Exception:
+            logging.getLogger("corail").exception("handler failed")
+
+
+@dataclass
+class CaluteToolCallAttempt:
+    event_type: str = "tool_call_attempt"
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    agent_id: str | None = None
+    turn_id: str | None = None
+    session_id: str | None = None
+    severity: str = "info"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tool_name: str = ""
+    arguments_preview: str = ""
+
+
+class CaluteInMemoryCollector:
+    def __init__(self) -> None:
+        self._events: list[Any] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+
+
+class CaluteEmitter:
+    def __init__(self, collector: CaluteInMemoryCollector, session_id: str | None) -> None:
+        self._collector = collector
+        self._session_id = session_id
+        self._lock = threading.Lock()
+
+    def emit_tool_call_attempt(
+        self,
+        tool_name: str,
+        args: str = "",
+        agent_id: str | None = None,
+        turn_id: str | None = None,
+    ) -> None:
+        event = CaluteToolCallAttempt(
+            agent_id=agent_id,
+            turn_id=turn_id,
+            tool_name=tool_name,
+            arguments_preview=args[:200] if args else "",
+        )
+        event.session_id = self._session_id
+        with self._lock:
+            self._collector.emit(event)
+
+
+# --- measurement ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    kind: str  # "baseline (seed, in-process)" or "agentstream (to Kafka)"
+    n: int
+    median_us: float
+    p99_us: float
+    mean_us: float
+
+
+def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
+    samples = sorted(samples_ns)
+    n = len(samples)
+    return Row(
+        case=case,
+        kind=kind,
+        n=n,
+        median_us=statistics.median(samples) / 1000,
+        p99_us=samples[min(n - 1, int(n * 0.99))] / 1000,
+        mean_us=statistics.fmean(samples) / 1000,
+    )
+
+
+def time_sync(call: Callable[[int], object], n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    out = [0] * n
+    for i in range(n):
+        t0 = clock()
+        call(i)
+        out[i] = clock() - t0
+    return out
+
+
+def sessions(n: int) -> list[str]:
+    return [f"session-{i % 100:03d}" for i in range(n)]
+
+
+async def bench(bootstrap: str, n: int) -> tuple[list[Row], dict[str, Any]]:
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench-emit", linger_ms=5)
+    await wait_for_broker(settings.admin_options(), timeout=30)
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=4))
+    sids = sessions(n)
+    rows: list[Row] = []
+    clock = time.perf_counter_ns
+
+    # baseline: Corail bus
+    corail = CorailBus()
+    events_c = [
+        CorailEvent(type="tool.called", data={"name": "search", "args": TOOL_ARGS})
+        for _ in range(n)
+    ]
+    samples: list[int] = []
+    for event in events_c:
+        t0 = clock()
+        await corail.emit(event)
+        samples.append(clock() - t0)
+    rows.append(summarise("bus: await emit (no handlers)", "baseline", samples))
+
+    # baseline: Calute emitter + InMemoryCollector
+    calute = CaluteEmitter(CaluteInMemoryCollector(), session_id="s")
+    rows.append(
+        summarise(
+            "emitter: emit_tool_call_attempt",
+            "baseline",
+            time_sync(lambda i: calute.emit_tool_call_attempt("search", ARGS_TEXT, "a1"), n),
+        )
+    )
+
+    # redaction alone, on the bus payload
+    payload = {"name": "search", "args": TOOL_ARGS}
+    rows.append(
+        summarise(
+            "redaction of the payload (inside publish)",
+            "agentstream",
+            time_sync(lambda i: DEFAULT_REDACTOR(payload), n),
+        )
+    )
+
+    publisher = KafkaPublisher(settings, max_queue_events=4 * n)
+    try:
+        bus = EventBus(publisher, agent_id="bench-agent")
+        events = [
+            Event(type=EventType.TOOL_CALLED, session_id=sids[i], data=dict(payload))
+            for i in range(n)
+        ]
+        samples = []
+        for ev in events:
+            t0 = clock()
+            await bus.emit(ev)
+            samples.append(clock() - t0)
+        rows.append(summarise("bus: await emit (no handlers)", "agentstream", samples))
+
+        events = [
+            Event(type=EventType.TOOL_CALLED, session_id=sids[i], data=dict(payload))
+            for i in range(n)
+        ]
+        rows.append(
+            summarise(
+                "bus: emit_sync (no handlers)",
+                "agentstream",
+                time_sync(lambda i: bus.emit_sync(events[i]), n),
+            )
+        )
+
+        emitters = {
+            sid: AuditEmitter(KafkaCollector(publisher, agent_id="bench-agent"), session_id=sid)
+            for sid in set(sids)
+        }
+        rows.append(
+            summarise(
+                "emitter: emit_tool_call_attempt",
+                "agentstream",
+                time_sync(
+                    lambda i: emitters[sids[i]].emit_tool_call_attempt("search", ARGS_TEXT, "a1"),
+                    n,
+                ),
+            )
+        )
+        flush_start = time.perf_counter()
+        flushed = await asyncio.to_thread(publisher.flush, 60)
+        flush_s = time.perf_counter() - flush_start
+        stats = publisher.stats()
+        control = [await control_latency(settings, wait) for wait in (100, 10)]
+    finally:
+        publisher.close(10)
+    extra = {
+        "events_shipped": 3 * n,
+        "flushed": flushed,
+        "flush_seconds": round(flush_s, 3),
+        "publisher_stats": _jsonable(stats),
+        "control_latency_ms": control,
+    }
+    return rows, extra
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return asdict(value)
+    except TypeError:
+        return repr(value)
+
+
+async def control_latency(
+    settings: KafkaSettings, fetch_max_wait_ms: int, n: int = 50
+) -> dict[str, float | int]:
+    """Directive produced (send start) -> the pod bus's handler runs, ``n`` times."""
+    listener = ControlListener(settings, fetch_max_wait_ms=fetch_max_wait_ms)
+    bus = EventBus(agent_id="bench-agent", control=listener)
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+    bus.subscribe(EventType.CONTROL_AGENT_PAUSED, lambda e: arrived.put_nowait(time.perf_counter()))
+    producer = AIOKafkaProducer(**settings.producer_options())
+    await producer.start()
+    latencies = []
+    try:
+        async with bus:
+            for i in range(n):
+                event = Event(
+                    type=EventType.CONTROL_AGENT_PAUSED,
+                    agent_id="bench-agent",
+                    session_id=f"s{i}",
+                    data={"reason": "bench", "service": "loops"},
+                )
+                t0 = time.perf_counter()
+                await producer.send(
+                    settings.routing().control,
+                    encode_event(event, settings.encoding),
+                    key=record_key(event),
+                    headers=event_headers(event, settings.encoding),
+                )
+                latencies.append((await asyncio.wait_for(arrived.get(), 10) - t0) * 1000)
+    finally:
+        await producer.stop()
+    latencies.sort()
+    return {
+        "fetch_max_wait_ms": fetch_max_wait_ms,
+        "n": n,
+        "median": round(statistics.median(latencies), 2),
+        "p99": round(latencies[min(n - 1, int(n * 0.99))], 2),
+        "max": round(latencies[-1], 2),
+    }
+
+
+def print_table(rows: list[Row], extra: dict[str, Any]) -> None:
+    print(f"\nemit cost per event ({rows[0].n} calls each; target: agentstream median <= 5 us)")
+    print(f"{'case':44} {'implementation':14} {'median us':>10} {'p99 us':>9} {'mean us':>9}")
+    for r in rows:
+        print(f"{r.case:44} {r.kind:14} {r.median_us:10.2f} {r.p99_us:9.2f} {r.mean_us:9.2f}")
+    print(
+        f"\nshipped {extra['events_shipped']} events, all acknowledged: {extra['flushed']} "
+        f"(flush took {extra['flush_seconds']} s)"
+    )
+    for c in extra["control_latency_ms"]:
+        print(
+            f"control directive -> pod handler (fetch_max_wait_ms={c['fetch_max_wait_ms']}): "
+            f"median {c['median']} ms, p99 {c['p99']} ms, max {c['max']} ms (n={c['n']})"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="calls per case")
+    args = parser.parse_args()
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        rows, extra = asyncio.run(bench(broker.bootstrap_servers, args.events))
+    finally:
+        broker.stop()
+    print_table(rows, extra)
+    ours = [r for r in rows if r.kind == "agentstream" and not r.case.startswith("redaction")]
+    met = all(r.median_us <= TARGET_MEDIAN_US for r in ours)
+    print(f"target median <= {TARGET_MEDIAN_US} us: {'met' if met else 'NOT met'}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "emit",
+                "python": sys.version.split()[0],
+                "events_per_case": args.events,
+                "target_median_us": TARGET_MEDIAN_US,
+                "target_met": met,
+                "rows": [asdict(r) for r in rows],
+                **extra,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
