@@ -8,8 +8,10 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,8 +112,40 @@ def findings(alerts: list[tuple[bytes | None, Event]]) -> collections.Counter[tu
     )
 
 
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[Any]]]:
+    """A local HTTP endpoint collecting the JSON bodies POSTed to it."""
+    bodies: list[Any] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 async def test_findings_publish_alerts_and_a_pause_directive(kafka_settings: KafkaSettings) -> None:
-    settings = loop_settings(kafka_settings)
+    with webhook_receiver() as (url, bodies):
+        await _findings_publish_alerts_and_a_pause_directive(kafka_settings, url, bodies)
+
+
+async def _findings_publish_alerts_and_a_pause_directive(
+    kafka_settings: KafkaSettings, url: str, bodies: list[Any]
+) -> None:
+    settings = loop_settings(kafka_settings, webhook_url=url, webhook_format="slack")
     events = [search("s-same") for _ in range(6)]
     events += [
         attempt("s-pingpong", "read_file" if i % 2 == 0 else "list_dir", i) for i in range(7)
@@ -126,6 +160,7 @@ async def test_findings_publish_alerts_and_a_pause_directive(kafka_settings: Kaf
         alerts = await records_of(settings, settings.routing().alerts, at_least=5)
         controls = await records_of(settings, settings.routing().control, at_least=3)
         metrics = service.consumer.registry
+        await wait_until(lambda: len(bodies) == 5, what="5 alerts delivered to the webhook")
 
     assert findings(alerts) == collections.Counter(
         {
@@ -165,6 +200,9 @@ async def test_findings_publish_alerts_and_a_pause_directive(kafka_settings: Kaf
     )
     assert sample("agentstream_loop_alerts_published_total", {"kind": "control"}) == 3
     assert sample("agentstream_loop_alerts_published_total", {"kind": "block"}) == 3
+    assert sample("agentstream_loop_webhook_deliveries_total", {"outcome": "delivered"}) == 5
+    assert all(set(body) == {"text"} for body in bodies)
+    assert sum("BLOCK" in body["text"] for body in bodies) == 3
 
 
 def assert_each_finding_once(alerts: list[tuple[bytes | None, Event]], sessions: list[str]) -> None:

@@ -1,0 +1,158 @@
+"""Webhook delivery against a local HTTP server: bodies, retries, permanent failures, drops."""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agentstream.consumers.loops.webhook import Outcome, WebhookNotifier, webhook_body
+from agentstream.schemas import Event
+
+
+class Receiver:
+    """A local HTTP server answering with the queued status codes (then 200)."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = collections.deque(statuses or [])
+        self.bodies: list[Any] = []
+        self.attempts = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                body = json.loads(self.rfile.read(length))
+                receiver.attempts += 1
+                status = receiver.statuses.popleft() if receiver.statuses else 200
+                if status == 200:
+                    receiver.bodies.append(body)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[type[Receiver]]:
+    started: list[Receiver] = []
+
+    class Tracked(Receiver):
+        def __init__(self, statuses: list[int] | None = None) -> None:
+            super().__init__(statuses)
+            self.thread.start()
+            started.append(self)
+
+    yield Tracked
+    for receiver in started:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        receiver.thread.join(timeout=5)
+
+
+def block_alert() -> Event:
+    return Event(
+        type="audit.tool_loop_block",
+        agent_id="support-bot",
+        session_id="sess-1",
+        source="agentstream-loops",
+        data={
+            "tool_name": "web_search",
+            "pattern": "same_call",
+            "call_count": 5,
+            "severity_level": "critical",
+            "metadata": {"details": "Tool loop detected (same_call): web_search called 5 times"},
+        },
+    )
+
+
+async def deliver(notifier: WebhookNotifier, *alerts: Event) -> None:
+    await notifier.start()
+    try:
+        for alert in alerts:
+            notifier.notify(alert)
+    finally:
+        await notifier.stop(timeout_s=10)
+
+
+async def test_json_body_is_the_alert_event(receiver_factory: type[Receiver]) -> None:
+    receiver = receiver_factory()
+    outcomes: list[Outcome] = []
+    alert = block_alert()
+    await deliver(WebhookNotifier(receiver.url, on_outcome=outcomes.append), alert)
+    assert outcomes == ["delivered"]
+    assert receiver.bodies == [json.loads(json.dumps(alert.to_dict()))]
+
+
+async def test_slack_body_is_text(receiver_factory: type[Receiver]) -> None:
+    receiver = receiver_factory()
+    await deliver(WebhookNotifier(receiver.url, fmt="slack"), block_alert())
+    (body,) = receiver.bodies
+    assert set(body) == {"text"}
+    assert "BLOCK" in body["text"] and "support-bot" in body["text"]
+    assert "web_search called 5 times" in body["text"]
+
+
+async def test_server_errors_are_retried_then_counted(receiver_factory: type[Receiver]) -> None:
+    receiver = receiver_factory([500, 503])
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(receiver.url, retries=3, backoff_s=0.01, on_outcome=outcomes.append)
+    await deliver(notifier, block_alert())
+    assert outcomes == ["delivered"] and receiver.attempts == 3
+
+    failing = receiver_factory([500] * 10)
+    outcomes.clear()
+    notifier = WebhookNotifier(failing.url, retries=2, backoff_s=0.01, on_outcome=outcomes.append)
+    await deliver(notifier, block_alert())
+    assert outcomes == ["failed"] and failing.attempts == 3
+
+
+async def test_client_errors_are_not_retried(receiver_factory: type[Receiver]) -> None:
+    receiver = receiver_factory([404])
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(receiver.url, retries=3, backoff_s=0.01, on_outcome=outcomes.append)
+    await deliver(notifier, block_alert())
+    assert outcomes == ["failed"] and receiver.attempts == 1
+
+
+async def test_unreachable_url_fails_without_blocking_notify() -> None:
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(
+        "http://127.0.0.1:9/hook",
+        retries=1,
+        backoff_s=0.01,
+        timeout_s=1,
+        on_outcome=outcomes.append,
+    )
+    await deliver(notifier, block_alert())
+    assert outcomes == ["failed"]
+
+
+async def test_a_full_queue_drops_and_counts(receiver_factory: type[Receiver]) -> None:
+    receiver = receiver_factory()
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(receiver.url, max_queue=2, on_outcome=outcomes.append)
+    # Not started: nothing drains the queue, so the third alert finds it full.
+    for _ in range(3):
+        notifier.notify(block_alert())
+    assert outcomes == ["dropped"]
+    await notifier.start()
+    await notifier.stop(timeout_s=10)
+    assert collections.Counter(outcomes) == {"dropped": 1, "delivered": 2}
+
+
+def test_body_formats() -> None:
+    alert = block_alert()
+    assert webhook_body(alert, "json")["type"] == "audit.tool_loop_block"
+    with pytest.raises(ValueError, match="expected an http"):
+        WebhookNotifier("ftp://example.com")
