@@ -10,6 +10,7 @@ one at a time, so the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,8 @@ class SqliteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         if self._readonly and self.path != ":memory:":
+            if not os.path.exists(self.path):
+                raise FileNotFoundError(self.path)
             target, uri = f"file:{self.path}?mode=ro", True
         else:
             target, uri = self.path, False
@@ -97,6 +100,13 @@ class SqliteStore(Store):
             self._conn = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._connect
             )
+        except FileNotFoundError:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(
+                f"expected a SQLite store at {self.path}, found no such file (the persistence "
+                f"service creates it; or run `agentstream db migrate --store {self.url}`)"
+            ) from None
         except sqlite3.Error as exc:
             self._executor.shutdown(wait=False)
             self._executor = None

@@ -167,7 +167,7 @@ async def test_readers_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="absolute"):
         open_store("sqlite://relative.db")
     missing = open_store(f"sqlite:///{tmp_path}/missing.db", readonly=True)
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="found no such file"):
         await missing.open()
     unopened = open_store(f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(StoreError, match="not open"):

@@ -1,0 +1,48 @@
+"""``agentstream db migrate|status``: the event store's schema."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import settings_from
+from .sessions import add_store_argument
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "db", help="the persistence store's schema (migrations)"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = actions.add_parser("migrate", help="apply pending schema migrations (idempotent)")
+    add_store_argument(migrate)
+    migrate.set_defaults(func=run_migrate)
+    status = actions.add_parser("status", help="print the schema version and the event count")
+    add_store_argument(status)
+    status.set_defaults(func=run_status)
+
+
+async def run_migrate(args: argparse.Namespace) -> int:
+    from agentstream.consumers.persistence import open_store
+    from agentstream.consumers.persistence.service import PersistenceSettings
+
+    settings = settings_from(args, PersistenceSettings, store=args.store)
+    async with open_store(settings.store) as store:
+        applied = await store.migrate()
+        version = await store.schema_version()
+    if applied:
+        print(f"{store.url}: applied migrations {', '.join(map(str, applied))}; now at {version}")
+    else:
+        print(f"{store.url}: already at version {version}")
+    return 0
+
+
+async def run_status(args: argparse.Namespace) -> int:
+    from .sessions import reader
+
+    async with reader(args) as store:
+        version, latest = await store.schema_version(), store.latest_version()
+        events = await store.count() if version else 0
+    state = "up to date" if version == latest else f"this agentstream writes version {latest}"
+    print(f"{store.url}: schema version {version} ({state}), {events} events")
+    return 0 if version == latest else 1

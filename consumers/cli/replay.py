@@ -1,0 +1,90 @@
+"""``agentstream replay SESSION_ID``: a stored session's timeline, or back into Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ._common import add_kafka_arguments, settings_from
+from .sessions import add_store_argument, print_lines, reader
+
+if TYPE_CHECKING:
+    from agentstream.schemas import Event
+    from agentstream.schemas.settings import KafkaSettings
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "replay",
+        help="print a stored session's timeline, or publish it back into Kafka",
+        description=(
+            "Print a session's events in timeline order (timestamp, then seq, then event_id), "
+            "or with --to-topic publish them to a topic, with their original event ids, keys "
+            "and CloudEvents headers (the persistence service stores them again only once)."
+        ),
+    )
+    parser.add_argument("session_id", metavar="SESSION_ID")
+    add_store_argument(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON event per line")
+    parser.add_argument("--to-topic", metavar="TOPIC", help="publish the events to TOPIC")
+    add_kafka_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with reader(args) as store:
+        await store.require_schema()
+        events = await store.timeline(args.session_id)
+    if not events:
+        print(f"no events stored for session {args.session_id!r} in {store.url}", file=sys.stderr)
+        return 1
+    if args.to_topic:
+        from agentstream.schemas.settings import KafkaSettings
+
+        sent = await publish(settings_from(args, KafkaSettings), args.to_topic, events)
+        print(f"published {sent} events of session {args.session_id} to {args.to_topic}")
+        return 0
+    print_lines(
+        json.dumps(event.to_dict(), ensure_ascii=False) if args.json else human(event)
+        for event in events
+    )
+    return 0
+
+
+def human(event: Event) -> str:
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(data) > 120:
+        data = data[:117] + "..."
+    return (
+        f"{event.timestamp.isoformat(timespec='microseconds')}  #{event.seq:<5} "
+        f"{event.type:<24} {event.agent_id}  {data}"
+    )
+
+
+async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> int:
+    """Send ``events`` in order to ``topic``, each acknowledged; return how many."""
+    from aiokafka import AIOKafkaProducer
+
+    from agentstream.schemas import encode_event, event_headers, record_key
+    from agentstream.schemas.admin import wait_for_broker
+
+    await wait_for_broker(settings.admin_options())
+    producer = AIOKafkaProducer(**settings.producer_options())
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic,
+                encode_event(event, settings.encoding, max_bytes=settings.max_request_size),
+                key=record_key(event),
+                headers=event_headers(event, settings.encoding),
+            )
+            for event in events
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+    return len(futures)
