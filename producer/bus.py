@@ -20,6 +20,7 @@ started on. Without any loop the event is still recorded and shipped (Corail onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -276,7 +277,9 @@ class EventBus:
             return
         sessions[session_id] = None
         if len(sessions) > _MAX_TRACKED_SESSIONS:
-            del sessions[next(iter(sessions))]
+            # emit_sync may run in several threads at once: a racing eviction is harmless
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+                del sessions[next(iter(sessions))]
 
     def has_session(self, session_id: str) -> bool:
         """Whether this bus emitted in ``session_id`` recently (the last 10,000 sessions;

@@ -297,3 +297,30 @@ async def test_emit_local_is_never_shipped_even_when_re_emitted(
 def test_subscribe_rejects_non_string_types() -> None:
     with pytest.raises(TypeError, match="expected an EventType"):
         EventBus().subscribe(42, print)
+
+
+async def test_control_addressing_by_agent_then_by_recent_session() -> None:
+    from agentstream.producer import ControlListener
+
+    bus = EventBus(agent_id="a1")
+    bus.control = object()  # type: ignore[assignment]  # session tracking is on with a listener
+    await bus.emit(ev(session_id="mine"))
+    bus.control = None
+
+    def directive(agent: str, session: str) -> Event:
+        return Event(type=EventType.CONTROL_AGENT_PAUSED, agent_id=agent, session_id=session)
+
+    assert ControlListener.addressed_to(bus, directive("a1", "any"))
+    assert not ControlListener.addressed_to(bus, directive("a2", "mine"))  # agent id decides
+    assert ControlListener.addressed_to(bus, directive("", "mine"))
+    assert not ControlListener.addressed_to(bus, directive("", "other"))
+    assert not ControlListener.addressed_to(bus, directive("", ""))
+
+
+def test_session_tracking_is_bounded() -> None:
+    bus = EventBus()
+    bus.control = object()  # type: ignore[assignment]
+    for i in range(10_005):
+        bus.emit_sync(ev(session_id=f"s{i}"))
+    assert not bus.has_session("s0") and bus.has_session("s10004")
+    assert len(bus._sessions) == 10_000

@@ -170,3 +170,24 @@ async def test_10k_events_from_bus_and_emitters_in_4_threads_keep_per_session_or
         assert order == list(range(per_session)), sid
         seqs = [e.seq for _, _, e in items]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_kafka_collector_from_settings_owns_its_publisher(
+    kafka_settings: KafkaSettings,
+) -> None:
+    collector = KafkaCollector.from_settings(kafka_settings, agent_id="agent-s")
+    try:
+        emitter = AuditEmitter(collector, session_id="s-own")
+        tid = emitter.emit_turn_start(prompt="hello")
+        emitter.emit_turn_end(turn_id=tid, content="bye", fc_count=0)
+        emitter.flush()
+    finally:
+        collector.close()
+    records = await consume(kafka_settings, kafka_settings.routing().events, 2)
+    events = [e for _, _, _, e in records]
+    assert [(e.type, e.agent_id, e.session_id, e.turn_id) for e in events] == [
+        ("audit.turn_start", "agent-s", "s-own", tid),
+        ("audit.turn_end", "agent-s", "s-own", tid),
+    ]
+    assert events[0].payload.prompt_preview == "hello"  # type: ignore[attr-defined]
+    assert events[0].seq < events[1].seq
