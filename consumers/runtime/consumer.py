@@ -86,7 +86,8 @@ class EventConsumer:
         self._workers: dict[TopicPartition, PartitionWorker] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the fetch and commit loops
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._ready = False
         self._started = False
         self._stopping = False
@@ -271,9 +272,10 @@ class EventConsumer:
         self._stopping = True
         self._stopped = True
         deadline = time.monotonic() + self.settings.drain_timeout_ms / 1000
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._side_tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         held = frozenset(self._workers)
@@ -446,7 +448,9 @@ class EventConsumer:
             worker.gate.set()
         self._ready = True
         if assigned:
-            self._tasks.append(asyncio.create_task(self._load_committed(assigned)))
+            task = asyncio.create_task(self._load_committed(assigned))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
 
     async def _load_committed(self, tps: frozenset[TopicPartition]) -> None:
         """Learn the group's committed offsets of new partitions (for the lag gauge)."""

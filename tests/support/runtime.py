@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from agentstream.consumers.broker import free_port
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings
 from agentstream.schemas.settings import KafkaSettings
 
@@ -118,3 +125,113 @@ async def committed_offsets(
         return found
     finally:
         await consumer.stop()
+
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+async def http_get(port: int, path: str, *, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """A minimal GET: status and body."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class ServiceProcess:
+    """``agentstream consume <service>`` in a subprocess, on a free HTTP port.
+
+    Use as a context manager (killed on exit if still running). :meth:`wait_ready` polls
+    ``/readyz``; :meth:`terminate` sends SIGTERM and returns the exit code; :meth:`kill`
+    is ``kill -9``.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        settings: KafkaSettings,
+        *options: str,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.service = service
+        self.port = free_port()
+        self.command = [
+            sys.executable,
+            "-m",
+            "agentstream.consumers.cli",
+            "consume",
+            service,
+            "--bootstrap-servers",
+            settings.bootstrap_servers,
+            "--topic-prefix",
+            settings.topic_prefix,
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.port),
+            *options,
+        ]
+        path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
+        self.log_path = Path(tempfile.mkdtemp(dir=log_dir)) / "service.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.service} exited with {self.process.returncode}:\n{self.log()}"
+                )
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                status, _ = await http_get(self.port, "/readyz")
+                if status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.service} not ready within {timeout} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+
+    async def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit code (waits without blocking the event loop)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.service} still running after {timeout} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """``kill -9``: no drain, no commit, no leave."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,95 @@
+"""One small HTTP server per service process: ``/metrics``, ``/healthz``, ``/readyz``.
+
+Plain asyncio (no extra dependency); each request is answered and the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("agentstream.consumers.runtime.http")
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+class ServiceHTTPServer:
+    """``/metrics`` (Prometheus text of ``registry``), ``/healthz`` (200 while ``healthy()``),
+    ``/readyz`` (200 once ``ready()``, 503 before)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.host = host
+        self._port = port
+        self._registry = registry
+        self._healthy = healthy
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        if self._server is not None and self._server.sockets:
+            return int(self._server.sockets[0].getsockname()[1])
+        return self._port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self._port)
+        log.info("serving /metrics, /healthz, /readyz on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """Status, content type and body for a request."""
+        path = path.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        if path == "/healthz":
+            ok = self._healthy()
+            return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"consumer loop stopped\n"
+        if path == "/readyz":
+            ok = self._ready()
+            return (200 if ok else 503), "text/plain", b"ready\n" if ok else b"no partitions yet\n"
+        return 404, "text/plain", b"try /metrics, /healthz or /readyz\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            if len(parts) < 2:
+                return
+            status, content_type, body = self.respond(parts[0], parts[1])
+            head = (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if parts[0] == "HEAD" else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("HTTP request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

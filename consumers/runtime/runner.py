@@ -1,0 +1,139 @@
+"""``agentstream consume <service>``: find a service, build its settings, run it.
+
+Services are found by name: every package ``agentstream.consumers.<name>`` with a ``service``
+module defining ``SERVICE`` (a :class:`ServiceSpec`). A ``module:attribute`` path runs any
+other spec (a user's own service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import pkgutil
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+import agentstream.consumers as consumers_package
+from agentstream.schemas.admin import wait_for_broker
+from agentstream.schemas.errors import ConfigurationError
+
+from .consumer import EventConsumer
+from .http import ServiceHTTPServer
+from .settings import ServiceSettings
+from .spec import ServiceSpec
+
+log = logging.getLogger("agentstream.consumers.runtime.runner")
+
+_NOT_SERVICES = frozenset({"runtime", "cli"})
+
+
+def available_services() -> list[str]:
+    """Names of the service packages under ``agentstream.consumers``."""
+    names = []
+    for info in pkgutil.iter_modules(consumers_package.__path__):
+        if not info.ispkg or info.name in _NOT_SERVICES or info.name.startswith("_"):
+            continue
+        if importlib.util.find_spec(f"{consumers_package.__name__}.{info.name}.service"):
+            names.append(info.name)
+    return sorted(names)
+
+
+def load_service(name: str) -> ServiceSpec[Any]:
+    """The spec of service ``name``, or of ``module:attribute``."""
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            spec = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"expected a ServiceSpec at {name!r} (module:attribute), got {exc!r}"
+            ) from exc
+    else:
+        known = available_services()
+        if name not in known:
+            raise ConfigurationError(
+                f"expected a service among {', '.join(known) or '(none installed)'}, "
+                f"got {name!r} (or give module:attribute of a ServiceSpec)"
+            )
+        spec = getattr(
+            importlib.import_module(f"{consumers_package.__name__}.{name}.service"), "SERVICE", None
+        )
+    if not isinstance(spec, ServiceSpec):
+        raise ConfigurationError(f"expected a ServiceSpec at {name!r}, got {type(spec).__name__}")
+    return spec
+
+
+def service_parser(spec: ServiceSpec[Any], prog: str) -> tuple[argparse.ArgumentParser, set[str]]:
+    """The options of ``spec``: common ones and the service's own (whose dests are returned)."""
+    parser = argparse.ArgumentParser(prog=prog, description=spec.description or None)
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: AGENTSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    parser.add_argument(
+        "--topic-prefix", metavar="PREFIX", help="topic prefix (default agentstream)"
+    )
+    parser.add_argument("--group-id", help="consumer group (default <topic-prefix>.<service>)")
+    parser.add_argument("--http-host", help="address of /metrics, /healthz, /readyz")
+    parser.add_argument("--http-port", type=int, help="port of /metrics, /healthz, /readyz")
+    common = {action.dest for action in parser._actions}
+    if spec.add_arguments is not None:
+        spec.add_arguments(parser)
+    own = {action.dest for action in parser._actions} - common
+    return parser, own
+
+
+def settings_from_options(
+    spec: ServiceSpec[Any], options: Sequence[str], prog: str = "agentstream consume"
+) -> ServiceSettings:
+    """Environment (``AGENTSTREAM_*``) overridden by the options given."""
+    parser, own = service_parser(spec, f"{prog} {spec.name}")
+    args = parser.parse_args(list(options))
+    fields = ["bootstrap_servers", "topic_prefix", "group_id", "http_host", "http_port", *own]
+    given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    settings: ServiceSettings = spec.settings_class(**given)
+    return settings
+
+
+async def run_service(
+    spec: ServiceSpec[Any], settings: ServiceSettings, *, stop: asyncio.Event | None = None
+) -> int:
+    """Run ``spec`` until SIGTERM/SIGINT (or ``stop``): HTTP endpoints, consumer, setup."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    registry = CollectorRegistry()
+    consumer = EventConsumer(settings, service=spec.name, registry=registry)
+    consumer_started = [False]  # /healthz: alive while waiting for the broker, then the loop
+    http = ServiceHTTPServer(
+        settings.http_host,
+        settings.http_port,
+        registry=registry,
+        healthy=lambda: consumer.healthy or not consumer_started[0],
+        ready=lambda: consumer.ready,
+    )
+    await http.start()
+    try:
+        await wait_for_broker(settings.admin_options(), timeout=60)
+        async with spec.setup(consumer, settings):
+            consumer_started[0] = True
+            await consumer.run(stop)
+    finally:
+        await http.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("service %s exited cleanly", spec.name)
+    return 0
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("%s received: stopping (finish in-flight work, commit, leave the group)", sig.name)
+    stop.set()

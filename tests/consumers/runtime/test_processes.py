@@ -1,0 +1,130 @@
+"""``agentstream consume`` processes: endpoints, SIGTERM, kill -9 and rebalances."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from aiokafka.structs import TopicPartition
+from support.produce import produce_events
+from support.runtime import (
+    ServiceProcess,
+    committed_offsets,
+    http_get,
+    read_records,
+    wait_until,
+)
+
+from agentstream.schemas import Event, new_event_id
+from agentstream.schemas.settings import KafkaSettings
+
+RECORDER = "support.recording_service:RECORDER"
+AUDITOR = "support.recording_service:AUDITOR"
+FAST_GROUP = {"AGENTSTREAM_SESSION_TIMEOUT_MS": "6000", "AGENTSTREAM_HEARTBEAT_INTERVAL_MS": "500"}
+QUICK = {"AGENTSTREAM_COMMIT_INTERVAL_MS": "100", "AGENTSTREAM_FETCH_MAX_WAIT_MS": "100"}
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _done(*paths: Path) -> set[str]:
+    return {fields[1] for path in paths for fields in _lines(path) if fields[0] == "done"}
+
+
+def _events(count: int, sessions: int) -> list[Event]:
+    return [
+        Event(
+            event_id=new_event_id(),
+            type="tool.called",
+            session_id=f"session-{i % sessions}",
+            seq=i,
+            data={"name": "search", "args": {}},
+        )
+        for i in range(count)
+    ]
+
+
+async def test_endpoints_and_clean_exit_on_sigterm_during_a_slow_handler(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    out = tmp_path / "recorder.txt"
+    with ServiceProcess(RECORDER, kafka_settings, "--record-file", str(out), env=QUICK) as proc:
+        await proc.wait_ready()
+        status, body = await http_get(proc.port, "/healthz")
+        assert status == 200
+        status, body = await http_get(proc.port, "/metrics")
+        assert status == 200
+        assert b'agentstream_consumer_assigned_partitions{service="recorder"} 4.0' in body
+        slow = Event(type="tool.called", session_id="s-slow", data={"name": "x", "slow_ms": 1500})
+        await produce_events(kafka_settings, [slow])
+        await wait_until(lambda: any(f[0] == "start" for f in _lines(out)), what="handler started")
+        assert await proc.terminate() == 0, proc.log()
+    [start, done] = _lines(out)
+    assert (start[0], done[0]) == ("start", "done"), "the slow handler finished before exit"
+    tp = TopicPartition(done[2], int(done[3]))
+    committed = await committed_offsets(kafka_settings, f"{kafka_settings.topic_prefix}.recorder")
+    assert committed[tp] == int(done[4]) + 1, "its offset was committed before exit"
+    assert "exited cleanly" in proc.log()
+
+
+async def test_unknown_service_names_the_available_ones(kafka_settings: KafkaSettings) -> None:
+    with ServiceProcess("no-such-service", kafka_settings) as proc:
+        code = await proc.wait()
+    assert code == 2
+    assert "expected a service among" in proc.log()
+    assert "got 'no-such-service'" in proc.log()
+
+
+@pytest.mark.slow
+async def test_three_instances_and_another_service_survive_a_kill_9(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    env = {**QUICK, **FAST_GROUP, "AGENTSTREAM_DELAY_MS": "15"}
+    files = [tmp_path / f"recorder-{i}.txt" for i in range(3)]
+    audit = tmp_path / "auditor.txt"
+    procs = [
+        ServiceProcess(RECORDER, kafka_settings, "--record-file", str(f), env=env) for f in files
+    ]
+    auditor = ServiceProcess(AUDITOR, kafka_settings, "--record-file", str(audit), env=env)
+    try:
+        for proc in [*procs, auditor]:
+            proc.start()
+        for proc in [*procs, auditor]:
+            await proc.wait_ready()
+        events = _events(240, sessions=24)
+        ids = {e.event_id for e in events}
+        await produce_events(kafka_settings, events)
+        # Mid-stream: kill -9 the busiest recorder while it is working.
+        await wait_until(lambda: len(_done(*files)) >= 40, what="processing under way")
+        victim = max(range(3), key=lambda i: len(_lines(files[i])))
+        procs[victim].kill()
+        before = _done(*files)
+        assert len(before) < len(ids), "killed after everything was done: nothing tested"
+        await wait_until(lambda: _done(*files) >= ids, timeout=40, what="recorders caught up")
+        await wait_until(lambda: _done(audit) >= ids, timeout=20, what="auditor caught up")
+        # The survivors took over the victim's partitions, and committed everything.
+        survivors_did = _done(*(f for i, f in enumerate(files) if i != victim))
+        assert survivors_did - _done(files[victim]), "survivors resumed the victim's partitions"
+        records = await read_records(kafka_settings, kafka_settings.routing().events, len(events))
+        ends: dict[TopicPartition, int] = defaultdict(int)
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            ends[tp] = max(ends[tp], r.offset + 1)
+        group = f"{kafka_settings.topic_prefix}.recorder"
+
+        async def all_committed() -> bool:
+            return await committed_offsets(kafka_settings, group) == dict(ends)
+
+        await wait_until(all_committed, timeout=15, what="recorder group committed everything")
+        # Whatever the victim started but had not finished was redone by a survivor.
+        unfinished = {f[1] for f in _lines(files[victim]) if f[0] == "start"} - _done(files[victim])
+        assert unfinished <= survivors_did
+        for i, proc in enumerate(procs):
+            if i != victim:
+                assert await proc.terminate() == 0, proc.log()
+        assert await auditor.terminate() == 0, auditor.log()
+    finally:
+        for proc in [*procs, auditor]:
+            proc.kill()
