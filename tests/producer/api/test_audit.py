@@ -7,7 +7,7 @@ import io
 import json
 import re
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -359,3 +359,14 @@ def test_kafka_collector_publishes_and_flushes(recording: type[RecordingPublishe
     ]
     collector.close()
     assert not publisher.closed  # shared publisher: not ours to close
+
+
+def test_timestamps_are_utc_iso_with_microseconds_and_current() -> None:
+    before = datetime.now(UTC)
+    stamps = [TurnStartEvent().timestamp for _ in range(1000)]
+    after = datetime.now(UTC)
+    parsed = [datetime.fromisoformat(s) for s in stamps]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", s) for s in stamps)
+    assert all(
+        before - timedelta(milliseconds=1) <= p <= after + timedelta(milliseconds=1) for p in parsed
+    )
