@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
-from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record
+from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ControlListener"]
 
 logger = logging.getLogger(__name__)
+
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
 
 
 class ControlListener:
@@ -156,6 +158,8 @@ class ControlListener:
             self._directives.labels("ignored").inc()
             return
         self._directives.labels("delivered").inc()
+        if event.type in _KNOWN_TYPES:  # as built in the pod: Corail handlers use .type.value
+            event.type = EventType(event.type)
         await bus.emit_local(event)
 
     @staticmethod

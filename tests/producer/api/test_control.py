@@ -58,6 +58,7 @@ async def test_directives_for_this_agent_reach_local_handlers_only(
             event, at = await asyncio.wait_for(received.get(), 10)
             latencies.append(at - sent)
             assert (event.agent_id, event.session_id) == ("agent-a", f"s{i}")
+            assert event.type.value == "control.agent.paused"  # type: ignore[attr-defined]
             assert event.data["reason"] == "loop"
         # addressed by session only (no agent id): this bus emitted in that session
         await produce_events(kafka_settings, [directive("", "sess-of-a", "budget")], topic=topic)
