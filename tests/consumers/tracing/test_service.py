@@ -1,0 +1,189 @@
+"""The service on the runtime and a real broker, exporting to an in-process OTLP receiver:
+turns across a restart, no second export after a restart, idle timeout, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from support.produce import produce_events
+from support.runtime import committed_offsets, running_consumer, wait_until
+
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.consumers.tracing.service import SERVICE
+from agentstream.consumers.tracing.settings import TracingSettings
+from agentstream.schemas import Event
+from agentstream.schemas.settings import KafkaSettings
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+
+
+def settings_for(base: KafkaSettings, url: str, **overrides: Any) -> TracingSettings:
+    fields: dict[str, Any] = {
+        "bootstrap_servers": base.bootstrap_servers,
+        "topic_prefix": base.topic_prefix,
+        "otlp_endpoint": url,
+        "export_linger_ms": 5,
+        "export_backoff_ms": 10,
+        "fetch_max_wait_ms": 100,
+        "commit_interval_ms": 100,
+        "drain_timeout_ms": 10_000,
+        **overrides,
+    }
+    return TracingSettings(**fields)
+
+
+@asynccontextmanager
+async def tracing(settings: TracingSettings) -> AsyncIterator[EventConsumer]:
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
+        yield consumer
+
+
+def turn(session: str, *parts: tuple[str, dict[str, Any]]) -> list[Event]:
+    return [
+        Event(
+            event_id=f"{session[:6]}-{i:04d}-{'0' * 8}",
+            type=type_,
+            timestamp=T0 + timedelta(milliseconds=10 * i),
+            agent_id="agent-x",
+            session_id=session,
+            seq=i,
+            data=data,
+        )
+        for i, (type_, data) in enumerate(parts)
+    ]
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in span.attributes:
+        field = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, field) if field else None
+    return out
+
+
+def traces_of(receiver: Any) -> dict[bytes, list[Any]]:
+    grouped: dict[bytes, list[Any]] = {}
+    for span in receiver.spans():
+        grouped.setdefault(span.trace_id, []).append(span)
+    return grouped
+
+
+def sample(consumer: EventConsumer, name: str, **labels: str) -> float:
+    return consumer.registry.get_sample_value(name, labels) or 0.0
+
+
+SESSION = "5e55105e55105e55105e55105e551050"
+EVENTS = turn(
+    SESSION,
+    ("message.received", {"content": "hi"}),
+    ("llm.call.started", {"round": 0, "model": "m"}),
+    ("llm.call.completed", {"round": 0, "stop_reason": "tool_use", "model": "m"}),
+    ("tool.called", {"name": "search", "args": {"q": "a"}}),
+    # -- restart here --
+    ("tool.result", {"name": "search", "output": "found"}),
+    ("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+)
+
+
+async def test_turn_open_across_a_restart_is_rebuilt_and_exported_once(
+    kafka_settings: KafkaSettings, otlp_receiver: Any
+) -> None:
+    settings = settings_for(kafka_settings, otlp_receiver.url)
+    events_topic = kafka_settings.routing().events
+    await produce_events(kafka_settings, EVENTS[:4])
+    async with tracing(settings) as consumer:
+
+        async def committed_four() -> bool:
+            found = await committed_offsets(settings, consumer.group_id, [events_topic])
+            return sum(found.values()) == 4
+
+        await wait_until(committed_four, timeout=30, what="the first four records committed")
+        assert sample(consumer, "agentstream_tracing_open_turns") == 1
+    assert otlp_receiver.spans() == []  # the turn was open: nothing exported, state dropped
+
+    await produce_events(kafka_settings, EVENTS[4:])
+    async with tracing(settings) as consumer:
+        await wait_until(lambda: len(traces_of(otlp_receiver)) == 1, timeout=30, what="a trace")
+        assert (
+            sample(consumer, "agentstream_tracing_traces_exported_total", outcome="complete") == 1
+        )
+    (spans,) = traces_of(otlp_receiver).values()
+    names = [s.name for s in spans]
+    assert names == ["turn", "llm:m", "tool:search"]
+    root, _, tool = spans
+    assert root.status.code == 1 and "agentstream.incomplete" not in attributes(root)
+    # the tool span opened before the restart and closed after it
+    assert tool.status.code == 1 and tool.end_time_unix_nano - tool.start_time_unix_nano == 10**7
+    assert attributes(tool)["mlflow.spanOutputs"] == "found"
+    assert tool.parent_span_id == root.span_id
+
+    # A third start replays the same window: the finished turn is not exported again.
+    marker = turn(
+        "4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a",
+        ("audit.turn_start", {"prompt_preview": "m"}),
+        ("audit.turn_end", {"content_preview": "n"}),
+    )
+    for event in marker:
+        event.turn_id = "0123456789ab"
+    async with tracing(settings):
+        await produce_events(kafka_settings, marker)
+        await wait_until(lambda: len(traces_of(otlp_receiver)) == 2, timeout=30, what="marker")
+    assert sorted(len(v) for v in traces_of(otlp_receiver).values()) == [1, 3]
+    assert len(otlp_receiver.spans()) == 4  # no span of the first trace came twice
+
+
+async def test_idle_turn_is_exported_incomplete(
+    kafka_settings: KafkaSettings, otlp_receiver: Any
+) -> None:
+    settings = settings_for(kafka_settings, otlp_receiver.url, idle_timeout_ms=300)
+    async with tracing(settings) as consumer:
+        await produce_events(kafka_settings, EVENTS[:4])
+        await wait_until(lambda: bool(otlp_receiver.spans()), timeout=30, what="an export")
+        assert (
+            sample(consumer, "agentstream_tracing_traces_exported_total", outcome="incomplete") == 1
+        )
+        assert sample(consumer, "agentstream_tracing_spans_exported_total") == 3
+        assert sample(consumer, "agentstream_tracing_open_turns") == 0
+    root, llm, tool = otlp_receiver.spans()
+    assert attributes(root)["agentstream.incomplete_reason"] == "idle_timeout"
+    assert root.status.code == 2
+    assert attributes(tool)["agentstream.incomplete"] is True and tool.status.code == 2
+    assert llm.status.code == 1 and "agentstream.incomplete" not in attributes(llm)
+
+
+async def test_endpoint_down_counts_drops_and_keeps_consuming(
+    kafka_settings: KafkaSettings, unique_name: str
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = settings_for(
+        kafka_settings,
+        f"http://127.0.0.1:{port}/v1/traces",
+        export_max_retries=1,
+        export_wait_ms=200,
+    )
+    events_topic = kafka_settings.routing().events
+    async with tracing(settings) as consumer:
+        await produce_events(kafka_settings, EVENTS)
+
+        async def all_committed() -> bool:
+            found = await committed_offsets(settings, consumer.group_id, [events_topic])
+            return sum(found.values()) == len(EVENTS)
+
+        await wait_until(all_committed, timeout=30, what="records committed despite the outage")
+        await wait_until(
+            lambda: (
+                sample(consumer, "agentstream_tracing_dropped_spans_total", reason="export_failed")
+                == 3
+            ),
+            timeout=30,
+            what="the trace's spans dropped and counted",
+        )
+        assert sample(consumer, "agentstream_tracing_export_failures_total") == 2
