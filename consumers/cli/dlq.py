@@ -1,0 +1,86 @@
+"""``agentstream dlq list|show|replay``: inspect dead letters and send them back once fixed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import add_kafka_arguments, kafka_settings_from
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "dlq", help="inspect and replay dead letters (<prefix>.dlq)"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="one line per dead letter")
+    add_kafka_arguments(listing)
+    listing.add_argument("--service", help="only this service's dead letters")
+    listing.set_defaults(func=run_list)
+    show = actions.add_parser("show", help="one dead letter in full: headers and decoded value")
+    add_kafka_arguments(show)
+    show.add_argument("ref", metavar="PARTITION:OFFSET", help="as printed by `dlq list`")
+    show.set_defaults(func=run_show)
+    replay = actions.add_parser(
+        "replay", help="send dead letters back to their original topic (key, value, headers)"
+    )
+    add_kafka_arguments(replay)
+    replay.add_argument("--service", help="only this service's dead letters")
+    replay.add_argument(
+        "--offset", action="append", metavar="PARTITION:OFFSET", help="this one (repeatable)"
+    )
+    replay.add_argument("--all", action="store_true", help="every dead letter (with --service)")
+    replay.set_defaults(func=run_replay)
+
+
+async def run_list(args: argparse.Namespace) -> int:
+    from agentstream.consumers.runtime.dlqtools import list_dead_letters
+
+    letters = await list_dead_letters(kafka_settings_from(args), service=args.service)
+    print("ref\ttime\tservice\thandler\ttype\toriginal\treason")
+    for info in letters:
+        print(info.line())
+    return 0
+
+
+async def run_show(args: argparse.Namespace) -> int:
+    from agentstream.consumers.runtime.dlqtools import list_dead_letters
+    from agentstream.schemas import DecodeError, decode_record
+
+    letters = {info.ref: info for info in await list_dead_letters(kafka_settings_from(args))}
+    info = letters.get(args.ref)
+    if info is None:
+        print(f"no dead letter {args.ref} (see `agentstream dlq list`)")
+        return 1
+    record = info.record
+    print(f"dead letter {info.ref}\nkey: {record.key!r}\nheaders:")
+    for name, value in record.headers:
+        print(f"  {name}: {value.decode('utf-8', 'replace')}")
+    try:
+        event = decode_record(record.value, record.headers)
+    except DecodeError as exc:
+        print(f"value (undecodable: {exc.message}): {record.value!r}")
+    else:
+        print("value:\n" + json.dumps(event.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+async def run_replay(args: argparse.Namespace) -> int:
+    from agentstream.consumers.runtime.dlqtools import list_dead_letters, replay
+    from agentstream.schemas.errors import ConfigurationError
+
+    if not args.all and not args.offset:
+        raise ConfigurationError("expected --offset PARTITION:OFFSET or --all, got neither")
+    settings = kafka_settings_from(args)
+    letters = await list_dead_letters(settings, service=args.service)
+    if args.offset:
+        wanted = set(args.offset)
+        letters = [info for info in letters if info.ref in wanted]
+        missing = wanted - {info.ref for info in letters}
+        if missing:
+            raise ConfigurationError(f"expected dead letters {sorted(missing)}, not found")
+    for info, partition, offset in await replay(settings, letters):
+        print(f"replayed {info.ref} -> {info.topic}[{partition}]@{offset} ({info.type})")
+    print(f"{len(letters)} dead letter(s) replayed")
+    return 0

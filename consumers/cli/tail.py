@@ -1,0 +1,102 @@
+"""``agentstream tail``: a live, decoded view of the events (no consumer group)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import Any
+
+from ._common import add_kafka_arguments, kafka_settings_from
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "tail",
+        help="follow events as they arrive (one coloured line each, or JSON lines)",
+        description=(
+            "Reads the topics by assigning partitions (no consumer group: services are never "
+            "disturbed, nothing is committed). Prints JSON lines with --json or when stdout "
+            "is not a terminal."
+        ),
+    )
+    add_kafka_arguments(parser)
+    parser.add_argument("--type", default="*", metavar="PATTERN", help="type or glob (default *)")
+    parser.add_argument("--session", metavar="ID", help="only this session")
+    parser.add_argument("--agent", metavar="ID", help="only this agent")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    start.add_argument("--since", metavar="DURATION", help="start this long ago (30s, 10m, 2h, 1d)")
+    parser.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
+    parser.add_argument("--limit", type=int, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "--no-follow", action="store_true", help="stop at the end instead of waiting for more"
+    )
+    parser.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from agentstream.consumers.runtime.reader import now_ms, read_topics
+    from agentstream.consumers.runtime.tailview import parse_duration
+    from agentstream.schemas.errors import ConfigurationError
+
+    settings = kafka_settings_from(args)
+    topics = settings.routing().topics_for_pattern(args.type)
+    since_ms = None
+    if args.since:
+        try:
+            since_ms = now_ms() - int(parse_duration(args.since) * 1000)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+    as_json = args.json or not sys.stdout.isatty()
+    shown = 0
+    records = read_topics(
+        settings,
+        topics,
+        start="beginning" if args.from_beginning else "end",
+        since_ms=since_ms,
+        follow=not args.no_follow,
+    )
+    async with contextlib.aclosing(records):
+        async for record in records:
+            if not _show(args, record, as_json):
+                continue
+            shown += 1
+            if args.limit is not None and shown >= args.limit:
+                break
+    return 0
+
+
+def _show(args: argparse.Namespace, record: Any, as_json: bool) -> bool:
+    """Print ``record`` if it passes the filters; whether it did."""
+    from agentstream.consumers.runtime.tailview import human_line, json_line
+    from agentstream.schemas import DecodeError, decode_record, header, matches
+
+    session = args.session.encode() if args.session else None
+    agent = args.agent.encode() if args.agent else None
+    announced = header(record.headers, "ce_type")
+    if announced is not None and not matches(args.type, announced.decode("utf-8", "replace")):
+        return False
+    if session is not None and header(record.headers, "ce_sessionid") not in (None, session):
+        return False
+    if agent is not None and header(record.headers, "ce_agentid") not in (None, agent):
+        return False
+    try:
+        event = decode_record(record.value, record.headers)
+    except DecodeError as exc:
+        print(f"# undecodable record {exc}", file=sys.stderr)
+        return False
+    if not matches(args.type, event.type):
+        return False
+    if (args.session and event.session_id != args.session) or (
+        args.agent and event.agent_id != args.agent
+    ):
+        return False
+    if as_json:
+        line = json_line(
+            event, topic=record.topic, partition=record.partition, offset=record.offset
+        )
+    else:
+        line = human_line(event, colour=True)
+    print(line, flush=True)
+    return True

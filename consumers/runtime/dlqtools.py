@@ -1,0 +1,117 @@
+"""Inspecting and replaying dead letters (``agentstream dlq``)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from agentstream.schemas import header
+from agentstream.schemas.settings import KafkaSettings
+
+from .deadletter import (
+    H_HANDLER,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_SERVICE,
+    H_TOPIC,
+    REPLAYED_FROM,
+    original_headers,
+)
+from .reader import read_topics
+
+
+def _text(headers: Any, name: str) -> str:
+    value = header(headers, name)
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    """One dead letter, as ``dlq list`` shows it."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    service: str
+    handler: str
+    reason: str
+    topic: str
+    original_partition: int
+    original_offset: int
+    type: str
+    record: Any
+
+    @classmethod
+    def of(cls, record: Any) -> DeadLetterInfo:
+        h = record.headers
+        return cls(
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            service=_text(h, H_SERVICE),
+            handler=_text(h, H_HANDLER),
+            reason=_text(h, H_REASON),
+            topic=_text(h, H_TOPIC),
+            original_partition=int(_text(h, H_PARTITION) or -1),
+            original_offset=int(_text(h, H_OFFSET) or -1),
+            type=_text(h, "ce_type") or "?",
+            record=record,
+        )
+
+    @property
+    def ref(self) -> str:
+        """How ``dlq show``/``replay --offset`` name it: ``partition:offset``."""
+        return f"{self.partition}:{self.offset}"
+
+    def line(self) -> str:
+        when = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        origin = f"{self.topic}[{self.original_partition}]@{self.original_offset}"
+        fields = (self.ref, when, self.service, self.handler, self.type, origin, self.reason)
+        return "\t".join(fields)
+
+
+async def list_dead_letters(
+    settings: KafkaSettings, *, service: str | None = None
+) -> list[DeadLetterInfo]:
+    letters = []
+    records = read_topics(settings, [settings.routing().dlq], start="beginning", follow=False)
+    async with contextlib.aclosing(records):
+        async for record in records:
+            info = DeadLetterInfo.of(record)
+            if service is None or info.service == service:
+                letters.append(info)
+    return letters
+
+
+def replay_headers(info: DeadLetterInfo, dlq_topic: str) -> list[tuple[str, bytes]]:
+    """The original headers, without error headers, plus where the replay came from."""
+    kept = [(k, v) for k, v in original_headers(info.record.headers) if k != REPLAYED_FROM]
+    return [*kept, (REPLAYED_FROM, f"{dlq_topic}[{info.partition}]@{info.offset}".encode())]
+
+
+async def replay(
+    settings: KafkaSettings, letters: list[DeadLetterInfo]
+) -> list[tuple[DeadLetterInfo, int, int]]:
+    """Send each dead letter's original key, value and headers back to its topic; returns
+    ``(letter, partition, offset)`` of each record sent."""
+    producer = AIOKafkaProducer(**settings.producer_options())
+    await producer.start()
+    sent = []
+    try:
+        dlq = settings.routing().dlq
+        for info in letters:
+            meta = await producer.send_and_wait(
+                info.topic,
+                info.record.value,
+                key=info.record.key,
+                headers=replay_headers(info, dlq),
+            )
+            sent.append((info, meta.partition, meta.offset))
+    finally:
+        await producer.stop()
+    return sent

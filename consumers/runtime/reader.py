@@ -1,0 +1,100 @@
+"""Reading topics without a consumer group (``tail``, ``dlq``): partitions are assigned, so
+services' groups are never disturbed and nothing is committed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from agentstream.schemas.settings import KafkaSettings
+
+log = logging.getLogger("agentstream.consumers.runtime.reader")
+
+
+async def _assign(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    await consumer.topics()  # metadata
+    tps = [
+        TopicPartition(topic, p)
+        for topic in sorted(topics)
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+    consumer.assign(tps)
+    return tps
+
+
+async def _seek_since(consumer: AIOKafkaConsumer, tps: list[TopicPartition], since_ms: int) -> bool:
+    """Seek each partition to its first record at or after ``since_ms``.
+
+    Kafka answers ``offsets_for_times`` with None for partitions without such a record (then
+    we seek to the end). Some brokers (the embedded one) answer offset 0 with timestamp -1
+    instead: we cannot trust that, so we return False and the caller scans from the
+    beginning, filtering by timestamp.
+    """
+    found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+    ends = await consumer.end_offsets(tps)
+    for tp in tps:
+        answer = found.get(tp)
+        if answer is None:
+            consumer.seek(tp, ends[tp])
+        elif answer.timestamp is None or answer.timestamp < 0:
+            return False
+        else:
+            consumer.seek(tp, answer.offset)
+    return True
+
+
+async def read_topics(
+    settings: KafkaSettings,
+    topics: Iterable[str],
+    *,
+    start: str = "end",
+    since_ms: int | None = None,
+    follow: bool = True,
+) -> AsyncGenerator[Any, None]:
+    """Yield records (aiokafka ``ConsumerRecord``) of ``topics``.
+
+    ``start``: ``"beginning"`` or ``"end"``; ``since_ms`` overrides it (records with a
+    timestamp at or after it). Without ``follow`` the iteration ends at the end offsets
+    read when it started.
+    """
+    consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": None})
+    await consumer.start()
+    try:
+        tps = await _assign(consumer, topics)
+        if not tps:
+            return
+        min_timestamp = None
+        if since_ms is not None:
+            if not await _seek_since(consumer, tps, since_ms):
+                log.info("offsets_for_times unreliable here: scanning from the beginning")
+                await consumer.seek_to_beginning(*tps)
+                min_timestamp = since_ms
+        elif start == "beginning":
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        ends = {} if follow else await consumer.end_offsets(tps)
+        positions = {tp: await consumer.position(tp) for tp in tps}
+        while follow or any(positions[tp] < ends[tp] for tp in tps):
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in sorted(batches.items()):
+                for record in records:
+                    positions[tp] = record.offset + 1
+                    if not follow and record.offset >= ends[tp]:
+                        continue
+                    if min_timestamp is not None and record.timestamp < min_timestamp:
+                        continue
+                    yield record
+            if not follow and not batches:
+                positions = {tp: await consumer.position(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,90 @@
+"""``agentstream tail`` and ``agentstream dlq`` as users run them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from support.produce import produce_events
+from support.runtime import read_records, running_consumer, service_settings, wait_until
+from support.samples import sample_event
+
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas import DeadLetter, Event, header
+from agentstream.schemas.settings import KafkaSettings
+
+
+async def _cli(settings: KafkaSettings, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentstream.consumers.cli",
+        *args,
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--topic-prefix",
+        settings.topic_prefix,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -> None:
+    other = Event(type="tool.called", session_id="other", data={"name": "x"})
+    await produce_events(
+        kafka_settings,
+        [sample_event("tool.called", 1), sample_event("message.received", 2), other],
+    )
+    session = sample_event("tool.called").session_id
+    for start in ("--from-beginning", "--since=10m"):
+        code, out = await _cli(
+            kafka_settings, "tail", start, "--no-follow", "--json", "--type", "tool.*",
+            "--session", session,
+        )  # fmt: skip
+        assert code == 0, out
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert [(e["type"], e["seq"]) for e in lines] == [("tool.called", 1)], out
+
+
+async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="refuser")
+    seen: list[Event] = []
+
+    @consumer.subscribe("tool.called")
+    async def refuse(event: Event) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            raise DeadLetter("bad arguments")
+
+    async with running_consumer(consumer):
+        await produce_events(settings, [sample_event("tool.called", 7)])
+        await wait_until(lambda: len(seen) == 1)
+        await read_records(settings, settings.routing().dlq, 1)
+        code, out = await _cli(settings, "dlq", "list", "--service", "refuser")
+        assert code == 0, out
+        rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 6]
+        assert rows[0][0] == "ref"
+        [row] = rows[1:]
+        ref = row[0]
+        assert row[2] == "refuser"
+        assert row[4] == "tool.called"
+        assert row[5] == f"{settings.routing().events}[0]@0"
+        assert row[6] == "bad arguments"
+        code, out = await _cli(settings, "dlq", "show", ref)
+        assert code == 0, out
+        assert "agentstream.errors.reason: bad arguments" in out
+        assert '"seq": 7' in out
+        code, out = await _cli(settings, "dlq", "replay", "--offset", ref)
+        assert code == 0, out
+        assert "1 dead letter(s) replayed" in out
+        await wait_until(lambda: len(seen) == 2, what="replayed event handled again")
+    records = await read_records(settings, settings.routing().events, 2)
+    replayed = max(records, key=lambda r: r.timestamp)
+    assert header(replayed.headers, "agentstream.replayed.from") is not None
+    assert not any(k.startswith("agentstream.errors.") for k, _ in replayed.headers)
+    assert seen[1].event_id == seen[0].event_id
