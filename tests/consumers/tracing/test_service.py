@@ -1,5 +1,6 @@
 """The service on the runtime and a real broker, exporting to an in-process OTLP receiver:
-turns across a restart, no second export after a restart, idle timeout, metrics."""
+turns across a restart and a kill -9, no second export after a restart, idle timeout, endpoint
+down, the standard OpenTelemetry variables on ``agentstream consume tracing``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from support.produce import produce_events
-from support.runtime import committed_offsets, running_consumer, wait_until
+from support.runtime import (
+    ServiceProcess,
+    committed_offsets,
+    http_get,
+    running_consumer,
+    wait_until,
+)
 
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.tracing.service import SERVICE
@@ -187,3 +194,56 @@ async def test_endpoint_down_counts_drops_and_keeps_consuming(
             what="the trace's spans dropped and counted",
         )
         assert sample(consumer, "agentstream_tracing_export_failures_total") == 2
+
+
+async def test_killed_process_turn_rebuilt_by_the_next_and_otel_env_honoured(
+    kafka_settings: KafkaSettings, otlp_receiver: Any
+) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url.removesuffix("/v1/traces"),
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0ken",
+        "OTEL_SERVICE_NAME": "fleet",
+        "AGENTSTREAM_COMMIT_INTERVAL_MS": "100",
+        "AGENTSTREAM_EXPORT_LINGER_MS": "5",
+    }
+    finished = turn(
+        "f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1",
+        ("message.received", {"content": "q"}),
+        ("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+    )
+    events_topic = kafka_settings.routing().events
+    group = f"{kafka_settings.topic_prefix}.tracing"
+    with ServiceProcess("tracing", kafka_settings, env=env) as first:
+        await first.wait_ready()
+        await produce_events(kafka_settings, [*EVENTS[:4], *finished])
+        await wait_until(lambda: len(traces_of(otlp_receiver)) == 1, timeout=30, what="a trace")
+
+        async def all_committed() -> bool:
+            found = await committed_offsets(kafka_settings, group, [events_topic])
+            return sum(found.values()) == 6
+
+        await wait_until(all_committed, timeout=30, what="six records committed")
+        status, body = await http_get(first.port, "/metrics")
+        assert status == 200 and b"agentstream_tracing_open_turns 1.0" in body
+        first.kill()
+
+    await produce_events(kafka_settings, EVENTS[4:])
+    with ServiceProcess("tracing", kafka_settings, env=env) as second:
+        await second.wait_ready()
+        await wait_until(lambda: len(traces_of(otlp_receiver)) == 2, timeout=30, what="2 traces")
+        assert await second.terminate() == 0
+    grouped = traces_of(otlp_receiver)
+    assert sorted(len(spans) for spans in grouped.values()) == [1, 3]
+    assert len(otlp_receiver.spans()) == 4  # the finished turn was not exported again
+    rebuilt = next(spans for spans in grouped.values() if len(spans) == 3)
+    assert [s.name for s in rebuilt] == ["turn", "llm:m", "tool:search"]
+    assert all(s.status.code == 1 for s in rebuilt)
+    assert {h["authorization"] for h in otlp_receiver.headers} == {"Bearer t0ken"}
+    resources = {
+        kv.value.string_value
+        for request in otlp_receiver.requests
+        for rs in request.resource_spans
+        for kv in rs.resource.attributes
+        if kv.key == "service.name"
+    }
+    assert resources == {"fleet"}
