@@ -24,6 +24,7 @@ from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
 from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record
+from agentstream.schemas.settings import kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 class LoopSettings(ServiceSettings):
     http_port: int = Field(default=9102, description="Port of /metrics, /healthz, /readyz.")
+    # Alert latency is the point of this service: short fetch waits and lingers by default
+    # (the embedded broker holds a fetch for the whole fetch_max_wait_ms even when records
+    # are waiting; Apache Kafka answers as soon as fetch.min.bytes is there).
+    fetch_max_wait_ms: int = kafka_option(
+        "consumer", default=20, description="Longest a fetch waits for records (latency bound)."
+    )
+    linger_ms: int = kafka_option("producer", default=1, description="Alert batching delay.")
     loops_config: Path | None = Field(
         default=None, description="TOML file with [loops] thresholds and [loops.agents.<id>]."
     )
