@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -314,3 +315,35 @@ async def test_kill_9_mid_stream_then_restart_misses_nothing_and_repeats_nothing
     assert_each_finding_once(await records_of(settings, alerts_topic, at_least=16), SESSIONS)
     if commit_interval_ms == 60_000:  # nothing committed: part 1 was processed again
         assert skipped == len(SESSIONS)
+
+
+async def test_the_block_reaches_the_agents_pod(kafka_settings: KafkaSettings) -> None:
+    """Pod → Kafka → loops service → control topic → the pod's bus, end to end."""
+    from agentstream.producer import EventBus, EventType, KafkaPublisher
+
+    settings = loop_settings(kafka_settings)
+    publisher = KafkaPublisher(kafka_settings, instance_id="pod-1")
+    paused: list[Event] = []
+    try:
+        async with loops_service(settings):
+            bus = EventBus(publisher, agent_id="support-bot")
+            await bus.enable_control(kafka_settings, fetch_max_wait_ms=20)
+
+            async def on_paused(event: Event) -> None:
+                paused.append(event)
+
+            bus.subscribe(EventType.CONTROL_AGENT_PAUSED, on_paused)
+            try:
+                for _ in range(5):
+                    await bus.emit(search("sess-pod"))
+                assert await asyncio.to_thread(publisher.flush, 10)
+                await wait_until(lambda: bool(paused), what="the pause directive in the pod")
+            finally:
+                await bus.close()
+    finally:
+        publisher.close(10)
+    (directive,) = paused
+    assert directive.session_id == "sess-pod" and directive.agent_id == "support-bot"
+    assert directive.data["service"] == "loops"
+    assert directive.data["pattern"] == "same_call" and directive.data["tool_name"] == "web_search"
+    assert directive.data["reason"].startswith("Tool loop detected (same_call)")

@@ -1,0 +1,66 @@
+"""LoopSettings: thresholds from a TOML file, the environment and command-line options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from agentstream.consumers.loops.config import LoopThresholds
+from agentstream.consumers.loops.service import SERVICE, LoopSettings, add_arguments
+from agentstream.schemas.errors import ConfigurationError
+
+
+def test_defaults_are_calutes_and_the_port_is_9102() -> None:
+    settings = LoopSettings()
+    assert settings.http_port == 9102
+    assert settings.loop_config().defaults == LoopThresholds()
+    assert SERVICE.name == "loops" and SERVICE.settings_class is LoopSettings
+
+
+def test_environment_layers_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "loops.toml"
+    path.write_text("[loops]\nsame_call_warning = 2\nsame_call_critical = 4\n")
+    monkeypatch.setenv("AGENTSTREAM_LOOPS_CONFIG", str(path))
+    monkeypatch.setenv("AGENTSTREAM_LOOP_SAME_CALL_CRITICAL", "7")
+    monkeypatch.setenv("AGENTSTREAM_LOOP_AGENTS", '{"batch-agent": {"max_calls": 200}}')
+    config = LoopSettings().loop_config()
+    assert config.defaults == LoopThresholds(same_call_warning=2, same_call_critical=7)
+    assert config.for_agent("batch-agent") == LoopThresholds(
+        same_call_warning=2, same_call_critical=7, max_calls=200
+    )
+
+
+def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
+    path = tmp_path / "loops.toml"
+    path.write_text('[loops.agents."slow"]\npingpong_critical = 10\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--config",
+            str(path),
+            "--same-call-warning",
+            "4",
+            "--max-calls",
+            "0",
+            "--no-control",
+            "--webhook-url",
+            "http://hooks.local/x",
+            "--webhook-format",
+            "slack",
+        ]
+    )
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    settings = LoopSettings(**given)
+    assert settings.control_directives is False
+    assert settings.webhook_format == "slack"
+    config = settings.loop_config()
+    assert config.defaults == LoopThresholds(same_call_warning=4, max_calls=0)
+    assert config.for_agent("slow").pingpong_critical == 10
+
+
+def test_inconsistent_thresholds_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="same_call_warning <= same_call_critical"):
+        LoopSettings(loop_same_call_warning=9).loop_config()
