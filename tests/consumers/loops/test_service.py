@@ -6,21 +6,23 @@ import asyncio
 import collections
 import contextlib
 import json
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from support.produce import produce_events
-from support.runtime import committed_offsets, running_consumer, wait_until
+from support.runtime import (
+    ServiceProcess,
+    committed_offsets,
+    http_get,
+    running_consumer,
+    wait_until,
+)
 
 from agentstream.consumers.loops.service import SERVICE, LoopService, LoopSettings
 from agentstream.consumers.runtime import EventConsumer
@@ -245,67 +247,28 @@ async def test_a_second_instance_joining_misses_nothing_and_repeats_nothing(
     assert_each_finding_once(alerts, SESSIONS)
 
 
-WORKER = textwrap.dedent(
-    """
-    import asyncio, json, sys
-    from agentstream.consumers.loops.service import SERVICE, LoopSettings
-    from agentstream.consumers.runtime import EventConsumer
-
-    async def main() -> None:
-        settings = LoopSettings(**json.loads(sys.argv[1]))
-        consumer = EventConsumer(settings, service=SERVICE.name)
-        async with SERVICE.setup(consumer, settings):
-            await consumer.start()
-            while not consumer.ready:
-                await asyncio.sleep(0.02)
-            print("ready", flush=True)
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
-    """
-)
-
-
-@contextlib.contextmanager
-def worker_process(settings: LoopSettings, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    script = tmp_path / "loops_worker.py"
-    script.write_text(WORKER)
-    options = settings.model_dump(mode="json", exclude_none=True)
-    process = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(options)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
 @pytest.mark.parametrize("commit_interval_ms", [100, 60_000], ids=["some-committed", "none"])
 async def test_kill_9_mid_stream_then_restart_misses_nothing_and_repeats_nothing(
-    kafka_settings: KafkaSettings, tmp_path: Path, commit_interval_ms: int
+    kafka_settings: KafkaSettings, commit_interval_ms: int
 ) -> None:
     settings = loop_settings(kafka_settings)
-    crashing = settings.model_copy(
-        update={"commit_interval_ms": commit_interval_ms, "session_timeout_ms": 3_000}
-    )
     alerts_topic = settings.routing().alerts
-    with worker_process(crashing, tmp_path) as process:
+    env = {
+        "AGENTSTREAM_COMMIT_INTERVAL_MS": str(commit_interval_ms),
+        "AGENTSTREAM_SESSION_TIMEOUT_MS": "3000",
+        "AGENTSTREAM_HEARTBEAT_INTERVAL_MS": "300",
+    }
+    with ServiceProcess("loops", settings, env=env) as process:
+        await process.wait_ready()
         await produce_events(settings, [search(s) for _ in range(4) for s in SESSIONS])
 
         async def warned() -> bool:
             return len(await records_of(settings, alerts_topic)) >= len(SESSIONS)
 
-        await wait_until(warned, what="part 1 alerted by the worker")
-        process.kill()  # SIGKILL: no drain, no final commit
-        process.wait(timeout=10)
+        await wait_until(warned, what="part 1 alerted by `agentstream consume loops`")
+        _, metrics = await http_get(process.port, "/metrics")
+        process.kill()  # SIGKILL: no drain, no final commit, no leave
+    assert b'agentstream_loop_findings_total{level="warning",pattern="same_call"} 8.0' in metrics
     await produce_events(settings, [search(s) for _ in range(2) for s in SESSIONS])
     async with loops_service(settings) as restarted:
         await wait_until(lambda: all_processed(settings, 48), timeout=40, what="all processed")
