@@ -10,12 +10,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from agentstream.schemas import DeadLetter, SkipEvent
+from agentstream.schemas import DeadLetter, Event, SkipEvent
 
 from .deadletter import REASON_RETRIES_EXHAUSTED, Failure, error_headers, original_headers
 from .metrics import DEAD_LETTERED, ConsumerMetrics
+from .record import Record
 from .retry import backoff_seconds
 from .settings import ServiceSettings
+from .subscriptions import Subscription
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
@@ -41,54 +43,77 @@ class Dispatcher:
         self.metrics = metrics
         self._producer = producer
 
+    async def call(
+        self, sub: Subscription, event: Event, record: Record, where: object
+    ) -> Failure | None:
+        """Run an event handler to its end (see :meth:`attempt`); the first call is inlined."""
+        started = time.perf_counter()
+        try:
+            await sub.call(event, record)
+        except Exception as exc:
+            self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
+            return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
+        self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
+        return None
+
     async def attempt(
-        self, name: str, call: Callable[[], Awaitable[None]], where: str
+        self, name: str, call: Callable[[], Awaitable[None]], where: object
     ) -> Failure | None:
         """Call ``call`` until it returns, raises :class:`SkipEvent` or :class:`DeadLetter`, or
         has failed ``1 + handler_retries`` times. Returns the failure to dead-letter, if any."""
+        started = time.perf_counter()
+        try:
+            await call()
+        except Exception as exc:
+            self.metrics.handler_duration(name).observe(time.perf_counter() - started)
+            return await self._after(name, call, where, exc)
+        self.metrics.handler_duration(name).observe(time.perf_counter() - started)
+        return None
+
+    async def _after(
+        self, name: str, call: Callable[[], Awaitable[None]], where: object, exc: Exception
+    ) -> Failure | None:
+        """The retry loop once the first call raised ``exc``."""
         settings = self.settings
         duration = self.metrics.handler_duration(name)
-        attempt = 0
+        attempt = 1
         while True:
+            if isinstance(exc, SkipEvent):
+                return None
+            if isinstance(exc, DeadLetter):
+                return Failure(name, exc.reason or "dead letter requested", exc, attempt)
+            if attempt > settings.handler_retries:
+                log.error(
+                    "handler %s failed on %s after %d attempts, dead-lettering: %r",
+                    name,
+                    where,
+                    attempt,
+                    exc,
+                )
+                return Failure(name, REASON_RETRIES_EXHAUSTED, exc, attempt)
+            delay = backoff_seconds(
+                attempt, settings.handler_retry_backoff_ms, settings.handler_retry_max_backoff_ms
+            )
+            log.warning(
+                "handler %s failed on %s (attempt %d), retrying in %.3f s: %r",
+                name,
+                where,
+                attempt,
+                delay,
+                exc,
+            )
+            self.metrics.retried(name)
+            await asyncio.sleep(delay)
             attempt += 1
             started = time.perf_counter()
             try:
                 await call()
-            except SkipEvent:
-                duration.observe(time.perf_counter() - started)
-                return None
-            except DeadLetter as exc:
-                duration.observe(time.perf_counter() - started)
-                return Failure(name, exc.reason or "dead letter requested", exc, attempt)
-            except Exception as exc:
-                duration.observe(time.perf_counter() - started)
-                if attempt > settings.handler_retries:
-                    log.error(
-                        "handler %s failed on %s after %d attempts, dead-lettering: %r",
-                        name,
-                        where,
-                        attempt,
-                        exc,
-                    )
-                    return Failure(name, REASON_RETRIES_EXHAUSTED, exc, attempt)
-                delay = backoff_seconds(
-                    attempt,
-                    settings.handler_retry_backoff_ms,
-                    settings.handler_retry_max_backoff_ms,
-                )
-                log.warning(
-                    "handler %s failed on %s (attempt %d), retrying in %.3f s: %r",
-                    name,
-                    where,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                self.metrics.retried(name)
-                await asyncio.sleep(delay)
+            except Exception as error:
+                exc = error
             else:
                 duration.observe(time.perf_counter() - started)
                 return None
+            duration.observe(time.perf_counter() - started)
 
     async def dead_letter(self, raw: Any, failure: Failure, event_type: str | None) -> None:
         """Copy ``raw`` (an aiokafka ``ConsumerRecord``) to the DLQ with error headers.

@@ -7,19 +7,19 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record, header
+from agentstream.schemas import DecodeError, decode_record, header
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
 from .dispatch import Dispatcher
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
 from .record import Record
-from .subscriptions import BatchSubscription, Subscription, SubscriptionTable
+from .subscriptions import BatchSubscription, SubscriptionTable
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
@@ -55,6 +55,8 @@ class PartitionWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._batches: dict[BatchSubscription, _Batch] = {}
+        self._consumed: dict[str, int] = {}  # counted here, added to the metric per chunk
+        self._uncounted = 0
         self._task = asyncio.create_task(
             self._run(), name=f"agentstream-partition-{tp.topic}-{tp.partition}"
         )
@@ -102,6 +104,7 @@ class PartitionWorker:
         try:
             while not self._stopping:
                 if not queue:
+                    self._count_consumed()
                     await self._wait(self._next_deadline())
                     wake.clear()
                     await self._flush(due_only=True)
@@ -115,6 +118,15 @@ class PartitionWorker:
         except Exception:  # a bug here must not stop the partition silently
             log.exception("partition worker %s[%d] failed", self.tp.topic, self.tp.partition)
             raise
+        finally:
+            self._count_consumed()
+
+    def _count_consumed(self) -> None:
+        if self._consumed:
+            for event_type, count in self._consumed.items():
+                self._metrics.record(event_type, CONSUMED, count)
+            self._consumed.clear()
+            self._uncounted = 0
 
     async def _wait(self, deadline: float | None) -> None:
         if deadline is None:
@@ -141,10 +153,9 @@ class PartitionWorker:
             metrics.record(event_type, SKIPPED)
             offsets.release(offset)
             return
-        where = RecordLocation(raw.topic, raw.partition, offset)
         try:
-            event = decode_record(raw.value, raw.headers, where=where)
-        except DecodeError as exc:
+            event = decode_record(raw.value, raw.headers)
+        except DecodeError as exc:  # the DLQ headers say where it came from
             metrics.record(event_type, FAILED)
             reason = f"{REASON_UNDECODABLE}: {type(exc).__name__}"
             await self._dispatcher.dead_letter(
@@ -157,9 +168,20 @@ class PartitionWorker:
             metrics.record(event.type, SKIPPED)
             offsets.release(offset)
             return
-        metrics.record(event.type, CONSUMED)
+        consumed = self._consumed
+        consumed[event.type] = consumed.get(event.type, 0) + 1
+        self._uncounted += 1
+        if self._uncounted >= 256:
+            self._count_consumed()
+        headers = raw.headers
         record = Record(
-            event, raw.topic, raw.partition, offset, raw.key, raw.timestamp, tuple(raw.headers)
+            event,
+            raw.topic,
+            raw.partition,
+            offset,
+            raw.key,
+            raw.timestamp,
+            headers if type(headers) is tuple else tuple(headers),
         )
         for sub in batches:
             batch = self._batches.get(sub)
@@ -170,14 +192,13 @@ class PartitionWorker:
             batch.items.append((record, raw))
             offsets.hold(offset)
         if singles:
-            dispatcher, text = self._dispatcher, str(where)
+            dispatcher, text = self._dispatcher, _Where(raw)
             failures: list[Failure | None]
             if len(singles) == 1:
-                only = singles[0]
-                failures = [await dispatcher.attempt(only.name, _bind(only, event, record), text)]
+                failures = [await dispatcher.call(singles[0], event, record, text)]
             else:
                 failures = await asyncio.gather(
-                    *(dispatcher.attempt(s.name, _bind(s, event, record), text) for s in singles)
+                    *(dispatcher.call(s, event, record, text) for s in singles)
                 )
             for failure in failures:
                 if failure is not None:
@@ -198,8 +219,7 @@ class PartitionWorker:
         batch = self._batches[sub]
         items, batch.items = batch.items, []
         records = [record for record, _ in items]
-        first = records[0].location
-        where = f"{first}..{records[-1].offset}"
+        where = f"{records[0].location}..{records[-1].offset}"
         failure = await self._dispatcher.attempt(sub.name, lambda: sub.handler(records), where)
         if failure is not None:
             for record, raw in items:
@@ -209,5 +229,13 @@ class PartitionWorker:
             self.offsets.release(record.offset)
 
 
-def _bind(sub: Subscription, event: Event, record: Record) -> Callable[[], Awaitable[None]]:
-    return lambda: sub.call(event, record)
+class _Where:
+    """Where a record came from, formatted only if a message needs it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return f"{self.raw.topic}[{self.raw.partition}]@{self.raw.offset}"

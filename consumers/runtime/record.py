@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import Event, RecordLocation
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record, decoded."""
+class Record(msgspec.Struct, frozen=True):
+    """One consumed record, decoded (immutable)."""
 
     event: Event
     topic: str

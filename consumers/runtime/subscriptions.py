@@ -85,6 +85,7 @@ class SubscriptionTable:
     _by_type: dict[str, tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]] = field(
         default_factory=dict
     )
+    _wanted: dict[str, bool] = field(default_factory=dict)
 
     def add(self, subscription: Subscription | BatchSubscription) -> None:
         taken = {s.name for s in self.all()}
@@ -98,6 +99,7 @@ class SubscriptionTable:
         else:
             self.batches.append(subscription)
         self._by_type.clear()
+        self._wanted.clear()
 
     def all(self) -> Iterable[Subscription | BatchSubscription]:
         yield from self.events
@@ -108,7 +110,12 @@ class SubscriptionTable:
 
     def wants(self, event_type: str) -> bool:
         """Whether any subscription matches ``event_type`` (memoised per type)."""
-        return compile_patterns(self.patterns())(event_type)
+        found = self._wanted.get(event_type)
+        if found is None:
+            found = compile_patterns(self.patterns())(event_type)
+            if len(self._wanted) < 4096:
+                self._wanted[event_type] = found
+        return found
 
     def for_type(
         self, event_type: str
