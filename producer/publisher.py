@@ -42,7 +42,19 @@ from typing import Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 from prometheus_client import CollectorRegistry
 
 from agentstream.schemas.codec import encode_event, event_headers, record_key
@@ -65,6 +77,19 @@ Overflow = Literal["drop", "block"]
 _TICK = 0.1
 _MAX_CONNECT_BACKOFF = 5.0
 _LOG_EVERY = 10.0
+_MAX_ATTEMPTS_UNKNOWN_ERROR = 5
+"""A batch failing with an error that is neither known-retriable nor known-permanent (such as
+the embedded broker's UNKNOWN while it restarts) is retried this many times, then failed."""
+_PERMANENT_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    UnsupportedVersionError,
+    ProducerClosed,
+)
 
 
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -826,7 +851,9 @@ class KafkaPublisher:
     def _on_failure(self, lane: _Lane, taken: list[_Record], exc: BaseException) -> None:
         lane.inflight = None
         where = f"{lane.topic}[{lane.partition}]"
-        if _retriable(exc):
+        if _retriable(exc) or (
+            not _permanent(exc) and taken[0].attempts < _MAX_ATTEMPTS_UNKNOWN_ERROR
+        ):
             self.metrics.last_error = f"sending to {where}: {type(exc).__name__}: {exc}"
             self._warn(
                 "retry:" + where,
@@ -910,6 +937,11 @@ class KafkaPublisher:
         if lost:
             self.metrics.drop("closed", lost)
             log.error("publisher closed with %d events undelivered and not spooled (dropped)", lost)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Errors that sending the same records again cannot fix."""
+    return isinstance(exc, _PERMANENT_ERRORS)
 
 
 def _retriable(exc: BaseException) -> bool:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.admin import CreateTopicsRequest
 from aiokafka.structs import ConsumerRecord
 
 from agentstream.schemas.settings import KafkaSettings
@@ -79,3 +84,107 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
         "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d,
     )  # fmt: skip
     return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
+
+
+class TcpProxy:
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` from its own thread. ``stop()`` closes
+    the listener and every connection: to clients the address goes dark, as when a broker dies."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port = port
+        self.target = target
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def start(self) -> None:
+        started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(started)))
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError(f"proxy on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+        self._loop = self._thread = None
+
+    async def _serve(self, started: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        started.set()
+        await self._stop.wait()
+        server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+        )
+        self._writers -= {writer, up_writer}
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65_536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def create_topics_direct(port: int, topics: list[str], partitions: int) -> None:
+    """CreateTopics sent straight to the broker listening on ``port``, whatever it advertises
+    (the admin client would follow the advertised address)."""
+    deadline = time.monotonic() + 30
+    while True:  # readiness: the broker accepts a Kafka connection (ApiVersions)
+        try:
+            conn = await create_conn("127.0.0.1", port)
+            break
+        except (OSError, KafkaConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+    try:
+        request = CreateTopicsRequest(
+            create_topic_requests=[(topic, partitions, 1, [], []) for topic in topics],
+            timeout=10_000,
+            validate_only=False,
+        )
+        response = await conn.send(request)
+        errors = [entry for entry in response.topic_errors if entry[1] not in (0, 36)]
+        assert not errors, errors
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int, int], TcpProxy]]:
+    """Start TCP forwarders (``tcp_proxy(port, target)``); all are stopped at teardown."""
+    started: list[TcpProxy] = []
+
+    def start(port: int, target: int) -> TcpProxy:
+        proxy = TcpProxy(port, target)
+        proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def create_topics() -> Callable[[int, list[str], int], Awaitable[None]]:
+    return create_topics_direct
