@@ -1,0 +1,94 @@
+"""The issue's crash check: a producer process is SIGKILLed with events in its spool; a new
+process on the same spool directory delivers all of them (at-least-once: none lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentstream.consumers.broker import EmbeddedBroker, free_port
+from agentstream.producer.publisher import KafkaPublisher
+from agentstream.schemas.admin import TopicSpec, ensure_topics
+from agentstream.schemas.codec import decode_record
+from agentstream.schemas.settings import KafkaSettings
+
+TESTS = Path(__file__).resolve().parents[2]
+
+# Publishes to a broker that is down, waits until everything is in the spool, says which
+# events it published, then waits to be killed.
+CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+from support.samples import sample_event
+from agentstream.producer.publisher import KafkaPublisher
+from agentstream.schemas.settings import KafkaSettings
+
+bootstrap, spool_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="crash")
+publisher = KafkaPublisher(settings, spool_dir=spool_dir, redact=None, instance_id="doomed")
+ids = []
+for i in range(count):
+    event = sample_event("tool.called" if i % 3 else "llm.token", i)
+    event.session_id = f"session-{i % 9}"
+    event.source = ""
+    publisher.publish(event)
+    ids.append(event.event_id)
+while publisher.stats().spooled < count:
+    time.sleep(0.01)
+print(json.dumps(ids), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+async def test_a_killed_producer_spool_is_delivered_by_the_next_process(
+    tmp_path: Path,
+    broker_factory: type[EmbeddedBroker],
+    consume: Callable[..., Awaitable[list[Any]]],
+) -> None:
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    count = 600
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, f"127.0.0.1:{port}", str(spool_dir), str(count), str(TESTS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+        published = set(json.loads(line))
+        assert len(published) == count
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+
+    broker = broker_factory(port=port)
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    successor = KafkaPublisher(settings, spool_dir=spool_dir, redact=None)
+    try:
+        assert successor.stats().spool_pending == count
+        assert await asyncio.to_thread(successor.flush, 30)
+    finally:
+        await asyncio.to_thread(successor.close, 5)
+    routing = settings.routing()
+    records = await consume(settings, routing.events, 400)
+    records += await consume(settings, routing.tokens, 200)
+    delivered = [decode_record(r.value, r.headers) for r in records]
+    assert {e.event_id for e in delivered} == published  # duplicates would be allowed
+    assert {e.source for e in delivered} == {"doomed"}
+    assert successor.stats().delivered >= count

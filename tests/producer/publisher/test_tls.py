@@ -1,0 +1,102 @@
+"""TLS for real: stunnel terminates TLS on loopback in front of the embedded broker, which
+advertises the TLS port. The publisher verifies the self-signed chain and delivers; a publisher
+trusting another CA is refused, with an error that says why."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.samples import sample_event
+
+from agentstream.consumers.broker import EmbeddedBroker, free_port
+from agentstream.producer.publisher import KafkaPublisher
+from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+from agentstream.schemas.codec import decode_record
+from agentstream.schemas.settings import KafkaSettings
+
+STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
+
+
+@pytest.fixture
+def tls_broker(
+    tmp_path: Path, broker_factory: type[EmbeddedBroker], tls_files: Any
+) -> Iterator[str]:
+    """Bootstrap address of a TLS endpoint (stunnel) in front of a private embedded broker."""
+    if STUNNEL is None:
+        pytest.skip("stunnel4 is not installed (the Makefile's APT_PACKAGES lists it)")
+    tls_port = free_port()
+    broker = broker_factory(advertised_port=tls_port)
+    broker.start()
+    config = tmp_path / "stunnel.conf"
+    config.write_text(
+        "foreground = yes\npid =\n"
+        f"[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{broker.port}\n"
+        f"cert = {tls_files.cert}\nkey = {tls_files.key}\n"
+    )
+    stunnel = subprocess.Popen(
+        [STUNNEL, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield f"127.0.0.1:{tls_port}"
+    finally:
+        stunnel.terminate()
+        stunnel.wait(10)
+
+
+def tls_settings(bootstrap: str, cafile: Path, prefix: str) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=bootstrap,
+        security_protocol="SSL",
+        ssl_cafile=str(cafile),
+        topic_prefix=prefix,
+        linger_ms=1,
+    )
+
+
+async def test_publisher_verifies_the_broker_certificate_and_delivers(
+    tls_broker: str,
+    tls_files: Any,
+    unique_name: str,
+    consume: Callable[..., Awaitable[list[Any]]],
+) -> None:
+    settings = tls_settings(tls_broker, tls_files.ca, unique_name)
+    await wait_for_broker(settings.admin_options(), timeout=30)  # a metadata request over TLS
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=2))
+    sent = []
+    publisher = KafkaPublisher(settings, redact=None)
+    try:
+        for i in range(30):
+            event = sample_event("tool.called", i)
+            event.session_id = f"tls-{i % 4}"
+            publisher.publish(event)
+            sent.append(event.event_id)
+        assert await asyncio.to_thread(publisher.flush, 30)
+    finally:
+        await asyncio.to_thread(publisher.close, 5)
+    records = await consume(settings, settings.routing().events, 30)
+    assert sorted(decode_record(r.value, r.headers).event_id for r in records) == sorted(sent)
+
+
+async def test_a_publisher_trusting_another_ca_is_refused_with_a_clear_error(
+    tls_broker: str, tls_files: Any, unique_name: str
+) -> None:
+    good = tls_settings(tls_broker, tls_files.ca, unique_name)
+    await wait_for_broker(good.admin_options(), timeout=30)  # the endpoint itself works
+    settings = tls_settings(tls_broker, tls_files.other_ca, unique_name)
+    publisher = KafkaPublisher(settings, redact=None)
+    try:
+        publisher.publish(sample_event("tool.called", 1))
+        assert not await asyncio.to_thread(publisher.flush, 3)
+        error = publisher.last_error or ""
+        assert "CERTIFICATE_VERIFY_FAILED" in error
+        assert f"cannot connect to Kafka at {tls_broker} (SSL)" in error
+        assert "check ssl_cafile" in error and str(tls_files.other_ca) in error
+        assert publisher.stats().delivered == 0
+    finally:
+        await asyncio.to_thread(publisher.close, 0.1)
