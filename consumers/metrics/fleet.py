@@ -40,6 +40,10 @@ AGENT, SERVICE = "agent", "service"
 published by an agentstream service (alerts topic)."""
 
 SUCCESS, ERROR = "success", "error"
+KNOWN_DIMENSIONS = ("tokens", "rounds", "tool_calls", "cost_usd", "wall_time_s")
+"""Budget dimensions (Corail's and the budget service's): their series exist from the start."""
+KNOWN_PATTERNS = ("max_calls", "same_call", "pingpong")
+"""Calute's loop patterns: their series exist from the start."""
 _STOP_REASONS = frozenset(r.value for r in StopReason)
 _DIRECTIONS = frozenset(("input", "output"))
 
@@ -177,15 +181,16 @@ class FleetMetrics:
         self.guard_blocks = counter(
             "agentstream_guard_blocks_total", "Content blocked by a guard.", ["direction"]
         )
-        self.budget_signals = counter(
-            "agentstream_budget_signals_total",
-            "budget.warning and budget.exceeded events by level, dimension and origin "
-            "(agent: emitted in the pod; service: published on the alerts topic).",
+        self.budget_events = counter(
+            "agentstream_budget_events_total",
+            "budget.warning and budget.exceeded events in the stream by level, dimension and "
+            "origin (agent: emitted in the pod; service: published on the alerts topic).",
             ["level", "dimension", "origin"],
         )
-        self.loop_signals = counter(
-            "agentstream_loop_signals_total",
-            "Tool loop findings (audit.tool_loop_warning/_block) by kind, pattern and origin.",
+        self.loop_events = counter(
+            "agentstream_loop_events_total",
+            "Tool loop findings in the stream (audit.tool_loop_warning/_block) by kind, "
+            "pattern and origin (agent: emitted in the pod; service: on the alerts topic).",
             ["kind", "pattern", "origin"],
         )
         self.unpaired_calls = counter(
@@ -208,8 +213,9 @@ class FleetMetrics:
         )
         self.active_sessions = ActiveSessions(session_window_s, clock=clock, registry=registry)
 
-        self._event_children: dict[tuple[str, str], Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._initialise_series()
+        self._event_children: dict[tuple[str, str], Any] = {}
         # What the batch in progress adds; merged into the metrics when it is done.
         self._incs: dict[tuple[Any, ...], float] = {}
         self._tool_times = self.tool_duration.new_batch()
@@ -233,6 +239,21 @@ class FleetMetrics:
             "audit.tool_loop_block": self._loop_block,
             "session.ended": self._session_ended,
         }
+
+    def _initialise_series(self) -> None:
+        """Create the series alerts and dashboards count with ``increase()`` at 0, so that the
+        first event is an increase (a series born at 1 is not one for Prometheus)."""
+        for origin in (AGENT, SERVICE):
+            for level in ("warning", "exceeded"):
+                for dimension in KNOWN_DIMENSIONS:
+                    self._child(self.budget_events, level, self._dimensions(dimension), origin)
+            for kind in ("warning", "block"):
+                for pattern in KNOWN_PATTERNS:
+                    self._child(self.loop_events, kind, self._patterns(pattern), origin)
+        for reason in sorted(_STOP_REASONS):
+            self._child(self.turns, reason)
+        for direction in sorted(_DIRECTIONS):
+            self._child(self.guard_blocks, direction)
 
     # --- the consumer side --------------------------------------------------------------
 
@@ -472,7 +493,7 @@ class FleetMetrics:
                 dimension = "tokens"
             elif data.get("rounds") is not None:
                 dimension = "rounds"
-        self._inc(self.budget_signals, level, self._dimensions(dimension), origin)
+        self._inc(self.budget_events, level, self._dimensions(dimension), origin)
 
     def _loop_warning(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         # Calute's detector emits a "warning" with severity_level "ok" for every checked call
@@ -485,7 +506,7 @@ class FleetMetrics:
 
     def _loop(self, kind: str, event: Event, origin: str) -> None:
         pattern = self._patterns(event.data.get("pattern"))
-        self._inc(self.loop_signals, kind, pattern, origin)
+        self._inc(self.loop_events, kind, pattern, origin)
 
     def _session_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         session = _session(event)

@@ -180,7 +180,7 @@ def test_turns_and_guards() -> None:
     assert h.value("agentstream_guard_blocks_total", direction="output") == 1
 
 
-def test_budget_and_loop_signals_with_their_origin() -> None:
+def test_budget_and_loop_events_with_their_origin() -> None:
     h = Harness()
     h.feed(
         ev("budget.exceeded", {"tokens_used": 100_250}),
@@ -193,11 +193,11 @@ def test_budget_and_loop_signals_with_their_origin() -> None:
         ev("audit.tool_loop_warning", {"tool_name": "x", "pattern": "pingpong"}),
         topic=ALERTS,
     )
-    signals = "agentstream_budget_signals_total"
+    signals = "agentstream_budget_events_total"
     assert h.value(signals, level="exceeded", dimension="tokens", origin="agent") == 1
     assert h.value(signals, level="exceeded", dimension="rounds", origin="agent") == 1
     assert h.value(signals, level="warning", dimension="tokens", origin="service") == 1
-    loops = "agentstream_loop_signals_total"
+    loops = "agentstream_loop_events_total"
     assert h.value(loops, kind="block", pattern="same_call", origin="agent") == 1
     assert h.value(loops, kind="warning", pattern="pingpong", origin="service") == 1
     # Calute's "ok" pseudo-warning is no finding (but still an event).
@@ -271,3 +271,12 @@ def test_pending_state_is_bounded_and_expires() -> None:
     h.now = NOW + 200  # past the TTL; the next batch prunes
     h.feed(ev("turn.started", session="late", at=NOW + 199))
     assert h.value("agentstream_unpaired_calls_total", call="tool", reason="expired") == 3
+
+
+def test_alerted_series_exist_at_zero_before_any_event() -> None:
+    h = Harness()
+    labels = {"level": "exceeded", "dimension": "tokens", "origin": "service"}
+    assert h.registry.get_sample_value("agentstream_budget_events_total", labels) == 0
+    labels = {"kind": "block", "pattern": "pingpong", "origin": "agent"}
+    assert h.registry.get_sample_value("agentstream_loop_events_total", labels) == 0
+    assert h.registry.get_sample_value("agentstream_turns_total", {"stop_reason": "end_turn"}) == 0

@@ -1,17 +1,26 @@
-"""Synthetic fleet traffic for the metrics tests: realistic sessions of Corail and Calute agents.
-
-Every event is stamped now, so the pipeline delay and active sessions are meaningful.
+"""For the metrics service's tests: synthetic fleet traffic (sessions of Corail and Calute
+agents, stamped now), and the service run in-process, optionally serving /metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry, start_http_server
+
+from agentstream.consumers.broker import free_port
+from agentstream.consumers.metrics.service import SERVICE
+from agentstream.consumers.metrics.settings import MetricsSettings
+from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, new_event_id
+from agentstream.schemas.settings import KafkaSettings
+from support.runtime import running_consumer
 
 AGENTS = ("planner", "researcher", "writer")
 TOOLS = ("web_search", "calculator", "fetch_url")
@@ -30,9 +39,6 @@ class Traffic:
 
     def by_agent(self) -> Counter[str]:
         return Counter(e.agent_id for e in self.events)
-
-
-_counter = itertools.count()
 
 
 @dataclass
@@ -62,20 +68,30 @@ class _Session:
 
 
 def fleet_traffic(
-    sessions: int = 6, *, loop_blocks: int = 1, budget_exceeded: int = 1, tag: str = ""
+    sessions: int = 6,
+    *,
+    loop_blocks: int = 1,
+    budget_exceeded: int = 1,
+    tag: str = "",
+    first_turn: bool = True,
 ) -> Traffic:
     """``sessions`` sessions; each: a Corail turn with an LLM call, two tool calls (one
     failing), guard checks, and a Calute audit turn. The first ``loop_blocks`` and
-    ``budget_exceeded`` sessions also hit a loop block and a token budget."""
+    ``budget_exceeded`` sessions also hit a loop block and a token budget.
+
+    Session ids are ``<tag>session-<i>``: called again with the same ``tag`` and
+    ``first_turn=False`` it continues the same sessions (same agents, tools and models, hence
+    the same partitions), as a later turn would."""
     traffic = Traffic()
     base = datetime.now(UTC) - timedelta(seconds=2)
     for s in range(sessions):
-        session = f"{tag}session-{next(_counter)}"
+        session = f"{tag}session-{s}"
         model = MODELS[s % len(MODELS)]
         tool = TOOLS[s % len(TOOLS)]
         traffic.sessions.add(session)
         add = _Session(traffic, session, AGENTS[s % len(AGENTS)], base).add
-        add("session.created", {})
+        if first_turn:
+            add("session.created", {})
         add("message.received", {"content": "hello"})
         add("guard.input.checked", {"guard": "pii", "direction": "input", "allowed": True})
         add("turn.started", {"round": 0})
@@ -122,3 +138,67 @@ def fleet_traffic(
         add("audit.turn_end", {"function_calls_count": 2}, ms=1560)
         add("llm.token", {"token": "Hi"}, ms=1570)
     return traffic
+
+
+def service_alerts(traffic: Traffic) -> list[Event]:
+    """What the budget and loops services publish on the alerts topic about ``traffic``."""
+    session = sorted(traffic.sessions)[0]
+    common: dict[str, Any] = {"agent_id": AGENTS[0], "session_id": session, "source": "svc"}
+    return [
+        Event(
+            type="budget.warning",
+            data={"scope": "session", "dimension": "tokens", "used": 80_000, "limit": 100_000},
+            **common,
+        ),
+        Event(
+            type="audit.tool_loop_block",
+            data={"tool_name": TOOLS[0], "pattern": "pingpong", "call_count": 6},
+            **common,
+        ),
+    ]
+
+
+def metrics_settings(base: KafkaSettings, **overrides: Any) -> MetricsSettings:
+    """MetricsSettings on ``base``'s broker and topics, tuned for quick tests."""
+    fields: dict[str, Any] = {
+        "bootstrap_servers": base.bootstrap_servers,
+        "topic_prefix": base.topic_prefix,
+        "linger_ms": 1,
+        "commit_interval_ms": 100,
+        "handler_retries": 1,
+        "handler_retry_backoff_ms": 1,
+        "batch_max_wait_ms": 20,
+        "heartbeat_interval_ms": 300,  # a joining instance triggers a quicker rebalance
+        **overrides,
+    }
+    return MetricsSettings(**fields)
+
+
+@dataclass
+class RunningMetrics:
+    registry: CollectorRegistry
+    consumer: EventConsumer
+    address: str | None = None
+    """host:port of /metrics when served."""
+
+
+@contextlib.asynccontextmanager
+async def metrics_service(
+    settings: MetricsSettings, *, serve: bool = False
+) -> AsyncIterator[RunningMetrics]:
+    """The metrics service in-process, ready (partitions assigned); with ``serve``, its
+    registry on /metrics of a free loopback port. Everything is stopped on exit."""
+    registry = CollectorRegistry()
+    consumer = EventConsumer(settings, service=SERVICE.name, registry=registry)
+    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
+        if not serve:
+            yield RunningMetrics(registry, consumer)
+            return
+        port = free_port()
+        server, thread = start_http_server(port, "127.0.0.1", registry)
+        try:
+            yield RunningMetrics(registry, consumer, f"127.0.0.1:{port}")
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
