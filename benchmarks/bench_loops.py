@@ -57,7 +57,9 @@ async def main() -> None:
         await consumer.start()
         while not consumer.ready:
             await asyncio.sleep(0.01)
-        print("ready", flush=True)
+        restored = consumer.registry.get_sample_value("agentstream_loop_restored_records_total")
+        took = consumer.registry.get_sample_value("agentstream_loop_restore_seconds_total")
+        print("ready", restored, took, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await consumer.stop()
 
@@ -81,11 +83,13 @@ class Worker:
             text=True,
         )
 
-    def wait_ready(self) -> None:
+    def wait_ready(self) -> tuple[int, float]:
+        """Wait for the service to hold its partitions; (records restored, seconds taken)."""
         assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        if line != "ready":
+        line = self.process.stdout.readline().split()
+        if not line or line[0] != "ready":
             raise RuntimeError(f"expected the loops worker to print 'ready', got {line!r}")
+        return int(float(line[1])), float(line[2])
 
     def stop(self) -> None:
         assert self.process.stdin is not None
@@ -259,10 +263,18 @@ async def measure_throughput(settings: KafkaSettings, backlog: int) -> dict[str,
         elapsed = time.perf_counter() - started
     finally:
         await asyncio.to_thread(worker.stop)
+    # A restart: the next process rebuilds its state from the window before the commits.
+    restarted = Worker(settings)
+    try:
+        restored, restore_s = await asyncio.to_thread(restarted.wait_ready)
+    finally:
+        await asyncio.to_thread(restarted.stop)
     return {
         "events": backlog,
         "seconds": round(elapsed, 3),
         "events_per_s": round(backlog / elapsed),
+        "restart_restored_records": restored,
+        "restart_restore_seconds": round(restore_s, 3),
     }
 
 
@@ -302,6 +314,10 @@ def report(results: dict[str, Any]) -> None:
         (
             "events/s per process",
             f"{tput['events_per_s']} ({tput['events']} in {tput['seconds']} s)",
+        ),
+        (
+            "state rebuilt at restart",
+            f"{tput['restart_restored_records']} records in {tput['restart_restore_seconds']} s",
         ),
     ]
     width = max(len(k) for k, _ in rows)

@@ -129,7 +129,7 @@ class LoopService:
         )
         self.metrics = LoopMetrics(consumer.registry, lambda: len(self.detector))
         self.webhook = webhook
-        self.published = _RecentIds(cap=max(10_000, settings.alerts_dedup_window * 64))
+        self.published = _RecentIds(cap=max(10_000, settings.alerts_dedup_window * 8))
         self.positions: dict[int, int] = {}
         """Next offset to process, per partition of the events topic this process has state for."""
 
