@@ -40,7 +40,7 @@ USER_AGENT = "agentstream-tracing/0.1"
 @dataclass(frozen=True, slots=True)
 class ExportPolicy:
     batch_spans: int = 512
-    linger_s: float = 0.05
+    linger_s: float = 0.0
     queue_spans: int = 20_000
     max_retries: int = 5
     backoff_s: float = 0.5

@@ -78,7 +78,12 @@ class TracingSettings(ServiceSettings):
 
     # --- batching, retries, buffering -------------------------------------------------------
     export_batch_spans: int = Field(default=512, ge=1, description="Spans per request (at most).")
-    export_linger_ms: int = Field(default=50, ge=0, description="Wait for more traces to batch.")
+    export_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Wait this long for more traces before a POST (0: batches form on their own "
+        "while a POST is in flight).",
+    )
     export_queue_spans: int = Field(
         default=20_000, ge=1, description="Spans buffered for export; above it, traces are dropped."
     )
