@@ -118,8 +118,12 @@ async def read_partitions(
     start: Mapping[int, int] | None = None,
 ) -> AsyncIterator[Any]:
     """Every record of ``partitions`` of ``topic`` (all when None), from the beginning (or
-    ``start[partition]``) up to the end offsets taken when it starts. Group-less; yields
-    aiokafka ``ConsumerRecord``s."""
+    ``start[partition]``) up to its high watermark. Group-less; yields aiokafka
+    ``ConsumerRecord``s.
+
+    The end is the high watermark of the fetch responses, not only ListOffsets: the embedded
+    broker answers ListOffsets(latest) with the base offset of the last batch + 1.
+    """
     consumer = AIOKafkaConsumer(
         **{**settings.client_options(), "enable_auto_commit": False, "group_id": None},
         auto_offset_reset="earliest",
@@ -127,8 +131,7 @@ async def read_partitions(
     await consumer.start()
     try:
         if partitions is None:
-            found = await _partitions_of(consumer, topic)
-            partitions = sorted(found)
+            partitions = sorted(await _partitions_of(consumer, topic))
         tps = [TopicPartition(topic, p) for p in partitions]
         if not tps:
             return
@@ -143,15 +146,41 @@ async def read_partitions(
             consumer.seek(tp, starts[tp])
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5_000)
-            for tp, records in batches.items():
-                for record in records:
+            for tp in list(remaining):
+                high = consumer.highwater(tp)
+                if high is not None and high > ends[tp]:
+                    ends[tp] = high
+                for record in batches.get(tp, ()):
                     if record.offset < ends[tp]:
                         yield record
-                if tp in remaining and await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):  # empty fetches: compaction may leave gaps at the end
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def high_watermarks(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """The high watermark of every partition of ``topic``, from fetch responses (see
+    :func:`read_partitions` for why ListOffsets alone is not enough)."""
+    consumer = AIOKafkaConsumer(
+        **{**settings.client_options(), "enable_auto_commit": False, "group_id": None}
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions_of(consumer, topic))]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        result = {tp.partition: int(ends[tp]) for tp in tps}
+        pending = [tp for tp in tps if ends[tp] > 0]
+        for tp in pending:
+            consumer.seek(tp, ends[tp] - 1)
+        if pending:
+            await consumer.getmany(*pending, timeout_ms=1_000, max_records=1)
+        for tp in pending:
+            high = consumer.highwater(tp)
+            if high is not None:
+                result[tp.partition] = max(result[tp.partition], int(high))
+        return result
     finally:
         await consumer.stop()
 

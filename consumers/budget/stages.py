@@ -258,11 +258,16 @@ class Stage:
         with_signals = [s for s in states if s.pending]
         if not with_signals:
             return
-        for state in with_signals:
-            for signal in list(state.pending):
-                await self._publish(signal)
-                state.pending.remove(signal)
-        await self._write(partition, with_signals, [])
+        try:
+            for state in with_signals:
+                for signal in list(state.pending):
+                    await self._publish(signal)
+                    state.pending.remove(signal)
+            await self._write(partition, with_signals, [])
+        except BaseException:
+            # Still pending (in memory and in the changelog): the next persist retries them.
+            self._dirty.setdefault(partition, set()).update(s.scope for s in with_signals)
+            raise
 
     async def _write(self, partition: int, states: list[ScopeState], gone: list[str]) -> None:
         last = await self.writer.write(partition, states, gone)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from agentstream.consumers.budget.changelog import read_partitions
+from aiokafka.structs import TopicPartition
+
+from agentstream.consumers.budget.changelog import (
+    high_watermarks,
+    read_partitions,
+    repartition_topic,
+)
+from agentstream.consumers.budget.service import BudgetSettings
 from agentstream.schemas import Event, decode_record
 from agentstream.schemas.settings import KafkaSettings
+from support.runtime import committed_offsets
 
 T0 = datetime(2026, 11, 21, 23, 0, 0, tzinfo=UTC)
 
@@ -60,3 +69,43 @@ def response(content: str, **kw: Any) -> Event:
 async def read_events(settings: KafkaSettings, topic: str) -> list[Event]:
     """Every event on ``topic`` now (all partitions, group-less)."""
     return [decode_record(r.value, r.headers) async for r in read_partitions(settings, topic)]
+
+
+def budget_settings(base: KafkaSettings, config: Path, **overrides: Any) -> BudgetSettings:
+    fields: dict[str, Any] = {
+        "bootstrap_servers": base.bootstrap_servers,
+        "topic_prefix": base.topic_prefix,
+        "linger_ms": 1,
+        "commit_interval_ms": 100,
+        "handler_retries": 2,
+        "handler_retry_backoff_ms": 1,
+        "handler_retry_max_backoff_ms": 5,
+        "drain_timeout_ms": 10_000,
+        "budget_config": config,
+        "budget_batch_wait_ms": 5,
+        **overrides,
+    }
+    return BudgetSettings(**fields)
+
+
+async def drained(settings: BudgetSettings, group: str) -> bool:
+    """Both groups committed every record of their input topics.
+
+    The events group first: once it committed everything, every repartition record is
+    written, so the repartition topic's end offsets read after that are final.
+    """
+    events = settings.routing().events
+    ends = await _ends(settings, events)
+    committed = await committed_offsets(settings, group, [events])
+    if not all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0):
+        return False
+    topic = repartition_topic(settings.topic_prefix)
+    ends = await _ends(settings, topic)
+    committed = await committed_offsets(settings, f"{group}.repartition", [topic])
+    return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+
+
+async def _ends(settings: KafkaSettings, topic: str) -> dict[TopicPartition, int]:
+    return {
+        TopicPartition(topic, p): end for p, end in (await high_watermarks(settings, topic)).items()
+    }

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any
 
-from support.budget import llm, read_events, turn
+from support.budget import budget_settings, drained, llm, read_events, turn
 from support.produce import produce_events
-from support.runtime import committed_offsets, running_consumer, wait_until
+from support.runtime import running_consumer, wait_until
 
 from agentstream.consumers.budget.accounting import Level, signal_event_id
 from agentstream.consumers.budget.changelog import (
     changelog_topic,
     read_states,
-    repartition_topic,
 )
 from agentstream.consumers.budget.config import Dimension
-from agentstream.consumers.budget.service import SERVICE, BudgetService, BudgetSettings
+from agentstream.consumers.budget.service import SERVICE, BudgetService
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
@@ -32,23 +30,6 @@ tokens = 2000
 """
 
 
-def budget_settings(base: KafkaSettings, config: Path, **overrides: Any) -> BudgetSettings:
-    fields: dict[str, Any] = {
-        "bootstrap_servers": base.bootstrap_servers,
-        "topic_prefix": base.topic_prefix,
-        "linger_ms": 1,
-        "commit_interval_ms": 100,
-        "handler_retries": 2,
-        "handler_retry_backoff_ms": 1,
-        "handler_retry_max_backoff_ms": 5,
-        "drain_timeout_ms": 10_000,
-        "budget_config": config,
-        "budget_batch_wait_ms": 5,
-        **overrides,
-    }
-    return BudgetSettings(**fields)
-
-
 def three_sessions() -> list[Event]:
     """Three sessions of one agent (on different partitions): 800 tokens, 2 rounds each."""
     events = []
@@ -57,35 +38,6 @@ def three_sessions() -> list[Event]:
             events.append(turn(r, session=s, seconds=r))
             events.append(llm(200, 200, session=s, seconds=r + 0.5))
     return events
-
-
-async def drained(settings: BudgetSettings, service: BudgetService, group: str) -> bool:
-    """Both groups committed every record of their input topics."""
-    ends = {
-        **await _ends(settings, settings.routing().events),
-        **await _ends(settings, repartition_topic(settings.topic_prefix)),
-    }
-    committed = {
-        **await committed_offsets(settings, group, [settings.routing().events]),
-        **await committed_offsets(
-            settings, f"{group}.repartition", [repartition_topic(settings.topic_prefix)]
-        ),
-    }
-    return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
-
-
-async def _ends(settings: KafkaSettings, topic: str) -> dict[Any, int]:
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(**settings.client_options())
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
 
 
 async def test_warning_then_exceeded_once_each_across_partitions(
@@ -102,7 +54,7 @@ async def test_warning_then_exceeded_once_each_across_partitions(
             await wait_until(lambda: service.repartition.ready, what="repartition consumer ready")
             await produce_events(settings, events)
             await wait_until(
-                lambda: drained(settings, service, consumer.group_id), what="both stages drained"
+                lambda: drained(settings, consumer.group_id), what="both stages drained"
             )
     alerts = await read_events(settings, settings.routing().alerts)
     ids = collections.Counter(a.event_id for a in alerts)

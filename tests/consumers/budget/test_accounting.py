@@ -1,0 +1,327 @@
+"""Scenario tests of the pure accounting: token sources, every dimension, overrides, day
+rollover with an injected clock, and the once-only signal logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import count
+
+import pytest
+from support.budget import T0, ev, llm, response, tool, turn
+
+from agentstream.consumers.budget.accounting import (
+    BudgetTracker,
+    Ledger,
+    Level,
+    Signal,
+    signal_event_id,
+)
+from agentstream.consumers.budget.config import (
+    BudgetConfig,
+    Dimension,
+    Limits,
+    Override,
+    Price,
+    parse_config,
+)
+from agentstream.schemas import Event
+
+NO_LIMITS = Limits(tokens=0, rounds=0)
+
+
+def run(tracker: BudgetTracker, events: list[Event], *, partition: int = 0) -> list[Signal]:
+    offsets = count()
+    signals: list[Signal] = []
+    for event in events:
+        signals += tracker.process(event, partition=partition, offset=next(offsets))
+    return signals
+
+
+def pairs(signals: list[Signal]) -> list[tuple[str, str, str]]:
+    return [(s.scope, s.dimension.value, s.level.name.lower()) for s in signals]
+
+
+# --- token sources ----------------------------------------------------------------------------
+
+
+def test_reported_usage_counts_input_and_output_and_prices_them() -> None:
+    config = BudgetConfig(session=NO_LIMITS, prices={"claude-sonnet": Price(3.0, 15.0)})
+    tracker = BudgetTracker(config)
+    run(tracker, [llm(1_000, 200, model="claude-sonnet"), llm(500, 100, model="claude-sonnet")])
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert (state.tokens, state.input_tokens, state.output_tokens) == (1_800, 1_500, 300)
+    assert state.estimated_tokens == 0
+    assert state.cost_usd == pytest.approx((1_500 * 3.0 + 300 * 15.0) / 1e6)
+    assert state.unpriced_tokens == 0
+
+
+def test_without_usage_output_chars_are_estimated_as_chars_over_4() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
+    run(tracker, [llm(output_chars=401), response("x" * 4_000)])
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    # 401 // 4 = 100; the answer of the same turn is not counted again.
+    assert (state.tokens, state.estimated_tokens, state.output_tokens) == (100, 100, 100)
+
+
+def test_without_any_size_the_answer_of_the_turn_is_estimated() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
+    run(
+        tracker,
+        [
+            llm(),  # Corail: round and stop_reason only
+            response("y" * 403),  # 100 tokens
+            llm(10, 20, turn="turn-2"),
+            response("z" * 4_000, turn="turn-2"),  # reported in this turn: not counted again
+        ],
+    )
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert (state.tokens, state.estimated_tokens) == (130, 100)
+
+
+def test_unknown_model_costs_nothing_and_is_counted_as_unpriced() -> None:
+    config = BudgetConfig(session=NO_LIMITS, prices={"known": Price(1.0, 1.0)})
+    tracker = BudgetTracker(config)
+    run(tracker, [llm(100, 100, model="mystery"), llm(10, 10, model="known"), response("a" * 40)])
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.cost_usd == pytest.approx(20 / 1e6)
+    assert state.unpriced_tokens == 200  # the mystery model's 200 tokens
+
+
+def test_negative_or_non_integer_usage_fields_are_ignored() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
+    run(tracker, [ev("llm.call.completed", {"round": 0, "stop_reason": "x", "input_tokens": -5})])
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.tokens == 0
+
+
+# --- dimensions ---------------------------------------------------------------------------------
+
+
+def test_rounds_follow_corail_defaults_10_rounds() -> None:
+    tracker = BudgetTracker(BudgetConfig())
+    signals = run(tracker, [turn(r) for r in range(10)])
+    assert pairs(signals) == [
+        ("session:s-1", "rounds", "warning"),  # 8 of 10
+        ("session:s-1", "rounds", "exceeded"),  # 10 of 10
+    ]
+    assert signals[0].used == 8
+    assert signals[1].used == 10
+
+
+def test_tokens_follow_corail_default_100k() -> None:
+    tracker = BudgetTracker(BudgetConfig())
+    signals = run(tracker, [llm(40_000, 0), llm(40_000, 0), llm(19_999, 0), llm(1, 0)])
+    assert [(s.level, s.used) for s in signals] == [
+        (Level.WARNING, 80_000),
+        (Level.EXCEEDED, 100_000),
+    ]
+
+
+def test_tool_calls_count_corail_and_calute_attempts() -> None:
+    config = BudgetConfig(session=Limits(tool_calls=4))
+    tracker = BudgetTracker(config)
+    attempt = ev("audit.tool_call_attempt", {"tool_name": "shell"})
+    signals = run(tracker, [tool(), attempt, tool(), ev("tool.result", {"name": "x"}), attempt])
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.tool_calls == 4
+    assert pairs(signals) == [
+        ("session:s-1", "tool_calls", "warning"),
+        ("session:s-1", "tool_calls", "exceeded"),
+    ]
+
+
+def test_cost_limit() -> None:
+    config = BudgetConfig(
+        session=Limits(cost_usd=1.0), prices={"m": Price(0.0, 10.0)}
+    )  # 100k output tokens = 1 USD
+    tracker = BudgetTracker(config)
+    signals = run(tracker, [llm(0, 85_000, model="m"), llm(0, 15_000, model="m")])
+    assert [(s.dimension, s.level) for s in signals] == [
+        (Dimension.COST_USD, Level.WARNING),
+        (Dimension.COST_USD, Level.EXCEEDED),
+    ]
+
+
+def test_wall_time_from_first_to_last_event_of_the_session() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=Limits(wall_time_s=100)))
+    signals = run(
+        tracker,
+        [turn(0), ev("thinking.started", seconds=50), tool(seconds=81), tool(seconds=120)],
+    )
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.used(Dimension.WALL_TIME_S) == 120
+    assert [(s.level, s.used) for s in signals] == [(Level.WARNING, 81), (Level.EXCEEDED, 120)]
+
+
+def test_warning_fraction_is_configurable() -> None:
+    tracker = BudgetTracker(BudgetConfig(warning_fraction=0.5, session=Limits(rounds=4)))
+    signals = run(tracker, [turn(0), turn(1)])
+    assert [(s.level, s.used) for s in signals] == [(Level.WARNING, 2)]
+
+
+# --- agents, users, overrides ----------------------------------------------------------------
+
+
+def test_agent_and_user_days_sum_sessions_across_partitions() -> None:
+    config = BudgetConfig(
+        session=NO_LIMITS, agent_day=Limits(tokens=1_000), user_day=Limits(rounds=3)
+    )
+    tracker = BudgetTracker(config)
+    signals = run(tracker, [llm(300, 0, session="s-1"), turn(0, session="s-1")], partition=0)
+    signals += run(
+        tracker,
+        [llm(300, 0, session="s-2", user="user-2"), turn(0, session="s-2", user="user-2")],
+        partition=1,
+    )
+    signals += run(tracker, [llm(400, 0, session="s-3"), turn(0, session="s-3")], partition=2)
+    agent = tracker.usage("agent:agent-a:2026-11-21")
+    assert agent is not None
+    assert (agent.tokens, agent.rounds) == (1_000, 3)
+    user1 = tracker.usage("user:user-1:2026-11-21")
+    assert user1 is not None
+    assert user1.rounds == 2
+    assert pairs(signals) == [
+        ("agent:agent-a:2026-11-21", "tokens", "warning"),
+        ("agent:agent-a:2026-11-21", "tokens", "exceeded"),
+    ]
+
+
+def test_overrides_per_agent_and_user_and_the_stricter_wins() -> None:
+    config = BudgetConfig(
+        agents={"big": Override(session=Limits(tokens=500_000), day=Limits(rounds=2))},
+        users={"tight": Override(session=Limits(tokens=1_000, rounds=0))},
+    )
+    assert config.session_limits("other", "other") == Limits(tokens=100_000, rounds=10)
+    assert config.session_limits("big", "other").get(Dimension.TOKENS) == 500_000
+    both = config.session_limits("big", "tight")
+    assert both.get(Dimension.TOKENS) == 1_000  # the user's is smaller
+    assert both.get(Dimension.ROUNDS) == 10  # the user switched rounds off, the default holds
+    assert config.session_limits("x", "tight").get(Dimension.ROUNDS) is None  # 0: no limit
+    assert config.agent_day_limits("big").get(Dimension.ROUNDS) == 2
+    assert config.agent_day_limits("other").get(Dimension.ROUNDS) is None
+
+    tracker = BudgetTracker(config)
+    signals = run(tracker, [turn(0, agent="big"), turn(1, agent="big")])
+    assert pairs(signals) == [
+        ("agent:big:2026-11-21", "rounds", "warning"),
+        ("agent:big:2026-11-21", "rounds", "exceeded"),
+    ]
+
+
+def test_toml_config_and_its_errors() -> None:
+    config = parse_config(
+        {
+            "warning_fraction": 0.9,
+            "session": {"tokens": 2_000},
+            "user_day": {"cost_usd": 20},
+            "agents": {"a": {"session": {"rounds": 20}, "day": {"tokens": 10}}},
+            "prices": {"m": {"input_per_million": 3, "output_per_million": 15}},
+        }
+    )
+    assert config.warning_fraction == 0.9
+    assert config.session == Limits(tokens=2_000, rounds=10)  # rounds keeps Corail's default
+    assert config.user_day.get(Dimension.COST_USD) == 20
+    assert config.prices["m"] == Price(3.0, 15.0)
+    assert config.agent_day_limits("a").get(Dimension.TOKENS) == 10
+    from agentstream.schemas.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="unknown"):
+        parse_config({"sesion": {}})
+    with pytest.raises(ConfigurationError, match="tokens"):
+        parse_config({"session": {"tokens": -1}})
+    with pytest.raises(ConfigurationError, match="warning_fraction"):
+        parse_config({"warning_fraction": 1.5})
+
+
+# --- days and the injected clock -------------------------------------------------------------
+
+
+def test_the_event_timestamp_decides_the_day_and_a_new_day_starts_from_zero() -> None:
+    now = [datetime(2026, 11, 25, tzinfo=UTC)]  # the service's clock, far from the events
+    config = BudgetConfig(session=NO_LIMITS, agent_day=Limits(tokens=100))
+    tracker = BudgetTracker(config, clock=lambda: now[0])
+    before = T0 + timedelta(minutes=59, seconds=59)  # 2026-11-21 23:59:59 UTC
+    after = before + timedelta(seconds=2)  # 2026-11-22 00:00:01 UTC
+    signals = run(
+        tracker,
+        [
+            llm(90, 0, at=before),
+            llm(5, 0, at=after, session="s-2"),
+            llm(90, 0, at=after, session="s-3"),
+        ],
+    )
+    day1, day2 = (
+        tracker.usage("agent:agent-a:2026-11-21"),
+        tracker.usage("agent:agent-a:2026-11-22"),
+    )
+    assert day1 is not None
+    assert day2 is not None
+    assert (day1.tokens, day2.tokens) == (90, 95)
+    # Each day earns its own warning, with its own id.
+    assert [s.scope for s in signals if s.scope.startswith("agent:")] == [
+        "agent:agent-a:2026-11-21",
+        "agent:agent-a:2026-11-22",
+    ]
+    assert signals[0].event_id != signals[1].event_id
+
+    # The clock decides eviction: keep 1 day before today.
+    now[0] = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
+    gone = tracker.ledger.evict(session_idle=timedelta(days=365), keep_days=1)
+    assert sorted(gone) == ["agent:agent-a:2026-11-21", "user:user-1:2026-11-21"]
+    assert tracker.usage("agent:agent-a:2026-11-22") is not None
+    now[0] = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC) + timedelta(days=365)
+    gone = tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=1)
+    assert {"session:s-1", "session:s-2", "session:s-3"} <= set(gone)
+
+
+# --- once-only signals and idempotence ---------------------------------------------------
+
+
+def test_a_replayed_record_counts_once_and_signals_nothing_new() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=Limits(tokens=100)))
+    first = tracker.process(llm(90, 0), partition=3, offset=7)
+    assert [s.level for s in first] == [Level.WARNING]
+    assert tracker.process(llm(90, 0), partition=3, offset=7) == []  # the same record again
+    assert tracker.process(llm(90, 0), partition=3, offset=5) == []  # an older one
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.tokens == 90
+    agent = tracker.usage("agent:agent-a:2026-11-21")
+    assert agent is not None
+    assert agent.tokens == 90
+
+
+def test_a_jump_past_both_thresholds_earns_warning_then_exceeded_and_then_nothing() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=Limits(tokens=100)))
+    signals = run(tracker, [llm(10, 0), llm(500, 0), llm(500, 0), llm(1, 0)])
+    assert [(s.level, s.used) for s in signals] == [
+        (Level.WARNING, 510),
+        (Level.EXCEEDED, 510),
+    ]
+
+
+def test_signal_ids_are_deterministic_uuids() -> None:
+    a = signal_event_id("session:s-1", Dimension.TOKENS, Level.WARNING)
+    assert a == signal_event_id("session:s-1", Dimension.TOKENS, Level.WARNING)
+    assert a != signal_event_id("session:s-1", Dimension.TOKENS, Level.EXCEEDED)
+    assert a != signal_event_id("session:s-2", Dimension.TOKENS, Level.WARNING)
+    import uuid
+
+    assert str(uuid.UUID(a)) == a
+    ledger_signal = run(BudgetTracker(BudgetConfig()), [turn(r) for r in range(8)])[0]
+    assert ledger_signal.event_id == signal_event_id("session:s-1", Dimension.ROUNDS, Level.WARNING)
+
+
+def test_signals_wait_in_the_scope_outbox_until_confirmed() -> None:
+    ledger = Ledger(BudgetConfig(session=Limits(rounds=1)))
+    _, state, signals = ledger.apply_session(turn(0), 0, 0)
+    assert state is not None
+    assert state.pending == signals
+    assert state.signals == {"rounds": Level.EXCEEDED}
