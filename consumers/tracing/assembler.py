@@ -7,7 +7,10 @@ of the ``message.received`` that opened it. An event without a ``turn_id`` joins
 recently opened in its session; a ``message.received`` without one starts a new turn (a turn
 still open there is closed as ``superseded``).
 
-A turn finishes on ``audit.turn_end`` / ``turn.ended``, and is otherwise closed incomplete:
+A turn finishes on ``audit.turn_end`` / ``turn.ended``; Corail's ``message.response``, which
+comes right after ``turn.ended``, still becomes the root's output when it arrives before
+:meth:`TraceAssembler.settle` (the service settles after each batch, before exporting).
+A turn is otherwise closed incomplete:
 after ``idle_timeout`` without events (:meth:`TraceAssembler.expire`), when it grows older than
 ``max_turn_duration`` in event time, or when it is the least recently active turn and the
 number of open turns exceeds ``max_open_turns`` (LRU eviction).
@@ -56,6 +59,7 @@ class TraceAssembler:
         self._clock = clock
         self._turns: OrderedDict[TurnRef, _OpenTurn] = OrderedDict()
         self._current: dict[tuple[Hashable, str], str] = {}
+        self._ended: dict[tuple[Hashable, str], TurnBuilder] = {}
         self.ignored: Counter[str] = Counter()
         """Traced events that belonged to no turn, by reason (for the service's metrics)."""
 
@@ -70,7 +74,11 @@ class TraceAssembler:
         finished: list[Trace] = []
         ref = self._route(event, scope, finished)
         if ref is None:
-            self.ignored["outside_turn"] += 1
+            ended = self._ended.get((scope, event.session_id))
+            if event.type == "message.response" and ended is not None:
+                ended.set_response(event.data if isinstance(event.data, dict) else {})
+            else:
+                self.ignored["outside_turn"] += 1
             return finished
         entry = self._turns.get(ref)
         if entry is None:
@@ -137,10 +145,16 @@ class TraceAssembler:
         """Close every open turn as incomplete (tests and tools; the service drops instead)."""
         return [self._close(ref, reason) for ref in list(self._turns)]
 
+    def settle(self) -> None:
+        """The traces finished so far are being exported: late answers no longer reach them."""
+        self._ended.clear()
+
     def _close(self, ref: TurnRef, reason: str | None) -> Trace:
         entry = self._turns.pop(ref)
         if self._current.get((ref[0], ref[1])) == ref[2]:
             del self._current[(ref[0], ref[1])]
+        if reason is None:
+            self._ended[(ref[0], ref[1])] = entry.builder
         return entry.builder.finish(reason)
 
 

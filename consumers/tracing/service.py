@@ -54,6 +54,7 @@ class TracingService:
         for record in records:
             if record.topic == self.events_topic:
                 finished.extend(self.assembler.add(record.event, scope=record.partition))
+        self.assembler.settle()
         self._account(finished)
         if finished:
             await self.exporter.export(finished, wait_s=self.settings.export_wait_ms / 1000)
@@ -61,6 +62,7 @@ class TracingService:
     def expire(self) -> None:
         """Close idle turns and queue their traces (nothing waits on them)."""
         finished = self.assembler.expire()
+        self.assembler.settle()
         self._account(finished)
         if finished:
             self.exporter.submit(finished)
@@ -91,6 +93,7 @@ class TracingService:
                 # Turns finished inside the window were exported before their end record was
                 # committed: only the state of the turns still open is kept.
                 self.assembler.add(event, scope=tp.partition)
+                self.assembler.settle()
                 rebuilt += 1
         except (AgentstreamError, KafkaError, OSError) as exc:
             log.warning("tracing restore of %s failed (turns partial): %r", sorted(tps), exc)

@@ -99,7 +99,8 @@ class TurnBuilder:
         self.ended = False
         self.dropped_spans = 0
         self.round: int | None = None
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # event ids applied, for redeliveries (insertion order)
+        self._seen_limit = 4 * limits.max_spans
         self._calls = CallTable()
         self._llm: dict[int, deque[Span]] = {}
         self._retrievals: deque[Span] = deque()
@@ -140,7 +141,9 @@ class TurnBuilder:
         """Apply one event; ``False`` when it was already applied (a redelivery)."""
         if event.event_id in self._seen:
             return False
-        self._seen.add(event.event_id)
+        self._seen[event.event_id] = None
+        if len(self._seen) > self._seen_limit:  # bounded: the oldest ids are forgotten
+            del self._seen[next(iter(self._seen))]
         now = time_ns(event.timestamp)
         self.last_ns = max(self.last_ns, now)
         if not self.agent_id and event.agent_id:
@@ -207,6 +210,11 @@ class TurnBuilder:
         self.root.attributes[MLFLOW_INPUTS] = self._value(data.get("content", ""))
 
     def _on_message_response(self, event: Event, data: dict[str, Any], now: int) -> None:
+        self.set_response(data)
+
+    def set_response(self, data: dict[str, Any]) -> None:
+        """The answer of the turn as the root's output (Corail sends it after ``turn.ended``:
+        the assembler then hands it to the just-finished turn)."""
         self.root.attributes[MLFLOW_OUTPUTS] = self._value(data.get("content", ""))
 
     def _on_turn_start(self, event: Event, data: dict[str, Any], now: int) -> None:

@@ -106,9 +106,15 @@ def test_corail_turn_becomes_root_with_llm_and_tool_children() -> None:
     assert tool.status == StatusCode.OK
     assert tool.attributes["mlflow.spanInputs"] == {"city": "Paris"}
     assert tool.attributes["agentstream.round"] == 0
-    # message.response comes after turn.ended in Corail: counted, not part of the trace
-    assert assembler.ignored["outside_turn"] == 1
+    # message.response comes right after turn.ended in Corail: still the root's output
+    assert root.attributes["mlflow.spanOutputs"] == "18 C and sunny"
+    assert assembler.ignored["outside_turn"] == 0
     assert assembler.open_turns == 0
+    # once settled (the trace is being exported), a late answer is counted, not applied
+    assembler.settle()
+    assert feed(assembler, [ev("message.response", {"content": "late"})]) == []
+    assert assembler.ignored["outside_turn"] == 1
+    assert root.attributes["mlflow.spanOutputs"] == "18 C and sunny"
 
 
 def test_concurrent_calls_of_one_tool_pair_in_order_not_by_name_alone() -> None:
@@ -346,3 +352,26 @@ def test_malformed_data_never_raises() -> None:
     ]
     (trace,) = feed(TraceAssembler(), events)
     assert trace.complete and [s.name for s in trace.spans[1:]] == ["tool:unknown", "llm"]
+
+
+def test_retry_error_with_attempt_continues_the_failed_call_not_a_fresh_one() -> None:
+    """Without call ids: A and B run concurrently; A fails (attempt 0) and is retried
+    (attempt 1) while B is still open. attempt=1 cannot be B's (a fresh call starts at 0)."""
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "x"}, at=0),
+        ev("tool.called", {"name": "fetch", "args": "A"}, at=10),
+        ev("tool.called", {"name": "fetch", "args": "B"}, at=20),
+        ev("tool.error", {"name": "fetch", "error": "A0", "attempt": 0}, at=30),
+        ev("tool.error", {"name": "fetch", "error": "A1", "attempt": 1}, at=40),
+        ev("tool.result", {"name": "fetch", "output": "B done"}, at=50),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}, at=60),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    a0, b, a1 = children(trace, "tool:fetch")
+    assert (a0.attributes["mlflow.spanInputs"], a0.status_message) == ("A", "A0")
+    assert a1.attributes["mlflow.spanInputs"] == "A" and a1.status_message == "A1"
+    assert a1.attributes["agentstream.tool.attempt"] == 1
+    assert a1.attributes["agentstream.tool.retry_of"] == a0.span_id.hex()
+    assert b.attributes["mlflow.spanInputs"] == "B"
+    assert b.attributes["mlflow.spanOutputs"] == "B done" and b.status == StatusCode.OK
