@@ -19,26 +19,27 @@ ID_NAMESPACE = uuid.UUID("6f1c2a56-3f43-5a8e-9a55-6c6f6f707321")
 
 
 def alert_id(finding: Finding) -> str:
-    """uuid5 of (scope, pattern, level, triggering event id)."""
+    """uuid5 of (scope, pattern, level, the event that first reached the level)."""
     name = "|".join(
         (
             "alert",
             str(finding.scope),
             finding.pattern.value,
             finding.level.label,
-            finding.trigger_event_id,
+            finding.origin_event_id,
         )
     )
     return str(uuid.uuid5(ID_NAMESPACE, name))
 
 
-def directive_id(alert_event_id: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"control|{alert_event_id}"))
+def directive_id(alert_event_id: str, trigger_event_id: str) -> str:
+    """uuid5 of (the alert, the call that triggered this directive)."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"control|{alert_event_id}|{trigger_event_id}"))
 
 
 def _metadata(finding: Finding) -> dict[str, Any]:
     return {
-        "trigger_event_id": finding.trigger_event_id,
+        "trigger_event_id": finding.origin_event_id,
         "scope": str(finding.scope),
         "streak_start": finding.streak_start,
         "details": finding.describe(),
@@ -74,9 +75,10 @@ def alert_event(finding: Finding, trigger: Event) -> Event:
 
 
 def pause_directive(finding: Finding, alert: Event) -> Event:
-    """``control.agent.paused`` for the agent's pod (see the producer's control listener)."""
+    """``control.agent.paused`` for the agent's pod (see the producer's control listener);
+    ``finding_id`` is the block alert's id (the first one, for a repeat finding)."""
     return Event(
-        event_id=directive_id(alert.event_id),
+        event_id=directive_id(alert.event_id, finding.trigger_event_id),
         type=EventType.CONTROL_AGENT_PAUSED.value,
         agent_id=alert.agent_id,
         user_id=alert.user_id,

@@ -16,8 +16,11 @@ call's verdict:
 Alerting (unlike Calute, which reports on every call): a verdict is reported once per
 *streak* and level. A streak is one rule's run, identified by the position of its first call
 in the scope (a broken and restarted run is a new streak). A streak that reaches warning is
-reported once; when it later reaches critical it is reported once more; further calls in the
-same streak report nothing. ``max_calls`` has one streak per scope.
+reported once; when it later reaches critical it is reported once more. Further calls in a
+warning streak report nothing. Further calls in a critical streak -- Calute would block each
+of them -- come back as *repeat* findings (``repeat=True``, ``origin_event_id`` = the call
+that first reached critical): the service does not alert again but re-sends the pause
+directive, since the agent evidently did not stop. ``max_calls`` has one streak per scope.
 
 Memory per scope is constant: the detector keeps counters, not the call history.
 """
@@ -149,6 +152,14 @@ class Finding:
     """Position (0-based) in the scope of the streak's first call."""
     trigger_event_id: str
     thresholds: LoopThresholds
+    origin_event_id: str = ""
+    """The call that first reached this level in this streak (the trigger, unless a repeat)."""
+    repeat: bool = False
+    """A further call in a streak already reported as critical."""
+
+    def __post_init__(self) -> None:
+        if not self.origin_event_id:
+            object.__setattr__(self, "origin_event_id", self.trigger_event_id)
 
     @property
     def critical(self) -> bool:
@@ -192,8 +203,8 @@ class ScopeState:
     same_start: int = 0
     alt_len: int = 0
     alt_start: int = 0
-    reported: dict[Pattern, Level] = field(default_factory=dict)
-    """Highest level reported for each rule's current streak."""
+    reported: dict[Pattern, tuple[Level, str]] = field(default_factory=dict)
+    """Highest level reported for each rule's current streak, and the call that reached it."""
     recent: deque[tuple[str, Finding | None]] = field(
         default_factory=lambda: deque(maxlen=_RECENT_IDS)
     )
@@ -247,9 +258,23 @@ class ScopeState:
         if verdict is None:
             return None
         pattern, level, count, start = verdict
-        if level <= self.reported.get(pattern, Level.NONE):
-            return None
-        self.reported[pattern] = level
+        previous = self.reported.get(pattern)
+        if previous is not None and level <= previous[0]:
+            if previous[0] is not Level.CRITICAL:
+                return None
+            return Finding(
+                self.key,
+                pattern,
+                level,
+                call.tool_name,
+                count,
+                start,
+                call.event_id,
+                self.thresholds,
+                origin_event_id=previous[1],
+                repeat=True,
+            )
+        self.reported[pattern] = (level, call.event_id)
         return Finding(
             self.key, pattern, level, call.tool_name, count, start, call.event_id, self.thresholds
         )

@@ -151,6 +151,11 @@ class LoopService:
 
     async def publish(self, finding: Finding, trigger: Event) -> None:
         alert = alert_event(finding, trigger)
+        if finding.repeat:  # the agent went on after the block: remind its pod
+            if self.settings.control_directives:
+                await self.consumer.send(self.routing.control, pause_directive(finding, alert))
+                self.metrics.alerts.labels("control").inc()
+            return
         if alert.event_id in self.published:
             self.metrics.duplicates.inc()
             return

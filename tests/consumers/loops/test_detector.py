@@ -90,12 +90,15 @@ def alternating(n: int, a: str = "read_file", b: str = "list_dir", **kw: Any) ->
     return [corail_call(a if i % 2 == 0 else b, {"path": f"/src/{i}"}, **kw) for i in range(n)]
 
 
-def run(detector: LoopDetector, events: list[Event]) -> list[tuple[int, Finding]]:
-    """Feed events; return (index of the call, finding) for each reported finding."""
+def run(
+    detector: LoopDetector, events: list[Event], *, repeats: bool = False
+) -> list[tuple[int, Finding]]:
+    """Feed events; return (index of the call, finding) for each reported finding (repeats of
+    a critical finding only when asked)."""
     found = []
     for i, event in enumerate(events):
         finding = detector.handle(event)
-        if finding is not None:
+        if finding is not None and (repeats or not finding.repeat):
             found.append((i, finding))
     return found
 
@@ -143,6 +146,21 @@ def test_same_call_key_order_does_not_matter_but_values_do() -> None:
     assert summary(run(LoopDetector(), events)) == [(2, "same_call", "warning", 3)]
     changing = [corail_call("web_search", {"query": "q", "page": i}) for i in range(10)]
     assert run(LoopDetector(), changing) == []
+
+
+def test_calls_after_a_critical_finding_repeat_it_for_the_pod() -> None:
+    # Calute blocks every call from the 5th on; here the 6th and 7th come back as repeats of
+    # the critical finding (the service re-sends the pause directive, not the alert).
+    found = run(LoopDetector(), [search() for _ in range(7)], repeats=True)
+    assert [(i, f.level.label, f.repeat, f.call_count) for i, f in found] == [
+        (2, "warning", False, 3),
+        (4, "critical", False, 5),
+        (5, "critical", True, 6),
+        (6, "critical", True, 7),
+    ]
+    first = found[1][1]
+    assert {f.origin_event_id for _, f in found[1:]} == {first.trigger_event_id}
+    assert len({f.trigger_event_id for _, f in found}) == 4
 
 
 def test_a_broken_run_starts_a_new_streak_that_alerts_again() -> None:
