@@ -203,8 +203,23 @@ async def read_states(
 ) -> dict[str, ScopeState | None]:
     """The latest state of every scope in the changelog; None for a tombstoned scope."""
     states: dict[str, ScopeState | None] = {}
+    for found in (await read_partition_states(settings, partitions, start=start)).values():
+        states.update(found)
+    return states
+
+
+async def read_partition_states(
+    settings: KafkaSettings,
+    partitions: Collection[int] | None = None,
+    *,
+    start: Mapping[int, int] | None = None,
+) -> dict[int, dict[str, ScopeState | None]]:
+    """Per changelog partition, the latest state of each scope (None: tombstoned), in one
+    pass over all the partitions asked for."""
+    result: dict[int, dict[str, ScopeState | None]] = {p: {} for p in partitions or ()}
     topic = changelog_topic(settings.topic_prefix)
     async for record in read_partitions(settings, topic, partitions, start=start):
+        states = result.setdefault(record.partition, {})
         key = record.key.decode("utf-8", "replace") if record.key else ""
         if record.value is None:
             states[key] = None
@@ -219,7 +234,7 @@ async def read_states(
                 record.offset,
                 exc,
             )
-    return states
+    return result
 
 
 async def find_event_ids(settings: KafkaSettings, topic: str, wanted: set[str]) -> set[str]:

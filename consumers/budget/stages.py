@@ -49,7 +49,7 @@ from .accounting import (
     day_scopes,
     scope_kind,
 )
-from .changelog import ChangelogWriter, find_event_ids, read_states
+from .changelog import ChangelogWriter, find_event_ids, read_partition_states
 from .metrics import BudgetMetrics
 from .signals import SOURCE, pause_directive, signal_event
 
@@ -148,30 +148,38 @@ class Stage:
     # --- assignment -----------------------------------------------------------------------
 
     async def assigned(self, tps: frozenset[TopicPartition]) -> None:
-        """Restore the scopes of newly assigned partitions before their records flow."""
-        for partition in self.input_partitions(tps):
-            started = time.perf_counter()
-            await self._restore(partition)
-            self.metrics.restore_seconds.labels(self.name).observe(time.perf_counter() - started)
+        """Restore the scopes of newly assigned partitions before their records flow: one
+        read of their changelog partitions (from our last write where we still hold a
+        snapshot, from the beginning elsewhere)."""
+        partitions = self.input_partitions(tps)
+        if not partitions:
+            return
+        started = time.perf_counter()
+        retained = {p: self._retained.pop(p) for p in partitions if p in self._retained}
+        start = {p: last + 1 for p, (_, last) in retained.items()}
+        changed = await read_partition_states(self.settings, partitions, start=start)
+        for partition in partitions:
+            scopes = retained[partition][0] if partition in retained else {}
+            await self._restore(partition, scopes, changed.get(partition, {}))
+        self.metrics.restore_seconds.labels(self.name).observe(time.perf_counter() - started)
         self._update_gauge()
 
-    async def _restore(self, partition: int) -> None:
-        retained = self._retained.pop(partition, None)
-        scopes: dict[str, ScopeState] = {}
-        start: dict[int, int] | None = None
-        if retained is not None:
-            # Our snapshot is current up to our last write; replay what came after it only.
-            scopes, last = retained
-            start = {partition: last + 1}
-        changed = await read_states(self.settings, [partition], start=start)
+    async def _restore(
+        self,
+        partition: int,
+        scopes: dict[str, ScopeState],
+        changed: dict[str, ScopeState | None],
+    ) -> None:
+        read = 0
         for key, state in changed.items():
             if scope_kind(key) not in self.kinds:
                 continue
+            read += 1
             if state is None:
                 scopes.pop(key, None)
             else:
                 scopes[key] = state
-        self.metrics.restored_scopes.labels(self.name).inc(len(changed))
+        self.metrics.restored_scopes.labels(self.name).inc(read)
         held = self.partitions[partition] = set()
         pending: list[ScopeState] = []
         for state in scopes.values():
@@ -182,12 +190,11 @@ class Stage:
         if pending:
             await self._resolve_pending(partition, pending)
         log.info(
-            "%s stage: partition %d restored, %d scopes (%d changelog records read%s)",
+            "%s stage: partition %d restored: %d scopes (%d changed in the changelog)",
             self.name,
             partition,
             len(held),
-            len(changed),
-            ", incremental" if retained is not None else "",
+            read,
         )
 
     async def _resolve_pending(self, partition: int, states: list[ScopeState]) -> None:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
-import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.budget import budget_settings, drained, llm, read_events, tool, turn
 from support.produce import produce_events
-from support.runtime import wait_until
+from support.runtime import ServiceProcess, wait_until
 
 from agentstream.consumers.budget.accounting import BudgetTracker, ScopeState
 from agentstream.consumers.budget.changelog import read_states
@@ -39,51 +33,17 @@ input_per_million = 3
 output_per_million = 15
 """
 
-WORKER = textwrap.dedent(
-    """
-    import asyncio, json, logging, sys
-    from agentstream.consumers.budget.service import SERVICE, BudgetSettings
-    from agentstream.consumers.runtime import EventConsumer
 
-    async def main() -> None:
-        logging.basicConfig(level=logging.WARNING)
-        settings = BudgetSettings(**json.loads(sys.argv[1]))
-        consumer = EventConsumer(settings, service=SERVICE.name)
-        async with SERVICE.setup(consumer, settings) as service:
-            await consumer.start()
-            while not (consumer.ready and service.repartition.ready):
-                await asyncio.sleep(0.02)
-            print("ready", flush=True)
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
-    """
-)
-
-
-@contextlib.contextmanager
-def worker_process(settings: BudgetSettings, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    script = tmp_path / "budget_worker.py"
-    script.write_text(WORKER)
-    options = settings.model_dump(mode="json", exclude_none=True)
-    log = (tmp_path / "worker.log").open("a")
-    process = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(options)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-        log.close()
+def service(settings: BudgetSettings, config: Path, commit_interval_ms: int) -> ServiceProcess:
+    """``agentstream consume budget --config ...`` with quick test timings."""
+    env = {
+        "AGENTSTREAM_LINGER_MS": "1",
+        "AGENTSTREAM_COMMIT_INTERVAL_MS": str(commit_interval_ms),
+        "AGENTSTREAM_SESSION_TIMEOUT_MS": "6000",
+        "AGENTSTREAM_HEARTBEAT_INTERVAL_MS": "500",
+        "AGENTSTREAM_BUDGET_BATCH_WAIT_MS": "5",
+    }
+    return ServiceProcess("budget", settings, "--config", str(config), env=env)
 
 
 def stream(part: int) -> list[Event]:
@@ -126,20 +86,20 @@ async def test_kill_9_mid_stream_then_restart_counts_exactly_and_signals_once(
     config = tmp_path / "budget.toml"
     config.write_text(CONFIG)
     settings = budget_settings(kafka_settings, config)
-    crashing = settings.model_copy(update={"commit_interval_ms": commit_interval_ms})
     first, second = stream(0), stream(1)
     alerts_topic = settings.routing().alerts
-    with worker_process(crashing, tmp_path) as process:
+    with service(settings, config, commit_interval_ms) as crashing:
+        await crashing.wait_ready()
         await produce_events(settings, first)
 
         async def some_signals() -> bool:
             return len(await read_events(settings, alerts_topic)) >= 3
 
         await wait_until(some_signals, what="first signals published")
-        process.kill()  # SIGKILL mid-stream: no drain, no final commit
-        process.wait(timeout=10)
+        crashing.kill()  # SIGKILL mid-stream: no drain, no final commit
     await produce_events(settings, second)
-    with worker_process(settings, tmp_path):
+    with service(settings, config, 100) as restarted:
+        await restarted.wait_ready()
         group = settings.group_for("budget")
         await wait_until(
             lambda: drained(settings, group), timeout=60, what="restarted worker drained"
@@ -151,6 +111,7 @@ async def test_kill_9_mid_stream_then_restart_counts_exactly_and_signals_once(
             expected_signals += recount.process(event, offset=offset)
         states = await read_states(settings)
         alerts = await read_events(settings, alerts_topic)
+        assert await restarted.terminate() == 0
 
     expected_scopes = set(recount.ledger.states)
     assert expected_scopes == {k for k, v in states.items() if v is not None}
