@@ -279,7 +279,7 @@ class KafkaPublisher:
         self._in_memory = 0
         self._seq = 0
         self._ledger = _Ledger()
-        self._wake_pending = False
+        self._idle = False  # the sender sleeps long and wants a wake-up for new events
         self._flushing = 0
         self._closed = False
         self._fatal: AgentstreamError | None = None
@@ -353,8 +353,8 @@ class KafkaPublisher:
             )
             self._incoming.append(record)
             self._in_memory += 1
-            if not self._wake_pending:
-                self._wake_pending = True
+            if self._idle:  # otherwise the sender picks it up within linger_ms
+                self._idle = False
                 self._wake()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -564,20 +564,23 @@ class KafkaPublisher:
     def _next_wait(self) -> float:
         if self._stopping:
             return 0
-        wait = _TICK
+        busy = max(self._linger, 0.001)
         if self._connected:
             for lane in self._lanes.values():
                 if lane.queue and lane.inflight is None:
-                    wait = min(wait, max(self._linger, 0.001))
-                    break
-        return wait
+                    return busy
+        with self._cond:
+            if self._incoming:
+                return busy
+            self._idle = True
+        return _TICK
 
     # --- one round of work ----------------------------------------------------------------
 
     def _step(self) -> None:
         with self._cond:
             records, self._incoming = self._incoming, deque()
-            self._wake_pending = False
+            self._idle = False
             urgent = self._flushing > 0 or self._closed
         now = time.monotonic()
         self._counts = {}
