@@ -24,6 +24,7 @@ from support.runtime import (
     wait_until,
 )
 
+from agentstream.consumers.loops.restore import Window, read_windows, recent_ids_from
 from agentstream.consumers.loops.service import SERVICE, LoopService, LoopSettings
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, decode_record
@@ -313,3 +314,40 @@ async def test_the_block_reaches_the_agents_pod(kafka_settings: KafkaSettings) -
     assert directive.data["service"] == "loops"
     assert directive.data["pattern"] == "same_call" and directive.data["tool_name"] == "web_search"
     assert directive.data["reason"].startswith("Tool loop detected (same_call)")
+
+
+async def test_restore_reads_whole_windows_across_record_batches(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Three produce calls make three record batches; the window and the alerts-tail scan
+    must return every record (the embedded broker's end offset stops inside the last batch)."""
+    topic = kafka_settings.routing().events
+    batches = [[search("one-partition") for _ in range(4)] for _ in range(3)]
+    for batch in batches:
+        await produce_events(kafka_settings, batch)
+    tp = TopicPartition(topic, await partition_holding_records(kafka_settings, topic))
+    offsets = [r.offset async for r in read_windows(kafka_settings, {tp: Window(0, 12)})]
+    assert offsets == list(range(12))
+    offsets = [r.offset async for r in read_windows(kafka_settings, {tp: Window(5, 12)})]
+    assert offsets == list(range(5, 12))
+    ids = await recent_ids_from(kafka_settings, topic, "pod-x", window=100)
+    assert ids == []
+    for batch in batches:
+        for event in batch:
+            event.source = "pod-x"
+    await produce_events(kafka_settings, [e for batch in batches for e in batch])
+    ids = await recent_ids_from(kafka_settings, topic, "pod-x", window=12)
+    assert ids == [e.event_id for batch in batches for e in batch]
+
+
+async def partition_holding_records(settings: KafkaSettings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "auto_offset_reset": "earliest"})
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(4)])
+        await consumer.seek_to_beginning()
+        batches = await consumer.getmany(timeout_ms=2_000)
+        (tp,) = [tp for tp, records in batches.items() if records]
+        return int(tp.partition)
+    finally:
+        await consumer.stop()
