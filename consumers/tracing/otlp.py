@@ -14,13 +14,11 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
-    ArrayValue,
     InstrumentationScope,
     KeyValue,
-    KeyValueList,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from .spans import Span, Trace
@@ -30,49 +28,69 @@ SCOPE_VERSION = "1"
 DEFAULT_SERVICE_NAME = "agentstream-agent"
 
 
-def any_value(value: Any) -> AnyValue:
-    """A JSON-like Python value as an OTLP ``AnyValue`` (maps and lists nest)."""
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            return AnyValue(int_value=value)
-        return AnyValue(string_value=str(value))
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
+def set_value(target: AnyValue, value: Any) -> None:
+    """Write a JSON-like Python value into an OTLP ``AnyValue`` (maps and lists nest)."""
     if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, Mapping):
-        return AnyValue(kvlist_value=KeyValueList(values=key_values(value)))
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    if value is None:
-        return AnyValue()
-    return AnyValue(string_value=str(value))
+        target.string_value = value
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            target.int_value = value
+        else:
+            target.string_value = str(value)
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, Mapping):
+        kvlist = target.kvlist_value
+        kvlist.SetInParent()  # an empty map is still a map
+        add_attributes(kvlist.values, value)
+    elif isinstance(value, list | tuple):
+        array = target.array_value
+        array.SetInParent()
+        for item in value:
+            set_value(array.values.add(), item)
+    elif value is not None:
+        target.string_value = str(value)
+
+
+def any_value(value: Any) -> AnyValue:
+    """A JSON-like Python value as a new OTLP ``AnyValue``."""
+    result = AnyValue()
+    set_value(result, value)
+    return result
+
+
+def add_attributes(target: Any, attributes: Mapping[str, Any]) -> None:
+    """Append ``attributes`` to a repeated ``KeyValue`` field (built in place: fast)."""
+    for key, value in attributes.items():
+        kv = target.add()
+        kv.key = str(key)
+        set_value(kv.value, value)
 
 
 def key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=str(k), value=any_value(v)) for k, v in attributes.items()]
 
 
-def _proto_span(span: Span) -> ProtoSpan:
-    proto = ProtoSpan(
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        name=span.name,
-        kind=int(span.kind),  # type: ignore[arg-type]
-        start_time_unix_nano=span.start_ns,
-        end_time_unix_nano=span.end_ns if span.end_ns is not None else span.start_ns,
-        attributes=key_values(span.attributes),
-        status=Status(code=int(span.status), message=span.status_message),  # type: ignore[arg-type]
-    )
+def _fill_span(proto: ProtoSpan, span: Span) -> None:
+    proto.trace_id = span.trace_id
+    proto.span_id = span.span_id
     if span.parent_span_id is not None:
         proto.parent_span_id = span.parent_span_id
+    proto.name = span.name
+    proto.kind = int(span.kind)  # type: ignore[assignment]
+    proto.start_time_unix_nano = span.start_ns
+    proto.end_time_unix_nano = span.end_ns if span.end_ns is not None else span.start_ns
+    add_attributes(proto.attributes, span.attributes)
+    if span.status or span.status_message:
+        proto.status.code = int(span.status)  # type: ignore[assignment]
+        proto.status.message = span.status_message
     for event in span.events:
-        proto.events.add(
-            time_unix_nano=event.time_ns, name=event.name, attributes=key_values(event.attributes)
-        )
-    return proto
+        added = proto.events.add()
+        added.time_unix_nano = event.time_ns
+        added.name = event.name
+        add_attributes(added.attributes, event.attributes)
 
 
 def resource_attributes(
@@ -107,11 +125,13 @@ def _resource_spans(
     traces: Sequence[Trace], service_name: str | None, extra: Mapping[str, str]
 ) -> ResourceSpans:
     attrs = resource_attributes(traces[0], service_name, extra)
-    scope_spans = ScopeSpans(
-        scope=InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION),
-        spans=[_proto_span(span) for trace in traces for span in trace.spans],
-    )
-    return ResourceSpans(resource=Resource(attributes=key_values(attrs)), scope_spans=[scope_spans])
+    resource_spans = ResourceSpans(resource=Resource(attributes=key_values(attrs)))
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION))
+    for trace in traces:
+        for span in trace.spans:
+            _fill_span(scope_spans.spans.add(), span)
+    return resource_spans
 
 
 def encode(

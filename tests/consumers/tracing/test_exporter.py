@@ -207,3 +207,18 @@ async def test_gzip_compression(otlp_receiver: Any) -> None:
     assert otlp_receiver.headers[0]["content-encoding"] == "gzip"
     (rs,) = otlp_receiver.requests[0].resource_spans
     assert rs.resource.attributes[0].value.string_value == "fleet"
+
+
+def test_nested_attribute_values_encode_as_otlp_any_values() -> None:
+    from agentstream.consumers.tracing.otlp import any_value
+
+    value = any_value({"city": "Paris", "n": 3, "ok": True, "t": 1.5, "tags": ["a", 2], "e": {}})
+    fields = {kv.key: kv.value for kv in value.kvlist_value.values}
+    assert fields["city"].string_value == "Paris" and fields["n"].int_value == 3
+    assert fields["ok"].bool_value is True and fields["t"].double_value == 1.5
+    assert [v.WhichOneof("value") for v in fields["tags"].array_value.values] == [
+        "string_value",
+        "int_value",
+    ]
+    assert fields["e"].WhichOneof("value") == "kvlist_value"  # an empty map stays a map
+    assert any_value(2**70).string_value == str(2**70)
