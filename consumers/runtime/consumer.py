@@ -293,14 +293,20 @@ class EventConsumer:
             log.info("service %s stopped", self.service)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start, process until ``stop`` is set (or the fetch loop dies), then stop."""
+        """Start, process until ``stop`` is set, then stop. If the fetch or commit loop dies
+        (a bug, never bad input), stops too and raises its error."""
         await self.start()
+        loops = list(self._tasks)
         try:
             waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, *loops], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         finally:
             await self.stop()
+        for task in loops:
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
 
     # --- fetching --------------------------------------------------------------------------
 
@@ -399,14 +405,16 @@ class EventConsumer:
         return {tp: o for tp, o in self._committed.items() if tp in self._workers}
 
     def _lag(self) -> Iterator[tuple[str, int, int]]:
+        """``(topic, partition, high watermark - committed)`` for each partition held. Before
+        the first commit the group's position is where this process started reading."""
         consumer = self._consumer
         if consumer is None or self._stopped:
             return
-        for tp in list(self._workers):
-            committed = self._committed.get(tp)
+        for tp, worker in list(self._workers.items()):
+            committed = self._committed.get(tp, worker.offsets.first)
             try:
                 high = consumer.highwater(tp)
-            except Exception:  # partition no longer assigned
+            except Exception:  # no longer assigned
                 continue
             if committed is None or high is None:
                 continue

@@ -21,6 +21,9 @@ from .subscriptions import Subscription
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
+DLQ_MAX_BACKOFF_MS = 10_000
+"""Longest wait between attempts to publish a dead letter (from ``retry_backoff_ms`` up)."""
+
 
 class Dispatcher:
     """Runs one handler call to its end (success, skip, or a :class:`Failure`) and publishes
@@ -140,9 +143,7 @@ class Dispatcher:
             except Exception as exc:
                 self.metrics.dead_letter_errors.inc()
                 delay = backoff_seconds(
-                    attempt,
-                    self.settings.handler_retry_backoff_ms or 100,
-                    self.settings.handler_retry_max_backoff_ms,
+                    attempt, self.settings.retry_backoff_ms or 100, DLQ_MAX_BACKOFF_MS
                 )
                 log.error(
                     "could not publish the dead letter of %s[%d]@%d to %s (attempt %d), "

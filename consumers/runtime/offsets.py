@@ -15,19 +15,25 @@ class PartitionOffsets:
     unfinished record.
     """
 
-    __slots__ = ("_holds", "_next", "_order")
+    __slots__ = ("_holds", "_next", "_order", "first")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
         self._holds: dict[int, int] = {}
         self._next: int | None = None
+        self.first: int | None = None
+        """The first offset received: where this owner started (the group's position)."""
 
-    def received(self, offset: int) -> None:
+    def received(self, offset: int) -> bool:
+        """Track a fetched record; False (and nothing tracked) for an offset already seen."""
         if self._next is not None and offset < self._next:
-            raise ValueError(f"expected offsets in order, got {offset} after {self._next - 1}")
+            return False
+        if self.first is None:
+            self.first = offset
         self._order.append(offset)
         self._holds[offset] = 1
         self._next = offset + 1
+        return True
 
     def hold(self, offset: int, count: int = 1) -> None:
         self._holds[offset] += count

@@ -67,8 +67,12 @@ class PartitionWorker:
             return
         offsets, queue = self.offsets, self._queue
         for raw in records:
-            offsets.received(raw.offset)
-            queue.append(raw)
+            if offsets.received(raw.offset):
+                queue.append(raw)
+            else:  # never expected from aiokafka; a re-delivery must not be processed twice
+                log.warning(
+                    "%s[%d]@%d fetched again, ignored", raw.topic, raw.partition, raw.offset
+                )
         self._wake.set()
 
     @property

@@ -44,11 +44,14 @@ def test_held_record_blocks_until_every_hold_is_released() -> None:
     assert offsets.committable() == 1
 
 
-def test_offsets_out_of_order_are_refused() -> None:
+def test_offsets_seen_before_are_refused() -> None:
     offsets = PartitionOffsets()
-    offsets.received(5)
-    with pytest.raises(ValueError, match="in order"):
-        offsets.received(3)
+    assert offsets.received(5)
+    assert not offsets.received(3)
+    assert not offsets.received(5)
+    assert offsets.committable() == 5
+    offsets.release(5)
+    assert offsets.committable() == 6
 
 
 def test_gaps_in_offsets_are_fine() -> None:  # compacted topics, transaction markers

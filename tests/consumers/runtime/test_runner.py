@@ -1,0 +1,82 @@
+"""Service discovery, settings from options, and the HTTP endpoints (no broker)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+from support.recording_service import RECORDER, RecorderSettings
+from support.runtime import http_get
+
+from agentstream.consumers.runtime.http import ServiceHTTPServer
+from agentstream.consumers.runtime.runner import (
+    available_services,
+    load_service,
+    settings_from_options,
+)
+from agentstream.schemas.errors import ConfigurationError
+
+
+def test_discovery_lists_service_packages_only() -> None:
+    names = available_services()
+    assert "runtime" not in names
+    assert "cli" not in names
+    for name in names:
+        assert load_service(name).name, name
+
+
+def test_unknown_names_and_bad_specs_say_what_exists() -> None:
+    with pytest.raises(ConfigurationError, match=r"expected a service among .*got 'nope'"):
+        load_service("nope")
+    with pytest.raises(ConfigurationError, match="module:attribute"):
+        load_service("support.recording_service:MISSING")
+    with pytest.raises(ConfigurationError, match="expected a ServiceSpec"):
+        load_service("support.recording_service:add_arguments")
+    assert load_service("support.recording_service:RECORDER") is RECORDER
+
+
+def test_settings_come_from_environment_then_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTREAM_HTTP_PORT", "9999")
+    monkeypatch.setenv("AGENTSTREAM_DELAY_MS", "7")
+    monkeypatch.setenv("AGENTSTREAM_HANDLER_RETRIES", "5")
+    settings = settings_from_options(
+        RECORDER,
+        ["--bootstrap-servers", "kafka:9092", "--group-id", "g", "--record-file", "/tmp/x"],
+    )
+    assert isinstance(settings, RecorderSettings)
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.group_id == "g"
+    assert settings.record_file == "/tmp/x"
+    assert settings.http_port == 9999
+    assert settings.delay_ms == 7
+    assert settings.handler_retries == 5
+    assert settings.group_for("recorder") == "g"
+    assert settings_from_options(RECORDER, []).group_for("recorder") == "agentstream.recorder"
+
+
+async def test_http_endpoints() -> None:
+    registry = CollectorRegistry()
+    Counter("agentstream_test_total", "a test counter", registry=registry).inc()
+    state = {"ready": False, "healthy": True}
+    server = ServiceHTTPServer(
+        "127.0.0.1",
+        0,
+        registry=registry,
+        healthy=lambda: state["healthy"],
+        ready=lambda: state["ready"],
+    )
+    await server.start()
+    try:
+        port = server.port
+        assert (await http_get(port, "/readyz"))[0] == 503
+        state["ready"] = True
+        assert await http_get(port, "/readyz") == (200, b"ready\n")
+        assert (await http_get(port, "/healthz"))[0] == 200
+        state["healthy"] = False
+        assert (await http_get(port, "/healthz"))[0] == 503
+        status, body = await http_get(port, "/metrics")
+        assert status == 200
+        assert b"agentstream_test_total 1.0" in body
+        assert (await http_get(port, "/other"))[0] == 404
+    finally:
+        await server.stop()
+    assert server.respond("POST", "/metrics")[0] == 405
