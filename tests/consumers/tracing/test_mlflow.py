@@ -5,7 +5,10 @@ MLflow's own client API (run in the MLflow peer venv) and checked span by span."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -65,6 +68,7 @@ async def mlflow_server(mlflow_python: Path, tmp_path: Path) -> AsyncIterator[st
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
+        start_new_session=True,  # its own process group: the server's workers stop with it
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -81,11 +85,13 @@ async def mlflow_server(mlflow_python: Path, tmp_path: Path) -> AsyncIterator[st
         await wait_until(answers, timeout=90, what="mlflow server /health")
         yield url
     finally:
-        process.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
         log.close()
 
