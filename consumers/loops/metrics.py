@@ -51,6 +51,11 @@ class LoopMetrics:
             "Records read again to rebuild state after a partition assignment.",
             registry=registry,
         )
+        self.restore_failures = Counter(
+            "agentstream_loop_restore_failures_total",
+            "Assignments whose state could not be fully rebuilt (see the log).",
+            registry=registry,
+        )
         self.restore_seconds = Counter(
             "agentstream_loop_restore_seconds_total",
             "Time spent rebuilding state after partition assignments.",

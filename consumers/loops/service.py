@@ -11,6 +11,7 @@ same record. See ``docs/notes/loops.md``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import Field
 
@@ -173,7 +175,17 @@ class LoopService:
     # --- assignment --------------------------------------------------------------------------
 
     async def restore(self, assigned: frozenset[TopicPartition]) -> None:
-        """Rebuild the state of newly assigned partitions before their records are handled."""
+        """Rebuild the state of newly assigned partitions before their records are handled.
+
+        A failure is logged and counted and processing goes on with the state rebuilt so far
+        (findings are then detected from the live records only, and may alert again)."""
+        try:
+            await self._restore(assigned)
+        except Exception:
+            self.metrics.restore_failures.inc()
+            log.exception("restore of %d partitions failed; state is partial", len(assigned))
+
+    async def _restore(self, assigned: frozenset[TopicPartition]) -> None:
         started = time.monotonic()
         events_topic = self.routing.events
         mine = {tp.partition for tp in assigned if tp.topic == events_topic}
@@ -185,7 +197,7 @@ class LoopService:
         tps = [TopicPartition(events_topic, p) for p in sorted(mine)]
         if not tps:
             return
-        committed = await group_offsets(self.settings, self.consumer.group_id, tps)
+        committed = await self._committed(tps)
         windows: dict[TopicPartition, Window] = {}
         for tp in tps:
             stop = committed.get(tp)
@@ -228,6 +240,21 @@ class LoopService:
             elapsed,
             len(self.detector),
         )
+
+    async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets, retried briefly (a coordinator can be busy right
+        after a rebalance)."""
+        delay = 0.2
+        for attempt in range(1, 4):
+            try:
+                return await group_offsets(self.settings, self.consumer.group_id, tps)
+            except KafkaError as exc:
+                if attempt == 3:
+                    raise
+                log.warning("restore: committed offsets unavailable (%r), retrying", exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     def _forget(self, partition: int) -> None:
         self.detector.drop_partitions({partition}, "revoked")
