@@ -427,11 +427,18 @@ class EventConsumer:
         if workers:
             await asyncio.gather(*(w.stop(timeout) for w in workers))
 
+    def _revoke_timeout(self) -> float:
+        """Bound on draining at a revoke: ``drain_timeout_ms``, but at most half the
+        rebalance timeout, so this member is not thrown out of the group for being slow."""
+        settings = self.settings
+        rebalance_ms = settings.rebalance_timeout_ms or settings.session_timeout_ms
+        return min(settings.drain_timeout_ms, rebalance_ms / 2) / 1000
+
     async def _partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
         if self._stopping or not revoked:
             return
         log.info("service %s: partitions revoked: %s", self.service, _names(revoked))
-        await self._drain(revoked, self.settings.drain_timeout_ms / 1000)
+        await self._drain(revoked, self._revoke_timeout())
         await self._commit(revoked)
         for tp in revoked:
             self._workers.pop(tp, None)

@@ -87,6 +87,8 @@ def service_parser(spec: ServiceSpec[Any], prog: str) -> tuple[argparse.Argument
     if spec.add_arguments is not None:
         spec.add_arguments(parser)
     own = {action.dest for action in parser._actions} - common
+    # An option not given must not override the environment (store_true defaults to False).
+    parser.set_defaults(**dict.fromkeys(own))
     return parser, own
 
 

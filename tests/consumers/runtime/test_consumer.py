@@ -17,7 +17,7 @@ from support.runtime import (
 from support.samples import all_sample_events, sample_event
 
 from agentstream.consumers.runtime import EventConsumer, Record
-from agentstream.schemas import Event, decode_record, event_headers, new_event_id
+from agentstream.schemas import Event, decode_record, encode_event, event_headers, new_event_id
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -113,14 +113,19 @@ async def test_skipped_types_are_not_decoded_and_still_committed(
     await produce_raw(
         settings, topic, b"\x00not-json", key=b"k", headers=[("ce_type", b"memory.stored")]
     )
+    # No ce_type header: decoded, then matched.
+    headerless_skip = sample_event("memory.stored", 2)
+    await produce_raw(settings, topic, encode_event(headerless_skip), key=b"k")
+    headerless_tool = sample_event("tool.result", 3)
+    await produce_raw(settings, topic, encode_event(headerless_tool), key=b"k")
     last = sample_event("tool.called", 1)
     async with running_consumer(consumer):
         await produce_events(settings, [last], topic=topic)
-        await wait_until(lambda: handled == [last.event_id])
-        await wait_until(lambda: _sample(consumer, "skipped", "memory.stored") == 1)
+        await wait_until(lambda: handled == [headerless_tool.event_id, last.event_id])
+        await wait_until(lambda: _sample(consumer, "skipped", "memory.stored") == 2)
     assert _sample(consumer, "failed", "memory.stored") == 0
     committed = await committed_offsets(settings, consumer.group_id)
-    assert sum(o for tp, o in committed.items() if tp.topic == topic) == 2
+    assert sum(o for tp, o in committed.items() if tp.topic == topic) == 4
 
 
 async def test_assigned_hook_runs_before_records_and_revoked_after_commit(

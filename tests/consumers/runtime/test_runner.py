@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from support.recording_service import RECORDER, RecorderSettings
@@ -80,3 +83,24 @@ async def test_http_endpoints() -> None:
     finally:
         await server.stop()
     assert server.respond("POST", "/metrics")[0] == 405
+
+
+class _FlagSettings(RecorderSettings):
+    pause: bool = False
+
+
+def _flag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pause", action="store_true")
+
+
+def test_options_not_given_leave_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = dataclasses.replace(
+        RECORDER, settings_class=_FlagSettings, add_arguments=_flag_arguments
+    )
+    monkeypatch.setenv("AGENTSTREAM_PAUSE", "true")
+    settings = settings_from_options(spec, [])
+    assert isinstance(settings, _FlagSettings)
+    assert settings.pause is True
+    monkeypatch.delenv("AGENTSTREAM_PAUSE")
+    assert settings_from_options(spec, []).pause is False  # type: ignore[attr-defined]
+    assert settings_from_options(spec, ["--pause"]).pause is True  # type: ignore[attr-defined]

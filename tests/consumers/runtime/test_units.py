@@ -106,3 +106,61 @@ def test_subscriptions_need_unique_names_and_async_handlers() -> None:
 
     with pytest.raises(ConfigurationError, match="async handler"):
         make_subscription("*", sync, None)  # type: ignore[arg-type]
+
+
+def test_tail_view_lines_and_durations() -> None:
+    from agentstream.consumers.runtime.tailview import human_line, json_line, parse_duration
+
+    assert parse_duration("90s") == 90
+    assert parse_duration("10m") == 600
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration("2d") == 172_800
+    with pytest.raises(ValueError, match="like 30s"):
+        parse_duration("ten minutes")
+    event = Event(
+        type="tool.error",
+        session_id="5f0c9e6a1b2d4c3e",
+        agent_id="agent-7",
+        data={"name": "search", "error": "timeout\nafter 30 s", "attempt": 2, "empty": ""},
+    )
+    plain = human_line(event, colour=False)
+    assert "tool.error" in plain
+    assert " 5f0c9e6a " in plain
+    assert "agent-7" in plain
+    assert "name=search error=timeout after 30 s attempt=2" in plain
+    assert "empty" not in plain
+    coloured = human_line(event, colour=True)
+    assert "\x1b[1;31m" in coloured, "errors stand out"
+    assert '"_kafka": {"topic": "t", "partition": 1, "offset": 2}' in json_line(
+        event, topic="t", partition=1, offset=2
+    )
+
+
+def test_dead_letter_headers_follow_the_connect_convention() -> None:
+    from agentstream.consumers.runtime.deadletter import Failure, error_headers, original_headers
+
+    try:
+        raise ValueError("x" * 5000)
+    except ValueError as exc:
+        error = exc
+    headers = dict(
+        error_headers(
+            topic="p.events",
+            partition=3,
+            offset=42,
+            service="budget",
+            group_id="p.budget",
+            failure=Failure("on_tool", "retries exhausted", error, 4),
+            now_ms=1700000000000,
+        )
+    )
+    assert headers["agentstream.errors.topic"] == b"p.events"
+    assert headers["agentstream.errors.partition"] == b"3"
+    assert headers["agentstream.errors.offset"] == b"42"
+    assert headers["agentstream.errors.exception.class.name"] == b"builtins.ValueError"
+    assert len(headers["agentstream.errors.exception.message"]) <= 2048
+    assert b"Traceback" in headers["agentstream.errors.exception.stacktrace"]
+    assert headers["agentstream.errors.timestamp"] == b"1700000000000"
+    assert headers["agentstream.errors.attempts"] == b"4"
+    kept = original_headers([("ce_type", b"a.b"), ("agentstream.errors.topic", b"old")])
+    assert kept == [("ce_type", b"a.b")]
