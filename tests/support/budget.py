@@ -83,6 +83,9 @@ def budget_settings(base: KafkaSettings, config: Path, **overrides: Any) -> Budg
         "drain_timeout_ms": 10_000,
         "budget_config": config,
         "budget_batch_wait_ms": 5,
+        # The events carry fixed 2026 timestamps: never evict them by the wall clock.
+        "budget_session_idle_hours": 1e6,
+        "budget_keep_days": 36_500,
         **overrides,
     }
     return BudgetSettings(**fields)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from support.budget import budget_settings, drained, llm, read_events, tool, turn
 from support.produce import produce_events
-from support.runtime import ServiceProcess, wait_until
+from support.runtime import ServiceProcess, running_consumer, wait_until
 
 from agentstream.consumers.budget.accounting import BudgetTracker, ScopeState
 from agentstream.consumers.budget.changelog import read_states
-from agentstream.consumers.budget.service import BudgetSettings
+from agentstream.consumers.budget.service import SERVICE, BudgetService, BudgetSettings
+from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
 
@@ -42,6 +45,8 @@ def service(settings: BudgetSettings, config: Path, commit_interval_ms: int) -> 
         "AGENTSTREAM_SESSION_TIMEOUT_MS": "6000",
         "AGENTSTREAM_HEARTBEAT_INTERVAL_MS": "500",
         "AGENTSTREAM_BUDGET_BATCH_WAIT_MS": "5",
+        "AGENTSTREAM_BUDGET_SESSION_IDLE_HOURS": "1000000",
+        "AGENTSTREAM_BUDGET_KEEP_DAYS": "36500",
     }
     return ServiceProcess("budget", settings, "--config", str(config), env=env)
 
@@ -123,3 +128,59 @@ async def test_kill_9_mid_stream_then_restart_counts_exactly_and_signals_once(
     assert set(ids) == {s.event_id for s in expected_signals}
     kinds = collections.Counter(a.data["scope"].split(":")[0] for a in alerts)
     assert kinds["session"] and kinds["agent"] and kinds["user"], kinds
+
+
+@contextlib.asynccontextmanager
+async def instance(settings: BudgetSettings) -> AsyncIterator[BudgetService]:
+    """One budget service instance in this process (both its consumer groups)."""
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings) as service:
+        assert isinstance(service, BudgetService)
+        async with running_consumer(consumer):
+            yield service
+
+
+@pytest.mark.slow
+async def test_rebalances_keep_totals_exact_and_signals_once(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A alone; B joins (partitions split, A keeps part of its state); A leaves (B takes
+    over A's partitions from the changelog). Totals and signals as if one process did it."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(
+        kafka_settings, config, session_timeout_ms=6_000, heartbeat_interval_ms=500
+    )
+    group = settings.group_for("budget")
+    parts = [stream(0), stream(1), stream(2)]
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(instance(settings))
+        await produce_events(settings, parts[0])
+        await wait_until(lambda: drained(settings, group), timeout=60, what="A drained part 0")
+        async with instance(settings) as b:
+
+            def split() -> bool:
+                return bool(a.sessions.partitions) and bool(b.sessions.partitions)
+
+            await wait_until(split, timeout=60, what="A and B share the events partitions")
+            await produce_events(settings, parts[1])
+            await wait_until(lambda: drained(settings, group), timeout=60, what="A+B drained")
+            await stack.aclose()  # A leaves: B takes over all partitions
+            await wait_until(
+                lambda: len(b.sessions.partitions) == 4, timeout=60, what="B owns everything"
+            )
+            await produce_events(settings, parts[2])
+            await wait_until(lambda: drained(settings, group), timeout=60, what="B drained")
+            states = await read_states(settings)
+            alerts = await read_events(settings, settings.routing().alerts)
+
+    recount = BudgetTracker(settings.budget())
+    expected_signals = []
+    for offset, event in enumerate(parts[0] + parts[1] + parts[2]):
+        expected_signals += recount.process(event, offset=offset)
+    assert set(recount.ledger.states) == {k for k, v in states.items() if v is not None}
+    for scope in recount.ledger.states:
+        assert totals(states[scope]) == totals(recount.usage(scope)), scope
+    ids = collections.Counter(a.event_id for a in alerts)
+    assert not {i: n for i, n in ids.items() if n > 1}
+    assert set(ids) == {s.event_id for s in expected_signals}
