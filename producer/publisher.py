@@ -47,12 +47,12 @@ from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
     KafkaConnectionError,
-    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerClosed,
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownError,
     UnsupportedVersionError,
 )
 from prometheus_client import CollectorRegistry
@@ -526,9 +526,11 @@ class KafkaPublisher:
             return
 
     def _is_init_pid_failure(self, exc: BaseException) -> bool:
-        if not self.settings.enable_idempotence or isinstance(exc, KafkaConnectionError):
-            return False
-        return isinstance(exc, KafkaError)
+        """aiokafka's start() asks for a producer id when idempotence is on; these are the
+        answers of a broker that cannot give one (the embedded broker says UNKNOWN)."""
+        return self.settings.enable_idempotence and isinstance(
+            exc, UnknownError | UnsupportedVersionError | ClusterAuthorizationFailedError
+        )
 
     async def _describe_connect_failure(self, exc: BaseException) -> str:
         servers = self.settings.bootstrap_servers
