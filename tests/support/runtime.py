@@ -235,3 +235,24 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM and assert a clean exit (code 0)."""
+        code = await self.terminate(timeout)
+        assert code == 0, f"{self.service} exited with {code}:\n{self.log()}"
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    service: str, settings: KafkaSettings, *options: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ServiceProcess]:
+    """Run ``agentstream consume <service>`` until the block ends: entered once /readyz
+    answers 200; left with SIGTERM and an asserted exit 0 (killed if anything went wrong)."""
+    process = ServiceProcess(service, settings, *options, env=env).start()
+    try:
+        await process.wait_ready()
+        yield process
+        if process.process is not None and process.process.poll() is None:
+            await process.stop()
+    finally:
+        process.kill()

@@ -13,6 +13,7 @@ from support.runtime import (
     committed_offsets,
     http_get,
     read_records,
+    service_process,
     wait_until,
 )
 
@@ -67,6 +68,20 @@ async def test_endpoints_and_clean_exit_on_sigterm_during_a_slow_handler(
     committed = await committed_offsets(kafka_settings, f"{kafka_settings.topic_prefix}.recorder")
     assert committed[tp] == int(done[4]) + 1, "its offset was committed before exit"
     assert "exited cleanly" in proc.log()
+
+
+async def test_service_process_helper_runs_a_service_until_sigterm(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    out = tmp_path / "auditor.txt"
+    async with service_process(AUDITOR, kafka_settings, "--record-file", str(out), env=QUICK) as p:
+        await produce_events(kafka_settings, _events(5, sessions=2))
+        await wait_until(lambda: len(_done(out)) == 5)
+        status, body = await http_get(p.port, "/metrics")
+        assert status == 200
+        consumed = 'outcome="consumed",service="auditor",type="tool.called"} 5.0'
+        assert consumed in body.decode()
+    assert p.process is not None and p.process.returncode == 0
 
 
 async def test_unknown_service_names_the_available_ones(kafka_settings: KafkaSettings) -> None:

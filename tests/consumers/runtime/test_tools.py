@@ -48,6 +48,13 @@ async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -
         assert code == 0, out
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert [(e["type"], e["seq"]) for e in lines] == [("tool.called", 1)], out
+    # Following (the default) until --limit events were shown.
+    code, out = await _cli(
+        kafka_settings, "tail", "--since=5m", "--limit", "2", "--agent", "agent-weather"
+    )
+    assert code == 0, out
+    shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["type"] for e in shown] == ["tool.called", "message.received"]
 
 
 async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
