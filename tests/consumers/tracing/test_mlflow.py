@@ -217,24 +217,23 @@ async def test_turns_arrive_in_mlflow_as_span_trees(
         drain_timeout_ms=10_000,
     )
     await produce_events(kafka_settings, [*corail_turn(), *calute_turn()])
-    consumer = EventConsumer(settings, service=SERVICE.name)
 
-    def exported() -> bool:
-        return (
-            consumer.registry.get_sample_value(
+    async def run_until_exported(service_settings: TracingSettings) -> None:
+        consumer = EventConsumer(service_settings, service=SERVICE.name)
+
+        def exported() -> bool:
+            done = consumer.registry.get_sample_value(
                 "agentstream_tracing_traces_exported_total", {"outcome": "complete"}
             )
-            or 0
-        ) >= 2
+            return (done or 0) >= 2
 
-    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
-        await wait_until(exported, timeout=60, what="two traces exported")
+        async with SERVICE.setup(consumer, service_settings), running_consumer(consumer):
+            await wait_until(exported, timeout=60, what="two traces exported")
+
+    await run_until_exported(settings)
     # A second group reads everything again and re-exports the same turns (what a lost commit
     # would cause): the ids are derived from the events, so MLflow upserts the same spans.
-    again = settings.model_copy(update={"group_id": f"{unique_name}.again"})
-    consumer = EventConsumer(again, service=SERVICE.name)
-    async with SERVICE.setup(consumer, again), running_consumer(consumer):
-        await wait_until(exported, timeout=60, what="two traces exported again")
+    await run_until_exported(settings.model_copy(update={"group_id": f"{unique_name}.again"}))
     traces = await asyncio.to_thread(read_traces, mlflow_python, mlflow_server, experiment_id)
     assert len(traces) == 2
     by_session = {t["metadata"].get("mlflow.trace.session"): t for t in traces}
