@@ -170,25 +170,25 @@ class _Ledger:
 
     def __init__(self) -> None:
         self.base = 1  # every index below base is finished
-        self._flags = bytearray()
+        self.flags = bytearray()
 
     def add(self) -> int:
-        self._flags.append(0)
-        return self.base + len(self._flags) - 1
+        self.flags.append(0)
+        return self.base + len(self.flags) - 1
 
     def last(self) -> int:
         """The newest index handed out."""
-        return self.base + len(self._flags) - 1
+        return self.base + len(self.flags) - 1
 
     def finish(self, index: int) -> None:
         if index >= self.base:
-            self._flags[index - self.base] = 1
+            self.flags[index - self.base] = 1
 
     def advance(self) -> None:
-        first_open = self._flags.find(0)
-        done = len(self._flags) if first_open == -1 else first_open
+        first_open = self.flags.find(0)
+        done = len(self.flags) if first_open == -1 else first_open
         if done:
-            del self._flags[:done]
+            del self.flags[:done]
             self.base += done
 
 
@@ -198,7 +198,7 @@ class _RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def __call__(self, key: str, message: str, *args: object) -> None:
+    def __call__(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -_LOG_EVERY) < _LOG_EVERY:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -207,7 +207,7 @@ class _RateLimitedLog:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message += f" ({suppressed} similar messages suppressed)"
-        log.log(self.level, message, *args)
+        log.log(self.level, message, *args, exc_info=exc_info)
 
 
 class KafkaPublisher:
@@ -274,7 +274,8 @@ class KafkaPublisher:
         self._error = _RateLimitedLog(logging.ERROR)
 
         # Shared between callers and the sender thread, guarded by _cond.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._incoming: deque[_Record] = deque()
         self._in_memory = 0
         self._seq = 0
@@ -321,7 +322,7 @@ class KafkaPublisher:
         raised: telemetry must not break the agent. Raises only after a fatal configuration
         error (for example ``enable_idempotence`` on a broker without InitProducerId).
         """
-        with self._cond:
+        with self._lock:
             if self._fatal is not None:
                 raise self._fatal
             self.metrics.emitted += 1
@@ -362,7 +363,7 @@ class KafkaPublisher:
         process) is acknowledged; False when ``timeout`` seconds pass first. Any thread."""
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("flush() cannot run on the publisher's own thread")
-        with self._cond:
+        with self._lock:
             target = self._ledger.last()
             self._flushing += 1
             self._wake()
@@ -383,7 +384,7 @@ class KafkaPublisher:
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the thread. Idempotent. Events still undelivered
         go to the spool when there is one; without a spool they are counted as dropped."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
         with contextlib.suppress(AgentstreamError):
@@ -395,7 +396,7 @@ class KafkaPublisher:
                     if self._spool is not None
                     else "the rest is dropped (no spool_dir configured)",
                 )
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._stopping = True
             self._wake()
@@ -480,7 +481,10 @@ class KafkaPublisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(kick.wait(), self._next_wait())
                 kick.clear()
-                self._step()
+                try:
+                    self._step()
+                except Exception:  # a bug must not stop delivery for good: log, go on
+                    self._error("step", "publisher sender step failed", exc_info=True)
                 if self._stopping:
                     break
                 if self._fatal is not None:
@@ -555,7 +559,7 @@ class KafkaPublisher:
     def _set_fatal(self, error: AgentstreamError) -> None:
         log.error("%s", error)
         self.metrics.last_error = str(error)
-        with self._cond:
+        with self._lock:
             self._fatal = error
             self._cond.notify_all()
 
@@ -571,7 +575,7 @@ class KafkaPublisher:
             for lane in self._lanes.values():
                 if lane.queue and lane.inflight is None:
                     return busy
-        with self._cond:
+        with self._lock:
             if self._incoming:
                 return busy
             self._idle = True
@@ -580,7 +584,7 @@ class KafkaPublisher:
     # --- one round of work ----------------------------------------------------------------
 
     def _step(self) -> None:
-        with self._cond:
+        with self._lock:
             records, self._incoming = self._incoming, deque()
             self._idle = False
             urgent = self._flushing > 0 or self._closed
@@ -627,14 +631,29 @@ class KafkaPublisher:
             self._kick_now()
 
     def _route_all(self, records: Iterable[_Record], now: float) -> None:
+        # _route inlined: this loop runs once per event
         unrouted = self._unrouted
+        lanes = self._lanes
+        counts = self._counts
+        partitioner = self._partitioner
         for record in records:
             if not record.queued:
                 record.queued = now
             if unrouted:
                 unrouted.append(record)
-            else:
-                self._route(record, now)
+                continue
+            topic = record.topic
+            count = counts[topic] if topic in counts else self._partition_count(topic)
+            if count is None:
+                unrouted.append(record)
+                continue
+            partition = partitioner(record.key, count) if record.key else 0
+            lane = lanes.get((topic, partition))
+            if lane is None:
+                lane = lanes[(topic, partition)] = _Lane(topic, partition)
+            record.partition = partition
+            lane.queue.append(record)
+            lane.bytes += len(record.value)
 
     def _route(self, record: _Record, now: float) -> None:
         count = self._partition_count(record.topic)
@@ -726,7 +745,7 @@ class KafkaPublisher:
                 spool.ack(record.ticket)
             written += 1
         if written:
-            with self._cond:
+            with self._lock:
                 self._in_memory -= written
                 self.metrics.spooled += written
                 self._cond.notify_all()
@@ -768,7 +787,7 @@ class KafkaPublisher:
                 )
             )
         if records:
-            with self._cond:
+            with self._lock:
                 self._in_memory += len(records)
             self._route_all(records, now)
         if not entries:
@@ -887,12 +906,15 @@ class KafkaPublisher:
     def _finish(self, records: list[_Record]) -> None:
         spool = self._spool
         inherited = 0
-        with self._cond:
+        with self._lock:
             ledger = self._ledger
+            flags = ledger.flags
+            base = ledger.base
             for record in records:
-                if record.index:
-                    ledger.finish(record.index)
-                else:
+                index = record.index
+                if index >= base:
+                    flags[index - base] = 1
+                elif not index:
                     inherited += 1
                 if record.ticket is not None and spool is not None:
                     spool.ack(record.ticket)
@@ -918,7 +940,7 @@ class KafkaPublisher:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        with self._cond:
+        with self._lock:
             leftover_incoming, self._incoming = self._incoming, deque()
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
