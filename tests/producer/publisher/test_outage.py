@@ -125,3 +125,44 @@ async def test_outage_every_event_arrives_publish_never_blocks_memory_bounded(
     assert not missing, f"{len(missing)} of {len(during)} events published during the outage lost"
     assert slowest < 0.05, f"publish() took {slowest * 1000:.1f} ms at worst"
     assert deepest <= MAX_QUEUE
+
+
+async def test_close_during_an_outage_keeps_every_event_for_the_next_process(
+    tmp_path: Path,
+    broker_factory: type[EmbeddedBroker],
+    tcp_proxy: Callable[[int, int], Any],
+    consume: Callable[..., Awaitable[list[ConsumerRecord[bytes, bytes]]]],
+) -> None:
+    address = free_port()
+    broker = broker_factory(advertised_port=address)
+    broker.start()
+    proxy = tcp_proxy(address, broker.port)
+    await broker.wait_ready()
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers, topic_prefix="closing", linger_ms=1
+    )
+    routing = settings.routing()
+    await ensure_topics(settings.admin_options(), routing, TopicSpec(partitions=PARTITIONS))
+    sent = make_events(0, 300)
+    publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None, spool_after_ms=60_000)
+    try:
+        for event in sent[:100]:
+            publisher.publish(event)
+        assert await asyncio.to_thread(publisher.flush, 30)
+        proxy.stop()  # the broker keeps its data; its address goes dark
+        for event in sent[100:]:
+            publisher.publish(event)  # in memory and in flight, not yet spooled
+        assert publisher.stats().spooled == 0
+    finally:
+        await asyncio.to_thread(publisher.close, 0.5)
+    assert publisher.stats().spooled == 200  # close() put everything undelivered on disk
+
+    tcp_proxy(address, broker.port)
+    successor = KafkaPublisher(settings, spool_dir=tmp_path, redact=None)
+    try:
+        assert await asyncio.to_thread(successor.flush, 30)
+    finally:
+        await asyncio.to_thread(successor.close, 5)
+    records = await consume(settings, routing.events, len(sent))
+    ids = {decode_record(r.value, r.headers).event_id for r in records}
+    assert ids == {e.event_id for e in sent}  # at-least-once: a duplicate would be allowed
