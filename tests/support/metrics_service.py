@@ -140,6 +140,16 @@ def fleet_traffic(
     return traffic
 
 
+def looping_turn(session: str = "looping-session") -> list[Event]:
+    """One turn calling the same tool with the same arguments six times (a same_call loop)."""
+    traffic = Traffic()
+    add = _Session(traffic, session, AGENTS[0], datetime.now(UTC)).add
+    add("turn.started", {"round": 0})
+    for _ in range(6):
+        add("tool.called", {"name": TOOLS[0], "args": {"q": "again"}})
+    return traffic.events
+
+
 def service_alerts(traffic: Traffic) -> list[Event]:
     """What the budget and loops services publish on the alerts topic about ``traffic``."""
     session = sorted(traffic.sessions)[0]

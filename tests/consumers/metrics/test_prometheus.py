@@ -1,14 +1,16 @@
-"""Proven against a real Prometheus: two metrics instances (partitions split) on synthetic
-traffic sent through the producer API, scraped every second with the deploy configuration
-and alert rules. Every dashboard panel query and every alert expression returns data, and
-Prometheus' sums equal the events produced.
+"""Proven against a real Prometheus: every agentstream service runs as ``agentstream consume
+<service>`` (two metrics instances splitting the partitions) on synthetic traffic sent through
+the producer API; a Prometheus server with the deploy configuration and alert rules scrapes
+them every second. Every dashboard panel query and every alert expression returns data, and
+Prometheus' sums over the two metrics instances equal the events produced.
 
-The scenario runs once for the module: traffic in two phases, two turns of the same sessions
-(so that ``rate()`` and ``increase()`` see counters grow), each phase with pod events through
-:class:`KafkaPublisher`, alerts as the budget and loops services publish them, and one
-undecodable record (dead-lettered). One configured target is down on purpose (nothing
-listens on its port): the service-down alert must see it. Queries are evaluated at one
-instant, when all samples are in.
+The scenario runs once for the module. Traffic comes in two phases, two turns of the same
+sessions (so that ``rate()`` and ``increase()`` see counters grow): pod events through
+:class:`KafkaPublisher` (with a loop block and a budget exceedance reported by pods, and one
+turn looping for the loops service to find), and one undecodable record that every service
+dead-letters. The budget service has a 800-token session limit, which the second turn
+crosses. At the end the tracing service is stopped, for the service-down alert. Queries are
+evaluated at one instant, when all samples are in.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from support.metrics_service import fleet_traffic, metrics_service, metrics_settings, service_alerts
-from support.produce import produce_events, produce_raw
+from support.metrics_service import fleet_traffic, looping_turn
+from support.produce import produce_raw
 from support.prometheus import Prometheus, running_prometheus
+from support.runtime import ServiceProcess
 
 from agentstream.consumers.broker import free_port
 from agentstream.producer import KafkaPublisher
+from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.settings import KafkaSettings
 
@@ -54,18 +58,28 @@ UNTRIGGERED = {
 }
 """Alerts the traffic does not trigger: their inner expression must return data instead."""
 
+AGENT_TYPES = 'type!~"budget.+|audit.tool_loop.+|control.+"'
+"""Types only agents emit here (the services publish budget, loop and control events too)."""
+
+ENV = {
+    "AGENTSTREAM_LINGER_MS": "1",
+    "AGENTSTREAM_COMMIT_INTERVAL_MS": "200",
+    "AGENTSTREAM_SESSION_TIMEOUT_MS": "6000",
+    "AGENTSTREAM_HEARTBEAT_INTERVAL_MS": "300",
+}
+SERVICES = ("metrics", "loops", "budget", "persistence", "tracing")
+
 
 @dataclass
 class Scenario:
     prometheus: Prometheus
     at: float
-    produced: int
+    agent_events: int
     sessions: int
     tool_durations: int
-    dead_letters: int
 
 
-async def publish(settings: KafkaSettings, events: list[Any]) -> None:
+async def publish(settings: KafkaSettings, events: list[Event]) -> None:
     """Through the producer API, as agent pods send them."""
     publisher = KafkaPublisher(settings, redact=None)
     try:
@@ -96,48 +110,69 @@ async def scenario(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:12]}", linger_ms=1
     )
     await ensure_topics(base.admin_options(), base.routing(), TopicSpec(partitions=4))
-    settings = metrics_settings(base)
-    async with contextlib.AsyncExitStack() as stack:
-        instances = [
-            await stack.enter_async_context(metrics_service(settings, serve=True)) for _ in range(2)
-        ]
-        targets = {
-            "agentstream-metrics": [i.address for i in instances if i.address],
-            "agentstream-tracing": [f"127.0.0.1:{free_port()}"],  # down on purpose
+    tmp = tmp_path_factory.mktemp("services")
+    (tmp / "budget.toml").write_text("[session]\ntokens = 800\n")
+    options: dict[str, list[str]] = {
+        "budget": ["--config", str(tmp / "budget.toml")],
+        "persistence": ["--store", f"sqlite:///{tmp / 'events.db'}"],
+        # nothing listens there: exports fail (and are counted), the service runs on
+        "tracing": ["--otlp-endpoint", f"http://127.0.0.1:{free_port()}"],
+    }
+    with contextlib.ExitStack() as processes:
+        running = {
+            service: [
+                processes.enter_context(
+                    ServiceProcess(service, base, *options.get(service, []), env=ENV, log_dir=tmp)
+                )
+                for _ in range(2 if service == "metrics" else 1)
+            ]
+            for service in SERVICES
         }
-        prometheus = await stack.enter_async_context(
-            running_prometheus(tmp_path_factory.mktemp("prometheus"), targets)
-        )
-        await prometheus.wait_for('sum(up{job="agentstream-metrics"})', 2)
-        await prometheus.wait_for("sum(agentstream_consumer_assigned_partitions)", 16)
-        await prometheus.wait_for("count(agentstream_consumer_assigned_partitions > 0)", 2)
-
-        produced = tool_durations = 0
-        for phase in (1, 2):
-            # Phase 2 is the next turn of the same sessions: the series phase 1 created on each
-            # instance grow, as they do in production (a series born within the rate window
-            # with its first value > 0 has no rate for Prometheus).
-            traffic = fleet_traffic(12, first_turn=phase == 1)
-            alerts = service_alerts(traffic)
-            await publish(base, traffic.events)
-            await produce_events(base, alerts, topic=base.routing().alerts)
-            await produce_raw(base, base.routing().events, b"\x00 not an event", key=b"poison")
-            produced += len(traffic.events) + len(alerts)
-            tool_durations += 12 * 3  # 2 Corail calls paired + 1 audit duration_ms per session
-            await prometheus.wait_for("sum(agentstream_events_total)", produced)
-            await prometheus.wait_for(
-                'sum(agentstream_consumer_records_total{outcome="dead_lettered"})', phase
+        await asyncio.gather(*(p.wait_ready(60) for ps in running.values() for p in ps))
+        targets = {
+            f"agentstream-{service}": [f"127.0.0.1:{p.port}" for p in ps]
+            for service, ps in running.items()
+        }
+        async with running_prometheus(tmp_path_factory.mktemp("prometheus"), targets) as p:
+            await p.wait_for('sum(up{job=~"agentstream-.+"})', 6)
+            await p.wait_for('sum(agentstream_consumer_assigned_partitions{service="metrics"})', 16)
+            await p.wait_for(
+                'count(agentstream_consumer_assigned_partitions{service="metrics"} > 0)', 2
             )
-        await wait_for_alerts(
-            prometheus,
-            {
-                "AgentstreamToolLoopBlocked": {"firing"},
-                "AgentstreamBudgetExceeded": {"firing"},
-                "AgentstreamDeadLetters": {"firing"},
-                "AgentstreamServiceDown": {"pending", "firing"},
-            },
-        )
-        yield Scenario(prometheus, time.time(), produced, len(traffic.sessions), tool_durations, 2)
+
+            agent_events = tool_durations = 0
+            for phase in (1, 2):
+                # Phase 2 is the next turn of the same sessions: the series phase 1 created on
+                # each instance grow, as in production (a series born within the rate window
+                # with its first value above 0 has no rate for Prometheus).
+                traffic = fleet_traffic(12, first_turn=phase == 1)
+                events = traffic.events + (looping_turn() if phase == 1 else [])
+                await publish(base, events)
+                await produce_raw(base, base.routing().events, b"\x00 not an event", key=b"poison")
+                agent_events += len(events) - sum(
+                    1 for e in events if e.type.startswith(("budget.", "audit.tool_loop"))
+                )
+                tool_durations += 12 * 3  # 2 Corail calls paired + 1 audit duration per session
+                await p.wait_for(f"sum(agentstream_events_total{{{AGENT_TYPES}}})", agent_events)
+                dead = 'agentstream_consumer_records_total{outcome="dead_lettered"}'
+                await p.wait_for(f"count(sum by (service) ({dead}) == {phase})", len(SERVICES))
+            # What the loops and budget services found, published on the alerts topic:
+            loops = 'sum(agentstream_loop_events_total{origin="service", kind="block"})'
+            budget = 'sum(agentstream_budget_events_total{origin="service", level="exceeded"})'
+            await p.wait_for(f"count({loops} > 0)", 1)
+            await p.wait_for(f"count({budget} > 0)", 1)
+
+            assert await running["tracing"][0].terminate() == 0
+            await wait_for_alerts(
+                p,
+                {
+                    "AgentstreamToolLoopBlocked": {"firing"},
+                    "AgentstreamBudgetExceeded": {"firing"},
+                    "AgentstreamDeadLetters": {"firing"},
+                    "AgentstreamServiceDown": {"pending", "firing"},
+                },
+            )
+            yield Scenario(p, time.time(), agent_events, len(traffic.sessions), tool_durations)
 
 
 # --- two instances add up ----------------------------------------------------------------
@@ -147,21 +182,22 @@ async def test_prometheus_sums_over_two_instances_equal_what_was_produced(
     scenario: Scenario,
 ) -> None:
     p, at = scenario.prometheus, scenario.at
-    assert p.value("sum(agentstream_events_total)", at) == scenario.produced
+    assert p.value(f"sum(agentstream_events_total{{{AGENT_TYPES}}})", at) == scenario.agent_events
     assert p.value("count(count by (instance) (agentstream_events_total > 0))", at) == 2
-    assert p.value('sum(agentstream_consumer_records_total{outcome="consumed"})', at) == (
-        scenario.produced
+    # Every record the two instances consumed was counted once by the fleet metrics.
+    consumed = 'sum(agentstream_consumer_records_total{service="metrics", outcome="consumed"})'
+    assert p.value(consumed, at) == p.value("sum(agentstream_events_total)", at)
+    assert p.value("sum(agentstream_pipeline_delay_seconds_count)", at) == p.value(
+        "sum(agentstream_events_total)", at
     )
-    assert p.value("sum(agentstream_active_sessions)", at) == scenario.sessions
+    assert p.value("sum(agentstream_active_sessions)", at) == scenario.sessions + 1  # + looping
     assert p.value("sum(agentstream_tool_duration_seconds_count)", at) == scenario.tool_durations
-    assert p.value("sum(agentstream_pipeline_delay_seconds_count)", at) == scenario.produced
-    assert p.value("sum(agentstream_unpaired_calls_total)", at) in (None, 0)
     by_type = {
         r["metric"]["type"]: float(r["value"][1])
         for r in p.query("sum by (type) (agentstream_events_total)", at)
     }
-    assert by_type["tool.called"] == 2 * 12 * 2
-    assert by_type["budget.warning"] == 2  # one per phase, from the alerts topic
+    assert by_type["tool.called"] == 2 * 12 * 2 + 6
+    assert by_type["budget.exceeded"] >= 2  # one per phase from pods, more from the service
 
 
 # --- the dashboard -------------------------------------------------------------------------
@@ -257,10 +293,25 @@ async def test_every_alert_expression_returns_data(scenario: Scenario) -> None:
 
 async def test_the_triggered_alerts_name_what_happened(scenario: Scenario) -> None:
     alerts = scenario.prometheus.get("/api/v1/alerts")["alerts"]
-    labels = {(a["labels"]["alertname"], a["state"]): a["labels"] for a in alerts}
-    loop = labels[("AgentstreamToolLoopBlocked", "firing")]
-    assert loop["pattern"] in {"same_call", "pingpong"}
-    dead = labels[("AgentstreamDeadLetters", "firing")]
-    assert dead["service"] == "metrics"
+
+    def firing(name: str, *labels: str) -> set[tuple[str, ...]]:
+        return {
+            tuple(a["labels"][label] for label in labels)
+            for a in alerts
+            if a["labels"]["alertname"] == name and a["state"] == "firing"
+        }
+
+    # Blocks reported by a Calute pod, and found by the loops service in a Corail turn.
+    blocked = firing("AgentstreamToolLoopBlocked", "pattern", "origin")
+    assert blocked == {("same_call", "agent"), ("same_call", "service")}
+    # Exceedances reported by a Corail pod, and found by the budget service.
+    exceeded = firing("AgentstreamBudgetExceeded", "dimension", "origin")
+    assert exceeded == {("tokens", "agent"), ("tokens", "service")}
+    dead = {
+        a["labels"]["service"]
+        for a in alerts
+        if a["labels"]["alertname"] == "AgentstreamDeadLetters"
+    }
+    assert dead == set(SERVICES)  # tracing was stopped, its last samples still count
     down = [a for a in alerts if a["labels"]["alertname"] == "AgentstreamServiceDown"]
     assert [a["labels"]["job"] for a in down] == ["agentstream-tracing"]
