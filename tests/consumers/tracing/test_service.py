@@ -228,7 +228,10 @@ async def test_killed_process_turn_rebuilt_by_the_next_and_otel_env_honoured(
         first.kill()
 
     await produce_events(kafka_settings, EVENTS[4:])
-    with ServiceProcess("tracing", kafka_settings, env=env) as second:
+    # the second process gets its endpoint from the command line instead (it wins over OTEL_*)
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"  # discard port: would fail
+    options = ("--otlp-endpoint", otlp_receiver.url)
+    with ServiceProcess("tracing", kafka_settings, *options, env=env) as second:
         await second.wait_ready()
         await wait_until(lambda: len(traces_of(otlp_receiver)) == 2, timeout=30, what="2 traces")
         assert await second.terminate() == 0
