@@ -78,6 +78,7 @@ class OtlpHttpExporter:
         self._queued_spans = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: list[_Item] = []
         self._closing = False
 
     @property
@@ -126,7 +127,8 @@ class OtlpHttpExporter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        self._drop(list(self._queue), "shutdown")
+        self._drop([*self._inflight, *self._queue], "shutdown")  # _drop skips resolved ones
+        self._inflight = []
         self._queue.clear()
         self._queued_spans = 0
 
@@ -147,11 +149,13 @@ class OtlpHttpExporter:
             ):
                 await asyncio.sleep(self.policy.linger_s)
             batch = self._take_batch()
+            self._inflight = batch
             try:
                 await self._deliver(batch)
             except Exception:  # never let the worker die: drop the batch, count it
                 log.exception("tracing export: unexpected error, %d traces dropped", len(batch))
                 self._drop(batch, "export_failed")
+            self._inflight = []
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -252,12 +256,12 @@ class OtlpHttpExporter:
                 item.future.set_result(True)
 
     def _drop(self, items: list[_Item], reason: str) -> None:
-        spans = sum(item.spans for item in items)
+        pending = [item for item in items if not item.future.done()]
+        spans = sum(item.spans for item in pending)
         if spans:
             self.metrics.dropped_spans.labels(reason=reason).inc(spans)
-        for item in items:
-            if not item.future.done():
-                item.future.set_result(False)
+        for item in pending:
+            item.future.set_result(False)
 
 
 def _retry_after(value: str | None) -> float | None:

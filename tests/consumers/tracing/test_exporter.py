@@ -222,3 +222,23 @@ def test_nested_attribute_values_encode_as_otlp_any_values() -> None:
     ]
     assert fields["e"].WhichOneof("value") == "kvlist_value"  # an empty map stays a map
     assert any_value(2**70).string_value == str(2**70)
+
+
+async def test_close_during_backoff_counts_the_batch_in_flight(otlp_receiver: Any) -> None:
+    otlp_receiver.script = [503] * 10
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry, backoff_s=30, max_backoff_s=30)
+    await exporter.start()
+    (future,) = exporter.submit([make_trace(1)])
+    await wait_for_attempt(otlp_receiver)
+    await exporter.close(timeout_s=0.2)
+    assert future.done() and future.result() is False
+    assert value(registry, "agentstream_tracing_dropped_spans_total", reason="shutdown") == 2
+
+
+async def wait_for_attempt(receiver: Any) -> None:
+    for _ in range(200):
+        if receiver.attempts:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("the exporter never POSTed")
