@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import pkgutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -107,7 +109,11 @@ def settings_from_options(
 async def run_service(
     spec: ServiceSpec[Any], settings: ServiceSettings, *, stop: asyncio.Event | None = None
 ) -> int:
-    """Run ``spec`` until SIGTERM/SIGINT (or ``stop``): HTTP endpoints, consumer, setup."""
+    """Run ``spec`` until SIGTERM/SIGINT (or ``stop``): HTTP endpoints, consumer, setup.
+
+    The first signal drains and exits 0 (bounded by ``drain_timeout_ms``); a second one
+    exits at once with code 1, without draining (nothing unfinished is committed).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,12 +128,20 @@ async def run_service(
         healthy=lambda: consumer.healthy or not consumer_started[0],
         ready=lambda: consumer.ready,
     )
-    await http.start()
     try:
-        await wait_for_broker(settings.admin_options(), timeout=60)
+        await http.start()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"expected a free HTTP port at {settings.http_host}:{settings.http_port} "
+            f"(http_port / --http-port), got {exc}"
+        ) from exc
+    try:
+        if not await _until_stopped(wait_for_broker(settings.admin_options(), timeout=60), stop):
+            return 0
         async with spec.setup(consumer, settings):
             consumer_started[0] = True
-            await consumer.run(stop)
+            if not stop.is_set():
+                await consumer.run(stop)
     finally:
         await http.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,6 +150,26 @@ async def run_service(
     return 0
 
 
+async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` comes first; whether it ran to its end."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("%s received again: exiting now, without draining", sig.name)
+        os._exit(1)
     log.info("%s received: stopping (finish in-flight work, commit, leave the group)", sig.name)
     stop.set()

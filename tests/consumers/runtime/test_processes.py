@@ -17,6 +17,7 @@ from support.runtime import (
     wait_until,
 )
 
+from agentstream.consumers.broker import free_port
 from agentstream.schemas import Event, new_event_id
 from agentstream.schemas.settings import KafkaSettings
 
@@ -82,6 +83,21 @@ async def test_service_process_helper_runs_a_service_until_sigterm(
         consumed = 'outcome="consumed",service="auditor",type="tool.called"} 5.0'
         assert consumed in body.decode()
     assert p.process is not None and p.process.returncode == 0
+
+
+async def test_waiting_for_the_broker_is_alive_not_ready_and_stops_cleanly() -> None:
+    nowhere = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", topic_prefix="none")
+    with ServiceProcess(RECORDER, nowhere) as proc:
+
+        async def serving() -> bool:
+            try:
+                return (await http_get(proc.port, "/healthz"))[0] == 200
+            except OSError:
+                return False
+
+        await wait_until(serving, what="HTTP up while the broker is unreachable")
+        assert (await http_get(proc.port, "/readyz"))[0] == 503
+        assert await proc.terminate(timeout=15) == 0, proc.log()
 
 
 async def test_unknown_service_names_the_available_ones(kafka_settings: KafkaSettings) -> None:
