@@ -73,13 +73,14 @@ class BatchHistogram(Collector):
 
     def add(self, batch: HistogramBatch) -> None:
         """Make ``batch``'s observations visible (once per batch)."""
+        for labels in batch.series:
+            if len(labels) != len(self.labelnames):
+                raise ValueError(
+                    f"expected {len(self.labelnames)} label values for {self.name} "
+                    f"{self.labelnames}, got {labels!r}"
+                )
         with self._lock:
             for labels, row in batch.series.items():
-                if len(labels) != len(self.labelnames):
-                    raise ValueError(
-                        f"expected {len(self.labelnames)} label values for {self.name} "
-                        f"{self.labelnames}, got {labels!r}"
-                    )
                 total = self._series.get(labels)
                 if total is None:
                     self._series[labels] = list(row)

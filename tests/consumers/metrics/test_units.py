@@ -177,3 +177,25 @@ def test_active_sessions_count_the_window_and_forget_the_rest() -> None:
     assert registry.get_sample_value("agentstream_active_sessions") == 1
     sessions.forget(("events", 1))
     assert registry.get_sample_value("agentstream_active_sessions") == 0
+
+
+def test_labelled_batch_histogram_exposes_what_client_python_would() -> None:
+    buckets = (0.5, 2.0)
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = BatchHistogram("t_seconds", "doc", buckets, ["tool"], registry=ours_registry)
+    theirs = Histogram("t_seconds", "doc", ["tool"], buckets=buckets, registry=theirs_registry)
+    batch = ours.new_batch()
+    for tool, value in (("a", 0.25), ("b", 0.5), ("a", 3.0), ("b", 1.0), ("a", 0.5)):
+        batch.observe(value, (tool,))
+        theirs.labels(tool).observe(value)
+    ours.add(batch)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if "_created" not in line)
+
+    assert lines(ours_registry) == lines(theirs_registry)
+    wrong = ours.new_batch()
+    wrong.observe(1.0)
+    with pytest.raises(ValueError, match="expected 1 label values"):
+        ours.add(wrong)
