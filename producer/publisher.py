@@ -365,6 +365,8 @@ class KafkaPublisher:
             raise RuntimeError("flush() cannot run on the publisher's own thread")
         with self._lock:
             target = self._ledger.last()
+            if self._closed and not self._thread.is_alive():  # nothing will move any more
+                return self._ledger.base > target and self._inherited <= 0
             self._flushing += 1
             self._wake()
             try:

@@ -308,3 +308,15 @@ async def test_spooled_events_are_delivered_in_order_once_a_broker_answers(
         per_session[event.session_id].append(event.seq)
     assert all(seqs == sorted(seqs) for seqs in per_session.values())
     assert files_in(tmp_path) == []  # everything acknowledged: nothing left on disk
+
+
+def test_flush_after_close_answers_at_once() -> None:
+    publisher = KafkaPublisher(dead_settings(), redact=None)
+    publisher.publish(events(1, sessions=1)[0])
+    publisher.close(0.1)
+    publisher.close(0.1)  # idempotent
+    start = time.monotonic()
+    assert publisher.flush() is False
+    assert time.monotonic() - start < 1
+    publisher.publish(events(1, sessions=1)[0])  # after close: counted, not raised
+    assert publisher.stats().dropped["closed"] == 2
