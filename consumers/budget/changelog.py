@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import header
+from agentstream.schemas import Event, encode_event, event_headers, header, record_key
 from agentstream.schemas.admin import DAY_MS, ensure_topics
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
@@ -255,6 +255,7 @@ class ChangelogWriter:
     """Writes scope states to an explicit changelog partition; returns once acknowledged."""
 
     def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
         self.topic = changelog_topic(settings.topic_prefix)
         self._producer = AIOKafkaProducer(**settings.producer_options())
         self.records_written = 0
@@ -285,7 +286,9 @@ class ChangelogWriter:
         self.records_written += len(results)
         return max(int(r.offset) for r in results)
 
-    async def send_ordered(self, records: Iterable[tuple[str, bytes, bytes, Headers]]) -> None:
+    async def send_ordered(
+        self, records: Iterable[tuple[str, bytes | None, bytes, Headers]]
+    ) -> None:
         """Send ``(topic, key, value, headers)`` records, enqueued in the order given
         (per partition the broker keeps it), and wait for every acknowledgement."""
         send = self._producer.send
@@ -295,3 +298,18 @@ class ChangelogWriter:
         ]
         if futures:
             await asyncio.gather(*futures)
+
+    async def send_events(self, events: Iterable[tuple[str, Event]]) -> None:
+        """Publish ``(topic, event)`` pairs in the wire format ``consumer.send`` uses (value
+        in ``settings.encoding``, CloudEvents headers, key = :func:`record_key`), enqueued in
+        order, and wait for every acknowledgement: one round trip for a whole batch."""
+        encoding, limit = self.settings.encoding, self.settings.max_request_size
+        await self.send_ordered(
+            (
+                topic,
+                record_key(event),
+                encode_event(event, encoding, max_bytes=limit),
+                event_headers(event, encoding),
+            )
+            for topic, event in events
+        )

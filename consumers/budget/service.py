@@ -21,13 +21,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
-from agentstream.schemas import Event
 
 from .accounting import Ledger
 from .changelog import ChangelogWriter, ensure_budget_topics, repartition_topic
 from .config import BudgetConfig, Limits, load_config
 from .metrics import BudgetMetrics
-from .stages import USAGE_TYPE, DayStage, Send, SessionStage, Stage
+from .stages import USAGE_TYPE, DayStage, SessionStage, Stage
 
 S = TypeVar("S", bound=Stage)
 
@@ -129,26 +128,20 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
         topic=topic,
     )
 
-    async def send_main(target: str, event: Event) -> None:
-        await consumer.send(target, event)
-
-    async def send_repartition(target: str, event: Event) -> None:
-        await repartition.send(target, event)
-
-    def stage(cls: type[S], send: Send) -> S:
+    def stage(cls: type[S]) -> S:
         return cls(
             settings=settings,
             repartition_topic=topic,
             ledger=Ledger(config),
             writer=writer,
             metrics=metrics,
-            send=send,
+            publish=writer.send_events,
             pause_on_exceeded=settings.budget_pause_on_exceeded,
             session_idle=timedelta(hours=settings.budget_session_idle_hours),
             keep_days=settings.budget_keep_days,
         )
 
-    sessions, days = stage(SessionStage, send_main), stage(DayStage, send_repartition)
+    sessions, days = stage(SessionStage), stage(DayStage)
     size, wait = settings.budget_batch_records, settings.budget_batch_wait_ms
     consumer.subscribe_batch(
         "*", sessions.handle, name="budget-sessions", max_records=size, max_wait_ms=wait

@@ -14,8 +14,8 @@ after the handler returned):
 2. (sessions) send the charges to the repartition topic, in order, and wait for the acks;
 3. write the touched scopes to the changelog partition, with the signals they earned in
    their ``pending`` outbox, and wait for the acks;
-4. publish the pending signals (``consumer.send``, acknowledged), clear the outboxes and
-   write those scopes again.
+4. publish the pending signals (alerts, and pause directives if asked), in order, wait for
+   the acks, clear the outboxes and write those scopes again.
 
 A crash between 3 and 4 leaves signals pending in the changelog: the next owner looks for
 their deterministic ids on the alerts topic and sends only the missing ones. So each
@@ -58,7 +58,8 @@ log = logging.getLogger("agentstream.consumers.budget")
 USAGE_TYPE = "budget.usage"
 """Type of the repartition records (internal to the budget service)."""
 
-Send = Callable[[str, Event], Awaitable[None]]
+Publish = Callable[[list[tuple[str, Event]]], Awaitable[None]]
+"""Publish ``(topic, event)`` pairs in the order given; return once all are acknowledged."""
 OutRecord = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
 """``(topic, key, value, headers)``."""
 
@@ -113,7 +114,7 @@ class Stage:
         ledger: Ledger,
         writer: ChangelogWriter,
         metrics: BudgetMetrics,
-        send: Send,
+        publish: Publish,
         pause_on_exceeded: bool = False,
         session_idle: timedelta = timedelta(hours=24),
         keep_days: int = 2,
@@ -125,7 +126,7 @@ class Stage:
         self.ledger = ledger
         self.writer = writer
         self.metrics = metrics
-        self.send = send
+        self.publish = publish
         self.pause_on_exceeded = pause_on_exceeded
         self.session_idle = session_idle
         self.keep_days = keep_days
@@ -208,12 +209,15 @@ class Stage:
             len(wanted),
             len(published),
         )
+        signals = [s for state in states for s in state.pending]
+        missing = [s for s in signals if s.event_id not in published]
+        directives = [
+            (self.routing.control, pause_directive(s))
+            for s in signals
+            if s.event_id in published and self.pause_on_exceeded and s.level is Level.EXCEEDED
+        ]
+        await self._publish(missing, extra=directives)  # directives: idempotent, sent again
         for state in states:
-            for signal in state.pending:
-                if signal.event_id not in published:
-                    await self._publish(signal)
-                elif self.pause_on_exceeded and signal.level is Level.EXCEEDED:
-                    await self.send(self.routing.control, pause_directive(signal))
             state.pending.clear()
         await self._write(partition, states, [])
 
@@ -266,10 +270,9 @@ class Stage:
         if not with_signals:
             return
         try:
+            await self._publish([s for state in with_signals for s in state.pending])
             for state in with_signals:
-                for signal in list(state.pending):
-                    await self._publish(signal)
-                    state.pending.remove(signal)
+                state.pending.clear()
             await self._write(partition, with_signals, [])
         except BaseException:
             # Still pending (in memory and in the changelog): the next persist retries them.
@@ -282,20 +285,28 @@ class Stage:
             self._written[partition] = max(self._written.get(partition, -1), last)
             self.metrics.changelog_records.labels(self.name).inc(len(states) + len(gone))
 
-    async def _publish(self, signal: Signal) -> None:
-        await self.send(self.routing.alerts, signal_event(signal))
-        self.metrics.signalled(signal)
-        log.info(
-            "%s %s of %s: %s at %s of %s",
-            signal.event_type,
-            signal.dimension.value,
-            signal.scope,
-            signal.dimension.value,
-            signal.used,
-            signal.limit,
-        )
-        if self.pause_on_exceeded and signal.level is Level.EXCEEDED:
-            await self.send(self.routing.control, pause_directive(signal))
+    async def _publish(
+        self, signals: list[Signal], *, extra: list[tuple[str, Event]] | None = None
+    ) -> None:
+        """Publish the alerts of ``signals`` (and pause directives), in order, all acked."""
+        events = list(extra or ())
+        for signal in signals:
+            events.append((self.routing.alerts, signal_event(signal)))
+            if self.pause_on_exceeded and signal.level is Level.EXCEEDED:
+                events.append((self.routing.control, pause_directive(signal)))
+        if not events:
+            return
+        await self.publish(events)
+        for signal in signals:
+            self.metrics.signalled(signal)
+            log.info(
+                "%s %s of %s: %s of %s",
+                signal.event_type,
+                signal.dimension.value,
+                signal.scope,
+                signal.used,
+                signal.limit,
+            )
 
     def _maybe_evict(self) -> None:
         now = time.monotonic()

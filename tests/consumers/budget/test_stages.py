@@ -50,11 +50,12 @@ class Recorder:
             self.repartitioned.append(event)
             self.steps.append(("repartition", (topic, key.decode(), event.type)))
 
-    async def send(self, topic: str, event: Event) -> None:
+    async def publish(self, events: list[tuple[str, Event]]) -> None:
         if self.fail_sends:
             self.fail_sends -= 1
             raise ConnectionError("broker away")
-        self.steps.append(("send", (topic, event.type, event.data.get("dimension"))))
+        for topic, event in events:
+            self.steps.append(("send", (topic, event.type, event.data.get("dimension"))))
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.steps]
@@ -73,7 +74,7 @@ def stage(
         ledger=Ledger(config, clock=lambda: clock),
         writer=cast(ChangelogWriter, recorder),
         metrics=BudgetMetrics(CollectorRegistry()),
-        send=recorder.send,
+        publish=recorder.publish,
         **kw,
     )
 
@@ -174,7 +175,7 @@ async def test_evicted_scopes_get_tombstones() -> None:
         ledger=Ledger(BudgetConfig(), clock=lambda: now[0]),
         writer=cast(ChangelogWriter, recorder),
         metrics=BudgetMetrics(CollectorRegistry()),
-        send=recorder.send,
+        publish=recorder.publish,
         session_idle=timedelta(hours=1),
         evict_every_s=0.0,
     )
