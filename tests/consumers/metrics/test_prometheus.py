@@ -40,7 +40,9 @@ from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.settings import KafkaSettings
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Six service processes and a Prometheus server start in the first test's setup: more than the
+# default 120 s on a loaded machine is possible (it takes about 40 s on an idle one).
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "deploy/grafana/dashboards/agentstream-fleet.json"
 
