@@ -24,6 +24,7 @@ warning and exceedance is published once, and totals are exact, across kill -9.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -119,6 +120,7 @@ class Stage:
         session_idle: timedelta = timedelta(hours=24),
         keep_days: int = 2,
         evict_every_s: float = 60.0,
+        persist_attempts: int | None = None,
     ) -> None:
         self.settings = settings
         self.repartition_topic = repartition_topic
@@ -131,6 +133,7 @@ class Stage:
         self.session_idle = session_idle
         self.keep_days = keep_days
         self.evict_every_s = evict_every_s
+        self.persist_attempts = persist_attempts
         self._next_evict = time.monotonic() + evict_every_s
         self.partitions: dict[int, set[str]] = {}
         """Owned partitions → the scopes held for each."""
@@ -253,6 +256,33 @@ class Stage:
         """Hook: what must be acknowledged before the changelog records it (sessions:
         the repartition records)."""
 
+    async def _persist_until_done(self, partition: int) -> None:
+        """:meth:`_persist`, retried with backoff while Kafka refuses (forever by default).
+
+        A stateful stage must not let the runtime dead-letter and commit records it has
+        counted but not made durable; it holds its partition (fetching pauses) instead.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._persist(partition)
+                return
+            except Exception as exc:
+                if self.persist_attempts is not None and attempt >= self.persist_attempts:
+                    raise
+                delay = min(0.1 * 2 ** min(attempt, 6), 5.0)
+                log.warning(
+                    "%s stage: partition %d: persisting failed (attempt %d), retrying in "
+                    "%.1f s: %r",
+                    self.name,
+                    partition,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+
     async def _persist(self, partition: int) -> None:
         self._maybe_evict()
         await self.before_write(partition)
@@ -368,7 +398,7 @@ class SessionStage(Stage):
                         event_headers(delta, encoding),
                     )
                 )
-        await self._persist(partition)
+        await self._persist_until_done(partition)
         self._update_gauge()
 
     async def before_write(self, partition: int) -> None:
@@ -424,5 +454,5 @@ class DayStage(Stage):
                 self.metrics.replayed.labels(self.name).inc()
             else:
                 self.touch(partition, state)
-        await self._persist(partition)
+        await self._persist_until_done(partition)
         self._update_gauge()

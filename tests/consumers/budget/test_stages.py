@@ -112,7 +112,11 @@ async def test_records_of_other_topics_are_ignored() -> None:
 async def test_a_failed_publish_keeps_the_signal_pending_and_the_retry_sends_it_once() -> None:
     recorder = Recorder()
     sessions = stage(
-        SessionStage, recorder, BudgetConfig(session=Limits(tokens=10)), pause_on_exceeded=True
+        SessionStage,
+        recorder,
+        BudgetConfig(session=Limits(tokens=10)),
+        pause_on_exceeded=True,
+        persist_attempts=1,
     )
     batch = records([llm(20, 0)])
     recorder.fail_sends = 1
@@ -134,7 +138,9 @@ async def test_a_failed_publish_keeps_the_signal_pending_and_the_retry_sends_it_
 
 async def test_a_failed_repartition_send_is_retried_before_the_changelog() -> None:
     recorder = Recorder()
-    sessions = stage(SessionStage, recorder, BudgetConfig(session=Limits(tokens=0)))
+    sessions = stage(
+        SessionStage, recorder, BudgetConfig(session=Limits(tokens=0)), persist_attempts=1
+    )
 
     async def broken(records: Iterable[Any]) -> None:
         raise ConnectionError("broker away")
@@ -188,3 +194,12 @@ async def test_evicted_scopes_get_tombstones() -> None:
     assert sessions.partitions[2] == {"session:new"}
     new = sessions.ledger.get("session:new")
     assert new.rounds == 2
+
+
+async def test_by_default_persisting_is_retried_until_kafka_takes_it() -> None:
+    recorder = Recorder()
+    sessions = stage(SessionStage, recorder, BudgetConfig(session=Limits(rounds=1)))
+    recorder.fail_sends = 2
+    await sessions.handle(records([turn(0)]))  # returns only once everything is durable
+    assert recorder.kinds().count("send") == 2  # warning and exceeded, once each
+    assert recorder.steps[-1] == ("changelog", ("session:s-1", 0))
