@@ -212,10 +212,13 @@ class EventConsumer:
 
     @property
     def healthy(self) -> bool:
-        """Whether the fetch loop runs and polled recently (for ``/healthz``)."""
+        """Whether the fetch and commit loops run, the fetch loop polled recently and no
+        partition worker died (for ``/healthz``)."""
         if not self._started or self._stopped:
             return False
         if any(task.done() for task in self._tasks):
+            return False
+        if any(worker.failed for worker in self._workers.values()):
             return False
         return time.monotonic() - self._last_poll < STALL_SECONDS
 

@@ -79,6 +79,12 @@ class PartitionWorker:
     def done(self) -> bool:
         return self._task.done()
 
+    @property
+    def failed(self) -> bool:
+        """Whether the worker died of an error (a bug: handlers' errors never get here)."""
+        task = self._task
+        return task.done() and not task.cancelled() and task.exception() is not None
+
     async def stop(self, timeout: float) -> bool:
         """Finish in-flight work within ``timeout`` seconds; True if it did, False if cut."""
         self._stopping = True

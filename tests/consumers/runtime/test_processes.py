@@ -135,14 +135,38 @@ async def test_three_instances_and_another_service_survive_a_kill_9(
         assert len(before) < len(ids), "killed after everything was done: nothing tested"
         await wait_until(lambda: _done(*files) >= ids, timeout=40, what="recorders caught up")
         await wait_until(lambda: _done(audit) >= ids, timeout=20, what="auditor caught up")
-        # The survivors took over the victim's partitions, and committed everything.
-        survivors_did = _done(*(f for i, f in enumerate(files) if i != victim))
-        assert survivors_did - _done(files[victim]), "survivors resumed the victim's partitions"
         records = await read_records(kafka_settings, kafka_settings.routing().events, len(events))
         ends: dict[TopicPartition, int] = defaultdict(int)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             ends[tp] = max(ends[tp], r.offset + 1)
+
+        def ends_of(topic: str, partition: int) -> int:
+            return ends[TopicPartition(topic, partition)]
+
+        # The survivors took over the victim's partitions, and committed everything.
+        survivors = [f for i, f in enumerate(files) if i != victim]
+        survivors_did = _done(*survivors)
+        # Per partition the victim held at the end: everything after its last finished
+        # record was handled by a survivor.
+        last_done: dict[tuple[str, int], int] = {}
+        for phase, _, topic, partition, offset, _ in _lines(files[victim]):
+            if phase == "done":
+                key = (topic, int(partition))
+                last_done[key] = max(last_done.get(key, -1), int(offset))
+        survivor_offsets = {
+            (f[2], int(f[3]), int(f[4]))
+            for path in survivors
+            for f in _lines(path)
+            if f[0] == "done"
+        }
+        resumed = 0
+        for (topic, partition), last in last_done.items():
+            end = ends_of(topic, partition)
+            missing = {(topic, partition, o) for o in range(last + 1, end)} - survivor_offsets
+            assert not missing, f"not resumed on {topic}[{partition}]: {sorted(missing)[:5]}"
+            resumed += end - last - 1
+        assert resumed, "the victim had finished its partitions: nothing was resumed"
         group = f"{kafka_settings.topic_prefix}.recorder"
 
         async def all_committed() -> bool:
