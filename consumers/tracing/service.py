@@ -13,20 +13,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
-from agentstream.schemas.errors import AgentstreamError
+from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 
 from .assembler import TraceAssembler
-from .exporter import ExportPolicy, OtlpHttpExporter
 from .metrics import TracingMetrics
 from .restore import committed_offsets, replay
 from .settings import TracingSettings, export_target
 from .spans import Trace
 from .turn import TurnLimits
+
+if TYPE_CHECKING:
+    from .exporter import OtlpHttpExporter
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,13 @@ class TracingService:
 
 
 def build(consumer: EventConsumer, settings: TracingSettings) -> TracingService:
+    try:  # the protobuf messages come with the 'tracing' extra; listing services needs none
+        from .exporter import ExportPolicy, OtlpHttpExporter
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the tracing service needs the OTLP protobuf messages: "
+            f"pip install 'agentstream[tracing]' (import failed: {exc})"
+        ) from None
     metrics = TracingMetrics(consumer.registry)
     policy = ExportPolicy(
         batch_spans=settings.export_batch_spans,
