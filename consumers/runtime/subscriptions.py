@@ -131,13 +131,17 @@ class SubscriptionTable:
         return found
 
 
-def make_subscription(pattern: str | EventType, handler: Handler, name: str | None) -> Subscription:
+def _require_async(handler: Callable[..., object]) -> None:
     if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
     ):
         raise ConfigurationError(
             f"expected an async handler (async def), got {handler_name(handler)!r}"
         )
+
+
+def make_subscription(pattern: str | EventType, handler: Handler, name: str | None) -> Subscription:
+    _require_async(handler)
     return Subscription(
         pattern_text(pattern), name or handler_name(handler), handler, _takes_record(handler)
     )
@@ -154,6 +158,7 @@ def make_batch_subscription(
         raise ConfigurationError(
             f"expected max_records >= 1 and max_wait_ms >= 0, got {max_records} and {max_wait_ms}"
         )
+    _require_async(handler)
     return BatchSubscription(
         pattern_text(pattern), name or handler_name(handler), handler, max_records, max_wait_ms
     )

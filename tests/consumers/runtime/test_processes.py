@@ -150,10 +150,10 @@ async def test_three_instances_and_another_service_survive_a_kill_9(
         # Per partition the victim held at the end: everything after its last finished
         # record was handled by a survivor.
         last_done: dict[tuple[str, int], int] = {}
-        for phase, _, topic, partition, offset, _ in _lines(files[victim]):
-            if phase == "done":
-                key = (topic, int(partition))
-                last_done[key] = max(last_done.get(key, -1), int(offset))
+        for fields in _lines(files[victim]):
+            if fields[0] == "done":
+                key = (fields[2], int(fields[3]))
+                last_done[key] = max(last_done.get(key, -1), int(fields[4]))
         survivor_offsets = {
             (f[2], int(f[3]), int(f[4]))
             for path in survivors

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from agentstream.consumers.runtime import Record
 from agentstream.consumers.runtime.offsets import PartitionOffsets
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.consumers.runtime.subscriptions import (
@@ -81,11 +82,15 @@ async def _with_record(event: Event, record: object) -> None:
     return None
 
 
+async def _batch(records: list[Record]) -> None:
+    return None
+
+
 def test_subscription_table_matches_patterns_and_types() -> None:
     table = SubscriptionTable()
     table.add(make_subscription("tool.*", _handler, None))
     table.add(make_subscription(EventType.LLM_TOKEN, _with_record, None))
-    table.add(make_batch_subscription("*", _handler, "sink", 10, 5))
+    table.add(make_batch_subscription("*", _batch, "sink", 10, 5))
     singles, batches = table.for_type("tool.called")
     assert [s.name for s in singles] == ["_handler"]
     assert [b.name for b in batches] == ["sink"]
