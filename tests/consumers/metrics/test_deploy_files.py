@@ -4,6 +4,7 @@ the Grafana dashboard and provisioning are consistent. (test_prometheus.py runs 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -52,6 +53,10 @@ def test_the_deploy_targets_name_every_service_on_its_port() -> None:
         "9104": "metrics",
         "9105": "tracing",
     }
+    # ... which are the services' own default ports.
+    for port, name in found.items():
+        spec = importlib.import_module(f"agentstream.consumers.{name}.service").SERVICE
+        assert spec.settings_class.model_fields["http_port"].default == int(port), name
 
 
 def dashboard() -> dict[str, Any]:
