@@ -45,7 +45,7 @@ async def test_warning_then_exceeded_once_each_across_partitions(
 ) -> None:
     config = tmp_path / "budget.toml"
     config.write_text(CONFIG)
-    settings = budget_settings(kafka_settings, config)
+    settings = budget_settings(kafka_settings, config, budget_pause_on_exceeded=True)
     consumer = EventConsumer(settings, service=SERVICE.name)
     events = three_sessions()
     async with SERVICE.setup(consumer, settings) as service:
@@ -75,6 +75,11 @@ async def test_warning_then_exceeded_once_each_across_partitions(
     assert exceeded.data["tokens_used"] == exceeded.data["used"]
     assert exceeded.source == "agentstream-budget"
     assert exceeded.agent_id == "agent-a"
+
+    directives = await read_events(settings, settings.routing().control)
+    assert [(d.type, d.agent_id, d.data["finding_id"], d.data["service"]) for d in directives] == [
+        ("control.agent.paused", "agent-a", exceeded.event_id, "budget")
+    ]
 
     states = await read_states(settings)
     agent = states["agent:agent-a:2026-11-21"]
