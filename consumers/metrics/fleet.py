@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -128,7 +127,6 @@ class FleetMetrics:
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
         self._states: dict[PartitionKey, _PartitionState] = {}
-        self._states_lock = threading.Lock()
         self._next_prune = 0.0
         self._prune_every_s = min(60.0, session_window_s / 4)
 
@@ -265,8 +263,7 @@ class FleetMetrics:
         """The ``on_revoked`` hook: drop the open calls and sessions of those partitions."""
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            with self._states_lock:
-                state = self._states.pop(key, None)
+            state = self._states.pop(key, None)
             if state is not None:
                 state.tools.clear()
                 state.llm.clear()
@@ -346,8 +343,7 @@ class FleetMetrics:
         if state is None:
             seen = self.active_sessions.partition(key) if topic == self._events_topic else None
             state = _PartitionState(self._pending("tool"), self._pending("llm"), seen)
-            with self._states_lock:
-                self._states[key] = state
+            self._states[key] = state
         return state
 
     def _pending(self, call: str) -> PendingCalls:
