@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable
 
 import asyncpg
 import pytest
 from support.persistence import TcpProxy, count_is, metric, persistence, settings_for, stream
 from support.produce import produce_events
-from support.runtime import wait_until
+from support.runtime import running_consumer, wait_until
 
 from agentstream.consumers.persistence import Store, StoreUnavailableError, open_store
+from agentstream.consumers.persistence.service import SERVICE
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
@@ -110,3 +112,39 @@ async def test_connections_killed_during_ingestion(
 
 async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_service_waits_for_the_database_at_start(
+    kafka_settings: KafkaSettings,
+    pg_database_url: str,
+    pg_proxy: TcpProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = pg_proxy.url_for(pg_database_url)
+    await pg_proxy.stop()  # the database is down before the service starts
+    events = stream(100)
+    await produce_events(kafka_settings, events)
+    settings = settings_for(kafka_settings, url)
+    consumer = EventConsumer(settings, service=SERVICE.name)
+
+    async def service() -> list[str]:
+        async with SERVICE.setup(consumer, settings) as store, running_consumer(consumer):
+            assert isinstance(store, Store)
+            await wait_until(lambda: count_is(store, 100), what="the 100 events stored")
+            return await stored_ids(store)
+
+    caplog.set_level(logging.WARNING, "agentstream.consumers.persistence")
+    task = asyncio.create_task(service())
+    try:
+        await wait_until(
+            lambda: caplog.text.count("opening the store: store unavailable") >= 3,
+            what="the service retrying to open the store",
+        )
+        assert not task.done()  # waiting, not crashed
+        await pg_proxy.start()
+        ids = await asyncio.wait_for(task, timeout=60)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(ids) == sorted(e.event_id for e in events)
