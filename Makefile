@@ -7,10 +7,13 @@ DEPS_STAMP := $(VENV)/.deps-installed
 # embedded broker). Installed when missing, as root; CI runs as root on a fresh clone.
 APT_PACKAGES := prometheus stunnel4
 PACKAGES := -p agentstream.schemas -p agentstream.producer -p agentstream.consumers
+# Real peers for interop tests, each in its own virtual environment outside the repository
+# (~/.cache/agentstream/peers/<name>), built once and reused by every clone.
+PEER_VENV := tests/peers/ensure_venv.sh
 
 DEV_VENV := .venv-dev
 
-.PHONY: help up test venv install apt lint typecheck pytest bench schemas dev clean
+.PHONY: help up test venv install apt peers lint typecheck pytest bench schemas dev clean
 
 help:
 	@echo "make up     - the whole pipeline locally (embedded broker, services, demo agents)"
@@ -37,6 +40,9 @@ apt:
 	  else echo "missing Debian packages (install as root):$$missing"; fi; \
 	fi
 
+peers:
+	@$(PEER_VENV) mlflow 'mlflow==3.17.*' >/dev/null
+
 lint: $(DEPS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,7 +50,7 @@ lint: $(DEPS_STAMP)
 typecheck: install
 	$(BIN)/mypy $(PACKAGES)
 
-pytest: install apt
+pytest: install apt peers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
