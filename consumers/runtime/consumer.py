@@ -89,6 +89,7 @@ class EventConsumer:
         self._tasks: list[asyncio.Task[None]] = []  # the fetch and commit loops
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._ready = False
+        self._assign_failed = False
         self._started = False
         self._stopping = False
         self._stopped = False
@@ -166,7 +167,8 @@ class EventConsumer:
 
     def on_assigned(self, callback: C) -> C:
         """Await ``callback(partitions)`` after an assignment, before any of their records
-        reach a handler (restore state here). Usable as a decorator."""
+        reach a handler (restore state here). Usable as a decorator. If it raises, the
+        assignment's records are held back and :attr:`healthy` turns False."""
         self._assigned_callbacks.append(callback)
         return callback
 
@@ -212,13 +214,13 @@ class EventConsumer:
 
     @property
     def healthy(self) -> bool:
-        """Whether the fetch and commit loops run, the fetch loop polled recently and no
-        partition worker died (for ``/healthz``)."""
+        """Whether the fetch and commit loops run, the fetch loop polled recently, no
+        partition worker died and the last ``on_assigned`` hooks succeeded (``/healthz``)."""
         if not self._started or self._stopped:
             return False
         if any(task.done() for task in self._tasks):
             return False
-        if any(worker.failed for worker in self._workers.values()):
+        if self._assign_failed or any(worker.failed for worker in self._workers.values()):
             return False
         return time.monotonic() - self._last_poll < STALL_SECONDS
 
@@ -461,7 +463,19 @@ class EventConsumer:
             if worker is None or worker.done:
                 worker = self._workers[tp] = self._new_worker(tp)
             workers.append(worker)
-        await self._call(self._assigned_callbacks, assigned, "on_assigned")
+        if not await self._call(self._assigned_callbacks, assigned, "on_assigned"):
+            # Handling records on state that was not restored would be wrong: hold them back
+            # (fetching pauses once the buffer fills) and report unhealthy, so the process is
+            # restarted; a later assignment whose hooks succeed resumes.
+            self._assign_failed = True
+            log.error(
+                "service %s: an on_assigned callback failed; records of %s are held back and "
+                "/healthz reports unhealthy",
+                self.service,
+                _names(assigned),
+            )
+            return
+        self._assign_failed = False
         for worker in workers:
             worker.gate.set()
         self._ready = True
@@ -484,12 +498,16 @@ class EventConsumer:
 
     async def _call(
         self, callbacks: list[PartitionsCallback], tps: frozenset[TopicPartition], what: str
-    ) -> None:
+    ) -> bool:
+        """Await every callback; whether all of them returned."""
+        ok = True
         for callback in callbacks:
             try:
                 await callback(tps)
             except Exception:
+                ok = False
                 log.exception("%s callback %r failed for %s", what, callback, _names(tps))
+        return ok
 
 
 def _names(tps: Iterable[TopicPartition]) -> str:

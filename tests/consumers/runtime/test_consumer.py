@@ -245,3 +245,40 @@ def _sample(consumer: EventConsumer, outcome: str, event_type: str) -> float:
         {"service": consumer.service, "type": event_type, "outcome": outcome},
     )
     return value or 0.0
+
+
+async def test_a_failed_assignment_hook_holds_records_back_and_reports_unhealthy(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="unrestored")
+    handled: list[str] = []
+
+    @consumer.on_assigned
+    async def restore(partitions: frozenset[TopicPartition]) -> None:
+        raise OSError("state store unreachable")
+
+    @consumer.subscribe("*")
+    async def handle(event: Event) -> None:
+        handled.append(event.event_id)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await produce_events(settings, [sample_event("tool.called", 1)])
+
+        def buffered() -> float:
+            value = consumer.registry.get_sample_value(
+                "agentstream_consumer_buffered_records", {"service": "unrestored"}
+            )
+            return value or 0.0
+
+        await wait_until(lambda: buffered() == 1, what="record fetched and held back")
+        assert not consumer.healthy
+        assert not consumer.ready
+        assert handled == []
+    finally:
+        stop.set()
+        await task
+    committed = await committed_offsets(settings, consumer.group_id)
+    assert set(committed.values()) <= {0}, "nothing committed past the held-back record"
