@@ -15,8 +15,8 @@ Tokens
     ``llm.call.completed`` with ``input_tokens``/``output_tokens``: those (reported).
     Without them but with ``output_chars``: ``output_chars // 4`` output tokens (Corail's
     estimate). ``message.response`` counts ``len(content) // 4`` only when no
-    ``llm.call.completed`` of the same turn was counted (otherwise the answer would be
-    counted twice).
+    ``llm.call.completed`` of the same turn (same ``turn_id``, since the last
+    ``turn.started``) was counted (otherwise the answer would be counted twice).
 Rounds, tool calls
     ``turn.started``; ``tool.called`` and ``audit.tool_call_attempt``.
 Cost
@@ -233,6 +233,8 @@ def charge_of(event: Event, config: BudgetConfig, session: ScopeState | None) ->
     """
     kind = event.type
     if kind == EventType.TURN_STARTED:
+        if session is not None:
+            session.counted_turn = None  # a new round: its answer is not counted yet
         return Charge(rounds=1)
     if kind == EventType.TOOL_CALLED or kind == EventType.AUDIT_TOOL_CALL_ATTEMPT:
         return Charge(tool_calls=1)

@@ -35,6 +35,9 @@ from .accounting import ScopeState
 
 log = logging.getLogger("agentstream.consumers.budget")
 
+MAX_IDLE_FETCHES = 20
+"""Empty fetches (of up to 0.5 s) in a row before a read gives up short of the end offset."""
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ScopeState)
 
@@ -144,16 +147,31 @@ async def read_partitions(
         remaining = {tp for tp in tps if ends[tp] > starts[tp]}
         for tp in tps:
             consumer.seek(tp, starts[tp])
+        idle = dict.fromkeys(remaining, 0)
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5_000)
             for tp in list(remaining):
                 high = consumer.highwater(tp)
                 if high is not None and high > ends[tp]:
                     ends[tp] = high
-                for record in batches.get(tp, ()):
+                records = batches.get(tp, ())
+                for record in records:
                     if record.offset < ends[tp]:
                         yield record
-                if await consumer.position(tp) >= ends[tp]:
+                idle[tp] = 0 if records else idle[tp] + 1
+                position = await consumer.position(tp)
+                if position >= ends[tp]:
+                    remaining.discard(tp)
+                elif idle[tp] >= MAX_IDLE_FETCHES:  # nothing readable up to the end offset
+                    log.warning(
+                        "%s[%d]: no records between %d and the end offset %d after %d fetches; "
+                        "reading stops there",
+                        tp.topic,
+                        tp.partition,
+                        position,
+                        ends[tp],
+                        idle[tp],
+                    )
                     remaining.discard(tp)
     finally:
         await consumer.stop()

@@ -81,6 +81,24 @@ def test_without_any_size_the_answer_of_the_turn_is_estimated() -> None:
     assert (state.tokens, state.estimated_tokens) == (130, 100)
 
 
+def test_without_turn_ids_a_new_round_resets_what_the_answer_may_skip() -> None:
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
+    run(
+        tracker,
+        [
+            turn(0, turn=""),
+            llm(10, 10, turn=""),
+            response("a" * 400, turn=""),  # the reported call covers it
+            turn(1, turn=""),
+            llm(turn=""),  # nothing reported this round
+            response("b" * 400, turn=""),  # estimated: 100
+        ],
+    )
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert (state.tokens, state.estimated_tokens, state.rounds) == (120, 100, 2)
+
+
 def test_unknown_model_costs_nothing_and_is_counted_as_unpriced() -> None:
     config = BudgetConfig(session=NO_LIMITS, prices={"known": Price(1.0, 1.0)})
     tracker = BudgetTracker(config)
