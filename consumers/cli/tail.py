@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ._common import add_kafka_arguments, kafka_settings_from
@@ -57,9 +58,10 @@ async def run(args: argparse.Namespace) -> int:
         since_ms=since_ms,
         follow=not args.no_follow,
     )
+    show = _printer(as_json)
     async with contextlib.aclosing(records):
         async for record in records:
-            if not _show(args, record, as_json):
+            if not _show(args, record, show):
                 continue
             shown += 1
             if args.limit is not None and shown >= args.limit:
@@ -67,9 +69,27 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, record: Any, as_json: bool) -> bool:
+def _printer(as_json: bool) -> Callable[[Any, Any], None]:
+    """How events are printed: JSON lines, rich text when installed, else ANSI colours."""
+    from agentstream.consumers.runtime import tailview
+
+    if as_json:
+        return lambda event, record: print(
+            tailview.json_line(
+                event, topic=record.topic, partition=record.partition, offset=record.offset
+            ),
+            flush=True,
+        )
+    try:
+        from rich.console import Console
+    except ImportError:
+        return lambda event, _: print(tailview.human_line(event, colour=True), flush=True)
+    console = Console(highlight=False, soft_wrap=True)
+    return lambda event, _: console.print(tailview.rich_line(event))
+
+
+def _show(args: argparse.Namespace, record: Any, show: Callable[[Any, Any], None]) -> bool:
     """Print ``record`` if it passes the filters; whether it did."""
-    from agentstream.consumers.runtime.tailview import human_line, json_line
     from agentstream.schemas import DecodeError, decode_record, header, matches
 
     session = args.session.encode() if args.session else None
@@ -92,11 +112,5 @@ def _show(args: argparse.Namespace, record: Any, as_json: bool) -> bool:
         args.agent and event.agent_id != args.agent
     ):
         return False
-    if as_json:
-        line = json_line(
-            event, topic=record.topic, partition=record.partition, offset=record.offset
-        )
-    else:
-        line = human_line(event, colour=True)
-    print(line, flush=True)
+    show(event, record)
     return True

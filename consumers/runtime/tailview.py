@@ -8,16 +8,18 @@ from typing import Any
 
 from agentstream.schemas import Event
 
-_COLOURS = {
-    "tool": "36",  # cyan
-    "llm": "35",  # magenta
-    "message": "32",  # green
-    "guard": "33",  # yellow
-    "budget": "31",  # red
-    "agent": "34",  # blue
-    "audit": "90",  # grey
-    "control": "1;31",
+_COLOURS = {  # ANSI code, rich style
+    "tool": ("36", "cyan"),
+    "llm": ("35", "magenta"),
+    "message": ("32", "green"),
+    "guard": ("33", "yellow"),
+    "budget": ("31", "red"),
+    "agent": ("34", "blue"),
+    "audit": ("90", "bright_black"),
+    "control": ("1;31", "bold red"),
 }
+_ERROR_COLOUR = ("1;31", "bold red")
+_PLAIN = ("0", "default")
 _ERRORISH = re.compile(r"(error|failed|failure|blocked|exceeded|block)$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,18 +44,36 @@ def summary(data: dict[str, Any], width: int = 90) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def human_line(event: Event, *, colour: bool) -> str:
+def _colour(event_type: str) -> tuple[str, str]:
+    if _ERRORISH.search(event_type):
+        return _ERROR_COLOUR
+    return _COLOURS.get(event_type.split(".")[0], _PLAIN)
+
+
+def _fields(event: Event) -> tuple[str, str, str, str, str]:
     when = event.timestamp.strftime("%H:%M:%S.%f")[:-3]
-    session = (event.session_id or "-")[:8]
-    agent = event.agent_id or "-"
-    kind = f"{event.type:<26}"
+    session = f"{(event.session_id or '-')[:8]:<8}"
+    agent = f"{event.agent_id or '-':<16}"
+    return when, f"{event.type:<26}", session, agent, summary(event.data)
+
+
+def human_line(event: Event, *, colour: bool) -> str:
+    """``time type session agent summary``; ANSI colours by type family when ``colour``."""
+    when, kind, session, agent, text = _fields(event)
     if colour:
-        code = (
-            "1;31" if _ERRORISH.search(event.type) else _COLOURS.get(event.type.split(".")[0], "0")
-        )
-        kind = f"\x1b[{code}m{kind}\x1b[0m"
+        kind = f"\x1b[{_colour(event.type)[0]}m{kind}\x1b[0m"
         when = f"\x1b[2m{when}\x1b[0m"
-    return f"{when} {kind} {session:<8} {agent:<16} {summary(event.data)}"
+    return f"{when} {kind} {session} {agent} {text}"
+
+
+def rich_line(event: Event) -> Any:
+    """The same line as a ``rich.text.Text`` (when rich is installed)."""
+    from rich.text import Text
+
+    when, kind, session, agent, text = _fields(event)
+    return Text.assemble(
+        (when, "dim"), " ", (kind, _colour(event.type)[1]), " ", session, " ", agent, " ", text
+    )
 
 
 def json_line(event: Event, *, topic: str, partition: int, offset: int) -> str:

@@ -114,7 +114,12 @@ def test_subscriptions_need_unique_names_and_async_handlers() -> None:
 
 
 def test_tail_view_lines_and_durations() -> None:
-    from agentstream.consumers.runtime.tailview import human_line, json_line, parse_duration
+    from agentstream.consumers.runtime.tailview import (
+        human_line,
+        json_line,
+        parse_duration,
+        rich_line,
+    )
 
     assert parse_duration("90s") == 90
     assert parse_duration("10m") == 600
@@ -136,6 +141,9 @@ def test_tail_view_lines_and_durations() -> None:
     assert "empty" not in plain
     coloured = human_line(event, colour=True)
     assert "\x1b[1;31m" in coloured, "errors stand out"
+    text = rich_line(event)
+    assert text.plain == plain
+    assert any(str(span.style) == "bold red" for span in text.spans)
     assert '"_kafka": {"topic": "t", "partition": 1, "offset": 2}' in json_line(
         event, topic="t", partition=1, offset=2
     )
