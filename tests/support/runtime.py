@@ -85,7 +85,9 @@ async def running_consumer(
 async def read_records(
     settings: KafkaSettings, topic: str, count: int, *, timeout: float = 20.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """The first ``count`` records of ``topic`` (all partitions, no consumer group)."""
+    """The records of ``topic`` (all partitions, no consumer group), once at least ``count``
+    are there; more are returned if more were fetched (so ``[one] = ...`` also checks that
+    no unexpected record came)."""
     consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "auto_offset_reset": "earliest"})
     await consumer.start()
     try:
