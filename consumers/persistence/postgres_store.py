@@ -8,7 +8,8 @@ table and with ``executemany``).
 PostgreSQL cannot store everything an event may hold: ``uuid`` needs a UUID and ``text`` and
 ``jsonb`` refuse the NUL character. So an ``event_id`` that is not a UUID is stored under a
 UUIDv5 derived from it (deterministic, so redelivery still deduplicates; the original id
-stays in the ``event`` column), and NUL characters in strings become U+FFFD.
+stays in the ``event`` column), NUL characters in strings become U+FFFD, and integers beyond
+64 bits are clamped in the ``seq`` and ``schema_version`` columns (exact in ``event``).
 
 Connection losses (refused, terminated, server shutting down or starting, timeouts) raise
 :class:`StoreUnavailableError`; the pool replaces broken connections on the next call.
@@ -28,7 +29,7 @@ import asyncpg
 from agentstream.schemas import Event, RecordLocation
 
 from .migrations import POSTGRES_MIGRATIONS
-from .rows import event_from_json, event_json
+from .rows import event_from_json, event_json, int64
 from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
@@ -169,9 +170,9 @@ class PostgresStore(Store):
             [_text(e.user_id) for e in events],
             [_text(e.session_id) for e in events],
             [_text(e.turn_id) for e in events],
-            [e.seq for e in events],
+            [int64(e.seq) for e in events],
             [_text(e.source) for e in events],
-            [e.schema_version for e in events],
+            [int64(e.schema_version) for e in events],
             [_json(e) for e in events],
         ]
         if locations is None:

@@ -25,6 +25,16 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def int64(value: int) -> int:
+    """``value`` clamped to a signed 64-bit integer (the columns' type; producers may send a
+    uint64 ``seq``). The ``event`` column keeps the exact value."""
+    low, high = _INT64
+    return value if low <= value <= high else max(low, min(high, value))
+
+
 def event_json(event: Event) -> str:
     """The whole envelope as JSON text (what the ``event`` column holds)."""
     return _encoder.encode(event).decode()

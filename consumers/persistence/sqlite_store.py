@@ -3,8 +3,8 @@
 WAL journal (readers never block the writer), ``synchronous=NORMAL`` by default: a commit
 survives a crash of the process (the case ``kill -9`` tests) but the last transactions can
 be lost with the machine's power; ``sqlite:///path?synchronous=full`` makes commits survive
-that too (one fsync per commit: little cost with 1,000-event transactions). Every call runs on the store's own thread,
-one at a time, so the event loop never waits on the disk.
+that too (one fsync per commit: little cost with 1,000-event transactions). Every call runs
+on the store's own thread, one at a time, so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from agentstream.schemas import Event, RecordLocation
 
 from .migrations import SQLITE_MIGRATIONS
-from .rows import event_from_json, event_json, from_micros, to_micros
+from .rows import event_from_json, event_json, from_micros, int64, to_micros
 from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
@@ -269,9 +269,9 @@ def _row(
         e.user_id,
         e.session_id,
         e.turn_id,
-        e.seq,
+        int64(e.seq),
         e.source,
-        e.schema_version,
+        int64(e.schema_version),
         event_json(e),
         topic,
         partition,

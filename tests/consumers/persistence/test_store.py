@@ -150,12 +150,14 @@ async def test_awkward_values_are_stored_and_deduplicated(store: Store) -> None:
         event_id="not-a-uuid",
         type="tool.called",
         session_id="s\x00x",
+        seq=2**64 - 1,  # a uint64 sequence from some producer
         data={"name": "a\x00b", "args": {"raw": "\\u0000 stays text", "n": 2**60}},
     )
     assert await store.write_batch([odd]) == 1
     assert await store.write_batch([odd]) == 0
     (back,) = await store.events()
     assert back.event_id == "not-a-uuid"
+    assert back.seq == 2**64 - 1
     assert back.data["args"] == {"raw": "\\u0000 stays text", "n": 2**60}
     # SQLite keeps NUL characters; PostgreSQL cannot and stores U+FFFD instead
     assert back.data["name"] in ("a\x00b", "a\ufffdb")
