@@ -34,6 +34,11 @@ log = logging.getLogger("agentstream.consumers.runtime.runner")
 
 _NOT_SERVICES = frozenset({"runtime", "cli"})
 
+EXIT_GRACE_SECONDS = 10.0
+"""After a stop signal the process exits within ``drain_timeout_ms`` plus this (the drain
+itself is bounded by ``drain_timeout_ms``; this covers commit, hooks, leaving the group and
+closing the service's resources). Past it, it exits with code 1."""
+
 
 def available_services() -> list[str]:
     """Names of the service packages under ``agentstream.consumers``."""
@@ -111,13 +116,15 @@ async def run_service(
 ) -> int:
     """Run ``spec`` until SIGTERM/SIGINT (or ``stop``): HTTP endpoints, consumer, setup.
 
-    The first signal drains and exits 0 (bounded by ``drain_timeout_ms``); a second one
-    exits at once with code 1, without draining (nothing unfinished is committed).
+    The first signal drains and exits 0 (the drain is bounded by ``drain_timeout_ms``; the
+    whole shutdown by that plus :data:`EXIT_GRACE_SECONDS`, else exit code 1); a second
+    signal exits at once with code 1, without draining (nothing unfinished is committed).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    bound = settings.drain_timeout_ms / 1000 + EXIT_GRACE_SECONDS
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
+        loop.add_signal_handler(sig, _on_signal, stop, sig, bound)
     registry = CollectorRegistry()
     consumer = EventConsumer(settings, service=spec.name, registry=registry)
     consumer_started = [False]  # /healthz: alive while waiting for the broker, then the loop
@@ -167,9 +174,15 @@ async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -
     return False
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, bound: float) -> None:
     if stop.is_set():
         log.warning("%s received again: exiting now, without draining", sig.name)
         os._exit(1)
     log.info("%s received: stopping (finish in-flight work, commit, leave the group)", sig.name)
     stop.set()
+    asyncio.get_running_loop().call_later(bound, _stuck, bound)
+
+
+def _stuck(bound: float) -> None:
+    log.error("shutdown did not finish within %.0f s: exiting without the rest", bound)
+    os._exit(1)
