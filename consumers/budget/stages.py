@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
+from typing import TypeVar
 
 import msgspec
 from aiokafka.structs import TopicPartition
@@ -58,6 +59,8 @@ log = logging.getLogger("agentstream.consumers.budget")
 
 USAGE_TYPE = "budget.usage"
 """Type of the repartition records (internal to the budget service)."""
+
+T = TypeVar("T")
 
 Publish = Callable[[list[tuple[str, Event]]], Awaitable[None]]
 """Publish ``(topic, event)`` pairs in the order given; return once all are acknowledged."""
@@ -161,7 +164,12 @@ class Stage:
         started = time.perf_counter()
         retained = {p: self._retained.pop(p) for p in partitions if p in self._retained}
         start = {p: last + 1 for p, (_, last) in retained.items()}
-        changed = await read_partition_states(self.settings, partitions, start=start)
+        # The runtime holds the partitions' records until this returns; returning without
+        # the state would count from zero, so a failing read is retried, never skipped.
+        changed = await self._retry(
+            f"restoring partitions {partitions}",
+            lambda: read_partition_states(self.settings, partitions, start=start),
+        )
         for partition in partitions:
             scopes = retained[partition][0] if partition in retained else {}
             await self._restore(partition, scopes, changed.get(partition, {}))
@@ -192,7 +200,10 @@ class Stage:
             if state.pending:
                 pending.append(state)
         if pending:
-            await self._resolve_pending(partition, pending)
+            await self._retry(
+                f"resolving the pending signals of partition {partition}",
+                lambda: self._resolve_pending(partition, pending),
+            )
         log.info(
             "%s stage: partition %d restored: %d scopes (%d changed in the changelog)",
             self.name,
@@ -257,26 +268,32 @@ class Stage:
         the repartition records)."""
 
     async def _persist_until_done(self, partition: int) -> None:
-        """:meth:`_persist`, retried with backoff while Kafka refuses (forever by default).
+        """:meth:`_persist`, retried while Kafka refuses (forever unless ``persist_attempts``):
+        a stateful stage must not let the runtime dead-letter and commit records it counted
+        but did not make durable; it holds its partition (fetching pauses) instead."""
+        await self._retry(
+            f"persisting partition {partition}",
+            lambda: self._persist(partition),
+            attempts=self.persist_attempts,
+        )
 
-        A stateful stage must not let the runtime dead-letter and commit records it has
-        counted but not made durable; it holds its partition (fetching pauses) instead.
-        """
+    async def _retry(
+        self, what: str, action: Callable[[], Awaitable[T]], *, attempts: int | None = None
+    ) -> T:
+        """``await action()`` until it succeeds, with exponential backoff up to 5 s."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._persist(partition)
-                return
+                return await action()
             except Exception as exc:
-                if self.persist_attempts is not None and attempt >= self.persist_attempts:
+                if attempts is not None and attempt >= attempts:
                     raise
                 delay = min(0.1 * 2 ** min(attempt, 6), 5.0)
                 log.warning(
-                    "%s stage: partition %d: persisting failed (attempt %d), retrying in "
-                    "%.1f s: %r",
+                    "%s stage: %s failed (attempt %d), retrying in %.1f s: %r",
                     self.name,
-                    partition,
+                    what,
                     attempt,
                     delay,
                     exc,

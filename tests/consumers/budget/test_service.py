@@ -9,13 +9,16 @@ from support.budget import budget_settings, drained, llm, read_events, turn
 from support.produce import produce_events
 from support.runtime import running_consumer, wait_until
 
-from agentstream.consumers.budget.accounting import Level, signal_event_id
+from agentstream.consumers.budget.accounting import Level, ScopeState, Signal, signal_event_id
 from agentstream.consumers.budget.changelog import (
+    ChangelogWriter,
     changelog_topic,
+    ensure_budget_topics,
     read_states,
 )
 from agentstream.consumers.budget.config import Dimension
 from agentstream.consumers.budget.service import SERVICE, BudgetService
+from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
@@ -101,3 +104,65 @@ async def _topics(settings: KafkaSettings) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """The crash window between the changelog write and the alert: the state says two
+    signals are pending, one of them reached the alerts topic. The next owner publishes only
+    the other, then clears the outbox."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    await ensure_budget_topics(settings)
+    session = "s-crash"
+    partition = _partition_of(session, 4)
+    warning, exceeded = (
+        Signal(
+            scope=f"session:{session}",
+            dimension=Dimension.ROUNDS,
+            level=level,
+            used=3,
+            limit=3,
+            session_id=session,
+            agent_id="agent-a",
+            ts_ms=1_763_766_000_000,
+        )
+        for level in (Level.WARNING, Level.EXCEEDED)
+    )
+    state = ScopeState(
+        scope=f"session:{session}",
+        agent_id="agent-a",
+        rounds=3,
+        events=3,
+        offsets={str(partition): 2},
+        signals={"rounds": 2},
+        pending=[warning, exceeded],
+    )
+    writer = ChangelogWriter(settings)
+    await writer.start()
+    try:
+        await writer.write(partition, [state])
+        await writer.send_events([(settings.routing().alerts, signal_event(warning))])
+    finally:
+        await writer.stop()
+
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
+
+        async def resolved() -> bool:
+            found = (await read_states(settings, [partition])).get(f"session:{session}")
+            return found is not None and not found.pending
+
+        await wait_until(resolved, what="pending signals resolved")
+    alerts = await read_events(settings, settings.routing().alerts)
+    assert sorted((a.type, a.event_id) for a in alerts) == sorted(
+        [("budget.warning", warning.event_id), ("budget.exceeded", exceeded.event_id)]
+    )
+
+
+def _partition_of(session: str, partitions: int) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(session.encode()) & 0x7FFFFFFF) % partitions
