@@ -8,8 +8,12 @@ are skipped (and counted as duplicates).
 A store outage is not a bad record: the handler keeps retrying the same batch with capped
 exponential backoff, for as long as it takes, and never lets the error reach the runtime
 (which would dead-letter the records). Meanwhile the partition's later records wait and the
-runtime's backpressure pauses fetching; no offset moves past an unwritten event. Other
-store errors (a row the database refuses) propagate: the runtime retries, then dead-letters.
+runtime's backpressure pauses fetching; no offset moves past an unwritten event.
+
+An event the database refuses (not an outage; none is known after the stores' adaptations)
+must not take its batch down with it: the batch is bisected, every accepted event is stored,
+then the error goes to the runtime, which retries (the stored events are now skipped) and
+dead-letters the batch. The refused events are in the dead-letter topic, nothing is lost.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agentstream.consumers.runtime import Record
 from agentstream.consumers.runtime.retry import backoff_seconds
+from agentstream.schemas import Event, RecordLocation
 
-from .store import Store, StoreUnavailableError
+from .store import Store, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,21 @@ class EventSink:
             return
         events = [r.event for r in records]
         locations = [r.location for r in records]
+        try:
+            await self._write(events, locations)
+        except StoreError as exc:
+            if len(events) == 1:
+                raise
+            refused = await self._refused(events, locations)
+            ids = ", ".join(f"{e.event_id} at {loc}" for e, loc in refused[:5])
+            raise StoreError(
+                f"expected the store to accept every event of the batch {locations[0]}.."
+                f"{locations[-1].offset}; it refused {len(refused)} of {len(events)} ({ids}); "
+                f"the others are stored: {exc}"
+            ) from exc
+
+    async def _write(self, events: list[Event], locations: list[RecordLocation]) -> None:
+        """Write and commit, retrying for as long as the store is unavailable."""
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -99,8 +119,8 @@ class EventSink:
                     "store %s unavailable writing %d events from %s (attempt %d); "
                     "retrying in %.2f s: %s",
                     self.store.url,
-                    len(records),
-                    records[0].location,
+                    len(events),
+                    locations[0],
                     attempt,
                     delay,
                     exc,
@@ -112,6 +132,22 @@ class EventSink:
             log.info("store %s is back after %d failed attempts", self.store.url, attempt)
         self.metrics.up.set(1)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_events.observe(len(records))
+        self.metrics.batch_events.observe(len(events))
         self.metrics.stored.inc(inserted)
-        self.metrics.duplicates.inc(len(records) - inserted)
+        self.metrics.duplicates.inc(len(events) - inserted)
+
+    async def _refused(
+        self, events: list[Event], locations: list[RecordLocation]
+    ) -> list[tuple[Event, RecordLocation]]:
+        """Bisect a batch the store refused: store every event it accepts, return the others.
+        (The runtime then dead-letters the whole batch; the stored ones are not lost.)"""
+        try:
+            await self._write(events, locations)
+            return []
+        except StoreError:
+            if len(events) == 1:
+                return [(events[0], locations[0])]
+        mid = len(events) // 2
+        return await self._refused(events[:mid], locations[:mid]) + await self._refused(
+            events[mid:], locations[mid:]
+        )

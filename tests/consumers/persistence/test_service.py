@@ -8,10 +8,11 @@ from datetime import timedelta
 
 from support.persistence import count_is, metric, persistence, settings_for, stream
 from support.produce import produce_events
-from support.runtime import wait_until
+from support.runtime import read_records, wait_until
 
 from agentstream.consumers.persistence import open_store
-from agentstream.schemas import utc_now
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas import Event, decode_record, utc_now
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -80,3 +81,38 @@ async def test_retention_sweeps_old_events_while_ingesting(
         )
         assert await store.count() == 500
         assert {s.session_id[:3] for s in await store.sessions(limit=100)} == {"new"}
+
+
+async def test_a_refused_event_does_not_take_its_batch_down(
+    kafka_settings: KafkaSettings, sqlite_url: str
+) -> None:
+    async with open_store(sqlite_url) as store:
+        await store.migrate()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:  # a database rule
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'poison.refused' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+    events = stream(300)
+    events[150] = Event(type="poison.refused", session_id="s10", data={})
+    settings = settings_for(
+        kafka_settings, sqlite_url, handler_retries=1, handler_retry_backoff_ms=1
+    )
+    async with persistence(settings) as (consumer, store):
+        await produce_events(kafka_settings, events)
+        await wait_until(lambda: committed_total(consumer) == 300, what="every record finished")
+        assert await store.count() == 299  # the poison's batch-mates are stored
+        dead = sum(
+            sample.value
+            for family in consumer.registry.collect()
+            for sample in family.samples
+            if sample.name == "agentstream_consumer_records_total"
+            and sample.labels.get("outcome") == "dead_lettered"
+        )
+    assert dead >= 1
+    records = await read_records(kafka_settings, kafka_settings.routing().dlq, int(dead))
+    assert events[150].event_id in {decode_record(r.value, r.headers).event_id for r in records}
+
+
+def committed_total(consumer: EventConsumer) -> int:
+    return sum(consumer.committed_offsets().values())
