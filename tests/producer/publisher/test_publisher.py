@@ -138,7 +138,7 @@ def test_full_memory_without_spool_drops_the_newest_and_counts_it(
         assert stats.emitted == 15
         assert stats.dropped["queue_full"] == 5
         assert stats.in_memory == 10
-        assert slowest < 0.05
+        assert slowest < 0.25, f"publish() took {slowest * 1000:.1f} ms"  # no network wait
         assert "dropped the newest event (overflow=drop, reason=queue_full)" in caplog.text
         assert not publisher.flush(0.2)
     finally:
