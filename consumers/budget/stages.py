@@ -163,6 +163,9 @@ class Stage:
             return
         started = time.perf_counter()
         retained = {p: self._retained.pop(p) for p in partitions if p in self._retained}
+        # Eager rebalancing hands over the whole new assignment at once: snapshots of
+        # partitions that went elsewhere are of no more use (they would only be read past).
+        self._retained.clear()
         start = {p: last + 1 for p, (_, last) in retained.items()}
         # The runtime holds the partitions' records until this returns; returning without
         # the state would count from zero, so a failing read is retried, never skipped.
