@@ -360,7 +360,8 @@ class KafkaPublisher:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event published so far (and any left in the spool by an earlier
-        process) is acknowledged; False when ``timeout`` seconds pass first. Any thread."""
+        process) is acknowledged, or given up for good (failed or dropped: counted and logged),
+        as Kafka's ``flush()`` does; False when ``timeout`` seconds pass first. Any thread."""
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("flush() cannot run on the publisher's own thread")
         with self._lock:
@@ -732,7 +733,20 @@ class KafkaPublisher:
                 record.headers,
                 record.created,
             )
-            if not spool.append(_entry_encoder.encode(entry)):
+            payload = _entry_encoder.encode(entry)
+            if not spool.append(payload):
+                if spool.size_bytes == 0:  # larger than the whole spool: it can never fit
+                    held.popleft()
+                    self._finish([record])
+                    self.metrics.drop("spool_full")
+                    self._error(
+                        "spool-too-small",
+                        "an event of %d bytes does not fit in the spool (spool_max_bytes=%d): "
+                        "dropped",
+                        len(payload),
+                        spool.max_bytes,
+                    )
+                    continue
                 self._warn(
                     "spool-full",
                     "spool %s is full (%d bytes, spool_max_bytes=%d): keeping %d events in memory",

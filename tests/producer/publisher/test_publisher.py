@@ -320,3 +320,15 @@ def test_flush_after_close_answers_at_once() -> None:
     assert time.monotonic() - start < 1
     publisher.publish(events(1, sessions=1)[0])  # after close: counted, not raised
     assert publisher.stats().dropped["closed"] == 2
+
+
+def test_an_event_larger_than_the_whole_spool_is_dropped_not_stuck(tmp_path: Path) -> None:
+    publisher = KafkaPublisher(dead_settings(), spool_dir=tmp_path, spool_max_bytes=256)
+    try:
+        publisher.publish(events(1, sessions=1)[0])
+        assert publisher.flush(5)  # given up for good, so nothing is pending
+        stats = publisher.stats()
+        assert stats.dropped["spool_full"] == 1 and stats.in_memory == 0
+        assert stats.spooled == 0
+    finally:
+        publisher.close(0.1)
