@@ -16,7 +16,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agentstream.consumers.broker import EmbeddedBroker
-from agentstream.consumers.runtime import EventConsumer, ServiceSettings
+from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
@@ -67,20 +67,31 @@ async def raw_rate(settings: ServiceSettings, count: int) -> float:
         await consumer.stop()
 
 
-async def runtime_rate(settings: ServiceSettings, count: int) -> float:
+async def runtime_rate(settings: ServiceSettings, count: int, *, batch: bool = False) -> float:
     consumer = EventConsumer(settings, service=f"bench-{uuid.uuid4().hex[:6]}")
     done = asyncio.Event()
     seen = 0
     started: float | None = None
 
-    @consumer.subscribe("*")
-    async def noop(event: Event) -> None:
+    def count_up(n: int) -> None:
         nonlocal seen, started
         if started is None:
             started = time.perf_counter()
-        seen += 1
+        seen += n
         if seen >= count:
             done.set()
+
+    if batch:
+
+        @consumer.subscribe_batch("*", max_records=500, max_wait_ms=20)
+        async def sink(records: list[Record]) -> None:
+            count_up(len(records))
+
+    else:
+
+        @consumer.subscribe("*")
+        async def noop(event: Event) -> None:
+            count_up(1)
 
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
@@ -101,8 +112,10 @@ async def main(count: int) -> dict[str, float]:
         await produce(settings, count)
         raw = await raw_rate(settings, count)
         runtime = await runtime_rate(settings, count)
+        batched = await runtime_rate(settings, count, batch=True)
     return {"events": count, "raw_events_per_s": raw, "runtime_events_per_s": runtime,
-            "ratio": runtime / raw}  # fmt: skip
+            "ratio": runtime / raw, "batch_events_per_s": batched,
+            "batch_ratio": batched / raw}  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -113,5 +126,7 @@ if __name__ == "__main__":
     print(f"{'raw aiokafka getmany':<34}{result['raw_events_per_s']:>12,.0f}")
     print(f"{'EventConsumer, * no-op handler':<34}{result['runtime_events_per_s']:>12,.0f}")
     print(f"{'ratio (target >= 0.5)':<34}{result['ratio']:>12.2f}")
+    print(f"{'EventConsumer, * batch no-op':<34}{result['batch_events_per_s']:>12,.0f}")
+    print(f"{'batch ratio':<34}{result['batch_ratio']:>12.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

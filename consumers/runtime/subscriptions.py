@@ -62,7 +62,7 @@ class Subscription:
         return self.handler(event, record) if self.takes_record else self.handler(event)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: a dict key on the hot path
 class BatchSubscription:
     """A batch handler on a pattern: up to ``max_records`` records, at most ``max_wait_ms`` old."""
 
