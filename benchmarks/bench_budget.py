@@ -33,7 +33,7 @@ from aiokafka.structs import TopicPartition
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
 from agentstream.consumers.budget.changelog import high_watermarks, repartition_topic
-from agentstream.consumers.budget.service import SERVICE, BudgetSettings
+from agentstream.consumers.budget.service import SERVICE, BudgetService, BudgetSettings
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics
@@ -44,6 +44,19 @@ EVENTS_PER_ROUND = 5
 ROUNDS = 5
 
 
+def fleet_event(type_: str, data: dict[str, Any], session: int, at: datetime) -> Event:
+    """An event of session ``session``: 100 agents and 500 users share the sessions."""
+    return Event(
+        type=type_,
+        timestamp=at,
+        session_id=f"session-{session:06d}",
+        agent_id=f"agent-{session % 100}",
+        user_id=f"user-{session % 500}",
+        turn_id=f"turn-{session:06d}",
+        data=data,
+    )
+
+
 def backlog(count: int) -> list[Event]:
     """``count`` events of sessions interleaved like a fleet: 25 events per session."""
     start = datetime.now(UTC) - timedelta(minutes=5)
@@ -51,30 +64,22 @@ def backlog(count: int) -> list[Event]:
     events: list[Event] = []
     for r in range(ROUNDS):
         for s in range(sessions):
-            ids = {
-                "session_id": f"session-{s:06d}",
-                "agent_id": f"agent-{s % 100}",
-                "user_id": f"user-{s % 500}",
-                "turn_id": f"turn-{s:06d}",
-                "timestamp": start + timedelta(seconds=r * 10 + s % 10),
+            at = start + timedelta(seconds=r * 10 + s % 10)
+            usage = {
+                "round": r,
+                "stop_reason": "tool_use",
+                "model": "claude-sonnet",
+                "input_tokens": 1_500,
+                "output_tokens": 300,
             }
-            events += [
-                Event(type="turn.started", data={"round": r}, **ids),
-                Event(
-                    type="llm.call.completed",
-                    data={
-                        "round": r,
-                        "stop_reason": "tool_use",
-                        "model": "claude-sonnet",
-                        "input_tokens": 1_500,
-                        "output_tokens": 300,
-                    },
-                    **ids,
-                ),
-                Event(type="tool.called", data={"name": "search", "args": {"q": s}}, **ids),
-                Event(type="tool.result", data={"name": "search", "output": "ok"}, **ids),
-                Event(type="message.response", data={"content": "x" * 400}, **ids),
-            ]
+            for type_, data in (
+                ("turn.started", {"round": r}),
+                ("llm.call.completed", usage),
+                ("tool.called", {"name": "search", "args": {"q": s}}),
+                ("tool.result", {"name": "search", "output": "ok"}),
+                ("message.response", {"content": "x" * 400}),
+            ):
+                events.append(fleet_event(type_, data, s, at))
     return events[:count]
 
 
@@ -156,6 +161,7 @@ async def bench_service(
     consumer = EventConsumer(settings, service=SERVICE.name)
     launched = time.perf_counter()
     async with SERVICE.setup(consumer, settings) as budget:
+        assert isinstance(budget, BudgetService)
         stop = asyncio.Event()
         task = asyncio.create_task(consumer.run(stop))
         try:

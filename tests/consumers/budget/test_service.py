@@ -165,4 +165,4 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
 def _partition_of(session: str, partitions: int) -> int:
     from aiokafka.partitioner import murmur2
 
-    return (murmur2(session.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(session.encode()) & 0x7FFFFFFF) % partitions

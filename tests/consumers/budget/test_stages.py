@@ -193,6 +193,7 @@ async def test_evicted_scopes_get_tombstones() -> None:
     assert sessions.ledger.get("session:old") is None
     assert sessions.partitions[2] == {"session:new"}
     new = sessions.ledger.get("session:new")
+    assert new is not None
     assert new.rounds == 2
 
 
