@@ -58,6 +58,16 @@ async def test_writes_are_idempotent_by_event_id(store: Store) -> None:
     assert await store.count() == len(events) + 1
 
 
+async def test_batches_of_any_size_count_only_new_events(store: Store) -> None:
+    events = [ev(f"s{i % 7}", i / 1000, seq=i) for i in range(4_321)]  # several statements
+    assert await store.write_batch(events) == 4_321
+    new = [ev("s-new", 0, seq=i) for i in range(7)]
+    assert await store.write_batch(events[:1_000] + new + events[3_000:3_050]) == 7
+    assert await store.write_batch(new[:1]) == 0
+    assert await store.count() == 4_328
+    assert [e.seq for e in await store.timeline("s-new")] == list(range(7))
+
+
 async def test_timeline_round_trips_events_in_timestamp_seq_id_order(store: Store) -> None:
     events = [
         *(ev("s1", m, seq=s) for m, s in [(3, 0), (1, 5), (2, 1), (1, 2)]),
