@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentstream.schemas import Event, audit_type
+from agentstream.schemas.catalogue import AUDIT_PREFIX
 
+from .adapters import plain_data, wire_type
 from .audit_events import AuditEvent
 from .scope import get_scope
 
@@ -212,7 +214,13 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     """The envelope of an audit event (ours, Calute's or Xerxes'): type
     ``audit.<event_type>``, the event's timestamp, its ids as envelope fields (empty ones
     filled from the current :func:`~agentstream.producer.scope.event_scope`, then
-    ``agent_id``), and every other field (severity, metadata, class fields) in ``data``."""
+    ``agent_id``), and every other field (severity, metadata, class fields) in ``data``.
+
+    Foreign events (any object with ``event_type`` and ``to_dict()``) keep every field,
+    converted to plain values (:func:`~agentstream.producer.adapters.plain_data`: an object
+    the wire cannot carry becomes its ``str()``, as in Calute's JSONL sink); an
+    ``event_type`` that cannot be a type tag is made one, the original kept in
+    ``data["event_type"]``."""
     data_fields = _data_fields(type(event))
     if data_fields is not None:  # one of ours: read the fields, no intermediate dict
         data = {name: getattr(event, name) for name in data_fields}
@@ -223,25 +231,37 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
             event.session_id,
             event.turn_id,
         )
+        type_ = audit_type(event.event_type)
     else:
         fields = event.to_dict()
-        data = {k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS}
+        data = plain_data({k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS})
         timestamp, ev_agent, ev_session, ev_turn = (
             fields.get("timestamp"),
             fields.get("agent_id"),
             fields.get("session_id"),
             fields.get("turn_id"),
         )
+        raw_type = str(event.event_type)
+        type_ = wire_type(raw_type, prefix=AUDIT_PREFIX)
+        if type_ != AUDIT_PREFIX + raw_type:
+            data["event_type"] = raw_type
     scope = get_scope()
     return Event(
-        type=audit_type(str(event.event_type)),
+        type=type_,
         timestamp=_parse_timestamp(timestamp),
-        agent_id=ev_agent or scope.agent_id or agent_id,
-        session_id=ev_session or scope.session_id,
-        turn_id=ev_turn or scope.turn_id,
+        agent_id=_as_id(ev_agent) or scope.agent_id or agent_id,
+        session_id=_as_id(ev_session) or scope.session_id,
+        turn_id=_as_id(ev_turn) or scope.turn_id,
         user_id=scope.user_id,
         data=data,
     )
+
+
+def _as_id(value: Any) -> str:
+    """An envelope id: ``None`` and "" are empty; anything else as a string (a UUID...)."""
+    if not value:
+        return ""
+    return value if type(value) is str else str(value)
 
 
 _DATA_FIELDS: dict[type, tuple[str, ...]] = {}
@@ -280,6 +300,10 @@ class KafkaCollector:
     published so far is acknowledged, up to ``flush_timeout`` seconds (logged when it is not).
     A collector built by :meth:`from_settings` owns its publisher and closes it in
     :meth:`close`.
+
+    Neither ``emit`` nor ``flush`` raises: Calute's and Xerxes' own ``AuditEmitter`` call
+    collectors without isolation, so an error here would reach the agent's tool call. A
+    failure is logged (1st, 10th, 100th...) and counted in :attr:`failures`.
     """
 
     def __init__(
@@ -294,6 +318,7 @@ class KafkaCollector:
         self.agent_id = agent_id
         self.flush_timeout = flush_timeout
         self._owns_publisher = owns_publisher
+        self.failures = FailureLog("KafkaCollector")
 
     @classmethod
     def from_settings(
@@ -308,10 +333,18 @@ class KafkaCollector:
         )
 
     def emit(self, event: Any) -> None:
-        self.publisher.publish(audit_envelope(event, agent_id=self.agent_id))
+        try:
+            self.publisher.publish(audit_envelope(event, agent_id=self.agent_id))
+        except Exception as exc:
+            self.failures.record(exc, f"emit({getattr(event, 'event_type', event)!r})")
 
     def flush(self) -> None:
-        if not self.publisher.flush(self.flush_timeout):
+        try:
+            done = self.publisher.flush(self.flush_timeout)
+        except Exception as exc:
+            self.failures.record(exc, "flush()")
+            return
+        if not done:
             logger.warning(
                 "KafkaCollector.flush: not every audit event was acknowledged within %ss",
                 self.flush_timeout,

@@ -1,0 +1,270 @@
+"""Adopting agentstream in an agent that already runs on Corail, Calute or Xerxes.
+
+Calute and Xerxes need nothing from here: their collector protocol is ``emit(event)`` and
+``flush()``, which :class:`~agentstream.producer.collectors.KafkaCollector` satisfies, and it
+accepts their event objects as they are::
+
+    AuditEmitter(collector=KafkaCollector(publisher), session_id=sid)      # calute / xerxes.audit
+    RuntimeFeaturesConfig(..., audit_collector=KafkaCollector(publisher))  # the Xerxes runtime
+
+Corail's bus runs every ``"*"`` subscriber on every event, so one subscription ships them all::
+
+    bus.subscribe("*", CorailForwarder(publisher, session_key="conversation_id"))
+
+:class:`CorailForwarder` maps a Corail ``Event`` (enum ``type``, datetime ``timestamp``,
+``agent_id``/``user_id``/``session_id`` that the runtime usually leaves empty, ``data``) onto
+an agentstream :class:`~agentstream.schemas.Event` and hands it to the pod's publisher (encode
+and enqueue: no network wait). It never raises into the bus: a failure is logged (1st, 10th,
+100th...) and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import msgspec
+
+from agentstream.schemas import Event
+from agentstream.schemas.envelope import is_valid_type
+
+from .scope import get_scope
+
+if TYPE_CHECKING:
+    from .bus import Publisher
+    from .collectors import FailureLog
+
+__all__ = ["CorailForwarder", "corail_envelope", "plain_data", "wire_type"]
+
+logger = logging.getLogger(__name__)
+
+_PASS_THROUGH = (datetime, date, time, UUID, Decimal, bytes, bytearray, memoryview)
+"""Values the wire encoders handle themselves: ``plain_data`` leaves them as they are."""
+
+
+def _fallback(value: Any) -> Any:
+    """What an object msgspec cannot encode becomes: a pydantic model its ``model_dump``,
+    anything with ``to_dict()`` that dict, anything else its ``str()`` (as Calute's JSONL
+    sink does with ``default=str``)."""
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):
+        return model_dump(mode="json")
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return str(value)
+
+
+def plain_data(data: Any) -> dict[str, Any]:
+    """``data`` as a dict of plain values every wire encoding can carry.
+
+    Enums become their values, dataclasses and Structs dicts, sets lists, non-string keys
+    strings; pydantic models are dumped, other unknown objects become their ``str()``.
+    Datetimes, UUIDs, decimals and bytes are kept for the encoder. A value that is not a
+    mapping is kept under ``"value"``. Nothing is dropped.
+    """
+    if data is None:
+        return {}
+    try:
+        out = msgspec.to_builtins(
+            data, builtin_types=_PASS_THROUGH, str_keys=True, enc_hook=_fallback
+        )
+    except Exception as exc:  # a broken __str__/model_dump: keep what can be kept
+        logger.warning("cannot convert event data to plain values (%r); using repr()", exc)
+        out = {"value": repr(data)}
+    if not isinstance(out, dict):
+        return {"value": out}
+    return out
+
+
+_INVALID_CHARS = re.compile(r"[^a-z0-9_.-]+")
+_TYPE_CACHE: dict[str, str | None] = {}
+_MAX_CACHED_TYPES = 4096
+
+
+def wire_type(raw: str, *, prefix: str = "") -> str:
+    """``prefix + raw`` when that is a valid agentstream type tag, else a valid tag made from
+    it (lower-cased, other characters replaced by ``_``; the caller keeps the original name
+    in ``data``). Unknown but valid tags pass as they are: the consumer side decodes them as
+    ``AuditOther`` (``audit.*``) or ``UnknownPayload``."""
+    key = prefix + raw
+    if key in _TYPE_CACHE:
+        cached = _TYPE_CACHE[key]
+        return key if cached is None else cached
+    if is_valid_type(key):
+        fixed = None
+    else:
+        words = [w for w in _INVALID_CHARS.sub("_", raw.lower()).split(".") if w.strip("_-")]
+        body = ".".join(words) or "unnamed"
+        fixed = prefix + body if prefix else body
+        if not is_valid_type(fixed):
+            fixed = "unknown." + body.replace(".", "_")
+        if not is_valid_type(fixed):  # pragma: no cover - "unknown.<word>" always matches
+            fixed = "unknown.unnamed"
+    if len(_TYPE_CACHE) < _MAX_CACHED_TYPES:
+        _TYPE_CACHE[key] = fixed
+    return key if fixed is None else fixed
+
+
+def _type_value(raw: Any) -> str:
+    value = raw.value if isinstance(raw, enum.Enum) else raw
+    return value if isinstance(value, str) else str(value)
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value if value.utcoffset() == UTC.utcoffset(None) else value.astimezone(UTC)
+    if isinstance(value, str):
+        try:
+            return _utc(datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    logger.warning("Corail event timestamp %r is not a datetime; using now", value)
+    return datetime.now(UTC)
+
+
+def _id(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _from_data(data: Mapping[str, Any], key: str | None) -> str:
+    if key is None:
+        return ""
+    return _id(data.get(key))
+
+
+def _fields_of(event: Any) -> Mapping[str, Any]:
+    """The attributes of a Corail-shaped event (an object, or a dict as ``to_dict()`` gives)."""
+    if isinstance(event, Mapping):
+        return event
+    if dataclasses.is_dataclass(event) and not isinstance(event, type):
+        return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    return {
+        name: getattr(event, name)
+        for name in ("type", "timestamp", "agent_id", "user_id", "session_id", "turn_id", "data")
+        if hasattr(event, name)
+    }
+
+
+def corail_envelope(
+    event: Any,
+    *,
+    agent_id: str = "",
+    session_key: str | None = None,
+    user_key: str | None = None,
+    agent_key: str | None = None,
+    turn_key: str | None = None,
+) -> Event:
+    """The agentstream envelope of a Corail ``Event`` (or of its ``to_dict()``).
+
+    ``type``: the enum's value (``tool.called``), kept as it is; a value that is not a valid
+    type tag is made one and the original kept in ``data["corail_type"]``. ``timestamp``:
+    made UTC (naive is taken as UTC). Each empty envelope id is filled, in this order, from
+    the ``data`` key named by ``session_key``/``user_key``/``agent_key``/``turn_key`` (the key
+    stays in ``data``), then from the current
+    :func:`~agentstream.producer.scope.event_scope`, then (``agent_id`` only) from the
+    ``agent_id`` argument. ``data`` is converted with :func:`plain_data`: every key kept.
+    """
+    fields = _fields_of(event)
+    data = plain_data(fields.get("data"))
+    raw_type = _type_value(fields.get("type"))
+    type_ = wire_type(raw_type)
+    if type_ != raw_type:
+        data["corail_type"] = raw_type
+    scope = get_scope()
+    return Event(
+        type=type_,
+        timestamp=_utc(fields.get("timestamp")),
+        agent_id=(
+            _id(fields.get("agent_id")) or _from_data(data, agent_key) or scope.agent_id or agent_id
+        ),
+        user_id=_id(fields.get("user_id")) or _from_data(data, user_key) or scope.user_id,
+        session_id=(
+            _id(fields.get("session_id")) or _from_data(data, session_key) or scope.session_id
+        ),
+        turn_id=_id(fields.get("turn_id")) or _from_data(data, turn_key) or scope.turn_id,
+        data=data,
+    )
+
+
+def _failure_log(what: str) -> FailureLog:
+    # imported here: collectors imports this module (plain_data, wire_type) at load time
+    from .collectors import FailureLog
+
+    return FailureLog(what)
+
+
+class CorailForwarder:
+    """A Corail bus subscriber that ships every event it is given to Kafka.
+
+    ``bus.subscribe("*", CorailForwarder(publisher, ...))``. Corail awaits its handlers, so
+    calling the forwarder returns a coroutine; :meth:`forward` does the same work
+    synchronously (for ``emit_sync`` paths or plain callbacks). The work is a mapping
+    (:func:`corail_envelope`) and ``publisher.publish`` (encode and enqueue); nothing waits on
+    the network. A failure (an unmappable event, a publisher in a fatal state) never reaches
+    the bus: it is logged (1st, 10th, 100th...) and counted in :attr:`failures`.
+
+    ``publisher``: the pod's shared :class:`~agentstream.producer.publisher.KafkaPublisher`.
+    ``agent_id``: for events that carry none (after their ``agent_key`` and the scope).
+    ``session_key``, ``user_key``, ``agent_key``, ``turn_key``: ``data`` keys that hold the
+    ids when the event's own fields are empty (for example ``session_key="conversation_id"``).
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        agent_id: str = "",
+        session_key: str | None = None,
+        user_key: str | None = None,
+        agent_key: str | None = None,
+        turn_key: str | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.agent_id = agent_id
+        self.session_key = session_key
+        self.user_key = user_key
+        self.agent_key = agent_key
+        self.turn_key = turn_key
+        self.forwarded = 0
+        self.failures: FailureLog = _failure_log("CorailForwarder")
+        self.__name__ = "CorailForwarder"  # how a bus names a handler in its error log
+
+    def __repr__(self) -> str:
+        return f"CorailForwarder(agent_id={self.agent_id!r}, forwarded={self.forwarded})"
+
+    async def __call__(self, event: Any) -> None:
+        self.forward(event)
+
+    def forward(self, event: Any) -> None:
+        """Map and publish ``event`` now; never raises."""
+        try:
+            envelope = corail_envelope(
+                event,
+                agent_id=self.agent_id,
+                session_key=self.session_key,
+                user_key=self.user_key,
+                agent_key=self.agent_key,
+                turn_key=self.turn_key,
+            )
+            self.publisher.publish(envelope)
+        except Exception as exc:
+            self.failures.record(exc, f"forward({getattr(event, 'type', event)!r})")
+        else:
+            self.forwarded += 1
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything forwarded so far is acknowledged (the shared publisher's
+        ``flush``); False when ``timeout`` seconds pass first."""
+        return self.publisher.flush(timeout)
