@@ -1,0 +1,161 @@
+"""The spool bridge: when events overflow to disk and how they come back.
+
+With ``spool_dir``, events overflow to disk (:mod:`.spool`) when the broker cannot be reached,
+when an event has waited ``spool_after_ms`` without being acknowledged (a slow or dead broker),
+or when half of ``max_queue_events`` is in use. From then on every new event goes to the spool,
+behind the ones already there; once the broker acknowledges again the spool is read back in
+order, and publishing goes direct again when the spool is empty. Runs on the sender thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import msgspec
+
+from ._lanes import _Lanes
+from ._records import _entry_decoder, _entry_encoder, _Record, _SpoolEntry, log
+
+
+class _Overflow(_Lanes):
+    """Spilling to the spool and feeding it back (sender thread)."""
+
+    # --- spool ------------------------------------------------------------------------------
+
+    def _check_overflow(self, now: float) -> None:
+        """Switch to the spool when the broker is unreachable, slow, or memory fills."""
+        if self._spooling:
+            return
+        reason = None
+        if self._connected is False:
+            reason = "the broker is unreachable"
+        elif self._in_memory > self._max_queue // 2:
+            reason = f"{self._in_memory} events are waiting in memory"
+        elif self._oldest_wait(now) > self._spool_after:
+            reason = f"no acknowledgement for {self._spool_after:.1f} s"
+        if reason is None:
+            return
+        self._warn("spooling", "spooling events to %s: %s", self._spool_dir_name(), reason)
+        self._spooling = True
+        # Everything not yet sent goes to the spool, oldest first per partition; a batch that
+        # was sent (and may be retried) stays at the head of its lane.
+        for lane in self._lanes.values():
+            queue = lane.queue
+            kept: deque[_Record] = deque()
+            while queue and queue[0].attempts:
+                kept.append(queue.popleft())
+            for record in queue:
+                lane.bytes -= len(record.value)
+            self._held.extend(queue)
+            lane.queue = kept
+        self._held.extend(self._unrouted)
+        self._unrouted.clear()
+        self._spool_held()
+
+    def _oldest_wait(self, now: float) -> float:
+        oldest = self._unrouted[0].queued if self._unrouted else now
+        for lane in self._lanes.values():
+            if lane.inflight:
+                oldest = min(oldest, lane.inflight[0].queued)
+            elif lane.queue:
+                oldest = min(oldest, lane.queue[0].queued)
+        return now - oldest
+
+    def _spool_held(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        held = self._held
+        written = 0
+        while held:
+            record = held[0]
+            entry = _SpoolEntry(
+                self._epoch,
+                record.index,
+                record.topic,
+                record.key,
+                record.value,
+                record.headers,
+                record.created,
+            )
+            payload = _entry_encoder.encode(entry)
+            if not spool.append(payload):
+                if spool.size_bytes == 0:  # larger than the whole spool: it can never fit
+                    held.popleft()
+                    self._finish([record])
+                    self.metrics.drop("spool_full")
+                    self._error(
+                        "spool-too-small",
+                        "an event of %d bytes does not fit in the spool (spool_max_bytes=%d): "
+                        "dropped",
+                        len(payload),
+                        spool.max_bytes,
+                    )
+                    continue
+                self._warn(
+                    "spool-full",
+                    "spool %s is full (%d bytes, spool_max_bytes=%d): keeping %d events in memory",
+                    self._spool_dir_name(),
+                    spool.size_bytes,
+                    spool.max_bytes,
+                    len(held),
+                )
+                break
+            held.popleft()
+            if record.ticket is not None:  # it was read from the spool: its copy replaces it
+                spool.ack(record.ticket)
+            written += 1
+        if written:
+            with self._lock:
+                self._in_memory -= written
+                self.metrics.spooled += written
+                self._cond.notify_all()
+
+    def _feed(self, now: float) -> None:
+        """Read the spool back into the lanes while the broker keeps up."""
+        spool = self._spool
+        assert spool is not None
+        if (
+            not self._spooling
+            or not self._connected
+            or self._unrouted
+            or self._oldest_wait(now) > self._spool_after
+        ):
+            return
+        room = max(self._max_queue // 4, 1) - self._in_memory
+        if room <= 0:
+            return
+        entries = spool.read(min(room, 10_000))
+        records: list[_Record] = []
+        for ticket, payload in entries:
+            try:
+                entry = _entry_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                spool.ack(ticket)
+                self.metrics.drop("spool_corrupt")
+                self._error("spool-decode", "unreadable spool record skipped: %s", exc)
+                continue
+            index = entry.index if entry.epoch == self._epoch else 0
+            records.append(
+                _Record(
+                    entry.topic,
+                    entry.key,
+                    entry.value,
+                    entry.headers,
+                    entry.created,
+                    index,
+                    ticket,
+                )
+            )
+        if records:
+            with self._lock:
+                self._in_memory += len(records)
+            self._route_all(records, now)
+        if not entries:
+            # The spool is read to the end: what waited for room comes next, then direct mode.
+            held, self._held = self._held, deque()
+            self._route_all(held, now)
+            self._spooling = False
+            log.info("spool %s drained; publishing directly again", self._spool_dir_name())
+
+    def _spool_dir_name(self) -> str:
+        return str(self._spool.directory) if self._spool is not None else "-"

@@ -1,0 +1,205 @@
+"""The publisher's small value types and the state its parts share.
+
+* :class:`_Record` — one event on its way through the pipeline;
+* :class:`_Lane` — the FIFO of one topic-partition (at most one batch in flight);
+* :class:`_Ledger` — which publish indices are finished, for ``flush()``;
+* :class:`_RateLimitedLog` — a log line at most every 10 s per key, with a suppressed count;
+* :class:`_SpoolEntry` — a record as written to the disk spool;
+* :class:`_PublisherState` — the attributes the caller side (:mod:`.publisher`), the sender
+  (:mod:`._lanes`, :mod:`._sender`) and the spool bridge (:mod:`._overflow`) share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from agentstream.schemas.codec import Encoding
+from agentstream.schemas.errors import AgentstreamError
+from agentstream.schemas.routing import Routing
+from agentstream.schemas.settings import KafkaSettings
+
+from .metrics import ProducerMetrics
+from .partitioner import KeyPartitioner
+from .spool import Spool, SpoolTicket
+
+log = logging.getLogger("agentstream.producer.publisher")
+"""One logger for the whole publisher, whichever module of it logs."""
+
+Redact = Callable[[dict[str, Any]], dict[str, Any]]
+Overflow = Literal["drop", "block"]
+
+_LOG_EVERY = 10.0
+
+
+class _Record:
+    """One event on its way: the encoded record and where it is in the pipeline."""
+
+    __slots__ = (
+        "attempts",
+        "created",
+        "headers",
+        "index",
+        "key",
+        "partition",
+        "queued",
+        "ticket",
+        "topic",
+        "value",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        created: float,
+        index: int,
+        ticket: SpoolTicket | None = None,
+    ) -> None:
+        self.topic = topic
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.created = created  # wall clock at publish()
+        self.index = index  # publish order in this process; 0 = from an earlier process
+        self.ticket = ticket  # set when read back from the spool
+        self.partition = -1
+        self.queued = 0.0  # monotonic time it entered a lane
+        self.attempts = 0
+
+
+class _SpoolEntry(msgspec.Struct, array_like=True):
+    epoch: str
+    index: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    created: float
+
+
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(_SpoolEntry)
+
+
+class _Lane:
+    """The FIFO of one topic-partition; at most one batch in flight."""
+
+    __slots__ = ("bytes", "inflight", "partition", "queue", "retry_at", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.queue: deque[_Record] = deque()
+        self.inflight: list[_Record] | None = None
+        self.bytes = 0
+        self.retry_at = 0.0
+
+
+class _Ledger:
+    """Which publish indices are finished, to answer "is everything up to N done?"."""
+
+    def __init__(self) -> None:
+        self.base = 1  # every index below base is finished
+        self.flags = bytearray()
+
+    def add(self) -> int:
+        self.flags.append(0)
+        return self.base + len(self.flags) - 1
+
+    def last(self) -> int:
+        """The newest index handed out."""
+        return self.base + len(self.flags) - 1
+
+    def finish(self, index: int) -> None:
+        if index >= self.base:
+            self.flags[index - self.base] = 1
+
+    def advance(self) -> None:
+        first_open = self.flags.find(0)
+        done = len(self.flags) if first_open == -1 else first_open
+        if done:
+            del self.flags[:done]
+            self.base += done
+
+
+class _RateLimitedLog:
+    """A log line at most once every 10 s per key; says how many were suppressed."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -_LOG_EVERY) < _LOG_EVERY:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += f" ({suppressed} similar messages suppressed)"
+        log.log(self.level, message, *args, exc_info=exc_info)
+
+
+class _PublisherState:
+    """The attributes of a :class:`~agentstream.producer.publisher.KafkaPublisher`, declared
+    once for its parts (set in its ``__init__``). Fields marked *shared* are read and written
+    by callers and the sender thread and are guarded by ``_lock``; the others belong to the
+    sender thread."""
+
+    settings: KafkaSettings
+    instance_id: str
+    metrics: ProducerMetrics
+    _epoch: str  # tells this process's spool records from older ones
+    _routing: Routing
+    _encoding: Encoding
+    _max_record_bytes: int
+    _overflow: Overflow
+    _block_timeout: float
+    _max_queue: int
+    _spool_after: float
+    _linger: float
+    _batch_bytes: int
+    _redact: Redact | None
+    _spool: Spool | None
+    _inherited: int  # shared: events left in the spool by an earlier process, not yet done
+    _warn: _RateLimitedLog
+    _error: _RateLimitedLog
+
+    _lock: threading.Lock
+    _cond: threading.Condition
+    _incoming: deque[_Record]  # shared
+    _in_memory: int  # shared
+    _seq: int  # shared
+    _ledger: _Ledger  # shared
+    _idle: bool  # shared: the sender sleeps long and wants a wake-up for new events
+    _flushing: int  # shared
+    _closed: bool  # shared
+    _fatal: AgentstreamError | None  # shared
+
+    _thread: threading.Thread
+    _loop: asyncio.AbstractEventLoop | None
+    _kick: asyncio.Event | None
+    _producer: AIOKafkaProducer | None
+    _connected: bool | None  # None until the first attempt finishes
+    _partitioner: KeyPartitioner
+    _lanes: dict[tuple[str, int], _Lane]
+    _unrouted: deque[_Record]
+    _held: deque[_Record]  # waiting for room in a full spool
+    _spooling: bool
+    _metadata_wanted: set[str]
+    _counts: dict[str, int | None]
+    _tasks: set[asyncio.Task[None]]
+    _stopping: bool

@@ -1,0 +1,210 @@
+"""The sender thread: its own asyncio loop with an aiokafka producer, connecting (with the
+real cause of a failure in words), one round of work per wake-up, and the shutdown that spools
+or counts whatever is left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    UnknownError,
+    UnsupportedVersionError,
+)
+
+from agentstream.schemas.errors import AgentstreamError, ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
+
+from ._overflow import _Overflow
+from ._records import _Record, log
+
+_TICK = 0.1
+_MAX_CONNECT_BACKOFF = 5.0
+
+
+def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments of the ``AIOKafkaProducer`` the publisher runs (all from settings:
+    connection, PLAINTEXT/SSL/SASL_PLAINTEXT/SASL_SSL with PLAIN or SCRAM, acks, compression,
+    batch size, idempotence)."""
+    return settings.producer_options()
+
+
+class _Sender(_Overflow):
+    """The background thread's main loop (see :mod:`.publisher`)."""
+
+    # === sender thread =========================================================================
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        asyncio.run(self._main(ready))
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._kick = kick = asyncio.Event()
+        ready.set()
+        connector = asyncio.create_task(self._connect())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(kick.wait(), self._next_wait())
+                kick.clear()
+                try:
+                    self._step()
+                except Exception:  # a bug must not stop delivery for good: log, go on
+                    self._error("step", "publisher sender step failed", exc_info=True)
+                if self._stopping:
+                    break
+                if self._fatal is not None:
+                    await asyncio.sleep(_TICK)
+        finally:
+            connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connector
+            await self._shutdown()
+
+    async def _connect(self) -> None:
+        backoff = self.settings.retry_backoff_ms / 1000
+        while not self._stopping:
+            producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+            try:
+                await producer.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if self._is_init_pid_failure(exc):
+                    self._set_fatal(
+                        ConfigurationError(
+                            "enable_idempotence=True, but the broker at "
+                            f"{self.settings.bootstrap_servers} rejected InitProducerId "
+                            f"({type(exc).__name__}: {exc}); an idempotent producer needs a broker "
+                            "that supports it (Apache Kafka does, the embedded broker does not). "
+                            "Set AGENTSTREAM_ENABLE_IDEMPOTENCE=false or use such a broker."
+                        )
+                    )
+                    return
+                message = await self._describe_connect_failure(exc)
+                self.metrics.last_error = message
+                self._connected = False
+                self._error("connect", "%s; retrying in %.1f s", message, backoff)
+                self._kick_now()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_CONNECT_BACKOFF)
+                continue
+            self._producer = producer
+            self._connected = True
+            log.info("publisher connected to %s", self.settings.bootstrap_servers)
+            self._kick_now()
+            return
+
+    def _is_init_pid_failure(self, exc: BaseException) -> bool:
+        """aiokafka's start() asks for a producer id when idempotence is on; these are the
+        answers of a broker that cannot give one (the embedded broker says UNKNOWN)."""
+        return self.settings.enable_idempotence and isinstance(
+            exc, UnknownError | UnsupportedVersionError | ClusterAuthorizationFailedError
+        )
+
+    async def _describe_connect_failure(self, exc: BaseException) -> str:
+        servers = self.settings.bootstrap_servers
+        protocol = self.settings.security_protocol
+        text = f"cannot connect to Kafka at {servers} ({protocol}): {type(exc).__name__}: {exc}"
+        context = self.settings.ssl_context()
+        if context is None:
+            return text
+        host, _, port = servers.split(",")[0].strip().rpartition(":")
+        try:  # aiokafka hides the TLS error behind "Unable to bootstrap": find it
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), 5
+            )
+            writer.close()
+        except Exception as tls:
+            text += (
+                f"; the TLS handshake with {host}:{port} failed: {tls} — check ssl_cafile "
+                f"(AGENTSTREAM_SSL_CAFILE={self.settings.ssl_cafile}) and ssl_check_hostname"
+            )
+        return text
+
+    def _set_fatal(self, error: AgentstreamError) -> None:
+        log.error("%s", error)
+        self.metrics.last_error = str(error)
+        with self._lock:
+            self._fatal = error
+            self._cond.notify_all()
+
+    def _next_wait(self) -> float:
+        if self._stopping:
+            return 0
+        busy = max(self._linger, 0.001)
+        if self._connected:
+            for lane in self._lanes.values():
+                if lane.queue and lane.inflight is None:
+                    return busy
+        with self._lock:
+            if self._incoming:
+                return busy
+            self._idle = True
+        return _TICK
+
+    # --- one round of work ----------------------------------------------------------------
+
+    def _step(self) -> None:
+        with self._lock:
+            records, self._incoming = self._incoming, deque()
+            self._idle = False
+            urgent = self._flushing > 0 or self._closed
+        now = time.monotonic()
+        self._counts = {}
+        if self._spool is not None and self._spooling:
+            self._held.extend(records)
+            self._spool_held()
+        else:
+            self._route_all(records, now)
+        self._route_unrouted(now)
+        if self._spool is not None:
+            self._check_overflow(now)
+            self._feed(now)
+        self._dispatch(now, urgent)
+        if self._spool is not None:
+            self._spool.sync()
+            self._spool.commit()
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # Let batches already handed to aiokafka finish, briefly (the broker may be gone).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with self._lock:
+            leftover_incoming, self._incoming = self._incoming, deque()
+        # What is still in memory, oldest first per partition.
+        leftover: list[_Record] = []
+        for lane in self._lanes.values():
+            leftover.extend(lane.inflight or ())
+            leftover.extend(lane.queue)
+            lane.inflight = None
+            lane.queue.clear()
+        leftover.extend(self._unrouted)
+        self._unrouted.clear()
+        if self._spool is not None:
+            # Records read from the spool stay there (unacknowledged): the next process reads
+            # them again at their place. The others are appended.
+            own = [r for r in leftover if r.ticket is None]
+            self._held = deque([*own, *self._held, *leftover_incoming])
+            self._spool_held()
+            lost = len(self._held)
+            self._spool.close()
+        else:
+            lost = len(leftover) + len(leftover_incoming)
+        if lost:
+            self.metrics.drop("closed", lost)
+            log.error("publisher closed with %d events undelivered and not spooled (dropped)", lost)
