@@ -15,8 +15,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from agentstream.schemas import Event, RecordLocation
 
@@ -51,20 +52,25 @@ _SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
 def sqlite_path(url: str) -> tuple[str, str]:
-    """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db``; and the
+    """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db`` (``%XX``
+    escapes decoded: write ``?`` and ``#`` in a file name as ``%3F`` and ``%23``); and the
     ``synchronous`` option (default ``normal``)."""
     parts = urlsplit(url)
-    if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+    if parts.netloc or not parts.path.startswith("/") or parts.path == "/" or parts.fragment:
         raise StoreError(
             f"expected sqlite:///relative/path.db or sqlite:////absolute/path.db, got {url!r}"
         )
-    options = parse_qs(parts.query)
+    try:
+        options = parse_qs(parts.query, strict_parsing=True) if parts.query else {}
+    except ValueError:
+        options = {"?": [parts.query]}
     synchronous = options.pop("synchronous", ["normal"])[-1].lower()
     if synchronous not in _SYNCHRONOUS or options:
         raise StoreError(
-            f"expected only the option synchronous={'|'.join(_SYNCHRONOUS)} in {url!r}"
+            f"expected no option but synchronous={'|'.join(_SYNCHRONOUS)} in {url!r} "
+            f"(write ? and # in a file name as %3F and %23)"
         )
-    return parts.path[1:], synchronous
+    return unquote(parts.path[1:]), synchronous
 
 
 class SqliteStore(Store):
@@ -95,7 +101,7 @@ class SqliteStore(Store):
         if self._readonly and self.path != ":memory:":
             if not os.path.exists(self.path):
                 raise FileNotFoundError(self.path)
-            target, uri = f"file:{self.path}?mode=ro", True
+            target, uri = f"{Path(self.path).absolute().as_uri()}?mode=ro", True
         else:
             target, uri = self.path, False
         conn = sqlite3.connect(

@@ -178,6 +178,14 @@ async def test_readers_get_clear_errors(tmp_path: Path) -> None:
         open_store("mysql://localhost/x")
     with pytest.raises(StoreError, match="absolute"):
         open_store("sqlite://relative.db")
+    with pytest.raises(StoreError, match="%3F"):
+        open_store(f"sqlite:///{tmp_path}/odd?name.db")
+    odd = open_store(f"sqlite:///{tmp_path}/odd%3Fname%20x.db")
+    async with odd:
+        await odd.migrate()
+    assert (tmp_path / "odd?name x.db").exists()
+    async with open_store(odd.url, readonly=True) as reader:
+        assert await reader.schema_version() == 1
     missing = open_store(f"sqlite:///{tmp_path}/missing.db", readonly=True)
     with pytest.raises(StoreError, match="found no such file"):
         await missing.open()
