@@ -78,8 +78,10 @@ dev:
 	printf '#!/bin/sh\nexec "$(CURDIR)/$(DEV_VENV)/bin/python" -m agentstream.consumers.cli "$$@"\n' > $(DEV_VENV)/bin/agentstream
 	chmod +x $(DEV_VENV)/bin/agentstream
 
-up:
-	@echo "make up is not implemented yet (see the open 'make up' issue); nothing was started." >&2; exit 1
+# The whole pipeline on this machine (embedded broker from the `local` extra, no Docker):
+# services, demo agents and a live view until Ctrl-C. Options: make up UP_ARGS="--no-demo".
+up: install
+	$(BIN)/agentstream up $(UP_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

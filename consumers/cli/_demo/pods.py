@@ -1,0 +1,296 @@
+"""The simulated pods: each agent plays its planned sessions through the public producer API
+only (``KafkaPublisher``, ``EventBus`` + ``scope``, ``AuditEmitter`` + ``KafkaCollector``).
+
+Pacing: the plan's delays are simulated milliseconds; they are scaled by one factor so that
+all agents together emit about ``rate`` events/s (relative latencies stay realistic: an LLM
+call still lasts longer than a tool call). When the run stops (``duration`` elapsed or
+:meth:`Demo.stop`), sessions in flight are finished without waiting, so every session
+that started is complete and the manifest says exactly what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentstream.producer import (
+    AuditEmitter,
+    Event,
+    EventBus,
+    KafkaCollector,
+    KafkaPublisher,
+    Publisher,
+    event_scope,
+)
+from agentstream.schemas.settings import KafkaSettings
+
+from .scenario import (
+    PlannedSession,
+    agent_family,
+    agent_id,
+    agent_sessions,
+    mean_step_delay_ms,
+)
+
+
+class RecordingPublisher:
+    """A :class:`~agentstream.producer.Publisher` in front of the pod's publisher that
+    remembers what was handed over: ``(event_id, type, session_id)`` in order."""
+
+    def __init__(self, inner: Publisher) -> None:
+        self.inner = inner
+        self.published: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: Event) -> None:
+        self.inner.publish(event)
+        with self._lock:
+            self.published.append((event.event_id, event.type, event.session_id))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.inner.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.inner.close(timeout)
+
+
+@dataclass
+class SessionRecord:
+    session: PlannedSession
+    session_id: str
+    events: int = 0
+
+
+@dataclass
+class DemoSummary:
+    run_id: str
+    seed: int
+    agents: int
+    rate: float
+    time_scale: float
+    elapsed_s: float = 0.0
+    sessions: list[SessionRecord] = field(default_factory=list)
+    events: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    flushed: bool = False
+
+    @property
+    def looping(self) -> list[SessionRecord]:
+        return [s for s in self.sessions if s.session.loops]
+
+    @property
+    def budget_busting(self) -> list[SessionRecord]:
+        return [s for s in self.sessions if s.session.busts_budget]
+
+    def lines(self) -> list[str]:
+        families = Counter(s.session.family for s in self.sessions)
+        return [
+            f"demo run {self.run_id} (seed {self.seed}): {len(self.sessions)} sessions "
+            f"({families['corail']} Corail, {families['calute']} Calute) by {self.agents} agents "
+            f"in {self.elapsed_s:.1f} s",
+            f"events: {self.events} published, {self.delivered} acknowledged by Kafka, "
+            f"{self.dropped} dropped{'' if self.flushed else ' (flush timed out)'}",
+            f"looping sessions: {len(self.looping)}; budget-busting sessions: "
+            f"{len(self.budget_busting)}",
+        ]
+
+    def manifest(self, published: list[tuple[str, str, str]]) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seed": self.seed,
+            "agents": self.agents,
+            "rate": self.rate,
+            "time_scale": self.time_scale,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events": self.events,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "flushed": self.flushed,
+            "sessions": [
+                {
+                    "session_id": s.session_id,
+                    "key": s.session.key,
+                    "agent_id": s.session.agent_id,
+                    "family": s.session.family,
+                    "user_id": s.session.user_id,
+                    "kind": s.session.kind,
+                    "events": s.events,
+                }
+                for s in self.sessions
+            ],
+            "published": [list(item) for item in published],
+        }
+
+
+class Demo:
+    """``agents`` pods sharing one publisher (as pods of one process would share nothing;
+    here the publisher is only the transport)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        agents: int,
+        rate: float,
+        seed: int,
+        duration: float | None,
+        run_id: str | None = None,
+    ) -> None:
+        if agents < 1 or rate <= 0:
+            raise ValueError(f"expected agents >= 1 and rate > 0, got {agents} and {rate}")
+        self.settings = settings
+        self.agents = agents
+        self.rate = rate
+        self.seed = seed
+        self.duration = duration
+        self.run_id = run_id or secrets.token_hex(3)
+        # all agents together: agents / (mean delay * scale) events per second = rate
+        mean_s = mean_step_delay_ms(seed, agents) / 1000
+        self.time_scale = agents / (rate * mean_s) if mean_s > 0 else 0.0
+        self._stop = asyncio.Event()
+        self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
+        self.published: list[tuple[str, str, str]] = []
+
+    def stop(self) -> None:
+        """Stop starting sessions; finish those in flight without waiting."""
+        self._stop.set()
+
+    async def run(self) -> DemoSummary:
+        publisher = KafkaPublisher(self.settings)
+        recorder = RecordingPublisher(publisher)
+        started = time.monotonic()
+        try:
+            timer = (
+                asyncio.get_running_loop().call_later(self.duration, self._stop.set)
+                if self.duration is not None
+                else None
+            )
+            await asyncio.gather(*(self._agent(i, recorder) for i in range(self.agents)))
+            if timer is not None:
+                timer.cancel()
+        finally:
+            self.summary.flushed = await asyncio.to_thread(publisher.flush, 30.0)
+            publisher.close(timeout=5.0)
+            stats = publisher.stats()
+            self.summary.elapsed_s = time.monotonic() - started
+            self.summary.events = len(recorder.published)
+            self.summary.delivered = stats.delivered
+            self.summary.dropped = sum(stats.dropped.values()) + stats.failed
+        self.published = recorder.published
+        return self.summary
+
+    def write_manifest(self, path: Path) -> None:
+        data = self.summary.manifest(self.published)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    # --- one pod ----------------------------------------------------------------------------
+
+    async def _agent(self, index: int, publisher: RecordingPublisher) -> None:
+        sessions = agent_sessions(self.seed, index)
+        corail = agent_family(index) == "corail"
+        bus = EventBus(publisher, agent_id=agent_id(index)) if corail else None
+        for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
+            record = SessionRecord(planned, planned.session_id(self.run_id))
+            self.summary.sessions.append(record)
+            before = len(publisher.published)
+            if bus is not None:
+                await self._corail(bus, planned)
+            else:
+                await self._calute(publisher, planned)
+            record.events = len(publisher.published) - before
+        if bus is not None:
+            await bus.close()
+
+    async def _pace(self, delay_ms: int) -> None:
+        if self._stop.is_set() or delay_ms <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay_ms * self.time_scale / 1000)
+
+    async def _corail(self, bus: EventBus, planned: PlannedSession) -> None:
+        session_id = planned.session_id(self.run_id)
+        for step in planned.steps:
+            await self._pace(step.delay_ms)
+            with bus.scope(
+                session_id=session_id,
+                user_id=planned.user_id,
+                turn_id=planned.turn_id(self.run_id, step.turn),
+            ):
+                await bus.emit(Event(type=step.action, data=dict(step.fields)))
+
+    async def _calute(self, publisher: RecordingPublisher, planned: PlannedSession) -> None:
+        session_id = planned.session_id(self.run_id)
+        emitter = AuditEmitter(KafkaCollector(publisher, agent_id=planned.agent_id), session_id)
+        for step in planned.steps:
+            await self._pace(step.delay_ms)
+            ids = {"agent_id": planned.agent_id, "turn_id": planned.turn_id(self.run_id, step.turn)}
+            with event_scope(user_id=planned.user_id):
+                _CALUTE_CALLS[step.action](emitter, {**step.fields, **ids})
+
+
+CaluteCall = Callable[[AuditEmitter, dict[str, Any]], None]
+
+
+def _calls() -> dict[str, CaluteCall]:
+    """The emitter methods a Calute step may name (nothing else is callable by a plan)."""
+
+    def turn_start(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_turn_start(agent_id=f["agent_id"], turn_id=f["turn_id"], prompt=f["prompt"])
+
+    def turn_end(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_turn_end(f["agent_id"], f["turn_id"], f["content"], f["fc_count"])
+
+    def policy(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_tool_policy_decision(
+            f["tool_name"], f["agent_id"], f["action"], f["source"], turn_id=f["turn_id"]
+        )
+
+    def sandbox(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_sandbox_decision(
+            f["tool_name"],
+            f["context"],
+            f["reason"],
+            f["backend_type"],
+            f["agent_id"],
+            f["turn_id"],
+        )
+
+    def attempt(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_tool_call_attempt(f["tool_name"], f["args"], f["agent_id"], f["turn_id"])
+
+    def complete(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_tool_call_complete(
+            f["tool_name"], f["status"], f["duration_ms"], f["result"], f["agent_id"], f["turn_id"]
+        )
+
+    def failure(e: AuditEmitter, f: dict[str, Any]) -> None:
+        e.emit_tool_call_failure(
+            f["tool_name"], f["error_type"], f["error_msg"], f["agent_id"], f["turn_id"]
+        )
+
+    return {
+        "emit_turn_start": turn_start,
+        "emit_turn_end": turn_end,
+        "emit_tool_policy_decision": policy,
+        "emit_sandbox_decision": sandbox,
+        "emit_tool_call_attempt": attempt,
+        "emit_tool_call_complete": complete,
+        "emit_tool_call_failure": failure,
+    }
+
+
+_CALUTE_CALLS = _calls()

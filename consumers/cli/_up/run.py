@@ -1,0 +1,384 @@
+"""``agentstream up``, step by step: broker, topics, services, demo, live view, and the
+ordered shutdown (demo, catch-up, services with SIGTERM, broker) on every exit path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
+
+from .monitor import Monitor, ServiceState, http_get
+from .processes import Child, cli_command, pick_port
+from .view import UpState, View, make_view
+
+T = TypeVar("T")
+
+SERVICES = ("persistence", "loops", "budget", "metrics", "tracing")
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    settings: KafkaSettings
+    external_kafka: bool
+    duration: float | None
+    demo: bool
+    store: Path
+    log_dir: Path
+    partitions: int
+    seed: int
+    agents: int
+    rate: float
+    first_port: int = 9101
+    plain: bool = False
+    ready_timeout: float = 120.0
+    drain_timeout: float = 20.0
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived while waiting for something."""
+
+
+class Up:
+    def __init__(self, options: UpOptions) -> None:
+        self.o = options
+        self.stop = asyncio.Event()  # first signal, or the duration elapsed
+        self.force = asyncio.Event()  # second signal: no more waiting
+        self.signals = 0
+        self.broker: Any = None
+        self.broker_pid: int | None = None
+        self.bootstrap = options.settings.bootstrap_servers
+        self.monitor = Monitor(services={})
+        self.state = UpState(self.bootstrap, options.store, options.log_dir, self.monitor)
+        self.view: View | None = None
+        self.demo: Child | None = None
+        self.children: list[Child] = []
+        self.alerts_stop = asyncio.Event()
+        self.alerts_task: asyncio.Task[None] | None = None
+        self.error: str | None = None
+
+    # --- signals ------------------------------------------------------------------------------
+
+    def _on_signal(self) -> None:
+        self.signals += 1
+        self.stop.set()
+        if self.signals > 1:
+            self.force.set()
+
+    async def _until_stopped(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, or :class:`Interrupted` when a stop comes first."""
+        task = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise Interrupted
+        return task.result()
+
+    # --- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.o.log_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        self.view = make_view(self.o.plain)
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._start()
+            await self._run_until_stopped()
+        except Interrupted:
+            pass
+        except ConfigurationError as exc:
+            self.error = str(exc)
+        finally:
+            self.state.phase = "stopping"
+            try:
+                await self._shutdown()
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+                self.state.phase = "stopped"
+                self.view.close(self.state)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(sig)
+        self._final_report()
+        return 1 if self.error else 0
+
+    async def _tick(self) -> None:
+        assert self.view is not None
+        last_scrape = 0.0
+        while True:
+            if self.monitor.services and time.monotonic() - last_scrape >= 1.0:
+                last_scrape = time.monotonic()
+                await self.monitor.scrape()
+            self.view.refresh(self.state)
+            await asyncio.sleep(0.5)
+
+    async def _start(self) -> None:
+        o = self.o
+        kafka = self.state.step("Kafka broker")
+        if o.external_kafka:
+            kafka.status, kafka.detail = "running", f"connecting to {self.bootstrap}"
+        else:
+            from agentstream.consumers.broker import EmbeddedBroker
+
+            self.broker = EmbeddedBroker(log_path=o.log_dir / "broker.log")
+            self.bootstrap = self.broker.bootstrap_servers
+            self.state.bootstrap = self.bootstrap
+            kafka.status, kafka.detail = (
+                "running",
+                f"starting the embedded broker on {self.bootstrap}",
+            )
+            self.broker.start()
+            self.broker_pid = self.broker.pid
+        settings = self.settings
+        from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+
+        await self._until_stopped(wait_for_broker(settings.admin_options(), timeout=60))
+        kafka.status = "done"
+        kafka.detail = f"{self.bootstrap}" + (
+            "" if o.external_kafka else f" (pid {self.broker.pid})"
+        )
+
+        topics = self.state.step("topics")
+        topics.status, topics.detail = "running", f"creating {settings.topic_prefix}.* topics"
+        outcome = await self._until_stopped(
+            ensure_topics(
+                settings.admin_options(), settings.routing(), TopicSpec(partitions=o.partitions)
+            )
+        )
+        created = sum(1 for v in outcome.values() if v == "created")
+        topics.status = "done"
+        topics.detail = f"{len(outcome)} topics ({created} created, {o.partitions} partitions each)"
+
+        taken: set[int] = set()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for offset, name in enumerate(SERVICES):
+            port = pick_port(o.first_port + offset, taken)
+            taken.add(port)
+            args = [
+                "consume",
+                name,
+                "--bootstrap-servers",
+                self.bootstrap,
+                "--topic-prefix",
+                settings.topic_prefix,
+                "--http-host",
+                HOST,
+                "--http-port",
+                str(port),
+            ]
+            if name == "persistence":
+                args += ["--store", f"sqlite:///{o.store.resolve()}"]
+            child = Child(name, cli_command(*args), o.log_dir / f"{name}.log")
+            child.start(env)
+            self.children.append(child)
+            self.monitor.services[name] = ServiceState(name, HOST, port, child)
+            step = self.state.step(f"service {name}")
+            step.status, step.detail = (
+                "running",
+                f"joining group {settings.topic_prefix}.{name} (:{port})",
+            )
+        await self._until_stopped(
+            asyncio.gather(*(self._wait_ready(s) for s in self.monitor.services.values()))
+        )
+
+        self.alerts_task = asyncio.create_task(
+            self.monitor.follow_alerts(
+                settings,
+                self.alerts_stop,
+                o.log_dir / "alerts.jsonl",
+                from_start=not o.external_kafka,
+            )
+        )
+        demo = self.state.step("demo agents")
+        if not o.demo:
+            demo.status, demo.detail = "skipped", "--no-demo"
+            return
+        self.demo = Child(
+            "demo",
+            cli_command(
+                "demo",
+                "--bootstrap-servers",
+                self.bootstrap,
+                "--topic-prefix",
+                settings.topic_prefix,
+                "--agents",
+                str(o.agents),
+                "--rate",
+                str(o.rate),
+                "--seed",
+                str(o.seed),
+                "--manifest",
+                str(o.log_dir / "demo-manifest.json"),
+            ),
+            o.log_dir / "demo.log",
+        )
+        self.demo.start(env)
+        self.children.append(self.demo)
+        demo.status = "done"
+        demo.detail = (
+            f"{o.agents} agents, ~{o.rate:g} events/s, seed {o.seed} (pid {self.demo.pid})"
+        )
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self.o.settings.model_copy(update={"bootstrap_servers": self.bootstrap})
+
+    async def _wait_ready(self, service: ServiceState) -> None:
+        step = self.state.step(f"service {service.name}")
+        deadline = time.monotonic() + self.o.ready_timeout
+        while True:
+            if not service.child.running():
+                step.status = "failed"
+                raise ConfigurationError(
+                    f"service {service.name} exited with code {service.child.returncode} "
+                    f"before it was ready; its log ({service.child.log_path}) ends with:\n"
+                    f"{service.child.log_tail()}"
+                )
+            with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
+                status, _ = await http_get(HOST, service.port, "/readyz", timeout=2.0)
+                if status == 200:
+                    service.ready = True
+                    step.status = "done"
+                    step.detail = f"ready, {service.metrics_url}"
+                    return
+            if time.monotonic() > deadline:
+                step.status = "failed"
+                raise ConfigurationError(
+                    f"service {service.name} not ready after {self.o.ready_timeout:.0f} s "
+                    f"(expected /readyz to answer 200 on port {service.port}); see "
+                    f"{service.child.log_path}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _run_until_stopped(self) -> None:
+        self.state.phase = "running"
+        self.state.started = time.monotonic()
+        if self.o.duration is not None:
+            asyncio.get_running_loop().call_later(self.o.duration, self.stop.set)
+        demo_reported = False
+        while not self.stop.is_set():
+            for child in self.children:
+                if child is not self.demo and not child.running():
+                    self.error = (
+                        f"service {child.name} exited with code {child.returncode}; "
+                        f"see {child.log_path}"
+                    )
+                    self.stop.set()
+            if self.demo is not None and not self.demo.running() and not demo_reported:
+                demo_reported = True
+                self.state.demo = f"demo finished with code {self.demo.returncode}"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.5)
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        grace = 0.0 if self.force.is_set() else 1.0
+        if self.demo is not None:
+            step = self.state.step("demo agents")
+            step.status, step.detail = "running", "stopping: finishing sessions, flushing"
+            code = await self.demo.stop(signal.SIGTERM, 30.0 * grace)
+            step.status, step.detail = "done", f"stopped (exit {code})"
+        services = [s for s in self.monitor.services.values() if s.child.running()]
+        if services and not self.force.is_set() and self.error is None:
+            step = self.state.step("catching up")
+            step.status, step.detail = "running", "waiting for every service's lag to reach 0"
+            caught = await self._catch_up()
+            step.status = "done" if caught else "failed"
+            step.detail = "all lags 0" if caught else f"not within {self.o.drain_timeout:.0f} s"
+        if self.monitor.services:
+            await self.monitor.scrape()  # the last figures, for the summary
+        for s in services:
+            self.state.step(f"service {s.name}").detail = "stopping (SIGTERM: drain, commit, leave)"
+        await asyncio.gather(
+            *(
+                s.child.stop(signal.SIGTERM, (self.o.drain_timeout + 10) * grace)
+                for s in self.monitor.services.values()
+            )
+        )
+        for s in self.monitor.services.values():
+            self.state.step(f"service {s.name}").detail = f"stopped (exit {s.child.returncode})"
+        self.alerts_stop.set()
+        if self.alerts_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.alerts_task, 10)
+        for child in self.children:  # anything left, whatever happened above
+            if child.running():
+                child.kill_group()
+        if self.broker is not None:
+            self.state.step("Kafka broker").detail = "stopped"
+            await asyncio.to_thread(self.broker.stop)
+        self._write_summary()
+
+    async def _catch_up(self) -> bool:
+        deadline = time.monotonic() + self.o.drain_timeout
+        streak = 0
+        while time.monotonic() < deadline and not self.force.is_set():
+            await self.monitor.scrape()
+            streak = streak + 1 if self.monitor.caught_up() else 0
+            if streak >= 2:
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
+    def _write_summary(self) -> None:
+        summary = {
+            "bootstrap_servers": self.bootstrap,
+            "embedded_broker_pid": self.broker_pid,
+            "store": str(self.o.store.resolve()),
+            "log_dir": str(self.o.log_dir.resolve()),
+            "services": {name: s.summary() for name, s in self.monitor.services.items()},
+            "demo": None
+            if self.demo is None
+            else {"pid": self.demo.pid, "exit_code": self.demo.returncode},
+            "children": [child.pid for child in self.children],
+            "alerts": dict(self.monitor.alert_counts),
+            "events_counted": self.monitor.events_total,
+            "error": self.error,
+        }
+        (self.o.log_dir / "up-summary.json").write_text(json.dumps(summary, indent=1))
+
+    def _final_report(self) -> None:
+        lines = []
+        if self.error:
+            lines.append(f"agentstream up: {self.error}")
+        manifest = self.o.log_dir / "demo-manifest.json"
+        if self.demo is not None and manifest.exists():
+            data = json.loads(manifest.read_text())
+            kinds = [s["kind"] for s in data["sessions"]]
+            lines.append(
+                f"demo: {len(kinds)} sessions, {data['events']} events "
+                f"({data['delivered']} acknowledged), "
+                f"{sum(k.startswith('loop') for k in kinds)} looping, "
+                f"{sum(k.startswith('budget') for k in kinds)} budget-busting"
+            )
+        counts = self.monitor.alert_counts
+        lines.append(
+            f"alerts: {counts['loop_block']} loop blocks, "
+            f"{counts['loop_warning']} loop warnings, "
+            f"{counts['budget_exceeded']} budget exceeded, "
+            f"{counts['budget_warning']} budget warnings"
+        )
+        lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")
+        lines.append(f"logs and summary: {self.o.log_dir.resolve()}")
+        print("\n".join(lines), flush=True)

@@ -1,0 +1,86 @@
+"""``agentstream demo``: simulated agent pods (half Corail-style EventBus, half Calute-style
+AuditEmitter) emitting realistic sessions, some of which loop or blow their budget."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+from ._common import add_kafka_arguments, kafka_settings_from
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "demo",
+        help="simulated agent pods emitting realistic sessions (some loop, some blow budgets)",
+        description=(
+            "Run simulated agents through the public producer API until --duration elapses "
+            "or SIGINT/SIGTERM; sessions in flight are then finished at once, everything is "
+            "flushed and a summary printed. The same --seed plays the same sessions."
+        ),
+    )
+    add_kafka_arguments(parser)
+    parser.add_argument("--agents", type=int, default=8, help="simulated pods (default 8)")
+    parser.add_argument(
+        "--rate", type=float, default=40.0, help="events per second, all agents (default 40)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop after S seconds (default: run until stopped)",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="scenario seed (default 7)")
+    parser.add_argument(
+        "--run-id", help="prefix of the session ids (default: 6 random hex characters)"
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="PATH",
+        help="write the sessions played and the id of every event published as JSON",
+    )
+    parser.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from ._demo.pods import Demo
+
+    if args.agents < 1 or args.rate <= 0:
+        from agentstream.schemas.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"expected --agents >= 1 and --rate > 0, got {args.agents} and {args.rate}"
+        )
+    settings = kafka_settings_from(args)
+    demo = Demo(
+        settings,
+        agents=args.agents,
+        rate=args.rate,
+        seed=args.seed,
+        duration=args.duration,
+        run_id=args.run_id,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, demo.stop)
+    print(
+        f"demo: {args.agents} agents, ~{args.rate:g} events/s, seed {args.seed}, "
+        f"run {demo.run_id}, to {settings.bootstrap_servers}",
+        flush=True,
+    )
+    try:
+        summary = await demo.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        if args.manifest is not None:
+            demo.write_manifest(args.manifest)
+    for line in summary.lines():
+        print(line, flush=True)
+    return 0 if summary.flushed and summary.dropped == 0 else 1
