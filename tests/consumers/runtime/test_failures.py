@@ -40,7 +40,8 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     )
     after = sample_event("message.received", 4)
     async with running_consumer(consumer):
-        await produce_raw(settings, topic, os.urandom(64), key=key)
+        # Random bytes (after a NUL, so they never happen to start a JSON value).
+        await produce_raw(settings, topic, b"\x00\x9f" + os.urandom(62), key=key)
         await produce_raw(
             settings, topic, wrong_tag, key=key, headers=[("content-type", b"application/json")]
         )
