@@ -11,8 +11,9 @@ UUIDv5 derived from it (deterministic, so redelivery still deduplicates; the ori
 stays in the ``event`` column), NUL characters in strings become U+FFFD, and integers beyond
 64 bits are clamped in the ``seq`` and ``schema_version`` columns (exact in ``event``).
 
-Connection losses (refused, terminated, server shutting down or starting, timeouts) raise
-:class:`StoreUnavailableError`; the pool replaces broken connections on the next call.
+Connection losses (refused, terminated, server shutting down or starting, timeouts) and a
+missing or inaccessible table raise :class:`StoreUnavailableError` (see ``_OUTAGE_CLASSES``);
+the pool replaces broken connections on the next call.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _MIGRATION_LOCK = 0x61676E74  # pg_advisory_xact_lock key: "agnt"
-_OUTAGE_CLASSES = ("08", "53", "57", "40")
-"""SQLSTATE classes that pass: connection exception, insufficient resources, operator
-intervention (shutdown, terminated, starting up), transaction rollback (deadlock)."""
+_OUTAGE_CLASSES = ("08", "53", "57", "40", "42", "3D", "3F")
+"""SQLSTATE classes retried as outages: connection exception, insufficient resources, operator
+intervention (shutdown, terminated, starting up), transaction rollback (deadlock), and the
+schema missing or not accessible (undefined table, no privilege, no such database or schema):
+an operator fixes those, and meanwhile nothing is dead-lettered. Data errors (22) and
+constraint violations (23) are a refused event."""
 
 
 def stored_id(event_id: str) -> str:

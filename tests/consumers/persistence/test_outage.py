@@ -148,3 +148,24 @@ async def test_service_waits_for_the_database_at_start(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert sorted(ids) == sorted(e.event_id for e in events)
+
+
+async def test_a_missing_table_is_waited_out_not_dead_lettered(
+    kafka_settings: KafkaSettings, pg_schema_url: str
+) -> None:
+    events = stream(50)
+    async with persistence(settings_for(kafka_settings, pg_schema_url)) as (consumer, store):
+        admin = await asyncpg.connect(pg_schema_url)
+        try:
+            await admin.execute("ALTER TABLE events RENAME TO events_away")  # an operator mistake
+            await produce_events(kafka_settings, events)
+            await wait_until(
+                lambda: metric(consumer, "agentstream_persistence_store_unavailable_total") >= 3,
+                what="the service retrying",
+            )
+            assert committed_total(consumer) == 0
+            await admin.execute("ALTER TABLE events_away RENAME TO events")
+        finally:
+            await admin.close()
+        await wait_until(lambda: count_is(store, 50), what="the 50 events stored")
+        await wait_until(lambda: committed_total(consumer) == 50, what="their offsets committed")
