@@ -56,8 +56,6 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
         letters = await read_records(settings, settings.routing().dlq, 3)
     assert attempts == [failing.event_id] * 3  # 1 + handler_retries
     assert ok.count(failing.event_id) == 1, "the other handler of the failing event still ran"
-    by_handler = {dict(r.headers)["agentstream.errors.handler"]: r for r in letters}
-    assert sorted(by_handler) == ["<decode>", "<decode>", "always-raises"] or len(letters) == 3
     handlers = sorted(dict(r.headers)["agentstream.errors.handler"] for r in letters)
     assert handlers == [b"<decode>", b"<decode>", b"always-raises"]
     for letter in letters:
