@@ -65,23 +65,57 @@ def _fallback(value: Any) -> Any:
 def plain_data(data: Any) -> dict[str, Any]:
     """``data`` as a dict of plain values every wire encoding can carry.
 
-    Enums become their values, dataclasses and Structs dicts, sets lists, non-string keys
-    strings; pydantic models are dumped, other unknown objects become their ``str()``.
+    Enums become their values, dataclasses and Structs dicts, sets and tuples lists, other
+    keys strings; pydantic models are dumped, other unknown objects become their ``str()``.
     Datetimes, UUIDs, decimals and bytes are kept for the encoder. A value that is not a
-    mapping is kept under ``"value"``. Nothing is dropped.
+    mapping is kept under ``"value"``. Nothing is dropped. The caller's objects are not
+    changed.
     """
     if data is None:
         return {}
     try:
-        out = msgspec.to_builtins(
-            data, builtin_types=_PASS_THROUGH, str_keys=True, enc_hook=_fallback
-        )
-    except Exception as exc:  # a broken __str__/model_dump: keep what can be kept
-        logger.warning("cannot convert event data to plain values (%r); using repr()", exc)
-        out = {"value": repr(data)}
+        out = _to_builtins(data)
+    except Exception:  # a key msgspec refuses (a tuple...), a broken __str__: go one by one
+        out = _walk(data, _MAX_DEPTH)
     if not isinstance(out, dict):
         return {"value": out}
     return out
+
+
+_MAX_DEPTH = 64
+
+
+def _to_builtins(value: Any) -> Any:
+    return msgspec.to_builtins(
+        value, builtin_types=_PASS_THROUGH, str_keys=True, enc_hook=_fallback
+    )
+
+
+def _walk(value: Any, depth: int) -> Any:
+    """The slow path of :func:`plain_data`: container by container, so that one bad key or
+    value costs only itself."""
+    if depth > 0:
+        if isinstance(value, Mapping):
+            return {_key(k): _walk(v, depth - 1) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_walk(v, depth - 1) for v in value]
+        try:
+            return _to_builtins(value)
+        except Exception:
+            pass
+    try:
+        return str(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    try:
+        return str(key)
+    except Exception:
+        return f"<unrepresentable {type(key).__name__}>"
 
 
 _INVALID_CHARS = re.compile(r"[^a-z0-9_.-]+")

@@ -127,6 +127,12 @@ def recording() -> RecordingPublisher:
     return RecordingPublisher()
 
 
+@pytest.fixture
+def broken_publisher() -> RecordingPublisher:
+    """A publisher whose ``publish`` raises (as KafkaPublisher does after a fatal error)."""
+    return RecordingPublisher(fail=True)
+
+
 # --- Corail, as the seed document describes it ----------------------------------------------
 
 
