@@ -20,7 +20,6 @@ and enqueue: no network wait). It never raises into the bus: a failure is logged
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import re
@@ -178,17 +177,23 @@ def _from_data(data: Mapping[str, Any], key: str | None) -> str:
     return _id(data.get(key))
 
 
-def _fields_of(event: Any) -> Mapping[str, Any]:
-    """The attributes of a Corail-shaped event (an object, or a dict as ``to_dict()`` gives)."""
+_CORAIL_FIELDS = ("type", "timestamp", "agent_id", "user_id", "session_id", "turn_id", "data")
+
+
+def _fields_of(event: Any) -> tuple[Any, ...]:
+    """The attributes of a Corail-shaped event, in :data:`_CORAIL_FIELDS` order (an object,
+    or a dict as ``to_dict()`` gives); a missing one is ``None``."""
     if isinstance(event, Mapping):
-        return event
-    if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-    return {
-        name: getattr(event, name)
-        for name in ("type", "timestamp", "agent_id", "user_id", "session_id", "turn_id", "data")
-        if hasattr(event, name)
-    }
+        return tuple(event.get(name) for name in _CORAIL_FIELDS)
+    return (
+        event.type,
+        getattr(event, "timestamp", None),
+        getattr(event, "agent_id", None),
+        getattr(event, "user_id", None),
+        getattr(event, "session_id", None),
+        getattr(event, "turn_id", None),
+        getattr(event, "data", None),
+    )
 
 
 def corail_envelope(
@@ -210,24 +215,20 @@ def corail_envelope(
     :func:`~agentstream.producer.scope.event_scope`, then (``agent_id`` only) from the
     ``agent_id`` argument. ``data`` is converted with :func:`plain_data`: every key kept.
     """
-    fields = _fields_of(event)
-    data = plain_data(fields.get("data"))
-    raw_type = _type_value(fields.get("type"))
+    raw, timestamp, ev_agent, ev_user, ev_session, ev_turn, raw_data = _fields_of(event)
+    data = plain_data(raw_data)
+    raw_type = _type_value(raw)
     type_ = wire_type(raw_type)
     if type_ != raw_type:
         data["corail_type"] = raw_type
     scope = get_scope()
     return Event(
         type=type_,
-        timestamp=_utc(fields.get("timestamp")),
-        agent_id=(
-            _id(fields.get("agent_id")) or _from_data(data, agent_key) or scope.agent_id or agent_id
-        ),
-        user_id=_id(fields.get("user_id")) or _from_data(data, user_key) or scope.user_id,
-        session_id=(
-            _id(fields.get("session_id")) or _from_data(data, session_key) or scope.session_id
-        ),
-        turn_id=_id(fields.get("turn_id")) or _from_data(data, turn_key) or scope.turn_id,
+        timestamp=_utc(timestamp),
+        agent_id=_id(ev_agent) or _from_data(data, agent_key) or scope.agent_id or agent_id,
+        user_id=_id(ev_user) or _from_data(data, user_key) or scope.user_id,
+        session_id=_id(ev_session) or _from_data(data, session_key) or scope.session_id,
+        turn_id=_id(ev_turn) or _from_data(data, turn_key) or scope.turn_id,
         data=data,
     )
 

@@ -216,7 +216,8 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     filled from the current :func:`~agentstream.producer.scope.event_scope`, then
     ``agent_id``), and every other field (severity, metadata, class fields) in ``data``.
 
-    Foreign events (any object with ``event_type`` and ``to_dict()``) keep every field,
+    Foreign events (any object with ``event_type`` and ``to_dict()``; dataclasses are read
+    field by field, which is what Calute's and Xerxes' ``to_dict()`` return) keep every field,
     converted to plain values (:func:`~agentstream.producer.adapters.plain_data`: an object
     the wire cannot carry becomes its ``str()``, as in Calute's JSONL sink); an
     ``event_type`` that cannot be a type tag is made one, the original kept in
@@ -233,7 +234,7 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
         )
         type_ = audit_type(event.event_type)
     else:
-        fields = event.to_dict()
+        fields = _foreign_fields(event)
         data = plain_data({k: v for k, v in fields.items() if k not in _ENVELOPE_FIELDS})
         timestamp, ev_agent, ev_session, ev_turn = (
             fields.get("timestamp"),
@@ -262,6 +263,27 @@ def _as_id(value: Any) -> str:
     if not value:
         return ""
     return value if type(value) is str else str(value)
+
+
+_FOREIGN_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
+def _foreign_fields(event: Any) -> dict[str, Any]:
+    """The fields of a foreign audit event. Calute's and Xerxes' events are dataclasses whose
+    ``to_dict()`` is ``asdict(self)``: read them field by field instead (the same dict,
+    without ``asdict``'s deep copy, which costs more than the rest of the envelope; the
+    values are copied by :func:`plain_data` anyway). Other objects: ``to_dict()``."""
+    cls = type(event)
+    names = _FOREIGN_FIELDS.get(cls, ())
+    if names == ():
+        names = _FOREIGN_FIELDS[cls] = (
+            tuple(f.name for f in dataclasses.fields(cls))
+            if dataclasses.is_dataclass(cls)
+            else None
+        )
+    if names is None:
+        return dict(event.to_dict())
+    return {name: getattr(event, name) for name in names}
 
 
 _DATA_FIELDS: dict[type, tuple[str, ...]] = {}
