@@ -185,6 +185,9 @@ class Demo:
             stats = publisher.stats()
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.events = len(recorder.published)
+            per_session = Counter(session_id for _, _, session_id in recorder.published)
+            for record in self.summary.sessions:
+                record.events = per_session[record.session_id]
             self.summary.delivered = stats.delivered
             self.summary.dropped = sum(stats.dropped.values()) + stats.failed
         self.published = recorder.published
@@ -205,12 +208,10 @@ class Demo:
         for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
             record = SessionRecord(planned, planned.session_id(self.run_id))
             self.summary.sessions.append(record)
-            before = len(publisher.published)
             if bus is not None:
                 await self._corail(bus, planned)
             else:
                 await self._calute(publisher, planned)
-            record.events = len(publisher.published) - before
         if bus is not None:
             await bus.close()
 

@@ -1,0 +1,177 @@
+"""The demo's scenario (pure, seed-determined) and a short demo run against a real broker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.runtime import read_records
+
+from agentstream.consumers.cli._demo.pods import Demo
+from agentstream.consumers.cli._demo.scenario import (
+    BUDGET_KINDS,
+    LOOP_KINDS,
+    PlannedSession,
+    agent_sessions,
+    plan,
+)
+from agentstream.schemas.catalogue import EventType
+from agentstream.schemas.codec import decode_record
+from agentstream.schemas.settings import KafkaSettings
+
+
+def _tool_calls_per_turn(session: PlannedSession) -> dict[int, list[tuple[str, str]]]:
+    """(tool name, arguments) of every call the loops service counts, per user turn."""
+    calls: dict[int, list[tuple[str, str]]] = {}
+    for step in session.steps:
+        if step.action == "tool.called":
+            args = json.dumps(step.fields["args"], sort_keys=True)
+            calls.setdefault(step.turn, []).append((step.fields["name"], args))
+        elif step.action == "emit_tool_call_attempt":
+            calls.setdefault(step.turn, []).append((step.fields["tool_name"], step.fields["args"]))
+    return calls
+
+
+def _longest_same_run(calls: list[tuple[str, str]]) -> int:
+    best = run = 0
+    for i, call in enumerate(calls):
+        run = run + 1 if i and call == calls[i - 1] else 1
+        best = max(best, run)
+    return best
+
+
+def _longest_alternation(calls: list[tuple[str, str]]) -> int:
+    """Longest run where each name differs from the previous and equals the one before it."""
+    names = [name for name, _ in calls]
+    best = run = 0
+    for i, name in enumerate(names):
+        if i == 0 or name == names[i - 1]:
+            run = 1
+        elif run == 1 or name == names[i - 2]:
+            run += 1
+        else:
+            run = 2
+        best = max(best, run)
+    return best
+
+
+def _budget(session: PlannedSession) -> tuple[int, int]:
+    """(rounds, tokens) the budget service counts for the session."""
+    rounds = sum(1 for s in session.steps if s.action == "turn.started")
+    tokens = sum(
+        s.fields["input_tokens"] + s.fields["output_tokens"]
+        for s in session.steps
+        if s.action == "llm.call.completed"
+    )
+    return rounds, tokens
+
+
+def test_the_plan_is_a_function_of_the_seed() -> None:
+    first = plan(7, 4, 12)
+    assert first == plan(7, 4, 12)
+    assert first != plan(8, 4, 12)
+    # an agent's sessions do not depend on how many agents run, nor on how many are taken
+    assert plan(7, 2, 5)[:5] == plan(7, 6, 5)[:5] == first[:5]
+    assert first[:12] == list(itertools.islice(agent_sessions(7, 0), 12))
+    families = Counter(s.family for s in first)
+    assert families == {"corail": 24, "calute": 24}
+
+
+def test_every_session_kind_crosses_exactly_its_thresholds() -> None:
+    """Normal sessions stay below every loop and budget threshold of the services' defaults
+    (no warning even); looping ones reach a critical loop; budget-busters reach a limit."""
+    sessions = [s for seed in range(6) for s in plan(seed, 4, 20)]
+    kinds = Counter(s.kind for s in sessions)
+    assert set(kinds) == {*LOOP_KINDS, *BUDGET_KINDS, "normal"}
+    for session in sessions:
+        turns = _tool_calls_per_turn(session).values()
+        same = max((_longest_same_run(c) for c in turns), default=0)
+        alternation = max((_longest_alternation(c) for c in turns), default=0)
+        calls = max((len(c) for c in turns), default=0)
+        rounds, tokens = _budget(session)
+        where = f"{session.key} ({session.kind}, {session.family})"
+        if session.kind == "loop_same":
+            assert same >= 5, where
+        elif session.kind == "loop_pingpong":
+            assert alternation >= 6, where
+        else:
+            assert same < 3 and alternation < 4 and calls < 25, where
+        if session.kind == "budget_rounds":
+            assert rounds >= 10, where
+        elif session.kind == "budget_tokens":
+            assert tokens >= 100_000 and rounds < 8, where
+        else:
+            assert rounds < 8 and tokens < 80_000, where
+
+
+async def test_a_short_demo_publishes_both_families_as_typed_events(
+    kafka_settings: KafkaSettings,
+) -> None:
+    demo = Demo(kafka_settings, agents=4, rate=400, seed=3, duration=1.5, run_id="t1")
+    summary = await demo.run()
+    assert summary.flushed and summary.dropped == 0
+    assert summary.events == len(demo.published) == summary.delivered > 50
+    # every session that started was played to its end
+    per_session = Counter(session_id for _, _, session_id in demo.published)
+    for record in summary.sessions:
+        assert per_session[record.session_id] == record.events == len(record.session.steps)
+
+    records = await read_records(kafka_settings, kafka_settings.routing().events, summary.events)
+    events = [decode_record(r.value, r.headers) for r in records]
+    assert sorted(e.event_id for e in events) == sorted(i for i, _, _ in demo.published)
+    for event in events:
+        assert event.payload is not None  # the typed view decodes
+        assert event.session_id.startswith("t1-") and event.agent_id and event.user_id
+        assert event.turn_id.startswith(event.session_id)
+    types = {e.type for e in events}
+    assert EventType.TOOL_CALLED in types and EventType.LLM_CALL_COMPLETED in types
+    assert EventType.AUDIT_TOOL_CALL_ATTEMPT in types and EventType.AUDIT_TURN_START in types
+    corail = {e.agent_id for e in events if not e.type.startswith("audit.")}
+    calute = {e.agent_id for e in events if e.type.startswith("audit.")}
+    assert corail and calute and not corail & calute
+
+
+@pytest.mark.parametrize("seed", [11])
+def test_the_demo_command_prints_a_summary_and_writes_its_manifest(
+    kafka_settings: KafkaSettings, tmp_path: Path, seed: int
+) -> None:
+    manifest = tmp_path / "manifest.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentstream.consumers.cli",
+            "demo",
+            "--bootstrap-servers",
+            kafka_settings.bootstrap_servers,
+            "--topic-prefix",
+            kafka_settings.topic_prefix,
+            "--agents",
+            "2",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--seed",
+            str(seed),
+            "--manifest",
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(manifest.read_text())
+    assert data["seed"] == seed and data["events"] == len(data["published"]) > 0
+    assert data["delivered"] == data["events"] and data["dropped"] == 0
+    played = [(s["key"], s["kind"]) for s in data["sessions"]]
+    expected = {(s.key, s.kind) for s in plan(seed, 2, 50)}
+    assert set(played) <= expected
+    assert f"{data['events']} published" in result.stdout
+    assert "looping sessions:" in result.stdout

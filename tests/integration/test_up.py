@@ -1,0 +1,131 @@
+"""``agentstream up --duration 30`` end to end: embedded broker, the five services as
+processes, the demo agents; afterwards the alerts, the store, the scrapes and the process
+table are checked against what the demo says it played (its manifest)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentstream.consumers.broker import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and _alive(int(entry.name)):
+            found.append(f"{entry.name} {cmdline}")
+    return found
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    store = tmp_path / "events.db"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentstream.consumers.cli",
+            "up",
+            "--duration",
+            "30",
+            "--plain",
+            "--store",
+            str(store),
+            "--log-dir",
+            str(logs),
+            "--seed",
+            "7",
+            "--partitions",
+            "2",
+            "--first-port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((logs / "up-summary.json").read_text())
+    manifest = json.loads((logs / "demo-manifest.json").read_text())
+    alerts = _jsonl(logs / "alerts.jsonl")
+
+    # what the demo played
+    sessions = manifest["sessions"]
+    looping = {s["session_id"] for s in sessions if s["kind"].startswith("loop")}
+    busting = {s["session_id"] for s in sessions if s["kind"].startswith("budget")}
+    assert looping and busting, [s["kind"] for s in sessions]
+    assert manifest["delivered"] == manifest["events"] == len(manifest["published"]) > 300
+
+    # looping sessions, and only they, were blocked by the loops service
+    blocked = {
+        a["session_id"]
+        for a in alerts
+        if a["type"] == "audit.tool_loop_block" and a["source"] == "agentstream-loops"
+    }
+    assert blocked == looping
+    # budget-busting sessions, and only they, exceeded their session budget
+    exceeded = {
+        a["data"]["scope"].removeprefix("session:")
+        for a in alerts
+        if a["type"] == "budget.exceeded"
+        and a["source"] == "agentstream-budget"
+        and a["data"]["scope"].startswith("session:")
+    }
+    assert exceeded == busting
+
+    # the store holds every demo event, and the alerts too (persistence reads every topic)
+    with sqlite3.connect(store) as db:
+        stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
+    published = {event_id for event_id, _, _ in manifest["published"]}
+    assert published <= stored, f"{len(published - stored)} demo events not stored"
+    assert {a["event_id"] for a in alerts} <= stored
+
+    # every service answered /metrics, caught up, and exited cleanly on SIGTERM
+    assert set(summary["services"]) == {"persistence", "loops", "budget", "metrics", "tracing"}
+    for name, service in summary["services"].items():
+        assert service["ready"] and service["scrapes_ok"] > 0, name
+        assert service["exit_code"] == 0, name
+        assert service["lag"] == 0, name
+    assert summary["events_counted"] >= manifest["events"]
+    assert summary["demo"]["exit_code"] == 0
+
+    # nothing left running: no child of up, not the broker
+    pids = [*summary["children"], summary["embedded_broker_pid"]]
+    assert all(isinstance(pid, int) for pid in pids)
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert _processes_mentioning(f"tcp://{summary['bootstrap_servers']}") == []
+    assert _processes_mentioning(str(logs)) == []
+    # nothing else written in the working directory than the store (and its WAL files) and logs
+    assert {p.name for p in tmp_path.iterdir()} - {"logs"} <= {
+        "events.db",
+        "events.db-wal",
+        "events.db-shm",
+    }
