@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from xerxes.audit import (
+    AuditCollector,
     AuditEmitter,
     CompositeCollector,
     InMemoryCollector,
@@ -129,6 +130,9 @@ def main() -> int:
         bootstrap_servers=args.bootstrap, topic_prefix=args.topic_prefix, linger_ms=1
     )
     collector = KafkaCollector.from_settings(settings, agent_id="xerxes-pod")
+    if not isinstance(collector, AuditCollector):  # Xerxes' own runtime-checkable protocol
+        print("KafkaCollector does not satisfy xerxes.audit.AuditCollector", file=sys.stderr)
+        return 2
     parts = (InMemoryCollector(), InMemoryCollector())
     try:
         emit_calls(collector, parts[0], args)
