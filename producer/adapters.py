@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -272,7 +273,8 @@ class CorailForwarder:
         self.user_key = user_key
         self.agent_key = agent_key
         self.turn_key = turn_key
-        self.forwarded = 0
+        self._forwarded = 0
+        self._count_lock = threading.Lock()  # buses on several threads may share a forwarder
         self.failures: FailureLog = _failure_log("CorailForwarder")
         self.__name__ = "CorailForwarder"  # how a bus names a handler in its error log
 
@@ -297,7 +299,13 @@ class CorailForwarder:
         except Exception as exc:
             self.failures.record(exc, f"forward({getattr(event, 'type', event)!r})")
         else:
-            self.forwarded += 1
+            with self._count_lock:
+                self._forwarded += 1
+
+    @property
+    def forwarded(self) -> int:
+        """How many events were handed to the publisher."""
+        return self._forwarded
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything forwarded so far is acknowledged (the shared publisher's
