@@ -210,3 +210,28 @@ def test_prometheus_config_with_compose_targets_is_valid(tmp_path: Path) -> None
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_clients_use_an_advertised_listener_of_the_broker() -> None:
+    compose = load_compose()
+    kafka = compose["services"]["kafka"]["environment"]
+    # host:port -> listener name, and listener name -> security protocol
+    advertised = {
+        address: name
+        for name, _, address in (
+            listener.partition("://") for listener in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        )
+    }
+    protocols = dict(
+        item.split(":", 1) for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    for name, service in agentstream_containers(compose).items():
+        env = environment_of(service)
+        protocol = env.get("AGENTSTREAM_SECURITY_PROTOCOL", "PLAINTEXT")
+        for server in env["AGENTSTREAM_BOOTSTRAP_SERVERS"].split(","):
+            assert server in advertised, f"{name}: {server} is not advertised by kafka"
+            assert protocols[advertised[server]] == protocol, f"{name}: {server}"
+    # The host listener is published; the controller listener is not advertised.
+    host = next(a for a, listener in advertised.items() if a.startswith("localhost:"))
+    assert f"{host.split(':')[1]}:{host.split(':')[1]}" in compose["services"]["kafka"]["ports"]
+    assert kafka["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised.values()
