@@ -82,3 +82,14 @@ def test_the_producer_never_imports_the_consumer_side() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_runtime_is_importable_from_the_consumers_package_lazily() -> None:
+    code = (
+        "import sys, agentstream.consumers as c\n"
+        "assert 'agentstream.consumers.runtime' not in sys.modules\n"
+        "from agentstream.consumers import EventConsumer, Record, ServiceSettings, ServiceSpec\n"
+        "from agentstream.consumers.runtime import EventConsumer as E\n"
+        "assert EventConsumer is E\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
