@@ -2,7 +2,7 @@
 peer venv's python; agentstream comes from PYTHONPATH).
 
     python xerxes_audit.py --bootstrap HOST:PORT --topic-prefix P --calls calls.json \
-        --session S --runtime-session R
+        --session S --runtime-session R --loop-session L
 
 1. ``xerxes.audit.AuditEmitter(collector=CompositeCollector([memory, kafka]), session_id=S)``
    replays the calls in ``calls.json`` (``[[method, kwargs], ...]``: ``emit_*`` methods of
@@ -11,8 +11,9 @@ peer venv's python; agentstream comes from PYTHONPATH).
    and its ``FunctionExecutor`` run four tool calls (a success, a skill tool, a hand-off to
    another agent, an I/O failure) inside ``agentstream.producer.event_scope(session_id=R)``:
    the runtime's emitter has no session id, the scope provides it.
+3. The same wiring, in session L, runs one search five times in a row: a stuck agent.
 
-Prints one JSON line per event Xerxes emitted (``{"part": 1|2, "event": to_dict()}``, as the
+Prints one JSON line per event Xerxes emitted (``{"part": 1|2|3, "event": to_dict()}``, as the
 ``InMemoryCollector`` next to the ``KafkaCollector`` saw it), then
 ``{"failures": n, "acknowledged": bool}``; exits 0 when every event was acknowledged by the
 broker and the collector recorded no failure.
@@ -85,7 +86,14 @@ def emit_calls(collector: KafkaCollector, memory: InMemoryCollector, args: Any) 
     emitter.flush()
 
 
-def run_runtime(collector: KafkaCollector, memory: InMemoryCollector, args: Any) -> None:
+def run_runtime(
+    collector: KafkaCollector,
+    memory: InMemoryCollector,
+    session: str,
+    calls: list[RequestFunctionCall],
+) -> None:
+    """Xerxes' runtime wiring: ``audit_collector=`` in its config, its executor running
+    ``calls`` for one agent inside ``event_scope(session_id=session)``."""
     state = RuntimeFeaturesState(
         config=RuntimeFeaturesConfig(
             enabled=True,
@@ -103,18 +111,26 @@ def run_runtime(collector: KafkaCollector, memory: InMemoryCollector, args: Any)
     orchestrator = AgentOrchestrator()
     orchestrator.register_agent(agent)
     executor = FunctionExecutor(orchestrator)
-    calls = [
-        RequestFunctionCall(name="web_search", arguments={"query": "kafka"}),
-        RequestFunctionCall(name="skill_view", arguments={"name": "summarise"}),
-        RequestFunctionCall(name="hand_over", arguments={}),
-        RequestFunctionCall(name="read_file", arguments={"path": "/etc/x"}, max_retries=0),
-    ]
-    with event_scope(session_id=args.runtime_session, user_id="u-runtime"):
+    with event_scope(session_id=session, user_id="u-runtime"):
         asyncio.run(
             executor.execute_function_calls(calls, agent=agent, runtime_features_state=state)
         )
     assert state.audit_emitter is not None
     state.audit_emitter.flush()
+
+
+def tool_sequence() -> list[RequestFunctionCall]:
+    return [
+        RequestFunctionCall(name="web_search", arguments={"query": "kafka"}),
+        RequestFunctionCall(name="skill_view", arguments={"name": "summarise"}),
+        RequestFunctionCall(name="hand_over", arguments={}),
+        RequestFunctionCall(name="read_file", arguments={"path": "/etc/x"}, max_retries=0),
+    ]
+
+
+def stuck_agent() -> list[RequestFunctionCall]:
+    """The same search five times in a row: a same_call loop."""
+    return [RequestFunctionCall(name="web_search", arguments={"query": "kafka"}) for _ in range(5)]
 
 
 def main() -> int:
@@ -124,6 +140,7 @@ def main() -> int:
     parser.add_argument("--calls", required=True)
     parser.add_argument("--session", required=True)
     parser.add_argument("--runtime-session", required=True)
+    parser.add_argument("--loop-session", required=True)
     args = parser.parse_args()
 
     settings = KafkaSettings(
@@ -133,10 +150,11 @@ def main() -> int:
     if not isinstance(collector, AuditCollector):  # Xerxes' own runtime-checkable protocol
         print("KafkaCollector does not satisfy xerxes.audit.AuditCollector", file=sys.stderr)
         return 2
-    parts = (InMemoryCollector(), InMemoryCollector())
+    parts = (InMemoryCollector(), InMemoryCollector(), InMemoryCollector())
     try:
         emit_calls(collector, parts[0], args)
-        run_runtime(collector, parts[1], args)
+        run_runtime(collector, parts[1], args.runtime_session, tool_sequence())
+        run_runtime(collector, parts[2], args.loop_session, stuck_agent())
         acknowledged = collector.publisher.flush(30)
     finally:
         collector.close()  # owns its publisher
