@@ -9,6 +9,8 @@ import os
 
 from setuptools import setup
 
+# Folders of package data: listed as (namespace) packages so setuptools ships them quietly.
+DATA_FOLDERS = {"jsonschema"}
 ROOTS = {
     "agentstream.schemas": "schemas",
     "agentstream.producer": "producer",
@@ -21,7 +23,7 @@ def packages() -> list[str]:
     for name, folder in ROOTS.items():
         for root, dirs, files in os.walk(folder):
             dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-            if "__init__.py" in files:
+            if "__init__.py" in files or os.path.basename(root) in DATA_FOLDERS:
                 rel = os.path.relpath(root, folder)
                 found.append(name if rel == "." else f"{name}.{rel.replace(os.sep, '.')}")
     return found

@@ -89,7 +89,7 @@ def decode_event(
             "expected an encoded event, the record value is empty", where=where
         )
     try:
-        event = _DECODE[encoding](value)
+        event: Event = _DECODE[encoding](value)
     except msgspec.ValidationError as exc:
         text = str(exc)
         is_type = text.endswith("`$.type`") or text.endswith("field `type`")

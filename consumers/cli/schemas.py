@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from agentstream.schemas import jsonschema
+    from agentstream.schemas import jsonschema_export as jsonschema
 
     if args.check:
         stale = jsonschema.stale_files(args.out)

@@ -14,7 +14,7 @@ from pathlib import Path
 from support.samples import all_sample_events
 
 from agentstream.schemas import encode_event
-from agentstream.schemas.jsonschema import PACKAGED_DIR
+from agentstream.schemas.jsonschema_export import PACKAGED_DIR
 
 
 def main(version: str) -> None:

@@ -7,7 +7,7 @@ import jsonschema
 from support.samples import SAMPLE_DATA, sample_event
 
 from agentstream.schemas import PAYLOADS, encode_event
-from agentstream.schemas import jsonschema as exported
+from agentstream.schemas import jsonschema_export as exported
 
 
 def test_the_packaged_json_schemas_are_not_stale() -> None:

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from agentstream.consumers.broker import free_port
 from agentstream.schemas.admin import wait_for_broker
-from agentstream.schemas.jsonschema import PACKAGED_DIR
+from agentstream.schemas.jsonschema_export import PACKAGED_DIR
 
 CLI = [sys.executable, "-m", "agentstream.consumers.cli"]
 
