@@ -5,9 +5,11 @@ table are checked against what the demo says it played (its manifest)."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,58 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
         "events.db-wal",
         "events.db-shm",
     }
+
+
+def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to up alone: its children are in their own process groups) while the
+    demo runs: the demo finishes its sessions and flushes, the services catch up and drain,
+    the broker stops; every published event is stored and nothing is left running."""
+    logs = tmp_path / "logs"
+    store = tmp_path / "events.db"
+    command = [
+        sys.executable,
+        "-m",
+        "agentstream.consumers.cli",
+        "up",
+        "--plain",
+        "--store",
+        str(store),
+        "--log-dir",
+        str(logs),
+        "--agents",
+        "4",
+        "--rate",
+        "100",
+        "--partitions",
+        "2",
+        "--first-port",
+        str(free_port()),
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (logs / "alerts.jsonl").exists() or not _jsonl(logs / "alerts.jsonl"):
+            assert process.poll() is None, process.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no alert within 60 s"
+            time.sleep(0.2)
+        running = json.loads((logs / "up-summary.json").read_text())
+        assert running["phase"] == "running"
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output[-3000:]
+    summary = json.loads((logs / "up-summary.json").read_text())
+    manifest = json.loads((logs / "demo-manifest.json").read_text())
+    assert summary["phase"] == "stopped" and summary["demo"]["exit_code"] == 0
+    assert all(s["exit_code"] == 0 for s in summary["services"].values()), summary["services"]
+    with sqlite3.connect(store) as db:
+        stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
+    assert {event_id for event_id, _, _ in manifest["published"]} <= stored
+    pids = [*running["children"], running["embedded_broker_pid"]]
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert _processes_mentioning(str(logs)) == []

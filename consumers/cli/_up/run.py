@@ -273,6 +273,7 @@ class Up:
     async def _run_until_stopped(self) -> None:
         self.state.phase = "running"
         self.state.started = time.monotonic()
+        self._write_summary()  # where everything is while it runs (pids, ports, store)
         if self.o.duration is not None:
             asyncio.get_running_loop().call_later(self.o.duration, self.stop.set)
         demo_reported = False
@@ -328,6 +329,7 @@ class Up:
         if self.broker is not None:
             self.state.step("Kafka broker").detail = "stopped"
             await asyncio.to_thread(self.broker.stop)
+        self.state.phase = "stopped"
         self._write_summary()
 
     async def _catch_up(self) -> bool:
@@ -338,6 +340,12 @@ class Up:
             streak = streak + 1 if self.monitor.caught_up() else 0
             if streak >= 2:
                 return True
+            behind = [
+                f"{s.name} {s.lag if s.lag is not None else '?'}"
+                for s in self.monitor.services.values()
+                if s.child.running() and s.lag != 0
+            ]
+            self.state.step("catching up").detail = "lag: " + ", ".join(behind or ["0"])
             await asyncio.sleep(0.5)
         return False
 
@@ -355,8 +363,12 @@ class Up:
             "alerts": dict(self.monitor.alert_counts),
             "events_counted": self.monitor.events_total,
             "error": self.error,
+            "phase": self.state.phase,
         }
-        (self.o.log_dir / "up-summary.json").write_text(json.dumps(summary, indent=1))
+        path = self.o.log_dir / "up-summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(path)
 
     def _final_report(self) -> None:
         lines = []

@@ -165,7 +165,9 @@ class RichView:
             " budget warnings",
         )
         alerts = Table.grid()
-        for line in list(m.alerts)[:12]:
+        # as many alerts as fit under the rest of the view
+        rows = max(3, self.console.height - len(state.steps) - len(m.services) - 14)
+        for line in list(m.alerts)[:rows]:
             style = "red" if line.kind in ("loop_block", "budget_exceeded") else "yellow"
             stamp = time.strftime("%H:%M:%S", time.localtime(line.at))
             alerts.add_row(
