@@ -1,0 +1,262 @@
+"""Cost per event of the adoption paths: a Corail bus with ``CorailForwarder`` subscribed to
+``"*"``, and a Calute/Xerxes ``AuditEmitter`` with ``KafkaCollector`` as its collector.
+
+Measured in one run, against an embedded broker this script starts and stops, next to the
+frameworks' own in-process cost (no handler, a no-op ``"*"`` handler / an
+``InMemoryCollector``). The frameworks are faithful minimal copies: Corail's bus and Event
+from the seed document, Xerxes' event dataclass whose ``to_dict()`` is ``asdict(self)`` and
+its emitter (stamp session, lock, forward). Every shipped event is flushed and counted.
+Writes ``benchmarks/results/adoption.json``.
+
+A handler makes Corail's ``emit`` gather a task and yield to the event loop; the publisher's
+sender thread can take the GIL there, so the forwarder's figures include some of the
+publisher's background work and vary more than the synchronous emitter's.
+
+    python benchmarks/bench_adoption.py [--events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import logging
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentstream.consumers.broker import EmbeddedBroker
+from agentstream.producer import KafkaCollector, KafkaPublisher
+from agentstream.producer.adapters import CorailForwarder
+from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+from agentstream.schemas.settings import KafkaSettings
+
+RESULTS = Path(__file__).parent / "results" / "adoption.json"
+TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
+
+
+class CorailEventType(enum.Enum):
+    TOOL_CALLED = "tool.called"
+
+
+@dataclass
+class CorailEvent:
+    type: CorailEventType
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    agent_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CorailBus:
+    def __init__(self) -> None:
+        self._handlers: dict[Any, list[Callable[[CorailEvent], Awaitable[None]]]] = {}
+        self._history: list[CorailEvent] = []
+
+    def subscribe(self, key: Any, handler: Callable[[CorailEvent], Awaitable[None]]) -> None:
+        self._handlers.setdefault(key, []).append(handler)
+
+    async def emit(self, event: CorailEvent) -> None:
+        self._history.append(event)
+        if len(self._history) > 1000:
+            self._history = self._history[-1000:]
+        handlers = self._handlers.get(event.type, []) + self._handlers.get("*", [])
+        if handlers:
+            await asyncio.gather(*(self._safe(h, event) for h in handlers))
+
+    async def _safe(
+        self, handler: Callable[[CorailEvent], Awaitable[None]], e: CorailEvent
+    ) -> None:
+        try:
+            await handler(e)
+        except Exception:
+            logging.getLogger("corail").exception("handler failed")
+
+
+@dataclass
+class XerxesSkillUsed:
+    event_type: str = field(default="skill_used", init=False)
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    agent_id: str | None = None
+    turn_id: str | None = None
+    session_id: str | None = None
+    severity: str = "info"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    skill_name: str = ""
+    version: str = ""
+    outcome: str = "unknown"
+    duration_ms: float = 0.0
+    triggered_automatically: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class XerxesInMemory:
+    def __init__(self) -> None:
+        self._events: list[Any] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def flush(self) -> None:
+        pass
+
+
+class XerxesEmitter:
+    def __init__(self, collector: Any, session_id: str | None) -> None:
+        self._collector = collector
+        self._session_id = session_id
+        self._lock = threading.Lock()
+
+    def emit_skill_used(self, skill_name: str, duration_ms: float, agent_id: str) -> None:
+        event = XerxesSkillUsed(
+            skill_name=skill_name, duration_ms=duration_ms, agent_id=agent_id, outcome="success"
+        )
+        event.session_id = self._session_id
+        with self._lock:
+            self._collector.emit(event)
+
+
+@dataclass
+class Row:
+    case: str
+    kind: str
+    n: int
+    median_us: float
+    p99_us: float
+    mean_us: float
+
+
+def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
+    samples = sorted(samples_ns)
+    n = len(samples)
+    return Row(
+        case,
+        kind,
+        n,
+        statistics.median(samples) / 1000,
+        samples[min(n - 1, int(n * 0.99))] / 1000,
+        statistics.fmean(samples) / 1000,
+    )
+
+
+async def time_bus(bus: CorailBus, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    events = [
+        CorailEvent(
+            type=CorailEventType.TOOL_CALLED,
+            data={"name": "search", "args": dict(TOOL_ARGS), "conversation_id": f"c{i % 100}"},
+        )
+        for i in range(n)
+    ]
+    out = []
+    for event in events:
+        t0 = clock()
+        await bus.emit(event)
+        out.append(clock() - t0)
+    return out
+
+
+def time_emitter(emitter: XerxesEmitter, n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    out = []
+    for i in range(n):
+        t0 = clock()
+        emitter.emit_skill_used("summarise", float(i), "agent-x")
+        out.append(clock() - t0)
+    return out
+
+
+async def bench(bootstrap: str, n: int) -> tuple[list[Row], dict[str, Any]]:
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="bench-adopt", linger_ms=5)
+    await wait_for_broker(settings.admin_options(), timeout=30)
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=4))
+
+    async def noop(event: CorailEvent) -> None:
+        pass
+
+    with_noop = CorailBus()
+    with_noop.subscribe("*", noop)
+    rows = [
+        summarise("corail bus: await emit", "no handler", await time_bus(CorailBus(), n)),
+        summarise("corail bus: await emit", "no-op '*' handler", await time_bus(with_noop, n)),
+        summarise(
+            "xerxes emitter: emit_skill_used",
+            "InMemoryCollector",
+            time_emitter(XerxesEmitter(XerxesInMemory(), "s-1"), n),
+        ),
+    ]
+    publisher = KafkaPublisher(settings, max_queue_events=4 * n)
+    try:
+        bus = CorailBus()
+        forwarder = CorailForwarder(publisher, agent_id="pod", session_key="conversation_id")
+        bus.subscribe("*", forwarder)
+        rows.append(summarise("corail bus: await emit", "CorailForwarder", await time_bus(bus, n)))
+        collector = KafkaCollector(publisher, agent_id="pod")
+        rows.append(
+            summarise(
+                "xerxes emitter: emit_skill_used",
+                "KafkaCollector",
+                time_emitter(XerxesEmitter(collector, "s-1"), n),
+            )
+        )
+        flushed = await asyncio.to_thread(publisher.flush, 60)
+        extra = {
+            "events_shipped": 2 * n,
+            "flushed": flushed,
+            "failures": forwarder.failures.count + collector.failures.count,
+        }
+    finally:
+        publisher.close(10)
+    return rows, extra
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="calls per case")
+    args = parser.parse_args()
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        rows, extra = asyncio.run(bench(broker.bootstrap_servers, args.events))
+    finally:
+        broker.stop()
+    print(f"\nadoption paths, cost per event ({args.events} calls each)")
+    print(f"{'case':34} {'':18} {'median us':>10} {'p99 us':>9} {'mean us':>9}")
+    for r in rows:
+        print(f"{r.case:34} {r.kind:18} {r.median_us:10.2f} {r.p99_us:9.2f} {r.mean_us:9.2f}")
+    print(
+        f"\nshipped {extra['events_shipped']} events, all acknowledged: {extra['flushed']}, "
+        f"adapter failures: {extra['failures']}"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "adoption",
+                "python": sys.version.split()[0],
+                "events_per_case": args.events,
+                "rows": [asdict(r) for r in rows],
+                **extra,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+    return 0 if extra["flushed"] and extra["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
