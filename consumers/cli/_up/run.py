@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -94,6 +95,8 @@ class Up:
 
     async def run(self) -> int:
         self.o.log_dir.mkdir(parents=True, exist_ok=True)
+        # the alerts reader's chatter would scroll the view away; warnings still show
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
@@ -260,6 +263,8 @@ class Up:
                     service.ready = True
                     step.status = "done"
                     step.detail = f"ready, {service.metrics_url}"
+                    if service.name == "tracing" and not _otlp_configured():
+                        step.detail += " (no OTLP endpoint set: spans are dropped and counted)"
                     return
             if time.monotonic() > deadline:
                 step.status = "failed"
@@ -310,7 +315,8 @@ class Up:
         if self.monitor.services:
             await self.monitor.scrape()  # the last figures, for the summary
         for s in services:
-            self.state.step(f"service {s.name}").detail = "stopping (SIGTERM: drain, commit, leave)"
+            step = self.state.step(f"service {s.name}")
+            step.status, step.detail = "running", "stopping (SIGTERM: drain, commit, leave)"
         await asyncio.gather(
             *(
                 s.child.stop(signal.SIGTERM, (self.o.drain_timeout + 10) * grace)
@@ -318,7 +324,10 @@ class Up:
             )
         )
         for s in self.monitor.services.values():
-            self.state.step(f"service {s.name}").detail = f"stopped (exit {s.child.returncode})"
+            step = self.state.step(f"service {s.name}")
+            code = s.child.returncode
+            step.status = "done" if code == 0 else "failed"
+            step.detail = f"stopped (exit {code})"
         self.alerts_stop.set()
         if self.alerts_task is not None:
             with contextlib.suppress(Exception):
@@ -394,3 +403,12 @@ class Up:
         lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")
         lines.append(f"logs and summary: {self.o.log_dir.resolve()}")
         print("\n".join(lines), flush=True)
+
+
+def _otlp_configured() -> bool:
+    names = (
+        "AGENTSTREAM_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+    return any(os.environ.get(name) for name in names)
