@@ -216,8 +216,8 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     filled from the current :func:`~agentstream.producer.scope.event_scope`, then
     ``agent_id``), and every other field (severity, metadata, class fields) in ``data``.
 
-    Foreign events (any object with ``event_type`` and ``to_dict()``; dataclasses are read
-    field by field, which is what Calute's and Xerxes' ``to_dict()`` return) keep every field,
+    Foreign events (any object with ``event_type`` and ``to_dict()``; dataclasses whose
+    ``to_dict()`` is ``asdict``, as Calute's and Xerxes', are read field by field) keep every field,
     converted to plain values (:func:`~agentstream.producer.adapters.plain_data`: an object
     the wire cannot carry becomes its ``str()``, as in Calute's JSONL sink); an
     ``event_type`` that cannot be a type tag is made one, the original kept in
@@ -270,15 +270,17 @@ _FOREIGN_FIELDS: dict[type, tuple[str, ...] | None] = {}
 
 def _foreign_fields(event: Any) -> dict[str, Any]:
     """The fields of a foreign audit event. Calute's and Xerxes' events are dataclasses whose
-    ``to_dict()`` is ``asdict(self)``: read them field by field instead (the same dict,
+    ``to_dict()`` is ``asdict(self)``: those are read field by field instead (the same dict,
     without ``asdict``'s deep copy, which costs more than the rest of the envelope; the
-    values are copied by :func:`plain_data` anyway). Other objects: ``to_dict()``."""
+    values are copied by :func:`plain_data` anyway). Any other ``to_dict()`` is called."""
     cls = type(event)
     names = _FOREIGN_FIELDS.get(cls, ())
     if names == ():
+        code = getattr(getattr(cls, "to_dict", None), "__code__", None)
+        plain_asdict = code is not None and code.co_names == ("asdict",)  # return asdict(self)
         names = _FOREIGN_FIELDS[cls] = (
             tuple(f.name for f in dataclasses.fields(cls))
-            if dataclasses.is_dataclass(cls)
+            if plain_asdict and dataclasses.is_dataclass(cls)
             else None
         )
     if names is None:

@@ -92,6 +92,22 @@ def test_a_known_type_from_another_package_decodes_as_our_payload(recording: Any
     assert payload == AuditToolCallAttempt(tool_name="search", arguments_preview='{"q": 1}')
 
 
+def test_a_custom_to_dict_is_honoured(recording: Any) -> None:
+    @dataclass
+    class Renamed(ForeignAuditEvent):
+        event_type: str = field(default="custom_thing", init=False)
+        secret_internal: str = "x"
+
+        def to_dict(self) -> dict[str, Any]:
+            out = asdict(self)
+            out["public"] = out.pop("secret_internal").upper()
+            return out
+
+    KafkaCollector(recording).emit(Renamed())
+    [env] = recording.events
+    assert env.data == {"severity": "info", "metadata": {}, "public": "X"}
+
+
 def test_metadata_json_cannot_carry_is_kept_as_plain_values(recording: Any) -> None:
     class Opaque:
         def __str__(self) -> str:
