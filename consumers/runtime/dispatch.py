@@ -10,9 +10,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from agentstream.schemas import DeadLetter, Event, SkipEvent
+from agentstream.schemas import DeadLetter, DecodeError, Event, SkipEvent
 
-from .deadletter import REASON_RETRIES_EXHAUSTED, Failure, error_headers, original_headers
+from .deadletter import (
+    REASON_RETRIES_EXHAUSTED,
+    REASON_UNDECODABLE,
+    Failure,
+    error_headers,
+    original_headers,
+)
 from .metrics import DEAD_LETTERED, ConsumerMetrics
 from .record import Record
 from .retry import backoff_seconds
@@ -62,8 +68,9 @@ class Dispatcher:
     async def attempt(
         self, name: str, call: Callable[[], Awaitable[None]], where: object
     ) -> Failure | None:
-        """Call ``call`` until it returns, raises :class:`SkipEvent` or :class:`DeadLetter`, or
-        has failed ``1 + handler_retries`` times. Returns the failure to dead-letter, if any."""
+        """Call ``call`` until it returns, raises :class:`SkipEvent`, :class:`DeadLetter` or a
+        :class:`DecodeError` (bad input: never retried), or has failed ``1 + handler_retries``
+        times. Returns the failure to dead-letter, if any."""
         started = time.perf_counter()
         try:
             await call()
@@ -85,6 +92,9 @@ class Dispatcher:
                 return None
             if isinstance(exc, DeadLetter):
                 return Failure(name, exc.reason or "dead letter requested", exc, attempt)
+            if isinstance(exc, DecodeError):  # e.g. ``event.payload`` of invalid data: final
+                log.error("handler %s cannot decode %s, dead-lettering: %r", name, where, exc)
+                return Failure(name, f"{REASON_UNDECODABLE}: {type(exc).__name__}", exc, attempt)
             if attempt > settings.handler_retries:
                 log.error(
                     "handler %s failed on %s after %d attempts, dead-lettering: %r",

@@ -164,7 +164,9 @@ class PartitionWorker:
             offsets.release(offset)
             return
         try:
-            event = decode_record(raw.value, raw.headers)
+            # The envelope only: payloads validate lazily on ``event.payload`` (a handler
+            # that reads an invalid one raises PayloadValidationError, dead-lettered at once).
+            event = decode_record(raw.value, raw.headers, validate=False)
         except DecodeError as exc:  # the DLQ headers say where it came from
             metrics.record(event_type, FAILED)
             reason = f"{REASON_UNDECODABLE}: {type(exc).__name__}"

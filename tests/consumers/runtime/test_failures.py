@@ -93,6 +93,53 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     assert sample("agentstream_consumer_records_total", {**labels, "outcome": "failed"}) == 1
 
 
+async def test_invalid_payload_is_dead_lettered_once_by_a_reader_and_kept_by_a_sink(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Envelopes are decoded without payload validation: a handler reading ``event.payload``
+    of invalid data gets a PayloadValidationError (a DecodeError), dead-lettered at once, while
+    a wildcard sink that never reads the payload stores the record."""
+    settings = service_settings(kafka_settings, handler_retries=3)
+    consumer = EventConsumer(settings, service="lazy")
+    reads: list[int] = []
+    stored: list[Record] = []
+
+    @consumer.subscribe("tool.called", name="reads-payload")
+    async def typed(event: Event) -> None:
+        reads.append(event.seq)
+        _ = event.payload
+
+    @consumer.subscribe_batch("*", max_records=10, max_wait_ms=20, name="sink")
+    async def sink(records: list[Record]) -> None:
+        stored.extend(records)
+
+    bad = Event(type="tool.called", session_id="s-lazy", seq=0, data={"name": 42})
+    good = Event(type="tool.called", session_id="s-lazy", seq=1, data={"name": "weather"})
+    async with running_consumer(consumer):
+        await produce_events(settings, [bad, good])
+        await wait_until(lambda: len(stored) == 2 and len(reads) == 2)
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
+    assert reads == [0, 1], "no retries of a payload that cannot validate"
+    assert [r.event.event_id for r in stored] == [bad.event_id, good.event_id]
+    assert stored[0].event.data == {"name": 42}
+    headers = dict(letter.headers)
+    assert letter.value == encode_event(bad)
+    assert headers["agentstream.errors.handler"] == b"reads-payload"
+    assert headers["agentstream.errors.attempts"] == b"1"
+    assert headers["agentstream.errors.reason"] == b"undecodable: PayloadValidationError"
+    assert (
+        headers["agentstream.errors.exception.class.name"]
+        == b"agentstream.schemas.errors.PayloadValidationError"
+    )
+    assert b"ToolCalled" in headers["agentstream.errors.exception.message"]
+    sample = consumer.registry.get_sample_value
+    retries = sample(
+        "agentstream_consumer_handler_retries_total",
+        {"service": "lazy", "handler": "reads-payload"},
+    )
+    assert not retries
+
+
 async def test_dead_letter_and_skip_requests_from_handlers(kafka_settings: KafkaSettings) -> None:
     from agentstream.schemas import DeadLetter, SkipEvent
 
