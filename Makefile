@@ -40,8 +40,10 @@ apt:
 	  else echo "missing Debian packages (install as root):$$missing"; fi; \
 	fi
 
+# Keep the Xerxes requirements identical to XERXES_REQUIREMENTS in tests/producer/adoption/conftest.py.
 peers:
 	@$(PEER_VENV) mlflow 'mlflow==3.17.*' >/dev/null
+	@$(PEER_VENV) xerxes 'xerxes-agent==0.2.5' 'msgspec>=0.18' 'aiokafka>=0.11,<0.15' 'pydantic-settings>=2.2' 'prometheus-client>=0.20' >/dev/null
 
 lint: $(DEPS_STAMP)
 	$(BIN)/ruff check .
