@@ -1,0 +1,224 @@
+"""Scaffolding shared by the benchmarks: where results go, what the machine is, percentiles,
+the resident memory of a process, an embedded broker for the run, and a fast producer of a
+pre-built event list. Imported by the scripts as ``from _common import ...`` (the scripts run
+as ``python benchmarks/bench_<area>.py``, so this folder is on ``sys.path``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from agentstream.consumers.broker import EmbeddedBroker, broker_binary
+from agentstream.schemas import Event, encode_event, event_headers, record_key
+from agentstream.schemas.admin import wait_for_broker
+from agentstream.schemas.settings import KafkaSettings
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of ``values`` (sorted or not); NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def broker_version() -> str:
+    """``tansu 0.6.0`` (the embedded broker's own answer), or why it is unknown."""
+    try:
+        done = subprocess.run(
+            [broker_binary(), "--version"], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip() or done.stderr.strip() or "unknown"
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc.__class__.__name__})"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine, versions and date a result was measured on (recorded with every result)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cores": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "aiokafka": _version("aiokafka"),
+        "msgspec": _version("msgspec"),
+        "confluent_kafka": _version("confluent-kafka"),
+        "broker": f"embedded {broker_version()}",
+        "load_average_1m": round(load[0], 2) if load else None,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_results(area: str, results: dict[str, Any]) -> Path:
+    """``benchmarks/results/<area>.json`` with ``results`` and the machine under ``machine``."""
+    path = RESULTS_DIR / f"{area}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**results, "machine": machine_info()}, indent=2) + "\n")
+    return path
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` (Linux ``/proc``), None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples the RSS of some processes every ``interval`` s in a background task; keeps the
+    peak and the last value of each."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.peak: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            rss = rss_bytes(pid)
+            if rss is not None:
+                self.last[name] = rss
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+
+
+@contextlib.asynccontextmanager
+async def embedded_broker() -> AsyncIterator[EmbeddedBroker]:
+    """An embedded broker for the run, ready to answer; always stopped on exit."""
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        await broker.wait_ready()
+        await wait_for_broker({"bootstrap_servers": broker.bootstrap_servers})
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def produce(
+    settings: KafkaSettings,
+    events: Sequence[Event],
+    *,
+    on_send: Callable[[Event], None] | None = None,
+    linger_ms: int = 20,
+) -> None:
+    """Send ``events`` (encoded, keyed and with headers as the publisher does) and wait for
+    every acknowledgement. ``on_send`` runs just before each event is handed to the client."""
+    producer = AIOKafkaProducer(
+        **{**settings.producer_options(), "linger_ms": linger_ms, "max_batch_size": 262_144}
+    )
+    await producer.start()
+    try:
+        routing = settings.routing()
+        futures = []
+        for event in events:
+            if on_send is not None:
+                on_send(event)
+            futures.append(
+                await producer.send(
+                    routing.topic_for(event.type),
+                    encode_event(event),
+                    key=record_key(event),
+                    headers=event_headers(event),
+                )
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_at_rate(
+    settings: KafkaSettings, events: Sequence[Event], rate: int, *, tick: float = 0.01
+) -> float:
+    """Send ``events`` at ``rate`` events/s (in ticks of ``tick`` s) and wait for every
+    acknowledgement. Each event's ``timestamp`` is set to the moment it is handed to the client
+    (as an agent stamps it when it emits), so latencies measured from the event timestamp start
+    there. Returns the achieved rate in events/s."""
+    producer = AIOKafkaProducer(**{**settings.producer_options(), "linger_ms": 1})
+    await producer.start()
+    try:
+        routing = settings.routing()
+        per_tick = max(1, int(rate * tick))
+        started = time.perf_counter()
+        futures = []
+        for i in range(0, len(events), per_tick):
+            delay = started + (i // per_tick) * tick - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = datetime.now(UTC)
+            for event in events[i : i + per_tick]:
+                event.timestamp = now
+                futures.append(
+                    await producer.send(
+                        routing.topic_for(event.type),
+                        encode_event(event),
+                        key=record_key(event),
+                        headers=event_headers(event),
+                    )
+                )
+        elapsed = time.perf_counter() - started
+        await asyncio.gather(*futures)
+        return len(events) / elapsed if elapsed > 0 else float("nan")
+    finally:
+        await producer.stop()
