@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
+from agentstream.schemas.routing import EVENTS
 
 from .accounting import Ledger
 from .changelog import ChangelogWriter, ensure_budget_topics, repartition_topic
@@ -143,8 +144,13 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
 
     sessions, days = stage(SessionStage), stage(DayStage)
     size, wait = settings.budget_batch_records, settings.budget_batch_wait_ms
-    consumer.subscribe_batch(
-        "*", sessions.handle, name="budget-sessions", max_records=size, max_wait_ms=wait
+    consumer.subscribe_batch(  # what it counts travels on the events topic only
+        "*",
+        sessions.handle,
+        name="budget-sessions",
+        max_records=size,
+        max_wait_ms=wait,
+        topics=[EVENTS],
     )
     consumer.on_assigned(sessions.assigned)
     consumer.on_revoked(sessions.revoked)

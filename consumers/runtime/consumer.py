@@ -29,6 +29,7 @@ from .subscriptions import (
     SubscriptionTable,
     make_batch_subscription,
     make_subscription,
+    topic_restriction,
 )
 
 log = logging.getLogger("agentstream.consumers.runtime")
@@ -98,25 +99,46 @@ class EventConsumer:
     # --- subscriptions and hooks ---------------------------------------------------------
 
     @overload
-    def subscribe(self, pattern: str | EventType, handler: H, *, name: str | None = None) -> H: ...
+    def subscribe(
+        self,
+        pattern: str | EventType,
+        handler: H,
+        *,
+        name: str | None = None,
+        topics: Iterable[str] | None = None,
+    ) -> H: ...
 
     @overload
     def subscribe(
-        self, pattern: str | EventType, handler: None = None, *, name: str | None = None
+        self,
+        pattern: str | EventType,
+        handler: None = None,
+        *,
+        name: str | None = None,
+        topics: Iterable[str] | None = None,
     ) -> Callable[[H], H]: ...
 
     def subscribe(
-        self, pattern: str | EventType, handler: H | None = None, *, name: str | None = None
+        self,
+        pattern: str | EventType,
+        handler: H | None = None,
+        *,
+        name: str | None = None,
+        topics: Iterable[str] | None = None,
     ) -> H | Callable[[H], H]:
         """Call ``handler(event)`` or ``handler(event, record)`` for every matching event.
 
         ``pattern``: an exact type, an :class:`EventType`, a glob (``tool.*``) or ``*``.
+        ``topics``: topic kinds (``"events"``, ``"tokens"``, ``"alerts"``, ``"control"``)
+        narrowing the topics the pattern maps to; the consumer fetches the union over every
+        subscription, and a handler only gets records of its own topics.
         Without ``handler`` this is a decorator.
         """
+        restricted = topic_restriction(self.routing, pattern, topics)
 
         def add(h: H) -> H:
             self._check_not_started()
-            self._table.add(make_subscription(pattern, h, name))
+            self._table.add(make_subscription(pattern, h, name, restricted))
             return h
 
         return add if handler is None else add(handler)
@@ -130,6 +152,7 @@ class EventConsumer:
         max_records: int = 500,
         max_wait_ms: int = 100,
         name: str | None = None,
+        topics: Iterable[str] | None = None,
     ) -> B: ...
 
     @overload
@@ -141,6 +164,7 @@ class EventConsumer:
         max_records: int = 500,
         max_wait_ms: int = 100,
         name: str | None = None,
+        topics: Iterable[str] | None = None,
     ) -> Callable[[B], B]: ...
 
     def subscribe_batch(
@@ -151,16 +175,21 @@ class EventConsumer:
         max_records: int = 500,
         max_wait_ms: int = 100,
         name: str | None = None,
+        topics: Iterable[str] | None = None,
     ) -> B | Callable[[B], B]:
         """Call ``handler(records)`` with consecutive matching records of one partition.
 
         A batch is handed over when it holds ``max_records`` or its first record waited
         ``max_wait_ms``. All its records count as finished when the handler returns.
+        ``topics`` narrows the topics as for :meth:`subscribe`.
         """
+        restricted = topic_restriction(self.routing, pattern, topics)
 
         def add(h: B) -> B:
             self._check_not_started()
-            self._table.add(make_batch_subscription(pattern, h, name, max_records, max_wait_ms))
+            self._table.add(
+                make_batch_subscription(pattern, h, name, max_records, max_wait_ms, restricted)
+            )
             return h
 
         return add if handler is None else add(handler)
@@ -225,8 +254,8 @@ class EventConsumer:
         return time.monotonic() - self._last_poll < STALL_SECONDS
 
     def topics(self) -> list[str]:
-        """The topics the subscriptions need (the union over every pattern)."""
-        return sorted(self.routing.topics_for_patterns(self._table.patterns()))
+        """The topics the subscriptions need (the union over every subscription)."""
+        return sorted(self._table.topics(self.routing))
 
     async def start(self) -> None:
         """Connect, join the group and start processing in background tasks."""

@@ -159,7 +159,7 @@ class PartitionWorker:
         offsets, metrics, offset = self.offsets, self._metrics, raw.offset
         announced = header(raw.headers, "ce_type")
         event_type = announced.decode("utf-8", "replace") if announced is not None else None
-        if event_type is not None and not self._table.wants(event_type):
+        if event_type is not None and not self._table.wants(raw.topic, event_type):
             metrics.record(event_type, SKIPPED)
             offsets.release(offset)
             return
@@ -175,7 +175,7 @@ class PartitionWorker:
             )
             offsets.release(offset)
             return
-        singles, batches = self._table.for_type(event.type)
+        singles, batches = self._table.for_type(raw.topic, event.type)
         if not singles and not batches:
             metrics.record(event.type, SKIPPED)
             offsets.release(offset)

@@ -9,7 +9,7 @@ from typing import Any
 
 from agentstream.schemas import Event, EventType
 from agentstream.schemas.errors import ConfigurationError
-from agentstream.schemas.routing import compile_patterns, matches
+from agentstream.schemas.routing import ALERTS, CONTROL, EVENTS, TOKENS, Routing, matches
 
 from .record import Record
 
@@ -18,6 +18,9 @@ Handler = Callable[..., Awaitable[None]]
 BatchHandler = Callable[[list[Record]], Awaitable[None]]
 """``async def h(records: list[Record]) -> None``: consecutive matching records of one partition."""
 PartitionsCallback = Callable[[frozenset[Any]], Awaitable[None]]
+
+SUBSCRIBABLE_KINDS = (EVENTS, TOKENS, ALERTS, CONTROL)
+"""Topic kinds a subscription can be narrowed to (``topics=``)."""
 
 
 def pattern_text(pattern: str | EventType) -> str:
@@ -48,15 +51,16 @@ def _takes_record(handler: Callable[..., object]) -> bool:
 
 @dataclass(frozen=True)
 class Subscription:
-    """An event handler on a pattern."""
+    """An event handler on a pattern (and, if ``topics`` is set, only on those topics)."""
 
     pattern: str
     name: str
     handler: Handler
     takes_record: bool
+    topics: frozenset[str] | None = None
 
-    def matches(self, event_type: str) -> bool:
-        return matches(self.pattern, event_type)
+    def matches(self, topic: str, event_type: str) -> bool:
+        return (self.topics is None or topic in self.topics) and matches(self.pattern, event_type)
 
     def call(self, event: Event, record: Record) -> Awaitable[None]:
         return self.handler(event, record) if self.takes_record else self.handler(event)
@@ -64,28 +68,30 @@ class Subscription:
 
 @dataclass(frozen=True, eq=False)  # identity hash: a dict key on the hot path
 class BatchSubscription:
-    """A batch handler on a pattern: up to ``max_records`` records, at most ``max_wait_ms`` old."""
+    """A batch handler on a pattern: up to ``max_records`` records, at most ``max_wait_ms`` old
+    (and, if ``topics`` is set, only records of those topics)."""
 
     pattern: str
     name: str
     handler: BatchHandler
     max_records: int
     max_wait_ms: int
+    topics: frozenset[str] | None = None
 
-    def matches(self, event_type: str) -> bool:
-        return matches(self.pattern, event_type)
+    def matches(self, topic: str, event_type: str) -> bool:
+        return (self.topics is None or topic in self.topics) and matches(self.pattern, event_type)
+
+
+Lookup = tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]
 
 
 @dataclass
 class SubscriptionTable:
-    """Every subscription of a consumer, with the per-type lookups the hot path needs."""
+    """Every subscription of a consumer, with the per-(topic, type) lookups the hot path needs."""
 
     events: list[Subscription] = field(default_factory=list)
     batches: list[BatchSubscription] = field(default_factory=list)
-    _by_type: dict[str, tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]] = field(
-        default_factory=dict
-    )
-    _wanted: dict[str, bool] = field(default_factory=dict)
+    _by_topic: dict[str, dict[str, Lookup]] = field(default_factory=dict)
 
     def add(self, subscription: Subscription | BatchSubscription) -> None:
         taken = {s.name for s in self.all()}
@@ -98,8 +104,7 @@ class SubscriptionTable:
             self.events.append(subscription)
         else:
             self.batches.append(subscription)
-        self._by_type.clear()
-        self._wanted.clear()
+        self._by_topic.clear()
 
     def all(self) -> Iterable[Subscription | BatchSubscription]:
         yield from self.events
@@ -108,26 +113,35 @@ class SubscriptionTable:
     def patterns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(s.pattern for s in self.all()))
 
-    def wants(self, event_type: str) -> bool:
-        """Whether any subscription matches ``event_type`` (memoised per type)."""
-        found = self._wanted.get(event_type)
-        if found is None:
-            found = compile_patterns(self.patterns())(event_type)
-            if len(self._wanted) < 4096:
-                self._wanted[event_type] = found
-        return found
+    def topics(self, routing: Routing) -> frozenset[str]:
+        """The topics to fetch: per subscription, its ``topics`` or every topic that can hold
+        events matching its pattern; the union over all."""
+        found: set[str] = set()
+        for sub in self.all():
+            found |= (
+                sub.topics if sub.topics is not None else routing.topics_for_pattern(sub.pattern)
+            )
+        return frozenset(found)
 
-    def for_type(
-        self, event_type: str
-    ) -> tuple[tuple[Subscription, ...], tuple[BatchSubscription, ...]]:
-        found = self._by_type.get(event_type)
+    def wants(self, topic: str, event_type: str) -> bool:
+        """Whether any subscription takes ``event_type`` records of ``topic`` (memoised)."""
+        singles, batches = self.for_type(topic, event_type)
+        return bool(singles or batches)
+
+    def for_type(self, topic: str, event_type: str) -> Lookup:
+        """The subscriptions that take ``event_type`` records of ``topic`` (memoised, at most
+        4096 types per topic: types are bounded by the catalogue plus what producers invent)."""
+        by_type = self._by_topic.get(topic)
+        if by_type is None:
+            by_type = self._by_topic[topic] = {}
+        found = by_type.get(event_type)
         if found is None:
             found = (
-                tuple(s for s in self.events if s.matches(event_type)),
-                tuple(s for s in self.batches if s.matches(event_type)),
+                tuple(s for s in self.events if s.matches(topic, event_type)),
+                tuple(s for s in self.batches if s.matches(topic, event_type)),
             )
-            if len(self._by_type) < 4096:
-                self._by_type[event_type] = found
+            if len(by_type) < 4096:
+                by_type[event_type] = found
         return found
 
 
@@ -140,10 +154,19 @@ def _require_async(handler: Callable[..., object]) -> None:
         )
 
 
-def make_subscription(pattern: str | EventType, handler: Handler, name: str | None) -> Subscription:
+def make_subscription(
+    pattern: str | EventType,
+    handler: Handler,
+    name: str | None,
+    topics: frozenset[str] | None = None,
+) -> Subscription:
     _require_async(handler)
     return Subscription(
-        pattern_text(pattern), name or handler_name(handler), handler, _takes_record(handler)
+        pattern_text(pattern),
+        name or handler_name(handler),
+        handler,
+        _takes_record(handler),
+        topics,
     )
 
 
@@ -153,6 +176,7 @@ def make_batch_subscription(
     name: str | None,
     max_records: int,
     max_wait_ms: int,
+    topics: frozenset[str] | None = None,
 ) -> BatchSubscription:
     if max_records < 1 or max_wait_ms < 0:
         raise ConfigurationError(
@@ -160,5 +184,36 @@ def make_batch_subscription(
         )
     _require_async(handler)
     return BatchSubscription(
-        pattern_text(pattern), name or handler_name(handler), handler, max_records, max_wait_ms
+        pattern_text(pattern),
+        name or handler_name(handler),
+        handler,
+        max_records,
+        max_wait_ms,
+        topics,
     )
+
+
+def topic_restriction(
+    routing: Routing, pattern: str | EventType, kinds: Iterable[str] | None
+) -> frozenset[str] | None:
+    """The topic names ``kinds`` (``events``, ``tokens``, ``alerts``, ``control``) stand for,
+    checked against what ``pattern`` can match; None when not restricted."""
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    wanted = tuple(dict.fromkeys(kinds))
+    unknown = [k for k in wanted if k not in SUBSCRIBABLE_KINDS]
+    if unknown or not wanted:
+        raise ConfigurationError(
+            f"expected topic kinds among {SUBSCRIBABLE_KINDS}, got {list(wanted)!r}"
+        )
+    text = pattern_text(pattern)
+    possible = routing.topics_for_pattern(text)
+    topics = frozenset(routing.topic(k) for k in wanted) & possible
+    if not topics:
+        raise ConfigurationError(
+            f"expected topics that can hold {text!r} events ({sorted(possible)}), "
+            f"got kinds {list(wanted)!r}"
+        )
+    return topics

@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError
+from agentstream.schemas.routing import EVENTS
 
 from .assembler import TraceAssembler
 from .metrics import TracingMetrics
@@ -161,7 +162,11 @@ async def setup(
     consumer: EventConsumer, settings: TracingSettings
 ) -> AsyncIterator[TracingService]:
     service = build(consumer, settings)
-    consumer.subscribe_batch("*", service.handle, name="tracing", max_records=500, max_wait_ms=50)
+    # "*" for per-session order over every type; the events topic holds them all (tokens,
+    # alerts and control are not part of a turn's spans)
+    consumer.subscribe_batch(
+        "*", service.handle, name="tracing", max_records=500, max_wait_ms=50, topics=[EVENTS]
+    )
     consumer.on_assigned(service.restore)
     consumer.on_revoked(service.forget)
     await service.exporter.start()

@@ -53,6 +53,7 @@ async def test_warning_then_exceeded_once_each_across_partitions(
     events = three_sessions()
     async with SERVICE.setup(consumer, settings) as service:
         assert isinstance(service, BudgetService)
+        assert consumer.topics() == [settings.routing().events], "no tokens/alerts/control"
         async with running_consumer(consumer):
             await wait_until(lambda: service.repartition.ready, what="repartition consumer ready")
             await produce_events(settings, events)

@@ -282,3 +282,35 @@ async def test_a_failed_assignment_hook_holds_records_back_and_reports_unhealthy
         await task
     committed = await committed_offsets(settings, consumer.group_id)
     assert set(committed.values()) <= {0}, "nothing committed past the held-back record"
+
+
+async def test_topic_restricted_subscriptions_fetch_and_get_only_their_topics(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings)
+    routing = settings.routing()
+    consumer = EventConsumer(settings, service="narrowed")
+    seen: list[tuple[str, str]] = []
+    alerts: list[tuple[str, str]] = []
+
+    @consumer.subscribe_batch("*", max_records=10, max_wait_ms=20, topics=["events"])
+    async def sink(records: list[Record]) -> None:
+        seen.extend((r.topic, r.event.type) for r in records)
+
+    @consumer.subscribe("budget.*", topics=["alerts"])
+    async def on_alert(event: Event, record: Record) -> None:
+        alerts.append((record.topic, event.type))
+
+    assert consumer.topics() == sorted([routing.events, routing.alerts])
+    warning = sample_event("budget.warning", 1)
+    async with running_consumer(consumer):
+        await produce_events(settings, [sample_event("llm.token", 0), warning])  # tokens, events
+        await produce_events(settings, [warning], topic=routing.alerts)
+        await produce_events(settings, [sample_event("tool.called", 2)])
+        await wait_until(lambda: len(seen) == 2 and len(alerts) == 1)
+        assigned = consumer.registry.get_sample_value(
+            "agentstream_consumer_assigned_partitions", {"service": "narrowed"}
+        )
+    assert sorted(seen) == [(routing.events, "budget.warning"), (routing.events, "tool.called")]
+    assert alerts == [(routing.alerts, "budget.warning")]
+    assert assigned == 8, "4 events + 4 alerts partitions: tokens and control are not fetched"

@@ -13,9 +13,11 @@ from agentstream.consumers.runtime.subscriptions import (
     SubscriptionTable,
     make_batch_subscription,
     make_subscription,
+    topic_restriction,
 )
 from agentstream.schemas import Event, EventType
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.routing import Routing
 
 
 def test_committable_is_first_unfinished_record() -> None:
@@ -91,13 +93,45 @@ def test_subscription_table_matches_patterns_and_types() -> None:
     table.add(make_subscription("tool.*", _handler, None))
     table.add(make_subscription(EventType.LLM_TOKEN, _with_record, None))
     table.add(make_batch_subscription("*", _batch, "sink", 10, 5))
-    singles, batches = table.for_type("tool.called")
+    singles, batches = table.for_type("p.events", "tool.called")
     assert [s.name for s in singles] == ["_handler"]
     assert [b.name for b in batches] == ["sink"]
-    singles, _ = table.for_type("llm.token")
+    singles, _ = table.for_type("p.tokens", "llm.token")
     assert singles[0].takes_record
-    assert table.wants("anything.else")
+    assert table.wants("p.events", "anything.else")
     assert table.patterns() == ("tool.*", "llm.token", "*")
+
+
+def test_topic_restriction_narrows_fetching_and_delivery() -> None:
+    routing = Routing("p")
+    table = SubscriptionTable()
+    everything = topic_restriction(routing, "*", ["events"])
+    alerts = topic_restriction(routing, "budget.*", ("alerts",))
+    assert everything == frozenset({"p.events"})
+    table.add(make_batch_subscription("*", _batch, "sink", 10, 5, everything))
+    table.add(make_subscription("budget.*", _handler, "alerts", alerts))
+    assert table.topics(routing) == frozenset({"p.events", "p.alerts"})
+    singles, batches = table.for_type("p.alerts", "budget.warning")
+    assert [s.name for s in singles] == ["alerts"] and not batches
+    singles, batches = table.for_type("p.events", "budget.warning")
+    assert not singles and [b.name for b in batches] == ["sink"]
+    assert not table.wants("p.tokens", "llm.token")
+    assert not table.wants("p.alerts", "tool.called")
+    unrestricted = SubscriptionTable()
+    unrestricted.add(make_subscription("*", _handler, None, topic_restriction(routing, "*", None)))
+    assert unrestricted.topics(routing) == frozenset(
+        {"p.events", "p.tokens", "p.alerts", "p.control"}
+    )
+
+
+def test_topic_restriction_refuses_unknown_kinds_and_impossible_topics() -> None:
+    routing = Routing("p")
+    with pytest.raises(ConfigurationError, match="topic kinds"):
+        topic_restriction(routing, "*", ["events", "audit"])
+    with pytest.raises(ConfigurationError, match="topic kinds"):
+        topic_restriction(routing, "*", [])
+    with pytest.raises(ConfigurationError, match=r"can hold .tool\.called."):
+        topic_restriction(routing, "tool.called", ["tokens"])
 
 
 def test_subscriptions_need_unique_names_and_async_handlers() -> None:

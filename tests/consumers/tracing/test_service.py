@@ -45,8 +45,10 @@ def settings_for(base: KafkaSettings, url: str, **overrides: Any) -> TracingSett
 @asynccontextmanager
 async def tracing(settings: TracingSettings) -> AsyncIterator[EventConsumer]:
     consumer = EventConsumer(settings, service=SERVICE.name)
-    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
-        yield consumer
+    async with SERVICE.setup(consumer, settings):
+        assert consumer.topics() == [settings.routing().events], "no tokens/alerts/control"
+        async with running_consumer(consumer):
+            yield consumer
 
 
 def turn(session: str, *parts: tuple[str, dict[str, Any]]) -> list[Event]:
