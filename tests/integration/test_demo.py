@@ -166,7 +166,7 @@ def test_the_demo_command_prints_a_summary_and_writes_its_manifest(
         text=True,
         timeout=60,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(manifest.read_text())
     assert data["seed"] == seed and data["events"] == len(data["published"]) > 0
     assert data["delivered"] == data["events"] and data["dropped"] == 0

@@ -84,6 +84,8 @@ class DemoSummary:
     delivered: int = 0
     dropped: int = 0
     flushed: bool = False
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
 
     @property
     def looping(self) -> list[SessionRecord]:
@@ -103,6 +105,11 @@ class DemoSummary:
             f"{self.dropped} dropped{'' if self.flushed else ' (flush timed out)'}",
             f"looping sessions: {len(self.looping)}; budget-busting sessions: "
             f"{len(self.budget_busting)}",
+            *(
+                []
+                if self.flushed and not self.dropped
+                else [f"not delivered: {self.dropped_by_reason}; last error: {self.last_error}"]
+            ),
         ]
 
     def manifest(self, published: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -190,6 +197,8 @@ class Demo:
                 record.events = per_session[record.session_id]
             self.summary.delivered = stats.delivered
             self.summary.dropped = sum(stats.dropped.values()) + stats.failed
+            self.summary.dropped_by_reason = {**stats.dropped, "failed": stats.failed}
+            self.summary.last_error = stats.last_error
         self.published = recorder.published
         return self.summary
 

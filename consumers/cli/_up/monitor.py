@@ -165,8 +165,8 @@ class Monitor:
     async def follow_alerts(
         self, settings: KafkaSettings, stop: asyncio.Event, log_path: Path, *, from_start: bool
     ) -> None:
-        """Read the alerts topic until ``stop`` is set; each alert is shown and appended to
-        ``log_path`` as one JSON line."""
+        """Read the alerts topic until ``stop`` is set and a fetch round after it brought
+        nothing; each alert is shown and appended to ``log_path`` as one JSON line."""
         from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
@@ -189,8 +189,11 @@ class Monitor:
                 await consumer.seek_to_beginning()
             else:
                 await consumer.seek_to_end()
-            while not stop.is_set():
+            while True:
+                stopping = stop.is_set()
                 batches = await consumer.getmany(timeout_ms=200)
+                if stopping and not any(batches.values()):
+                    break  # asked to stop and one more fetch round found nothing new
                 for records in batches.values():
                     for record in records:
                         where = RecordLocation(record.topic, record.partition, record.offset)

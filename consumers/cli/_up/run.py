@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -21,6 +21,9 @@ from agentstream.schemas.settings import KafkaSettings
 from .monitor import Monitor, ServiceState, http_get
 from .processes import Child, cli_command, pick_port
 from .view import UpState, View, make_view
+
+if TYPE_CHECKING:
+    from agentstream.consumers.broker import EmbeddedBroker
 
 T = TypeVar("T")
 
@@ -56,7 +59,7 @@ class Up:
         self.stop = asyncio.Event()  # first signal, or the duration elapsed
         self.force = asyncio.Event()  # second signal: no more waiting
         self.signals = 0
-        self.broker: Any = None
+        self.broker: EmbeddedBroker | None = None
         self.broker_pid: int | None = None
         self.bootstrap = options.settings.bootstrap_servers
         self.monitor = Monitor(services={})
@@ -137,6 +140,11 @@ class Up:
 
     async def _start(self) -> None:
         o = self.o
+        if not o.store.resolve().parent.is_dir():
+            raise ConfigurationError(
+                f"expected --store in an existing directory, got {o.store} "
+                f"({o.store.resolve().parent} does not exist)"
+            )
         kafka = self.state.step("Kafka broker")
         if o.external_kafka:
             kafka.status, kafka.detail = "running", f"connecting to {self.bootstrap}"
@@ -155,11 +163,17 @@ class Up:
         settings = self.settings
         from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 
-        await self._until_stopped(wait_for_broker(settings.admin_options(), timeout=60))
+        kafka_log = logging.getLogger("aiokafka")
+        kafka_log.setLevel(logging.CRITICAL)  # "connection refused" until the broker listens
+        try:
+            if self.broker is not None:
+                await self._until_stopped(self.broker.wait_ready(timeout=60))
+            else:
+                await self._until_stopped(wait_for_broker(settings.admin_options(), timeout=60))
+        finally:
+            kafka_log.setLevel(logging.WARNING)
         kafka.status = "done"
-        kafka.detail = f"{self.bootstrap}" + (
-            "" if o.external_kafka else f" (pid {self.broker.pid})"
-        )
+        kafka.detail = self.bootstrap + (f" (pid {self.broker_pid})" if self.broker_pid else "")
 
         topics = self.state.step("topics")
         topics.status, topics.detail = "running", f"creating {settings.topic_prefix}.* topics"
@@ -270,8 +284,8 @@ class Up:
                 step.status = "failed"
                 raise ConfigurationError(
                     f"service {service.name} not ready after {self.o.ready_timeout:.0f} s "
-                    f"(expected /readyz to answer 200 on port {service.port}); see "
-                    f"{service.child.log_path}"
+                    f"(expected /readyz to answer 200 on port {service.port}); its log "
+                    f"({service.child.log_path}) ends with:\n{service.child.log_tail()}"
                 )
             await asyncio.sleep(0.2)
 
@@ -400,7 +414,8 @@ class Up:
             f"{counts['budget_exceeded']} budget exceeded, "
             f"{counts['budget_warning']} budget warnings"
         )
-        lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")
+        if self.monitor.services.get("persistence", None) is not None:
+            lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")
         lines.append(f"logs and summary: {self.o.log_dir.resolve()}")
         print("\n".join(lines), flush=True)
 
