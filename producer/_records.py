@@ -17,7 +17,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -31,11 +32,18 @@ from .metrics import ProducerMetrics
 from .partitioner import KeyPartitioner
 from .spool import Spool, SpoolTicket
 
+if TYPE_CHECKING:
+    from ._headers import RecordFactory
+
 log = logging.getLogger("agentstream.producer.publisher")
 """One logger for the whole publisher, whichever module of it logs."""
 
 Redact = Callable[[dict[str, Any]], dict[str, Any]]
 Overflow = Literal["drop", "block"]
+HeaderFields = tuple[str, str, str, datetime, int, str, str, str]
+"""event_id, type, source, timestamp, seq, session_id, agent_id, turn_id, as published."""
+Pending = tuple[bytes, HeaderFields, float, int]
+"""What ``publish()`` enqueues: value, header fields, publish time (epoch s), publish index."""
 
 _LOG_EVERY = 10.0
 
@@ -180,7 +188,7 @@ class _PublisherState:
 
     _lock: threading.Lock
     _cond: threading.Condition
-    _incoming: deque[_Record]  # shared
+    _incoming: deque[Pending]  # shared: published, not yet taken by the sender
     _in_memory: int  # shared
     _seq: int  # shared
     _ledger: _Ledger  # shared
@@ -195,6 +203,7 @@ class _PublisherState:
     _producer: AIOKafkaProducer | None
     _connected: bool | None  # None until the first attempt finishes
     _partitioner: KeyPartitioner
+    _factory: RecordFactory
     _lanes: dict[tuple[str, int], _Lane]
     _unrouted: deque[_Record]
     _held: deque[_Record]  # waiting for room in a full spool

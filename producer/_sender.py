@@ -153,9 +153,10 @@ class _Sender(_Overflow):
 
     def _step(self) -> None:
         with self._lock:
-            records, self._incoming = self._incoming, deque()
+            pending, self._incoming = self._incoming, deque()
             self._idle = False
             urgent = self._flushing > 0 or self._closed
+        records = self._factory.build(pending)
         now = time.monotonic()
         self._counts = {}
         if self._spool is not None and self._spooling:
@@ -185,7 +186,8 @@ class _Sender(_Overflow):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._lock:
-            leftover_incoming, self._incoming = self._incoming, deque()
+            pending, self._incoming = self._incoming, deque()
+        leftover_incoming = self._factory.build(pending)
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
         for lane in self._lanes.values():

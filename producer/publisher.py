@@ -42,16 +42,17 @@ from collections import deque
 from pathlib import Path
 from typing import Literal
 
-import msgspec
+from msgspec.structs import replace
 from prometheus_client import CollectorRegistry
 
-from agentstream.schemas.codec import encode_event, event_headers, record_key
+from agentstream.schemas.codec import encode_event
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError, RecordTooLargeError
 from agentstream.schemas.ids import new_instance_id
 from agentstream.schemas.settings import KafkaSettings
 
-from ._records import Overflow, Redact, _Ledger, _RateLimitedLog, _Record, log
+from ._headers import RecordFactory
+from ._records import Overflow, Redact, _Ledger, _RateLimitedLog, log
 from ._sender import _Sender, producer_kwargs
 from .metrics import ProducerMetrics, ProducerStats
 from .partitioner import KeyPartitioner
@@ -141,6 +142,7 @@ class KafkaPublisher(_Sender):
         self._producer = None
         self._connected = None  # None until the first attempt finishes
         self._partitioner = KeyPartitioner()
+        self._factory = RecordFactory(self._routing, self._encoding)
         self._lanes = {}
         self._unrouted = deque()
         self._held = deque()  # waiting for room in a full spool
@@ -182,11 +184,17 @@ class KafkaPublisher(_Sender):
             if self._in_memory >= self._max_queue and not self._make_room():
                 return
             self._seq += 1
-            event.seq = self._seq
-            if not event.source:
-                event.source = self.instance_id
+            event.seq = seq = self._seq
+            source = event.source
+            if not source:
+                event.source = source = self.instance_id
+            data = event.data
             try:
-                wire = self._redacted(event)
+                if self._redact is not None and data:
+                    redacted = self._redact(data)
+                    wire = event if redacted is data else replace(event, data=redacted)
+                else:
+                    wire = event
                 value = encode_event(wire, self._encoding, max_bytes=self._max_record_bytes)
             except RecordTooLargeError as exc:
                 self._drop(event, "too_large", str(exc))
@@ -194,14 +202,20 @@ class KafkaPublisher(_Sender):
             except Exception as exc:
                 self._drop(event, "unencodable", repr(exc))
                 return
-            record = _Record(
-                self._routing.topic_for(event.type),
-                record_key(event) or b"",
-                value,
-                event_headers(wire, self._encoding),
-                time.time(),
-                self._ledger.add(),
+            # Headers, key and topic are built on the sender thread from this snapshot.
+            fields = (
+                event.event_id,
+                event.type,
+                source,
+                event.timestamp,
+                seq,
+                event.session_id,
+                event.agent_id,
+                event.turn_id,
             )
+            ledger = self._ledger
+            ledger.flags.append(0)  # _Ledger.add(), inlined: this runs once per event
+            record = (value, fields, time.time(), ledger.base + len(ledger.flags) - 1)
             self._incoming.append(record)
             self._in_memory += 1
             if self._idle:  # otherwise the sender picks it up within linger_ms
@@ -267,14 +281,6 @@ class KafkaPublisher(_Sender):
 
     def _close_at_exit(self) -> None:
         self.close(timeout=5.0)
-
-    def _redacted(self, event: Event) -> Event:
-        if self._redact is None or not event.data:
-            return event
-        data = self._redact(event.data)
-        if data is event.data:
-            return event
-        return msgspec.structs.replace(event, data=data)
 
     def _make_room(self) -> bool:
         """Memory is full: apply the overflow policy. Called with the lock held."""

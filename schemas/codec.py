@@ -20,6 +20,7 @@ Encoders and decoders are built once, at import.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
@@ -167,15 +168,31 @@ def record_key(event: Event) -> bytes | None:
     return key.encode() if key else None
 
 
+_SPECVERSION = ("ce_specversion", b"1.0")
+_CONTENT_TYPE_HEADERS = {
+    name: ("content-type", value.encode()) for name, value in CONTENT_TYPES.items()
+}
+
+
+def rfc3339(timestamp: datetime) -> bytes:
+    """``timestamp.isoformat()`` as bytes (RFC 3339 for an aware datetime), the ``ce_time``
+    header. For UTC timestamps msgspec writes the same digits about three times faster (with
+    ``Z``, turned back into ``+00:00``)."""
+    if timestamp.tzinfo is UTC:
+        text = _json_encoder.encode(timestamp)
+        return text[1:-2] + b"+00:00" if text[-2:] == b'Z"' else text[1:-1]
+    return timestamp.isoformat().encode()
+
+
 def event_headers(event: Event, encoding: Encoding = "json") -> list[tuple[str, bytes]]:
     """CloudEvents binary-mode headers for ``event``."""
     headers = [
-        ("ce_specversion", b"1.0"),
+        _SPECVERSION,
         ("ce_id", event.event_id.encode()),
         ("ce_type", str(event.type).encode()),
         ("ce_source", (event.source or "agentstream").encode()),
-        ("ce_time", event.timestamp.isoformat().encode()),
-        ("content-type", CONTENT_TYPES[encoding].encode()),
+        ("ce_time", rfc3339(event.timestamp)),
+        _CONTENT_TYPE_HEADERS[encoding],
         ("ce_sequence", str(event.seq).encode()),
     ]
     if event.session_id:
