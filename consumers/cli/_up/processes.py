@@ -98,11 +98,12 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
 
-    async def wait(self, timeout: float) -> bool:
-        """True when the process exited within ``timeout`` seconds."""
+    async def wait(self, timeout: float, abort: asyncio.Event | None = None) -> bool:
+        """True when the process exited within ``timeout`` seconds (False at once when
+        ``abort`` is set)."""
         deadline = time.monotonic() + timeout
         while self.running():
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (abort is not None and abort.is_set()):
                 return False
             await asyncio.sleep(0.05)
         return True
@@ -116,9 +117,12 @@ class Child:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
 
-    async def stop(self, sig: int, timeout: float) -> int | None:
-        """Send ``sig``, wait up to ``timeout`` s, then kill the group; the exit code."""
+    async def stop(
+        self, sig: int, timeout: float, abort: asyncio.Event | None = None
+    ) -> int | None:
+        """Send ``sig``, wait up to ``timeout`` s (or until ``abort``), then kill the group;
+        the exit code."""
         self.signal(sig)
-        if not await self.wait(timeout):
+        if not await self.wait(timeout, abort):
             self.kill_group()
         return self.returncode

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 from .monitor import Monitor, ServiceState, http_get
@@ -110,7 +110,7 @@ class Up:
             await self._run_until_stopped()
         except Interrupted:
             pass
-        except ConfigurationError as exc:
+        except (AgentstreamError, OSError) as exc:
             self.error = str(exc)
         finally:
             self.state.phase = "stopping"
@@ -313,11 +313,10 @@ class Up:
     # --- stopping -----------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        grace = 0.0 if self.force.is_set() else 1.0
         if self.demo is not None:
             step = self.state.step("demo agents")
             step.status, step.detail = "running", "stopping: finishing sessions, flushing"
-            code = await self.demo.stop(signal.SIGTERM, 30.0 * grace)
+            code = await self.demo.stop(signal.SIGTERM, 30.0, self.force)
             step.status, step.detail = "done", f"stopped (exit {code})"
         services = [s for s in self.monitor.services.values() if s.child.running()]
         if services and not self.force.is_set() and self.error is None:
@@ -325,7 +324,12 @@ class Up:
             step.status, step.detail = "running", "waiting for every service's lag to reach 0"
             caught = await self._catch_up()
             step.status = "done" if caught else "failed"
-            step.detail = "all lags 0" if caught else f"not within {self.o.drain_timeout:.0f} s"
+            if caught:
+                step.detail = "all lags 0"
+            elif self.force.is_set():
+                step.detail = "cut short by a second signal"
+            else:
+                step.detail = f"not within {self.o.drain_timeout:.0f} s"
         if self.monitor.services:
             await self.monitor.scrape()  # the last figures, for the summary
         for s in services:
@@ -333,7 +337,7 @@ class Up:
             step.status, step.detail = "running", "stopping (SIGTERM: drain, commit, leave)"
         await asyncio.gather(
             *(
-                s.child.stop(signal.SIGTERM, (self.o.drain_timeout + 10) * grace)
+                s.child.stop(signal.SIGTERM, self.o.drain_timeout + 10, self.force)
                 for s in self.monitor.services.values()
             )
         )
