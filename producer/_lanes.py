@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnsupportedVersionError,
 )
+from aiokafka.record.default_records import DefaultRecordBatchBuilder as _FastBuilder
 
 from ._records import _Lane, _PublisherState, _Record
 
@@ -141,29 +143,11 @@ class _Lanes(_PublisherState):
                 self._reroute(lane, now)  # the topic lost partitions (recreated)
                 continue
             batch = producer.create_batch()
-            taken: list[_Record] = []
-            queue = lane.queue
-            size = 0
-            while queue:
-                record = queue[0]
-                if (
-                    batch.append(
-                        key=record.key,
-                        value=record.value,
-                        timestamp=int(record.created * 1000),
-                        headers=record.headers,
-                    )
-                    is None
-                ):
-                    break
-                queue.popleft()
-                size += len(record.value)
-                record.attempts += 1
-                taken.append(record)
+            taken = _fill(batch, lane.queue)
             if not taken:  # cannot happen: an empty batch takes any single record
                 continue
             batch.close()
-            lane.bytes -= size
+            lane.bytes -= sum(len(record.value) for record in taken)
             lane.inflight = taken
             self._spawn(self._send(lane, batch, taken))
 
@@ -252,6 +236,49 @@ class _Lanes(_PublisherState):
     def _kick_now(self) -> None:
         if self._kick is not None:
             self._kick.set()
+
+
+def _fill(batch: Any, queue: deque[_Record]) -> list[_Record]:
+    """Move records from the head of ``queue`` into ``batch`` (an aiokafka ``BatchBuilder``)
+    until it is full; return them.
+
+    With aiokafka's compiled record builder (the usual case) the records go straight to it:
+    ``BatchBuilder.append`` only adds keyword handling, a serializer check and the offset
+    count, which we do here once per batch instead of once per record. Any other builder
+    gets the public ``append``."""
+    builder: Any = getattr(batch, "_builder", None)
+    if (
+        type(builder) is not _FastBuilder
+        or getattr(batch, "_relative_offset", None) != 0
+        or getattr(batch, "_key_serializer", None) is not None
+        or getattr(batch, "_value_serializer", None) is not None
+    ):
+        taken: list[_Record] = []
+        while queue:
+            record = queue[0]
+            timestamp = int(record.created * 1000)
+            if (
+                batch.append(
+                    key=record.key, value=record.value, timestamp=timestamp, headers=record.headers
+                )
+                is None
+            ):
+                break
+            record.attempts += 1
+            taken.append(queue.popleft())
+        return taken
+    append = builder.append
+    offset = 0
+    for record in queue:
+        if (
+            append(offset, int(record.created * 1000), record.key, record.value, record.headers)
+            is None
+        ):
+            break
+        record.attempts += 1
+        offset += 1
+    batch._relative_offset = offset
+    return [queue.popleft() for _ in range(offset)]
 
 
 def _permanent(exc: BaseException) -> bool:
