@@ -60,9 +60,21 @@ test: lint typecheck pytest
 schemas: install
 	$(BIN)/agentstream schemas export --out schemas/jsonschema
 
-# Every benchmarks/bench_*.py in turn; each prints its own table.
-bench: install
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+# Every benchmarks/bench_*.py in turn on the embedded broker (each prints its table and writes
+# benchmarks/results/<area>.json), then docs/benchmarks.md and its plots from those results.
+# BENCH_PYTHON=.venv-dev/bin/python runs them from the source tree without reinstalling.
+BENCH_PYTHON ?= $(BIN)/python
+bench: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install)
+	$(if $(filter $(BIN)/python,$(BENCH_PYTHON)),$(BIN)/python -m pip install -q '.[bench]')
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH_PYTHON) $$b; done
+	$(BENCH_PYTHON) benchmarks/report.py
+
+# The fault-injection suite at full size (tests/chaos; `make test` runs it small), then
+# docs/reliability.md from the figures each scenario wrote.
+.PHONY: chaos
+chaos: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install apt)
+	AGENTSTREAM_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(PYTEST_ARGS)
+	$(BENCH_PYTHON) tests/chaos/report.py
 
 # For working on agentstream itself: .venv-dev imports the source folders through a symlinked
 # tree (.dev/agentstream/...) on a .pth path, so edits show at once, no reinstall is needed,
