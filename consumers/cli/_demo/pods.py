@@ -162,10 +162,12 @@ class Demo:
         self.seed = seed
         self.duration = duration
         self.run_id = run_id or secrets.token_hex(3)
-        # all agents together: agents / (mean delay * scale) events per second = rate
+        # all agents together: agents / (mean delay * scale) events/s = rate * 1.2, and the
+        # limiter in _pace trims that to ``rate`` (bursts wait, lulls are not made up)
         mean_s = mean_step_delay_ms(seed, agents) / 1000
-        self.time_scale = agents / (rate * mean_s) if mean_s > 0 else 0.0
+        self.time_scale = agents / (1.2 * rate * mean_s) if mean_s > 0 else 0.0
         self._stop = asyncio.Event()
+        self._next_slot = 0.0  # loop time of the next event allowed by ``rate``
         self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
         self.published: list[tuple[str, str, str]] = []
 
@@ -225,11 +227,22 @@ class Demo:
             await bus.close()
 
     async def _pace(self, delay_ms: int) -> None:
-        if self._stop.is_set() or delay_ms <= 0:
+        """Wait the step's scaled delay, then for the next slot of the overall rate (no
+        wait at all once stopping)."""
+        if delay_ms > 0 and not self._stop.is_set():
+            await self._wait(delay_ms * self.time_scale / 1000)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1 / self.rate
+        if slot > now and not self._stop.is_set():
+            await self._wait(slot - now)
+        else:
             await asyncio.sleep(0)
-            return
+
+    async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay_ms * self.time_scale / 1000)
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _corail(self, bus: EventBus, planned: PlannedSession) -> None:
         session_id = planned.session_id(self.run_id)
