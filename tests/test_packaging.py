@@ -48,8 +48,14 @@ def test_an_editable_install_exposes_the_packages_and_the_command(tmp_path: Path
         [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    # The dependencies come from this environment, so the test installs nothing from an index.
-    (Path(purelib) / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # The dependencies come from this environment (so the test installs nothing from an index),
+    # through a folder that links everything in it except an installed agentstream.
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not entry.name.startswith(("agentstream", "__editable__")) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    (Path(purelib) / "deps.pth").write_text(f"{deps}\n")
     _pip("--python", str(python), "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT))
     code = (
         "import agentstream.schemas, agentstream.producer, agentstream.consumers.cli as c\n"
