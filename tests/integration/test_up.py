@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,8 +17,8 @@ from typing import Any
 import pytest
 
 from agentstream.consumers.broker import free_port
-
-pytestmark = pytest.mark.slow
+from agentstream.consumers.cli._up.monitor import metric_sums
+from agentstream.consumers.cli._up.processes import pick_port
 
 
 def _alive(pid: int) -> bool:
@@ -46,6 +47,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     store = tmp_path / "events.db"
@@ -133,6 +135,7 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to up alone: its children are in their own process groups) while the
     demo runs: the demo finishes its sessions and flushes, the services catch up and drain,
@@ -186,3 +189,36 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     pids = [*running["children"], running["embedded_broker_pid"]]
     assert [pid for pid in pids if _alive(pid)] == []
     assert _processes_mentioning(str(logs)) == []
+
+
+def test_a_taken_port_is_replaced_by_a_free_one() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        other = pick_port(busy, set())
+        assert other != busy
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", other))
+    free = free_port()
+    assert pick_port(free, set()) == free
+    assert pick_port(free, {free}) != free  # already given to another service
+
+
+def test_metric_sums_reads_lag_consumed_records_and_counted_events() -> None:
+    text = """# TYPE agentstream_consumer_lag gauge
+agentstream_consumer_lag{partition="0",service="loops",topic="p.events"} 3.0
+agentstream_consumer_lag{partition="1",service="loops",topic="p.events"} 4.0
+# TYPE agentstream_consumer_records_total counter
+agentstream_consumer_records_total{outcome="consumed",service="loops",type="tool.called"} 10.0
+agentstream_consumer_records_total{outcome="skipped",service="loops",type="llm.token"} 99.0
+agentstream_consumer_records_total{outcome="consumed",service="loops",type="turn.ended"} 5.0
+# TYPE agentstream_events_total counter
+agentstream_events_total{agent="a",type="tool.called"} 7.0
+agentstream_events_created{agent="a",type="tool.called"} 1.7e9
+"""
+    assert metric_sums(text) == {
+        "agentstream_consumer_lag": 7.0,
+        "agentstream_consumer_records_total": 15.0,
+        "agentstream_events_total": 7.0,
+    }
