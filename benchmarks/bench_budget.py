@@ -27,14 +27,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
-from agentstream.consumers.budget.changelog import high_watermarks, repartition_topic
+from agentstream.consumers.budget.changelog import repartition_topic
 from agentstream.consumers.budget.service import SERVICE, BudgetService, BudgetSettings
 from agentstream.consumers.runtime import EventConsumer
+from agentstream.consumers.runtime.replay import (
+    committed_offsets,
+    high_watermarks,
+    partitions_of,
+)
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.settings import KafkaSettings
@@ -124,28 +128,15 @@ async def produce(settings: KafkaSettings, events: list[Event]) -> None:
         await producer.stop()
 
 
-async def committed(settings: KafkaSettings, group: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(group_id=group, **settings.consumer_options())
-    await consumer.start()
-    try:
-        await consumer.topics()
-        found = {}
-        for p in consumer.partitions_for_topic(topic) or ():
-            offset = await consumer.committed(TopicPartition(topic, p))
-            found[p] = offset or 0
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def drained(settings: BudgetSettings, group: str) -> bool:
     for topic, g in (
         (settings.routing().events, group),
         (repartition_topic(settings.topic_prefix), f"{group}.repartition"),
     ):
-        ends = await high_watermarks(settings, topic)
-        done = await committed(settings, g, topic)
-        if any(done.get(p, 0) < end for p, end in ends.items()):
+        tps = await partitions_of(settings, topic)
+        ends = await high_watermarks(settings, tps)
+        done = await committed_offsets(settings, g, tps)
+        if any((done[tp] or 0) < end for tp, end in ends.items()):
             return False
     return True
 

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.broker import EmbeddedBroker
-from agentstream.consumers.loops.restore import group_offsets
+from agentstream.consumers.runtime.replay import committed_offsets
 from agentstream.schemas import Event, decode_record, encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
@@ -133,7 +133,7 @@ async def committed_total(settings: KafkaSettings, group: str) -> int:
     """Offsets the group committed on the events topic (partitions named: asking for all of a
     group's partitions at once fails on the embedded broker before the first commit)."""
     tps = [TopicPartition(settings.routing().events, p) for p in range(PARTITIONS)]
-    offsets = await group_offsets(settings, group, tps)
+    offsets = await committed_offsets(settings, group, tps)
     return sum(o or 0 for o in offsets.values())
 
 

@@ -10,21 +10,23 @@
     Usage deltas keyed by day scope, so every agent's and user's day is summed on one
     partition, whatever partitions its sessions are on (Kafka Streams' repartition topic).
 
-Reads here are group-less (``assign`` + seek), never committing anything.
+Reads here are group-less (:mod:`agentstream.consumers.runtime.replay`: ``assign`` + seek, up
+to the true high watermark), never committing anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewTopic
 from aiokafka.structs import TopicPartition
 
+from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
 from agentstream.schemas.admin import DAY_MS, ensure_topics
 from agentstream.schemas.codec import Headers
@@ -34,9 +36,6 @@ from agentstream.schemas.settings import KafkaSettings
 from .accounting import ScopeState
 
 log = logging.getLogger("agentstream.consumers.budget")
-
-MAX_IDLE_FETCHES = 20
-"""Empty fetches (of up to 0.5 s) in a row before a read gives up short of the end offset."""
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ScopeState)
@@ -60,15 +59,7 @@ def decode_state(value: bytes) -> ScopeState:
 
 async def partition_count(settings: KafkaSettings, topic: str) -> int | None:
     """How many partitions ``topic`` has, or None when it does not exist."""
-    admin = AIOKafkaAdminClient(**settings.admin_options())
-    await admin.start()
-    try:
-        for entry in await admin.describe_topics([topic]):
-            if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
-                return len(entry["partitions"])
-        return None
-    finally:
-        await admin.close()
+    return len(await partitions_of(settings, topic)) or None
 
 
 async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: int = 1) -> int:
@@ -113,106 +104,6 @@ async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: i
     return partitions
 
 
-async def read_partitions(
-    settings: KafkaSettings,
-    topic: str,
-    partitions: Collection[int] | None = None,
-    *,
-    start: Mapping[int, int] | None = None,
-) -> AsyncIterator[Any]:
-    """Every record of ``partitions`` of ``topic`` (all when None), from the beginning (or
-    ``start[partition]``) up to its high watermark. Group-less; yields aiokafka
-    ``ConsumerRecord``s.
-
-    The end is the high watermark of the fetch responses, not only ListOffsets: the embedded
-    broker answers ListOffsets(latest) with the base offset of the last batch + 1.
-    """
-    consumer = AIOKafkaConsumer(
-        **{**settings.client_options(), "enable_auto_commit": False, "group_id": None},
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        if partitions is None:
-            partitions = sorted(await _partitions_of(consumer, topic))
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            if start and tp.partition in start:
-                starts[tp] = max(starts[tp], start[tp.partition])
-        remaining = {tp for tp in tps if ends[tp] > starts[tp]}
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        idle = dict.fromkeys(remaining, 0)
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5_000)
-            for tp in list(remaining):
-                high = consumer.highwater(tp)
-                if high is not None and high > ends[tp]:
-                    ends[tp] = high
-                records = batches.get(tp, ())
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield record
-                idle[tp] = 0 if records else idle[tp] + 1
-                position = await consumer.position(tp)
-                if position >= ends[tp]:
-                    remaining.discard(tp)
-                elif idle[tp] >= MAX_IDLE_FETCHES:  # nothing readable up to the end offset
-                    log.warning(
-                        "%s[%d]: no records between %d and the end offset %d after %d fetches; "
-                        "reading stops there",
-                        tp.topic,
-                        tp.partition,
-                        position,
-                        ends[tp],
-                        idle[tp],
-                    )
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-
-
-async def high_watermarks(settings: KafkaSettings, topic: str) -> dict[int, int]:
-    """The high watermark of every partition of ``topic``, from fetch responses (see
-    :func:`read_partitions` for why ListOffsets alone is not enough)."""
-    consumer = AIOKafkaConsumer(
-        **{**settings.client_options(), "enable_auto_commit": False, "group_id": None}
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions_of(consumer, topic))]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        result = {tp.partition: int(ends[tp]) for tp in tps}
-        pending = [tp for tp in tps if ends[tp] > 0]
-        for tp in pending:
-            consumer.seek(tp, ends[tp] - 1)
-        if pending:
-            await consumer.getmany(*pending, timeout_ms=1_000, max_records=1)
-        for tp in pending:
-            high = consumer.highwater(tp)
-            if high is not None:
-                result[tp.partition] = max(result[tp.partition], int(high))
-        return result
-    finally:
-        await consumer.stop()
-
-
-async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return set(found)
-        await consumer.topics()  # refreshes the cluster metadata
-        await asyncio.sleep(0.05)
-    raise ConfigurationError(f"expected topic {topic} to exist, the cluster does not know it")
-
-
 async def read_states(
     settings: KafkaSettings,
     partitions: Collection[int] | None = None,
@@ -236,7 +127,12 @@ async def read_partition_states(
     pass over all the partitions asked for."""
     result: dict[int, dict[str, ScopeState | None]] = {p: {} for p in partitions or ()}
     topic = changelog_topic(settings.topic_prefix)
-    async for record in read_partitions(settings, topic, partitions, start=start):
+    if partitions is None:
+        tps = await partitions_of(settings, topic)
+    else:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    starts = {TopicPartition(topic, p): o for p, o in (start or {}).items()}
+    async for record in read_to_end(settings, tps, start=starts, name="budget-changelog"):
         states = result.setdefault(record.partition, {})
         key = record.key.decode("utf-8", "replace") if record.key else ""
         if record.value is None:
@@ -260,12 +156,14 @@ async def find_event_ids(settings: KafkaSettings, topic: str, wanted: set[str]) 
     found: set[str] = set()
     if not wanted:
         return found
-    async for record in read_partitions(settings, topic):
-        value = header(record.headers, "ce_id")
-        if value is not None and (text := value.decode("ascii", "replace")) in wanted:
-            found.add(text)
-            if found == wanted:
-                break
+    tps = await partitions_of(settings, topic)
+    async with contextlib.aclosing(read_to_end(settings, tps, name="budget-ids")) as records:
+        async for record in records:
+            value = header(record.headers, "ce_id")
+            if value is not None and (text := value.decode("ascii", "replace")) in wanted:
+                found.add(text)
+                if found == wanted:
+                    break
     return found
 
 

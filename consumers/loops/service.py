@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime.replay import Window, committed_offsets, read_windows
 from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record
 from agentstream.schemas.settings import kafka_option
 
@@ -32,7 +33,7 @@ from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
 from .detector import INPUT_TYPES, Finding, LoopDetector
 from .metrics import LoopMetrics
-from .restore import Window, group_offsets, read_windows, recent_ids_from
+from .restore import recent_ids_from
 from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
@@ -212,11 +213,12 @@ class LoopService:
                 windows[tp] = Window(max(0, stop - self.settings.restore_window), stop)
         replayed = 0
         async for raw in read_windows(
-            self.settings, windows, timeout_s=self.settings.restore_timeout_s
+            self.settings, windows, timeout_s=self.settings.restore_timeout_s, name="loops-restore"
         ):
             where = RecordLocation(raw.topic, raw.partition, raw.offset)
             try:
-                event = decode_record(raw.value, raw.headers, where=where)
+                # as the live pass decodes: the envelope only (payloads validate lazily)
+                event = decode_record(raw.value, raw.headers, validate=False, where=where)
             except DecodeError:
                 continue  # the live pass dead-lettered it
             if event.type in INPUT_TYPES:
@@ -247,7 +249,7 @@ class LoopService:
         delay = 0.2
         for attempt in range(1, 4):
             try:
-                return await group_offsets(self.settings, self.consumer.group_id, tps)
+                return await committed_offsets(self.settings, self.consumer.group_id, tps)
             except KafkaError as exc:
                 if attempt == 3:
                     raise

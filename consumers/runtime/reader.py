@@ -13,6 +13,8 @@ from aiokafka.structs import TopicPartition
 
 from agentstream.schemas.settings import KafkaSettings
 
+from .replay import high_watermarks
+
 log = logging.getLogger("agentstream.consumers.runtime.reader")
 
 
@@ -27,7 +29,9 @@ async def _assign(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[Top
     return tps
 
 
-async def _seek_since(consumer: AIOKafkaConsumer, tps: list[TopicPartition], since_ms: int) -> bool:
+async def _seek_since(
+    settings: KafkaSettings, consumer: AIOKafkaConsumer, tps: list[TopicPartition], since_ms: int
+) -> bool:
     """Seek each partition to its first record at or after ``since_ms``.
 
     Kafka answers ``offsets_for_times`` with None for partitions without such a record (then
@@ -36,7 +40,7 @@ async def _seek_since(consumer: AIOKafkaConsumer, tps: list[TopicPartition], sin
     beginning, filtering by timestamp.
     """
     found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-    ends = await consumer.end_offsets(tps)
+    ends = await high_watermarks(settings, tps)
     for tp in tps:
         answer = found.get(tp)
         if answer is None:
@@ -70,7 +74,7 @@ async def read_topics(
             return
         min_timestamp = None
         if since_ms is not None:
-            if not await _seek_since(consumer, tps, since_ms):
+            if not await _seek_since(settings, consumer, tps, since_ms):
                 log.info("offsets_for_times unreliable here: scanning from the beginning")
                 await consumer.seek_to_beginning(*tps)
                 min_timestamp = since_ms
@@ -78,7 +82,8 @@ async def read_topics(
             await consumer.seek_to_beginning(*tps)
         else:
             await consumer.seek_to_end(*tps)
-        ends = {} if follow else await consumer.end_offsets(tps)
+        # the true end: ListOffsets can answer short of it (see ``replay``)
+        ends = {} if follow else await high_watermarks(settings, tps)
         positions = {tp: await consumer.position(tp) for tp in tps}
         while follow or any(positions[tp] < ends[tp] for tp in tps):
             batches = await consumer.getmany(timeout_ms=200)

@@ -19,12 +19,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
+from agentstream.consumers.runtime.replay import committed_offsets
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 from agentstream.schemas.routing import EVENTS
 
 from .assembler import TraceAssembler
 from .metrics import TracingMetrics
-from .restore import committed_offsets, replay
+from .restore import replay
 from .settings import TracingSettings, export_target
 from .spans import Trace
 from .turn import TurnLimits

@@ -8,12 +8,9 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.consumers.budget.changelog import (
-    high_watermarks,
-    read_partitions,
-    repartition_topic,
-)
+from agentstream.consumers.budget.changelog import repartition_topic
 from agentstream.consumers.budget.service import BudgetSettings
+from agentstream.consumers.runtime.replay import high_watermarks, partitions_of, read_to_end
 from agentstream.schemas import Event, decode_record
 from agentstream.schemas.settings import KafkaSettings
 from support.runtime import committed_offsets
@@ -68,7 +65,8 @@ def response(content: str, **kw: Any) -> Event:
 
 async def read_events(settings: KafkaSettings, topic: str) -> list[Event]:
     """Every event on ``topic`` now (all partitions, group-less)."""
-    return [decode_record(r.value, r.headers) async for r in read_partitions(settings, topic)]
+    tps = await partitions_of(settings, topic)
+    return [decode_record(r.value, r.headers) async for r in read_to_end(settings, tps)]
 
 
 def budget_settings(base: KafkaSettings, config: Path, **overrides: Any) -> BudgetSettings:
@@ -109,6 +107,4 @@ async def drained(settings: BudgetSettings, group: str) -> bool:
 
 
 async def _ends(settings: KafkaSettings, topic: str) -> dict[TopicPartition, int]:
-    return {
-        TopicPartition(topic, p): end for p, end in (await high_watermarks(settings, topic)).items()
-    }
+    return await high_watermarks(settings, await partitions_of(settings, topic))

@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from agentstream.consumers.broker import free_port
-from agentstream.consumers.runtime import EventConsumer, ServiceSettings
+from agentstream.consumers.runtime import EventConsumer, ServiceSettings, replay
+from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas.settings import KafkaSettings
 
 POLL = 0.02
@@ -86,26 +86,18 @@ async def read_records(
     settings: KafkaSettings, topic: str, count: int, *, timeout: float = 20.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """The records of ``topic`` (all partitions, no consumer group), once at least ``count``
-    are there; more are returned if more were fetched (so ``[one] = ...`` also checks that
+    are there; more are returned if more were there (so ``[one] = ...`` also checks that
     no unexpected record came)."""
-    consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "auto_offset_reset": "earliest"})
-    await consumer.start()
-    try:
-        await consumer.topics()  # metadata
-        partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        await consumer.seek_to_beginning()
-        found: list[ConsumerRecord[bytes, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while len(found) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"expected {count} records on {topic}, got {len(found)}")
-            batches = await consumer.getmany(timeout_ms=100)
-            for records in batches.values():
-                found.extend(records)
-        return found
-    finally:
-        await consumer.stop()
+    tps = await partitions_of(settings, topic)
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r async for r in read_to_end(settings, tps, name="test-read")]
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"expected {count} records on {topic}, got {len(found)}")
+        await asyncio.sleep(POLL)
 
 
 async def committed_offsets(
@@ -113,20 +105,13 @@ async def committed_offsets(
 ) -> dict[TopicPartition, int]:
     """The offsets ``group_id`` committed on ``topics`` (default: the prefix's five topics),
     as the group coordinator reports them; partitions without a commit are left out."""
-    consumer = AIOKafkaConsumer(group_id=group_id, **settings.consumer_options())
-    await consumer.start()
-    try:
-        found: dict[TopicPartition, int] = {}
-        await consumer.topics()  # metadata
-        for topic in topics or settings.routing().all_topics():
-            for partition in sorted(consumer.partitions_for_topic(topic) or ()):
-                tp = TopicPartition(topic, partition)
-                offset = await consumer.committed(tp)
-                if offset is not None and offset >= 0:
-                    found[tp] = offset
-        return found
-    finally:
-        await consumer.stop()
+    tps = [
+        tp
+        for t in topics or settings.routing().all_topics()
+        for tp in await partitions_of(settings, t)
+    ]
+    found = await replay.committed_offsets(settings, group_id, tps)
+    return {tp: offset for tp, offset in found.items() if offset is not None}
 
 
 TESTS_DIR = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ async def test_restore_failure_is_retried_counted_and_not_fatal(
         calls += 1
         raise KafkaConnectionError("coordinator not available")
 
-    monkeypatch.setattr(loops_service, "group_offsets", unavailable)
+    monkeypatch.setattr(loops_service, "committed_offsets", unavailable)
     settings = LoopSettings(topic_prefix="unit")
     service = LoopService(EventConsumer(settings, service=SERVICE.name), settings)
     await service.restore(frozenset({TopicPartition("unit.events", 0)}))

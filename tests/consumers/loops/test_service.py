@@ -24,9 +24,10 @@ from support.runtime import (
     wait_until,
 )
 
-from agentstream.consumers.loops.restore import Window, read_windows, recent_ids_from
+from agentstream.consumers.loops.restore import recent_ids_from
 from agentstream.consumers.loops.service import SERVICE, LoopService, LoopSettings
 from agentstream.consumers.runtime import EventConsumer
+from agentstream.consumers.runtime.replay import Window, read_windows
 from agentstream.schemas import Event, decode_record
 from agentstream.schemas.settings import KafkaSettings
 
