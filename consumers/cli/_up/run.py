@@ -306,7 +306,15 @@ class Up:
                     self.stop.set()
             if self.demo is not None and not self.demo.running() and not demo_reported:
                 demo_reported = True
-                self.state.demo = f"demo finished with code {self.demo.returncode}"
+                step = self.state.step("demo agents")
+                code = self.demo.returncode
+                step.status = "done" if code == 0 else "failed"
+                step.detail = f"exited with code {code}; see {self.demo.log_path}"
+            task = self.alerts_task
+            if task is not None and task.done() and not task.cancelled() and task.exception():
+                step = self.state.step("alerts reader")
+                if step.status != "failed":
+                    step.status, step.detail = "failed", repr(task.exception())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 0.5)
 

@@ -28,7 +28,6 @@ class UpState:
     steps: list[Step] = field(default_factory=list)
     phase: str = "starting"
     started: float = field(default_factory=time.monotonic)
-    demo: str = ""
 
     def step(self, label: str) -> Step:
         for step in self.steps:
@@ -185,12 +184,15 @@ class RichView:
         )
         title = f"agentstream up — {state.phase}  ({time.monotonic() - state.started:.0f} s)"
         parts: list[Any] = [steps, Text(""), header, services, where]
-        if state.demo:
-            parts.append(Text(state.demo, "dim"))
         return Group(
             Panel(Group(*parts), title=title, title_align="left"),
             Panel(alerts, title="alerts (newest first)", title_align="left"),
-            Text("Ctrl-C stops everything (demo, services, broker).", "dim"),
+            Text(
+                "Ctrl-C stops everything (demo, services, broker)"
+                if state.phase in ("starting", "running")
+                else "",
+                "dim",
+            ),
         )
 
 
