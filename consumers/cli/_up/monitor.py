@@ -1,6 +1,6 @@
 """What ``agentstream up`` watches: each service's ``/metrics`` (lag, records consumed, events
-counted by the metrics service) and the alerts topic (read without a consumer group, so it
-never takes partitions from a service)."""
+counted by the metrics service) and the alerts and control topics (read without a consumer
+group, so it never takes partitions from a service)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,12 @@ def describe_alert(event: Event) -> AlertLine:
         )
         kind = "budget_exceeded" if level == "EXCEEDED" else "budget_warning"
         return AlertLine(time.time(), kind, text)
+    if event.type == "control.agent.paused":
+        text = (
+            f"pause sent by {data.get('service', '?')} to {event.agent_id or '?'}: "
+            f"{data.get('reason', '')}  session {session}"
+        )
+        return AlertLine(time.time(), "pause", text)
     return AlertLine(time.time(), event.type, f"{event.type}  session {session}")
 
 
@@ -165,15 +171,16 @@ class Monitor:
     async def follow_alerts(
         self, settings: KafkaSettings, stop: asyncio.Event, log_path: Path, *, from_start: bool
     ) -> None:
-        """Read the alerts topic until ``stop`` is set and a fetch round after it brought
-        nothing; each alert is shown and appended to ``log_path`` as one JSON line."""
+        """Read the alerts and control topics until ``stop`` is set and a fetch round after it
+        brought nothing; each alert or directive is shown and appended to ``log_path`` as one
+        JSON line."""
         from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition
 
         from agentstream.schemas.codec import decode_record
         from agentstream.schemas.errors import AgentstreamError, RecordLocation
 
-        topic = settings.routing().alerts
+        routing = settings.routing()
         consumer = AIOKafkaConsumer(
             **{**settings.consumer_options(), "group_id": None, "auto_offset_reset": "earliest"}
         )
@@ -182,7 +189,9 @@ class Monitor:
         try:
             await consumer.topics()
             partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+                TopicPartition(topic, p)
+                for topic in (routing.alerts, routing.control)
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
             ]
             consumer.assign(partitions)
             if from_start:

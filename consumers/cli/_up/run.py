@@ -424,7 +424,8 @@ class Up:
             f"alerts: {counts['loop_block']} loop blocks, "
             f"{counts['loop_warning']} loop warnings, "
             f"{counts['budget_exceeded']} budget exceeded, "
-            f"{counts['budget_warning']} budget warnings"
+            f"{counts['budget_warning']} budget warnings, "
+            f"{counts['pause']} pause directives"
         )
         if self.monitor.services.get("persistence", None) is not None:
             lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")

@@ -88,7 +88,8 @@ def status_line(state: UpState) -> str:
         f"t={time.monotonic() - state.started:4.0f}s  events/s={m.events_per_s:6.1f}  "
         f"events={m.events_total:,.0f}  lag: {lags}  alerts: "
         f"{counts['loop_block']} loop blocks, {counts['loop_warning']} loop warnings, "
-        f"{counts['budget_exceeded']} budget exceeded, {counts['budget_warning']} budget warnings"
+        f"{counts['budget_exceeded']} budget exceeded, {counts['budget_warning']} budget warnings, "
+        f"{counts['pause']} pauses sent"
     )
 
 
@@ -161,13 +162,17 @@ class RichView:
             (str(counts["budget_exceeded"]), "bold red"),
             " budget exceeded   ",
             (str(counts["budget_warning"]), "yellow"),
-            " budget warnings",
+            " budget warnings   ",
+            (str(counts["pause"]), "cyan"),
+            " pauses sent",
         )
         alerts = Table.grid()
         # as many alerts as fit under the rest of the view
         rows = max(3, self.console.height - len(state.steps) - len(m.services) - 14)
         for line in list(m.alerts)[:rows]:
-            style = "red" if line.kind in ("loop_block", "budget_exceeded") else "yellow"
+            style = {"loop_block": "red", "budget_exceeded": "red", "pause": "cyan"}.get(
+                line.kind, "yellow"
+            )
             stamp = time.strftime("%H:%M:%S", time.localtime(line.at))
             alerts.add_row(
                 Text(f"{stamp} {line.text}", style=style, no_wrap=True, overflow="ellipsis")
@@ -186,7 +191,7 @@ class RichView:
         parts: list[Any] = [steps, Text(""), header, services, where]
         return Group(
             Panel(Group(*parts), title=title, title_align="left"),
-            Panel(alerts, title="alerts (newest first)", title_align="left"),
+            Panel(alerts, title="alerts and pause directives (newest first)", title_align="left"),
             Text(
                 "Ctrl-C stops everything (demo, services, broker)"
                 if state.phase in ("starting", "running")
