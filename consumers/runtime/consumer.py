@@ -86,6 +86,7 @@ class EventConsumer:
         self._dispatcher: Dispatcher | None = None
         self._workers: dict[TopicPartition, PartitionWorker] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []  # the fetch and commit loops
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -404,6 +405,31 @@ class EventConsumer:
         while True:
             await asyncio.sleep(interval)
             await self._commit()
+            await self._list_ends()
+
+    async def _list_ends(self) -> None:
+        """ListOffsets(latest) of the partitions whose fetch responses tell nothing current:
+        none came yet, or the partition is paused (its last high watermark is stale). The lag
+        gauge falls back to it there; elsewhere the fetch responses' high watermark is right
+        (the embedded broker's ListOffsets can answer the last batch's base offset + 1)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        blind = [
+            tp
+            for tp, worker in list(self._workers.items())
+            if worker.paused or consumer.highwater(tp) is None
+        ]
+        if not blind:
+            return
+        try:
+            ends = await consumer.end_offsets(blind)
+        except Exception as exc:  # KafkaError, or partitions revoked meanwhile
+            log.debug("end offsets for the lag gauge unavailable: %r", exc)
+            return
+        for tp, end in ends.items():
+            if tp in self._workers and end is not None:
+                self._listed_ends[tp] = int(end)
 
     async def _commit(self, only: frozenset[TopicPartition] | None = None) -> bool:
         """Commit the finished prefix of each partition that advanced; False if refused."""
@@ -440,19 +466,25 @@ class EventConsumer:
 
     def _lag(self) -> Iterator[tuple[str, int, int]]:
         """``(topic, partition, high watermark - committed)`` for each partition held. Before
-        the first commit the group's position is where this process started reading."""
+        the first commit the group's position is where this process started reading.
+
+        The high watermark is the last fetch response's (``highwater``); where none came yet
+        or the partition is paused, ListOffsets(latest) read by the commit loop, whichever is
+        higher (both are at most the true high watermark)."""
         consumer = self._consumer
         if consumer is None or self._stopped:
             return
         for tp, worker in list(self._workers.items()):
             committed = self._committed.get(tp, worker.offsets.first)
             try:
-                high = consumer.highwater(tp)
+                fetched = consumer.highwater(tp)
             except Exception:  # no longer assigned
                 continue
-            if committed is None or high is None:
+            listed = self._listed_ends.get(tp)
+            known = [h for h in (fetched, listed) if h is not None]
+            if committed is None or not known:
                 continue
-            yield tp.topic, tp.partition, max(0, high - committed)
+            yield tp.topic, tp.partition, max(0, max(known) - committed)
 
     # --- rebalances ------------------------------------------------------------------------
 
@@ -477,6 +509,7 @@ class EventConsumer:
         for tp in revoked:
             self._workers.pop(tp, None)
             self._committed.pop(tp, None)
+            self._listed_ends.pop(tp, None)
         self.metrics.assigned_partitions.set(len(self._workers))
         await self._call(self._revoked_callbacks, revoked, "on_revoked")
 

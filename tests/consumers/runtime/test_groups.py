@@ -170,3 +170,53 @@ async def test_lag_is_high_watermark_minus_committed(kafka_settings: KafkaSettin
         gate.set()
         await wait_until(lambda: len(handled) == 10)
         await wait_until(lambda: set(lags().values()) == {0.0}, what="lag back to 0")
+
+
+async def test_lag_counts_every_produce_batch_and_goes_on_while_paused(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Several produce batches on one partition: the lag is the fetch responses' high watermark
+    - committed (the embedded broker's ListOffsets would say the last batch's base offset + 1).
+    A partition paused by backpressure is not fetched: its lag then follows ListOffsets."""
+    settings = service_settings(kafka_settings, max_buffered_records=15)
+    consumer = EventConsumer(settings, service="lag-batches")
+    gate = asyncio.Event()
+    handled: list[int] = []
+
+    @consumer.subscribe("tool.called")
+    async def handle(event: Event) -> None:
+        await gate.wait()
+        handled.append(event.seq)
+
+    def lag() -> float:
+        values = [
+            s.value
+            for metric in consumer.registry.collect()
+            if metric.name == "agentstream_consumer_lag"
+            for s in metric.samples
+            if s.labels["topic"] == settings.routing().events and s.value
+        ]
+        return max(values, default=0.0)
+
+    seq = iter(range(1_000))
+
+    async def batches(count: int) -> None:
+        for _ in range(count):  # one session: one partition; each call is its own batch
+            await produce_events(
+                settings, [sample_event("tool.called", next(seq)) for _ in range(4)]
+            )
+
+    async with running_consumer(consumer):
+        await batches(3)
+        await wait_until(lambda: lag() == 12.0, what="lag of all three batches")
+        await batches(2)  # 20 buffered >= 15: the partition is paused
+        paused = "agentstream_consumer_paused_partitions"
+        await wait_until(
+            lambda: consumer.registry.get_sample_value(paused, {"service": "lag-batches"}) == 1
+        )
+        await wait_until(lambda: lag() == 20.0, what="lag of five batches")
+        await batches(2)  # not fetched while paused
+        await wait_until(lambda: lag() >= 25.0, what="lag from ListOffsets while paused")
+        gate.set()
+        await wait_until(lambda: len(handled) == 28)
+        await wait_until(lambda: lag() == 0.0, what="lag back to 0")
