@@ -196,6 +196,8 @@ class Redactor:
                     continue
                 new = combined.sub(self._replace, value)
             elif isinstance(value, _CONTAINERS):
+                if not value:  # Calute's empty metadata, on almost every audit event
+                    continue
                 new = self._value(value)
             else:
                 continue
