@@ -5,13 +5,15 @@ tells callers whether trying the same thing again can succeed. Messages say what
 expected, what came, and where (topic, partition, offset) when the error concerns a
 record read from Kafka.
 
-Two control-flow exceptions let a consumer handler steer the runtime:
-:class:`SkipEvent` (the record is done, nothing to retry) and :class:`DeadLetter`
-(send the record to the dead-letter topic now, without retries).
+Control-flow exceptions let a consumer handler steer the runtime: :class:`SkipEvent` (the
+record is done, nothing to retry), :class:`DeadLetter` (send the record to the dead-letter
+topic now, without retries) and, from a batch handler, :class:`BatchDeadLetter` (send only
+these records of the batch to the dead-letter topic; the others are done).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -95,3 +97,18 @@ class DeadLetter(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class BatchDeadLetter(Exception):
+    """Raised by a batch handler once it has dealt with every other record of the batch
+    (committed them to its store): send the records at these offsets to the dead-letter
+    topic now, each with its reason, without retries; the rest of the batch is done.
+
+    ``reasons`` maps a record's offset (in the batch's partition) to why it was refused.
+    """
+
+    def __init__(self, reasons: Mapping[int, str]) -> None:
+        self.reasons: dict[int, str] = dict(reasons)
+        shown = ", ".join(f"@{o}: {r}" for o, r in sorted(self.reasons.items())[:5])
+        more = f" (+{len(self.reasons) - 5} more)" if len(self.reasons) > 5 else ""
+        super().__init__(f"{len(self.reasons)} records refused: {shown}{more}")

@@ -12,8 +12,9 @@ runtime's backpressure pauses fetching; no offset moves past an unwritten event.
 
 An event the database refuses (not an outage; none is known after the stores' adaptations)
 must not take its batch down with it: the batch is bisected, every accepted event is stored,
-then the error goes to the runtime, which retries (the stored events are now skipped) and
-dead-letters the batch. The refused events are in the dead-letter topic, nothing is lost.
+then the handler raises :class:`BatchDeadLetter` naming the refused records: the runtime
+copies only those to the dead-letter topic (with the store's error as the reason) and the
+batch commits. Nothing is lost, nothing stored is dead-lettered.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agentstream.consumers.runtime import Record
+from agentstream.consumers.runtime import BatchDeadLetter, Record
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, RecordLocation
 
@@ -92,16 +93,18 @@ class EventSink:
         locations = [r.location for r in records]
         try:
             await self._write(events, locations)
-        except StoreError as exc:
-            if len(events) == 1:
-                raise
+        except StoreError:
             refused = await self._refused(events, locations)
-            ids = ", ".join(f"{e.event_id} at {loc}" for e, loc in refused[:5])
-            raise StoreError(
-                f"expected the store to accept every event of the batch {locations[0]}.."
-                f"{locations[-1].offset}; it refused {len(refused)} of {len(events)} ({ids}); "
-                f"the others are stored: {exc}"
-            ) from exc
+            if not refused:
+                return  # accepted on the second try
+            for _, location, error in refused[:5]:
+                log.error("store %s refused the event at %s: %s", self.store.url, location, error)
+            raise BatchDeadLetter(
+                {
+                    location.offset: f"store refused the event: {error}"
+                    for _, location, error in refused
+                }
+            ) from None
 
     async def _write(self, events: list[Event], locations: list[RecordLocation]) -> None:
         """Write and commit, retrying for as long as the store is unavailable."""
@@ -138,15 +141,15 @@ class EventSink:
 
     async def _refused(
         self, events: list[Event], locations: list[RecordLocation]
-    ) -> list[tuple[Event, RecordLocation]]:
-        """Bisect a batch the store refused: store every event it accepts, return the others.
-        (The runtime then dead-letters the whole batch; the stored ones are not lost.)"""
+    ) -> list[tuple[Event, RecordLocation, StoreError]]:
+        """Bisect a batch the store refused: store every event it accepts, return the others
+        with the store's error (the runtime dead-letters only those)."""
         try:
             await self._write(events, locations)
             return []
-        except StoreError:
+        except StoreError as exc:
             if len(events) == 1:
-                return [(events[0], locations[0])]
+                return [(events[0], locations[0], exc)]
         mid = len(events) // 2
         return await self._refused(events[:mid], locations[:mid]) + await self._refused(
             events[mid:], locations[mid:]

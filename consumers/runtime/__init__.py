@@ -5,6 +5,8 @@ on a Kafka consumer group, with at-least-once delivery, retries, dead letters, r
 hooks and backpressure. :class:`ServiceSpec` describes a service to ``agentstream consume``.
 """
 
+from agentstream.schemas.errors import BatchDeadLetter
+
 from .consumer import EventConsumer
 from .deadletter import ERROR_PREFIX, REPLAYED_FROM
 from .record import Record
@@ -15,6 +17,7 @@ from .subscriptions import BatchHandler, Handler, PartitionsCallback
 __all__ = [
     "ERROR_PREFIX",
     "REPLAYED_FROM",
+    "BatchDeadLetter",
     "BatchHandler",
     "EventConsumer",
     "Handler",

@@ -13,6 +13,10 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agentstream.schemas.errors import BatchDeadLetter
+
+from .record import Record
+
 ERROR_PREFIX = "agentstream.errors."
 REPLAYED_FROM = "agentstream.replayed.from"
 STACKTRACE_LIMIT = 8_192
@@ -46,6 +50,28 @@ class Failure:
     reason: str
     error: BaseException | None
     attempts: int
+
+    @property
+    def per_record(self) -> bool:
+        """Whether the handler named the records it refuses (:class:`BatchDeadLetter`)."""
+        return isinstance(self.error, BatchDeadLetter)
+
+    def unknown_offsets(self, records: Iterable[Record]) -> set[int]:
+        """Offsets a :class:`BatchDeadLetter` names that are not among ``records``."""
+        if not isinstance(self.error, BatchDeadLetter):
+            return set()
+        return set(self.error.reasons) - {r.offset for r in records}
+
+    def for_offset(self, offset: int) -> Failure | None:
+        """This failure as it concerns the record at ``offset``: a :class:`BatchDeadLetter`
+        names the records it refuses (None: that record is done), any other failure
+        concerns every record."""
+        if not isinstance(self.error, BatchDeadLetter):
+            return self
+        reason = self.error.reasons.get(offset)
+        if reason is None:
+            return None
+        return Failure(self.handler, reason or "refused by the handler", self.error, self.attempts)
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from agentstream.schemas import DeadLetter, DecodeError, Event, SkipEvent
+from agentstream.schemas.errors import BatchDeadLetter
 
 from .deadletter import (
     REASON_RETRIES_EXHAUSTED,
@@ -68,7 +69,8 @@ class Dispatcher:
     async def attempt(
         self, name: str, call: Callable[[], Awaitable[None]], where: object
     ) -> Failure | None:
-        """Call ``call`` until it returns, raises :class:`SkipEvent`, :class:`DeadLetter` or a
+        """Call ``call`` until it returns, raises :class:`SkipEvent`, :class:`DeadLetter`,
+        :class:`BatchDeadLetter` or a
         :class:`DecodeError` (bad input: never retried), or has failed ``1 + handler_retries``
         times. Returns the failure to dead-letter, if any."""
         started = time.perf_counter()
@@ -92,6 +94,8 @@ class Dispatcher:
                 return None
             if isinstance(exc, DeadLetter):
                 return Failure(name, exc.reason or "dead letter requested", exc, attempt)
+            if isinstance(exc, BatchDeadLetter):  # per record: see Failure.for_offset
+                return Failure(name, "refused by the handler", exc, attempt)
             if isinstance(exc, DecodeError):  # e.g. ``event.payload`` of invalid data: final
                 log.error("handler %s cannot decode %s, dead-lettering: %r", name, where, exc)
                 return Failure(name, f"{REASON_UNDECODABLE}: {type(exc).__name__}", exc, attempt)

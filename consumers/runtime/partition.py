@@ -213,9 +213,10 @@ class PartitionWorker:
                     *(dispatcher.call(s, event, record, text) for s in singles)
                 )
             for failure in failures:
-                if failure is not None:
+                refused = failure.for_offset(offset) if failure is not None else None
+                if refused is not None:
                     metrics.record(event.type, FAILED)
-                    await dispatcher.dead_letter(raw, failure, event.type)
+                    await dispatcher.dead_letter(raw, refused, event.type)
         offsets.release(offset)
         for sub in batches:
             if len(self._batches[sub].items) >= sub.max_records:
@@ -234,9 +235,19 @@ class PartitionWorker:
         where = f"{records[0].location}..{records[-1].offset}"
         failure = await self._dispatcher.attempt(sub.name, lambda: sub.handler(records), where)
         if failure is not None:
+            unknown = failure.unknown_offsets(records) if failure.per_record else ()
+            if unknown:
+                log.warning(
+                    "batch handler %s refused offsets %s, not in its batch %s: ignored",
+                    sub.name,
+                    sorted(unknown),
+                    where,
+                )
             for record, raw in items:
-                self._metrics.record(record.event.type, FAILED)
-                await self._dispatcher.dead_letter(raw, failure, record.event.type)
+                refused = failure.for_offset(record.offset)
+                if refused is not None:
+                    self._metrics.record(record.event.type, FAILED)
+                    await self._dispatcher.dead_letter(raw, refused, record.event.type)
         for record in records:
             self.offsets.release(record.offset)
 

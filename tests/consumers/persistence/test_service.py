@@ -109,9 +109,18 @@ async def test_a_refused_event_does_not_take_its_batch_down(
             if sample.name == "agentstream_consumer_records_total"
             and sample.labels.get("outcome") == "dead_lettered"
         )
-    assert dead >= 1
-    records = await read_records(kafka_settings, kafka_settings.routing().dlq, int(dead))
-    assert events[150].event_id in {decode_record(r.value, r.headers).event_id for r in records}
+        retries = consumer.registry.get_sample_value(
+            "agentstream_consumer_handler_retries_total",
+            {"service": consumer.service, "handler": "persistence"},
+        )
+    assert dead == 1, "only the refused record is dead-lettered, not its batch"
+    assert not retries, "a refusal is not retried"
+    [letter] = await read_records(kafka_settings, kafka_settings.routing().dlq, 1)
+    assert decode_record(letter.value, letter.headers).event_id == events[150].event_id
+    headers = dict(letter.headers)
+    assert headers["agentstream.errors.reason"].startswith(b"store refused the event: ")
+    assert b"refused by a trigger" in headers["agentstream.errors.reason"]
+    assert headers["agentstream.errors.exception.class.name"].endswith(b"BatchDeadLetter")
 
 
 def committed_total(consumer: EventConsumer) -> int:

@@ -165,6 +165,36 @@ async def test_dead_letter_and_skip_requests_from_handlers(kafka_settings: Kafka
     assert headers["agentstream.errors.attempts"] == b"1"
 
 
+async def test_a_batch_handler_dead_letters_single_records(kafka_settings: KafkaSettings) -> None:
+    from agentstream.consumers.runtime import BatchDeadLetter
+
+    settings = service_settings(kafka_settings, handler_retries=3)
+    consumer = EventConsumer(settings, service="picky")
+    calls: list[list[int]] = []
+
+    @consumer.subscribe_batch("*", max_records=10, max_wait_ms=20, name="picky-sink")
+    async def sink(records: list[Record]) -> None:
+        calls.append([r.offset for r in records])
+        refused = {r.offset: f"seq {r.event.seq} refused" for r in records if r.event.seq % 5 == 1}
+        if refused:
+            raise BatchDeadLetter({**refused, 10_000: "not in this batch"})
+
+    events = [sample_event("tool.called", i) for i in range(10)]  # one session: one partition
+    async with running_consumer(consumer):
+        await produce_events(settings, events)
+        await wait_until(lambda: sum(map(len, calls)) == 10)
+        letters = await read_records(settings, settings.routing().dlq, 2)
+        await wait_until(lambda: sum(consumer.committed_offsets().values()) == 10)
+    assert sorted(o for c in calls for o in c) == list(range(10)), "no batch retried"
+    reasons = sorted(dict(r.headers)["agentstream.errors.reason"] for r in letters)
+    assert reasons == [b"seq 1 refused", b"seq 6 refused"]
+    assert sorted(r.value for r in letters) == sorted(encode_event(events[i]) for i in (1, 6))
+    assert all(dict(r.headers)["agentstream.errors.attempts"] == b"1" for r in letters)
+    sample = consumer.registry.get_sample_value
+    labels = {"service": "picky", "type": "tool.called"}
+    assert sample("agentstream_consumer_records_total", {**labels, "outcome": "dead_lettered"}) == 2
+
+
 async def test_batches_hold_consecutive_records_of_one_partition(
     kafka_settings: KafkaSettings,
 ) -> None:
