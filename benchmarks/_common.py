@@ -222,3 +222,176 @@ async def produce_at_rate(
         return len(events) / elapsed if elapsed > 0 else float("nan")
     finally:
         await producer.stop()
+
+
+# --- traffic and service processes -------------------------------------------------------------
+
+
+def agent_turns(count: int, *, sessions: int = 200, calls: int = 5) -> list[Event]:
+    """About ``count`` events of realistic agent turns (message, round, LLM call, ``calls`` tool
+    calls, turn end), sessions interleaved turn by turn; one turn in ten loops on one tool."""
+    events: list[Event] = []
+    turn = 0
+    while len(events) < count:
+        session = turn % sessions
+        envelope = {
+            "agent_id": f"agent-{session % 13}",
+            "user_id": f"user-{session % 29}",
+            "session_id": f"bench-{session:05d}",
+            "turn_id": f"{turn:012x}",
+        }
+        looping = turn % 10 == 0
+        events += [
+            Event(type="message.received", data={"content": "What changed?"}, **envelope),
+            Event(type="turn.started", data={"round": 0}, **envelope),
+            Event(type="llm.call.started", data={"round": 0, "model": "m"}, **envelope),
+            Event(
+                type="llm.call.completed",
+                data={
+                    "round": 0,
+                    "stop_reason": "tool_use",
+                    "model": "m",
+                    "input_tokens": 800,
+                    "output_tokens": 60,
+                },
+                **envelope,
+            ),
+        ]
+        for i in range(calls):
+            args = {"q": "kafka"} if looping else {"q": "kafka", "page": i}
+            events.append(
+                Event(type="tool.called", data={"name": "search", "args": args}, **envelope)
+            )
+        events.append(
+            Event(type="turn.ended", data={"round": 1, "stop_reason": "end_turn"}, **envelope)
+        )
+        turn += 1
+    return events
+
+
+async def committed_total(settings: KafkaSettings, group: str, topic: str, partitions: int) -> int:
+    """Sum of the offsets ``group`` committed on ``topic`` (partitions named: the embedded broker
+    fails a request for all of a group's partitions before its first commit)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(group_id=group, **settings.consumer_options())
+    await consumer.start()
+    try:
+        total = 0
+        for p in range(partitions):
+            offset = await consumer.committed(TopicPartition(topic, p))
+            total += offset if offset and offset > 0 else 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class ServiceProcess:
+    """``agentstream consume <service>`` as a subprocess on a free HTTP port (always killed by
+    :meth:`close`)."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: KafkaSettings,
+        *options: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        import sys
+
+        from agentstream.consumers.broker import free_port
+
+        self.service = service
+        self.port = free_port()
+        command = [
+            sys.executable, "-m", "agentstream.consumers.cli", "consume", service,
+            "--bootstrap-servers", settings.bootstrap_servers,
+            "--topic-prefix", settings.topic_prefix,
+            "--http-host", "127.0.0.1", "--http-port", str(self.port), *options,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.service} exited with {self.process.returncode}")
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if (await http_get(self.port, "/readyz"))[0] == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.service} not ready within {timeout} s")
+            await asyncio.sleep(0.02)
+
+    async def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` on this process's /metrics."""
+        _, body = await http_get(self.port, "/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class OtlpSink:
+    """An HTTP endpoint answering 200 to every OTLP POST (the tracing service's exporter needs
+    somewhere to send); counts the requests."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

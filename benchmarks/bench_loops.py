@@ -3,16 +3,18 @@
 Against an embedded broker this script starts and stops, with the loops service running as a
 separate process (``agentstream.consumers.loops`` on the consumer runtime, default settings):
 
-* latency: tool-call traffic is produced at ``--rate`` events/s for ``--seconds``; one user
+* latency, at each of ``--rates`` (events/s, default 1,000, 2,500 and 5,000), each for
+  ``--seconds``, with a fresh service process and topics per load: tool-call traffic; one user
   turn in ten loops (the same call five times: a warning at the 3rd, a block and a pause
   directive at the 5th). For every alert, latency = the alert's arrival at a reader of the
   alerts topic - the moment its triggering event was handed to the producer;
 * throughput: ``--backlog`` events are produced first, then a fresh service process drains them;
   events/s = backlog / (time from the service being ready to the group having committed all).
 
-Writes ``benchmarks/results/loops.json``.
+Writes ``benchmarks/results/loops.json`` (``latency_by_rate``; ``latency`` is the 5,000 events/s
+load of the issue's target).
 
-    python benchmarks/bench_loops.py [--rate 5000] [--seconds 10] [--backlog 100000]
+    python benchmarks/bench_loops.py [--rates 1000,2500,5000] [--seconds 8] [--backlog 100000]
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from _common import percentile, write_results
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -39,7 +41,6 @@ from agentstream.schemas import Event, decode_record, encode_event, event_header
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
 
-RESULTS = Path(__file__).parent / "results" / "loops.json"
 TARGET_P99_MS = 100.0
 PARTITIONS = 4
 CALLS_PER_TURN = 5
@@ -223,13 +224,6 @@ async def measure_latency(settings: KafkaSettings, rate: int, seconds: float) ->
     }
 
 
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    index = min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))
-    return values[index]
-
-
 async def measure_throughput(settings: KafkaSettings, backlog: int) -> dict[str, Any]:
     routing = settings.routing()
     backlog_events, _ = traffic(backlog)
@@ -285,16 +279,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await broker.wait_ready()
         base = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, linger_ms=1)
         await wait_for_broker(base.admin_options())
-        results: dict[str, Any] = {}
-        for name in ("latency", "throughput"):
-            settings = base.model_copy(update={"topic_prefix": f"bench-loops-{name}"})
+        results: dict[str, Any] = {"latency_by_rate": []}
+        for rate in sorted(int(r) for r in args.rates.split(",")):
+            settings = base.model_copy(update={"topic_prefix": f"bench-loops-latency-{rate}"})
             await ensure_topics(
                 settings.admin_options(), settings.routing(), TopicSpec(partitions=PARTITIONS)
             )
-            if name == "latency":
-                results[name] = await measure_latency(settings, args.rate, args.seconds)
-            else:
-                results[name] = await measure_throughput(settings, args.backlog)
+            measured = await measure_latency(settings, rate, args.seconds)
+            print(f"  {rate} events/s: p50 {measured['p50_ms']} ms, p99 {measured['p99_ms']} ms")
+            results["latency_by_rate"].append(measured)
+        at_target = [m for m in results["latency_by_rate"] if m["offered_rate_per_s"] == 5_000]
+        results["latency"] = (at_target or results["latency_by_rate"])[-1]
+        settings = base.model_copy(update={"topic_prefix": "bench-loops-throughput"})
+        await ensure_topics(
+            settings.admin_options(), settings.routing(), TopicSpec(partitions=PARTITIONS)
+        )
+        results["throughput"] = await measure_throughput(settings, args.backlog)
         return results
     finally:
         broker.stop()
@@ -328,8 +328,10 @@ def report(results: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rate", type=int, default=5_000, help="events/s offered")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
+    parser.add_argument(
+        "--rates", default="1000,2500,5000", help="events/s offered, one latency run each"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each latency run")
     parser.add_argument(
         "--backlog", type=int, default=100_000, help="events for the throughput run"
     )
@@ -339,5 +341,4 @@ if __name__ == "__main__":
     measured["measured_at"] = datetime.now(UTC).isoformat()
     measured["cpus"] = os.cpu_count()
     report(measured)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(measured, indent=2) + "\n")
+    write_results("loops", measured)

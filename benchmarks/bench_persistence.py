@@ -10,7 +10,11 @@ Measured:
   then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, and ``executemany`` of a one-row insert;
 * end to end: the events produced to an embedded broker first, then the persistence service
   (in-process, the real ``EventConsumer``) from partition assignment until every event is
-  stored.
+  stored;
+* emit → stored latency at several loads (``--rates``, events/s, each for ``--seconds``):
+  ``agentstream consume persistence`` as its own process on SQLite with its default batching
+  (``batch_max_wait_ms`` 200), events produced at a steady rate, each stamped when handed to
+  the Kafka client; latency = the row's ``ingested_at`` - the event's timestamp.
 
 Run: ``python benchmarks/bench_persistence.py [--events N] [--postgres URL]``. Starts its own
 embedded broker; PostgreSQL parts run when the server answers (default
@@ -22,15 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sqlite3
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
+from _common import ServiceProcess, percentile, produce_at_rate, write_results
 from aiokafka import AIOKafkaProducer
 
 from agentstream.consumers.broker import EmbeddedBroker
@@ -42,7 +46,6 @@ from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, RecordLocation, encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 
-RESULTS = Path(__file__).parent / "results" / "persistence.json"
 BATCH = 1_000
 PARTITIONS = 4
 
@@ -273,6 +276,43 @@ async def end_to_end(bootstrap: str, url: str, events: list[Event]) -> dict[str,
     }
 
 
+# --- emit -> stored latency -------------------------------------------------------------------
+
+
+async def stored_latency(bootstrap: str, folder: str, rate: int, seconds: float) -> dict[str, Any]:
+    settings = PersistenceSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench-lat-{rate}")
+    await ensure_topics(
+        settings.admin_options(), settings.routing(), TopicSpec(partitions=PARTITIONS)
+    )
+    db = f"{folder}/latency-{rate}.db"
+    events = make_events(int(rate * seconds))
+    service = ServiceProcess("persistence", settings, "--store", f"sqlite:///{db}")
+    try:
+        await service.wait_ready()
+        achieved = await produce_at_rate(settings, events, rate)
+        stored = "agentstream_persistence_events_stored_total"
+        deadline = time.monotonic() + 120
+        while await service.metric(stored) < len(events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not every event stored within 120 s at {rate} events/s")
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(service.close)
+    with sqlite3.connect(db) as conn:
+        latencies = [
+            (ingested - stamped) / 1000
+            for stamped, ingested in conn.execute("SELECT timestamp_us, ingested_at_us FROM events")
+        ]
+    return {
+        "offered_rate_per_s": rate,
+        "achieved_rate_per_s": round(achieved),
+        "samples": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2) if latencies else None,
+    }
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -306,7 +346,7 @@ async def fresh_schema(
         await drop()
 
 
-async def main(count: int, postgres: str) -> dict[str, Any]:
+async def main(count: int, postgres: str, rates: list[int], seconds: float) -> dict[str, Any]:
     events = make_events(count)
     results: dict[str, Any] = {"events": count, "batch": BATCH, "partitions": PARTITIONS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,6 +367,12 @@ async def main(count: int, postgres: str) -> dict[str, Any]:
             results["postgres_end_to_end"] = await fresh_schema(
                 postgres, lambda url: end_to_end(broker.bootstrap_servers, url, make_events(count))
             )
+            results["stored_latency"] = []
+            for rate in rates:
+                measured = await stored_latency(broker.bootstrap_servers, tmp, rate, seconds)
+                results["stored_latency"].append(measured)
+                print(f"emit → stored at {rate} events/s: p50 {measured['p50_ms']} ms, "
+                      f"p99 {measured['p99_ms']} ms")  # fmt: skip
         finally:
             broker.stop()
     return results
@@ -347,9 +393,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--rates", default="1000,2500,5000,10000", help="latency loads, events/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each latency run")
     options = parser.parse_args()
-    outcome = asyncio.run(main(options.events, options.postgres))
+    rates = sorted(int(r) for r in options.rates.split(","))
+    outcome = asyncio.run(main(options.events, options.postgres, rates, options.seconds))
     report(outcome)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(outcome, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_results('persistence', outcome)}")
