@@ -234,7 +234,7 @@ def agent_turns(count: int, *, sessions: int = 200, calls: int = 5) -> list[Even
     turn = 0
     while len(events) < count:
         session = turn % sessions
-        envelope = {
+        envelope: dict[str, Any] = {
             "agent_id": f"agent-{session % 13}",
             "user_id": f"user-{session % 29}",
             "session_id": f"bench-{session:05d}",

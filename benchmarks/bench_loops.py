@@ -107,7 +107,11 @@ class Worker:
 def turn_events(turn: int, looping: bool) -> list[Event]:
     """One user turn of one session: the user's message, five tool calls, the turn's end."""
     session = f"sess-{turn % 997}"
-    envelope = {"agent_id": f"agent-{turn % 13}", "user_id": "u", "session_id": session}
+    envelope: dict[str, Any] = {
+        "agent_id": f"agent-{turn % 13}",
+        "user_id": "u",
+        "session_id": session,
+    }
     events = [Event(type="message.received", data={"content": "hello"}, **envelope)]
     for i in range(CALLS_PER_TURN):
         args = {"query": "kafka"} if looping else {"query": "kafka", "page": i}

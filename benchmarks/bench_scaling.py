@@ -50,7 +50,7 @@ def produce_librdkafka(settings: KafkaSettings, events: list[Event]) -> bool:
             routing.topic_for(event.type),
             encode_event(event),
             key=record_key(event),
-            headers=event_headers(event),
+            headers=list[tuple[str, str | bytes | None]](event_headers(event)),
         )
         producer.poll(0)
     producer.flush(120)

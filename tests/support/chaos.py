@@ -48,7 +48,7 @@ def size(small: int, full: int) -> int:
 def turn_events(session: int, turn: int) -> list[Event]:
     """One user turn: the message, a round, an LLM call, five tool calls, the turn's end. One
     turn in four loops (the same call five times: a loop warning at the 3rd, a block at the 5th)."""
-    envelope = {
+    envelope: dict[str, Any] = {
         "agent_id": f"agent-{session % 5}",
         "user_id": f"user-{session % 7}",
         "session_id": f"chaos-{session:05d}",
