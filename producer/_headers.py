@@ -71,7 +71,7 @@ class RecordFactory:
                 headers.append(agents.get(agent) or _cached(agents, agent, "ce_agentid"))
             if turn:
                 headers.append(turns.get(turn) or _cached(turns, turn, "ce_turnid"))
-            append(_Record(topic, key, value, headers, created, index))
+            append(_Record(topic, key, value, tuple(headers), created, index))
         return records
 
     def _type(self, type_: str) -> tuple[str, Header]:

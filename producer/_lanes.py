@@ -259,7 +259,10 @@ def _fill(batch: Any, queue: deque[_Record]) -> list[_Record]:
             timestamp = int(record.created * 1000)
             if (
                 batch.append(
-                    key=record.key, value=record.value, timestamp=timestamp, headers=record.headers
+                    key=record.key,
+                    value=record.value,
+                    timestamp=timestamp,
+                    headers=list(record.headers),
                 )
                 is None
             ):
@@ -271,7 +274,13 @@ def _fill(batch: Any, queue: deque[_Record]) -> list[_Record]:
     offset = 0
     for record in queue:
         if (
-            append(offset, int(record.created * 1000), record.key, record.value, record.headers)
+            append(
+                offset,
+                int(record.created * 1000),
+                record.key,
+                record.value,
+                list(record.headers),  # the compiled builder takes a list only
+            )
             is None
         ):
             break

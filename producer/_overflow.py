@@ -74,7 +74,7 @@ class _Overflow(_Lanes):
                 record.topic,
                 record.key,
                 record.value,
-                record.headers,
+                list(record.headers),
                 record.created,
             )
             payload = _entry_encoder.encode(entry)
