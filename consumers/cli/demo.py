@@ -39,6 +39,12 @@ def register(commands: Any) -> None:
         "--run-id", help="prefix of the session ids (default: 6 random hex characters)"
     )
     parser.add_argument(
+        "--obey-control",
+        action="store_true",
+        help="Corail-style pods listen on the control topic and stop a session the loops or "
+        "budget service paused (sessions then depend on timing, not only on the seed)",
+    )
+    parser.add_argument(
         "--manifest",
         type=Path,
         metavar="PATH",
@@ -64,6 +70,7 @@ async def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         duration=args.duration,
         run_id=args.run_id,
+        obey_control=args.obey_control,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

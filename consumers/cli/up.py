@@ -49,6 +49,11 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=7, help="demo scenario seed (default 7)")
     parser.add_argument(
+        "--obey-control",
+        action="store_true",
+        help="demo Corail pods stop the sessions the services pause (see `agentstream demo`)",
+    )
+    parser.add_argument(
         "--first-port",
         type=int,
         default=9101,
@@ -90,6 +95,7 @@ async def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         agents=args.agents,
         rate=args.rate,
+        obey_control=args.obey_control,
         first_port=args.first_port,
         plain=args.plain,
         drain_timeout=args.drain_timeout,

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agentstream.consumers.broker import free_port
+from agentstream.consumers.cli._demo.scenario import plan
 from agentstream.consumers.cli._up.monitor import metric_sums
 from agentstream.consumers.cli._up.processes import pick_port
 
@@ -66,6 +67,7 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
             str(logs),
             "--seed",
             "7",
+            "--obey-control",
             "--partitions",
             "2",
             "--first-port",
@@ -87,6 +89,17 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     busting = {s["session_id"] for s in sessions if s["kind"].startswith("budget")}
     assert looping and busting, [s["kind"] for s in sessions]
     assert manifest["delivered"] == manifest["events"] == len(manifest["published"]) > 300
+    # each session played its plan for seed 7 to the end, unless a pause directive stopped
+    # it (Corail pods obey them with --obey-control): only looping sessions get paused
+    planned = {s.key: s for s in plan(7, manifest["agents"], 50)}
+    for played in sessions:
+        steps = len(planned[played["key"]].steps)
+        assert planned[played["key"]].kind == played["kind"]
+        if played["paused"]:
+            assert played["kind"].startswith("loop") and played["family"] == "corail"
+            assert played["events"] <= steps, played
+        else:
+            assert played["events"] == steps, played
 
     # looping sessions, and only they, were blocked by the loops service
     blocked = {

@@ -27,9 +27,11 @@ from agentstream.producer import (
     AuditEmitter,
     Event,
     EventBus,
+    EventType,
     KafkaCollector,
     KafkaPublisher,
     Publisher,
+    StopReason,
     event_scope,
 )
 from agentstream.schemas.settings import KafkaSettings
@@ -69,6 +71,7 @@ class SessionRecord:
     session: PlannedSession
     session_id: str
     events: int = 0
+    paused: bool = False  # stopped early by a control directive (--obey-control)
 
 
 @dataclass
@@ -84,12 +87,17 @@ class DemoSummary:
     delivered: int = 0
     dropped: int = 0
     flushed: bool = False
+    obey_control: bool = False
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
 
     @property
     def looping(self) -> list[SessionRecord]:
         return [s for s in self.sessions if s.session.loops]
+
+    @property
+    def paused(self) -> int:
+        return sum(s.paused for s in self.sessions)
 
     @property
     def budget_busting(self) -> list[SessionRecord]:
@@ -105,6 +113,11 @@ class DemoSummary:
             f"{self.dropped} dropped{'' if self.flushed else ' (flush timed out)'}",
             f"looping sessions: {len(self.looping)}; budget-busting sessions: "
             f"{len(self.budget_busting)}",
+            *(
+                [f"sessions stopped by a pause directive: {self.paused}"]
+                if self.obey_control
+                else []
+            ),
             *(
                 []
                 if self.flushed and not self.dropped
@@ -124,6 +137,7 @@ class DemoSummary:
             "delivered": self.delivered,
             "dropped": self.dropped,
             "flushed": self.flushed,
+            "obey_control": self.obey_control,
             "sessions": [
                 {
                     "session_id": s.session_id,
@@ -133,6 +147,7 @@ class DemoSummary:
                     "user_id": s.session.user_id,
                     "kind": s.session.kind,
                     "events": s.events,
+                    "paused": s.paused,
                 }
                 for s in self.sessions
             ],
@@ -153,6 +168,7 @@ class Demo:
         seed: int,
         duration: float | None,
         run_id: str | None = None,
+        obey_control: bool = False,
     ) -> None:
         if agents < 1 or rate <= 0:
             raise ValueError(f"expected agents >= 1 and rate > 0, got {agents} and {rate}")
@@ -169,6 +185,7 @@ class Demo:
         self._stop = asyncio.Event()
         self._next_slot = 0.0  # loop time of the next event allowed by ``rate``
         self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
+        self.summary.obey_control = obey_control
         self.published: list[tuple[str, str, str]] = []
 
     def stop(self) -> None:
@@ -216,11 +233,17 @@ class Demo:
         sessions = agent_sessions(self.seed, index)
         corail = agent_family(index) == "corail"
         bus = EventBus(publisher, agent_id=agent_id(index)) if corail else None
+        paused: set[str] = set()
+        if bus is not None and self.summary.obey_control:
+            # the pod's guard, as in the producer notes: a paused session makes no more calls
+            bus.subscribe(EventType.CONTROL_AGENT_PAUSED, lambda e: paused.add(e.session_id))
+            bus.subscribe(EventType.CONTROL_AGENT_RESUMED, lambda e: paused.discard(e.session_id))
+            await bus.enable_control(self.settings)
         for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
             record = SessionRecord(planned, planned.session_id(self.run_id))
             self.summary.sessions.append(record)
             if bus is not None:
-                await self._corail(bus, planned)
+                await self._corail(bus, planned, record, paused)
             else:
                 await self._calute(publisher, planned)
         if bus is not None:
@@ -244,8 +267,11 @@ class Demo:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _corail(self, bus: EventBus, planned: PlannedSession) -> None:
+    async def _corail(
+        self, bus: EventBus, planned: PlannedSession, record: SessionRecord, paused: set[str]
+    ) -> None:
         session_id = planned.session_id(self.run_id)
+        last_round = 0
         for step in planned.steps:
             await self._pace(step.delay_ms)
             with bus.scope(
@@ -253,6 +279,15 @@ class Demo:
                 user_id=planned.user_id,
                 turn_id=planned.turn_id(self.run_id, step.turn),
             ):
+                if step.action in _GUARDED and session_id in paused:
+                    # paused by a service: no new user turn, round or tool call
+                    record.paused = True
+                    if step.action != EventType.MESSAGE_RECEIVED:  # a turn is open: end it
+                        data = {"round": last_round, "stop_reason": StopReason.USER_ABORTED}
+                        await bus.emit(Event(type=EventType.TURN_ENDED, data=data))
+                    return
+                if step.action == EventType.TURN_STARTED:
+                    last_round = int(step.fields["round"])
                 await bus.emit(Event(type=step.action, data=dict(step.fields)))
 
     async def _calute(self, publisher: RecordingPublisher, planned: PlannedSession) -> None:
@@ -264,6 +299,9 @@ class Demo:
             with event_scope(user_id=planned.user_id):
                 _CALUTE_CALLS[step.action](emitter, {**step.fields, **ids})
 
+
+# Where a paused Corail pod stops (--obey-control): before each user turn, round, tool call.
+_GUARDED = frozenset({EventType.MESSAGE_RECEIVED, EventType.TURN_STARTED, EventType.TOOL_CALLED})
 
 CaluteCall = Callable[[AuditEmitter, dict[str, Any]], None]
 

@@ -43,6 +43,7 @@ class UpOptions:
     seed: int
     agents: int
     rate: float
+    obey_control: bool = False
     first_port: int = 9101
     plain: bool = False
     ready_timeout: float = 120.0
@@ -246,6 +247,7 @@ class Up:
                 str(o.seed),
                 "--manifest",
                 str(o.log_dir / "demo-manifest.json"),
+                *(["--obey-control"] if o.obey_control else []),
             ),
             o.log_dir / "demo.log",
         )
@@ -413,11 +415,13 @@ class Up:
         if self.demo is not None and manifest.exists():
             data = json.loads(manifest.read_text())
             kinds = [s["kind"] for s in data["sessions"]]
+            paused = sum(bool(s.get("paused")) for s in data["sessions"])
             lines.append(
                 f"demo: {len(kinds)} sessions, {data['events']} events "
                 f"({data['delivered']} acknowledged), "
                 f"{sum(k.startswith('loop') for k in kinds)} looping, "
                 f"{sum(k.startswith('budget') for k in kinds)} budget-busting"
+                + (f", {paused} stopped by a pause directive" if data.get("obey_control") else "")
             )
         counts = self.monitor.alert_counts
         lines.append(
