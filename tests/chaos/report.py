@@ -41,6 +41,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "small size, so a regression fails CI. Embedded broker (Tansu) on loopback, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
+        "*stored* = distinct events in the store (for producer rows: delivered to Kafka; for "
+        "tracing: traces exported); *alerted* = distinct findings alerted; "
         "*lost* = sent and never stored, alerted or exported where the design promises it; "
         "*duplicated* = the same event stored, or the same finding or span emitted, more than "
         "once; n/a = not applicable to that service.",
