@@ -219,6 +219,35 @@ def emit_section(report: Report) -> None:
         f"({'met' if data.get('target_met') else 'not met'}).",
         "",
     ]
+    adoption = report.results.get("adoption")
+    if adoption is not None:
+        adoption_table(report, adoption)
+
+
+def adoption_table(report: Report, data: dict[str, Any]) -> None:
+    """The adoption paths (``adoption.json``): a framework's own bus or emitter, in-process,
+    against the same call shipping through agentstream; the baseline of a case is its last
+    in-process row (for Corail's bus: with a no-op ``*`` handler, the forwarder's position)."""
+    baseline: dict[str, dict[str, Any]] = {}
+    rows = []
+    for row in data.get("rows") or []:
+        if not isinstance(row, dict):
+            continue
+        case, kind = str(row.get("case")), str(row.get("kind"))
+        ours = "Forwarder" in kind or "KafkaCollector" in kind
+        base = baseline.get(case)
+        rows.append(
+            [
+                f"{case} ({kind})",
+                fmt(row.get("median_us"), "µs", 2),
+                fmt(row.get("p99_us"), "µs", 2),
+                ratio(row.get("median_us"), base.get("median_us")) if ours and base else "—",
+            ]
+        )
+        if not ours:
+            baseline[case] = row
+    report.lines += table(["adoption path, per event", "median", "p99", "vs in-process"], rows)
+    report.lines.append("")
 
 
 def producer_section(report: Report) -> None:
