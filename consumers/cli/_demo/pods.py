@@ -156,8 +156,9 @@ class DemoSummary:
 
 
 class Demo:
-    """``agents`` pods sharing one publisher (as pods of one process would share nothing;
-    here the publisher is only the transport)."""
+    """``agents`` simulated pods in one process. Each pod has its own ``EventBus`` (Corail)
+    or one ``AuditEmitter`` per session (Calute); they share one ``KafkaPublisher``, as the
+    components of one real pod do, so the demo costs one producer connection."""
 
     def __init__(
         self,
@@ -218,7 +219,7 @@ class Demo:
             self.summary.dropped = sum(stats.dropped.values()) + stats.failed
             self.summary.dropped_by_reason = {**stats.dropped, "failed": stats.failed}
             self.summary.last_error = stats.last_error
-        self.published = recorder.published
+            self.published = recorder.published
         return self.summary
 
     def write_manifest(self, path: Path) -> None:
@@ -239,15 +240,17 @@ class Demo:
             bus.subscribe(EventType.CONTROL_AGENT_PAUSED, lambda e: paused.add(e.session_id))
             bus.subscribe(EventType.CONTROL_AGENT_RESUMED, lambda e: paused.discard(e.session_id))
             await bus.enable_control(self.settings)
-        for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
-            record = SessionRecord(planned, planned.session_id(self.run_id))
-            self.summary.sessions.append(record)
+        try:
+            for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
+                record = SessionRecord(planned, planned.session_id(self.run_id))
+                self.summary.sessions.append(record)
+                if bus is not None:
+                    await self._corail(bus, planned, record, paused)
+                else:
+                    await self._calute(publisher, planned)
+        finally:
             if bus is not None:
-                await self._corail(bus, planned, record, paused)
-            else:
-                await self._calute(publisher, planned)
-        if bus is not None:
-            await bus.close()
+                await bus.close()  # stops its control listener, if any
 
     async def _pace(self, delay_ms: int) -> None:
         """Wait the step's scaled delay, then for the next slot of the overall rate (no
