@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import subprocess
@@ -10,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.produce import produce_events
 from support.runtime import read_records
 
 from agentstream.consumers.cli._demo.pods import Demo
@@ -22,6 +24,7 @@ from agentstream.consumers.cli._demo.scenario import (
 )
 from agentstream.schemas.catalogue import EventType
 from agentstream.schemas.codec import decode_record
+from agentstream.schemas.envelope import Event
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -134,6 +137,41 @@ async def test_a_short_demo_publishes_both_families_as_typed_events(
     corail = {e.agent_id for e in events if not e.type.startswith("audit.")}
     calute = {e.agent_id for e in events if e.type.startswith("audit.")}
     assert corail and calute and not corail & calute
+
+
+async def test_with_obey_control_a_paused_corail_session_stops_early(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A pause for the first session of a Corail pod (as the loops service sends it) stops
+    that session at its next turn, round or tool call; the pod's next sessions play on."""
+    demo = Demo(
+        kafka_settings, agents=1, rate=10, seed=7, duration=4, run_id="t2", obey_control=True
+    )
+    first = next(agent_sessions(7, 0))
+    target = first.session_id("t2")
+    running = asyncio.create_task(demo.run())
+    try:
+        # the listener starts at the end of the topic: repeat the directive until it lands
+        while not any(r.paused for r in demo.summary.sessions) and not running.done():
+            pause = Event(
+                type=EventType.CONTROL_AGENT_PAUSED,
+                agent_id=first.agent_id,
+                session_id=target,
+                data={"reason": "test", "service": "loops"},
+            )
+            await produce_events(kafka_settings, [pause], topic=kafka_settings.routing().control)
+            await asyncio.sleep(0.1)
+        summary = await running
+    finally:
+        demo.stop()
+        await asyncio.gather(running, return_exceptions=True)
+    assert summary.sessions[0].session_id == target and summary.sessions[0].paused
+    assert summary.sessions[0].events < len(first.steps)
+    ended = [(t, sid) for _, t, sid in demo.published if sid == target]
+    assert not ended or ended[-1][0] == EventType.TURN_ENDED
+    assert len(summary.sessions) > 1 and not any(r.paused for r in summary.sessions[1:])
+    for record in summary.sessions[1:]:
+        assert record.events == len(record.session.steps)
 
 
 @pytest.mark.parametrize("seed", [11])
