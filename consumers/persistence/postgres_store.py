@@ -67,8 +67,8 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def _json(event: Event) -> str:
-    text = event_json(event)
+def _json(text: str) -> str:
+    """JSON text jsonb accepts (it refuses NUL characters: replaced by U+FFFD)."""
     return _JSON_NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
@@ -162,10 +162,16 @@ class PostgresStore(Store):
     # --- writing ---------------------------------------------------------------------------
 
     async def write_batch(
-        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+        self,
+        events: Sequence[Event],
+        locations: Sequence[RecordLocation] | None = None,
+        documents: Sequence[str] | None = None,
     ) -> int:
         if not events:
             return 0
+        texts = [event_json(e) for e in events] if documents is None else documents
+        if len(texts) != len(events):
+            raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
         columns: list[list[Any]] = [
             [stored_id(e.event_id) for e in events],
             [_text(e.type) for e in events],
@@ -177,7 +183,7 @@ class PostgresStore(Store):
             [int64(e.seq) for e in events],
             [_text(e.source) for e in events],
             [int64(e.schema_version) for e in events],
-            [_json(e) for e in events],
+            [_json(t) for t in texts],
         ]
         if locations is None:
             columns += [[None] * len(events)] * 3
@@ -221,9 +227,9 @@ class PostgresStore(Store):
     async def count(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM events"))[0][0])
 
-    async def timeline(self, session_id: str) -> list[Event]:
+    async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
         sql = f"SELECT event_id, event::text FROM events WHERE session_id = $1 {_ORDER}"
-        return self._decode(await self._fetch(sql, session_id))
+        return [(str(r[0]), r[1]) for r in await self._fetch(sql, session_id)]
 
     async def events(
         self,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 
 from agentstream.schemas import Event
+from agentstream.schemas.codec import Encoding
 
 from .store import StoreError
+
+log = logging.getLogger("agentstream.consumers.persistence")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -36,8 +41,41 @@ def int64(value: int) -> int:
 
 
 def event_json(event: Event) -> str:
-    """The whole envelope as JSON text (what the ``event`` column holds)."""
+    """The envelope re-encoded as JSON text (the ``event`` column of events built in code)."""
     return _encoder.encode(event).decode()
+
+
+def original_json(event: Event, value: bytes, encoding: Encoding) -> str:
+    """The ``event`` column of a consumed record: its original envelope as JSON text, with
+    every field as the producer sent it, including those this version's ``Event`` does not
+    know (a newer producer's). JSON records are kept as they came; MessagePack ones are
+    decoded untyped and written as JSON. Without ``value``, or with a MessagePack value JSON
+    cannot hold (extension types), the decoded envelope re-encoded."""
+    if not value:
+        return event_json(event)
+    if encoding == "json":
+        return value.decode("utf-8")  # decoded as an envelope already: valid UTF-8 JSON
+    try:
+        return _encoder.encode(msgspec.msgpack.decode(value)).decode()
+    except (msgspec.DecodeError, TypeError) as exc:
+        log.warning(
+            "event %s: MessagePack envelope not representable as JSON (%s); storing the "
+            "decoded envelope, fields unknown to this version are dropped",
+            event.event_id,
+            exc,
+        )
+        return event_json(event)
+
+
+def original_document(text: str | bytes, where: str) -> dict[str, Any]:
+    """A stored ``event`` column as a plain JSON object (unknown fields included)."""
+    try:
+        found = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise StoreError(f"expected a stored event envelope in {where}, got: {exc}") from None
+    if not isinstance(found, dict):
+        raise StoreError(f"expected a JSON object in {where}, got {type(found).__name__}")
+    return found
 
 
 def event_from_json(text: str | bytes, where: str) -> Event:

@@ -1,5 +1,8 @@
 """The persistence handler: each batch of records becomes one store transaction.
 
+Each event is stored as its record's original envelope (JSON as it came; MessagePack written
+as JSON), so fields a newer producer added are kept (``timeline(session, raw=True)``).
+
 Exactly-once effect on at-least-once delivery: the insert is idempotent by ``event_id`` and
 the transaction commits before the handler returns, so before the runtime may commit the
 records' offsets. A crash between the two redelivers records that are already stored; they
@@ -29,6 +32,7 @@ from agentstream.consumers.runtime import BatchDeadLetter, Record
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, RecordLocation
 
+from .rows import original_json
 from .store import Store, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -91,10 +95,11 @@ class EventSink:
             return
         events = [r.event for r in records]
         locations = [r.location for r in records]
+        documents = [original_json(r.event, r.value, r.encoding) for r in records]
         try:
-            await self._write(events, locations)
+            await self._write(events, locations, documents)
         except StoreError:
-            refused = await self._refused(events, locations)
+            refused = await self._refused(events, locations, documents)
             if not refused:
                 return  # accepted on the second try
             for _, location, error in refused[:5]:
@@ -106,13 +111,15 @@ class EventSink:
                 }
             ) from None
 
-    async def _write(self, events: list[Event], locations: list[RecordLocation]) -> None:
+    async def _write(
+        self, events: list[Event], locations: list[RecordLocation], documents: list[str]
+    ) -> None:
         """Write and commit, retrying for as long as the store is unavailable."""
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                inserted = await self.store.write_batch(events, locations)
+                inserted = await self.store.write_batch(events, locations, documents)
             except StoreUnavailableError as exc:
                 attempt += 1
                 self.metrics.unavailable.inc()
@@ -140,17 +147,16 @@ class EventSink:
         self.metrics.duplicates.inc(len(events) - inserted)
 
     async def _refused(
-        self, events: list[Event], locations: list[RecordLocation]
+        self, events: list[Event], locations: list[RecordLocation], documents: list[str]
     ) -> list[tuple[Event, RecordLocation, StoreError]]:
         """Bisect a batch the store refused: store every event it accepts, return the others
         with the store's error (the runtime dead-letters only those)."""
         try:
-            await self._write(events, locations)
+            await self._write(events, locations, documents)
             return []
         except StoreError as exc:
             if len(events) == 1:
                 return [(events[0], locations[0], exc)]
         mid = len(events) // 2
-        return await self._refused(events[:mid], locations[:mid]) + await self._refused(
-            events[mid:], locations[mid:]
-        )
+        first = await self._refused(events[:mid], locations[:mid], documents[:mid])
+        return first + await self._refused(events[mid:], locations[mid:], documents[mid:])

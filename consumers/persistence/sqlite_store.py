@@ -156,17 +156,23 @@ class SqliteStore(Store):
     # --- writing ---------------------------------------------------------------------------
 
     async def write_batch(
-        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+        self,
+        events: Sequence[Event],
+        locations: Sequence[RecordLocation] | None = None,
+        documents: Sequence[str] | None = None,
     ) -> int:
         if not events:
             return 0
         now = to_micros(datetime.now(UTC))
+        texts = [event_json(e) for e in events] if documents is None else documents
+        if len(texts) != len(events):
+            raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
         if locations is None:
-            rows = [_row(e, None, None, None, now) for e in events]
+            rows = [_row(e, None, None, None, now, t) for e, t in zip(events, texts, strict=True)]
         else:
             rows = [
-                _row(e, loc.topic, loc.partition, loc.offset, now)
-                for e, loc in zip(events, locations, strict=True)
+                _row(e, loc.topic, loc.partition, loc.offset, now, t)
+                for e, loc, t in zip(events, locations, texts, strict=True)
             ]
         return await self._run(lambda conn: _insert(conn, rows))
 
@@ -185,10 +191,10 @@ class SqliteStore(Store):
             lambda conn: conn.execute("SELECT count(*) FROM events").fetchone()[0]
         )
 
-    async def timeline(self, session_id: str) -> list[Event]:
+    async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
         sql = f"SELECT event_id, event FROM events WHERE session_id = ? {_ORDER}"
         rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
-        return [event_from_json(text, f"row {eid} of {self.path}") for eid, text in rows]
+        return [(eid, text) for eid, text in rows]
 
     async def events(
         self,
@@ -266,7 +272,7 @@ class SqliteStore(Store):
 
 
 def _row(
-    e: Event, topic: str | None, partition: int | None, offset: int | None, now: int
+    e: Event, topic: str | None, partition: int | None, offset: int | None, now: int, text: str
 ) -> tuple[Any, ...]:
     return (
         e.event_id,
@@ -279,7 +285,7 @@ def _row(
         int64(e.seq),
         e.source,
         int64(e.schema_version),
-        event_json(e),
+        text,
         topic,
         partition,
         offset,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Literal, Self, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from agentstream.schemas import AgentstreamError, Event, RecordLocation
@@ -122,11 +122,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def write_batch(
-        self, events: Sequence[Event], locations: Sequence[RecordLocation] | None = None
+        self,
+        events: Sequence[Event],
+        locations: Sequence[RecordLocation] | None = None,
+        documents: Sequence[str] | None = None,
     ) -> int:
         """Store ``events`` in one transaction, skipping those whose ``event_id`` is already
         stored; return how many were new. The transaction is committed when this returns.
-        ``locations`` (same length) records the Kafka topic, partition and offset of each."""
+        ``locations`` (same length) records the Kafka topic, partition and offset of each;
+        ``documents`` (same length) the JSON text kept as each whole event (the record's
+        original envelope, with fields this version does not know; default: the event
+        re-encoded)."""
 
     @abc.abstractmethod
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
@@ -141,9 +147,28 @@ class Store(abc.ABC):
         """Sessions, latest activity first: those with an event of ``agent`` (when given)
         and an event at or after ``since`` (when given). Counts cover the whole session."""
 
+    @overload
+    async def timeline(self, session_id: str, *, raw: Literal[False] = False) -> list[Event]: ...
+
+    @overload
+    async def timeline(self, session_id: str, *, raw: Literal[True]) -> list[dict[str, Any]]: ...
+
+    async def timeline(
+        self, session_id: str, *, raw: bool = False
+    ) -> list[Event] | list[dict[str, Any]]:
+        """Every stored event of a session, in timeline order (see the module docs). With
+        ``raw``, each as the JSON object stored: the envelope as the producer sent it, with
+        fields this version's :class:`Event` does not know."""
+        from .rows import event_from_json, original_document
+
+        rows = await self._timeline_rows(session_id)
+        if raw:
+            return [original_document(text, f"row {eid} of {self.url}") for eid, text in rows]
+        return [event_from_json(text, f"row {eid} of {self.url}") for eid, text in rows]
+
     @abc.abstractmethod
-    async def timeline(self, session_id: str) -> list[Event]:
-        """Every stored event of a session, in timeline order (see the module docs)."""
+    async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
+        """``(stored id, event JSON)`` of every event of a session, in timeline order."""
 
     @abc.abstractmethod
     async def events(

@@ -194,6 +194,7 @@ class PartitionWorker:
             raw.key,
             raw.timestamp,
             headers if type(headers) is tuple else tuple(headers),
+            raw.value,
         )
         for sub in batches:
             batch = self._batches.get(sub)

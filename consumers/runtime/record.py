@@ -5,11 +5,14 @@ from __future__ import annotations
 import msgspec
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import Event, RecordLocation
+from agentstream.schemas import Event, RecordLocation, header
+from agentstream.schemas.codec import Encoding, encoding_of
 
 
 class Record(msgspec.Struct, frozen=True):
-    """One consumed record, decoded (immutable)."""
+    """One consumed record, decoded (immutable). ``value`` is the record's bytes as they came
+    (in :attr:`encoding`): what the envelope holds beyond this version's ``Event`` fields (a
+    newer producer's) is only there."""
 
     event: Event
     topic: str
@@ -18,6 +21,12 @@ class Record(msgspec.Struct, frozen=True):
     key: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...]
+    value: bytes = b""
+
+    @property
+    def encoding(self) -> Encoding:
+        """The wire format of :attr:`value`, from the ``content-type`` header (JSON without)."""
+        return encoding_of(header(self.headers, "content-type"), where=self.location)
 
     @property
     def topic_partition(self) -> TopicPartition:

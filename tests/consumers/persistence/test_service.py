@@ -6,13 +6,14 @@ from __future__ import annotations
 import sqlite3
 from datetime import timedelta
 
+import msgspec
 from support.persistence import count_is, metric, persistence, settings_for, stream
-from support.produce import produce_events
+from support.produce import produce_events, produce_raw
 from support.runtime import read_records, wait_until
 
 from agentstream.consumers.persistence import open_store
 from agentstream.consumers.runtime import EventConsumer
-from agentstream.schemas import Event, decode_record, utc_now
+from agentstream.schemas import Event, decode_record, event_headers, utc_now
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -125,3 +126,28 @@ async def test_a_refused_event_does_not_take_its_batch_down(
 
 def committed_total(consumer: EventConsumer) -> int:
     return sum(consumer.committed_offsets().values())
+
+
+async def test_envelope_fields_unknown_to_this_version_are_kept(
+    kafka_settings: KafkaSettings, store_url: str
+) -> None:
+    """A newer producer's envelope (an extra top-level field) is stored as it came, for JSON
+    and MessagePack records, and read back whole through ``timeline(raw=True)``."""
+    topic = kafka_settings.routing().events
+    newer = {"trace_flags": {"sampled": True, "vendor": ["a", 1]}, "priority": 7}
+    sent = []
+    for i, encoding in enumerate(("json", "msgpack")):
+        event = Event(type="tool.called", session_id="s-newer", seq=i, data={"name": "t"})
+        document = {**msgspec.to_builtins(event), **newer, "data": {"name": "t", "later": i}}
+        encode = msgspec.json.encode if encoding == "json" else msgspec.msgpack.encode
+        headers = event_headers(event, encoding)
+        await produce_raw(kafka_settings, topic, encode(document), key=b"s-newer", headers=headers)
+        sent.append((event, document))
+    settings = settings_for(kafka_settings, store_url)
+    async with persistence(settings) as (_, store):
+        await wait_until(lambda: count_is(store, 2), what="both events stored")
+        raw = await store.timeline("s-newer", raw=True)
+        events = await store.timeline("s-newer")
+    assert raw == [document for _, document in sent]
+    assert [e.event_id for e in events] == [event.event_id for event, _ in sent]
+    assert events[1].data == {"name": "t", "later": 1}
