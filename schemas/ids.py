@@ -19,21 +19,26 @@ import time
 
 _COUNTER_MASK = (1 << 74) - 1
 _RAND_B_MASK = (1 << 62) - 1
+_VARIANT = 0b10 << 62
 _counter = itertools.count(int.from_bytes(os.urandom(10), "big") & _COUNTER_MASK)
+_time_ns = time.time_ns
+# (millisecond, "tttttttt-tttt-7"): the time part changes at most once per millisecond, so it
+# is formatted once per millisecond. A tuple is replaced whole, so threads never see it torn.
+_prefix: tuple[int, str] = (-1, "")
 
 
 def new_event_id() -> str:
     """Return a new UUIDv7 string. Thread-safe (``itertools.count`` is atomic in CPython)."""
+    global _prefix
     c = next(_counter) & _COUNTER_MASK
-    n = (
-        (time.time_ns() // 1_000_000) << 80
-        | 0x7 << 76
-        | (c >> 62) << 64
-        | 0b10 << 62
-        | (c & _RAND_B_MASK)
-    )
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ms = _time_ns() // 1_000_000
+    cached_ms, prefix = _prefix
+    if ms != cached_ms:
+        t = f"{ms:012x}"
+        prefix = f"{t[:8]}-{t[8:]}-7"
+        _prefix = (ms, prefix)
+    b = f"{_VARIANT | (c & _RAND_B_MASK):016x}"
+    return f"{prefix}{c >> 62:03x}-{b[:4]}-{b[4:]}"
 
 
 def event_id_millis(event_id: str) -> int:
