@@ -98,8 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class _RepartitionConsumer(EventConsumer):
     """The runtime's consumer, on the budget's repartition topic instead of the routed ones."""
 
-    def __init__(self, settings: ServiceSettings, *, service: str, topic: str) -> None:
-        super().__init__(settings, service=service, registry=CollectorRegistry())
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        service: str,
+        topic: str,
+        registry: CollectorRegistry,
+    ) -> None:
+        super().__init__(settings, service=service, registry=registry)
         self._topic = topic
 
     def topics(self) -> list[str]:
@@ -127,7 +134,9 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
         settings.model_copy(update={"group_id": f"{consumer.group_id}.repartition"}),
         service=f"{consumer.service}-repartition",
         topic=topic,
+        registry=consumer.registry,  # its runtime metrics and lag in the service's /metrics
     )
+    consumer.add_companion(repartition)  # and its readiness and health in /readyz, /healthz
 
     def stage(cls: type[S]) -> S:
         return cls(

@@ -19,7 +19,7 @@ from agentstream.schemas import Event, EventType, encode_event, event_headers, r
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 from .dispatch import Dispatcher
-from .metrics import ConsumerMetrics, LagCollector
+from .metrics import ConsumerMetrics
 from .partition import PartitionWorker
 from .settings import ServiceSettings
 from .subscriptions import (
@@ -77,7 +77,8 @@ class EventConsumer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.group_id = settings.group_for(service)
         self.metrics = ConsumerMetrics(self.registry, service)
-        self.registry.register(LagCollector(service, self._lag))
+        self.metrics.add_lag_source(self._lag)
+        self._companions: list[EventConsumer] = []
         self._table = SubscriptionTable()
         self._assigned_callbacks: list[PartitionsCallback] = []
         self._revoked_callbacks: list[PartitionsCallback] = []
@@ -237,16 +238,27 @@ class EventConsumer:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    def add_companion(self, other: EventConsumer) -> None:
+        """Count ``other`` (a second consumer group the service runs, e.g. on a topic of its
+        own) in this consumer's :attr:`ready` and :attr:`healthy`, so ``/readyz`` and
+        ``/healthz`` cover it. Give it this consumer's ``registry`` for ``/metrics``."""
+        if other is self:
+            raise ConfigurationError("expected another consumer as a companion, got itself")
+        self._companions.append(other)
+
     @property
     def ready(self) -> bool:
-        """Whether partitions were assigned (at least once)."""
-        return self._ready
+        """Whether partitions were assigned (at least once), here and in every companion."""
+        return self._ready and all(c.ready for c in self._companions)
 
     @property
     def healthy(self) -> bool:
         """Whether the fetch and commit loops run, the fetch loop polled recently, no
-        partition worker died and the last ``on_assigned`` hooks succeeded (``/healthz``)."""
+        partition worker died and the last ``on_assigned`` hooks succeeded (``/healthz``),
+        here and in every companion."""
         if not self._started or self._stopped:
+            return False
+        if not all(c.healthy for c in self._companions):
             return False
         if any(task.done() for task in self._tasks):
             return False

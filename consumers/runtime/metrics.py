@@ -6,6 +6,7 @@ else is ``other``), outcome, and topic/partition for lag.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -48,11 +49,14 @@ LagSource = Callable[[], Iterable[tuple[str, int, int]]]
 
 
 class LagCollector(Collector):
-    """``agentstream_consumer_lag``: high watermark - committed offset, computed at scrape."""
+    """``agentstream_consumer_lag``: high watermark - committed offset, computed at scrape,
+    for every consumer registered on the registry (a service may run several groups)."""
 
-    def __init__(self, service: str, source: LagSource) -> None:
-        self._service = service
-        self._source = source
+    def __init__(self) -> None:
+        self._sources: list[tuple[str, LagSource]] = []
+
+    def add(self, service: str, source: LagSource) -> None:
+        self._sources.append((service, source))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -60,17 +64,18 @@ class LagCollector(Collector):
             "Records not yet committed per partition (high watermark - committed offset).",
             labels=["service", "topic", "partition"],
         )
-        for topic, partition, lag in self._source():
-            family.add_metric([self._service, topic, str(partition)], lag)
+        for service, source in self._sources:
+            for topic, partition, lag in source():
+                family.add_metric([service, topic, str(partition)], lag)
         yield family
 
 
-class ConsumerMetrics:
-    """Counters, histograms and gauges of one :class:`EventConsumer`."""
+class _Families:
+    """The runtime's metric families on one registry, shared by every consumer on it (a
+    service running two consumer groups shows both, told apart by the ``service`` label)."""
 
-    def __init__(self, registry: CollectorRegistry, service: str) -> None:
-        self.service = service
-        self._records = Counter(
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
             "agentstream_consumer_records_total",
             "Records by outcome: consumed (handed to handlers), skipped (no subscription "
             "matched), failed (a handler gave up or the record was undecodable), "
@@ -78,14 +83,14 @@ class ConsumerMetrics:
             ["service", "type", "outcome"],
             registry=registry,
         )
-        self._duration = Histogram(
+        self.duration = Histogram(
             "agentstream_consumer_handler_duration_seconds",
             "Duration of one handler call (one attempt; a batch call for batch handlers).",
             ["service", "handler"],
             buckets=HANDLER_BUCKETS,
             registry=registry,
         )
-        self._retries = Counter(
+        self.retries = Counter(
             "agentstream_consumer_handler_retries_total",
             "Handler calls that raised and were retried.",
             ["service", "handler"],
@@ -96,40 +101,75 @@ class ConsumerMetrics:
             "Partition assignments received (each rebalance this member took part in).",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
         self.assigned_partitions = Gauge(
             "agentstream_consumer_assigned_partitions",
             "Partitions currently assigned to this process.",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
         self.paused_partitions = Gauge(
             "agentstream_consumer_paused_partitions",
             "Assigned partitions whose fetching is paused (backpressure or DLQ outage).",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
         self.buffered_records = Gauge(
             "agentstream_consumer_buffered_records",
             "Records fetched and not yet finished.",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
         self.commit_failures = Counter(
             "agentstream_consumer_commit_failures_total",
             "Offset commits the group coordinator refused or that failed (re-processed later).",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
         self.dead_letter_errors = Counter(
             "agentstream_consumer_dead_letter_errors_total",
             "Failed attempts to publish a dead letter (retried; the record stays uncommitted).",
             ["service"],
             registry=registry,
-        ).labels(service)
+        )
+        self.lag = LagCollector()
+        registry.register(self.lag)
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+
+
+def _families(registry: CollectorRegistry) -> _Families:
+    found = _FAMILIES.get(registry)
+    if found is None:
+        found = _FAMILIES[registry] = _Families(registry)
+    return found
+
+
+class ConsumerMetrics:
+    """Counters, histograms and gauges of one :class:`EventConsumer`, labelled with its
+    service name; consumers sharing a registry share the metric families."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self.service = service
+        families = _families(registry)
+        self._records = families.records
+        self._duration = families.duration
+        self._retries = families.retries
+        self.rebalances = families.rebalances.labels(service)
+        self.assigned_partitions = families.assigned_partitions.labels(service)
+        self.paused_partitions = families.paused_partitions.labels(service)
+        self.buffered_records = families.buffered_records.labels(service)
+        self.commit_failures = families.commit_failures.labels(service)
+        self.dead_letter_errors = families.dead_letter_errors.labels(service)
+        self._lag = families.lag
         self._record_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         self._retry_children: dict[str, Counter] = {}
+
+    def add_lag_source(self, source: LagSource) -> None:
+        """Report ``source``'s lag under this consumer's service name."""
+        self._lag.add(self.service, source)
 
     def record(self, event_type: str | None, outcome: str, count: int = 1) -> None:
         key = (type_label(event_type), outcome)

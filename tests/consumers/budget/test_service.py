@@ -60,6 +60,21 @@ async def test_warning_then_exceeded_once_each_across_partitions(
             await wait_until(
                 lambda: drained(settings, consumer.group_id), what="both stages drained"
             )
+            # the repartition group is in the service's /metrics and /readyz too
+            assert consumer.ready and consumer.healthy
+            sample = consumer.registry.get_sample_value
+            consumed = {"type": "other", "outcome": "consumed"}  # budget.usage: not catalogued
+            assert sample(
+                "agentstream_consumer_records_total", {"service": "budget-repartition", **consumed}
+            )
+            lagged = {
+                s.labels["topic"]
+                for family in consumer.registry.collect()
+                if family.name == "agentstream_consumer_lag"
+                for s in family.samples
+                if s.labels["service"] == "budget-repartition"
+            }
+            assert lagged == {f"{settings.topic_prefix}.budget-repartition"}
     alerts = await read_events(settings, settings.routing().alerts)
     ids = collections.Counter(a.event_id for a in alerts)
     assert all(n == 1 for n in ids.values()), ids

@@ -220,3 +220,47 @@ async def test_lag_counts_every_produce_batch_and_goes_on_while_paused(
         gate.set()
         await wait_until(lambda: len(handled) == 28)
         await wait_until(lambda: lag() == 0.0, what="lag back to 0")
+
+
+async def test_companion_consumers_share_metrics_readiness_and_health(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A service running two consumer groups: both in one registry, readiness and health."""
+    from prometheus_client import CollectorRegistry
+
+    settings = service_settings(kafka_settings)
+    registry = CollectorRegistry()
+    main = EventConsumer(settings, service="main", registry=registry)
+    side = EventConsumer(settings, service="side", registry=registry)
+    seen: list[str] = []
+
+    @main.subscribe("tool.*")
+    async def on_tool(event: Event) -> None:
+        seen.append(event.type)
+
+    @side.subscribe("llm.*")
+    async def on_llm(event: Event) -> None:
+        seen.append(event.type)
+
+    main.add_companion(side)
+    async with running_consumer(side):
+        assert not main.ready, "ready only when the companion is ready too"
+        async with running_consumer(main):
+            assert main.ready and main.healthy
+            await produce_events(
+                settings, [sample_event("tool.called", 0), sample_event("llm.token", 1)]
+            )
+            await wait_until(lambda: sorted(seen) == ["llm.token", "tool.called"])
+            sample = registry.get_sample_value
+            for service, kind in (("main", "tool.called"), ("side", "llm.token")):
+                labels = {"service": service, "type": kind, "outcome": "consumed"}
+                assert sample("agentstream_consumer_records_total", labels) == 1
+            lagging = {
+                s.labels["service"]
+                for family in registry.collect()
+                if family.name == "agentstream_consumer_lag"
+                for s in family.samples
+            }
+            assert lagging == {"main", "side"}
+            await side.stop()
+            assert not main.healthy, "a stopped companion makes the service unhealthy"
