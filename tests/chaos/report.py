@@ -25,6 +25,13 @@ def cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def lost_cell(row: dict[str, Any]) -> str:
+    lost, counted = row.get("lost"), row.get("lost_counted")
+    if counted is not None and lost:
+        return f"{cell(lost)} ({'all' if counted == lost else cell(counted)} counted)"
+    return cell(lost)
+
+
 def rank(name: str) -> tuple[int, str]:
     for i, prefix in enumerate(ORDER):
         if name.startswith(prefix):
@@ -56,7 +63,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         for row in data.get("rows", []):
             summary.append(
                 [data.get("title", name), row.get("subject", "?"), cell(row.get("sent")),
-                 cell(row.get("stored")), cell(row.get("alerted")), cell(row.get("lost")),
+                 cell(row.get("stored")), cell(row.get("alerted")), lost_cell(row),
                  cell(row.get("duplicated"))]
             )  # fmt: skip
     lines += ["| scenario | subject | sent | stored | alerted | lost | duplicated |"]

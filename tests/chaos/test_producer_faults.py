@@ -172,6 +172,7 @@ async def test_full_spool_disk_counts_every_drop(
     figures.rows.append(
         Row("producer → Kafka", len(events), stored=len(set(delivered) & sent_ids),
             lost=len(sent_ids - set(delivered)), duplicated=len(delivered) - len(set(delivered)),
+            lost_counted=int(dropped(registry)),
             note=f"dropped and counted: {dropped(registry):.0f} ({dict(stats.dropped)})")
     )  # fmt: skip
     figures.details = {"dropped_counter": dropped(registry), "spooled": stats.spooled}

@@ -153,6 +153,7 @@ class Row:
     lost: int = 0
     duplicated: int | None = None
     note: str = ""
+    lost_counted: int | None = None  # of ``lost``, how many a metric counted (never silent)
 
 
 @dataclass
