@@ -9,6 +9,7 @@ from agentstream.schemas.errors import BatchDeadLetter
 
 from .consumer import EventConsumer
 from .deadletter import ERROR_PREFIX, REPLAYED_FROM
+from .dispatch import HandlerTimeoutError
 from .record import Record
 from .settings import ServiceSettings
 from .spec import ServiceSpec
@@ -21,6 +22,7 @@ __all__ = [
     "BatchHandler",
     "EventConsumer",
     "Handler",
+    "HandlerTimeoutError",
     "PartitionsCallback",
     "Record",
     "ServiceSettings",

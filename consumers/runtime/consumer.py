@@ -108,6 +108,7 @@ class EventConsumer:
         *,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> H: ...
 
     @overload
@@ -118,6 +119,7 @@ class EventConsumer:
         *,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> Callable[[H], H]: ...
 
     def subscribe(
@@ -127,6 +129,7 @@ class EventConsumer:
         *,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> H | Callable[[H], H]:
         """Call ``handler(event)`` or ``handler(event, record)`` for every matching event.
 
@@ -134,13 +137,15 @@ class EventConsumer:
         ``topics``: topic kinds (``"events"``, ``"tokens"``, ``"alerts"``, ``"control"``)
         narrowing the topics the pattern maps to; the consumer fetches the union over every
         subscription, and a handler only gets records of its own topics.
+        ``timeout_ms``: a call running longer is cancelled and counts as a failed attempt
+        (:class:`HandlerTimeoutError`: retried, then dead-lettered); none by default.
         Without ``handler`` this is a decorator.
         """
         restricted = topic_restriction(self.routing, pattern, topics)
 
         def add(h: H) -> H:
             self._check_not_started()
-            self._table.add(make_subscription(pattern, h, name, restricted))
+            self._table.add(make_subscription(pattern, h, name, restricted, timeout_ms))
             return h
 
         return add if handler is None else add(handler)
@@ -155,6 +160,7 @@ class EventConsumer:
         max_wait_ms: int = 100,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> B: ...
 
     @overload
@@ -167,6 +173,7 @@ class EventConsumer:
         max_wait_ms: int = 100,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> Callable[[B], B]: ...
 
     def subscribe_batch(
@@ -178,19 +185,22 @@ class EventConsumer:
         max_wait_ms: int = 100,
         name: str | None = None,
         topics: Iterable[str] | None = None,
+        timeout_ms: int | None = None,
     ) -> B | Callable[[B], B]:
         """Call ``handler(records)`` with consecutive matching records of one partition.
 
         A batch is handed over when it holds ``max_records`` or its first record waited
         ``max_wait_ms``. All its records count as finished when the handler returns.
-        ``topics`` narrows the topics as for :meth:`subscribe`.
+        ``topics`` and ``timeout_ms`` (one batch call) as for :meth:`subscribe`.
         """
         restricted = topic_restriction(self.routing, pattern, topics)
 
         def add(h: B) -> B:
             self._check_not_started()
             self._table.add(
-                make_batch_subscription(pattern, h, name, max_records, max_wait_ms, restricted)
+                make_batch_subscription(
+                    pattern, h, name, max_records, max_wait_ms, restricted, timeout_ms
+                )
             )
             return h
 

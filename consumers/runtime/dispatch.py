@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from agentstream.schemas import DeadLetter, DecodeError, Event, SkipEvent
-from agentstream.schemas.errors import BatchDeadLetter
+from agentstream.schemas.errors import AgentstreamError, BatchDeadLetter
 
 from .deadletter import (
     REASON_RETRIES_EXHAUSTED,
@@ -30,6 +30,28 @@ log = logging.getLogger("agentstream.consumers.runtime")
 
 DLQ_MAX_BACKOFF_MS = 10_000
 """Longest wait between attempts to publish a dead letter (from ``retry_backoff_ms`` up)."""
+
+
+class HandlerTimeoutError(AgentstreamError):
+    """A handler call did not finish within its subscription's ``timeout_ms``: it was
+    cancelled and counts as a failed attempt (retried, then dead-lettered)."""
+
+    retriable = True
+
+
+async def bounded(call: Awaitable[None], timeout_s: float, name: str, where: object) -> None:
+    """Await ``call``, cancelling it past ``timeout_s`` (raises :class:`HandlerTimeoutError`)."""
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            await call
+    except TimeoutError:
+        if not deadline.expired():  # the handler's own TimeoutError: a failure like any other
+            raise
+        raise HandlerTimeoutError(
+            f"expected handler {name} to finish within {timeout_s * 1000:.0f} ms on {where}, "
+            "it did not and was cancelled"
+        ) from None
 
 
 class Dispatcher:
@@ -58,11 +80,22 @@ class Dispatcher:
     ) -> Failure | None:
         """Run an event handler to its end (see :meth:`attempt`); the first call is inlined."""
         started = time.perf_counter()
+        timeout = sub.timeout_s
         try:
-            await sub.call(event, record)
+            if timeout is None:
+                await sub.call(event, record)
+            else:
+                await bounded(sub.call(event, record), timeout, sub.name, where)
         except Exception as exc:
             self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
-            return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
+            if timeout is None:
+                return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
+            return await self._after(
+                sub.name,
+                lambda: bounded(sub.call(event, record), timeout, sub.name, where),
+                where,
+                exc,
+            )
         self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
         return None
 

@@ -15,7 +15,7 @@ from aiokafka.structs import TopicPartition
 from agentstream.schemas import DecodeError, decode_record, header
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, bounded
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
 from .record import Record
@@ -234,7 +234,13 @@ class PartitionWorker:
         items, batch.items = batch.items, []
         records = [record for record, _ in items]
         where = f"{records[0].location}..{records[-1].offset}"
-        failure = await self._dispatcher.attempt(sub.name, lambda: sub.handler(records), where)
+        timeout = sub.timeout_s
+        if timeout is None:
+            failure = await self._dispatcher.attempt(sub.name, lambda: sub.handler(records), where)
+        else:
+            failure = await self._dispatcher.attempt(
+                sub.name, lambda: bounded(sub.handler(records), timeout, sub.name, where), where
+            )
         if failure is not None:
             unknown = failure.unknown_offsets(records) if failure.per_record else ()
             if unknown:

@@ -58,6 +58,7 @@ class Subscription:
     handler: Handler
     takes_record: bool
     topics: frozenset[str] | None = None
+    timeout_s: float | None = None
 
     def matches(self, topic: str, event_type: str) -> bool:
         return (self.topics is None or topic in self.topics) and matches(self.pattern, event_type)
@@ -77,6 +78,7 @@ class BatchSubscription:
     max_records: int
     max_wait_ms: int
     topics: frozenset[str] | None = None
+    timeout_s: float | None = None
 
     def matches(self, topic: str, event_type: str) -> bool:
         return (self.topics is None or topic in self.topics) and matches(self.pattern, event_type)
@@ -159,6 +161,7 @@ def make_subscription(
     handler: Handler,
     name: str | None,
     topics: frozenset[str] | None = None,
+    timeout_ms: int | None = None,
 ) -> Subscription:
     _require_async(handler)
     return Subscription(
@@ -167,6 +170,7 @@ def make_subscription(
         handler,
         _takes_record(handler),
         topics,
+        _timeout_seconds(timeout_ms),
     )
 
 
@@ -177,6 +181,7 @@ def make_batch_subscription(
     max_records: int,
     max_wait_ms: int,
     topics: frozenset[str] | None = None,
+    timeout_ms: int | None = None,
 ) -> BatchSubscription:
     if max_records < 1 or max_wait_ms < 0:
         raise ConfigurationError(
@@ -190,7 +195,16 @@ def make_batch_subscription(
         max_records,
         max_wait_ms,
         topics,
+        _timeout_seconds(timeout_ms),
     )
+
+
+def _timeout_seconds(timeout_ms: int | None) -> float | None:
+    if timeout_ms is None:
+        return None
+    if timeout_ms <= 0:
+        raise ConfigurationError(f"expected timeout_ms > 0 or None, got {timeout_ms}")
+    return timeout_ms / 1000
 
 
 def topic_restriction(

@@ -195,6 +195,47 @@ async def test_a_batch_handler_dead_letters_single_records(kafka_settings: Kafka
     assert sample("agentstream_consumer_records_total", {**labels, "outcome": "dead_lettered"}) == 2
 
 
+async def test_a_handler_past_its_timeout_is_cancelled_retried_then_dead_lettered(
+    kafka_settings: KafkaSettings,
+) -> None:
+    settings = service_settings(kafka_settings, handler_retries=2)
+    consumer = EventConsumer(settings, service="timed")
+    attempts: list[int] = []
+    cancelled: list[int] = []
+    done: list[int] = []
+    batches: list[int] = []
+
+    @consumer.subscribe("tool.called", timeout_ms=100)
+    async def slow(event: Event) -> None:
+        attempts.append(event.seq)
+        if event.seq == 0 or (event.seq == 1 and attempts.count(1) == 1):
+            try:
+                await asyncio.sleep(60)  # hangs: forever for seq 0, on the first try for seq 1
+            except asyncio.CancelledError:
+                cancelled.append(event.seq)
+                raise
+        done.append(event.seq)
+
+    @consumer.subscribe_batch("*", max_records=1, max_wait_ms=1, timeout_ms=100)
+    async def sink(records: list[Record]) -> None:
+        if records[0].event.seq == 2 and batches.count(2) == 0:
+            batches.append(2)
+            await asyncio.sleep(60)
+        batches.extend(r.event.seq for r in records)
+
+    async with running_consumer(consumer):
+        await produce_events(settings, [sample_event("tool.called", i) for i in range(3)])
+        await wait_until(lambda: done == [1, 2] and sorted(set(batches)) == [0, 1, 2])
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
+    assert attempts.count(0) == 3 and cancelled == [0, 0, 0, 1]
+    headers = dict(letter.headers)
+    assert letter.value == encode_event(sample_event("tool.called", 0))
+    assert headers["agentstream.errors.handler"].endswith(b"slow")
+    assert headers["agentstream.errors.exception.class.name"].endswith(b"HandlerTimeoutError")
+    assert b"within 100 ms" in headers["agentstream.errors.exception.message"]
+    assert batches.count(2) == 2, "the batch past its timeout was called again"
+
+
 async def test_batches_hold_consecutive_records_of_one_partition(
     kafka_settings: KafkaSettings,
 ) -> None:

@@ -124,6 +124,13 @@ def test_topic_restriction_narrows_fetching_and_delivery() -> None:
     )
 
 
+def test_handler_timeouts_must_be_positive() -> None:
+    assert make_subscription("*", _handler, None, None, 250).timeout_s == 0.25
+    assert make_subscription("*", _handler, None).timeout_s is None
+    with pytest.raises(ConfigurationError, match="timeout_ms > 0"):
+        make_batch_subscription("*", _batch, "sink", 10, 5, None, 0)
+
+
 def test_topic_restriction_refuses_unknown_kinds_and_impossible_topics() -> None:
     routing = Routing("p")
     with pytest.raises(ConfigurationError, match="topic kinds"):
