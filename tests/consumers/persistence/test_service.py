@@ -14,6 +14,7 @@ from support.runtime import read_records, wait_until
 from agentstream.consumers.persistence import open_store
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, decode_record, event_headers, utc_now
+from agentstream.schemas.codec import Encoding
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -136,7 +137,8 @@ async def test_envelope_fields_unknown_to_this_version_are_kept(
     topic = kafka_settings.routing().events
     newer = {"trace_flags": {"sampled": True, "vendor": ["a", 1]}, "priority": 7}
     sent = []
-    for i, encoding in enumerate(("json", "msgpack")):
+    encodings: tuple[Encoding, ...] = ("json", "msgpack")
+    for i, encoding in enumerate(encodings):
         event = Event(type="tool.called", session_id="s-newer", seq=i, data={"name": "t"})
         document = {**msgspec.to_builtins(event), **newer, "data": {"name": "t", "later": i}}
         encode = msgspec.json.encode if encoding == "json" else msgspec.msgpack.encode
