@@ -38,6 +38,7 @@ from .codec import (
 from .envelope import SCHEMA_VERSION, Event, WireEvent, payload_class, payload_of, utc_now
 from .errors import (
     AgentstreamError,
+    BatchDeadLetter,
     BrokerUnavailableError,
     ConfigurationError,
     DeadLetter,
@@ -62,6 +63,7 @@ __all__ = [
     "PAYLOADS",
     "SCHEMA_VERSION",
     "AgentstreamError",
+    "BatchDeadLetter",
     "BrokerUnavailableError",
     "ConfigurationError",
     "DeadLetter",
