@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support.chaos import (
-    FAST_GROUP_ENV,
     Figures,
     Row,
     chunks,
@@ -84,7 +83,11 @@ async def drained(settings: KafkaSettings, group: str) -> bool:
 
 @pytest.mark.parametrize("service", ["persistence", "loops", "budget", "metrics", "tracing"])
 async def test_kill_9_repeatedly_loses_nothing(
-    service: str, kafka_settings: KafkaSettings, tmp_path: Path, span_sink: SpanSink
+    service: str,
+    kafka_settings: KafkaSettings,
+    tmp_path: Path,
+    span_sink: SpanSink,
+    group_env: dict[str, str],
 ) -> None:
     sent = traffic(SESSIONS)
     options: list[str] = []
@@ -103,14 +106,14 @@ async def test_kill_9_repeatedly_loses_nothing(
     for part in parts[:-1]:
         await produce_events(kafka_settings, part)
         with ServiceProcess(
-            service, kafka_settings, *options, env=FAST_GROUP_ENV, log_dir=tmp_path
+            service, kafka_settings, *options, env=group_env, log_dir=tmp_path
         ) as process:
             await process.wait_ready()
             await asyncio.sleep(rng.uniform(0.1, 1.5))  # the chaos: a random moment mid-work
             process.kill()
     await produce_events(kafka_settings, parts[-1])
     with ServiceProcess(
-        service, kafka_settings, *options, env=FAST_GROUP_ENV, log_dir=tmp_path
+        service, kafka_settings, *options, env=group_env, log_dir=tmp_path
     ) as process:
         await process.wait_ready()
         await wait_until(lambda: drained(kafka_settings, group), timeout=90, what="drained")

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.chaos import FAST_GROUP_ENV, Figures, Row, read_all, rss_bytes, size, sqlite_rows
+from support.chaos import Figures, Row, read_all, rss_bytes, size, sqlite_rows
 from support.chaos import traffic as make_traffic
 from support.persistence import settings_for
 from support.runtime import ServiceProcess, running_consumer, wait_until
@@ -97,7 +97,7 @@ def poison_records(count: int) -> list[Record]:
 
 
 async def test_poison_flood_every_record_stored_or_dead_lettered(
-    kafka_settings: KafkaSettings, tmp_path: Path
+    kafka_settings: KafkaSettings, tmp_path: Path, group_env: dict[str, str]
 ) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -133,9 +133,9 @@ async def test_poison_flood_every_record_stored_or_dead_lettered(
     alive = {}
     with (
         ServiceProcess(
-            "persistence", kafka_settings, "--store", f"sqlite:///{db}", env=FAST_GROUP_ENV
+            "persistence", kafka_settings, "--store", f"sqlite:///{db}", env=group_env
         ) as persistence,
-        ServiceProcess("loops", kafka_settings, env=FAST_GROUP_ENV) as loops,
+        ServiceProcess("loops", kafka_settings, env=group_env) as loops,
     ):
         await persistence.wait_ready()
         await loops.wait_ready()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.chaos import FAST_GROUP_ENV, Figures, Row, end_offsets, size, sqlite_rows
+from support.chaos import Figures, Row, end_offsets, size, sqlite_rows
 from support.chaos import traffic as make_traffic
 from support.produce import produce_events
 from support.runtime import ServiceProcess, committed_offsets, wait_until
@@ -29,7 +29,10 @@ def processes() -> Iterator[list[ServiceProcess]]:
 
 
 async def test_rebalance_storm_stores_every_event_once(
-    kafka_settings: KafkaSettings, tmp_path: Path, processes: list[ServiceProcess]
+    kafka_settings: KafkaSettings,
+    tmp_path: Path,
+    processes: list[ServiceProcess],
+    group_env: dict[str, str],
 ) -> None:
     figures = Figures(
         "rebalance-storm",
@@ -42,7 +45,7 @@ async def test_rebalance_storm_stores_every_event_once(
 
     def start() -> ServiceProcess:
         process = ServiceProcess(
-            "persistence", kafka_settings, "--store", f"sqlite:///{db}", env=FAST_GROUP_ENV
+            "persistence", kafka_settings, "--store", f"sqlite:///{db}", env=group_env
         ).start()
         processes.append(process)
         return process
