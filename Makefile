@@ -7,6 +7,8 @@ DEPS_STAMP := $(VENV)/.deps-installed
 # embedded broker). Installed when missing, as root; CI runs as root on a fresh clone.
 APT_PACKAGES := prometheus stunnel4
 PACKAGES := -p agentstream.schemas -p agentstream.producer -p agentstream.consumers
+# The suite mostly waits (group joins, drains, kills): four workers keep it at ~4 minutes.
+PYTEST_ARGS ?= -n 4 --durations=15
 # Real peers for interop tests, each in its own virtual environment outside the repository
 # (~/.cache/agentstream/peers/<name>), built once and reused by every clone.
 PEER_VENV := tests/peers/ensure_venv.sh
