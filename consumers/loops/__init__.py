@@ -2,7 +2,7 @@
 
 ``detector`` is pure (no Kafka): :class:`LoopDetector` fed one event at a time.
 ``service`` is ``agentstream consume loops`` on the consumer runtime. See
-``docs/notes/loops.md``.
+``docs/loops.md``.
 """
 
 from .config import LoopConfig, LoopThresholds

@@ -5,7 +5,7 @@ boundaries that end scopes). A finding publishes ``audit.tool_loop_warning`` or
 ``audit.tool_loop_block`` on the alerts topic; a critical one first publishes a
 ``control.agent.paused`` directive on the control topic. Both are awaited inside the handler,
 so output is at-least-once, and their ids are derived from the finding, so a repeat is the
-same record. See ``docs/notes/loops.md``.
+same record. See ``docs/loops.md``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class BoundedLabel:
     With ``allow`` only those names pass and ``limit`` is ignored; without it the first
     ``limit`` distinct names seen pass, in order of arrival. Each process decides on its own,
     so two instances may let different names through when there are more than ``limit``;
-    an allow-list makes them agree (see docs/notes/metrics.md).
+    an allow-list makes them agree (see docs/metrics.md).
     """
 
     __slots__ = ("_allow", "_cache", "_cache_limit", "_limit", "_passed")

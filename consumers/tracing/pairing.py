@@ -5,7 +5,7 @@ Identity first: when both events carry a ``call_id``, they pair exactly. Without
 same name**, in the order the events were consumed (Kafka offset order, which is the order the
 pod emitted them, since one session is one key on one partition). That is correct whenever a
 tool's executions finish in the order they started; where they do not, see the notes
-(``docs/notes/tracing.md``): no stream without call ids can tell two concurrent calls of the
+(``docs/tracing.md``): no stream without call ids can tell two concurrent calls of the
 same tool with the same timing apart.
 
 Retries: a failed call stays known as *failed* until its retry shows up. A new opening of the

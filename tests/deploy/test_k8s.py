@@ -420,8 +420,8 @@ def test_renderer_refuses_features_it_does_not_know(tmp_path: Path) -> None:
 
 
 def test_documented_commands_parse() -> None:
-    """The commands docs/notes/deploy.md tells users to run with the image."""
-    notes = (ROOT / "docs/notes/deploy.md").read_text()
+    """The commands docs/deploy.md tells users to run with the image."""
+    notes = (ROOT / "docs/deploy.md").read_text()
     lines = [
         line.strip()
         for line in notes.splitlines()
