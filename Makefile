@@ -15,12 +15,14 @@ PEER_VENV := tests/peers/ensure_venv.sh
 
 DEV_VENV := .venv-dev
 
-.PHONY: help up test venv install apt peers lint typecheck pytest bench schemas dev clean
+.PHONY: help up test venv install apt peers lint typecheck pytest bench chaos schemas dev clean
 
 help:
 	@echo "make up     - the whole pipeline locally (embedded broker, services, demo agents)"
 	@echo "make test   - create .venv, install everything, run lint, types and the test suite"
-	@echo "make bench  - run the benchmarks"
+	@echo "make bench  - every benchmark, then docs/benchmarks.md"
+	@echo "make chaos  - the full fault-injection suite, then docs/reliability.md"
+	@echo "make dev    - .venv-dev, importing the source folders live (no reinstall after edits)"
 
 $(DEPS_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,9 +75,10 @@ bench: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install)
 
 # The fault-injection suite at full size (tests/chaos; `make test` runs it small), then
 # docs/reliability.md from the figures each scenario wrote.
-.PHONY: chaos
+# Serial on purpose: each scenario measures memory and delays without others competing.
+CHAOS_ARGS ?=
 chaos: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install apt)
-	AGENTSTREAM_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(PYTEST_ARGS)
+	AGENTSTREAM_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(CHAOS_ARGS)
 	$(BENCH_PYTHON) tests/chaos/report.py
 
 # For working on agentstream itself: .venv-dev imports the source folders through a symlinked
