@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from support.chaos import FAST_GROUP_ENV, Figures, Row, TcpForwarder, read_all, size, sqlite_rows
+from support.chaos import FAST_GROUP_ENV, Figures, Row, read_all, size, sqlite_rows
 from support.chaos import traffic as make_traffic
+from support.proxy import TcpProxy
 from support.runtime import ServiceProcess, wait_until
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
@@ -46,7 +47,7 @@ async def test_broker_outage_during_steady_load_loses_nothing(
     address = free_port()
     broker = broker_factory(advertised_port=address)
     broker.start()
-    forwarder = TcpForwarder(address, broker.port).start()
+    forwarder = TcpProxy(address, broker.port).start()
     publisher: KafkaPublisher | None = None
     try:
         await broker.wait_ready()
@@ -75,7 +76,7 @@ async def test_broker_outage_during_steady_load_loses_nothing(
                     forwarder.stop()
                     down, cut_at = True, time.monotonic()
                 if down and forwarder is not None and time.monotonic() - cut_at >= OUTAGE_SECONDS:
-                    forwarder = TcpForwarder(address, broker.port).start()
+                    forwarder = TcpProxy(address, broker.port).start()
                     down = False
                     cut_at = float("inf")
                 for event in events[i : i + per_tick]:
@@ -84,7 +85,7 @@ async def test_broker_outage_during_steady_load_loses_nothing(
                     slowest = max(slowest, time.perf_counter() - t)
                 await asyncio.sleep(max(0.0, started + (i + per_tick) / RATE - time.monotonic()))
             if down:
-                forwarder = TcpForwarder(address, broker.port).start()
+                forwarder = TcpProxy(address, broker.port).start()
             assert await asyncio.to_thread(publisher.flush, 60), publisher.stats()
             stats = publisher.stats()
             sent_ids = {e.event_id for e in events}
@@ -138,7 +139,7 @@ async def test_full_spool_disk_counts_every_drop(
     address = free_port()
     broker = broker_factory(advertised_port=address)
     broker.start()
-    forwarder = TcpForwarder(address, broker.port).start()
+    forwarder = TcpProxy(address, broker.port).start()
     await broker.wait_ready()
     settings = KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers, topic_prefix="chaos-spool", linger_ms=1
@@ -160,7 +161,7 @@ async def test_full_spool_disk_counts_every_drop(
         for event in events:  # nobody answers on the address: memory, then spool, then drops
             publisher.publish(event)
         lost = dropped(registry)
-        forwarder = TcpForwarder(address, broker.port).start()
+        forwarder = TcpProxy(address, broker.port).start()
         assert await asyncio.to_thread(publisher.flush, 60), publisher.stats()
         stats = publisher.stats()
         records = await read_all(settings, settings.routing().events)

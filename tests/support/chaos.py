@@ -1,14 +1,12 @@
 """Helpers of the fault-injection suite (``tests/chaos``): its size, the traffic it sends, what
-it reads back (end offsets, the SQLite store), a TCP forwarder whose address can go dark, and
-the figures each scenario records for ``docs/reliability.md``."""
+it reads back (end offsets, the SQLite store), and the figures each scenario records for
+``docs/reliability.md``. The TCP forwarder whose address goes dark is ``support.proxy``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -175,70 +173,6 @@ class Figures:
         data["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         path.write_text(json.dumps(data, indent=2) + "\n")
         return path
-
-
-class TcpForwarder:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` from its own thread, optionally
-    delaying every chunk by ``delay`` s. ``stop()`` closes the listener and every connection: to
-    clients the address goes dark, as when a broker dies."""
-
-    def __init__(self, port: int, target: int, *, delay: float = 0.0) -> None:
-        self.port = port
-        self.target = target
-        self.delay = delay
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def start(self) -> TcpForwarder:
-        started = threading.Event()
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._serve(started)), daemon=True
-        )
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError(f"forwarder on port {self.port} did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._loop = self._thread = None
-
-    async def _serve(self, started: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        started.set()
-        await self._stop.wait()
-        server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        self._writers -= {writer, up_writer}
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65_536):
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
 
 
 async def read_all(settings: KafkaSettings, topic: str) -> list[Any]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from support.persistence import TcpProxy
+from support.proxy import TcpProxy
 
 from agentstream.consumers.persistence import Store, open_store
 
@@ -109,9 +109,8 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 async def pg_proxy() -> AsyncIterator[TcpProxy]:
     """A proxy in front of PostgreSQL that the test can stop and start."""
     target = urlsplit(PG_BASE)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
+    proxy = TcpProxy(0, target.port or 5432, target_host=target.hostname or "127.0.0.1").start()
     try:
         yield proxy
     finally:
-        await proxy.stop()
+        proxy.stop()

@@ -10,8 +10,9 @@ from collections.abc import Awaitable
 
 import asyncpg
 import pytest
-from support.persistence import TcpProxy, count_is, metric, persistence, settings_for, stream
+from support.persistence import count_is, metric, persistence, settings_for, stream
 from support.produce import produce_events
+from support.proxy import TcpProxy
 from support.runtime import running_consumer, wait_until
 
 from agentstream.consumers.persistence import Store, StoreUnavailableError, open_store
@@ -42,7 +43,7 @@ async def test_outage_holds_offsets_and_loses_nothing(
         await wait_until(lambda: count_is(direct, 500), what="the first 500 stored")
         await wait_until(lambda: committed_total(consumer) == 500, what="their offsets committed")
 
-        await proxy.stop()  # the database goes away: connections cut, new ones refused
+        proxy.stop()  # the database goes away: connections cut, new ones refused
         await produce_events(kafka_settings, during)
         await wait_until(
             lambda: metric(consumer, "agentstream_persistence_store_unavailable_total") >= 6,
@@ -52,7 +53,7 @@ async def test_outage_holds_offsets_and_loses_nothing(
         assert committed_total(consumer) == 500  # nothing unwritten was committed
         assert await direct.count() == 500
 
-        await proxy.start()  # back on the same port
+        proxy.start()  # back on the same port
         await wait_until(lambda: count_is(direct, 1_000), what="the rest stored after the outage")
         await wait_until(lambda: committed_total(consumer) == 1_000, what="all offsets committed")
         assert metric(consumer, "agentstream_persistence_store_up") == 1
@@ -121,7 +122,7 @@ async def test_service_waits_for_the_database_at_start(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = pg_proxy.url_for(pg_database_url)
-    await pg_proxy.stop()  # the database is down before the service starts
+    pg_proxy.stop()  # the database is down before the service starts
     events = stream(100)
     await produce_events(kafka_settings, events)
     settings = settings_for(kafka_settings, url)
@@ -141,7 +142,7 @@ async def test_service_waits_for_the_database_at_start(
             what="the service retrying to open the store",
         )
         assert not task.done()  # waiting, not crashed
-        await pg_proxy.start()
+        pg_proxy.start()
         ids = await asyncio.wait_for(task, timeout=60)
     finally:
         task.cancel()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.admin import CreateTopicsRequest
 from aiokafka.structs import ConsumerRecord
+from support.proxy import TcpProxy
 
 from agentstream.schemas.settings import KafkaSettings
 
@@ -86,64 +86,6 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
 
 
-class TcpProxy:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` from its own thread. ``stop()`` closes
-    the listener and every connection: to clients the address goes dark, as when a broker dies."""
-
-    def __init__(self, port: int, target: int) -> None:
-        self.port = port
-        self.target = target
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def start(self) -> None:
-        started = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(started)))
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError(f"proxy on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-        self._loop = self._thread = None
-
-    async def _serve(self, started: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        started.set()
-        await self._stop.wait()
-        server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(
-            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
-        )
-        self._writers -= {writer, up_writer}
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65_536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
 async def create_topics_direct(port: int, topics: list[str], partitions: int) -> None:
     """CreateTopics sent straight to the broker listening on ``port``, whatever it advertises
     (the admin client would follow the advertised address)."""
@@ -175,8 +117,7 @@ def tcp_proxy() -> Iterator[Callable[[int, int], TcpProxy]]:
     started: list[TcpProxy] = []
 
     def start(port: int, target: int) -> TcpProxy:
-        proxy = TcpProxy(port, target)
-        proxy.start()
+        proxy = TcpProxy(port, target).start()
         started.append(proxy)
         return proxy
 
