@@ -1,6 +1,7 @@
 """Scaffolding shared by the benchmarks: where results go, what the machine is, percentiles,
 the resident memory of a process, an embedded broker for the run, and a fast producer of a
-pre-built event list. Imported by the scripts as ``from _common import ...`` (the scripts run
+pre-built event list, traffic, an OTLP sink, and (from ``tests/support``) the service
+subprocess. Imported by the scripts as ``from _common import ...`` (the scripts run
 as ``python benchmarks/bench_<area>.py``, so this folder is on ``sys.path``)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +26,14 @@ from agentstream.consumers.broker import EmbeddedBroker, broker_binary
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
+
+# The test suite's helpers (``tests/support``, importable as ``support``) run the services as
+# subprocesses for the benchmarks too: ``ServiceProcess`` (start, /readyz, /metrics, close).
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
+if str(TESTS_DIR) not in sys.path:
+    sys.path.append(str(TESTS_DIR))
+from support.runtime import ServiceProcess as ServiceProcess  # noqa: E402
+from support.runtime import http_get as http_get  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -285,84 +295,6 @@ async def committed_total(settings: KafkaSettings, group: str, topic: str, parti
         return total
     finally:
         await consumer.stop()
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        response = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-class ServiceProcess:
-    """``agentstream consume <service>`` as a subprocess on a free HTTP port (always killed by
-    :meth:`close`)."""
-
-    def __init__(
-        self,
-        service: str,
-        settings: KafkaSettings,
-        *options: str,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        import sys
-
-        from agentstream.consumers.broker import free_port
-
-        self.service = service
-        self.port = free_port()
-        command = [
-            sys.executable, "-m", "agentstream.consumers.cli", "consume", service,
-            "--bootstrap-servers", settings.bootstrap_servers,
-            "--topic-prefix", settings.topic_prefix,
-            "--http-host", "127.0.0.1", "--http-port", str(self.port), *options,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.service} exited with {self.process.returncode}")
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if (await http_get(self.port, "/readyz"))[0] == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.service} not ready within {timeout} s")
-            await asyncio.sleep(0.02)
-
-    async def metric(self, name: str) -> float:
-        """Sum of every sample of ``name`` on this process's /metrics."""
-        _, body = await http_get(self.port, "/metrics")
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class OtlpSink:

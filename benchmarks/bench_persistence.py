@@ -286,9 +286,9 @@ async def stored_latency(bootstrap: str, folder: str, rate: int, seconds: float)
     )
     db = f"{folder}/latency-{rate}.db"
     events = make_events(int(rate * seconds))
-    service = ServiceProcess("persistence", settings, "--store", f"sqlite:///{db}")
+    service = ServiceProcess("persistence", settings, "--store", f"sqlite:///{db}").start()
     try:
-        await service.wait_ready()
+        await service.wait_ready(60)
         achieved = await produce_at_rate(settings, events, rate)
         stored = "agentstream_persistence_events_stored_total"
         deadline = time.monotonic() + 120

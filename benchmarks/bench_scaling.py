@@ -78,10 +78,12 @@ async def one_run(bootstrap: str, instances: int, partitions: int, count: int) -
         settings.admin_options(), settings.routing(), TopicSpec(partitions=partitions)
     )
     events = agent_turns(count)
-    processes = [ServiceProcess(SUBJECT, settings, env=SERVICE_ENV) for _ in range(instances)]
+    processes = [
+        ServiceProcess(SUBJECT, settings, env=SERVICE_ENV).start() for _ in range(instances)
+    ]
     try:
         for process in processes:
-            await process.wait_ready()
+            await process.wait_ready(60)
         await settled(processes)
         started = time.perf_counter()
         if not await asyncio.to_thread(produce_librdkafka, settings, events):

@@ -93,17 +93,17 @@ async def raw_drain(settings: KafkaSettings, partitions: int, count: int) -> dic
 async def service_drain(
     settings: KafkaSettings, service: str, partitions: int, count: int, options: list[str]
 ) -> dict[str, Any]:
-    process = ServiceProcess(service, settings, *options, env=SERVICE_ENV)
+    process = ServiceProcess(service, settings, *options, env=SERVICE_ENV).start()
     try:
-        await process.wait_ready()
+        await process.wait_ready(60)
         started = time.perf_counter()
         ready_rss = rss_bytes(process.pid)
         sampler = RssSampler({service: process.pid}).start()
         group = f"{settings.topic_prefix}.{service}"
         topic = settings.routing().events
         while await committed_total(settings, group, topic, partitions) < count:
-            if process.process.poll() is not None:
-                raise RuntimeError(f"{service} exited with {process.process.returncode}")
+            if (code := process.poll()) is not None:
+                raise RuntimeError(f"{service} exited with {code}:\n{process.log()}")
             if time.perf_counter() - started > 600:
                 raise TimeoutError(f"{service} did not drain {count} events in 600 s")
             await asyncio.sleep(0.05)

@@ -132,11 +132,13 @@ async def http_get(port: int, path: str, *, host: str = "127.0.0.1") -> tuple[in
 
 
 class ServiceProcess:
-    """``agentstream consume <service>`` in a subprocess, on a free HTTP port.
+    """``agentstream consume <service>`` in a subprocess, on a free HTTP port, its output in
+    :meth:`log`. Used by the tests and the benchmarks (``benchmarks/_common.py``).
 
     Use as a context manager (killed on exit if still running). :meth:`wait_ready` polls
-    ``/readyz``; :meth:`terminate` sends SIGTERM and returns the exit code; :meth:`kill`
-    is ``kill -9``.
+    ``/readyz``; :meth:`metric` reads ``/metrics``; :meth:`terminate` sends SIGTERM and returns
+    the exit code; :meth:`close` is SIGTERM then, after ``timeout``, ``kill -9`` (synchronous);
+    :meth:`kill` is ``kill -9``.
     """
 
     def __init__(
@@ -180,6 +182,15 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.service} was not started"
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        """The exit code, or None while running (or not started)."""
+        return None if self.process is None else self.process.poll()
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
@@ -210,6 +221,25 @@ class ServiceProcess:
                 raise TimeoutError(f"{self.service} still running after {timeout} s:\n{self.log()}")
             await asyncio.sleep(0.05)
         return self.process.returncode
+
+    async def metric(self, name: str) -> float:
+        """Sum of every sample of ``name`` on this process's ``/metrics``."""
+        _, body = await http_get(self.port, "/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def close(self, timeout: float = 30.0) -> None:
+        """SIGTERM and wait (blocking) up to ``timeout`` s for the exit, then ``kill -9``."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def kill(self) -> None:
         """``kill -9``: no drain, no commit, no leave."""
