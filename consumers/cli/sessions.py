@@ -63,14 +63,15 @@ async def run(args: argparse.Namespace) -> int:
         print("no sessions")
     else:
         width = max(7, *(len(s.session_id) for s in found))
+        agent_width = max(5, *(len(s.agent_id) for s in found))
         header = (
-            f"{'SESSION':<{width}}  {'AGENT':<16} {'EVENTS':>7} {'DURATION':>9}  "
+            f"{'SESSION':<{width}}  {'AGENT':<{agent_width}} {'EVENTS':>7} {'DURATION':>9}  "
             f"{'LAST EVENT (UTC)':<19}  STOP REASON"
         )
         print_lines(
             [header]
             + [
-                f"{s.session_id:<{width}}  {s.agent_id:<16} {s.events:>7} "
+                f"{s.session_id:<{width}}  {s.agent_id:<{agent_width}} {s.events:>7} "
                 f"{format_duration(s.duration):>9}  {s.last:%Y-%m-%d %H:%M:%S}  "
                 f"{s.stop_reason or '-'}"
                 for s in found
