@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agentstream.consumers.broker import EmbeddedBroker, broker_binary
 from agentstream.schemas import Event, encode_event, event_headers, record_key
@@ -172,9 +177,11 @@ async def produce(
     *,
     on_send: Callable[[Event], None] | None = None,
     linger_ms: int = 20,
+    topic: str | None = None,
 ) -> None:
     """Send ``events`` (encoded, keyed and with headers as the publisher does) and wait for
-    every acknowledgement. ``on_send`` runs just before each event is handed to the client."""
+    every acknowledgement: each to its type's topic, or all to ``topic`` when given.
+    ``on_send`` runs just before each event is handed to the client."""
     producer = AIOKafkaProducer(
         **{**settings.producer_options(), "linger_ms": linger_ms, "max_batch_size": 262_144}
     )
@@ -187,7 +194,7 @@ async def produce(
                 on_send(event)
             futures.append(
                 await producer.send(
-                    routing.topic_for(event.type),
+                    topic or routing.topic_for(event.type),
                     encode_event(event),
                     key=record_key(event),
                     headers=event_headers(event),
@@ -196,6 +203,28 @@ async def produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def raw_getmany_rate(settings: KafkaSettings, topics: Sequence[str], count: int) -> float:
+    """Events/s of a raw aiokafka ``getmany`` loop (no decoding, a fresh group) reading
+    ``count`` records of ``topics``, from the first record received to the last: the ceiling
+    of the client for a consumer benchmark."""
+    consumer = AIOKafkaConsumer(
+        *topics, **{**settings.consumer_options(), "group_id": f"raw-{uuid.uuid4().hex[:6]}"}
+    )
+    await consumer.start()
+    try:
+        seen, started = 0, None
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=200, max_records=2_000)
+            for records in batches.values():
+                if started is None:
+                    started = time.perf_counter()
+                seen += len(records)
+        assert started is not None
+        return count / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
 
 
 async def produce_at_rate(
@@ -232,6 +261,104 @@ async def produce_at_rate(
         return len(events) / elapsed if elapsed > 0 else float("nan")
     finally:
         await producer.stop()
+
+
+# --- the seeds' in-process baselines (re-implemented from the seed documentation) -------------
+
+
+@dataclass
+class CorailEvent:
+    type: Any  # a string, or an enum member as Corail's own EventType
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    agent_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CorailBus:
+    """Corail's EventBus as documented: history first (the last 1,000 events), then the exact
+    and ``*`` handlers concurrently, a failing one logged."""
+
+    max_history = 1000
+
+    def __init__(self) -> None:
+        self._handlers: dict[Any, list[Callable[[CorailEvent], Awaitable[None]]]] = {}
+        self._history: list[CorailEvent] = []
+
+    def subscribe(self, key: Any, handler: Callable[[CorailEvent], Awaitable[None]]) -> None:
+        self._handlers.setdefault(key, []).append(handler)
+
+    async def emit(self, event: CorailEvent) -> None:
+        self._history.append(event)
+        if len(self._history) > self.max_history:
+            self._history = self._history[-self.max_history :]
+        handlers = self._handlers.get(event.type, []) + self._handlers.get("*", [])
+        if handlers:
+            await asyncio.gather(*(self._safe_call(h, event) for h in handlers))
+
+    async def _safe_call(
+        self, handler: Callable[[CorailEvent], Awaitable[None]], event: CorailEvent
+    ) -> None:
+        try:
+            await handler(event)
+        except Exception:
+            logging.getLogger("corail").exception("handler failed")
+
+
+class InMemoryCollector:
+    """The ``InMemoryCollector`` of Calute (and Xerxes): a locked list."""
+
+    def __init__(self) -> None:
+        self._events: list[Any] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def flush(self) -> None:
+        pass
+
+
+# --- per-call latency (the emit and adoption benchmarks) ----------------------------------------
+
+
+@dataclass
+class Row:
+    """One case of a per-call latency table, in microseconds."""
+
+    case: str
+    kind: str
+    n: int
+    median_us: float
+    p99_us: float
+    mean_us: float
+
+
+def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
+    """The median, p99 and mean of ``samples_ns`` (nanoseconds) as a :class:`Row`."""
+    samples = sorted(samples_ns)
+    n = len(samples)
+    return Row(
+        case=case,
+        kind=kind,
+        n=n,
+        median_us=statistics.median(samples) / 1000,
+        p99_us=samples[min(n - 1, int(n * 0.99))] / 1000,
+        mean_us=statistics.fmean(samples) / 1000,
+    )
+
+
+def time_sync(call: Callable[[int], object], n: int) -> list[int]:
+    """Nanoseconds each of ``call(0)`` ... ``call(n - 1)`` took."""
+    clock = time.perf_counter_ns
+    out = [0] * n
+    for i in range(n):
+        t0 = clock()
+        call(i)
+        out[i] = clock() - t0
+    return out
 
 
 # --- traffic and service processes -------------------------------------------------------------
@@ -282,7 +409,6 @@ def agent_turns(count: int, *, sessions: int = 200, calls: int = 5) -> list[Even
 async def committed_total(settings: KafkaSettings, group: str, topic: str, partitions: int) -> int:
     """Sum of the offsets ``group`` committed on ``topic`` (partitions named: the embedded broker
     fails a request for all of a group's partitions before its first commit)."""
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     consumer = AIOKafkaConsumer(group_id=group, **settings.consumer_options())

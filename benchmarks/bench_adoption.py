@@ -21,16 +21,15 @@ import argparse
 import asyncio
 import enum
 import json
-import logging
-import statistics
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _common import CorailBus, CorailEvent, InMemoryCollector, Row, summarise
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.producer import KafkaCollector, KafkaPublisher
@@ -44,41 +43,6 @@ TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results"
 
 class CorailEventType(enum.Enum):
     TOOL_CALLED = "tool.called"
-
-
-@dataclass
-class CorailEvent:
-    type: CorailEventType
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
-    agent_id: str = ""
-    user_id: str = ""
-    session_id: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-class CorailBus:
-    def __init__(self) -> None:
-        self._handlers: dict[Any, list[Callable[[CorailEvent], Awaitable[None]]]] = {}
-        self._history: list[CorailEvent] = []
-
-    def subscribe(self, key: Any, handler: Callable[[CorailEvent], Awaitable[None]]) -> None:
-        self._handlers.setdefault(key, []).append(handler)
-
-    async def emit(self, event: CorailEvent) -> None:
-        self._history.append(event)
-        if len(self._history) > 1000:
-            self._history = self._history[-1000:]
-        handlers = self._handlers.get(event.type, []) + self._handlers.get("*", [])
-        if handlers:
-            await asyncio.gather(*(self._safe(h, event) for h in handlers))
-
-    async def _safe(
-        self, handler: Callable[[CorailEvent], Awaitable[None]], e: CorailEvent
-    ) -> None:
-        try:
-            await handler(e)
-        except Exception:
-            logging.getLogger("corail").exception("handler failed")
 
 
 @dataclass
@@ -100,19 +64,6 @@ class XerxesSkillUsed:
         return asdict(self)
 
 
-class XerxesInMemory:
-    def __init__(self) -> None:
-        self._events: list[Any] = []
-        self._lock = threading.Lock()
-
-    def emit(self, event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-
-    def flush(self) -> None:
-        pass
-
-
 class XerxesEmitter:
     def __init__(self, collector: Any, session_id: str | None) -> None:
         self._collector = collector
@@ -126,29 +77,6 @@ class XerxesEmitter:
         event.session_id = self._session_id
         with self._lock:
             self._collector.emit(event)
-
-
-@dataclass
-class Row:
-    case: str
-    kind: str
-    n: int
-    median_us: float
-    p99_us: float
-    mean_us: float
-
-
-def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
-    samples = sorted(samples_ns)
-    n = len(samples)
-    return Row(
-        case,
-        kind,
-        n,
-        statistics.median(samples) / 1000,
-        samples[min(n - 1, int(n * 0.99))] / 1000,
-        statistics.fmean(samples) / 1000,
-    )
 
 
 async def time_bus(bus: CorailBus, n: int) -> list[int]:
@@ -194,7 +122,7 @@ async def bench(bootstrap: str, n: int) -> tuple[list[Row], dict[str, Any]]:
         summarise(
             "xerxes emitter: emit_skill_used",
             "InMemoryCollector",
-            time_emitter(XerxesEmitter(XerxesInMemory(), "s-1"), n),
+            time_emitter(XerxesEmitter(InMemoryCollector(), "s-1"), n),
         ),
     ]
     publisher = KafkaPublisher(settings, max_queue_events=4 * n)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from _common import produce
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
@@ -39,9 +39,8 @@ from agentstream.consumers.runtime.replay import (
     high_watermarks,
     partitions_of,
 )
-from agentstream.schemas import Event, encode_event, event_headers, record_key
+from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
-from agentstream.schemas.settings import KafkaSettings
 
 RESULTS = Path(__file__).parent / "results" / "budget.json"
 EVENTS_PER_ROUND = 5
@@ -114,20 +113,6 @@ def bench_accounting(events: list[Event], settings: BudgetSettings) -> dict[str,
     }
 
 
-async def produce(settings: KafkaSettings, events: list[Event]) -> None:
-    producer = AIOKafkaProducer(**{**settings.producer_options(), "linger_ms": 20})
-    await producer.start()
-    try:
-        topic = settings.routing().events
-        futures = [
-            await producer.send(topic, encode_event(e), key=record_key(e), headers=event_headers(e))
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def drained(settings: BudgetSettings, group: str) -> bool:
     for topic, g in (
         (settings.routing().events, group),
@@ -148,7 +133,7 @@ async def bench_service(
         bootstrap_servers=bootstrap, topic_prefix="bench", budget_config=config
     )
     await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions))
-    await produce(settings, events)
+    await produce(settings, events, topic=settings.routing().events)
     consumer = EventConsumer(settings, service=SERVICE.name)
     launched = time.perf_counter()
     async with SERVICE.setup(consumer, settings) as budget:

@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import statistics
 import sys
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import CorailBus, CorailEvent, InMemoryCollector, Row, summarise, time_sync
 from aiokafka import AIOKafkaProducer
 
 from agentstream.consumers.broker import EmbeddedBroker
@@ -58,40 +56,7 @@ TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results"
 ARGS_TEXT = json.dumps(TOOL_ARGS)
 
 
-# --- baseline: the seeds' in-process cost (re-implemented from the seed documentation) -----
-
-
-@dataclass
-class CorailEvent:
-    type: str
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
-    agent_id: str = ""
-    user_id: str = ""
-    session_id: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-class CorailBus:
-    """Corail's EventBus.emit as documented: history first, then exact + '*' handlers."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, list[Callable[[CorailEvent], Any]]] = defaultdict(list)
-        self._history: list[CorailEvent] = []
-        self._max_history = 1000
-
-    async def emit(self, event: CorailEvent) -> None:
-        self._history.append(event)
-        if len(self._history) > self._max_history:
-            self._history = self._history[-self._max_history :]
-        handlers = self._handlers.get(event.type, []) + self._handlers.get("*", [])
-        if handlers:
-            await asyncio.gather(*(self._safe_call(h, event) for h in handlers))
-
-    async def _safe_call(self, handler: Callable[[CorailEvent], Any], event: CorailEvent) -> None:
-        try:
-            await handler(event)
-        except Exception:
-            logging.getLogger("corail").exception("handler failed")
+# --- baseline: the seeds' in-process cost (Corail's bus and the collector: ``_common``) -----
 
 
 @dataclass
@@ -107,18 +72,8 @@ class CaluteToolCallAttempt:
     arguments_preview: str = ""
 
 
-class CaluteInMemoryCollector:
-    def __init__(self) -> None:
-        self._events: list[Any] = []
-        self._lock = threading.Lock()
-
-    def emit(self, event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-
-
 class CaluteEmitter:
-    def __init__(self, collector: CaluteInMemoryCollector, session_id: str | None) -> None:
+    def __init__(self, collector: InMemoryCollector, session_id: str | None) -> None:
         self._collector = collector
         self._session_id = session_id
         self._lock = threading.Lock()
@@ -142,39 +97,6 @@ class CaluteEmitter:
 
 
 # --- measurement ----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    case: str
-    kind: str  # "baseline (seed, in-process)" or "agentstream (to Kafka)"
-    n: int
-    median_us: float
-    p99_us: float
-    mean_us: float
-
-
-def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
-    samples = sorted(samples_ns)
-    n = len(samples)
-    return Row(
-        case=case,
-        kind=kind,
-        n=n,
-        median_us=statistics.median(samples) / 1000,
-        p99_us=samples[min(n - 1, int(n * 0.99))] / 1000,
-        mean_us=statistics.fmean(samples) / 1000,
-    )
-
-
-def time_sync(call: Callable[[int], object], n: int) -> list[int]:
-    clock = time.perf_counter_ns
-    out = [0] * n
-    for i in range(n):
-        t0 = clock()
-        call(i)
-        out[i] = clock() - t0
-    return out
 
 
 def sessions(n: int) -> list[str]:
@@ -203,7 +125,7 @@ async def bench(bootstrap: str, n: int) -> tuple[list[Row], dict[str, Any]]:
     rows.append(summarise("bus: await emit (no handlers)", "baseline", samples))
 
     # baseline: Calute emitter + InMemoryCollector
-    calute = CaluteEmitter(CaluteInMemoryCollector(), session_id="s")
+    calute = CaluteEmitter(InMemoryCollector(), session_id="s")
     rows.append(
         summarise(
             "emitter: emit_tool_call_attempt",

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from _common import percentile, write_results
+from _common import percentile, produce, write_results
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -229,24 +229,9 @@ async def measure_latency(settings: KafkaSettings, rate: int, seconds: float) ->
 
 
 async def measure_throughput(settings: KafkaSettings, backlog: int) -> dict[str, Any]:
-    routing = settings.routing()
     backlog_events, _ = traffic(backlog)
     backlog = len(backlog_events)
-    producer = AIOKafkaProducer(**{**settings.producer_options(), "linger_ms": 20})
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                routing.topic_for(e.type),
-                encode_event(e),
-                key=record_key(e),
-                headers=event_headers(e),
-            )
-            for e in backlog_events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce(settings, backlog_events)
     worker = Worker(settings)
     try:
         await asyncio.to_thread(worker.wait_ready)

@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from _common import embedded_broker, produce, raw_getmany_rate, write_results
 from prometheus_client import CollectorRegistry
 
-from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.metrics import FleetMetrics
 from agentstream.consumers.metrics.service import SERVICE
 from agentstream.consumers.metrics.settings import MetricsSettings
 from agentstream.consumers.runtime import EventConsumer
-from agentstream.schemas import Event, decode_record, encode_event, event_headers, record_key
+from agentstream.schemas import Event, decode_record, encode_event, event_headers
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
-RESULTS = Path(__file__).parent / "results" / "metrics.json"
 BATCH = 250
 
 TURN: list[tuple[str, dict[str, Any]]] = [
@@ -146,47 +142,6 @@ def in_memory(events: Sequence[Event]) -> dict[str, float]:
     }
 
 
-async def produce(settings: MetricsSettings, events: Sequence[Event]) -> None:
-    routing = settings.routing()
-    producer = AIOKafkaProducer(**{**settings.producer_options(), "linger_ms": 20})
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                routing.topic_for(e.type),
-                encode_event(e),
-                key=record_key(e),
-                headers=event_headers(e),
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def raw_rate(settings: MetricsSettings, count: int) -> float:
-    routing = settings.routing()
-    consumer = AIOKafkaConsumer(
-        routing.events,
-        routing.tokens,
-        **{**settings.consumer_options(), "group_id": f"raw-{uuid.uuid4().hex[:6]}"},
-    )
-    await consumer.start()
-    try:
-        seen, started = 0, None
-        while seen < count:
-            batches = await consumer.getmany(timeout_ms=200, max_records=2_000)
-            for records in batches.values():
-                if started is None:
-                    started = time.perf_counter()
-                seen += len(records)
-        assert started is not None
-        return count / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
-
-
 def _counted(fleet: FleetMetrics) -> float:
     """Events the fleet metrics have seen (the pipeline delay histogram counts each once)."""
     for family in fleet.pipeline_delay.collect():
@@ -219,15 +174,16 @@ async def service_rate(settings: MetricsSettings, count: int) -> float:
 async def main(count: int) -> dict[str, Any]:
     events = fleet_events(count)
     result: dict[str, Any] = {"events": count, "batch_records": BATCH, **in_memory(events)}
-    with EmbeddedBroker() as broker:
-        await broker.wait_ready()
+    async with embedded_broker() as broker:
         settings = MetricsSettings(
             bootstrap_servers=broker.bootstrap_servers,
             topic_prefix=f"bench{uuid.uuid4().hex[:6]}",
         )
         await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=4))
         await produce(settings, events)
-        result["raw_aiokafka_getmany"] = await raw_rate(settings, count)
+        routing = settings.routing()
+        topics = [routing.events, routing.tokens]
+        result["raw_aiokafka_getmany"] = await raw_getmany_rate(settings, topics, count)
         result["service_end_to_end"] = await service_rate(settings, count)
     return result
 
@@ -247,5 +203,4 @@ if __name__ == "__main__":
     for title, key in rows:
         print(f"{title:<38}{result[key]:>12,.0f}")
     print("target: >= 150,000 events/s per process")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {write_results('metrics', result)}")

@@ -34,8 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from _common import ServiceProcess, percentile, produce_at_rate, write_results
-from aiokafka import AIOKafkaProducer
+from _common import ServiceProcess, percentile, produce, produce_at_rate, write_results
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.persistence import Store, open_store
@@ -43,7 +42,7 @@ from agentstream.consumers.persistence.postgres_store import stored_id
 from agentstream.consumers.persistence.rows import event_json
 from agentstream.consumers.persistence.service import SERVICE, PersistenceSettings
 from agentstream.consumers.runtime import EventConsumer
-from agentstream.schemas import Event, RecordLocation, encode_event, event_headers, record_key
+from agentstream.schemas import Event, RecordLocation
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 
 BATCH = 1_000
@@ -209,27 +208,6 @@ async def postgres_strategies(url: str, count: int) -> dict[str, float]:
 
 
 # --- end to end -----------------------------------------------------------------------------
-
-
-async def produce(settings: PersistenceSettings, events: list[Event]) -> None:
-    producer = AIOKafkaProducer(
-        **{**settings.producer_options(), "linger_ms": 20, "max_batch_size": 262_144}
-    )
-    await producer.start()
-    try:
-        routing = settings.routing()
-        futures = [
-            await producer.send(
-                routing.topic_for(e.type),
-                encode_event(e),
-                key=record_key(e),
-                headers=event_headers(e),
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def poll(condition: Callable[[], bool]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from _common import produce
 
-from agentstream.consumers.broker import EmbeddedBroker
+from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.tracing import TraceAssembler
 from agentstream.consumers.tracing.otlp import encode
 from agentstream.consumers.tracing.service import SERVICE
 from agentstream.consumers.tracing.settings import TracingSettings
-from agentstream.schemas import Event, encode_event, event_headers, record_key
+from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
 RESULTS = Path(__file__).parent / "results" / "tracing.json"
@@ -120,26 +119,6 @@ def bench_assembly(events: list[Event], *, with_encode: bool) -> dict[str, float
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def produce(settings: TracingSettings, events: list[Event]) -> None:
-    producer = AIOKafkaProducer(**{**settings.producer_options(), "linger_ms": 20})
-    await producer.start()
-    try:
-        topic = settings.routing().events
-        futures = [
-            await producer.send(topic, encode_event(e), key=record_key(e), headers=event_headers(e))
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def bench_end_to_end(events: list[Event], turns: int, wait_ms: int) -> dict[str, float]:
     broker = EmbeddedBroker()
     broker.start()
@@ -158,7 +137,7 @@ async def bench_end_to_end(events: list[Event], turns: int, wait_ms: int) -> dic
             export_wait_ms=wait_ms,
         )
         await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=4))
-        await produce(settings, events)
+        await produce(settings, events, topic=settings.routing().events)
         consumer = EventConsumer(settings, service=SERVICE.name)
         stop = asyncio.Event()
         async with SERVICE.setup(consumer, settings):
