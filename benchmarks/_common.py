@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -41,6 +41,7 @@ from support.runtime import ServiceProcess as ServiceProcess  # noqa: E402
 from support.runtime import http_get as http_get  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -348,6 +349,25 @@ def summarise(case: str, kind: str, samples_ns: list[int]) -> Row:
         p99_us=samples[min(n - 1, int(n * 0.99))] / 1000,
         mean_us=statistics.fmean(samples) / 1000,
     )
+
+
+def print_rows(rows: Sequence[Row], *, case: str, kind: str, widths: tuple[int, int]) -> None:
+    """A latency table: ``case`` and ``kind`` headings of ``widths``, then median, p99, mean."""
+    c, k = widths
+    print(f"{case:{c}} {kind:{k}} {'median us':>10} {'p99 us':>9} {'mean us':>9}")
+    for r in rows:
+        print(f"{r.case:{c}} {r.kind:{k}} {r.median_us:10.2f} {r.p99_us:9.2f} {r.mean_us:9.2f}")
+
+
+def run_on_broker(bench: Callable[[str], Awaitable[T]]) -> T:
+    """``asyncio.run(bench(bootstrap_servers))`` against an embedded broker started for it and
+    always stopped."""
+
+    async def run() -> T:
+        async with embedded_broker() as broker:
+            return await bench(broker.bootstrap_servers)
+
+    return asyncio.run(run())
 
 
 def time_sync(call: Callable[[int], object], n: int) -> list[int]:

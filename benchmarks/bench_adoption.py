@@ -20,24 +20,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
-import json
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from _common import CorailBus, CorailEvent, InMemoryCollector, Row, summarise
+from _common import (
+    CorailBus,
+    CorailEvent,
+    InMemoryCollector,
+    Row,
+    print_rows,
+    run_on_broker,
+    summarise,
+    write_results,
+)
 
-from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.producer import KafkaCollector, KafkaPublisher
 from agentstream.producer.adapters import CorailForwarder
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
 
-RESULTS = Path(__file__).parent / "results" / "adoption.json"
 TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
 
 
@@ -154,35 +159,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="calls per case")
     args = parser.parse_args()
-    broker = EmbeddedBroker()
-    broker.start()
-    try:
-        rows, extra = asyncio.run(bench(broker.bootstrap_servers, args.events))
-    finally:
-        broker.stop()
+    rows, extra = run_on_broker(lambda bootstrap: bench(bootstrap, args.events))
     print(f"\nadoption paths, cost per event ({args.events} calls each)")
-    print(f"{'case':34} {'':18} {'median us':>10} {'p99 us':>9} {'mean us':>9}")
-    for r in rows:
-        print(f"{r.case:34} {r.kind:18} {r.median_us:10.2f} {r.p99_us:9.2f} {r.mean_us:9.2f}")
+    print_rows(rows, case="case", kind="", widths=(34, 18))
     print(
         f"\nshipped {extra['events_shipped']} events, all acknowledged: {extra['flushed']}, "
         f"adapter failures: {extra['failures']}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "adoption",
-                "python": sys.version.split()[0],
-                "events_per_case": args.events,
-                "rows": [asdict(r) for r in rows],
-                **extra,
-            },
-            indent=2,
-        )
-        + "\n"
+    path = write_results(
+        "adoption",
+        {
+            "benchmark": "adoption",
+            "python": sys.version.split()[0],
+            "events_per_case": args.events,
+            "rows": [asdict(r) for r in rows],
+            **extra,
+        },
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")
     return 0 if extra["flushed"] and extra["failures"] == 0 else 1
 
 

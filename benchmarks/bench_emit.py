@@ -29,13 +29,21 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from _common import CorailBus, CorailEvent, InMemoryCollector, Row, summarise, time_sync
+from _common import (
+    CorailBus,
+    CorailEvent,
+    InMemoryCollector,
+    Row,
+    print_rows,
+    run_on_broker,
+    summarise,
+    time_sync,
+    write_results,
+)
 from aiokafka import AIOKafkaProducer
 
-from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.producer import (
     AuditEmitter,
     ControlListener,
@@ -50,7 +58,6 @@ from agentstream.schemas import encode_event, event_headers, record_key
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
 
-RESULTS = Path(__file__).parent / "results" / "emit.json"
 TARGET_MEDIAN_US = 5.0
 TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
 ARGS_TEXT = json.dumps(TOOL_ARGS)
@@ -250,9 +257,7 @@ async def control_latency(
 
 def print_table(rows: list[Row], extra: dict[str, Any]) -> None:
     print(f"\nemit cost per event ({rows[0].n} calls each; target: agentstream median <= 5 us)")
-    print(f"{'case':44} {'implementation':14} {'median us':>10} {'p99 us':>9} {'mean us':>9}")
-    for r in rows:
-        print(f"{r.case:44} {r.kind:14} {r.median_us:10.2f} {r.p99_us:9.2f} {r.mean_us:9.2f}")
+    print_rows(rows, case="case", kind="implementation", widths=(44, 14))
     print(
         f"\nshipped {extra['events_shipped']} events, all acknowledged: {extra['flushed']} "
         f"(flush took {extra['flush_seconds']} s)"
@@ -268,33 +273,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="calls per case")
     args = parser.parse_args()
-    broker = EmbeddedBroker()
-    broker.start()
-    try:
-        rows, extra = asyncio.run(bench(broker.bootstrap_servers, args.events))
-    finally:
-        broker.stop()
+    rows, extra = run_on_broker(lambda bootstrap: bench(bootstrap, args.events))
     print_table(rows, extra)
     ours = [r for r in rows if r.kind == "agentstream" and not r.case.startswith("redaction")]
     met = all(r.median_us <= TARGET_MEDIAN_US for r in ours)
     print(f"target median <= {TARGET_MEDIAN_US} us: {'met' if met else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "emit",
-                "python": sys.version.split()[0],
-                "events_per_case": args.events,
-                "target_median_us": TARGET_MEDIAN_US,
-                "target_met": met,
-                "rows": [asdict(r) for r in rows],
-                **extra,
-            },
-            indent=2,
-        )
-        + "\n"
+    path = write_results(
+        "emit",
+        {
+            "benchmark": "emit",
+            "python": sys.version.split()[0],
+            "events_per_case": args.events,
+            "target_median_us": TARGET_MEDIAN_US,
+            "target_met": met,
+            "rows": [asdict(r) for r in rows],
+            **extra,
+        },
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")
     return 0
 
 
