@@ -39,6 +39,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.append(str(TESTS_DIR))
 from support.runtime import ServiceProcess as ServiceProcess  # noqa: E402
 from support.runtime import http_get as http_get  # noqa: E402
+from support.runtime import rss_bytes as rss_bytes  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 T = TypeVar("T")
@@ -111,17 +112,6 @@ def write_results(area: str, results: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**results, "machine": machine_info()}, indent=2) + "\n")
     return path
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of process ``pid`` (Linux ``/proc``), None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 class RssSampler:

@@ -12,10 +12,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.chaos import Figures, Row, read_all, rss_bytes, size, sqlite_rows
+from support.chaos import Figures, Row, read_all, size, sqlite_rows
 from support.chaos import traffic as make_traffic
 from support.persistence import settings_for
-from support.runtime import ServiceProcess, running_consumer, wait_until
+from support.runtime import ServiceProcess, rss_bytes, running_consumer, wait_until
 
 from agentstream.consumers.persistence.service import SERVICE
 from agentstream.consumers.runtime import EventConsumer
@@ -144,10 +144,7 @@ async def test_poison_flood_every_record_stored_or_dead_lettered(
             return len(await _accounted(kafka_settings, db, topic)) >= len(placed)
 
         await wait_until(accounted, timeout=60, what="every record stored or dead-lettered")
-        alive = {
-            "persistence": persistence.process.poll() is None,
-            "loops": loops.process.poll() is None,
-        }  # type: ignore[union-attr]
+        alive = {"persistence": persistence.poll() is None, "loops": loops.poll() is None}
         await persistence.stop()
         await loops.stop()
     seen = await _accounted(kafka_settings, db, topic)

@@ -130,16 +130,6 @@ def sqlite_rows(path: Path) -> list[tuple[str, str, int, int, int, int]]:
         )
 
 
-def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 @dataclass
 class Row:
     """One line of a scenario's table. ``None`` = not applicable to this subject."""

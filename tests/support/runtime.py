@@ -131,6 +131,17 @@ async def http_get(port: int, path: str, *, host: str = "127.0.0.1") -> tuple[in
     return int(head.split()[1]), body
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` (Linux ``/proc``), None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class ServiceProcess:
     """``agentstream consume <service>`` in a subprocess, on a free HTTP port, its output in
     :meth:`log`. Used by the tests and the benchmarks (``benchmarks/_common.py``).
