@@ -37,6 +37,7 @@ from agentstream.schemas.settings import KafkaSettings
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS_DIR) not in sys.path:
     sys.path.append(str(TESTS_DIR))
+from support.otlp import OtlpSink as OtlpSink  # noqa: E402
 from support.runtime import ServiceProcess as ServiceProcess  # noqa: E402
 from support.runtime import http_get as http_get  # noqa: E402
 from support.runtime import rss_bytes as rss_bytes  # noqa: E402
@@ -431,35 +432,3 @@ async def committed_total(settings: KafkaSettings, group: str, topic: str, parti
         return total
     finally:
         await consumer.stop()
-
-
-class OtlpSink:
-    """An HTTP endpoint answering 200 to every OTLP POST (the tracing service's exporter needs
-    somewhere to send); counts the requests."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        sink = self
-        self.requests = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

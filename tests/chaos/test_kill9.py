@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support.chaos import (
     Figures,
     Row,
@@ -22,6 +19,7 @@ from support.chaos import (
     sqlite_rows,
     traffic,
 )
+from support.otlp import OtlpSink
 from support.produce import produce_events
 from support.runtime import ServiceProcess, committed_offsets, wait_until
 
@@ -32,46 +30,13 @@ KILLS = size(1, 6)
 SESSIONS = size(8, 60)
 
 
-class SpanSink:
-    """A minimal OTLP/HTTP receiver: keeps (trace id, span id) of every exported span."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[bytes, bytes]] = []
-        self.lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
-                with sink.lock:
-                    sink.spans.extend(
-                        (span.trace_id, span.span_id)
-                        for rs in request.resource_spans
-                        for ss in rs.scope_spans
-                        for span in ss.spans
-                    )
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture
-def span_sink() -> Iterator[SpanSink]:
-    sink = SpanSink()
-    sink.thread.start()
+def span_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink(keep_spans=True)
     try:
         yield sink
     finally:
-        sink.server.shutdown()
-        sink.server.server_close()
+        sink.close()
 
 
 async def drained(settings: KafkaSettings, group: str) -> bool:
@@ -86,7 +51,7 @@ async def test_kill_9_repeatedly_loses_nothing(
     service: str,
     kafka_settings: KafkaSettings,
     tmp_path: Path,
-    span_sink: SpanSink,
+    span_sink: OtlpSink,
     group_env: dict[str, str],
 ) -> None:
     sent = traffic(SESSIONS)
@@ -130,6 +95,7 @@ async def test_kill_9_repeatedly_loses_nothing(
     elif service in ("loops", "budget"):
         records = await read_all(kafka_settings, kafka_settings.routing().alerts)
         alerts = [decode_record(r.value, r.headers) for r in records]
+        findings: set[tuple[object, ...]]
         if service == "loops":
             alerts = [a for a in alerts if a.type.startswith("audit.tool_loop_")]
             expected = sent.loop_alerts
@@ -139,13 +105,13 @@ async def test_kill_9_repeatedly_loses_nothing(
             alerts = [a for a in alerts if a.data.get("dimension") == "rounds"]
             expected = sent.budget_signals
             findings = {(a.session_id, a.type, a.data.get("scope")) for a in alerts}
-        ids = {a.event_id for a in alerts}
+        alert_ids = {a.event_id for a in alerts}
         row.alerted = len(findings)
         row.lost = max(0, expected - len(findings))
         row.duplicated = len(alerts) - len(findings)
-        row.note = f"{expected} findings expected; {len(ids)} distinct alert ids"
+        row.note = f"{expected} findings expected; {len(alert_ids)} distinct alert ids"
         assert len(findings) == expected, row
-        assert len(ids) == len(findings), "a finding alerted twice under different ids"
+        assert len(alert_ids) == len(findings), "a finding alerted twice under different ids"
     elif service == "tracing":
         spans = list(span_sink.spans)
         traces = {trace for trace, _ in spans}
