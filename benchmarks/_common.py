@@ -298,6 +298,33 @@ class CorailBus:
             logging.getLogger("corail").exception("handler failed")
 
 
+TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
+
+
+@dataclass
+class AuditEventBase:
+    """The fields every audit event of Calute (and Xerxes) carries; subclasses add their own."""
+
+    event_type: str = ""
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    agent_id: str | None = None
+    turn_id: str | None = None
+    session_id: str | None = None
+    severity: str = "info"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditEmitterBase:
+    """What an ``AuditEmitter`` of Calute (and Xerxes) holds: a collector, the session id
+    stamped on every event and the lock around ``collector.emit``; subclasses add the
+    ``emit_*`` methods."""
+
+    def __init__(self, collector: Any, session_id: str | None) -> None:
+        self._collector = collector
+        self._session_id = session_id
+        self._lock = threading.Lock()
+
+
 class InMemoryCollector:
     """The ``InMemoryCollector`` of Calute (and Xerxes): a locked list."""
 

@@ -21,13 +21,14 @@ import argparse
 import asyncio
 import enum
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from _common import (
+    TOOL_ARGS,
+    AuditEmitterBase,
+    AuditEventBase,
     CorailBus,
     CorailEvent,
     InMemoryCollector,
@@ -43,22 +44,14 @@ from agentstream.producer.adapters import CorailForwarder
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
 
-TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
-
 
 class CorailEventType(enum.Enum):
     TOOL_CALLED = "tool.called"
 
 
 @dataclass
-class XerxesSkillUsed:
+class XerxesSkillUsed(AuditEventBase):
     event_type: str = field(default="skill_used", init=False)
-    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    agent_id: str | None = None
-    turn_id: str | None = None
-    session_id: str | None = None
-    severity: str = "info"
-    metadata: dict[str, Any] = field(default_factory=dict)
     skill_name: str = ""
     version: str = ""
     outcome: str = "unknown"
@@ -69,12 +62,7 @@ class XerxesSkillUsed:
         return asdict(self)
 
 
-class XerxesEmitter:
-    def __init__(self, collector: Any, session_id: str | None) -> None:
-        self._collector = collector
-        self._session_id = session_id
-        self._lock = threading.Lock()
-
+class XerxesEmitter(AuditEmitterBase):
     def emit_skill_used(self, skill_name: str, duration_ms: float, agent_id: str) -> None:
         event = XerxesSkillUsed(
             skill_name=skill_name, duration_ms=duration_ms, agent_id=agent_id, outcome="success"

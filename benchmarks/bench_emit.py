@@ -25,13 +25,14 @@ import asyncio
 import json
 import statistics
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from _common import (
+    TOOL_ARGS,
+    AuditEmitterBase,
+    AuditEventBase,
     CorailBus,
     CorailEvent,
     InMemoryCollector,
@@ -59,7 +60,6 @@ from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
 
 TARGET_MEDIAN_US = 5.0
-TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
 ARGS_TEXT = json.dumps(TOOL_ARGS)
 
 
@@ -67,24 +67,13 @@ ARGS_TEXT = json.dumps(TOOL_ARGS)
 
 
 @dataclass
-class CaluteToolCallAttempt:
+class CaluteToolCallAttempt(AuditEventBase):
     event_type: str = "tool_call_attempt"
-    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    agent_id: str | None = None
-    turn_id: str | None = None
-    session_id: str | None = None
-    severity: str = "info"
-    metadata: dict[str, Any] = field(default_factory=dict)
     tool_name: str = ""
     arguments_preview: str = ""
 
 
-class CaluteEmitter:
-    def __init__(self, collector: InMemoryCollector, session_id: str | None) -> None:
-        self._collector = collector
-        self._session_id = session_id
-        self._lock = threading.Lock()
-
+class CaluteEmitter(AuditEmitterBase):
     def emit_tool_call_attempt(
         self,
         tool_name: str,
