@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+
+class _HasOffset(Protocol):
+    @property
+    def offset(self) -> int: ...
+
+
+R = TypeVar("R", bound=_HasOffset)
 
 
 class PartitionOffsets:
@@ -35,6 +45,27 @@ class PartitionOffsets:
         self._next = offset + 1
         return True
 
+    def received_all(self, records: Iterable[R]) -> tuple[list[R], list[R]]:
+        """:meth:`received` for fetched records in offset order, in one pass: the records
+        now tracked, and those already seen (not tracked)."""
+        order, holds, after = self._order, self._holds, self._next
+        new: list[R] = []
+        seen: list[R] = []
+        for record in records:
+            offset = record.offset
+            if after is not None and offset < after:
+                seen.append(record)
+                continue
+            order.append(offset)
+            holds[offset] = 1
+            after = offset + 1
+            new.append(record)
+        if new:
+            if self.first is None:
+                self.first = new[0].offset
+            self._next = after
+        return new, seen
+
     def hold(self, offset: int, count: int = 1) -> None:
         self._holds[offset] += count
 
@@ -44,6 +75,16 @@ class PartitionOffsets:
             self._holds[offset] = left
         else:
             del self._holds[offset]
+
+    def release_all(self, offsets: Iterable[int]) -> None:
+        """:meth:`release` each of ``offsets``."""
+        holds = self._holds
+        for offset in offsets:
+            left = holds[offset] - 1
+            if left:
+                holds[offset] = left
+            else:
+                del holds[offset]
 
     @property
     def outstanding(self) -> int:

@@ -65,14 +65,10 @@ class PartitionWorker:
         """Queue fetched records (aiokafka ``ConsumerRecord``s, in offset order)."""
         if self._stopping:
             return
-        offsets, queue = self.offsets, self._queue
-        for raw in records:
-            if offsets.received(raw.offset):
-                queue.append(raw)
-            else:  # never expected from aiokafka; a re-delivery must not be processed twice
-                log.warning(
-                    "%s[%d]@%d fetched again, ignored", raw.topic, raw.partition, raw.offset
-                )
+        new, seen = self.offsets.received_all(records)
+        self._queue.extend(new)
+        for raw in seen:  # never expected from aiokafka; a re-delivery must not be processed twice
+            log.warning("%s[%d]@%d fetched again, ignored", raw.topic, raw.partition, raw.offset)
         self._wake.set()
 
     @property
@@ -119,7 +115,9 @@ class PartitionWorker:
                     wake.clear()
                     await self._flush(due_only=True)
                     continue
-                await self._process(queue.popleft())
+                raw = self._drain(queue)
+                if raw is not None:
+                    await self._process(raw)
                 if self._batches:
                     await self._flush(due_only=True)
             await self._flush(due_only=False)
@@ -154,6 +152,70 @@ class PartitionWorker:
             if batch.items
         ]
         return min(deadlines) if deadlines else None
+
+    def _drain(self, queue: deque[Any]) -> Any:
+        """Process queued records that need no await, in one pass: records skipped by their
+        ``ce_type`` header and records that go to batch subscriptions only. Returns the
+        first record that needs more (an event handler, a dead letter, an undeclared type),
+        taken off the queue, or None; stops early when a batch is full (flushed next)."""
+        offsets, metrics, table = self.offsets, self._metrics, self._table
+        consumed, batches = self._consumed, self._batches
+        for_type, popleft = table.for_type, queue.popleft
+        while queue:
+            raw = popleft()
+            event_type = None
+            headers = raw.headers
+            if headers:
+                for name, value in headers:
+                    if name == "ce_type":
+                        event_type = value.decode("utf-8", "replace")
+                        break
+            if event_type is None:
+                return raw
+            topic = raw.topic
+            singles, subs = for_type(topic, event_type)
+            if singles:
+                return raw
+            offset = raw.offset
+            if not subs:
+                metrics.record(event_type, SKIPPED)
+                offsets.release(offset)
+                continue
+            try:
+                event = decode_record(raw.value, headers, validate=False)
+            except DecodeError:
+                return raw  # dead-lettered by the awaiting path
+            if event.type != event_type:
+                return raw  # the header disagrees with the envelope: the full path
+            consumed[event_type] = consumed.get(event_type, 0) + 1
+            record = Record(
+                event,
+                topic,
+                raw.partition,
+                offset,
+                raw.key,
+                raw.timestamp,
+                headers if type(headers) is tuple else tuple(headers),
+                raw.value,
+            )
+            full = False
+            for sub in subs:
+                batch = batches.get(sub)
+                if batch is None:
+                    batch = batches[sub] = _Batch()
+                items = batch.items
+                if not items:
+                    batch.started = time.monotonic()
+                items.append((record, raw))
+                if len(items) >= sub.max_records:
+                    full = True
+            offsets.hold(offset, len(subs) - 1)
+            self._uncounted += 1
+            if self._uncounted >= 256:
+                self._count_consumed()
+            if full:
+                return None
+        return None
 
     async def _process(self, raw: Any) -> None:
         offsets, metrics, offset = self.offsets, self._metrics, raw.offset
@@ -226,7 +288,12 @@ class PartitionWorker:
     async def _flush(self, *, due_only: bool) -> None:
         now = time.monotonic()
         for sub, batch in list(self._batches.items()):
-            if batch.items and (not due_only or now >= batch.started + sub.max_wait_ms / 1000):
+            items = batch.items
+            if items and (
+                not due_only
+                or len(items) >= sub.max_records
+                or now >= batch.started + sub.max_wait_ms / 1000
+            ):
                 await self._flush_one(sub)
 
     async def _flush_one(self, sub: BatchSubscription) -> None:
@@ -255,8 +322,7 @@ class PartitionWorker:
                 if refused is not None:
                     self._metrics.record(record.event.type, FAILED)
                     await self._dispatcher.dead_letter(raw, refused, record.event.type)
-        for record in records:
-            self.offsets.release(record.offset)
+        self.offsets.release_all([record.offset for record in records])
 
 
 class _Where:
