@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import DecodeError, decode_record, header
+from agentstream.schemas.codec import Encoding, decode_event, encoding_of
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
 from .dispatch import Dispatcher, bounded
@@ -22,6 +23,10 @@ from .record import Record
 from .subscriptions import BatchSubscription, SubscriptionTable
 
 log = logging.getLogger("agentstream.consumers.runtime")
+
+
+_ENCODINGS: dict[bytes | None, Encoding] = {}
+"""``content-type`` header values seen, and the encoding each names."""
 
 
 class _Batch:
@@ -160,18 +165,21 @@ class PartitionWorker:
         taken off the queue, or None; stops early when a batch is full (flushed next)."""
         offsets, metrics, table = self.offsets, self._metrics, self._table
         consumed, batches = self._consumed, self._batches
-        for_type, popleft = table.for_type, queue.popleft
+        for_type, popleft, encodings = table.for_type, queue.popleft, _ENCODINGS
         while queue:
             raw = popleft()
-            event_type = None
+            announced = content_type = None
+            typed = typed_content = False
             headers = raw.headers
-            if headers:
-                for name, value in headers:
-                    if name == "ce_type":
-                        event_type = value.decode("utf-8", "replace")
-                        break
-            if event_type is None:
+            for name, value in headers or ():  # both headers in one pass, the first of each
+                if name == "ce_type":
+                    if not typed:
+                        announced, typed = value, True
+                elif name == "content-type" and not typed_content:
+                    content_type, typed_content = value, True
+            if announced is None:  # no ce_type: looked up by the decoded type
                 return raw
+            event_type = announced.decode("utf-8", "replace")
             topic = raw.topic
             singles, subs = for_type(topic, event_type)
             if singles:
@@ -181,12 +189,20 @@ class PartitionWorker:
                 metrics.record(event_type, SKIPPED)
                 offsets.release(offset)
                 continue
+            # What decode_record does, with the headers already read: an undecodable record
+            # or an envelope whose type is not the announced one goes to the awaiting path
+            # (decode_record again there, which raises and dead-letters it).
+            encoding = encodings.get(content_type)
             try:
-                event = decode_record(raw.value, headers, validate=False)
+                if encoding is None:
+                    encoding = encoding_of(content_type)
+                    if len(encodings) < 64:
+                        encodings[content_type] = encoding
+                event = decode_event(raw.value, encoding, validate=False)
             except DecodeError:
-                return raw  # dead-lettered by the awaiting path
+                return raw
             if event.type != event_type:
-                return raw  # the header disagrees with the envelope: the full path
+                return raw
             consumed[event_type] = consumed.get(event_type, 0) + 1
             record = Record(
                 event,
