@@ -20,7 +20,7 @@ from .dispatch import Dispatcher, bounded
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
 from .record import Record
-from .subscriptions import BatchSubscription, SubscriptionTable
+from .subscriptions import BatchSubscription, Subscription, SubscriptionTable
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
@@ -60,6 +60,10 @@ class PartitionWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._batches: dict[BatchSubscription, _Batch] = {}
+        # ce_type header value -> (type, event handlers, batch handlers) of this partition's topic
+        self._types: dict[
+            bytes, tuple[str, tuple[Subscription, ...], tuple[BatchSubscription, ...]]
+        ] = {}
         self._consumed: dict[str, int] = {}  # counted here, added to the metric per chunk
         self._uncounted = 0
         self._task = asyncio.create_task(
@@ -166,6 +170,7 @@ class PartitionWorker:
         offsets, metrics, table = self.offsets, self._metrics, self._table
         consumed, batches = self._consumed, self._batches
         for_type, popleft, encodings = table.for_type, queue.popleft, _ENCODINGS
+        types = self._types
         while queue:
             raw = popleft()
             announced = content_type = None
@@ -179,9 +184,14 @@ class PartitionWorker:
                     content_type, typed_content = value, True
             if announced is None:  # no ce_type: looked up by the decoded type
                 return raw
-            event_type = announced.decode("utf-8", "replace")
             topic = raw.topic
-            singles, subs = for_type(topic, event_type)
+            known = types.get(announced)
+            if known is None:
+                event_type = announced.decode("utf-8", "replace")
+                known = (event_type, *for_type(topic, event_type))
+                if len(types) < 1024:  # the subscriptions are fixed once the consumer started
+                    types[announced] = known
+            event_type, singles, subs = known
             if singles:
                 return raw
             offset = raw.offset
@@ -225,7 +235,8 @@ class PartitionWorker:
                 items.append((record, raw))
                 if len(items) >= sub.max_records:
                     full = True
-            offsets.hold(offset, len(subs) - 1)
+            if len(subs) > 1:
+                offsets.hold(offset, len(subs) - 1)
             self._uncounted += 1
             if self._uncounted >= 256:
                 self._count_consumed()
