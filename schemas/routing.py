@@ -15,8 +15,7 @@ bus. :meth:`Routing.topics_for_pattern` gives the topics that can hold matching 
 from __future__ import annotations
 
 import fnmatch
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .catalogue import EventType
@@ -48,27 +47,6 @@ def matches(pattern: str, event_type: str) -> bool:
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
-
-
-@functools.lru_cache(maxsize=256)
-def compile_patterns(patterns: tuple[str, ...]) -> _Matcher:
-    return _Matcher(patterns)
-
-
-class _Matcher:
-    """Matches types against a set of patterns, memoising per type (types are few)."""
-
-    def __init__(self, patterns: tuple[str, ...]) -> None:
-        self.patterns = patterns
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, event_type: str) -> bool:
-        hit = self._cache.get(event_type)
-        if hit is None:
-            hit = any(matches(p, event_type) for p in self.patterns)
-            if len(self._cache) < 4096:
-                self._cache[event_type] = hit
-        return hit
 
 
 @dataclass(frozen=True)
@@ -124,24 +102,18 @@ class Routing:
         when the catalogue does not know it; a glob can match unknown types too, so it also gets
         the topic of every route whose pattern could overlap it.
         """
-        return self.topics_for_patterns([pattern])
-
-    def topics_for_patterns(self, patterns: Iterable[str]) -> frozenset[str]:
         topics: set[str] = set()
-        for pattern in patterns:
-            for event_type in EventType:
-                if matches(pattern, event_type.value):
-                    topics.add(self.topic_for(event_type.value))
-            if any(matches(pattern, t) for t in ALERT_TYPES):
-                topics.add(self.alerts)
-            if any(matches(pattern, t) for t in CONTROL_TYPES):
-                topics.add(self.control)
-            if _is_glob(pattern):
-                topics.update(
-                    self.topic(kind) for p, kind in self.routes if _may_overlap(p, pattern)
-                )
-            else:
-                topics.add(self.topic_for(pattern))
+        for event_type in EventType:
+            if matches(pattern, event_type.value):
+                topics.add(self.topic_for(event_type.value))
+        if any(matches(pattern, t) for t in ALERT_TYPES):
+            topics.add(self.alerts)
+        if any(matches(pattern, t) for t in CONTROL_TYPES):
+            topics.add(self.control)
+        if _is_glob(pattern):
+            topics.update(self.topic(kind) for p, kind in self.routes if _may_overlap(p, pattern))
+        else:
+            topics.add(self.topic_for(pattern))
         return frozenset(topics)
 
 
