@@ -38,6 +38,9 @@ CONTROL_TYPES: tuple[str, ...] = tuple(t.value for t in EventType if t.value.sta
 """Types published on the control topic as directives to pods."""
 
 
+_MAX_CACHED_TYPES = 4096
+
+
 def matches(pattern: str, event_type: str) -> bool:
     """Whether ``event_type`` matches a subscription pattern (exact, glob or ``*``)."""
     if pattern == "*" or pattern == event_type:
@@ -91,7 +94,9 @@ class Routing:
         topic = self._topic_cache.get(event_type)
         if topic is None:
             kind = next((k for p, k in self.routes if matches(p, event_type)), EVENTS)
-            topic = self._topic_cache[event_type] = self.topic(kind)
+            topic = self.topic(kind)
+            if len(self._topic_cache) < _MAX_CACHED_TYPES:  # types are few; garbage is not
+                self._topic_cache[event_type] = topic
         return topic
 
     def topics_for_pattern(self, pattern: str) -> frozenset[str]:
