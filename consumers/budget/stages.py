@@ -36,6 +36,7 @@ import msgspec
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import Record
+from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.settings import KafkaSettings
 
@@ -283,7 +284,8 @@ class Stage:
     async def _retry(
         self, what: str, action: Callable[[], Awaitable[T]], *, attempts: int | None = None
     ) -> T:
-        """``await action()`` until it succeeds, with exponential backoff up to 5 s."""
+        """``await action()`` until it succeeds, with the runtime's exponential backoff
+        (from 0.2 s, up to 5 s)."""
         attempt = 0
         while True:
             attempt += 1
@@ -292,7 +294,7 @@ class Stage:
             except Exception as exc:
                 if attempts is not None and attempt >= attempts:
                     raise
-                delay = min(0.1 * 2 ** min(attempt, 6), 5.0)
+                delay = backoff_seconds(attempt, 200, 5_000)
                 log.warning(
                     "%s stage: %s failed (attempt %d), retrying in %.1f s: %r",
                     self.name,
