@@ -261,24 +261,16 @@ def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str
     )
     if type(ev_agent) is not str or type(ev_session) is not str or type(ev_turn) is not str:
         ev_agent, ev_session, ev_turn = _as_id(ev_agent), _as_id(ev_session), _as_id(ev_turn)
-    stamp = event.timestamp
-    try:  # what _now_iso writes, parsed in C; anything else goes the careful way
-        timestamp = _from_iso(stamp) if type(stamp) is str and stamp[-6:] == "+00:00" else None
-    except ValueError:
-        timestamp = None
     scope = get_scope()
     return Event(
         type=AUDIT_PREFIX + event.event_type,
-        timestamp=timestamp or _parse_timestamp(stamp),
+        timestamp=_parse_timestamp(event.timestamp),
         agent_id=ev_agent or scope.agent_id or agent_id,
         session_id=ev_session or scope.session_id,
         turn_id=ev_turn or scope.turn_id,
         user_id=scope.user_id,
         data=data,
     )
-
-
-_from_iso = datetime.fromisoformat
 
 
 def _as_id(value: Any) -> str:

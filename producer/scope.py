@@ -31,9 +31,8 @@ class Scope:
 
 
 EMPTY_SCOPE = Scope()
-_EMPTY = EMPTY_SCOPE
 _current: contextvars.ContextVar[Scope] = contextvars.ContextVar(
-    "agentstream_event_scope", default=_EMPTY
+    "agentstream_event_scope", default=EMPTY_SCOPE
 )
 
 
