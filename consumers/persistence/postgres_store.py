@@ -30,7 +30,7 @@ import asyncpg
 from agentstream.schemas import Event, RecordLocation
 
 from .migrations import POSTGRES_MIGRATIONS
-from .rows import event_from_json, event_json, int64
+from .rows import event_from_json, int64
 from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
@@ -161,17 +161,12 @@ class PostgresStore(Store):
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def write_batch(
+    async def _write(
         self,
         events: Sequence[Event],
-        locations: Sequence[RecordLocation] | None = None,
-        documents: Sequence[str] | None = None,
+        locations: Sequence[RecordLocation] | None,
+        documents: Sequence[str],
     ) -> int:
-        if not events:
-            return 0
-        texts = [event_json(e) for e in events] if documents is None else documents
-        if len(texts) != len(events):
-            raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
         columns: list[list[Any]] = [
             [stored_id(e.event_id) for e in events],
             [_text(e.type) for e in events],
@@ -183,13 +178,11 @@ class PostgresStore(Store):
             [int64(e.seq) for e in events],
             [_text(e.source) for e in events],
             [int64(e.schema_version) for e in events],
-            [_json(t) for t in texts],
+            [_json(t) for t in documents],
         ]
         if locations is None:
             columns += [[None] * len(events)] * 3
         else:
-            if len(locations) != len(events):
-                raise ValueError(f"expected {len(events)} locations, got {len(locations)}")
             columns += [
                 [_text(loc.topic) for loc in locations],
                 [loc.partition for loc in locations],

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from agentstream.schemas import Event, RecordLocation
 
 from .migrations import SQLITE_MIGRATIONS
-from .rows import event_from_json, event_json, from_micros, int64, to_micros
+from .rows import event_from_json, from_micros, int64, to_micros
 from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
@@ -155,24 +155,21 @@ class SqliteStore(Store):
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def write_batch(
+    async def _write(
         self,
         events: Sequence[Event],
-        locations: Sequence[RecordLocation] | None = None,
-        documents: Sequence[str] | None = None,
+        locations: Sequence[RecordLocation] | None,
+        documents: Sequence[str],
     ) -> int:
-        if not events:
-            return 0
         now = to_micros(datetime.now(UTC))
-        texts = [event_json(e) for e in events] if documents is None else documents
-        if len(texts) != len(events):
-            raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
         if locations is None:
-            rows = [_row(e, None, None, None, now, t) for e, t in zip(events, texts, strict=True)]
+            rows = [
+                _row(e, None, None, None, now, t) for e, t in zip(events, documents, strict=True)
+            ]
         else:
             rows = [
                 _row(e, loc.topic, loc.partition, loc.offset, now, t)
-                for e, loc, t in zip(events, locations, texts, strict=True)
+                for e, loc, t in zip(events, locations, documents, strict=True)
             ]
         return await self._run(lambda conn: _insert(conn, rows))
 

@@ -120,7 +120,6 @@ class Store(abc.ABC):
 
     # --- writing ---------------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def write_batch(
         self,
         events: Sequence[Event],
@@ -133,6 +132,26 @@ class Store(abc.ABC):
         ``documents`` (same length) the JSON text kept as each whole event (the record's
         original envelope, with fields this version does not know; default: the event
         re-encoded)."""
+        from .rows import event_json
+
+        if not events:
+            return 0
+        texts = [event_json(e) for e in events] if documents is None else documents
+        if len(texts) != len(events):
+            raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
+        if locations is not None and len(locations) != len(events):
+            raise ValueError(f"expected {len(events)} locations, got {len(locations)}")
+        return await self._write(events, locations, texts)
+
+    @abc.abstractmethod
+    async def _write(
+        self,
+        events: Sequence[Event],
+        locations: Sequence[RecordLocation] | None,
+        documents: Sequence[str],
+    ) -> int:
+        """:meth:`write_batch` after its checks: ``events`` is not empty, ``locations`` (when
+        given) and ``documents`` have its length."""
 
     @abc.abstractmethod
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
