@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import gzip
 import logging
-import random
 import urllib.error
 import urllib.request
 from collections import deque
@@ -25,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from agentstream.consumers.runtime.retry import backoff_seconds
 
 from .metrics import TracingMetrics
 from .otlp import encode
@@ -206,11 +207,14 @@ class OtlpHttpExporter:
                 )
                 self._drop(batch, "export_failed")
                 return
-            delay = min(self.policy.max_backoff_s, self.policy.backoff_s * 2**attempt)
-            delay = delay * (0.5 + random.random() / 2)
+            attempt += 1
+            delay = backoff_seconds(
+                attempt,
+                round(self.policy.backoff_s * 1000),
+                round(self.policy.max_backoff_s * 1000),
+            )
             if result.retry_after_s is not None:
                 delay = min(self.policy.max_backoff_s, max(delay, result.retry_after_s))
-            attempt += 1
             await asyncio.sleep(delay)
 
     def _post(self, body: bytes) -> PostResult:
