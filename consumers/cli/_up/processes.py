@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -16,14 +15,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+from agentstream.consumers.broker import die_with_parent, free_port
 
 
 def _child_setup() -> None:  # between fork and exec
     os.setpgrp()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -42,9 +39,7 @@ def pick_port(preferred: int, taken: set[int], host: str = "127.0.0.1") -> int:
     if preferred and preferred not in taken and port_free(preferred, host):
         return preferred
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
+        port = free_port(host)
         if port not in taken:
             return port
 
