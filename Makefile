@@ -69,7 +69,6 @@ schemas: install
 # BENCH_PYTHON=.venv-dev/bin/python runs them from the source tree without reinstalling.
 BENCH_PYTHON ?= $(BIN)/python
 bench: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install)
-	$(if $(filter $(BIN)/python,$(BENCH_PYTHON)),$(BIN)/python -m pip install -q '.[bench]')
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH_PYTHON) $$b; done
 	$(BENCH_PYTHON) benchmarks/report.py
 
