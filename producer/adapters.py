@@ -35,11 +35,11 @@ import msgspec
 from agentstream.schemas import Event
 from agentstream.schemas.envelope import is_valid_type
 
+from ._failures import FailureLog
 from .scope import get_scope
 
 if TYPE_CHECKING:
     from .bus import Publisher
-    from .collectors import FailureLog
 
 __all__ = ["CorailForwarder", "corail_envelope", "plain_data", "wire_type"]
 
@@ -234,13 +234,6 @@ def corail_envelope(
     )
 
 
-def _failure_log(what: str) -> FailureLog:
-    # imported here: collectors imports this module (plain_data, wire_type) at load time
-    from .collectors import FailureLog
-
-    return FailureLog(what)
-
-
 class CorailForwarder:
     """A Corail bus subscriber that ships every event it is given to Kafka.
 
@@ -275,7 +268,7 @@ class CorailForwarder:
         self.turn_key = turn_key
         self._forwarded = 0
         self._count_lock = threading.Lock()  # buses on several threads may share a forwarder
-        self.failures: FailureLog = _failure_log("CorailForwarder")
+        self.failures = FailureLog("CorailForwarder")
         self.__name__ = "CorailForwarder"  # how a bus names a handler in its error log
 
     def __repr__(self) -> str:

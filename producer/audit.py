@@ -23,6 +23,7 @@ import os
 import threading
 from typing import Any
 
+from ._failures import FailureLog
 from .audit_events import (
     AuditEvent,
     ErrorEvent,
@@ -37,7 +38,7 @@ from .audit_events import (
     TurnEndEvent,
     TurnStartEvent,
 )
-from .collectors import AuditCollector, FailureLog, InMemoryCollector
+from .collectors import AuditCollector, InMemoryCollector
 
 __all__ = ["PREVIEW_CHARS", "AuditEmitter"]
 

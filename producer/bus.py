@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentstream.schemas import Event
 from agentstream.schemas.routing import matches
 
-from .collectors import FailureLog
+from ._failures import FailureLog
 from .scope import EMPTY_SCOPE, Scope, event_scope, get_scope
 
 if TYPE_CHECKING:

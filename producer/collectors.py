@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 from agentstream.schemas import Event
 from agentstream.schemas.catalogue import AUDIT_PREFIX
 
+from ._failures import FailureLog
 from .adapters import plain_data, wire_type
 from .audit_events import AuditEvent
 from .scope import get_scope
@@ -61,38 +62,6 @@ class AuditCollector(Protocol):
     def emit(self, event: Any) -> None: ...
 
     def flush(self) -> None: ...
-
-
-class FailureLog:
-    """Counts failures and logs the 1st, 10th, 100th, ... of them (a broken collector on a
-    hot path must not flood the log, and must not go unnoticed either). Thread-safe."""
-
-    __slots__ = ("_lock", "count", "what")
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def record(self, exc: BaseException, detail: str) -> None:
-        with self._lock:
-            self.count += 1
-            count = self.count
-        if _is_power_of_ten(count):
-            logger.error(
-                "%s failed (%d failure(s) so far; logging the 1st, 10th, 100th...): %s: %r",
-                self.what,
-                count,
-                detail,
-                exc,
-                exc_info=exc,
-            )
-
-
-def _is_power_of_ten(n: int) -> bool:
-    while n % 10 == 0 and n >= 10:
-        n //= 10
-    return n == 1
 
 
 def _to_json(event: Any) -> str:
