@@ -26,6 +26,7 @@ from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_windows
+from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record
 from agentstream.schemas.settings import kafka_option
 
@@ -113,13 +114,7 @@ class _RecentIds:
 class LoopService:
     """The handlers and rebalance hooks of one loops process."""
 
-    def __init__(
-        self,
-        consumer: EventConsumer,
-        settings: LoopSettings,
-        *,
-        webhook: WebhookNotifier | None = None,
-    ) -> None:
+    def __init__(self, consumer: EventConsumer, settings: LoopSettings) -> None:
         self.consumer = consumer
         self.settings = settings
         self.routing = consumer.routing
@@ -131,7 +126,7 @@ class LoopService:
             on_evict=self._evicted,
         )
         self.metrics = LoopMetrics(consumer.registry, lambda: len(self.detector))
-        self.webhook = webhook
+        self.webhook: WebhookNotifier | None = None
         self.published = _RecentIds(cap=max(10_000, settings.alerts_dedup_window * 8))
         self.positions: dict[int, int] = {}
         """Next offset to process, per partition of the events topic this process has state for."""
@@ -246,7 +241,6 @@ class LoopService:
     async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         """The group's committed offsets, retried briefly (a coordinator can be busy right
         after a rebalance)."""
-        delay = 0.2
         for attempt in range(1, 4):
             try:
                 return await committed_offsets(self.settings, self.consumer.group_id, tps)
@@ -254,8 +248,7 @@ class LoopService:
                 if attempt == 3:
                     raise
                 log.warning("restore: committed offsets unavailable (%r), retrying", exc)
-                await asyncio.sleep(delay)
-                delay *= 2
+                await asyncio.sleep(backoff_seconds(attempt, 200, 800))
         raise AssertionError("unreachable")
 
     def _forget(self, partition: int) -> None:
