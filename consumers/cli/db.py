@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import settings_from
-from .sessions import add_store_argument
+from .sessions import add_store_argument, store_from
 
 
 def register(commands: Any) -> None:
@@ -23,11 +22,7 @@ def register(commands: Any) -> None:
 
 
 async def run_migrate(args: argparse.Namespace) -> int:
-    from agentstream.consumers.persistence import open_store
-    from agentstream.consumers.persistence.service import PersistenceSettings
-
-    settings = settings_from(args, PersistenceSettings, store=args.store)
-    async with open_store(settings.store) as store:
+    async with store_from(args, readonly=False) as store:
         applied = await store.migrate()
         version = await store.schema_version()
     if applied:
@@ -38,9 +33,7 @@ async def run_migrate(args: argparse.Namespace) -> int:
 
 
 async def run_status(args: argparse.Namespace) -> int:
-    from .sessions import reader
-
-    async with reader(args) as store:
+    async with store_from(args) as store:
         version, latest = await store.schema_version(), store.latest_version()
         events = await store.count() if version else 0
     state = "up to date" if version == latest else f"this agentstream writes version {latest}"

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ._common import add_kafka_arguments, settings_from
-from .sessions import add_store_argument, print_lines, reader
+from .sessions import add_store_argument, print_lines, store_from
 
 if TYPE_CHECKING:
     from agentstream.schemas import Event
@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with reader(args) as store:
+    async with store_from(args) as store:
         await store.require_schema()
         events = await store.timeline(args.session_id)
     if not events:

@@ -41,20 +41,21 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def reader(args: argparse.Namespace) -> Store:
-    """The store named by ``--store`` or the environment, opened read-only where possible."""
+def store_from(args: argparse.Namespace, *, readonly: bool = True) -> Store:
+    """The store named by ``--store`` or the environment, opened read-only where possible
+    (unless ``readonly`` is false)."""
     from agentstream.consumers.persistence import open_store
     from agentstream.consumers.persistence.service import PersistenceSettings
 
     settings = settings_from(args, PersistenceSettings, store=args.store)
-    return open_store(settings.store, readonly=True)
+    return open_store(settings.store, readonly=readonly)
 
 
 async def run(args: argparse.Namespace) -> int:
     from agentstream.consumers.persistence.since import parse_since
 
     since = parse_since(args.since) if args.since else None
-    async with reader(args) as store:
+    async with store_from(args) as store:
         await store.require_schema()
         found = await store.sessions(agent=args.agent, since=since, limit=args.limit)
     if args.json:
