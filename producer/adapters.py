@@ -20,6 +20,7 @@ and enqueue: no network wait). It never raises into the bus: a failure is logged
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import re
@@ -152,17 +153,17 @@ def _type_value(raw: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _utc(value: Any) -> datetime:
+def to_utc(value: Any, what: str = "event") -> datetime:
+    """An envelope timestamp from a foreign event's: a datetime or ISO-8601 text, in UTC (naive
+    values are taken as UTC, other offsets converted); anything else is logged and becomes now."""
+    if type(value) is str:
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(value)
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value if value.utcoffset() == UTC.utcoffset(None) else value.astimezone(UTC)
-    if isinstance(value, str):
-        try:
-            return _utc(datetime.fromisoformat(value))
-        except ValueError:
-            pass
-    logger.warning("Corail event timestamp %r is not a datetime; using now", value)
+    logger.warning("%s timestamp %r is not a datetime or ISO-8601 text; using now", what, value)
     return datetime.now(UTC)
 
 
@@ -225,7 +226,7 @@ def corail_envelope(
     scope = get_scope()
     return Event(
         type=type_,
-        timestamp=_utc(timestamp),
+        timestamp=to_utc(timestamp, "Corail event"),
         agent_id=_id(ev_agent) or _from_data(data, agent_key) or scope.agent_id or agent_id,
         user_id=_id(ev_user) or _from_data(data, user_key) or scope.user_id,
         session_id=_id(ev_session) or _from_data(data, session_key) or scope.session_id,

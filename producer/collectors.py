@@ -16,14 +16,13 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentstream.schemas import Event
 from agentstream.schemas.catalogue import AUDIT_PREFIX
 
 from ._failures import FailureLog
-from .adapters import plain_data, wire_type
+from .adapters import plain_data, to_utc, wire_type
 from .audit_events import AuditEvent
 from .scope import get_scope
 
@@ -209,7 +208,7 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     scope = get_scope()
     return Event(
         type=type_,
-        timestamp=_parse_timestamp(timestamp),
+        timestamp=to_utc(timestamp, "audit event"),
         agent_id=_as_id(ev_agent) or scope.agent_id or agent_id,
         session_id=_as_id(ev_session) or scope.session_id,
         turn_id=_as_id(ev_turn) or scope.turn_id,
@@ -233,7 +232,7 @@ def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str
     scope = get_scope()
     return Event(
         type=AUDIT_PREFIX + event.event_type,
-        timestamp=_parse_timestamp(event.timestamp),
+        timestamp=to_utc(event.timestamp, "audit event"),
         agent_id=ev_agent or scope.agent_id or agent_id,
         session_id=ev_session or scope.session_id,
         turn_id=ev_turn or scope.turn_id,
@@ -285,19 +284,6 @@ def _data_fields(cls: type) -> tuple[str, ...] | None:
             f.name for f in dataclasses.fields(cls) if f.name not in _ENVELOPE_FIELDS
         )
     return names
-
-
-def _parse_timestamp(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    if type(value) is str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            logger.warning("audit event timestamp %r is not ISO-8601; using now", value)
-        else:
-            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    return datetime.now(UTC)
 
 
 class KafkaCollector:

@@ -79,3 +79,15 @@ def test_an_unreadable_timestamp_becomes_now_not_an_error() -> None:
     for stamp in ("yesterday", "not a time+00:00"):
         env = audit_envelope(TurnStartEvent(timestamp=stamp))
         assert before <= env.timestamp <= datetime.now(UTC)
+
+
+def test_audit_timestamps_with_another_offset_become_utc() -> None:
+    from datetime import UTC, datetime
+
+    from agentstream.producer.audit_events import ToolCallAttemptEvent
+    from agentstream.producer.collectors import audit_envelope
+
+    event = ToolCallAttemptEvent(tool_name="search")
+    event.timestamp = "2026-11-01T14:00:00+02:00"
+    assert audit_envelope(event).timestamp == datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    assert audit_envelope(event).timestamp.utcoffset() == UTC.utcoffset(None)
