@@ -141,10 +141,6 @@ class TraceAssembler:
             del self._current[key]
         return len(refs)
 
-    def close_all(self, reason: str) -> list[Trace]:
-        """Close every open turn as incomplete (tests and tools; the service drops instead)."""
-        return [self._close(ref, reason) for ref in list(self._turns)]
-
     def settle(self) -> None:
         """The traces finished so far are being exported: late answers no longer reach them."""
         self._ended.clear()

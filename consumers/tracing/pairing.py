@@ -85,19 +85,6 @@ class CallTable:
         queue = self._open.get(name)
         return queue[0] if queue else None
 
-    def newest_open(self) -> Call | None:
-        newest: Call | None = None
-        for queue in self._open.values():
-            if queue and (newest is None or queue[-1].span.start_ns >= newest.span.start_ns):
-                newest = queue[-1]
-        return newest
-
-    def drain_open(self) -> list[Call]:
-        """Every call still open (the turn is closing), in opening order per name."""
-        calls = [call for queue in self._open.values() for call in queue]
-        self._open.clear()
-        return calls
-
     def _take_open(self, name: str, call_id: str | None, *, anonymous: bool = False) -> Call | None:
         queue = self._open.get(name)
         if not queue:

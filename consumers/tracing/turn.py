@@ -49,7 +49,6 @@ EVENT_ID = "agentstream.event_id"
 UNPAIRED = "agentstream.unpaired"
 
 TURN_END_TYPES = frozenset({"turn.ended", "audit.turn_end"})
-TURN_START_TYPES = frozenset({"message.received", "audit.turn_start"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -130,10 +129,6 @@ class TurnBuilder:
         if first.turn_id:
             attrs[TURN_ID] = first.turn_id
         self.spans: list[Span] = [self.root]
-
-    @property
-    def open_spans(self) -> int:
-        return sum(1 for span in self.spans if span.is_open)
 
     # --- feeding ----------------------------------------------------------------------------
 
