@@ -106,6 +106,7 @@ class Charge(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _NOTHING = Charge()
+_NO_WALL_TIME = Limits(wall_time_s=0)
 
 
 class ScopeState(msgspec.Struct, kw_only=True):
@@ -372,12 +373,15 @@ class Ledger:
         return state
 
     def limits(self, state: ScopeState) -> Limits:
+        """The limits of ``state``'s scope (day scopes have no wall time)."""
         kind = scope_kind(state.scope)
         if kind is ScopeKind.SESSION:
             return self.config.session_limits(state.agent_id, state.user_id)
         if kind is ScopeKind.AGENT:
-            return self.config.agent_day_limits(state.agent_id)
-        return self.config.user_day_limits(state.user_id)
+            limits = self.config.agent_day_limits(state.agent_id)
+        else:
+            limits = self.config.user_day_limits(state.user_id)
+        return limits.merged(_NO_WALL_TIME)
 
     def apply_session(
         self, event: Event, partition: int, offset: int
@@ -417,8 +421,7 @@ class Ledger:
         if state.applied(partition, offset):
             return None, []
         state.add(charge, context.ts_ms, partition, offset)
-        limits = self.limits(state).merged(Limits(wall_time_s=0))  # day scopes: no wall time
-        return state, crossings(state, limits, self.config.warning_fraction, context)
+        return state, crossings(state, self.limits(state), self.config.warning_fraction, context)
 
     def evict(self, *, session_idle: timedelta, keep_days: int) -> list[str]:
         """Forget sessions idle for ``session_idle`` and day scopes older than ``keep_days``

@@ -55,11 +55,9 @@ def _selected(scope: str, args: argparse.Namespace) -> bool:
 def usage_rows(state: ScopeState, config: BudgetConfig) -> dict[str, Any]:
     """One scope as a JSON-ready dict: usage, limits, percentages and signals."""
     from agentstream.consumers.budget.accounting import Ledger, Level
-    from agentstream.consumers.budget.config import DIMENSIONS, Dimension, Limits
+    from agentstream.consumers.budget.config import DIMENSIONS, Dimension
 
     limits = Ledger(config).limits(state)
-    if not state.scope.startswith("session:"):
-        limits = limits.merged(Limits(wall_time_s=0))
     dims: dict[str, Any] = {}
     for dimension in DIMENSIONS:
         limit = limits.get(dimension)
