@@ -25,9 +25,9 @@ from aiokafka.structs import TopicPartition
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
-from agentstream.consumers.runtime.replay import Window, committed_offsets, read_windows
+from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
-from agentstream.schemas import DecodeError, Event, RecordLocation, decode_record
+from agentstream.schemas import Event
 from agentstream.schemas.settings import kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
@@ -207,15 +207,9 @@ class LoopService:
                 self._forget(tp.partition)
                 windows[tp] = Window(max(0, stop - self.settings.restore_window), stop)
         replayed = 0
-        async for raw in read_windows(
+        async for raw, event in read_window_events(
             self.settings, windows, timeout_s=self.settings.restore_timeout_s, name="loops-restore"
         ):
-            where = RecordLocation(raw.topic, raw.partition, raw.offset)
-            try:
-                # as the live pass decodes: the envelope only (payloads validate lazily)
-                event = decode_record(raw.value, raw.headers, validate=False, where=where)
-            except DecodeError:
-                continue  # the live pass dead-lettered it
             if event.type in INPUT_TYPES:
                 self.detector.handle(event, raw.partition)  # findings: already alerted
             self.positions[raw.partition] = raw.offset + 1

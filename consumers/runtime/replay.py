@@ -22,6 +22,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from agentstream.schemas.codec import decode_record
+from agentstream.schemas.envelope import Event
+from agentstream.schemas.errors import DecodeError, RecordLocation
 from agentstream.schemas.settings import KafkaSettings
 
 log = logging.getLogger("agentstream.consumers.runtime.replay")
@@ -221,3 +224,21 @@ async def read_to_end(
     windows = {tp: Window(start.get(tp, 0)) for tp in partitions}
     async for record in read_windows(settings, windows, timeout_s=timeout_s, name=name):
         yield record
+
+
+async def read_window_events(
+    settings: KafkaSettings,
+    windows: Mapping[TopicPartition, Window],
+    *,
+    timeout_s: float | None = None,
+    name: str = "replay",
+) -> AsyncGenerator[tuple[ConsumerRecord[bytes, bytes], Event], None]:
+    """:func:`read_windows`, decoded as the live pass decodes (the envelope only; payloads
+    validate lazily). Records the live pass dead-lettered (undecodable) are left out."""
+    async for record in read_windows(settings, windows, timeout_s=timeout_s, name=name):
+        where = RecordLocation(record.topic, record.partition, record.offset)
+        try:
+            event = decode_record(record.value, record.headers, validate=False, where=where)
+        except DecodeError:
+            continue
+        yield record, event

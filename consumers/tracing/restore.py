@@ -19,10 +19,8 @@ from collections.abc import AsyncIterator
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.consumers.runtime.replay import Window, read_windows
+from agentstream.consumers.runtime.replay import Window, read_window_events
 from agentstream.schemas import Event
-from agentstream.schemas.codec import decode_record
-from agentstream.schemas.errors import AgentstreamError, RecordLocation
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -40,13 +38,7 @@ async def replay(
         for tp, c in committed.items()
         if c is not None and c > 0 and window > 0
     }
-    async for record in read_windows(
+    async for record, event in read_window_events(
         settings, windows, timeout_s=timeout_s, name="tracing-restore"
     ):
-        tp = TopicPartition(record.topic, record.partition)
-        where = RecordLocation(record.topic, record.partition, record.offset)
-        try:  # as the live pass decodes: the envelope only (payloads validate lazily)
-            event = decode_record(record.value, record.headers, validate=False, where=where)
-        except AgentstreamError:
-            continue  # the live consumer dead-lettered it already
-        yield tp, event
+        yield TopicPartition(record.topic, record.partition), event
