@@ -4,8 +4,9 @@
 (:class:`FleetMetrics`) work on any injected registry, without Kafka.
 """
 
+from agentstream.consumers.runtime.histogram import BatchHistogram
+
 from .fleet import FleetMetrics
-from .histogram import BatchHistogram
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
 from .pairing import PendingCalls
 from .sessions import ActiveSessions

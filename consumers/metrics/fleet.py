@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from agentstream.consumers.runtime.histogram import BatchHistogram, HistogramBatch
 from agentstream.schemas import Event, StopReason
 
-from .histogram import BatchHistogram, HistogramBatch
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
 from .pairing import PendingCalls
 from .sessions import ActiveSessions, PartitionKey

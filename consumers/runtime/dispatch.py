@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -76,18 +76,21 @@ class Dispatcher:
         self._producer = producer
 
     async def call(
-        self, sub: Subscription, event: Event, record: Record, where: object
+        self, sub: Subscription, event: Event, record: Record | None, raw: Any
     ) -> Failure | None:
-        """Run an event handler to its end (see :meth:`attempt`); the first call is inlined."""
-        started = time.perf_counter()
+        """Run an event handler to its end (see :meth:`attempt`); the first call is inlined.
+        ``record`` is None when the handler does not take it; ``raw`` is the fetched record.
+        The duration reaches the histogram with the worker's next count (``publish``)."""
+        started = perf_counter()
         timeout = sub.timeout_s
         try:
             if timeout is None:
-                await sub.call(event, record)
+                await (sub.handler(event, record) if sub.takes_record else sub.handler(event))
             else:
-                await bounded(sub.call(event, record), timeout, sub.name, where)
+                await bounded(sub.call(event, record), timeout, sub.name, Where(raw))
         except Exception as exc:
-            self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
+            self.metrics.handler_duration(sub.name, perf_counter() - started)
+            where = Where(raw)
             if timeout is None:
                 return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
             return await self._after(
@@ -96,7 +99,7 @@ class Dispatcher:
                 where,
                 exc,
             )
-        self.metrics.handler_duration(sub.name).observe(time.perf_counter() - started)
+        self.metrics.handler_duration(sub.name, perf_counter() - started)
         return None
 
     async def attempt(
@@ -106,21 +109,23 @@ class Dispatcher:
         :class:`BatchDeadLetter` or a
         :class:`DecodeError` (bad input: never retried), or has failed ``1 + handler_retries``
         times. Returns the failure to dead-letter, if any."""
-        started = time.perf_counter()
+        metrics = self.metrics
+        started = perf_counter()
         try:
             await call()
         except Exception as exc:
-            self.metrics.handler_duration(name).observe(time.perf_counter() - started)
+            metrics.handler_duration(name, perf_counter() - started)
+            metrics.publish()
             return await self._after(name, call, where, exc)
-        self.metrics.handler_duration(name).observe(time.perf_counter() - started)
+        metrics.handler_duration(name, perf_counter() - started)
+        metrics.publish()  # one call per batch: visible at once
         return None
 
     async def _after(
         self, name: str, call: Callable[[], Awaitable[None]], where: object, exc: Exception
     ) -> Failure | None:
         """The retry loop once the first call raised ``exc``."""
-        settings = self.settings
-        duration = self.metrics.handler_duration(name)
+        settings, metrics = self.settings, self.metrics
         attempt = 1
         while True:
             if isinstance(exc, SkipEvent):
@@ -155,15 +160,17 @@ class Dispatcher:
             self.metrics.retried(name)
             await asyncio.sleep(delay)
             attempt += 1
-            started = time.perf_counter()
+            started = perf_counter()
             try:
                 await call()
             except Exception as error:
                 exc = error
             else:
-                duration.observe(time.perf_counter() - started)
+                metrics.handler_duration(name, perf_counter() - started)
+                metrics.publish()
                 return None
-            duration.observe(time.perf_counter() - started)
+            metrics.handler_duration(name, perf_counter() - started)
+            metrics.publish()
 
     async def dead_letter(self, raw: Any, failure: Failure, event_type: str | None) -> None:
         """Copy ``raw`` (an aiokafka ``ConsumerRecord``) to the DLQ with error headers.
@@ -215,3 +222,15 @@ class Dispatcher:
                     failure.reason,
                 )
                 return
+
+
+class Where:
+    """Where a fetched record came from, formatted only if a message needs it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return f"{self.raw.topic}[{self.raw.partition}]@{self.raw.offset}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agentstream.schemas import EventType
+
+from .histogram import BatchHistogram
 
 CONSUMED, SKIPPED, FAILED, DEAD_LETTERED = "consumed", "skipped", "failed", "dead_lettered"
 OUTCOMES = (CONSUMED, SKIPPED, FAILED, DEAD_LETTERED)
@@ -83,11 +85,12 @@ class _Families:
             ["service", "type", "outcome"],
             registry=registry,
         )
-        self.duration = Histogram(
+        # One observation per handler call, so filled a batch at a time (see BatchHistogram).
+        self.duration = BatchHistogram(
             "agentstream_consumer_handler_duration_seconds",
             "Duration of one handler call (one attempt; a batch call for batch handlers).",
+            HANDLER_BUCKETS,
             ["service", "handler"],
-            buckets=HANDLER_BUCKETS,
             registry=registry,
         )
         self.retries = Counter(
@@ -164,7 +167,8 @@ class ConsumerMetrics:
         self.dead_letter_errors = families.dead_letter_errors.labels(service)
         self._lag = families.lag
         self._record_children: dict[tuple[str, str], Counter] = {}
-        self._duration_children: dict[str, Histogram] = {}
+        self._durations = self._duration.new_batch()
+        self._duration_labels: dict[str, tuple[str, str]] = {}
         self._retry_children: dict[str, Counter] = {}
 
     def add_lag_source(self, source: LagSource) -> None:
@@ -178,11 +182,21 @@ class ConsumerMetrics:
             child = self._record_children[key] = self._records.labels(self.service, *key)
         child.inc(count)
 
-    def handler_duration(self, handler: str) -> Histogram:
-        child = self._duration_children.get(handler)
-        if child is None:
-            child = self._duration_children[handler] = self._duration.labels(self.service, handler)
-        return child
+    def handler_duration(self, handler: str, seconds: float) -> None:
+        """Observe one handler call; visible to scrapes after the next :meth:`publish`."""
+        labels = self._duration_labels.get(handler)
+        if labels is None:
+            labels = self._duration_labels[handler] = (self.service, handler)
+        self._durations.observe(seconds, labels)
+
+    def publish(self) -> None:
+        """Make the handler durations observed so far visible to scrapes. Called by the
+        partition workers whenever they count consumed records (every 256 records, and
+        whenever their queue runs empty), so a scrape lags by at most that."""
+        durations = self._durations
+        if durations.series:
+            self._durations = self._duration.new_batch()
+            self._duration.add(durations)
 
     def retried(self, handler: str) -> None:
         child = self._retry_children.get(handler)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import DecodeError, decode_record, header
+from agentstream.schemas import DecodeError, Event, decode_record, header
 from agentstream.schemas.codec import Encoding, decode_event, encoding_of
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
@@ -27,6 +27,10 @@ log = logging.getLogger("agentstream.consumers.runtime")
 
 _ENCODINGS: dict[bytes | None, Encoding] = {}
 """``content-type`` header values seen, and the encoding each names."""
+
+
+_Known = tuple[str, tuple[Subscription, ...], tuple[BatchSubscription, ...], bool]
+"""A ``ce_type``'s type, event and batch subscriptions, and whether a Record is needed."""
 
 
 class _Batch:
@@ -60,10 +64,7 @@ class PartitionWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._batches: dict[BatchSubscription, _Batch] = {}
-        # ce_type header value -> (type, event handlers, batch handlers) of this partition's topic
-        self._types: dict[
-            bytes, tuple[str, tuple[Subscription, ...], tuple[BatchSubscription, ...]]
-        ] = {}
+        self._types: dict[bytes, _Known] = {}  # by ce_type header value (see _lookup)
         self._consumed: dict[str, int] = {}  # counted here, added to the metric per chunk
         self._uncounted = 0
         self._task = asyncio.create_task(
@@ -124,7 +125,7 @@ class PartitionWorker:
                     wake.clear()
                     await self._flush(due_only=True)
                     continue
-                raw = self._drain(queue)
+                raw = await self._drain(queue)
                 if raw is not None:
                     await self._process(raw)
                 if self._batches:
@@ -144,6 +145,7 @@ class PartitionWorker:
                 self._metrics.record(event_type, CONSUMED, count)
             self._consumed.clear()
             self._uncounted = 0
+        self._metrics.publish()
 
     async def _wait(self, deadline: float | None) -> None:
         if deadline is None:
@@ -162,15 +164,16 @@ class PartitionWorker:
         ]
         return min(deadlines) if deadlines else None
 
-    def _drain(self, queue: deque[Any]) -> Any:
-        """Process queued records that need no await, in one pass: records skipped by their
-        ``ce_type`` header and records that go to batch subscriptions only. Returns the
-        first record that needs more (an event handler, a dead letter, an undeclared type),
-        taken off the queue, or None; stops early when a batch is full (flushed next)."""
-        offsets, metrics, table = self.offsets, self._metrics, self._table
-        consumed, batches = self._consumed, self._batches
-        for_type, popleft, encodings = table.for_type, queue.popleft, _ENCODINGS
-        types = self._types
+    async def _drain(self, queue: deque[Any]) -> Any:
+        """Process queued records in one pass: records skipped by their ``ce_type`` header
+        are released, decoded records go to their batch subscriptions and their event
+        handlers are called, in offset order. Returns the first record that needs the slow
+        path (no ``ce_type`` header, undecodable, or an envelope whose type is not the
+        announced one: :meth:`_process` dead-letters it), taken off the queue; else None,
+        once the queue is empty or early when a batch is full (flushed next)."""
+        offsets, metrics, call = self.offsets, self._metrics, self._dispatcher.call
+        consumed, batches, types = self._consumed, self._batches, self._types
+        popleft, encodings = queue.popleft, _ENCODINGS
         while queue:
             raw = popleft()
             announced = content_type = None
@@ -184,24 +187,16 @@ class PartitionWorker:
                     content_type, typed_content = value, True
             if announced is None:  # no ce_type: looked up by the decoded type
                 return raw
-            topic = raw.topic
             known = types.get(announced)
             if known is None:
-                event_type = announced.decode("utf-8", "replace")
-                known = (event_type, *for_type(topic, event_type))
-                if len(types) < 1024:  # the subscriptions are fixed once the consumer started
-                    types[announced] = known
-            event_type, singles, subs = known
-            if singles:
-                return raw
+                known = self._lookup(raw.topic, announced)
+            event_type, singles, subs, needs_record = known
             offset = raw.offset
-            if not subs:
+            if not subs and not singles:
                 metrics.record(event_type, SKIPPED)
                 offsets.release(offset)
                 continue
-            # What decode_record does, with the headers already read: an undecodable record
-            # or an envelope whose type is not the announced one goes to the awaiting path
-            # (decode_record again there, which raises and dead-letters it).
+            # What decode_record does, with the headers already read.
             encoding = encodings.get(content_type)
             try:
                 if encoding is None:
@@ -214,35 +209,77 @@ class PartitionWorker:
             if event.type != event_type:
                 return raw
             consumed[event_type] = consumed.get(event_type, 0) + 1
-            record = Record(
-                event,
-                topic,
-                raw.partition,
-                offset,
-                raw.key,
-                raw.timestamp,
-                headers if type(headers) is tuple else tuple(headers),
-                raw.value,
-            )
-            full = False
-            for sub in subs:
-                batch = batches.get(sub)
-                if batch is None:
-                    batch = batches[sub] = _Batch()
-                items = batch.items
-                if not items:
-                    batch.started = time.monotonic()
-                items.append((record, raw))
-                if len(items) >= sub.max_records:
-                    full = True
-            if len(subs) > 1:
-                offsets.hold(offset, len(subs) - 1)
             self._uncounted += 1
             if self._uncounted >= 256:
                 self._count_consumed()
+            # Built only for batch subscriptions and handlers that take it.
+            record = self._record(raw, event) if needs_record else None
+            full = False
+            if subs:
+                assert record is not None
+                for sub in subs:
+                    batch = batches.get(sub)
+                    if batch is None:
+                        batch = batches[sub] = _Batch()
+                    items = batch.items
+                    if not items:
+                        batch.started = time.monotonic()
+                    items.append((record, raw))
+                    if len(items) >= sub.max_records:
+                        full = True
+                held = len(subs) if singles else len(subs) - 1  # the worker's own hold is one
+                if held:
+                    offsets.hold(offset, held)
+            if singles:
+                if len(singles) == 1:
+                    failure = await call(singles[0], event, record, raw)
+                    if failure is not None:
+                        await self._refused(raw, failure, event_type)
+                else:
+                    await self._call_all(singles, event, record, raw)
+                offsets.release(offset)
             if full:
                 return None
         return None
+
+    def _lookup(self, topic: str, announced: bytes) -> _Known:
+        """What the hot path needs to know of a ``ce_type`` value on this partition's topic:
+        the type, its event and batch subscriptions, and whether a :class:`Record` is needed."""
+        event_type = announced.decode("utf-8", "replace")
+        singles, subs = self._table.for_type(topic, event_type)
+        found = (event_type, singles, subs, bool(subs) or any(s.takes_record for s in singles))
+        if len(self._types) < 1024:  # the subscriptions are fixed once the consumer started
+            self._types[announced] = found
+        return found
+
+    @staticmethod
+    def _record(raw: Any, event: Event) -> Record:
+        headers = raw.headers
+        return Record(
+            event,
+            raw.topic,
+            raw.partition,
+            raw.offset,
+            raw.key,
+            raw.timestamp,
+            headers if type(headers) is tuple else tuple(headers),
+            raw.value,
+        )
+
+    async def _call_all(
+        self, singles: tuple[Subscription, ...], event: Event, record: Record | None, raw: Any
+    ) -> None:
+        """Run a record's event handlers concurrently; dead-letter what they refused."""
+        call = self._dispatcher.call
+        for failure in await asyncio.gather(*(call(s, event, record, raw) for s in singles)):
+            if failure is not None:
+                await self._refused(raw, failure, event.type)
+
+    async def _refused(self, raw: Any, failure: Failure, event_type: str) -> None:
+        refused = failure.for_offset(raw.offset)
+        if refused is not None:
+            self._metrics.record(event_type, FAILED)
+            await self._dispatcher.dead_letter(raw, refused, event_type)
 
     async def _process(self, raw: Any) -> None:
         offsets, metrics, offset = self.offsets, self._metrics, raw.offset
@@ -274,17 +311,7 @@ class PartitionWorker:
         self._uncounted += 1
         if self._uncounted >= 256:
             self._count_consumed()
-        headers = raw.headers
-        record = Record(
-            event,
-            raw.topic,
-            raw.partition,
-            offset,
-            raw.key,
-            raw.timestamp,
-            headers if type(headers) is tuple else tuple(headers),
-            raw.value,
-        )
+        record = self._record(raw, event)
         for sub in batches:
             batch = self._batches.get(sub)
             if batch is None:
@@ -294,19 +321,7 @@ class PartitionWorker:
             batch.items.append((record, raw))
             offsets.hold(offset)
         if singles:
-            dispatcher, text = self._dispatcher, _Where(raw)
-            failures: list[Failure | None]
-            if len(singles) == 1:
-                failures = [await dispatcher.call(singles[0], event, record, text)]
-            else:
-                failures = await asyncio.gather(
-                    *(dispatcher.call(s, event, record, text) for s in singles)
-                )
-            for failure in failures:
-                refused = failure.for_offset(offset) if failure is not None else None
-                if refused is not None:
-                    metrics.record(event.type, FAILED)
-                    await dispatcher.dead_letter(raw, refused, event.type)
+            await self._call_all(singles, event, record, raw)
         offsets.release(offset)
         for sub in batches:
             if len(self._batches[sub].items) >= sub.max_records:
@@ -350,15 +365,3 @@ class PartitionWorker:
                     self._metrics.record(record.event.type, FAILED)
                     await self._dispatcher.dead_letter(raw, refused, record.event.type)
         self.offsets.release_all([record.offset for record in records])
-
-
-class _Where:
-    """Where a record came from, formatted only if a message needs it."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-
-    def __str__(self) -> str:
-        return f"{self.raw.topic}[{self.raw.partition}]@{self.raw.offset}"

@@ -63,7 +63,8 @@ class Subscription:
     def matches(self, topic: str, event_type: str) -> bool:
         return (self.topics is None or topic in self.topics) and matches(self.pattern, event_type)
 
-    def call(self, event: Event, record: Record) -> Awaitable[None]:
+    def call(self, event: Event, record: Record | None) -> Awaitable[None]:
+        """Call the handler (``record`` is given whenever it takes one)."""
         return self.handler(event, record) if self.takes_record else self.handler(event)
 
 
