@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 
-from .envelope import Event, WireEvent
+from .envelope import TYPE_PATTERN, Event, _DecodedEvent, checked_type
 from .errors import (
     EventTypeError,
     MalformedRecordError,
@@ -54,8 +54,8 @@ Headers = Sequence[tuple[str, bytes]]
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
-_json_decoder = msgspec.json.Decoder(WireEvent)
-_msgpack_decoder = msgspec.msgpack.Decoder(WireEvent)
+_json_decoder = msgspec.json.Decoder(_DecodedEvent)  # WireEvent's checks; see decode_event
+_msgpack_decoder = msgspec.msgpack.Decoder(_DecodedEvent)
 _ENCODE = {"json": _json_encoder.encode, "msgpack": _msgpack_encoder.encode}
 _DECODE = {"json": _json_decoder.decode, "msgpack": _msgpack_decoder.decode}
 
@@ -104,8 +104,15 @@ def decode_event(
             f"first bytes {value[:32]!r}",
             where=where,
         ) from None
-    # WireEvent only adds decode-time checks (required identity fields, the type pattern) and
-    # has Event's exact layout: hand back a plain Event, equal to one built in code.
+    # WireEvent's checks: the required identity fields (by the decoder), the type pattern
+    # (here, once per distinct type). The decoded class has Event's exact layout: hand back a
+    # plain Event, equal to one built in code.
+    if not checked_type(event.type):
+        raise EventTypeError(
+            f"expected an agentstream event envelope ({encoding}): Expected `str` matching "
+            f"regex {TYPE_PATTERN!r}, got {event.type!r} - at `$.type`",
+            where=where,
+        )
     event.__class__ = Event
     if validate:
         try:

@@ -72,6 +72,29 @@ class WireEvent(Event, kw_only=True):
     timestamp: UtcDatetime
 
 
+class _DecodedEvent(Event, kw_only=True):
+    """What the codec decodes records into: :class:`WireEvent` without the type pattern, which
+    :func:`checked_type` applies once per distinct type instead of a regex per record."""
+
+    event_id: str
+    type: str
+    timestamp: UtcDatetime
+
+
+_CHECKED_TYPES: set[str] = set()
+
+
+def checked_type(event_type: str) -> bool:
+    """Whether ``event_type`` matches :data:`TYPE_PATTERN` (memoised, up to 4096 types)."""
+    if event_type in _CHECKED_TYPES:
+        return True
+    if _TYPE_RE.match(event_type) is None:
+        return False
+    if len(_CHECKED_TYPES) < 4096:
+        _CHECKED_TYPES.add(event_type)
+    return True
+
+
 def payload_class(event_type: str) -> type[Payload]:
     """The payload Struct for a type; unknown ``audit.*`` types get :class:`AuditOther`."""
     cls = PAYLOADS.get(event_type)
