@@ -89,18 +89,31 @@ class Dispatcher:
             else:
                 await bounded(sub.call(event, record), timeout, sub.name, Where(raw))
         except Exception as exc:
-            self.metrics.handler_duration(sub.name, perf_counter() - started)
-            where = Where(raw)
-            if timeout is None:
-                return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
-            return await self._after(
-                sub.name,
-                lambda: bounded(sub.call(event, record), timeout, sub.name, where),
-                where,
-                exc,
-            )
+            return await self.failed(sub, event, record, raw, exc, started)
         self.metrics.handler_duration(sub.name, perf_counter() - started)
         return None
+
+    async def failed(
+        self,
+        sub: Subscription,
+        event: Event,
+        record: Record | None,
+        raw: Any,
+        exc: Exception,
+        started: float,
+    ) -> Failure | None:
+        """After an event handler's first call (begun at ``started``) raised ``exc``: the
+        retries of :meth:`call`. (The partition worker inlines the first call.)"""
+        self.metrics.handler_duration(sub.name, perf_counter() - started)
+        where, timeout = Where(raw), sub.timeout_s
+        if timeout is None:
+            return await self._after(sub.name, lambda: sub.call(event, record), where, exc)
+        return await self._after(
+            sub.name,
+            lambda: bounded(sub.call(event, record), timeout, sub.name, where),
+            where,
+            exc,
+        )
 
     async def attempt(
         self, name: str, call: Callable[[], Awaitable[None]], where: object
