@@ -34,6 +34,7 @@ async def run(args: argparse.Namespace) -> int:
         load_service,
         run_service,
         settings_from_options,
+        tune_gc,
     )
     from agentstream.schemas.errors import ConfigurationError
 
@@ -51,4 +52,5 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"expected a service name among {known}, got none")
     spec = load_service(target)
     settings = settings_from_options(spec, options)
+    tune_gc(settings.gc_gen0_threshold)
     return await run_service(spec, settings)

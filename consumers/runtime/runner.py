@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import importlib.util
 import logging
@@ -109,6 +110,25 @@ def settings_from_options(
     given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
     settings: ServiceSettings = spec.settings_class(**given)
     return settings
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """The process's garbage-collector policy for streaming (``gc_gen0_threshold``): a young
+    generation collected every ``gen0_threshold`` allocations instead of 700, and what exists
+    at startup (modules, settings, the service's setup) moved out of the collector's sight.
+
+    A consumer allocates a few container objects per record and holds thousands in flight;
+    with the default threshold the collector runs every few hundred records and walks them
+    all, about a third of the process's time in the benchmarks. Cycles are still collected,
+    only less often. Called by the command-line entry point, which owns the process; the
+    library never changes the interpreter's settings.
+    """
+    if gen0_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 async def run_service(

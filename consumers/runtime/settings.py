@@ -43,6 +43,17 @@ class ServiceSettings(KafkaSettings):
         description="How often the finished prefix of each partition is committed.",
     )
 
+    gc_gen0_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Allocations between collections of the garbage collector's youngest generation "
+            "in `agentstream consume` processes (Python's default, 700, means a collection "
+            "every few hundred records, each walking the records in flight); startup "
+            "objects are also frozen out of collections. 0 leaves the interpreter's default."
+        ),
+    )
+
     def group_for(self, service: str) -> str:
         """The consumer group of ``service``: ``group_id`` or ``<topic_prefix>.<service>``."""
         return self.group_id or f"{self.topic_prefix}.{service}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -104,3 +106,18 @@ def test_options_not_given_leave_the_environment_alone(monkeypatch: pytest.Monke
     monkeypatch.delenv("AGENTSTREAM_PAUSE")
     assert settings_from_options(spec, []).pause is False  # type: ignore[attr-defined]
     assert settings_from_options(spec, ["--pause"]).pause is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(50_000, "50000 True"), (0, "700 False")])
+def test_the_gc_policy_of_a_service_process(threshold: int, expected: str) -> None:
+    # In a child interpreter: the policy is process-wide, and this test process keeps its own.
+    code = (
+        "import gc\n"
+        "from agentstream.consumers.runtime.runner import tune_gc\n"
+        f"tune_gc({threshold})\n"
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split("\n")[0] == expected
