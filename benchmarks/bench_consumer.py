@@ -95,7 +95,7 @@ async def main(count: int, rounds: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     result = asyncio.run(main(args.events, args.rounds))
     print(f"{'consumer (median of ' + str(args.rounds) + ' rounds)':<34}{'events/s':>12}")
