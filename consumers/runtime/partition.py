@@ -14,20 +14,16 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import DecodeError, Event, decode_record, header
-from agentstream.schemas.codec import Encoding, decode_event, encoding_of
+from agentstream.schemas.codec import decode_event
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
 from .dispatch import Dispatcher, bounded
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
-from .record import Record
+from .record import Record, encoding_for
 from .subscriptions import BatchSubscription, Subscription, SubscriptionTable
 
 log = logging.getLogger("agentstream.consumers.runtime")
-
-
-_ENCODINGS: dict[bytes | None, Encoding] = {}
-"""``content-type`` header values seen, and the encoding each names."""
 
 
 _Known = tuple[str, tuple[Subscription, ...], tuple[BatchSubscription, ...], bool]
@@ -174,7 +170,7 @@ class PartitionWorker:
         once the queue is empty or early when a batch is full (flushed next)."""
         offsets, metrics, dispatcher = self.offsets, self._metrics, self._dispatcher
         consumed, batches, types = self._consumed, self._batches, self._types
-        popleft, encodings = queue.popleft, _ENCODINGS
+        popleft = queue.popleft
         while queue:
             raw = popleft()
             announced = content_type = None
@@ -202,13 +198,8 @@ class PartitionWorker:
                 offsets.release(offset)
                 continue
             # What decode_record does, with the headers already read.
-            encoding = encodings.get(content_type)
             try:
-                if encoding is None:
-                    encoding = encoding_of(content_type)
-                    if len(encodings) < 64:
-                        encodings[content_type] = encoding
-                event = decode_event(raw.value, encoding, validate=False)
+                event = decode_event(raw.value, encoding_for(content_type), validate=False)
             except DecodeError:
                 return raw
             if event.type != event_type:

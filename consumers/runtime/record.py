@@ -8,6 +8,20 @@ from aiokafka.structs import TopicPartition
 from agentstream.schemas import Event, RecordLocation, header
 from agentstream.schemas.codec import Encoding, encoding_of
 
+_ENCODINGS: dict[bytes | None, Encoding] = {}
+"""``content-type`` header values seen, and the encoding each names (at most 64)."""
+
+
+def encoding_for(content_type: bytes | None, where: RecordLocation | None = None) -> Encoding:
+    """:func:`~agentstream.schemas.codec.encoding_of` of a header value, memoised: it runs
+    once per consumed record. Raises ``UnknownContentTypeError`` as that does."""
+    found = _ENCODINGS.get(content_type)
+    if found is None:
+        found = encoding_of(content_type, where=where)
+        if len(_ENCODINGS) < 64:
+            _ENCODINGS[content_type] = found
+    return found
+
 
 class Record(msgspec.Struct, frozen=True):
     """One consumed record, decoded (immutable). ``value`` is the record's bytes as they came
@@ -26,7 +40,9 @@ class Record(msgspec.Struct, frozen=True):
     @property
     def encoding(self) -> Encoding:
         """The wire format of :attr:`value`, from the ``content-type`` header (JSON without)."""
-        return encoding_of(header(self.headers, "content-type"), where=self.location)
+        content_type = header(self.headers, "content-type")
+        found = _ENCODINGS.get(content_type)
+        return found if found is not None else encoding_for(content_type, self.location)
 
     @property
     def topic_partition(self) -> TopicPartition:
