@@ -171,6 +171,7 @@ class PartitionWorker:
         offsets, metrics, dispatcher = self.offsets, self._metrics, self._dispatcher
         consumed, batches, types = self._consumed, self._batches, self._types
         popleft = queue.popleft
+        due = self._next_deadline()  # the first batch deadline: awaited handlers may pass it
         while queue:
             raw = popleft()
             announced = content_type = None
@@ -219,7 +220,10 @@ class PartitionWorker:
                         batch = batches[sub] = _Batch()
                     items = batch.items
                     if not items:
-                        batch.started = time.monotonic()
+                        batch.started = now = time.monotonic()
+                        deadline = now + sub.max_wait_ms / 1000
+                        if due is None or deadline < due:
+                            due = deadline
                     items.append((record, raw))
                     if len(items) >= sub.max_records:
                         full = True
@@ -244,6 +248,8 @@ class PartitionWorker:
                 else:
                     await self._call_all(singles, event, record, raw)
                 offsets.release(offset)
+                if due is not None and time.monotonic() >= due:
+                    return None  # a batch is due: flushed before the next record
             if full:
                 return None
         return None

@@ -1,0 +1,101 @@
+"""The partition worker alone, fed fetched records without a broker: handler calls, batch
+deadlines, handler timing and offsets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from prometheus_client import CollectorRegistry
+from support.runtime import wait_until
+
+from agentstream.consumers.runtime import Record, ServiceSettings
+from agentstream.consumers.runtime.dispatch import Dispatcher
+from agentstream.consumers.runtime.metrics import ConsumerMetrics
+from agentstream.consumers.runtime.partition import PartitionWorker
+from agentstream.consumers.runtime.subscriptions import (
+    SubscriptionTable,
+    make_batch_subscription,
+    make_subscription,
+)
+from agentstream.schemas import Event, encode_event, event_headers
+from agentstream.schemas.codec import record_key
+
+TP = TopicPartition("t.events", 0)
+
+
+def fetched(count: int) -> list[ConsumerRecord[bytes, bytes]]:
+    out = []
+    for offset in range(count):
+        event = Event(type="tool.called", session_id="s", seq=offset, data={"name": "x"})
+        value = encode_event(event)
+        key, headers, size = record_key(event), tuple(event_headers(event)), len(value)
+        topic, partition = TP.topic, TP.partition
+        raw = ConsumerRecord(topic, partition, offset, 0, 0, key, value, None, 1, size, headers)
+        out.append(raw)
+    return out
+
+
+def worker(table: SubscriptionTable, registry: CollectorRegistry) -> PartitionWorker:
+    dispatcher = Dispatcher(
+        settings=ServiceSettings(),
+        service="svc",
+        group_id="g",
+        dlq_topic="t.dlq",
+        metrics=ConsumerMetrics(registry, "svc"),
+        producer=lambda: None,  # type: ignore[arg-type,return-value]  # no dead letters here
+    )
+    return PartitionWorker(TP, table, dispatcher)
+
+
+async def test_a_due_batch_is_flushed_between_slow_event_handler_calls() -> None:
+    handled: list[int] = []
+    flushed: list[tuple[int, int]] = []  # (handled when the batch came, batch size)
+
+    async def slow(event: Event) -> None:
+        await asyncio.sleep(0.02)
+        handled.append(event.seq)
+
+    async def sink(records: list[Record]) -> None:
+        flushed.append((len(handled), len(records)))
+
+    table = SubscriptionTable()
+    table.add(make_subscription("*", slow, None))
+    table.add(make_batch_subscription("*", sink, None, max_records=1_000, max_wait_ms=50))
+    registry = CollectorRegistry()
+    unit = worker(table, registry)
+    unit.gate.set()
+    unit.feed(fetched(20))
+    await wait_until(lambda: len(handled) == 20 and sum(size for _, size in flushed) == 20)
+    assert handled == list(range(20))  # in offset order, one at a time
+    # The first batch went out once it was due, while the event handler still had records.
+    assert flushed[0][0] < 20 and flushed[0][1] < 20
+    assert unit.offsets.committable() == 20
+    assert unit.offsets.outstanding == 0
+    await unit.stop(1)
+    count = registry.get_sample_value(
+        "agentstream_consumer_handler_duration_seconds_count",
+        {"service": "svc", "handler": slow.__qualname__},
+    )
+    assert count == 20
+
+
+async def test_handlers_get_the_record_only_when_they_take_it() -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def with_record(event: Event, record: Record) -> None:
+        seen.append(("with", record.offset))
+
+    async def event_only(event: Event) -> None:
+        seen.append(("event", event.seq))
+
+    for handler in (with_record, event_only):
+        table = SubscriptionTable()
+        table.add(make_subscription("tool.*", handler, None))
+        unit = worker(table, CollectorRegistry())
+        unit.gate.set()
+        unit.feed(fetched(3))
+        offsets = unit.offsets
+        await wait_until(lambda: offsets.committable() == 3)  # noqa: B023 - awaited here
+        await unit.stop(1)
+    assert seen == [("with", 0), ("with", 1), ("with", 2), ("event", 0), ("event", 1), ("event", 2)]
