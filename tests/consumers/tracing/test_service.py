@@ -98,6 +98,10 @@ EVENTS = turn(
 )
 
 
+def exported(consumer: EventConsumer, outcome: str) -> float:
+    return sample(consumer, "agentstream_tracing_traces_exported_total", outcome=outcome)
+
+
 async def test_turn_open_across_a_restart_is_rebuilt_and_exported_once(
     kafka_settings: KafkaSettings, otlp_receiver: Any
 ) -> None:
@@ -117,9 +121,8 @@ async def test_turn_open_across_a_restart_is_rebuilt_and_exported_once(
     await produce_events(kafka_settings, EVENTS[4:])
     async with tracing(settings) as consumer:
         await wait_until(lambda: len(traces_of(otlp_receiver)) == 1, timeout=30, what="a trace")
-        assert (
-            sample(consumer, "agentstream_tracing_traces_exported_total", outcome="complete") == 1
-        )
+        # Counted once the endpoint has answered, a moment after it received the request.
+        await wait_until(lambda: exported(consumer, "complete") == 1, what="the export counted")
     (spans,) = traces_of(otlp_receiver).values()
     names = [s.name for s in spans]
     assert names == ["turn", "llm:m", "tool:search"]
@@ -152,9 +155,8 @@ async def test_idle_turn_is_exported_incomplete(
     async with tracing(settings) as consumer:
         await produce_events(kafka_settings, EVENTS[:4])
         await wait_until(lambda: bool(otlp_receiver.spans()), timeout=30, what="an export")
-        assert (
-            sample(consumer, "agentstream_tracing_traces_exported_total", outcome="incomplete") == 1
-        )
+        # Counted once the endpoint has answered, a moment after it received the request.
+        await wait_until(lambda: exported(consumer, "incomplete") == 1, what="the export counted")
         assert sample(consumer, "agentstream_tracing_spans_exported_total") == 3
         assert sample(consumer, "agentstream_tracing_open_turns") == 0
     root, llm, tool = otlp_receiver.spans()
