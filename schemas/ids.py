@@ -37,8 +37,10 @@ def new_event_id() -> str:
         t = f"{ms:012x}"
         prefix = f"{t[:8]}-{t[8:]}-7"
         _prefix = (ms, prefix)
-    b = f"{_VARIANT | (c & _RAND_B_MASK):016x}"
-    return f"{prefix}{c >> 62:03x}-{b[:4]}-{b[4:]}"
+    # rand_a (the counter's top 12 bits), then the variant and rand_b: 80 bits as 20 hex
+    # digits in one C call (bytes.hex), the first always 0.
+    h = ((c >> 62) << 64 | _VARIANT | (c & _RAND_B_MASK)).to_bytes(10, "big").hex()
+    return f"{prefix}{h[1:4]}-{h[4:8]}-{h[8:]}"
 
 
 def event_id_millis(event_id: str) -> int:
