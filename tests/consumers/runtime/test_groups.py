@@ -178,7 +178,9 @@ async def test_lag_counts_every_produce_batch_and_goes_on_while_paused(
     """Several produce batches on one partition: the lag is the fetch responses' high watermark
     - committed (the embedded broker's ListOffsets would say the last batch's base offset + 1).
     A partition paused by backpressure is not fetched: its lag then follows ListOffsets."""
-    settings = service_settings(kafka_settings, max_buffered_records=15)
+    # Paused only once the fifth batch is fetched too (20 >= 19; 16 < 19), whether batches four
+    # and five come in one fetch or two: the fetch response then says 20 either way.
+    settings = service_settings(kafka_settings, max_buffered_records=19)
     consumer = EventConsumer(settings, service="lag-batches")
     gate = asyncio.Event()
     handled: list[int] = []
@@ -209,7 +211,7 @@ async def test_lag_counts_every_produce_batch_and_goes_on_while_paused(
     async with running_consumer(consumer):
         await batches(3)
         await wait_until(lambda: lag() == 12.0, what="lag of all three batches")
-        await batches(2)  # 20 buffered >= 15: the partition is paused
+        await batches(2)  # 20 buffered >= 19: the partition is paused
         paused = "agentstream_consumer_paused_partitions"
         await wait_until(
             lambda: consumer.registry.get_sample_value(paused, {"service": "lag-batches"}) == 1
