@@ -20,7 +20,7 @@ from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
 from .dispatch import Dispatcher, bounded
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
-from .record import Record, encoding_for
+from .record import ENCODINGS, Record, encoding_for
 from .subscriptions import BatchSubscription, Subscription, SubscriptionTable
 
 log = logging.getLogger("agentstream.consumers.runtime")
@@ -170,7 +170,7 @@ class PartitionWorker:
         once the queue is empty or early when a batch is full (flushed next)."""
         offsets, metrics, dispatcher = self.offsets, self._metrics, self._dispatcher
         consumed, batches, types = self._consumed, self._batches, self._types
-        popleft = queue.popleft
+        popleft, encodings = queue.popleft, ENCODINGS
         due = self._next_deadline()  # the first batch deadline: awaited handlers may pass it
         while queue:
             raw = popleft()
@@ -200,7 +200,8 @@ class PartitionWorker:
                 continue
             # What decode_record does, with the headers already read.
             try:
-                event = decode_event(raw.value, encoding_for(content_type), validate=False)
+                encoding = encodings.get(content_type) or encoding_for(content_type)
+                event = decode_event(raw.value, encoding, validate=False)
             except DecodeError:
                 return raw
             if event.type != event_type:

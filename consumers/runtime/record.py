@@ -8,18 +8,18 @@ from aiokafka.structs import TopicPartition
 from agentstream.schemas import Event, RecordLocation, header
 from agentstream.schemas.codec import Encoding, encoding_of
 
-_ENCODINGS: dict[bytes | None, Encoding] = {}
+ENCODINGS: dict[bytes | None, Encoding] = {}
 """``content-type`` header values seen, and the encoding each names (at most 64)."""
 
 
 def encoding_for(content_type: bytes | None, where: RecordLocation | None = None) -> Encoding:
     """:func:`~agentstream.schemas.codec.encoding_of` of a header value, memoised: it runs
     once per consumed record. Raises ``UnknownContentTypeError`` as that does."""
-    found = _ENCODINGS.get(content_type)
+    found = ENCODINGS.get(content_type)
     if found is None:
         found = encoding_of(content_type, where=where)
-        if len(_ENCODINGS) < 64:
-            _ENCODINGS[content_type] = found
+        if len(ENCODINGS) < 64:
+            ENCODINGS[content_type] = found
     return found
 
 
@@ -41,7 +41,7 @@ class Record(msgspec.Struct, frozen=True):
     def encoding(self) -> Encoding:
         """The wire format of :attr:`value`, from the ``content-type`` header (JSON without)."""
         content_type = header(self.headers, "content-type")
-        found = _ENCODINGS.get(content_type)
+        found = ENCODINGS.get(content_type)
         return found if found is not None else encoding_for(content_type, self.location)
 
     @property
