@@ -162,11 +162,18 @@ def decode_record(
     if announced is not None:
         text = announced.decode("utf-8", "replace")
         if text != event.type:
-            raise EventTypeError(
-                f"expected the envelope type to match header ce_type={text!r}, got {event.type!r}",
-                where=where,
-            )
+            raise announced_type_error(text, event.type, where=where)
     return event
+
+
+def announced_type_error(
+    announced: str, found: str, *, where: RecordLocation | None = None
+) -> EventTypeError:
+    """The error for an envelope whose type is not the one its ``ce_type`` header announced."""
+    return EventTypeError(
+        f"expected the envelope type to match header ce_type={announced!r}, got {found!r}",
+        where=where,
+    )
 
 
 def record_key(event: Event) -> bytes | None:

@@ -78,14 +78,15 @@ class Dispatcher:
     async def call(
         self, sub: Subscription, event: Event, record: Record | None, raw: Any
     ) -> Failure | None:
-        """Run an event handler to its end (see :meth:`attempt`); the first call is inlined.
+        """Run an event handler to its end (see :meth:`attempt`); the first call is inlined
+        (and, for a lone handler without a timeout, inlined again in the partition worker).
         ``record`` is None when the handler does not take it; ``raw`` is the fetched record.
         The duration reaches the histogram with the worker's next count (``publish``)."""
         started = perf_counter()
         timeout = sub.timeout_s
         try:
             if timeout is None:
-                await (sub.handler(event, record) if sub.takes_record else sub.handler(event))
+                await sub.call(event, record)
             else:
                 await bounded(sub.call(event, record), timeout, sub.name, Where(raw))
         except Exception as exc:

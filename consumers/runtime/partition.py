@@ -13,8 +13,8 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import DecodeError, Event, decode_record, header
-from agentstream.schemas.codec import decode_event
+from agentstream.schemas import DecodeError, Event, header
+from agentstream.schemas.codec import announced_type_error, decode_event
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
 from .dispatch import Dispatcher, bounded
@@ -122,9 +122,9 @@ class PartitionWorker:
                     wake.clear()
                     await self._flush(due_only=True)
                     continue
-                raw = await self._drain(queue)
-                if raw is not None:
-                    await self._process(raw)
+                refused = await self._drain(queue)
+                if refused is not None:
+                    await self._undecodable(*refused)
                 if self._batches:
                     await self._flush(due_only=True)
             await self._flush(due_only=False)
@@ -161,13 +161,13 @@ class PartitionWorker:
         ]
         return min(deadlines) if deadlines else None
 
-    async def _drain(self, queue: deque[Any]) -> Any:
+    async def _drain(self, queue: deque[Any]) -> tuple[Any, DecodeError] | None:
         """Process queued records in one pass: records skipped by their ``ce_type`` header
-        are released, decoded records go to their batch subscriptions and their event
-        handlers are called, in offset order. Returns the first record that needs the slow
-        path (no ``ce_type`` header, undecodable, or an envelope whose type is not the
-        announced one: :meth:`_process` dead-letters it), taken off the queue; else None,
-        once the queue is empty or early when a batch is full (flushed next)."""
+        are released without decoding, decoded records go to their batch subscriptions and
+        their event handlers are called, in offset order. Returns the first record that
+        cannot be decoded (or whose envelope type is not the announced one), taken off the
+        queue, with the error; else None, once the queue is empty or early when a batch is
+        full or due (flushed next)."""
         offsets, metrics, dispatcher = self.offsets, self._metrics, self._dispatcher
         consumed, batches, types = self._consumed, self._batches, self._types
         popleft, encodings = queue.popleft, ENCODINGS
@@ -187,8 +187,13 @@ class PartitionWorker:
                     content_type, typed_content = value, True
                     if typed:
                         break
-            if announced is None:  # no ce_type: looked up by the decoded type
-                return raw
+            event: Event | None = None
+            if announced is None:  # no ce_type header (another producer): typed by its envelope
+                try:
+                    event = decode_event(raw.value, encoding_for(content_type), validate=False)
+                except DecodeError as exc:
+                    return raw, exc
+                announced = event.type.encode()
             known = types.get(announced)
             if known is None:
                 known = self._lookup(raw.topic, announced)
@@ -198,14 +203,14 @@ class PartitionWorker:
                 metrics.record(event_type, SKIPPED)
                 offsets.release(offset)
                 continue
-            # What decode_record does, with the headers already read.
-            try:
-                encoding = encodings.get(content_type) or encoding_for(content_type)
-                event = decode_event(raw.value, encoding, validate=False)
-            except DecodeError:
-                return raw
-            if event.type != event_type:
-                return raw
+            if event is None:  # what decode_record does, with the headers already read
+                try:
+                    encoding = encodings.get(content_type) or encoding_for(content_type)
+                    event = decode_event(raw.value, encoding, validate=False)
+                except DecodeError as exc:
+                    return raw, exc
+                if event.type != event_type:
+                    return raw, announced_type_error(event_type, event.type)
             consumed[event_type] = consumed.get(event_type, 0) + 1
             self._uncounted += 1
             if self._uncounted >= 256:
@@ -236,7 +241,7 @@ class PartitionWorker:
                 if len(singles) == 1 and one.timeout_s is None:  # Dispatcher.call, inlined
                     started = perf_counter()
                     try:
-                        if one.takes_record:
+                        if one.takes_record:  # Subscription.call, inlined
                             await one.handler(event, record)
                         else:
                             await one.handler(event)
@@ -294,51 +299,16 @@ class PartitionWorker:
             self._metrics.record(event_type, FAILED)
             await self._dispatcher.dead_letter(raw, refused, event_type)
 
-    async def _process(self, raw: Any) -> None:
-        offsets, metrics, offset = self.offsets, self._metrics, raw.offset
+    async def _undecodable(self, raw: Any, error: DecodeError) -> None:
+        """Dead-letter a record that cannot be decoded, at once (bad input is never retried);
+        its offset is released once the dead letter is acknowledged."""
         announced = header(raw.headers, "ce_type")
         event_type = announced.decode("utf-8", "replace") if announced is not None else None
-        if event_type is not None and not self._table.wants(raw.topic, event_type):
-            metrics.record(event_type, SKIPPED)
-            offsets.release(offset)
-            return
-        try:
-            # The envelope only: payloads validate lazily on ``event.payload`` (a handler
-            # that reads an invalid one raises PayloadValidationError, dead-lettered at once).
-            event = decode_record(raw.value, raw.headers, validate=False)
-        except DecodeError as exc:  # the DLQ headers say where it came from
-            metrics.record(event_type, FAILED)
-            reason = f"{REASON_UNDECODABLE}: {type(exc).__name__}"
-            await self._dispatcher.dead_letter(
-                raw, Failure(DECODE_HANDLER, reason, exc, 1), event_type
-            )
-            offsets.release(offset)
-            return
-        singles, batches = self._table.for_type(raw.topic, event.type)
-        if not singles and not batches:
-            metrics.record(event.type, SKIPPED)
-            offsets.release(offset)
-            return
-        consumed = self._consumed
-        consumed[event.type] = consumed.get(event.type, 0) + 1
-        self._uncounted += 1
-        if self._uncounted >= 256:
-            self._count_consumed()
-        record = self._record(raw, event)
-        for sub in batches:
-            batch = self._batches.get(sub)
-            if batch is None:
-                batch = self._batches[sub] = _Batch()
-            if not batch.items:
-                batch.started = time.monotonic()
-            batch.items.append((record, raw))
-            offsets.hold(offset)
-        if singles:
-            await self._call_all(singles, event, record, raw)
-        offsets.release(offset)
-        for sub in batches:
-            if len(self._batches[sub].items) >= sub.max_records:
-                await self._flush_one(sub)
+        self._metrics.record(event_type, FAILED)
+        reason = f"{REASON_UNDECODABLE}: {type(error).__name__}"
+        failure = Failure(DECODE_HANDLER, reason, error, 1)
+        await self._dispatcher.dead_letter(raw, failure, event_type)
+        self.offsets.release(raw.offset)
 
     async def _flush(self, *, due_only: bool) -> None:
         now = time.monotonic()

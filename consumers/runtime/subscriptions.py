@@ -126,11 +126,6 @@ class SubscriptionTable:
             )
         return frozenset(found)
 
-    def wants(self, topic: str, event_type: str) -> bool:
-        """Whether any subscription takes ``event_type`` records of ``topic`` (memoised)."""
-        singles, batches = self.for_type(topic, event_type)
-        return bool(singles or batches)
-
     def for_type(self, topic: str, event_type: str) -> Lookup:
         """The subscriptions that take ``event_type`` records of ``topic`` (memoised, at most
         4096 types per topic: types are bounded by the catalogue plus what producers invent)."""

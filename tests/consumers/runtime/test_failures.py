@@ -39,6 +39,14 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
         b'"tool.result"', b'"Not A Type!"'
     )
     after = sample_event("message.received", 4)
+    # ce_type announces one type, the envelope holds another: dead-lettered, not handled.
+    mislabelled = sample_event("tool.result", 5)
+    mislabelled_headers = [
+        (name, b"tool.called" if name == "ce_type" else value)
+        for name, value in event_headers(mislabelled)
+    ]
+    # No headers at all (another producer): typed by its envelope, and handled.
+    bare = sample_event("llm.call.started", 6)
     async with running_consumer(consumer):
         # Random bytes (after a NUL, so they never happen to start a JSON value).
         await produce_raw(settings, topic, b"\x00\x9f" + os.urandom(62), key=key)
@@ -49,15 +57,20 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
             settings, topic, encode_event(failing), key=key, headers=event_headers(failing)
         )
         await produce_raw(
+            settings, topic, encode_event(mislabelled), key=key, headers=mislabelled_headers
+        )
+        await produce_raw(settings, topic, encode_event(bare), key=key)
+        await produce_raw(
             settings, topic, encode_event(after), key=key, headers=event_headers(after)
         )
         await produce_events(settings, [good])
         await wait_until(lambda: after.event_id in ok and good.event_id in ok)
-        letters = await read_records(settings, settings.routing().dlq, 3)
+        letters = await read_records(settings, settings.routing().dlq, 4)
+    assert bare.event_id in ok and mislabelled.event_id not in ok
     assert attempts == [failing.event_id] * 3  # 1 + handler_retries
     assert ok.count(failing.event_id) == 1, "the other handler of the failing event still ran"
     handlers = sorted(dict(r.headers)["agentstream.errors.handler"] for r in letters)
-    assert handlers == [b"<decode>", b"<decode>", b"always-raises"]
+    assert handlers == [b"<decode>", b"<decode>", b"<decode>", b"always-raises"]
     for letter in letters:
         headers = dict(letter.headers)
         assert letter.key == key
@@ -85,8 +98,12 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     )
     assert classes == [
         b"agentstream.schemas.errors.EventTypeError",
+        b"agentstream.schemas.errors.EventTypeError",
         b"agentstream.schemas.errors.MalformedRecordError",
     ]
+    mismatch = next(r for r in letters if r.value == encode_event(mislabelled))
+    message = dict(mismatch.headers)["agentstream.errors.exception.message"]
+    assert b"ce_type='tool.called'" in message and b"'tool.result'" in message
     sample = consumer.registry.get_sample_value
     labels = {"service": "poisoned", "type": "tool.error"}
     assert sample("agentstream_consumer_records_total", {**labels, "outcome": "dead_lettered"}) == 1

@@ -120,7 +120,7 @@ def test_subscription_table_matches_patterns_and_types() -> None:
     assert [b.name for b in batches] == ["sink"]
     singles, _ = table.for_type("p.tokens", "llm.token")
     assert singles[0].takes_record
-    assert table.wants("p.events", "anything.else")
+    assert table.for_type("p.events", "anything.else") == ((), (batches[0],))
     assert table.patterns() == ("tool.*", "llm.token", "*")
 
 
@@ -137,8 +137,8 @@ def test_topic_restriction_narrows_fetching_and_delivery() -> None:
     assert [s.name for s in singles] == ["alerts"] and not batches
     singles, batches = table.for_type("p.events", "budget.warning")
     assert not singles and [b.name for b in batches] == ["sink"]
-    assert not table.wants("p.tokens", "llm.token")
-    assert not table.wants("p.alerts", "tool.called")
+    assert table.for_type("p.tokens", "llm.token") == ((), ())
+    assert table.for_type("p.alerts", "tool.called") == ((), ())
     unrestricted = SubscriptionTable()
     unrestricted.add(make_subscription("*", _handler, None, topic_restriction(routing, "*", None)))
     assert unrestricted.topics(routing) == frozenset(
