@@ -325,21 +325,6 @@ class AuditEmitterBase:
         self._lock = threading.Lock()
 
 
-class InMemoryCollector:
-    """The ``InMemoryCollector`` of Calute (and Xerxes): a locked list."""
-
-    def __init__(self) -> None:
-        self._events: list[Any] = []
-        self._lock = threading.Lock()
-
-    def emit(self, event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-
-    def flush(self) -> None:
-        pass
-
-
 # --- per-call latency (the emit and adoption benchmarks) ----------------------------------------
 
 

@@ -5,7 +5,8 @@ Measured in one run, against an embedded broker this script starts and stops, ne
 frameworks' own in-process cost (no handler, a no-op ``"*"`` handler / an
 ``InMemoryCollector``). The frameworks are faithful minimal copies: Corail's bus and Event
 from the seed document, Xerxes' event dataclass whose ``to_dict()`` is ``asdict(self)`` and
-its emitter (stamp session, lock, forward). Every shipped event is flushed and counted.
+its emitter (stamp session, lock, forward); the ``InMemoryCollector`` is agentstream's, which
+is Calute's (a locked list). Every shipped event is flushed and counted.
 Writes ``benchmarks/results/adoption.json``.
 
 A handler makes Corail's ``emit`` gather a task and yield to the event loop; the publisher's
@@ -31,7 +32,6 @@ from _common import (
     AuditEventBase,
     CorailBus,
     CorailEvent,
-    InMemoryCollector,
     Row,
     print_rows,
     run_on_broker,
@@ -39,7 +39,7 @@ from _common import (
     write_results,
 )
 
-from agentstream.producer import KafkaCollector, KafkaPublisher
+from agentstream.producer import InMemoryCollector, KafkaCollector, KafkaPublisher
 from agentstream.producer.adapters import CorailForwarder
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.settings import KafkaSettings

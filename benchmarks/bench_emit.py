@@ -4,7 +4,8 @@ Measured in one run, against an embedded broker this script starts and stops:
 
 * baseline (seed): a minimal, faithful re-implementation of Corail's ``EventBus.emit`` (history
   list trimmed to 1000, exact + wildcard handler lists, gather) and of Calute's
-  ``AuditEmitter.emit_tool_call_attempt`` with an ``InMemoryCollector`` (dataclass event, ISO
+  ``AuditEmitter.emit_tool_call_attempt`` with agentstream's ``InMemoryCollector`` (Calute's
+  locked list; dataclass event, ISO
   timestamp, 200-character preview, one lock, list append) -- in-process only, nothing shipped;
 * agentstream: ``await bus.emit`` and ``bus.emit_sync`` with a ``KafkaPublisher`` attached (stamp,
   redact, encode, enqueue), ``AuditEmitter.emit_tool_call_attempt`` with a ``KafkaCollector``;
@@ -35,7 +36,6 @@ from _common import (
     AuditEventBase,
     CorailBus,
     CorailEvent,
-    InMemoryCollector,
     Row,
     print_rows,
     run_on_broker,
@@ -51,6 +51,7 @@ from agentstream.producer import (
     Event,
     EventBus,
     EventType,
+    InMemoryCollector,
     KafkaCollector,
     KafkaPublisher,
 )
