@@ -41,6 +41,7 @@ from support.otlp import OtlpSink as OtlpSink  # noqa: E402
 from support.runtime import ServiceProcess as ServiceProcess  # noqa: E402
 from support.runtime import http_get as http_get  # noqa: E402
 from support.runtime import rss_bytes as rss_bytes  # noqa: E402
+from support.samples import ForeignAuditEvent as ForeignAuditEvent  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
 T = TypeVar("T")
@@ -299,19 +300,6 @@ class CorailBus:
 
 
 TOOL_ARGS = {"query": "weather in paris today", "units": "metric", "max_results": 3}
-
-
-@dataclass
-class AuditEventBase:
-    """The fields every audit event of Calute (and Xerxes) carries; subclasses add their own."""
-
-    event_type: str = ""
-    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    agent_id: str | None = None
-    turn_id: str | None = None
-    session_id: str | None = None
-    severity: str = "info"
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class AuditEmitterBase:

@@ -29,9 +29,9 @@ from typing import Any
 from _common import (
     TOOL_ARGS,
     AuditEmitterBase,
-    AuditEventBase,
     CorailBus,
     CorailEvent,
+    ForeignAuditEvent,
     Row,
     print_rows,
     run_on_broker,
@@ -50,16 +50,13 @@ class CorailEventType(enum.Enum):
 
 
 @dataclass
-class XerxesSkillUsed(AuditEventBase):
+class XerxesSkillUsed(ForeignAuditEvent):
     event_type: str = field(default="skill_used", init=False)
     skill_name: str = ""
     version: str = ""
     outcome: str = "unknown"
     duration_ms: float = 0.0
     triggered_automatically: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class XerxesEmitter(AuditEmitterBase):

@@ -33,9 +33,9 @@ from typing import Any
 from _common import (
     TOOL_ARGS,
     AuditEmitterBase,
-    AuditEventBase,
     CorailBus,
     CorailEvent,
+    ForeignAuditEvent,
     Row,
     print_rows,
     run_on_broker,
@@ -68,7 +68,7 @@ ARGS_TEXT = json.dumps(TOOL_ARGS)
 
 
 @dataclass
-class CaluteToolCallAttempt(AuditEventBase):
+class CaluteToolCallAttempt(ForeignAuditEvent):
     event_type: str = "tool_call_attempt"
     tool_name: str = ""
     arguments_preview: str = ""

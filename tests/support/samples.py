@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -159,3 +160,21 @@ def sample_event(event_type: str, index: int = 0) -> Event:
 
 def all_sample_events() -> list[Event]:
     return [sample_event(t.value, i) for i, t in enumerate(EventType)]
+
+
+@dataclass
+class ForeignAuditEvent:
+    """The base class of Calute's and Xerxes' audit events, field for field (``event_type`` a
+    settable field, an ISO timestamp string, ``to_dict()`` as ``asdict``): what their
+    ``AuditEmitter`` hands to a collector. Subclasses add their event's fields."""
+
+    event_type: str = "base"
+    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    agent_id: str | None = None
+    turn_id: str | None = None
+    session_id: str | None = None
+    severity: str = "info"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -13,27 +13,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
+from support.samples import ForeignAuditEvent
 
 from agentstream.producer import KafkaCollector
 from agentstream.producer.adapters import plain_data, wire_type
 from agentstream.schemas import decode_event, encode_event
 from agentstream.schemas.payloads import AuditOther, AuditToolCallAttempt
-
-
-@dataclass
-class ForeignAuditEvent:
-    """Xerxes' base class, field for field: ``event_type`` is a settable field."""
-
-    event_type: str = "base"
-    timestamp: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    agent_id: str | None = None
-    turn_id: str | None = None
-    session_id: str | None = None
-    severity: str = "info"
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
