@@ -174,16 +174,18 @@ def to_utc(value: Any, what: str = "event") -> datetime:
     return datetime.now(UTC)
 
 
-def _id(value: Any) -> str:
+def as_id(value: Any) -> str:
+    """An envelope id from a foreign event's: ``None`` is empty, a string is itself, anything
+    else (a UUID, a number) its ``str()``."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else str(value)
+    return value if type(value) is str else str(value)
 
 
 def _from_data(data: Mapping[str, Any], key: str | None) -> str:
     if key is None:
         return ""
-    return _id(data.get(key))
+    return as_id(data.get(key))
 
 
 _CORAIL_FIELDS = ("type", "timestamp", "agent_id", "user_id", "session_id", "turn_id", "data")
@@ -234,10 +236,10 @@ def corail_envelope(
     return Event(
         type=type_,
         timestamp=to_utc(timestamp, "Corail event"),
-        agent_id=_id(ev_agent) or _from_data(data, agent_key) or scope.agent_id or agent_id,
-        user_id=_id(ev_user) or _from_data(data, user_key) or scope.user_id,
-        session_id=_id(ev_session) or _from_data(data, session_key) or scope.session_id,
-        turn_id=_id(ev_turn) or _from_data(data, turn_key) or scope.turn_id,
+        agent_id=as_id(ev_agent) or _from_data(data, agent_key) or scope.agent_id or agent_id,
+        user_id=as_id(ev_user) or _from_data(data, user_key) or scope.user_id,
+        session_id=as_id(ev_session) or _from_data(data, session_key) or scope.session_id,
+        turn_id=as_id(ev_turn) or _from_data(data, turn_key) or scope.turn_id,
         data=data,
     )
 

@@ -22,7 +22,7 @@ from agentstream.schemas import Event
 from agentstream.schemas.catalogue import AUDIT_PREFIX
 
 from ._failures import FailureLog
-from .adapters import plain_data, to_utc, wire_type
+from .adapters import as_id, plain_data, to_utc, wire_type
 from .audit_events import AuditEvent
 from .scope import get_scope
 
@@ -209,9 +209,9 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
     return Event(
         type=type_,
         timestamp=to_utc(timestamp, "audit event"),
-        agent_id=_as_id(ev_agent) or scope.agent_id or agent_id,
-        session_id=_as_id(ev_session) or scope.session_id,
-        turn_id=_as_id(ev_turn) or scope.turn_id,
+        agent_id=as_id(ev_agent) or scope.agent_id or agent_id,
+        session_id=as_id(ev_session) or scope.session_id,
+        turn_id=as_id(ev_turn) or scope.turn_id,
         user_id=scope.user_id,
         data=data,
     )
@@ -228,7 +228,7 @@ def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str
         event.turn_id or "",
     )
     if type(ev_agent) is not str or type(ev_session) is not str or type(ev_turn) is not str:
-        ev_agent, ev_session, ev_turn = _as_id(ev_agent), _as_id(ev_session), _as_id(ev_turn)
+        ev_agent, ev_session, ev_turn = as_id(ev_agent), as_id(ev_session), as_id(ev_turn)
     scope = get_scope()
     return Event(
         type=AUDIT_PREFIX + event.event_type,
@@ -239,13 +239,6 @@ def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str
         user_id=scope.user_id,
         data=data,
     )
-
-
-def _as_id(value: Any) -> str:
-    """An envelope id: ``None`` and "" are empty; anything else as a string (a UUID...)."""
-    if not value:
-        return ""
-    return value if type(value) is str else str(value)
 
 
 _FOREIGN_FIELDS: dict[type, tuple[str, ...] | None] = {}
