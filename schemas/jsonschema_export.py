@@ -7,6 +7,7 @@ fails when they are stale.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,23 @@ def _document(struct: type[Any], title: str, event_type: str | None = None) -> d
     others = {k: v for k, v in components.items() if k != name}
     if others:
         schema["$defs"] = others
-    return schema
+    return _cleaned(schema)
+
+
+def _cleaned(node: Any) -> Any:
+    """``node`` with every docstring-born ``description`` dedented: msgspec 0.23 dedents
+    docstrings and earlier releases keep their indentation, so the files are the same under
+    either."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _cleaned(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_cleaned(item) for item in node]
+    return node
 
 
 def generate() -> dict[str, str]:
