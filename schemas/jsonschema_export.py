@@ -33,7 +33,8 @@ def _document(struct: type[Any], title: str, event_type: str | None = None) -> d
     others = {k: v for k, v in components.items() if k != name}
     if others:
         schema["$defs"] = others
-    return _cleaned(schema)
+    cleaned: dict[str, Any] = _cleaned(schema)
+    return cleaned
 
 
 def _cleaned(node: Any) -> Any:

@@ -52,9 +52,13 @@ def store_from(args: argparse.Namespace, *, readonly: bool = True) -> Store:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from agentstream.consumers.persistence.since import parse_since
+    from agentstream.consumers.runtime.since import parse_since
+    from agentstream.schemas.errors import ConfigurationError
 
-    since = parse_since(args.since) if args.since else None
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     async with store_from(args) as store:
         await store.require_schema()
         found = await store.sessions(agent=args.agent, since=since, limit=args.limit)

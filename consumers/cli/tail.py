@@ -27,7 +27,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--agent", metavar="ID", help="only this agent")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
-    start.add_argument("--since", metavar="DURATION", help="start this long ago (30s, 10m, 2h, 1d)")
+    start.add_argument(
+        "--since", metavar="WHEN", help="start this long ago (30s, 10m, 2h, 1d, 1w) or at a time"
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
     parser.add_argument("--limit", type=int, metavar="N", help="exit after N events")
     parser.add_argument(
@@ -37,8 +39,8 @@ def register(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from agentstream.consumers.runtime.reader import now_ms, read_topics
-    from agentstream.consumers.runtime.tailview import parse_duration
+    from agentstream.consumers.runtime.reader import read_topics
+    from agentstream.consumers.runtime.since import parse_since
     from agentstream.schemas.errors import ConfigurationError
 
     settings = kafka_settings_from(args)
@@ -46,7 +48,7 @@ async def run(args: argparse.Namespace) -> int:
     since_ms = None
     if args.since:
         try:
-            since_ms = now_ms() - int(parse_duration(args.since) * 1000)
+            since_ms = int(parse_since(args.since).timestamp() * 1000)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
     as_json = args.json or not sys.stdout.isatty()

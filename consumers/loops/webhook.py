@@ -2,8 +2,8 @@
 
 Alerts are queued (bounded; a full queue drops the alert and counts it) and POSTed by one
 background task with ``urllib`` in a worker thread, with a timeout and retries with
-exponential backoff. Delivery never blocks or fails the alert path: the alert is already on
-the alerts topic when it is queued here.
+exponential backoff (jittered, capped at ``max_backoff_s``). Delivery never blocks or fails
+the alert path: the alert is already on the alerts topic when it is queued here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
+from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class WebhookNotifier:
         timeout_s: float = 5.0,
         retries: int = 3,
         backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
         max_queue: int = 1_000,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
@@ -62,6 +64,7 @@ class WebhookNotifier:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
         self._on_outcome = on_outcome
         self._task: asyncio.Task[None] | None = None
@@ -104,7 +107,6 @@ class WebhookNotifier:
 
     async def _deliver(self, alert: Event) -> None:
         body = json.dumps(webhook_body(alert, self.fmt)).encode()
-        delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
                 await asyncio.to_thread(self._post, body)
@@ -122,8 +124,8 @@ class WebhookNotifier:
                     )
                     self._outcome("failed")
                     return
-                await asyncio.sleep(delay)
-                delay *= 2
+                base_ms, most_ms = self.backoff_s * 1000, self.max_backoff_s * 1000
+                await asyncio.sleep(backoff_seconds(attempt + 1, int(base_ms), int(most_ms)))
             else:
                 self._outcome("delivered")
                 return

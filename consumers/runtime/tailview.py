@@ -21,16 +21,6 @@ _COLOURS = {  # ANSI code, rich style
 _ERROR_COLOUR = ("1;31", "bold red")
 _PLAIN = ("0", "default")
 _ERRORISH = re.compile(r"(error|failed|failure|blocked|exceeded|block)$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``30s``, ``10m``, ``2h``, ``1d`` -> seconds."""
-    found = _DURATION.match(text.strip())
-    if not found:
-        raise ValueError(f"expected a duration like 30s, 10m, 2h or 1d, got {text!r}")
-    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def summary(data: dict[str, Any], width: int = 90) -> str:

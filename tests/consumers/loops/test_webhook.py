@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import threading
@@ -115,6 +116,30 @@ async def test_server_errors_are_retried_then_counted(receiver_factory: type[Rec
     notifier = WebhookNotifier(failing.url, retries=2, backoff_s=0.01, on_outcome=outcomes.append)
     await deliver(notifier, block_alert())
     assert outcomes == ["failed"] and failing.attempts == 3
+
+
+async def test_retry_delays_grow_then_stay_under_the_cap(
+    receiver_factory: type[Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = receiver_factory([500] * 20)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        slept.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr("agentstream.consumers.loops.webhook.asyncio.sleep", recorded)
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(
+        failing.url, retries=12, backoff_s=0.1, max_backoff_s=2.0, on_outcome=outcomes.append
+    )
+    await deliver(notifier, block_alert())
+    assert outcomes == ["failed"] and failing.attempts == 13
+    assert len(slept) == 12
+    assert 0.05 <= slept[0] <= 0.1  # equal jitter: between half and all of the base
+    assert all(delay <= 2.0 for delay in slept)
+    assert all(delay >= 1.0 for delay in slept[5:])  # 0.1 * 2**5 is past the cap
 
 
 async def test_client_errors_are_not_retried(receiver_factory: type[Receiver]) -> None:

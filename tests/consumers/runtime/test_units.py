@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -177,19 +178,22 @@ def test_subscriptions_need_unique_names_and_async_handlers() -> None:
 
 
 def test_tail_view_lines_and_durations() -> None:
-    from agentstream.consumers.runtime.tailview import (
-        human_line,
-        json_line,
-        parse_duration,
-        rich_line,
-    )
+    from agentstream.consumers.runtime.since import parse_duration, parse_since
+    from agentstream.consumers.runtime.tailview import human_line, json_line, rich_line
 
     assert parse_duration("90s") == 90
     assert parse_duration("10m") == 600
-    assert parse_duration("1.5h") == 5400
+    assert parse_duration("1.5H") == 5400
     assert parse_duration("2d") == 172_800
+    assert parse_duration("1w") == 604_800
     with pytest.raises(ValueError, match="like 30s"):
         parse_duration("ten minutes")
+    now = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    assert parse_since("90m", now) == datetime(2026, 11, 1, 10, 30, tzinfo=UTC)
+    assert parse_since("2026-11-01T09:00:00Z") == datetime(2026, 11, 1, 9, tzinfo=UTC)
+    assert parse_since("2026-11-01T09:00:00") == datetime(2026, 11, 1, 9, tzinfo=UTC)
+    with pytest.raises(ValueError, match=r"a duration .* or an ISO time"):
+        parse_since("yesterday")
     event = Event(
         type="tool.error",
         session_id="5f0c9e6a1b2d4c3e",

@@ -1,0 +1,32 @@
+"""``--since`` values, one reading for every command (``tail``, ``dlq``, ``sessions``): a
+duration back from now (``90s``, ``15m``, ``1.5h``, ``2d``, ``1w``) or an ISO 8601 time
+(``2026-11-01T12:00:00Z``; without an offset it is UTC)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1.5h``, ``2d``, ``1w`` -> seconds; ValueError for anything else."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if not found:
+        raise ValueError(f"expected a duration like 30s, 10m, 2h, 1d or 1w, got {text!r}")
+    return float(found.group(1)) * _SECONDS[found.group(2)]
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """The moment ``text`` names (timezone-aware); ValueError for anything else."""
+    if _DURATION.fullmatch(text.strip().lower()):
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(text))
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"expected --since as a duration (90s, 15m, 1h, 2d, 1w) or an ISO time, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
