@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agentstream.consumers.broker import EmbeddedBroker, broker_binary
+from agentstream.consumers.broker import FETCH_MAX_WAIT_MS, EmbeddedBroker, broker_binary
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.settings import KafkaSettings
@@ -44,7 +44,22 @@ from support.runtime import rss_bytes as rss_bytes  # noqa: E402
 from support.samples import ForeignAuditEvent as ForeignAuditEvent  # noqa: E402
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+# Every consumer of a benchmark, in this process (settings read the environment) and in the
+# service subprocesses, waits for fetches as `agentstream up` does on the embedded broker,
+# which holds each fetch for the whole fetch_max_wait_ms (see FETCH_MAX_WAIT_MS).
+os.environ.setdefault("AGENTSTREAM_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
 T = TypeVar("T")
+
+
+def like_a_service_process() -> None:
+    """The garbage-collector policy ``agentstream consume`` sets at start (``tune_gc`` with
+    the default ``gc_gen0_threshold``), for the benchmarks that run services in-process: they
+    measure what a service process does, not an interpreter with Python's defaults."""
+    from agentstream.consumers.runtime.runner import tune_gc
+    from agentstream.consumers.runtime.settings import ServiceSettings
+
+    tune_gc(ServiceSettings.model_fields["gc_gen0_threshold"].default)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

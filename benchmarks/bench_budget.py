@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import produce
+from _common import like_a_service_process, produce
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
@@ -221,4 +221,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    like_a_service_process()
     asyncio.run(main())

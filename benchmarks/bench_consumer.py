@@ -17,7 +17,13 @@ import time
 import uuid
 from typing import Any
 
-from _common import embedded_broker, produce, raw_getmany_rate, write_results
+from _common import (
+    embedded_broker,
+    like_a_service_process,
+    produce,
+    raw_getmany_rate,
+    write_results,
+)
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings
 from agentstream.schemas import Event
@@ -97,6 +103,7 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    like_a_service_process()
     result = asyncio.run(main(args.events, args.rounds))
     print(f"{'consumer (median of ' + str(args.rounds) + ' rounds)':<34}{'events/s':>12}")
     print(f"{'raw aiokafka getmany':<34}{result['raw_events_per_s']:>12,.0f}")

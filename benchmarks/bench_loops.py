@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from _common import percentile, produce, write_results
+from _common import like_a_service_process, percentile, produce, write_results
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -325,6 +325,7 @@ if __name__ == "__main__":
         "--backlog", type=int, default=100_000, help="events for the throughput run"
     )
     arguments = parser.parse_args()
+    like_a_service_process()
     measured = asyncio.run(main(arguments))
     measured["target_p99_ms"] = TARGET_P99_MS
     measured["measured_at"] = datetime.now(UTC).isoformat()

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from _common import embedded_broker, produce, raw_getmany_rate, write_results
+from _common import (
+    embedded_broker,
+    like_a_service_process,
+    produce,
+    raw_getmany_rate,
+    write_results,
+)
 from prometheus_client import CollectorRegistry
 
 from agentstream.consumers.metrics import FleetMetrics
@@ -191,6 +197,7 @@ async def main(count: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
+    like_a_service_process()
     result = asyncio.run(main(parser.parse_args().events))
     rows = [
         ("fleet metrics only", "fleet_metrics_only"),

@@ -34,7 +34,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-from _common import ServiceProcess, percentile, produce, produce_at_rate, write_results
+from _common import (
+    ServiceProcess,
+    like_a_service_process,
+    percentile,
+    produce,
+    produce_at_rate,
+    write_results,
+)
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.persistence import Store, open_store
@@ -375,6 +382,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each latency run")
     options = parser.parse_args()
     rates = sorted(int(r) for r in options.rates.split(","))
+    like_a_service_process()
     outcome = asyncio.run(main(options.events, options.postgres, rates, options.seconds))
     report(outcome)
     print(f"wrote {write_results('persistence', outcome)}")

@@ -50,13 +50,14 @@ SERVICES = ("persistence", "loops", "budget", "metrics", "tracing")
 SERVICE_ENV = {"AGENTSTREAM_COMMIT_INTERVAL_MS": "200"}
 
 RAW = """
-import asyncio, json, sys, time
+import asyncio, json, os, sys, time
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 async def main(servers, topic, partitions, count):
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=topic + ".raw",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=int(os.environ["AGENTSTREAM_FETCH_MAX_WAIT_MS"]))
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import produce
+from _common import like_a_service_process, produce
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.consumers.runtime import EventConsumer
@@ -184,6 +184,7 @@ def main() -> None:
         "--export-wait-ms", type=int, default=10_000, help="the service's export_wait_ms"
     )
     args = parser.parse_args()
+    like_a_service_process()
     events = workload(args.turns, args.sessions)
     results = {
         "assembly": bench_assembly(events, with_encode=False),

@@ -25,6 +25,17 @@ from agentstream.schemas.errors import ConfigurationError
 
 _PR_SET_PDEATHSIG = 1
 
+FETCH_MAX_WAIT_MS = 50
+"""``fetch_max_wait_ms`` for consumers of the embedded broker (``agentstream up`` sets it for
+its services unless ``AGENTSTREAM_FETCH_MAX_WAIT_MS`` is set; the benchmarks use it too).
+
+Tansu holds every fetch for the whole ``fetch_max_wait_ms`` even when records are waiting,
+where Apache Kafka answers as soon as ``fetch_min_bytes`` are there. With the client default
+of 500 ms a consumer reading a backlog waits half a second per fetch round: measured on the
+benchmarks' backlogs, the metrics service drained 51,000 events/s at 500 ms and 98,000 at
+50 ms, the persistence service (SQLite) 35,000 and 52,000. On Apache Kafka the default stays:
+there the wait only bounds idle polling."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

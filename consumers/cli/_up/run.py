@@ -189,6 +189,10 @@ class Up:
 
         taken: set[int] = set()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.broker is not None:  # Tansu holds every fetch for the whole wait
+            from agentstream.consumers.broker import FETCH_MAX_WAIT_MS
+
+            env.setdefault("AGENTSTREAM_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
         for offset, name in enumerate(SERVICES):
             port = pick_port(o.first_port + offset, taken)
             taken.add(port)
