@@ -129,9 +129,9 @@ class Store(abc.ABC):
         """Store ``events`` in one transaction, skipping those whose ``event_id`` is already
         stored; return how many were new. The transaction is committed when this returns.
         ``locations`` (same length) records the Kafka topic, partition and offset of each;
-        ``documents`` (same length) the JSON text kept as each whole event (the record's
-        original envelope, with fields this version does not know; default: the event
-        re-encoded)."""
+        ``documents`` (same length) the JSON text kept as each whole event: the envelope
+        each event was decoded from (the record's original, with fields this version does not
+        know; default: the event re-encoded). A store may read column values from it."""
         from .rows import event_json
 
         if not events:

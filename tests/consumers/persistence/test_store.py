@@ -11,9 +11,10 @@ import pytest
 from support.samples import FIXED_TIME, all_sample_events, sample_event
 
 from agentstream.consumers.persistence import Store, StoreError, open_store
-from agentstream.schemas import Event, RecordLocation
+from agentstream.schemas import Event, RecordLocation, decode_event, encode_event
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 def ev(
@@ -171,6 +172,27 @@ async def test_awkward_values_are_stored_and_deduplicated(store: Store) -> None:
     assert back.data["args"] == {"raw": "\\u0000 stays text", "n": 2**60}
     # SQLite keeps NUL characters; PostgreSQL cannot and stores U+FFFD instead
     assert back.data["name"] in ("a\x00b", "a\ufffdb")
+
+
+async def test_columns_hold_the_decoded_envelope_of_a_foreign_document(store: Store) -> None:
+    # A newer producer's envelope: an unknown field, escapes, and fields left to their defaults.
+    text = (
+        '{"event_id":"0192f3a0-0000-7000-8000-000000000001","type":"tool.called",'
+        '"timestamp":"2026-11-01T13:00:00.000001+01:00","session_id":"s\\u00e9-1",'
+        '"source":"pod\\"9\\"","seq":7,"x_added_later":{"a":1},"data":{"name":"w"}}'
+    )
+    event = decode_event(text.encode())
+    bare = Event(event_id="0192f3a0-0000-7000-8000-000000000002", type="turn.ended", timestamp=T0)
+    where = [RecordLocation("events", 3, 41), RecordLocation("events", 3, 42)]
+    assert await store.write_batch([event, bare], where, [text, encode_event(bare).decode()]) == 2
+
+    (summary,) = await store.sessions(since=T0)
+    assert (summary.session_id, summary.agent_id, summary.events) == ("s\u00e9-1", "", 1)
+    assert summary.first == summary.last == T0 + timedelta(microseconds=1)
+    (found,) = await store.events(session="s\u00e9-1", agent="", type="tool.*", since=T0)
+    assert found == event
+    assert (await store.events(session="", agent="", type="turn.ended", until=T0 + _US)) == [bare]
+    assert [e.source for e in await store.events()] == ["", 'pod"9"']
 
 
 async def test_readers_get_clear_errors(tmp_path: Path) -> None:
