@@ -39,6 +39,10 @@ B = TypeVar("B", bound=BatchHandler)
 C = TypeVar("C", bound=PartitionsCallback)
 
 POLL_TIMEOUT_MS = 200
+PAUSED_POLL_TIMEOUT_MS = 10
+"""While backpressure holds partitions paused, the fetch loop polls this often, so they
+resume as soon as the workers have drained below half of ``max_buffered_records`` (with
+every partition paused, a poll waits its whole timeout)."""
 STALL_SECONDS = 60.0
 
 
@@ -86,6 +90,7 @@ class EventConsumer:
         self._producer: AIOKafkaProducer | None = None
         self._dispatcher: Dispatcher | None = None
         self._workers: dict[TopicPartition, PartitionWorker] = {}
+        self._paused = False  # some partition held back by backpressure
         self._committed: dict[TopicPartition, int] = {}
         self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
         self._commit_lock = asyncio.Lock()
@@ -373,8 +378,9 @@ class EventConsumer:
         limit = max(1, min(self.settings.max_buffered_records // 2, 2_000))
         while not self._stopping:
             self._last_poll = time.monotonic()
+            timeout = PAUSED_POLL_TIMEOUT_MS if self._paused else POLL_TIMEOUT_MS
             try:
-                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=limit)
+                batches = await consumer.getmany(timeout_ms=timeout, max_records=limit)
             except KafkaError as exc:
                 log.warning("fetch failed, retrying: %r", exc)
                 await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
@@ -417,8 +423,10 @@ class EventConsumer:
         if resume:
             consumer.resume(*resume)
             log.debug("backpressure: %d records buffered, resumed %s", buffered, _names(resume))
+        paused = sum(w.paused for w in workers.values())
+        self._paused = paused > 0
         self.metrics.buffered_records.set(buffered)
-        self.metrics.paused_partitions.set(sum(w.paused for w in workers.values()))
+        self.metrics.paused_partitions.set(paused)
 
     # --- offsets ---------------------------------------------------------------------------
 

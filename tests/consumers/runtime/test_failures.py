@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from support.produce import produce_events, produce_raw
 from support.runtime import read_records, running_consumer, service_settings, wait_until
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer, Record
+from agentstream.consumers.runtime.consumer import PAUSED_POLL_TIMEOUT_MS, POLL_TIMEOUT_MS
 from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.settings import KafkaSettings
 
@@ -291,6 +293,16 @@ async def test_a_slow_handler_pauses_fetching_and_bounds_the_buffer(
 
     events = [sample_event("tool.called", i) for i in range(300)]
     async with running_consumer(consumer):
+        client = consumer._consumer
+        assert client is not None
+        polls: list[int] = []  # each poll's timeout: short while paused, to resume promptly
+        getmany = client.getmany
+
+        async def recorded(*partitions: Any, timeout_ms: int, max_records: int) -> Any:
+            polls.append(timeout_ms)
+            return await getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+        client.getmany = recorded  # type: ignore[method-assign]
         await produce_events(settings, events)
 
         def paused() -> bool:
@@ -307,7 +319,9 @@ async def test_a_slow_handler_pauses_fetching_and_bounds_the_buffer(
             )
 
         await wait_until(paused, what="partition paused")
+        await wait_until(lambda: PAUSED_POLL_TIMEOUT_MS in polls, what="a short poll")
         gate.set()
         await wait_until(lambda: len(handled) == 300)
+        await wait_until(lambda: polls[-1] == POLL_TIMEOUT_MS, what="polls as usual")
     assert handled == list(range(300))
     assert peak <= 20 + 10, "buffer bounded by max_buffered_records plus one fetch"
