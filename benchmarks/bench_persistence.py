@@ -10,7 +10,7 @@ Measured:
   then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, and ``executemany`` of a one-row insert;
 * end to end: the events produced to an embedded broker first, then the persistence service
   (in-process, the real ``EventConsumer``) from partition assignment until every event is
-  stored;
+  stored; three runs per store, interleaved, the median reported;
 * emit → stored latency at several loads (``--rates``, events/s, each for ``--seconds``):
   ``agentstream consume persistence`` as its own process on SQLite with its default batching
   (``batch_max_wait_ms`` 200), events produced at a steady rate, each stamped when handed to
@@ -261,6 +261,16 @@ async def end_to_end(bootstrap: str, url: str, events: list[Event]) -> dict[str,
     }
 
 
+E2E_RUNS = 3
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The run with the median ``events_per_s``, and every run's rate (single runs of one
+    process move by about 10% here)."""
+    ordered = sorted(runs, key=lambda r: r["events_per_s"])
+    return {**ordered[len(ordered) // 2], "events_per_s_runs": [r["events_per_s"] for r in runs]}
+
+
 # --- emit -> stored latency -------------------------------------------------------------------
 
 
@@ -346,12 +356,22 @@ async def main(count: int, postgres: str, rates: list[int], seconds: float) -> d
         broker.start()
         try:
             await wait_for_broker({"bootstrap_servers": broker.bootstrap_servers})
-            results["sqlite_end_to_end"] = await end_to_end(
-                broker.bootstrap_servers, f"sqlite:///{tmp}/e2e.db", make_events(count)
-            )
-            results["postgres_end_to_end"] = await fresh_schema(
-                postgres, lambda url: end_to_end(broker.bootstrap_servers, url, make_events(count))
-            )
+            runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgres": []}
+            for run in range(E2E_RUNS):  # interleaved: a busy moment weighs on both stores
+                runs["sqlite"].append(
+                    await end_to_end(
+                        broker.bootstrap_servers, f"sqlite:///{tmp}/e2e{run}.db", make_events(count)
+                    )
+                )
+                measured = await fresh_schema(
+                    postgres,
+                    lambda url: end_to_end(broker.bootstrap_servers, url, make_events(count)),
+                )
+                if measured is not None:
+                    runs["postgres"].append(measured)
+            for store, measured_runs in runs.items():
+                if measured_runs:
+                    results[f"{store}_end_to_end"] = median_run(measured_runs)
             results["stored_latency"] = []
             for rate in rates:
                 measured = await stored_latency(broker.bootstrap_servers, tmp, rate, seconds)

@@ -34,7 +34,10 @@ class PersistenceSettings(ServiceSettings):
     retention_interval_s: float = Field(default=300.0, gt=0, description="Time between sweeps.")
     retention_batch_size: int = Field(default=1_000, ge=1, description="Rows per DELETE.")
     batch_max_records: int = Field(
-        default=2_000, ge=1, description="Most events per transaction (one partition's)."
+        default=1_000,
+        ge=1,
+        description="Most events per transaction (one partition's). Measured against 2,000: "
+        "as fast on SQLite, faster on PostgreSQL (more batches written concurrently).",
     )
     batch_max_wait_ms: int = Field(
         default=200, ge=0, description="Longest wait for a batch to fill before it is written."
