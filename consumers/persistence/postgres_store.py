@@ -49,8 +49,8 @@ SELECT id, doc->>'type', ts, coalesce(doc->>'agent_id', ''), coalesce(doc->>'use
        AS batch(id, doc, ts, seq, version, topic, kafka_partition, kafka_offset)
 ON CONFLICT (event_id) DO NOTHING
 """
-"""The envelope's strings come from the document (absent ones are the ``Event`` defaults,
-""); ids, timestamps and integers from the decoded events, exact and clamped."""
+"""The envelope's strings come from the document (an absent one is the ``Event`` default, the
+empty string); ids, timestamps and integers from the decoded events, exact and clamped."""
 _ORDER = "ORDER BY timestamp, seq, event_id"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")

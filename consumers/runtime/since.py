@@ -1,4 +1,4 @@
-"""``--since`` values, one reading for every command (``tail``, ``dlq``, ``sessions``): a
+"""``--since`` values, one reading for every command that takes one (``tail``, ``sessions``): a
 duration back from now (``90s``, ``15m``, ``1.5h``, ``2d``, ``1w``) or an ISO 8601 time
 (``2026-11-01T12:00:00Z``; without an offset it is UTC)."""
 

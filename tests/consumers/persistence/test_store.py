@@ -188,7 +188,7 @@ async def test_columns_hold_the_decoded_envelope_of_a_foreign_document(store: St
 
     (summary,) = await store.sessions(since=T0)
     assert (summary.session_id, summary.agent_id, summary.events) == ("s\u00e9-1", "", 1)
-    assert summary.first == summary.last == T0 + timedelta(microseconds=1)
+    assert summary.first == summary.last == T0 + _US
     (found,) = await store.events(session="s\u00e9-1", agent="", type="tool.*", since=T0)
     assert found == event
     assert (await store.events(session="", agent="", type="turn.ended", until=T0 + _US)) == [bare]
