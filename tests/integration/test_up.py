@@ -190,6 +190,9 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
             time.sleep(0.2)
         running = json.loads((logs / "up-summary.json").read_text())
         assert running["phase"] == "running"
+        for name, service in running["services"].items():  # see broker.FETCH_MAX_WAIT_MS
+            environ = Path(f"/proc/{service['pid']}/environ").read_bytes().split(b"\0")
+            assert b"AGENTSTREAM_FETCH_MAX_WAIT_MS=50" in environ, name
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=100)
     finally:
