@@ -363,12 +363,12 @@ async def main(count: int, postgres: str, rates: list[int], seconds: float) -> d
                         broker.bootstrap_servers, f"sqlite:///{tmp}/e2e{run}.db", make_events(count)
                     )
                 )
-                measured = await fresh_schema(
+                on_postgres = await fresh_schema(
                     postgres,
                     lambda url: end_to_end(broker.bootstrap_servers, url, make_events(count)),
                 )
-                if measured is not None:
-                    runs["postgres"].append(measured)
+                if on_postgres is not None:
+                    runs["postgres"].append(on_postgres)
             for store, measured_runs in runs.items():
                 if measured_runs:
                     results[f"{store}_end_to_end"] = median_run(measured_runs)

@@ -124,8 +124,8 @@ class WebhookNotifier:
                     )
                     self._outcome("failed")
                     return
-                base_ms, most_ms = self.backoff_s * 1000, self.max_backoff_s * 1000
-                await asyncio.sleep(backoff_seconds(attempt + 1, int(base_ms), int(most_ms)))
+                base_ms, most_ms = round(self.backoff_s * 1000), round(self.max_backoff_s * 1000)
+                await asyncio.sleep(backoff_seconds(attempt + 1, base_ms, most_ms))
             else:
                 self._outcome("delivered")
                 return

@@ -90,7 +90,6 @@ class EventConsumer:
         self._producer: AIOKafkaProducer | None = None
         self._dispatcher: Dispatcher | None = None
         self._workers: dict[TopicPartition, PartitionWorker] = {}
-        self._paused = False  # some partition held back by backpressure
         self._committed: dict[TopicPartition, int] = {}
         self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
         self._commit_lock = asyncio.Lock()
@@ -376,9 +375,9 @@ class EventConsumer:
         consumer = self._consumer
         assert consumer is not None
         limit = max(1, min(self.settings.max_buffered_records // 2, 2_000))
+        timeout = POLL_TIMEOUT_MS
         while not self._stopping:
             self._last_poll = time.monotonic()
-            timeout = PAUSED_POLL_TIMEOUT_MS if self._paused else POLL_TIMEOUT_MS
             try:
                 batches = await consumer.getmany(timeout_ms=timeout, max_records=limit)
             except KafkaError as exc:
@@ -390,16 +389,17 @@ class EventConsumer:
                 if worker is None:  # records before the assignment callback: gate stays shut
                     worker = self._workers[tp] = self._new_worker(tp)
                 worker.feed(records)
-            self._backpressure(consumer)
+            paused = self._backpressure(consumer)
+            timeout = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
 
     def _new_worker(self, tp: TopicPartition) -> PartitionWorker:
         assert self._dispatcher is not None
         return PartitionWorker(tp, self._table, self._dispatcher)
 
-    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> int:
         """Pause the partitions holding buffered records once the process holds
         ``max_buffered_records``; resume them below half. Memory stays bounded by the limit
-        plus one poll, and idle partitions keep fetching."""
+        plus one poll, and idle partitions keep fetching. Returns how many are paused."""
         workers = self._workers
         buffered = sum(w.offsets.outstanding for w in workers.values())
         limit = self.settings.max_buffered_records
@@ -424,9 +424,9 @@ class EventConsumer:
             consumer.resume(*resume)
             log.debug("backpressure: %d records buffered, resumed %s", buffered, _names(resume))
         paused = sum(w.paused for w in workers.values())
-        self._paused = paused > 0
         self.metrics.buffered_records.set(buffered)
         self.metrics.paused_partitions.set(paused)
+        return paused
 
     # --- offsets ---------------------------------------------------------------------------
 
