@@ -38,7 +38,7 @@ from .audit_events import (
     TurnEndEvent,
     TurnStartEvent,
 )
-from .collectors import AuditCollector, InMemoryCollector
+from .collectors import AuditCollector, InMemoryCollector, fields_sink
 
 __all__ = ["PREVIEW_CHARS", "AuditEmitter"]
 
@@ -67,6 +67,7 @@ class AuditEmitter:
         self._session_id = session_id
         self._lock = threading.Lock()
         self._failures = FailureLog(f"audit collector {type(self._collector).__name__}")
+        self._sink = fields_sink(self._collector)
 
     @property
     def collector(self) -> Any:
@@ -83,7 +84,21 @@ class AuditEmitter:
         """How many ``emit``/``flush`` calls of the collector raised (isolated, logged)."""
         return self._failures.count
 
-    def _emit(self, event: AuditEvent) -> None:
+    def _emit(
+        self,
+        cls: type[AuditEvent],
+        agent_id: str | None,
+        turn_id: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        """Hand the collector ``cls(agent_id=…, turn_id=…, **fields)`` stamped with the
+        session id; a :class:`KafkaCollector` takes the fields themselves (``fields_sink``)."""
+        sink = self._sink
+        if sink is not None:
+            with self._lock:
+                sink(cls, (agent_id, self._session_id, turn_id), fields)  # never raises
+            return
+        event = cls(agent_id=agent_id, turn_id=turn_id, **fields)
         event.session_id = self._session_id
         with self._lock:
             try:
@@ -106,7 +121,7 @@ class AuditEmitter:
     ) -> str:
         """Emit a ``TurnStartEvent``; returns ``turn_id`` or a new 12-hex one."""
         tid = turn_id if turn_id is not None else _generate_turn_id()
-        self._emit(TurnStartEvent(agent_id=agent_id, turn_id=tid, prompt_preview=_preview(prompt)))
+        self._emit(TurnStartEvent, agent_id, tid, {"prompt_preview": _preview(prompt)})
         return tid
 
     def emit_turn_end(
@@ -117,12 +132,10 @@ class AuditEmitter:
         fc_count: int = 0,
     ) -> None:
         self._emit(
-            TurnEndEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                content_preview=_preview(content),
-                function_calls_count=fc_count,
-            )
+            TurnEndEvent,
+            agent_id,
+            turn_id,
+            {"content_preview": _preview(content), "function_calls_count": fc_count},
         )
 
     def emit_tool_call_attempt(
@@ -133,12 +146,10 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ToolCallAttemptEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                arguments_preview=_preview(args),
-            )
+            ToolCallAttemptEvent,
+            agent_id,
+            turn_id,
+            {"tool_name": tool_name, "arguments_preview": _preview(args)},
         )
 
     def emit_tool_call_complete(
@@ -151,14 +162,15 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ToolCallCompleteEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                status=status,
-                duration_ms=duration_ms,
-                result_preview=_preview(result),
-            )
+            ToolCallCompleteEvent,
+            agent_id,
+            turn_id,
+            {
+                "tool_name": tool_name,
+                "status": status,
+                "duration_ms": duration_ms,
+                "result_preview": _preview(result),
+            },
         )
 
     def emit_tool_call_failure(
@@ -170,13 +182,10 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ToolCallFailureEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                error_type=error_type,
-                error_message=error_msg,
-            )
+            ToolCallFailureEvent,
+            agent_id,
+            turn_id,
+            {"tool_name": tool_name, "error_type": error_type, "error_message": error_msg},
         )
 
     def emit_tool_policy_decision(
@@ -188,13 +197,10 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ToolPolicyDecisionEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                action=action,
-                policy_source=source,
-            )
+            ToolPolicyDecisionEvent,
+            agent_id,
+            turn_id,
+            {"tool_name": tool_name, "action": action, "policy_source": source},
         )
 
     def emit_sandbox_decision(
@@ -207,14 +213,15 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            SandboxDecisionEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                context=context,
-                reason=reason,
-                backend_type=backend_type,
-            )
+            SandboxDecisionEvent,
+            agent_id,
+            turn_id,
+            {
+                "tool_name": tool_name,
+                "context": context,
+                "reason": reason,
+                "backend_type": backend_type,
+            },
         )
 
     def emit_tool_loop_warning(
@@ -229,14 +236,15 @@ class AuditEmitter:
         """The event's own ``severity`` stays "warning"; ``severity`` goes to
         ``severity_level``."""
         self._emit(
-            ToolLoopWarningEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                pattern=pattern,
-                severity_level=severity,
-                call_count=count,
-            )
+            ToolLoopWarningEvent,
+            agent_id,
+            turn_id,
+            {
+                "tool_name": tool_name,
+                "pattern": pattern,
+                "severity_level": severity,
+                "call_count": count,
+            },
         )
 
     def emit_tool_loop_block(
@@ -248,13 +256,10 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ToolLoopBlockEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                tool_name=tool_name,
-                pattern=pattern,
-                call_count=count,
-            )
+            ToolLoopBlockEvent,
+            agent_id,
+            turn_id,
+            {"tool_name": tool_name, "pattern": pattern, "call_count": count},
         )
 
     def emit_hook_mutation(
@@ -266,13 +271,10 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            HookMutationEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                hook_name=hook_name,
-                tool_name=tool_name,
-                mutated_field=field,
-            )
+            HookMutationEvent,
+            agent_id,
+            turn_id,
+            {"hook_name": hook_name, "tool_name": tool_name, "mutated_field": field},
         )
 
     def emit_error(
@@ -284,11 +286,8 @@ class AuditEmitter:
         turn_id: str | None = None,
     ) -> None:
         self._emit(
-            ErrorEvent(
-                agent_id=agent_id,
-                turn_id=turn_id,
-                error_type=error_type,
-                error_message=error_msg,
-                error_context=context,
-            )
+            ErrorEvent,
+            agent_id,
+            turn_id,
+            {"error_type": error_type, "error_message": error_msg, "error_context": context},
         )

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentstream.schemas import Event
@@ -40,6 +41,8 @@ __all__ = [
     "JSONLSinkCollector",
     "KafkaCollector",
     "audit_envelope",
+    "fields_envelope",
+    "fields_sink",
 ]
 
 logger = logging.getLogger(__name__)
@@ -218,21 +221,49 @@ def audit_envelope(event: Any, *, agent_id: str = "") -> Event:
 
 
 def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str) -> Event:
-    """:func:`audit_envelope` for one of our :class:`AuditEvent` classes (the emitter's hot
-    path): fields read directly, ids used as they are when they are strings."""
+    """:func:`audit_envelope` for one of our :class:`AuditEvent` classes: fields read
+    directly."""
     data = {name: getattr(event, name) for name in data_fields}
     data["metadata"] = dict(event.metadata)
-    ev_agent, ev_session, ev_turn = (
-        event.agent_id or "",
-        event.session_id or "",
-        event.turn_id or "",
+    return _audit_event(
+        AUDIT_PREFIX + event.event_type,
+        to_utc(event.timestamp, "audit event"),
+        (event.agent_id, event.session_id, event.turn_id),
+        data,
+        agent_id,
     )
+
+
+def fields_envelope(
+    cls: type[AuditEvent],
+    ids: tuple[Any, Any, Any],
+    fields: dict[str, Any],
+    *,
+    agent_id: str = "",
+) -> Event:
+    """The envelope :func:`audit_envelope` gives for ``cls(agent_id=…, turn_id=…, **fields)``
+    stamped with ``session_id`` (``ids`` is ``(agent_id, session_id, turn_id)``), built now
+    without the event object: the class's severity, empty metadata, then ``fields`` (which
+    must name class fields, in class order)."""
+    data: dict[str, Any] = {"severity": cls.severity, "metadata": {}}
+    data.update(fields)
+    return _audit_event(AUDIT_PREFIX + cls.event_type, datetime.now(UTC), ids, data, agent_id)
+
+
+def _audit_event(
+    type_: str, timestamp: datetime, ids: tuple[Any, Any, Any], data: dict[str, Any], agent_id: str
+) -> Event:
+    """The envelope of one of our audit events (the emitter's hot path): ids used as they are
+    when they are strings, empty ones taken from the scope (the agent id then from the
+    collector)."""
+    ev_agent, ev_session, ev_turn = ids
+    ev_agent, ev_session, ev_turn = ev_agent or "", ev_session or "", ev_turn or ""
     if type(ev_agent) is not str or type(ev_session) is not str or type(ev_turn) is not str:
         ev_agent, ev_session, ev_turn = as_id(ev_agent), as_id(ev_session), as_id(ev_turn)
     scope = get_scope()
     return Event(
-        type=AUDIT_PREFIX + event.event_type,
-        timestamp=to_utc(event.timestamp, "audit event"),
+        type=type_,
+        timestamp=timestamp,
         agent_id=ev_agent or scope.agent_id or agent_id,
         session_id=ev_session or scope.session_id,
         turn_id=ev_turn or scope.turn_id,
@@ -325,6 +356,16 @@ class KafkaCollector:
         except Exception as exc:
             self.failures.record(exc, f"emit({getattr(event, 'event_type', event)!r})")
 
+    def emit_fields(
+        self, cls: type[AuditEvent], ids: tuple[Any, Any, Any], fields: dict[str, Any]
+    ) -> None:
+        """What ``emit`` does with the event ``cls(**fields)`` carrying ``ids`` (agent,
+        session, turn), without building that object (see :func:`fields_sink`)."""
+        try:
+            self.publisher.publish(fields_envelope(cls, ids, fields, agent_id=self.agent_id))
+        except Exception as exc:
+            self.failures.record(exc, f"emit({cls.event_type!r})")
+
     def flush(self) -> None:
         try:
             done = self.publisher.flush(self.flush_timeout)
@@ -342,3 +383,21 @@ class KafkaCollector:
             self.publisher.close()
         else:
             self.flush()
+
+
+FieldsSink = Callable[[type[AuditEvent], tuple[Any, Any, Any], dict[str, Any]], None]
+"""``sink(cls, (agent_id, session_id, turn_id), fields)``: one audit event, as its fields."""
+
+
+def fields_sink(collector: object) -> FieldsSink | None:
+    """How an :class:`~agentstream.producer.audit.AuditEmitter` may hand ``collector`` its
+    events as fields instead of event objects, or None when it may not.
+
+    Only a :class:`KafkaCollector` whose ``emit`` is not overridden: it only turns the object
+    into an envelope, so the object need not exist (building it, its ISO timestamp and parsing
+    that back cost more than the rest of the envelope). Any other collector (a subclass that
+    looks at the events, a :class:`CompositeCollector`) gets Calute's event objects.
+    """
+    if isinstance(collector, KafkaCollector) and type(collector).emit is KafkaCollector.emit:
+        return collector.emit_fields
+    return None

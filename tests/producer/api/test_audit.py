@@ -7,10 +7,12 @@ import io
 import json
 import re
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 
 from agentstream.producer import (
@@ -359,6 +361,92 @@ def test_kafka_collector_publishes_and_flushes(recording: type[RecordingPublishe
     ]
     collector.close()
     assert not publisher.closed  # shared publisher: not ours to close
+
+
+def _call_every_emit_method(emitter: AuditEmitter) -> None:
+    """Each emit_* once, every parameter given a value of its own."""
+    for name, params in SIGNATURES.items():
+        values: dict[str, Any] = {}
+        for param, default in params:
+            if isinstance(default, bool) or not isinstance(default, int | float):
+                values[param] = f"{name}:{param}"
+            else:
+                values[param] = type(default)(len(param))
+        getattr(emitter, name)(**values)
+
+
+def test_kafka_collector_envelopes_equal_those_of_calutes_event_objects(
+    recording: type[RecordingPublisher],
+) -> None:
+    # The emitter hands a KafkaCollector the fields instead of the event object: the same
+    # envelopes must come out as from the objects another collector receives.
+    objects, publisher = InMemoryCollector(), recording()
+    with event_scope(user_id="u-1"):
+        _call_every_emit_method(AuditEmitter(objects, session_id="s-1"))
+        _call_every_emit_method(
+            AuditEmitter(KafkaCollector(publisher, agent_id="fallback"), session_id="s-1")
+        )
+        expected = [audit_envelope(e, agent_id="fallback") for e in objects.get_events()]
+    assert len(publisher.events) == len(expected) == len(SIGNATURES)
+    for got, want in zip(publisher.events, expected, strict=True):
+        assert abs(got.timestamp - want.timestamp) < timedelta(seconds=5)
+        assert got.timestamp.tzinfo is UTC
+        assert got.event_id != want.event_id
+        got_fields = {k: v for k, v in msgspec.structs.asdict(got).items() if k != "event_id"}
+        want_fields = {k: v for k, v in msgspec.structs.asdict(want).items() if k != "event_id"}
+        got_fields["timestamp"] = want_fields["timestamp"]
+        assert got_fields == want_fields
+        assert list(got.data) == list(want.data), got.type  # same keys, same order
+        assert got.user_id == "u-1"
+
+
+def test_kafka_collector_ids_from_scope_and_non_string_ids(
+    recording: type[RecordingPublisher],
+) -> None:
+    publisher = recording()
+    turn = uuid.uuid4()
+    emitter = AuditEmitter(KafkaCollector(publisher, agent_id="fallback"), session_id=None)
+    with event_scope(session_id="scoped-s", turn_id="scoped-t", agent_id="scoped-a"):
+        emitter.emit_turn_start()
+    emitter.emit_error("E", turn_id=turn)  # type: ignore[arg-type]
+    first, second = publisher.events
+    assert (first.agent_id, first.session_id, first.turn_id) == (
+        "scoped-a",
+        "scoped-s",
+        first.turn_id,
+    )
+    assert re.fullmatch(r"[0-9a-f]{12}", first.turn_id)  # the new turn id, not the scope's
+    assert (second.agent_id, second.session_id, second.turn_id) == ("fallback", "", str(turn))
+
+
+def test_a_kafka_collector_subclass_that_overrides_emit_gets_event_objects(
+    recording: type[RecordingPublisher],
+) -> None:
+    class Tee(KafkaCollector):
+        def __init__(self, publisher: RecordingPublisher) -> None:
+            super().__init__(publisher)
+            self.seen: list[Any] = []
+
+        def emit(self, event: Any) -> None:
+            self.seen.append(event)
+            super().emit(event)
+
+    publisher = recording()
+    collector = Tee(publisher)
+    AuditEmitter(collector, session_id="s").emit_tool_call_attempt("search")
+    assert [type(e) for e in collector.seen] == [ToolCallAttemptEvent]
+    assert collector.seen[0].session_id == "s"
+    assert [e.type for e in publisher.events] == ["audit.tool_call_attempt"]
+
+
+def test_a_failing_publisher_never_reaches_the_emitters_caller(
+    recording: type[RecordingPublisher],
+) -> None:
+    collector = KafkaCollector(recording(fail=True))
+    emitter = AuditEmitter(collector)
+    emitter.emit_turn_start()
+    emitter.emit_tool_call_failure("t")
+    assert collector.failures.count == 2
 
 
 def test_timestamps_are_utc_iso_with_microseconds_and_current() -> None:
