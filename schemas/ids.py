@@ -18,29 +18,36 @@ import os
 import time
 
 _COUNTER_MASK = (1 << 74) - 1
-_RAND_B_MASK = (1 << 62) - 1
+_LOW_MASK = (1 << 48) - 1
+_HIGH_MASK = (1 << 26) - 1
 _VARIANT = 0b10 << 62
 _counter = itertools.count(int.from_bytes(os.urandom(10), "big") & _COUNTER_MASK)
 _time_ns = time.time_ns
-# (millisecond, "tttttttt-tttt-7"): the time part changes at most once per millisecond, so it
-# is formatted once per millisecond. A tuple is replaced whole, so threads never see it torn.
-_prefix: tuple[int, str] = (-1, "")
+# (millisecond, counter >> 48, "tttttttt-tttt-7aaa-vbbb-"): everything but the last 12 hex
+# digits (the counter's low 48 bits) changes at most once per millisecond, so it is formatted
+# then. A tuple is replaced whole, so threads never see it torn.
+_prefix: tuple[int, int, str] = (-1, -1, "")
 
 
 def new_event_id() -> str:
     """Return a new UUIDv7 string. Thread-safe (``itertools.count`` is atomic in CPython)."""
     global _prefix
-    c = next(_counter) & _COUNTER_MASK
+    c = next(_counter)  # past 2**74 it wraps: only its low 74 bits are written
     ms = _time_ns() // 1_000_000
-    cached_ms, prefix = _prefix
-    if ms != cached_ms:
-        t = f"{ms:012x}"
-        prefix = f"{t[:8]}-{t[8:]}-7"
-        _prefix = (ms, prefix)
-    # rand_a (the counter's top 12 bits), then the variant and rand_b: 80 bits as 20 hex
-    # digits in one C call (bytes.hex), the first always 0.
-    h = ((c >> 62) << 64 | _VARIANT | (c & _RAND_B_MASK)).to_bytes(10, "big").hex()
-    return f"{prefix}{h[1:4]}-{h[4:8]}-{h[8:]}"
+    high = c >> 48
+    cached_ms, cached_high, prefix = _prefix
+    if ms != cached_ms or high != cached_high:
+        prefix = _format_prefix(ms, high & _HIGH_MASK)
+        _prefix = (ms, high, prefix)
+    return prefix + "%012x" % (c & _LOW_MASK)
+
+
+def _format_prefix(ms: int, high: int) -> str:
+    """The text before the last 12 hex digits: the time, the version, then the counter's top
+    26 bits as rand_a (12 bits), the variant and the top 14 bits of rand_b."""
+    t = f"{ms:012x}"
+    h = f"{(high >> 14) << 16 | _VARIANT >> 48 | (high & 0x3FFF):07x}"
+    return f"{t[:8]}-{t[8:]}-7{h[:3]}-{h[3:]}-"
 
 
 def event_id_millis(event_id: str) -> int:
