@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any, TypeVar
 
 from agentstream.schemas.settings import KafkaSettings
@@ -19,6 +20,17 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic-prefix", metavar="PREFIX", help="topic prefix (default: agentstream)"
     )
+
+
+def since_argument(text: str) -> datetime:
+    """The ``--since`` option's type (``tail``, ``sessions``): a bad value is a usage error
+    that says what is expected."""
+    from agentstream.consumers.runtime.since import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def kafka_settings_from(args: argparse.Namespace, **overrides: Any) -> KafkaSettings:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._common import settings_from
+from ._common import settings_from, since_argument
 
 if TYPE_CHECKING:
     from agentstream.consumers.persistence import SessionSummary, Store
@@ -24,6 +24,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--agent", metavar="ID", help="only sessions this agent took part in")
     parser.add_argument(
         "--since",
+        type=since_argument,
         metavar="WHEN",
         help="only sessions active since WHEN: 90s, 15m, 1h, 2d, 1w or an ISO time",
     )
@@ -52,16 +53,9 @@ def store_from(args: argparse.Namespace, *, readonly: bool = True) -> Store:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from agentstream.consumers.runtime.since import parse_since
-    from agentstream.schemas.errors import ConfigurationError
-
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
     async with store_from(args) as store:
         await store.require_schema()
-        found = await store.sessions(agent=args.agent, since=since, limit=args.limit)
+        found = await store.sessions(agent=args.agent, since=args.since, limit=args.limit)
     if args.json:
         print_lines(json.dumps(as_dict(s)) for s in found)
     elif not found:

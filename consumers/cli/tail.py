@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from
+from ._common import add_kafka_arguments, kafka_settings_from, since_argument
 
 
 def register(commands: Any) -> None:
@@ -28,7 +28,10 @@ def register(commands: Any) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     start.add_argument(
-        "--since", metavar="WHEN", help="start this long ago (30s, 10m, 2h, 1d, 1w) or at a time"
+        "--since",
+        type=since_argument,
+        metavar="WHEN",
+        help="start this long ago (30s, 10m, 2h, 1d, 1w) or at a time",
     )
     parser.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
     parser.add_argument("--limit", type=int, metavar="N", help="exit after N events")
@@ -40,17 +43,10 @@ def register(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     from agentstream.consumers.runtime.reader import read_topics
-    from agentstream.consumers.runtime.since import parse_since
-    from agentstream.schemas.errors import ConfigurationError
 
     settings = kafka_settings_from(args)
     topics = settings.routing().topics_for_pattern(args.type)
-    since_ms = None
-    if args.since:
-        try:
-            since_ms = int(parse_since(args.since).timestamp() * 1000)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+    since_ms = None if args.since is None else int(args.since.timestamp() * 1000)
     as_json = args.json or not sys.stdout.isatty()
     shown = 0
     records = read_topics(

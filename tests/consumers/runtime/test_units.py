@@ -216,6 +216,22 @@ def test_tail_view_lines_and_durations() -> None:
     )
 
 
+@pytest.mark.parametrize("command", [["tail"], ["sessions"]])
+def test_a_bad_since_is_a_usage_error_that_says_what_is_expected(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agentstream.consumers.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*command, "--since", "2h"]).since.tzinfo is UTC
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args([*command, "--since", "yesterday"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"agentstream {command[0]}: error: argument --since:" in err
+    assert "a duration (90s, 15m, 1h, 2d, 1w) or an ISO time, got 'yesterday'" in err
+
+
 def test_dead_letter_headers_follow_the_connect_convention() -> None:
     from agentstream.consumers.runtime.deadletter import Failure, error_headers, original_headers
 
