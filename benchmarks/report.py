@@ -171,6 +171,14 @@ def machine_section(report: Report) -> None:
             ],
         )
         out.append("")
+    cpus = {str(machine.get("cpu_model", MISSING)) for _, machine in measured}
+    if len(cpus) > 1:
+        out += [
+            f"**The results come from {len(cpus)} different machines** (the CPU column): the "
+            "table above describes the latest. Compare figures within one result file, whose "
+            "ratios are measured in one run, not across files.",
+            "",
+        ]
     out += ["Each result file and when it was measured (load average at the start of the run):", ""]
     rows = []
     for area, data in sorted(report.results.items()):
@@ -183,14 +191,15 @@ def machine_section(report: Report) -> None:
             or data.get("_file_time")
         )
         load = machine.get("load_average_1m")
-        rows.append(
-            [
-                f"`{area}.json`",
-                str(when) if when else "not recorded",
-                fmt(load, digits=2) if load is not None else "not recorded",
-            ]
-        )
-    out += table(["result", "measured", "load"], rows)
+        row = [
+            f"`{area}.json`",
+            str(when) if when else "not recorded",
+            fmt(load, digits=2) if load is not None else "not recorded",
+        ]
+        if len(cpus) > 1:
+            row.append(str(machine.get("cpu_model", "not recorded")))
+        rows.append(row)
+    out += table(["result", "measured", "load", *(["CPU"] if len(cpus) > 1 else [])], rows)
     out.append("")
 
 

@@ -123,3 +123,28 @@ def test_missing_results_are_reported_missing_not_invented(tmp_path: Path) -> No
     assert "| agentstream | 40,000 events/s | 0.25\u00d7 |" in text
     assert "µs" not in text  # no emit figures without emit results
     assert not list(tmp_path.glob("*.png"))  # nothing to plot from the producer alone
+
+
+def test_results_from_different_machines_are_labelled(tmp_path: Path) -> None:
+    report = load_report()
+    results = tmp_path / "results"
+    other = {**MACHINE, "cpu_model": "Other CPU 1", "date": "2026-12-01T00:00:00+00:00"}
+    write_samples(
+        results,
+        {
+            "emit": {**SAMPLES["emit"], "machine": other},
+            "producer": {**SAMPLES["producer"], "machine": MACHINE},
+        },
+    )
+    out = tmp_path / "benchmarks.md"
+    assert (
+        report.main(["--results", str(results), "--out", str(out), "--images", str(tmp_path)]) == 0
+    )
+    text = out.read_text()
+    assert "**The results come from 2 different machines**" in text
+    assert "| `emit.json` | 2026-12-01T00:00:00+00:00 | 1.50 | Other CPU 1 |" in text
+    assert "| `producer.json` | 2026-11-22T03:00:00+00:00 | 1.50 | Test CPU 9000 |" in text
+    one = tmp_path / "one.md"
+    write_samples(tmp_path / "same", {"producer": {**SAMPLES["producer"], "machine": MACHINE}})
+    report.main(["--results", str(tmp_path / "same"), "--out", str(one), "--images", str(tmp_path)])
+    assert "different machines" not in one.read_text()
