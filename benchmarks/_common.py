@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import timeit
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,24 @@ def broker_version() -> str:
         return f"unknown ({exc.__class__.__name__})"
 
 
+def speed_probe() -> float:
+    """Microseconds for a fixed pure-Python workload (dict inserts, formatting, a generator
+    sum; best of 5): how fast the machine runs Python at this moment, recorded at the start and
+    the end of every run. Shared machines here have run the same code at half speed for tens of
+    minutes with a load average that showed nothing; this figure shows it."""
+
+    def work() -> int:
+        table: dict[str, int] = {}
+        for i in range(2000):
+            table[f"k{i}"] = i * 3
+        return sum(v for v in table.values() if v % 2)
+
+    return round(min(timeit.repeat(work, number=5, repeat=5)) / 5 * 1e6, 1)
+
+
+SPEED_AT_START = speed_probe()
+
+
 def machine_info() -> dict[str, Any]:
     """The machine, versions and date a result was measured on (recorded with every result)."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -119,6 +138,7 @@ def machine_info() -> dict[str, Any]:
         "confluent_kafka": _version("confluent-kafka"),
         "broker": f"embedded {broker_version()}",
         "load_average_1m": round(load[0], 2) if load else None,
+        "speed_probe_us": {"start": SPEED_AT_START, "end": speed_probe()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import like_a_service_process, produce
+from _common import like_a_service_process, produce, write_results
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
@@ -42,7 +41,7 @@ from agentstream.consumers.runtime.replay import (
 from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
-RESULTS = Path(__file__).parent / "results" / "budget.json"
+RESULTS = Path(__file__).parent / "results"
 EVENTS_PER_ROUND = 5
 ROUNDS = 5
 
@@ -196,8 +195,8 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     events = backlog(args.backlog)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    config = config_file(RESULTS.parent)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    config = config_file(RESULTS)
     try:
         accounting = bench_accounting(events, BudgetSettings(budget_config=config))
         broker = EmbeddedBroker()
@@ -210,14 +209,14 @@ async def main() -> None:
     finally:
         config.unlink(missing_ok=True)
     results = {"accounting": accounting, "service": service, "broker": "embedded (Tansu)"}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    written = write_results("budget", results)
     print(f"{'measure':<12} {'events':>8} {'seconds':>8} {'events/s':>10} {'signals':>8}")
     for name, row in (("accounting", accounting), ("service", service)):
         print(
             f"{name:<12} {row['events']:>8} {row['seconds']:>8} "
             f"{row['events_per_s']:>10} {row['signals']:>8}"
         )
-    print(f"results: {RESULTS}")
+    print(f"results: {written}")
 
 
 if __name__ == "__main__":

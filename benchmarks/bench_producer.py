@@ -27,16 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import platform
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from _common import write_results
 from confluent_kafka import Producer
 
 from agentstream.consumers.broker import EmbeddedBroker
@@ -46,7 +43,6 @@ from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import encode_event, event_headers, record_key
 from agentstream.schemas.settings import KafkaSettings
 
-RESULTS = Path(__file__).parent / "results" / "producer.json"
 PARTITIONS = 6
 LINGER_MS = 5
 BATCH_BYTES = 1_000_000
@@ -214,27 +210,20 @@ def main() -> int:
     ratio = median["agentstream"] / baseline
     print(f"ratio agentstream / librdkafka: {ratio:.2f}x (target >= 0.8x)")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "producer_throughput",
-                "events": args.events,
-                "repeats": args.repeats,
-                "partitions": PARTITIONS,
-                "linger_ms": LINGER_MS,
-                "batch_bytes": BATCH_BYTES,
-                "events_per_second_median": median,
-                "events_per_second_runs": rates,
-                "ratio_vs_librdkafka": ratio,
-                "target_ratio": 0.8,
-                "python": sys.version.split()[0],
-                "machine": platform.machine(),
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "producer",
+        {
+            "benchmark": "producer_throughput",
+            "events": args.events,
+            "repeats": args.repeats,
+            "partitions": PARTITIONS,
+            "linger_ms": LINGER_MS,
+            "batch_bytes": BATCH_BYTES,
+            "events_per_second_median": median,
+            "events_per_second_runs": rates,
+            "ratio_vs_librdkafka": ratio,
+            "target_ratio": 0.8,
+        },
     )
     return 0
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from _common import like_a_service_process, produce
+from _common import like_a_service_process, produce, write_results
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.consumers.runtime import EventConsumer
@@ -37,7 +35,6 @@ from agentstream.consumers.tracing.settings import TracingSettings
 from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
-RESULTS = Path(__file__).parent / "results" / "tracing.json"
 T0 = datetime.now(UTC) - timedelta(hours=1)
 
 NULL_RECEIVER = """
@@ -198,11 +195,7 @@ def main() -> None:
             f"{stage:<18}{r['events']:>10.0f}{r['traces']:>10.0f}{r['seconds']:>10.2f}"
             f"{r['events_per_s']:>12,.0f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"turns": args.turns, "sessions": args.sessions, "stages": results}, indent=2)
-        + "\n"
-    )
+    write_results("tracing", {"turns": args.turns, "sessions": args.sessions, "stages": results})
 
 
 if __name__ == "__main__":

@@ -179,7 +179,12 @@ def machine_section(report: Report) -> None:
             "ratios are measured in one run, not across files.",
             "",
         ]
-    out += ["Each result file and when it was measured (load average at the start of the run):", ""]
+    out += [
+        "Each result file and when it was measured: the load average at the start of the run, "
+        "and the speed probe at its start and end (microseconds for a fixed pure-Python workload, "
+        "lower is faster: it shows a machine running slow, which the load average does not).",
+        "",
+    ]
     rows = []
     for area, data in sorted(report.results.items()):
         found = data.get("machine")
@@ -195,12 +200,23 @@ def machine_section(report: Report) -> None:
             f"`{area}.json`",
             str(when) if when else "not recorded",
             fmt(load, digits=2) if load is not None else "not recorded",
+            _probe(machine.get("speed_probe_us")),
         ]
         if len(cpus) > 1:
             row.append(str(machine.get("cpu_model", "not recorded")))
         rows.append(row)
-    out += table(["result", "measured", "load", *(["CPU"] if len(cpus) > 1 else [])], rows)
+    headers = ["result", "measured", "load", "speed probe"]
+    out += table([*headers, *(["CPU"] if len(cpus) > 1 else [])], rows)
     out.append("")
+
+
+def _probe(found: Any) -> str:
+    if not isinstance(found, dict):
+        return "not recorded"
+    start, end = number(found.get("start")), number(found.get("end"))
+    if start is None or end is None:
+        return "not recorded"
+    return f"{start:,.0f} → {end:,.0f} µs"
 
 
 def emit_section(report: Report) -> None:

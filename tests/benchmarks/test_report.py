@@ -24,6 +24,7 @@ MACHINE = {
     "confluent_kafka": "2.16.1",
     "broker": "embedded tansu 0.6.0",
     "load_average_1m": 1.5,
+    "speed_probe_us": {"start": 512.3, "end": 1034.9},
     "date": "2026-11-22T03:00:00+00:00",
 }
 
@@ -90,6 +91,7 @@ def test_report_renders_tables_plots_and_ratios_from_the_samples(tmp_path: Path)
     assert report.main(["--results", str(results), "--out", str(out), "--images", str(images)]) == 0
     text = out.read_text()
     assert "Test CPU 9000" in text and "embedded tansu 0.6.0" in text and "8.0 GiB" in text
+    assert "| `emit.json` | 2026-11-22T03:00:00+00:00 | 1.50 | 512 → 1,035 µs |" in text
     assert "| bus: await emit | 2.00 µs | 5.00 µs | 9.00 µs | 2.50\u00d7 |" in text
     assert "| agentstream | 40,000 events/s | 0.25\u00d7 |" in text
     assert "| `agentstream consume metrics` | 50,000 events/s | 0.50\u00d7 |" in text
@@ -129,6 +131,7 @@ def test_results_from_different_machines_are_labelled(tmp_path: Path) -> None:
     report = load_report()
     results = tmp_path / "results"
     other = {**MACHINE, "cpu_model": "Other CPU 1", "date": "2026-12-01T00:00:00+00:00"}
+    del other["speed_probe_us"]  # results written before the probe existed
     write_samples(
         results,
         {
@@ -142,8 +145,11 @@ def test_results_from_different_machines_are_labelled(tmp_path: Path) -> None:
     )
     text = out.read_text()
     assert "**The results come from 2 different machines**" in text
-    assert "| `emit.json` | 2026-12-01T00:00:00+00:00 | 1.50 | Other CPU 1 |" in text
-    assert "| `producer.json` | 2026-11-22T03:00:00+00:00 | 1.50 | Test CPU 9000 |" in text
+    assert "| `emit.json` | 2026-12-01T00:00:00+00:00 | 1.50 | not recorded | Other CPU 1 |" in text
+    assert (
+        "| `producer.json` | 2026-11-22T03:00:00+00:00 | 1.50 | 512 → 1,035 µs | Test CPU 9000 |"
+        in text
+    )
     one = tmp_path / "one.md"
     write_samples(tmp_path / "same", {"producer": {**SAMPLES["producer"], "machine": MACHINE}})
     report.main(["--results", str(tmp_path / "same"), "--out", str(one), "--images", str(tmp_path)])
