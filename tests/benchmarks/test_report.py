@@ -154,3 +154,27 @@ def test_results_from_different_machines_are_labelled(tmp_path: Path) -> None:
     write_samples(tmp_path / "same", {"producer": {**SAMPLES["producer"], "machine": MACHINE}})
     report.main(["--results", str(tmp_path / "same"), "--out", str(one), "--images", str(tmp_path)])
     assert "different machines" not in one.read_text()
+
+
+def test_metrics_rounds_are_listed_with_their_medians(tmp_path: Path) -> None:
+    report = load_report()
+    results = tmp_path / "results"
+    metrics = {
+        "raw_aiokafka_getmany": 200_000,
+        "service_end_to_end": 80_000,
+        "rounds": {
+            "raw_aiokafka_getmany": [190_000, 200_000, 210_000],
+            "service_end_to_end": [70_000, 80_000, 90_000],
+        },
+    }
+    write_samples(results, {"metrics": metrics})
+    out = tmp_path / "benchmarks.md"
+    assert (
+        report.main(["--results", str(results), "--out", str(out), "--images", str(tmp_path)]) == 0
+    )
+    text = out.read_text()
+    assert "| service end to end | 80,000 | 0.40\u00d7 |" in text
+    assert (
+        "End to end, the median of interleaved rounds: the service 70,000, 80,000, 90,000 "
+        "events/s; raw aiokafka 190,000, 200,000, 210,000." in text
+    )
