@@ -18,7 +18,6 @@ from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.partitioner import partition_for
 from agentstream.producer.publisher import KafkaPublisher, producer_kwargs
 from agentstream.schemas import Event
-from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import decode_record, header
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -276,11 +275,15 @@ async def test_sasl_and_tls_settings_reach_the_aiokafka_producer(tls_files: Any)
 
 
 async def test_spooled_events_are_delivered_in_order_once_a_broker_answers(
-    tmp_path: Path, broker_factory: type[EmbeddedBroker], consume: Consume
+    tmp_path: Path,
+    broker_factory: type[EmbeddedBroker],
+    tcp_proxy: Callable[[int, int], Any],
+    create_topics: Callable[[int, list[str], int], Awaitable[None]],
+    consume: Consume,
 ) -> None:
-    port = free_port()
+    address = free_port()
     settings = KafkaSettings(
-        bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="late", linger_ms=1
+        bootstrap_servers=f"127.0.0.1:{address}", topic_prefix="late", linger_ms=1
     )
     sent = [e for e in events(300, sessions=7) if e.type != "llm.token"]
     publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None)
@@ -291,10 +294,13 @@ async def test_spooled_events_are_delivered_in_order_once_a_broker_answers(
         while publisher.stats().spooled < len(sent) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert publisher.stats().spooled == len(sent)
-        broker = broker_factory(port=port)
+        # The broker answers on the publisher's address only once its topics exist: the
+        # embedded broker takes records for a topic it does not have yet, auto-created with
+        # its own partition count (see test_outage.py).
+        broker = broker_factory(advertised_port=address)
         broker.start()
-        await broker.wait_ready()
-        await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+        await create_topics(broker.port, settings.routing().all_topics(), 3)
+        tcp_proxy(address, broker.port)
         assert publisher.flush(30)
         assert publisher.stats().queue_depth == 0
     finally:
