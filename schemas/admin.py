@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from .errors import BrokerUnavailableError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 
 DAY_MS = 86_400_000
+
+log = logging.getLogger("agentstream.admin")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,10 @@ async def ensure_topics(
 ) -> dict[str, str]:
     """Create the agentstream topics (and ``extra`` ones) that do not exist yet.
 
-    Idempotent: returns ``{topic: "created" | "exists"}``.
+    Idempotent: returns ``{topic: "created" | "exists" | "exists with N partitions, not M"}``.
+    A topic that exists with another partition count than asked is left as it is (partitions
+    can only be added, and that moves keys to other partitions) and logged as a warning:
+    sessions are then spread over its own count.
     """
     spec = spec or TopicSpec()
     wanted = spec.new_topics(routing) + list(extra or ())
@@ -99,7 +105,7 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
-        outcome = {t.name: "exists" for t in wanted if t.name in existing}
+        outcome = await _check_existing(admin, [t for t in wanted if t.name in existing])
         if missing:
             response = await admin.create_topics(missing)
             for name, code, message in _topic_errors(response):
@@ -123,3 +129,25 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
         message = entry[2] if len(entry) > 2 else None
         rows.append((name, code, message))
     return rows
+
+
+async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, str]:
+    """``"exists"`` for each of ``topics``, or what differs in its partition count."""
+    if not topics:
+        return {}
+    described = await admin.describe_topics([t.name for t in topics])
+    counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+    outcome = {}
+    for topic in topics:
+        found = counts.get(topic.name)
+        if found is None or found == topic.num_partitions:
+            outcome[topic.name] = "exists"
+            continue
+        outcome[topic.name] = f"exists with {found} partitions, not {topic.num_partitions}"
+        log.warning(
+            "topic %s exists with %d partitions, not the %d asked for: left as it is",
+            topic.name,
+            found,
+            topic.num_partitions,
+        )
+    return outcome

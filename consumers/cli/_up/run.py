@@ -184,8 +184,11 @@ class Up:
             )
         )
         created = sum(1 for v in outcome.values() if v == "created")
+        other = [f"{name} {state}" for name, state in sorted(outcome.items()) if " with " in state]
         topics.status = "done"
         topics.detail = f"{len(outcome)} topics ({created} created, {o.partitions} partitions each)"
+        if other:
+            topics.detail = f"{len(outcome)} topics ({created} created); " + "; ".join(other)
 
         taken: set[int] = set()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -41,7 +41,11 @@ async def test_topics_create_is_idempotent(kafka_bootstrap: str, unique_name: st
     assert out.count("\tcreated") == 5
     code, out, err = await _run(*args, "--partitions", "3")
     assert code == 0, err
-    assert out.count("\texists") == 5
+    assert out.count("\texists\n") == 5
+    code, out, err = await _run(*args, "--partitions", "6")  # never changed behind one's back
+    assert code == 0, err
+    assert out.count("\texists with 3 partitions, not 6\n") == 5
+    assert "exists with 3 partitions, not the 6 asked for: left as it is" in err
 
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
