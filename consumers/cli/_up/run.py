@@ -184,7 +184,11 @@ class Up:
             )
         )
         created = sum(1 for v in outcome.values() if v == "created")
-        other = [f"{name} {state}" for name, state in sorted(outcome.items()) if " with " in state]
+        other = [
+            f"{name} {state}"
+            for name, state in sorted(outcome.items())
+            if state not in ("created", "exists")
+        ]
         topics.status = "done"
         topics.detail = f"{len(outcome)} topics ({created} created, {o.partitions} partitions each)"
         if other:
