@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import like_a_service_process, produce, write_results
+from _common import RESULTS_DIR, like_a_service_process, produce, write_results
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import BudgetTracker
@@ -41,7 +41,6 @@ from agentstream.consumers.runtime.replay import (
 from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 
-RESULTS = Path(__file__).parent / "results"
 EVENTS_PER_ROUND = 5
 ROUNDS = 5
 
@@ -195,8 +194,8 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     events = backlog(args.backlog)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    config = config_file(RESULTS)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    config = config_file(RESULTS_DIR)
     try:
         accounting = bench_accounting(events, BudgetSettings(budget_config=config))
         broker = EmbeddedBroker()

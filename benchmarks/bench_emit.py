@@ -102,9 +102,7 @@ def sessions(n: int) -> list[str]:
     return [f"session-{i % 100:03d}" for i in range(n)]
 
 
-ROUNDS = 3
-"""Every case runs once per round, the rounds one after another: a slow moment of a shared
-machine then weighs on the baselines and on agentstream alike. Samples are pooled per case."""
+ROUNDS = 3  # see the module docstring
 
 CASES = (
     ("bus: await emit (no handlers)", "baseline"),

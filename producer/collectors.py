@@ -41,8 +41,6 @@ __all__ = [
     "JSONLSinkCollector",
     "KafkaCollector",
     "audit_envelope",
-    "fields_envelope",
-    "fields_sink",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,22 +232,6 @@ def _own_envelope(event: AuditEvent, data_fields: tuple[str, ...], agent_id: str
     )
 
 
-def fields_envelope(
-    cls: type[AuditEvent],
-    ids: tuple[Any, Any, Any],
-    fields: dict[str, Any],
-    *,
-    agent_id: str = "",
-) -> Event:
-    """The envelope :func:`audit_envelope` gives for ``cls(agent_id=…, turn_id=…, **fields)``
-    stamped with ``session_id`` (``ids`` is ``(agent_id, session_id, turn_id)``), built now
-    without the event object: the class's severity, empty metadata, then ``fields`` (which
-    must name class fields, in class order)."""
-    data: dict[str, Any] = {"severity": cls.severity, "metadata": {}}
-    data.update(fields)
-    return _audit_event(AUDIT_PREFIX + cls.event_type, datetime.now(UTC), ids, data, agent_id)
-
-
 def _audit_event(
     type_: str, timestamp: datetime, ids: tuple[Any, Any, Any], data: dict[str, Any], agent_id: str
 ) -> Event:
@@ -360,9 +342,16 @@ class KafkaCollector:
         self, cls: type[AuditEvent], ids: tuple[Any, Any, Any], fields: dict[str, Any]
     ) -> None:
         """What ``emit`` does with the event ``cls(**fields)`` carrying ``ids`` (agent,
-        session, turn), without building that object (see :func:`fields_sink`)."""
+        session, turn), without building that object (see :func:`fields_sink`): the same
+        envelope, stamped now, its data the class's severity, empty metadata, then ``fields``
+        (which name class fields, in class order)."""
+        data: dict[str, Any] = {"severity": cls.severity, "metadata": {}}
+        data.update(fields)
         try:
-            self.publisher.publish(fields_envelope(cls, ids, fields, agent_id=self.agent_id))
+            event = _audit_event(
+                AUDIT_PREFIX + cls.event_type, datetime.now(UTC), ids, data, self.agent_id
+            )
+            self.publisher.publish(event)
         except Exception as exc:
             self.failures.record(exc, f"emit({cls.event_type!r})")
 

@@ -107,6 +107,7 @@ class WebhookNotifier:
 
     async def _deliver(self, alert: Event) -> None:
         body = json.dumps(webhook_body(alert, self.fmt)).encode()
+        base_ms, most_ms = round(self.backoff_s * 1000), round(self.max_backoff_s * 1000)
         for attempt in range(self.retries + 1):
             try:
                 await asyncio.to_thread(self._post, body)
@@ -124,7 +125,6 @@ class WebhookNotifier:
                     )
                     self._outcome("failed")
                     return
-                base_ms, most_ms = round(self.backoff_s * 1000), round(self.max_backoff_s * 1000)
                 await asyncio.sleep(backoff_seconds(attempt + 1, base_ms, most_ms))
             else:
                 self._outcome("delivered")

@@ -4,7 +4,6 @@ services' groups are never disturbed and nothing is committed."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -99,7 +98,3 @@ async def read_topics(
                 positions = {tp: await consumer.position(tp) for tp in tps}
     finally:
         await consumer.stop()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

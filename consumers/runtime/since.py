@@ -11,23 +11,11 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
-def _seconds(text: str) -> float | None:
-    found = _DURATION.fullmatch(text.strip().lower())
-    return None if found is None else float(found.group(1)) * _SECONDS[found.group(2)]
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``10m``, ``1.5h``, ``2d``, ``1w`` -> seconds; ValueError for anything else."""
-    seconds = _seconds(text)
-    if seconds is None:
-        raise ValueError(f"expected a duration like 30s, 10m, 2h, 1d or 1w, got {text!r}")
-    return seconds
-
-
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """The moment ``text`` names (timezone-aware); ValueError for anything else."""
-    seconds = _seconds(text)
-    if seconds is not None:
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is not None:
+        seconds = float(found.group(1)) * _SECONDS[found.group(2)]
         return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

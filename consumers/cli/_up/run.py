@@ -184,15 +184,10 @@ class Up:
             )
         )
         created = sum(1 for v in outcome.values() if v == "created")
-        other = [
-            f"{name} {state}"
-            for name, state in sorted(outcome.items())
-            if state not in ("created", "exists")
-        ]
+        other = [f"{n} {v}" for n, v in sorted(outcome.items()) if v not in ("created", "exists")]
+        each = "; ".join(other) if other else f"{o.partitions} partitions each"
         topics.status = "done"
-        topics.detail = f"{len(outcome)} topics ({created} created, {o.partitions} partitions each)"
-        if other:
-            topics.detail = f"{len(outcome)} topics ({created} created); " + "; ".join(other)
+        topics.detail = f"{len(outcome)} topics ({created} created, {each})"
 
         taken: set[int] = set()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

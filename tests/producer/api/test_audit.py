@@ -410,11 +410,7 @@ def test_kafka_collector_ids_from_scope_and_non_string_ids(
         emitter.emit_turn_start()
     emitter.emit_error("E", turn_id=turn)  # type: ignore[arg-type]
     first, second = publisher.events
-    assert (first.agent_id, first.session_id, first.turn_id) == (
-        "scoped-a",
-        "scoped-s",
-        first.turn_id,
-    )
+    assert (first.agent_id, first.session_id) == ("scoped-a", "scoped-s")
     assert re.fullmatch(r"[0-9a-f]{12}", first.turn_id)  # the new turn id, not the scope's
     assert (second.agent_id, second.session_id, second.turn_id) == ("fallback", "", str(turn))
 
