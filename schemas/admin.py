@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,21 +79,23 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
 
 
 async def ensure_topics(
-    admin_options: Mapping[str, Any],
-    routing: Routing,
-    spec: TopicSpec | None = None,
-    *,
-    extra: list[NewTopic] | None = None,
+    admin_options: Mapping[str, Any], routing: Routing, spec: TopicSpec | None = None
 ) -> dict[str, str]:
-    """Create the agentstream topics (and ``extra`` ones) that do not exist yet.
+    """Create the five agentstream topics that do not exist yet (see
+    :func:`create_missing_topics`, which this calls with ``spec``'s topics)."""
+    return await create_missing_topics(admin_options, (spec or TopicSpec()).new_topics(routing))
+
+
+async def create_missing_topics(
+    admin_options: Mapping[str, Any], topics: Sequence[NewTopic]
+) -> dict[str, str]:
+    """Create those of ``topics`` that do not exist yet.
 
     Idempotent: returns ``{topic: "created" | "exists" | "exists with N partitions, not M"}``.
     A topic that exists with another partition count than asked is left as it is (partitions
     can only be added, and that moves keys to other partitions) and logged as a warning:
     sessions are then spread over its own count.
     """
-    spec = spec or TopicSpec()
-    wanted = spec.new_topics(routing) + list(extra or ())
     admin = AIOKafkaAdminClient(**admin_options)
     try:
         await admin.start()
@@ -104,8 +106,8 @@ async def ensure_topics(
         ) from exc
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
-        outcome = await _check_existing(admin, [t for t in wanted if t.name in existing])
+        missing = [t for t in topics if t.name not in existing]
+        outcome = await _check_existing(admin, [t for t in topics if t.name in existing])
         if missing:
             response = await admin.create_topics(missing)
             for name, code, message in _topic_errors(response):

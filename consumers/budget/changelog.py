@@ -28,7 +28,7 @@ from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
-from agentstream.schemas.admin import DAY_MS, ensure_topics
+from agentstream.schemas.admin import DAY_MS, create_missing_topics
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -76,10 +76,9 @@ async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: i
             "it does not"
         )
     changelog, repartition = changelog_topic(routing.prefix), repartition_topic(routing.prefix)
-    await ensure_topics(
+    await create_missing_topics(
         settings.admin_options(),
-        routing,
-        extra=[
+        [
             NewTopic(
                 changelog,
                 partitions,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import logging
 from pathlib import Path
 
+import pytest
 from support.budget import budget_settings, drained, llm, read_events, turn
 from support.produce import produce_events
 from support.runtime import running_consumer, wait_until
@@ -15,11 +17,13 @@ from agentstream.consumers.budget.changelog import (
     changelog_topic,
     ensure_budget_topics,
     read_states,
+    repartition_topic,
 )
 from agentstream.consumers.budget.config import Dimension
 from agentstream.consumers.budget.service import SERVICE, BudgetService
 from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
+from agentstream.consumers.runtime.replay import partitions_of
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
 
@@ -120,6 +124,22 @@ async def _topics(settings: KafkaSettings) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def test_budget_topics_follow_the_events_topic_and_leave_the_others_alone(
+    kafka_settings: KafkaSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service creates only its two topics, with the events topic's partition count (4
+    here, not the default 6), and has nothing to say about the topics the operator made."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    with caplog.at_level(logging.WARNING, logger="agentstream"):
+        assert await ensure_budget_topics(settings) == 4
+        assert await ensure_budget_topics(settings) == 4  # again: all exist
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("agentstream")] == []
+    for topic in (changelog_topic(settings.topic_prefix), repartition_topic(settings.topic_prefix)):
+        assert len(await partitions_of(settings, topic)) == 4
 
 
 async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
