@@ -56,7 +56,12 @@ def _generate_turn_id() -> str:
 
 class AuditEmitter:
     """Thread-safe emitter: one ``emit_*`` per audit event type; one lock serialises every
-    write to the collector; the emitter's ``session_id`` is stamped onto every event."""
+    write to the collector (Calute's); the emitter's ``session_id`` is stamped onto every event.
+
+    A plain :class:`KafkaCollector` is thread-safe itself (its publisher serialises
+    ``publish``): its events skip the lock, so an agent thread's emit never waits for another
+    thread's ``flush()``, which holds the lock until the broker acknowledged everything.
+    """
 
     def __init__(
         self, collector: AuditCollector | None = None, session_id: str | None = None
@@ -94,9 +99,8 @@ class AuditEmitter:
         """Hand the collector ``cls(agent_id=…, turn_id=…, **fields)`` stamped with the
         session id; a :class:`KafkaCollector` takes the fields themselves (``fields_sink``)."""
         sink = self._sink
-        if sink is not None:
-            with self._lock:
-                sink(cls, (agent_id, self._session_id, turn_id), fields)  # never raises
+        if sink is not None:  # thread-safe itself (the publisher's lock), and never raises
+            sink(cls, (agent_id, self._session_id, turn_id), fields)
             return
         event = cls(agent_id=agent_id, turn_id=turn_id, **fields)
         event.session_id = self._session_id

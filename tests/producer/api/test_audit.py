@@ -445,6 +445,34 @@ def test_a_failing_publisher_never_reaches_the_emitters_caller(
     assert collector.failures.count == 2
 
 
+def test_emits_to_a_kafka_collector_do_not_wait_for_another_threads_flush(
+    recording: type[RecordingPublisher],
+) -> None:
+    """Calute's flush holds the emitter's lock until the collector returns; with Kafka that is
+    until the broker acknowledged everything. An agent thread's emit must not wait for it."""
+    entered, release = threading.Event(), threading.Event()
+    publisher = recording()
+
+    def slow_flush(timeout: float | None = None) -> bool:
+        entered.set()
+        return release.wait()  # until the test releases it
+
+    publisher.flush = slow_flush  # type: ignore[method-assign]
+    emitter = AuditEmitter(KafkaCollector(publisher, flush_timeout=None), session_id="s")
+    flusher = threading.Thread(target=emitter.flush)
+    flusher.start()
+    try:
+        assert entered.wait(10), "the flush did not start"
+        emitting = threading.Thread(target=emitter.emit_turn_start, kwargs={"turn_id": "t-1"})
+        emitting.start()
+        emitting.join(10)  # a bound for a deadlock, not a speed check
+        assert not emitting.is_alive(), "emit waited for the flush in progress"
+        assert [(e.type, e.turn_id) for e in publisher.events] == [("audit.turn_start", "t-1")]
+    finally:
+        release.set()
+        flusher.join(10)
+
+
 def test_timestamps_are_utc_iso_with_microseconds_and_current() -> None:
     before = datetime.now(UTC)
     stamps = [TurnStartEvent().timestamp for _ in range(1000)]
