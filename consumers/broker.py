@@ -5,13 +5,16 @@ transactions, no SASL (see the README). ``agentstream broker`` runs it in the fo
 the test harness and ``agentstream up`` start it on a free loopback port.
 
 A broker started here dies with the process that started it (``PR_SET_PDEATHSIG`` on
-Linux), so a killed test run or ``agentstream up`` never leaves one behind.
+Linux), so a killed test run or ``agentstream up`` never leaves one behind. It runs in its own
+process group: a Ctrl-C in the terminal reaches its owner only, which stops it when it
+chooses (``agentstream up`` last, after its services drained and committed through it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -62,6 +65,11 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
+def _broker_child_setup() -> None:  # between fork and exec
+    os.setpgrp()  # out of the terminal's foreground group: Ctrl-C reaches the owner only
+    die_with_parent()
+
+
 class EmbeddedBroker:
     """One Tansu process on loopback. Use as a (sync) context manager or start/stop."""
 
@@ -88,6 +96,11 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the broker process ended without :meth:`stop`, else None."""
+        return self._process.poll() if self._process is not None else None
+
     def command(self) -> list[str]:
         return [
             broker_binary(),
@@ -108,7 +121,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=_broker_child_setup,
         )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:

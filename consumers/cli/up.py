@@ -59,7 +59,7 @@ def register(commands: Any) -> None:
         default=9101,
         metavar="PORT",
         help="HTTP port of the first service, the others follow (default 9101..9105; "
-        "a taken port is replaced by a free one)",
+        "a taken port is replaced by a free one; 0: free ports chosen by the kernel)",
     )
     parser.add_argument(
         "--plain", action="store_true", help="plain progress lines even on a terminal"
@@ -77,12 +77,18 @@ def register(commands: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     from agentstream.schemas.errors import ConfigurationError
 
-    from ._up.run import Up, UpOptions
+    from ._up.run import SERVICES, Up, UpOptions
 
     if args.partitions < 1 or args.agents < 1 or args.rate <= 0:
         raise ConfigurationError(
             f"expected --partitions >= 1, --agents >= 1 and --rate > 0, got "
             f"{args.partitions}, {args.agents} and {args.rate}"
+        )
+    last = 65536 - len(SERVICES)
+    if args.first_port != 0 and not 1 <= args.first_port <= last:
+        raise ConfigurationError(
+            f"expected --first-port 0 or from 1 to {last} (one port per service), "
+            f"got {args.first_port}"
         )
     options = UpOptions(
         settings=kafka_settings_from(args),

@@ -4,7 +4,9 @@ table are checked against what the demo says it played (its manifest)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -153,9 +155,10 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to up alone: its children are in their own process groups) while the
-    demo runs: the demo finishes its sessions and flushes, the services catch up and drain,
-    the broker stops; every published event is stored and nothing is left running."""
+    """Ctrl-C while the demo runs, as a terminal sends it: SIGINT to up's whole process group
+    (its children, the broker included, are in groups of their own, so only up gets it). The
+    demo finishes its sessions and flushes, the services catch up, drain and commit through
+    the broker, then the broker stops; every published event is stored, nothing is left."""
     logs = tmp_path / "logs"
     store = tmp_path / "events.db"
     command = [
@@ -180,7 +183,12 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         "60",
     ]
     process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # up leads a process group, as in a terminal
     )
     try:
         deadline = time.monotonic() + 60
@@ -193,7 +201,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         for name, service in running["services"].items():  # see broker.FETCH_MAX_WAIT_MS
             environ = Path(f"/proc/{service['pid']}/environ").read_bytes().split(b"\0")
             assert b"AGENTSTREAM_FETCH_MAX_WAIT_MS=50" in environ, name
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the foreground group
         output, _ = process.communicate(timeout=100)
     finally:
         if process.poll() is None:
@@ -210,6 +218,58 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} demo events not stored:\n{output[-3000:]}"
     pids = [*running["children"], running["embedded_broker_pid"]]
     assert [pid for pid in pids if _alive(pid)] == []
+    assert _processes_mentioning(str(logs)) == []
+
+
+@pytest.mark.slow
+def test_a_broker_that_dies_stops_up_with_a_clear_error(tmp_path: Path) -> None:
+    """The embedded broker killed under a running pipeline: up says so, stops its children
+    without waiting in vain for flushes and commits, exits 1 and leaves nothing running."""
+    logs = tmp_path / "logs"
+    command = [
+        sys.executable,
+        "-m",
+        "agentstream.consumers.cli",
+        "up",
+        "--plain",
+        "--store",
+        str(tmp_path / "events.db"),
+        "--log-dir",
+        str(logs),
+        "--agents",
+        "2",
+        "--partitions",
+        "2",
+        "--first-port",
+        "0",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        running: dict[str, Any] = {}
+        while running.get("phase") != "running":
+            assert process.poll() is None, process.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "up not running within 60 s"
+            time.sleep(0.2)
+            with contextlib.suppress(OSError, ValueError):
+                running = json.loads((logs / "up-summary.json").read_text())
+        ports = [service["port"] for service in running["services"].values()]
+        assert len(set(ports)) == 5 and all(port > 1023 for port in ports), ports  # 0: free
+        os.kill(running["embedded_broker_pid"], signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, output[-3000:]
+    assert f"the embedded broker exited with code -{signal.SIGKILL}" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    summary = json.loads((logs / "up-summary.json").read_text())
+    assert summary["phase"] == "stopped"
+    assert summary["error"].startswith("the embedded broker exited")
+    assert [pid for pid in running["children"] if _alive(pid)] == []
     assert _processes_mentioning(str(logs)) == []
 
 

@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 SERVICES = ("persistence", "loops", "budget", "metrics", "tracing")
 HOST = "127.0.0.1"
+BROKER_GONE_GRACE_S = 5.0
+"""How long the demo and the services get to stop once the embedded broker has died."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class Up:
 
             env.setdefault("AGENTSTREAM_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
         for offset, name in enumerate(SERVICES):
-            port = pick_port(o.first_port + offset, taken)
+            port = pick_port(o.first_port and o.first_port + offset, taken)  # 0: any free
             taken.add(port)
             args = [
                 "consume",
@@ -318,6 +320,14 @@ class Up:
                 code = self.demo.returncode
                 step.status = "done" if code == 0 else "failed"
                 step.detail = f"exited with code {code}; see {self.demo.log_path}"
+            broker = self.broker
+            if broker is not None and broker.returncode is not None:
+                self.error = (
+                    f"the embedded broker exited with code {broker.returncode}; "
+                    f"see {broker.log_path}"
+                )
+                self.state.step("Kafka broker").status = "failed"
+                self.stop.set()
             task = self.alerts_task
             if task is not None and task.done() and not task.cancelled() and task.exception():
                 step = self.state.step("alerts reader")
@@ -329,10 +339,14 @@ class Up:
     # --- stopping -----------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        # Without its broker nothing can flush or commit: waiting for that would be in vain.
+        gone = self.broker is not None and self.broker.returncode is not None
         if self.demo is not None:
             step = self.state.step("demo agents")
             step.status, step.detail = "running", "stopping: finishing sessions, flushing"
-            code = await self.demo.stop(signal.SIGTERM, 30.0, self.force)
+            code = await self.demo.stop(
+                signal.SIGTERM, BROKER_GONE_GRACE_S if gone else 30.0, self.force
+            )
             step.status, step.detail = "done", f"stopped (exit {code})"
         services = [s for s in self.monitor.services.values() if s.child.running()]
         if services and not self.force.is_set() and self.error is None:
@@ -351,9 +365,10 @@ class Up:
         for s in services:
             step = self.state.step(f"service {s.name}")
             step.status, step.detail = "running", "stopping (SIGTERM: drain, commit, leave)"
+        grace = BROKER_GONE_GRACE_S if gone else self.o.drain_timeout + 10
         await asyncio.gather(
             *(
-                s.child.stop(signal.SIGTERM, self.o.drain_timeout + 10, self.force)
+                s.child.stop(signal.SIGTERM, grace, self.force)
                 for s in self.monitor.services.values()
             )
         )
@@ -364,13 +379,21 @@ class Up:
             step.detail = f"stopped (exit {code})"
         self.alerts_stop.set()
         if self.alerts_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.alerts_task, 10)
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.alerts_task, 10)
+            except asyncio.CancelledError:  # aiokafka's stop() ends so when the broker is gone
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # up itself is being cancelled
         for child in self.children:  # anything left, whatever happened above
             if child.running():
                 child.kill_group()
         if self.broker is not None:
-            self.state.step("Kafka broker").detail = "stopped"
+            code = self.broker.returncode
+            self.state.step("Kafka broker").detail = (
+                "stopped" if code is None else f"had exited with code {code}"
+            )
             await asyncio.to_thread(self.broker.stop)
         self.state.phase = "stopped"
         self._write_summary()
