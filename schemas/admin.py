@@ -57,9 +57,14 @@ class TopicSpec:
 
 
 async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.0) -> None:
-    """Return once the cluster answers a metadata request; raise after ``timeout`` seconds."""
+    """Return once the cluster answers a metadata request; raise after ``timeout`` seconds.
+
+    Retries every 50 ms at first, backing off to every 0.5 s, and says once that it waits.
+    """
+    servers = admin_options.get("bootstrap_servers")
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    pause = 0.05
     while time.monotonic() < deadline:
         admin = AIOKafkaAdminClient(**{**admin_options, "request_timeout_ms": 2_000})
         try:
@@ -67,15 +72,31 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
             await admin.list_topics()
             return
         except KafkaError as exc:  # not up yet
+            if last is None:
+                log.info(
+                    "no Kafka broker answers at %s yet; waiting up to %.0f s", servers, timeout
+                )
             last = exc
         finally:
             await admin.close()
-        await asyncio.sleep(0.05)
-    servers = admin_options.get("bootstrap_servers")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
     raise BrokerUnavailableError(
         f"expected a Kafka broker answering metadata requests at {servers} within {timeout:.0f} s; "
         f"last error: {last!r}"
     )
+
+
+async def start_client(client: Any, servers: object) -> None:
+    """``await client.start()`` of an aiokafka consumer, producer or admin client. When no
+    broker answers, the client is closed and :class:`BrokerUnavailableError` says where."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        raise BrokerUnavailableError(
+            f"expected a Kafka broker at {servers}, none answered: {exc}"
+        ) from exc
 
 
 async def ensure_topics(
@@ -97,13 +118,7 @@ async def create_missing_topics(
     sessions are then spread over its own count.
     """
     admin = AIOKafkaAdminClient(**admin_options)
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        await admin.close()
-        raise BrokerUnavailableError(
-            f"expected a Kafka broker at {admin_options.get('bootstrap_servers')}: {exc}"
-        ) from exc
+    await start_client(admin, admin_options.get("bootstrap_servers"))
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]

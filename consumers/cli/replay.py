@@ -68,11 +68,11 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
     from aiokafka import AIOKafkaProducer
 
     from agentstream.schemas import encode_event, event_headers, record_key
-    from agentstream.schemas.admin import wait_for_broker
+    from agentstream.schemas.admin import start_client, wait_for_broker
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
-    await producer.start()
+    await start_client(producer, settings.bootstrap_servers)
     try:
         futures = [
             await producer.send(

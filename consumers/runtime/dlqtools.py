@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from agentstream.schemas import header
+from agentstream.schemas.admin import start_client
 from agentstream.schemas.settings import KafkaSettings
 
 from .deadletter import (
@@ -100,7 +101,7 @@ async def replay(
     """Send each dead letter's original key, value and headers back to its topic; returns
     ``(letter, partition, offset)`` of each record sent."""
     producer = AIOKafkaProducer(**settings.producer_options())
-    await producer.start()
+    await start_client(producer, settings.bootstrap_servers)
     sent = []
     try:
         dlq = settings.routing().dlq

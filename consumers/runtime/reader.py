@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from agentstream.schemas.admin import start_client
 from agentstream.schemas.settings import KafkaSettings
 
 from .replay import high_watermarks
@@ -66,7 +67,7 @@ async def read_topics(
     read when it started.
     """
     consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": None})
-    await consumer.start()
+    await start_client(consumer, settings.bootstrap_servers)
     try:
         tps = await _assign(consumer, topics)
         if not tps:

@@ -1,4 +1,5 @@
-"""The foundation's commands: `topics create`, `broker`, `schemas export`."""
+"""The foundation's commands: `topics create`, `broker`, `schemas export`; what the
+commands that read Kafka say when no broker answers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from agentstream.consumers.broker import free_port
@@ -64,6 +66,20 @@ async def test_topics_create_says_clearly_when_no_broker_answers() -> None:
     )  # fmt: skip
     assert code == 2
     assert f"expected a Kafka broker answering metadata requests at 127.0.0.1:{port}" in err
+
+
+@pytest.mark.parametrize("command", [["tail"], ["dlq", "list"], ["budget", "show"]])
+async def test_readers_say_clearly_when_no_broker_answers(command: list[str]) -> None:
+    """One line that says where no broker answered, exit 2; no traceback, no client left
+    unclosed (aiokafka's start() fails half-way and leaves it to the caller)."""
+    port = free_port()
+    code, _, err = await _run(*command, "--bootstrap-servers", f"127.0.0.1:{port}")
+    assert code == 2, err
+    assert f"agentstream: expected a Kafka broker at 127.0.0.1:{port}" in err or (
+        f"agentstream: expected a Kafka broker answering metadata requests at 127.0.0.1:{port}"
+        in err
+    ), err
+    assert "Traceback" not in err and "Unclosed" not in err, err
 
 
 async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> None:
