@@ -165,7 +165,12 @@ async def run_service(
     try:
         if not await _until_stopped(wait_for_broker(settings.admin_options(), timeout=60), stop):
             return 0
-        async with spec.setup(consumer, settings):
+        async with contextlib.AsyncExitStack() as stack:
+            # A setup may wait (for its store, a state restore): a signal cancels it.
+            entered = stack.enter_async_context(spec.setup(consumer, settings))
+            if not await _until_stopped(entered, stop):
+                log.info("service %s stopped while starting", spec.name)
+                return 0
             consumer_started[0] = True
             if not stop.is_set():
                 await consumer.run(stop)
@@ -177,7 +182,7 @@ async def run_service(
     return 0
 
 
-async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+async def _until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> bool:
     """Run ``work`` unless ``stop`` comes first; whether it ran to its end."""
     task = asyncio.create_task(work)
     stopper = asyncio.create_task(stop.wait())

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from support.recording_service import RECORDER, RecorderSettings
-from support.runtime import http_get
+from support.runtime import http_get, service_settings
 
+from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.http import ServiceHTTPServer
 from agentstream.consumers.runtime.runner import (
     available_services,
     load_service,
+    run_service,
     settings_from_options,
 )
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
 
 
 def test_discovery_lists_service_packages_only() -> None:
@@ -121,3 +127,30 @@ def test_the_gc_policy_of_a_service_process(threshold: int, expected: str) -> No
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split("\n")[0] == expected
+
+
+async def test_a_signal_while_the_setup_waits_stops_the_service_at_once(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A setup can wait long (for its database, a state restore): the stop request cancels
+    it, its cleanup runs, and the service exits 0 instead of hanging until its exit bound."""
+    entered, cleaned = asyncio.Event(), asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def waiting(consumer: EventConsumer, settings: ServiceSettings) -> AsyncIterator[None]:
+        try:
+            entered.set()
+            await asyncio.Event().wait()  # a store that never answers
+            yield
+        finally:
+            cleaned.set()
+
+    spec = ServiceSpec(name="waiting", settings_class=ServiceSettings, setup=waiting)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_service(spec, service_settings(kafka_settings, http_port=0), stop=stop)
+    )
+    await asyncio.wait_for(entered.wait(), 30)
+    stop.set()
+    assert await asyncio.wait_for(task, 10) == 0  # a bound for a hang, not a speed check
+    assert cleaned.is_set()
