@@ -103,6 +103,9 @@ class SqliteStore(Store):
                 raise FileNotFoundError(self.path)
             target, uri = f"{Path(self.path).absolute().as_uri()}?mode=ro", True
         else:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if self.path != ":memory:" and not os.path.isdir(directory):
+                raise NotADirectoryError(directory)
             target, uri = self.path, False
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=True, cached_statements=256
@@ -116,22 +119,25 @@ class SqliteStore(Store):
     async def open(self) -> None:
         if self._conn is not None:
             return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="agentstream-sqlite")
+        executor = ThreadPoolExecutor(1, thread_name_prefix="agentstream-sqlite")
         try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._connect
-            )
+            self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
         except FileNotFoundError:
-            self._executor.shutdown(wait=False)
-            self._executor = None
             raise StoreError(
                 f"expected a SQLite store at {self.path}, found no such file (the persistence "
                 f"service creates it; or run `agentstream db migrate --store {self.url}`)"
             ) from None
+        except NotADirectoryError as exc:  # a setting to fix, not an outage to wait out
+            raise StoreError(
+                f"expected the directory of the SQLite store {self.url} to exist, "
+                f"{exc.args[0]} does not"
+            ) from None
         except sqlite3.Error as exc:
-            self._executor.shutdown(wait=False)
-            self._executor = None
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        finally:
+            if self._conn is None:
+                executor.shutdown(wait=False)
+        self._executor = executor
 
     async def close(self) -> None:
         if self._executor is None:

@@ -11,7 +11,7 @@ import pytest
 from support.runtime import read_records
 
 from agentstream.consumers.cli import build_parser
-from agentstream.consumers.persistence import StoreError, open_store
+from agentstream.consumers.persistence import StoreError, StoreUnavailableError, open_store
 from agentstream.schemas import Event, decode_record
 from agentstream.schemas.settings import KafkaSettings
 
@@ -119,6 +119,19 @@ async def test_readers_refuse_an_unmigrated_or_missing_store(tmp_path: Any) -> N
     with pytest.raises(StoreError, match="found no such file"):
         await cli("replay", "x", "--store", f"sqlite:///{tmp_path}/missing.db")
     assert await cli("db", "status", "--store", empty) == 1
+
+
+async def test_a_store_in_a_missing_directory_is_a_setting_to_fix_not_an_outage(
+    tmp_path: Any,
+) -> None:
+    """The persistence service waits out an unavailable store; a directory that does not
+    exist is not one: it fails at once and says which."""
+    store = open_store(f"sqlite:///{tmp_path}/missing/events.db")
+    with pytest.raises(StoreError, match=f"{tmp_path}/missing does not") as raised:
+        await store.open()
+    assert not isinstance(raised.value, StoreUnavailableError)
+    with pytest.raises(StoreError, match="missing does not"):
+        await cli("db", "migrate", "--store", f"sqlite:///{tmp_path}/missing/events.db")
 
 
 async def test_replay_to_topic_keeps_ids_keys_and_order(
