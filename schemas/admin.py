@@ -99,6 +99,19 @@ async def start_client(client: Any, servers: object) -> None:
         ) from exc
 
 
+async def stop_client(client: Any) -> None:
+    """``await client.stop()`` of an aiokafka consumer or producer. Without a broker, aiokafka's
+    consumer ends its ``stop()`` in the CancelledError of its own fetch task (it awaits the
+    task it cancelled): that one is swallowed, a cancellation of the caller is not."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("%s stopped while its broker did not answer", type(client).__name__)
+
+
 async def ensure_topics(
     admin_options: Mapping[str, Any], routing: Routing, spec: TopicSpec | None = None
 ) -> dict[str, str]:

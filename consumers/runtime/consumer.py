@@ -16,6 +16,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
+from agentstream.schemas.admin import stop_client
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 from .dispatch import Dispatcher
@@ -348,9 +349,9 @@ class EventConsumer:
             self._workers.clear()
             self.metrics.assigned_partitions.set(0)
             if self._consumer is not None:
-                await self._consumer.stop()
+                await stop_client(self._consumer)
             if self._producer is not None:
-                await self._producer.stop()
+                await stop_client(self._producer)
             log.info("service %s stopped", self.service)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas.admin import start_client
+from agentstream.schemas.admin import start_client, stop_client
 from agentstream.schemas.settings import KafkaSettings
 
 from .replay import high_watermarks
@@ -98,4 +98,4 @@ async def read_topics(
             if not follow and not batches:
                 positions = {tp: await consumer.position(tp) for tp in tps}
     finally:
-        await consumer.stop()
+        await stop_client(consumer)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agentstream.schemas.admin import stop_client
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.settings import KafkaSettings
 
@@ -214,7 +215,7 @@ class Monitor:
                         self._alert(event, out)
         finally:
             out.close()
-            await consumer.stop()
+            await stop_client(consumer)
 
     def _alert(self, event: Event, out: IO[str]) -> None:
         line = describe_alert(event)

@@ -379,13 +379,8 @@ class Up:
             step.detail = f"stopped (exit {code})"
         self.alerts_stop.set()
         if self.alerts_task is not None:
-            try:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.alerts_task, 10)
-            except asyncio.CancelledError:  # aiokafka's stop() ends so when the broker is gone
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # up itself is being cancelled
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.alerts_task, 10)
         for child in self.children:  # anything left, whatever happened above
             if child.running():
                 child.kill_group()

@@ -16,8 +16,10 @@ from support.runtime import (
 )
 from support.samples import all_sample_events, sample_event
 
+from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.runtime import EventConsumer, Record
 from agentstream.schemas import Event, decode_record, encode_event, event_headers, new_event_id
+from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -314,3 +316,29 @@ async def test_topic_restricted_subscriptions_fetch_and_get_only_their_topics(
     assert sorted(seen) == [(routing.events, "budget.warning"), (routing.events, "tool.called")]
     assert alerts == [(routing.alerts, "budget.warning")]
     assert assigned == 8, "4 events + 4 alerts partitions: tokens and control are not fetched"
+
+
+async def test_a_consumer_whose_broker_died_stops_without_an_error(
+    broker_factory: type[EmbeddedBroker], unique_name: str
+) -> None:
+    """SIGTERM after the broker went away: nothing can be committed (logged), but stopping
+    must not end in the CancelledError aiokafka's fetcher raises from its own retry wait."""
+    broker = broker_factory()
+    broker.start()
+    await broker.wait_ready()
+    base = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=unique_name)
+    await ensure_topics(base.admin_options(), base.routing(), TopicSpec(partitions=2))
+    # a long retry wait: stopping finds the fetcher in it, as it does after any outage
+    consumer = EventConsumer(service_settings(base, retry_backoff_ms=2000), service="orphan")
+
+    @consumer.subscribe("*")
+    async def handle(event: Event) -> None:
+        pass
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await wait_until(lambda: consumer.ready, what="partitions assigned")
+    broker.stop()
+    await asyncio.sleep(1)  # the fetcher fails and waits to retry, as it does in production
+    stop.set()
+    await asyncio.wait_for(task, 60)  # returns: no CancelledError, no hang
