@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
+from agentstream.schemas.admin import stop_client
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class ControlListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if consumer is not None:
-            await consumer.stop()
+            await stop_client(consumer)  # without a broker too: the agent's close() never raises
 
     async def _run(self, consumer: AIOKafkaConsumer, bus: EventBus) -> None:
         while True:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import pytest
 from support.produce import produce_events, produce_raw
 
+from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.producer import ControlListener, Event, EventBus, EventType
+from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
@@ -116,3 +118,27 @@ async def test_missing_control_topic_is_a_clear_error(kafka_bootstrap: str) -> N
     bus = EventBus(agent_id="a", control=ControlListener(settings))
     with pytest.raises(ConfigurationError, match=r"no-such-prefix-x\.control"):
         await bus.start()
+
+
+async def test_closing_the_bus_after_its_broker_died_does_not_raise(
+    broker_factory: type[EmbeddedBroker], unique_name: str, recording: type[RecordingPublisher]
+) -> None:
+    """The agent's ``await bus.close()`` with the broker gone: the listener's consumer cannot
+    say goodbye, and the agent must not get aiokafka's CancelledError for it."""
+    broker = broker_factory()
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix=unique_name,
+        retry_backoff_ms=2000,  # stopping finds the fetcher in its retry wait, as after an outage
+    )
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=1))
+    listener = ControlListener(settings)
+    bus = EventBus(recording(), agent_id="agent-a", control=listener)
+    await bus.start()
+    assert listener.running
+    broker.stop()
+    await asyncio.sleep(1)  # the fetcher fails and waits to retry
+    await asyncio.wait_for(bus.close(), 30)
+    assert not listener.running
