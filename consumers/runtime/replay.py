@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from agentstream.schemas.admin import start_client
+from agentstream.schemas.admin import start_client, stop_client
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import DecodeError, RecordLocation
@@ -132,7 +132,7 @@ async def high_watermarks(
             log.warning("no fetch response for %s: high watermark from ListOffsets", pending)
         return result
     finally:
-        await consumer.stop()
+        await stop_client(consumer)
 
 
 async def read_windows(
@@ -208,7 +208,7 @@ async def read_windows(
                 if tp not in pending:
                     consumer.pause(tp)
     finally:
-        await consumer.stop()
+        await stop_client(consumer)
 
 
 async def read_to_end(
