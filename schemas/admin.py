@@ -102,13 +102,18 @@ async def start_client(client: Any, servers: object) -> None:
 async def stop_client(client: Any) -> None:
     """``await client.stop()`` of an aiokafka consumer or producer. Without a broker, aiokafka's
     consumer ends its ``stop()`` in the CancelledError of its own fetch task (it awaits the
-    task it cancelled): that one is swallowed, a cancellation of the caller is not."""
+    task it cancelled), before closing its network client: that error is swallowed (never a
+    cancellation of the caller) and the network client closed here, so no metadata task
+    keeps reconnecting in a process that goes on."""
     try:
         await client.stop()
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
+        network = getattr(client, "_client", None)  # aiokafka's AIOKafkaClient
+        if network is not None:
+            await network.close()
         log.warning("%s stopped while its broker did not answer", type(client).__name__)
 
 

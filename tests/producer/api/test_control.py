@@ -140,5 +140,8 @@ async def test_closing_the_bus_after_its_broker_died_does_not_raise(
     assert listener.running
     broker.stop()
     await asyncio.sleep(1)  # the fetcher fails and waits to retry
+    consumer = listener._consumer
+    assert consumer is not None
     await asyncio.wait_for(bus.close(), 30)
     assert not listener.running
+    assert consumer._client._sync_task is None, "its metadata task would reconnect forever"
