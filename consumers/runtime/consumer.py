@@ -44,6 +44,9 @@ PAUSED_POLL_TIMEOUT_MS = 10
 """While backpressure holds partitions paused, the fetch loop polls this often, so they
 resume as soon as the workers have drained below half of ``max_buffered_records`` (with
 every partition paused, a poll waits its whole timeout)."""
+FINAL_COMMIT_GRACE_S = 5.0
+"""The commit at stop may take this long past the drain deadline (the runner's exit bound,
+``EXIT_GRACE_SECONDS``, is 10 s past it)."""
 STALL_SECONDS = 60.0
 
 
@@ -101,6 +104,9 @@ class EventConsumer:
         self._started = False
         self._stopping = False
         self._stopped = False
+        self.committed_at_stop: bool | None = None
+        """After :meth:`stop`: whether its final commit went through (or had nothing to do);
+        False leaves the records handled since the last commit to the partitions' next owners."""
         self._last_poll = time.monotonic()
 
     # --- subscriptions and hooks ---------------------------------------------------------
@@ -343,7 +349,7 @@ class EventConsumer:
         held = frozenset(self._workers)
         try:
             await self._drain(held, deadline - time.monotonic())
-            await self._commit(held)
+            self.committed_at_stop = await self._final_commit(held, deadline)
             await self._call(self._revoked_callbacks, held, "on_revoked")
         finally:
             self._workers.clear()
@@ -490,6 +496,23 @@ class EventConsumer:
                 return False
             self._committed.update(offsets)
             return True
+
+    async def _final_commit(self, held: frozenset[TopicPartition], deadline: float) -> bool:
+        """The commit at stop, bounded: without a broker aiokafka waits for a group
+        coordinator forever. It gets what is left of the drain deadline plus
+        :data:`FINAL_COMMIT_GRACE_S`, which ends before the runner's exit bound."""
+        bound = max(0.0, deadline - time.monotonic()) + FINAL_COMMIT_GRACE_S
+        try:
+            return await asyncio.wait_for(self._commit(held), bound)
+        except TimeoutError:
+            log.warning(
+                "service %s: the final offset commit did not finish within %.1f s (no broker "
+                "answering?); the records handled since the last commit will be processed "
+                "again by the partitions' next owners (at-least-once)",
+                self.service,
+                bound,
+            )
+            return False
 
     def committed_offsets(self) -> dict[TopicPartition, int]:
         """What this process committed last, per partition it holds."""

@@ -137,8 +137,9 @@ async def run_service(
     """Run ``spec`` until SIGTERM/SIGINT (or ``stop``): HTTP endpoints, consumer, setup.
 
     The first signal drains and exits 0 (the drain is bounded by ``drain_timeout_ms``; the
-    whole shutdown by that plus :data:`EXIT_GRACE_SECONDS`, else exit code 1); a second
-    signal exits at once with code 1, without draining (nothing unfinished is committed).
+    whole shutdown by that plus :data:`EXIT_GRACE_SECONDS`, else exit code 1; exit code 1 too
+    when the final commit failed, the broker gone); a second signal exits at once with code
+    1, without draining (nothing unfinished is committed).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,6 +175,13 @@ async def run_service(
             consumer_started[0] = True
             if not stop.is_set():
                 await consumer.run(stop)
+        if consumer.committed_at_stop is False:
+            log.error(
+                "service %s stopped without committing its last offsets (see the warning "
+                "above): the partitions' next owners process those records again",
+                spec.name,
+            )
+            return 1
     finally:
         await http.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

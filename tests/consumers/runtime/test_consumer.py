@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import pytest
 from aiokafka.structs import TopicPartition
 from support.produce import produce_events, produce_raw
 from support.runtime import (
@@ -318,27 +319,37 @@ async def test_topic_restricted_subscriptions_fetch_and_get_only_their_topics(
     assert assigned == 8, "4 events + 4 alerts partitions: tokens and control are not fetched"
 
 
+@pytest.mark.parametrize("handled", [0, 3])
 async def test_a_consumer_whose_broker_died_stops_without_an_error(
-    broker_factory: type[EmbeddedBroker], unique_name: str
+    broker_factory: type[EmbeddedBroker], unique_name: str, handled: int
 ) -> None:
-    """SIGTERM after the broker went away: nothing can be committed (logged), but stopping
-    must not end in the CancelledError aiokafka's fetcher raises from its own retry wait."""
+    """SIGTERM after the broker went away: stopping must not end in the CancelledError
+    aiokafka's fetcher raises from its own retry wait. Records handled since the last commit
+    cannot be committed any more, and ``committed_at_stop`` says so (the runner exits 1)."""
     broker = broker_factory()
     broker.start()
     await broker.wait_ready()
     base = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=unique_name)
     await ensure_topics(base.admin_options(), base.routing(), TopicSpec(partitions=2))
-    # a long retry wait: stopping finds the fetcher in it, as it does after any outage
-    consumer = EventConsumer(service_settings(base, retry_backoff_ms=2000), service="orphan")
+    # a long retry wait: stopping finds the fetcher in it, as it does after any outage; no
+    # periodic commit: what is handled stays to be committed at stop
+    settings = service_settings(
+        base, retry_backoff_ms=2000, commit_interval_ms=600_000, drain_timeout_ms=1000
+    )
+    consumer = EventConsumer(settings, service="orphan")
+    seen: list[Event] = []
 
     @consumer.subscribe("*")
     async def handle(event: Event) -> None:
-        pass
+        seen.append(event)
 
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     await wait_until(lambda: consumer.ready, what="partitions assigned")
+    await produce_events(base, [sample_event("tool.called", i) for i in range(handled)])
+    await wait_until(lambda: len(seen) == handled, what=f"{handled} events handled")
     broker.stop()
-    await asyncio.sleep(1)  # the fetcher fails and waits to retry, as it does in production
+    await asyncio.sleep(1)  # the fetcher fails and waits to retry
     stop.set()
     await asyncio.wait_for(task, 60)  # returns: no CancelledError, no hang
+    assert consumer.committed_at_stop is (handled == 0)
