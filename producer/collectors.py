@@ -345,8 +345,7 @@ class KafkaCollector:
         session, turn), without building that object (see :func:`fields_sink`): the same
         envelope, stamped now, its data the class's severity, empty metadata, then ``fields``
         (which name class fields, in class order)."""
-        data: dict[str, Any] = {"severity": cls.severity, "metadata": {}}
-        data.update(fields)
+        data: dict[str, Any] = {"severity": cls.severity, "metadata": {}, **fields}
         try:
             event = _audit_event(
                 AUDIT_PREFIX + cls.event_type, datetime.now(UTC), ids, data, self.agent_id
