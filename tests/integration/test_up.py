@@ -46,6 +46,23 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _up_command(tmp_path: Path, *options: str) -> list[str]:
+    """``agentstream up --plain`` with its store and logs in ``tmp_path`` (``events.db``,
+    ``logs/``), then ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "agentstream.consumers.cli",
+        "up",
+        "--plain",
+        "--store",
+        str(tmp_path / "events.db"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        *options,
+    ]
+
+
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -55,18 +72,10 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     store = tmp_path / "events.db"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentstream.consumers.cli",
-            "up",
+        _up_command(
+            tmp_path,
             "--duration",
             "30",
-            "--plain",
-            "--store",
-            str(store),
-            "--log-dir",
-            str(logs),
             "--seed",
             "7",
             "--obey-control",
@@ -76,7 +85,7 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
             str(free_port()),
             "--drain-timeout",
             "60",  # a loaded machine may need longer than the default 20 s to catch up
-        ],
+        ),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -161,16 +170,8 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     the broker, then the broker stops; every published event is stored, nothing is left."""
     logs = tmp_path / "logs"
     store = tmp_path / "events.db"
-    command = [
-        sys.executable,
-        "-m",
-        "agentstream.consumers.cli",
-        "up",
-        "--plain",
-        "--store",
-        str(store),
-        "--log-dir",
-        str(logs),
+    command = _up_command(
+        tmp_path,
         "--agents",
         "4",
         "--rate",
@@ -181,7 +182,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         str(free_port()),
         "--drain-timeout",
         "60",
-    ]
+    )
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
@@ -226,23 +227,7 @@ def test_a_broker_that_dies_stops_up_with_a_clear_error(tmp_path: Path) -> None:
     """The embedded broker killed under a running pipeline: up says so, stops its children
     without waiting in vain for flushes and commits, exits 1 and leaves nothing running."""
     logs = tmp_path / "logs"
-    command = [
-        sys.executable,
-        "-m",
-        "agentstream.consumers.cli",
-        "up",
-        "--plain",
-        "--store",
-        str(tmp_path / "events.db"),
-        "--log-dir",
-        str(logs),
-        "--agents",
-        "2",
-        "--partitions",
-        "2",
-        "--first-port",
-        "0",
-    ]
+    command = _up_command(tmp_path, "--agents", "2", "--partitions", "2", "--first-port", "0")
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
