@@ -6,8 +6,9 @@ Measured:
   payloads the seed runtimes put in ``data``, Kafka origin), 1,000 per transaction, from one
   writer and from four concurrent writers (four partitions);
 * on PostgreSQL, the three ways to insert a batch idempotently: one ``INSERT ... SELECT FROM
-  unnest(arrays) ON CONFLICT DO NOTHING`` (what the store does), COPY into a temporary table
-  then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, and ``executemany`` of a one-row insert;
+  jsonb_array_elements(documents) JOIN unnest(arrays) ON CONFLICT DO NOTHING`` (what the
+  store does), COPY into a temporary table then ``INSERT ... SELECT ... ON CONFLICT DO
+  NOTHING``, and ``executemany`` of a one-row insert;
 * end to end: the events produced to an embedded broker first, then the persistence service
   (in-process, the real ``EventConsumer``) from partition assignment until every event is
   stored; three runs per store, interleaved, the median reported;
@@ -92,7 +93,16 @@ def make_events(count: int, *, interleave: int = len(_DATA)) -> list[Event]:
 
 
 def locations(count: int) -> list[RecordLocation]:
-    return [RecordLocation("bench.events", i % PARTITIONS, i // PARTITIONS) for i in range(count)]
+    """Where each event came from, as the service's batches have it: each run of ``BATCH``
+    events from one partition (round-robin over ``PARTITIONS``), offsets consecutive."""
+    return [
+        RecordLocation(
+            "bench.events",
+            i // BATCH % PARTITIONS,
+            i // (BATCH * PARTITIONS) * BATCH + i % BATCH,
+        )
+        for i in range(count)
+    ]
 
 
 async def timed(fn: Callable[[], Awaitable[None]]) -> float:
