@@ -16,10 +16,11 @@ from __future__ import annotations
 import ssl
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_RECORD_BYTES
+from .errors import ConfigurationError
 from .routing import Routing
 
 Role = Literal["client", "producer", "consumer"]
@@ -144,3 +145,34 @@ class KafkaSettings(BaseSettings):
     def admin_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaAdminClient``."""
         return self.client_options()
+
+
+def settings_error(error: ValidationError) -> ConfigurationError | None:
+    """The :class:`ConfigurationError` for a :class:`KafkaSettings` class (or subclass) that
+    refused its values: each wrong setting with its environment variable, what was expected
+    and what came (never the value of a secret). None when ``error`` is not about settings."""
+    cls = _settings_classes().get(error.title)
+    if cls is None:
+        return None
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    problems: list[str] = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        field = cls.model_fields.get(name)
+        message = str(item["msg"])
+        if message.startswith("Input should be "):
+            message = "expected " + message.removeprefix("Input should be ")
+        secret = field is not None and "SecretStr" in repr(field.annotation)
+        got = "" if secret or item["type"] == "missing" else f", got {item['input']!r}"
+        problems.append(f"{name} ({prefix}{name.upper()}): {message}{got}")
+    return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
+
+
+def _settings_classes() -> dict[str, type[KafkaSettings]]:
+    found: dict[str, type[KafkaSettings]] = {}
+    pending: list[type[KafkaSettings]] = [KafkaSettings]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.__name__, cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -13,7 +13,10 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from agentstream.schemas.errors import AgentstreamError
+from agentstream.schemas.settings import settings_error
 
 
 def command_modules() -> list[str]:
@@ -50,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
     except AgentstreamError as exc:
         print(f"agentstream: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        error = settings_error(exc)
+        if error is None:
+            raise
+        print(f"agentstream: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,9 +3,10 @@ from __future__ import annotations
 import ssl
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings, settings_error
 
 
 def test_env_prefix_and_aiokafka_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +86,43 @@ def test_enumerations_are_checked() -> None:
 def test_acks_expand_to_aiokafka_values() -> None:
     assert KafkaSettings(acks="1").producer_options()["acks"] == 1
     assert KafkaSettings(acks="0").producer_options()["acks"] == 0
+
+
+class _WithSecret(KafkaSettings):
+    api_token: SecretStr = Field(default=SecretStr("default-token"), min_length=8)
+
+
+def test_settings_error_names_each_setting_its_variable_what_was_expected_and_what_came(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTSTREAM_SECURITY_PROTOCOL", "ssl")
+    monkeypatch.setenv("AGENTSTREAM_LINGER_MS", "soon")
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings()
+    error = settings_error(caught.value)
+    assert isinstance(error, ConfigurationError)
+    assert str(error) == (
+        "invalid settings: security_protocol (AGENTSTREAM_SECURITY_PROTOCOL): expected "
+        "'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT' or 'SASL_SSL', got 'ssl'; linger_ms "
+        "(AGENTSTREAM_LINGER_MS): expected a valid integer, unable to parse string as an "
+        "integer, got 'soon'"
+    )
+
+
+def test_settings_error_never_shows_a_secret_and_ignores_other_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTSTREAM_API_TOKEN", "s3cr")
+    with pytest.raises(ValidationError) as caught:
+        _WithSecret()
+    error = settings_error(caught.value)
+    assert error is not None
+    assert "api_token (AGENTSTREAM_API_TOKEN): Value should have at least 8 items" in str(error)
+    assert "s3cr" not in str(error)
+
+    class Other(BaseModel):
+        port: int
+
+    with pytest.raises(ValidationError) as other:
+        Other(port="x")  # type: ignore[arg-type]
+    assert settings_error(other.value) is None

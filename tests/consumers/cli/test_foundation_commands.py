@@ -20,9 +20,13 @@ from agentstream.schemas.jsonschema_export import PACKAGED_DIR
 CLI = [sys.executable, "-m", "agentstream.consumers.cli"]
 
 
-async def _run(*args: str) -> tuple[int, str, str]:
+async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *CLI,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     out, err = await process.communicate()
     assert process.returncode is not None
@@ -80,6 +84,31 @@ async def test_readers_say_clearly_when_no_broker_answers(command: list[str]) ->
         in err
     ), err
     assert "Traceback" not in err and "Unclosed" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["consume", "metrics", "--agent-label-limit", "-1"],
+            {},
+            "agent_label_limit (AGENTSTREAM_AGENT_LABEL_LIMIT): expected greater than or "
+            "equal to 0, got -1",
+        ),
+        (
+            ["tail"],
+            {"AGENTSTREAM_SECURITY_PROTOCOL": "ssl"},
+            "security_protocol (AGENTSTREAM_SECURITY_PROTOCOL): expected 'PLAINTEXT', 'SSL', "
+            "'SASL_PLAINTEXT' or 'SASL_SSL', got 'ssl'",
+        ),
+    ],
+)
+async def test_a_wrong_setting_is_one_clear_line_not_a_traceback(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    code, _, err = await _run(*args, env=env)
+    assert code == 2, err
+    assert err == f"agentstream: invalid settings: {expected}\n", err
 
 
 async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> None:
