@@ -56,12 +56,23 @@ class TopicSpec:
         return topics
 
 
+def broker_address(servers: object, security_protocol: object = "PLAINTEXT") -> str:
+    """Where a client looks for brokers, for messages: the bootstrap servers, with the security
+    protocol when it is not PLAINTEXT (a TLS client in front of a plaintext listener, or the
+    other way round, only shows as brokers that do not answer)."""
+    if security_protocol in (None, "PLAINTEXT"):
+        return str(servers)
+    return f"{servers} over {security_protocol}"
+
+
 async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.0) -> None:
     """Return once the cluster answers a metadata request; raise after ``timeout`` seconds.
 
     Retries every 50 ms at first, backing off to every 0.5 s, and says once that it waits.
     """
-    servers = admin_options.get("bootstrap_servers")
+    servers = broker_address(
+        admin_options.get("bootstrap_servers"), admin_options.get("security_protocol")
+    )
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     pause = 0.05
@@ -87,7 +98,9 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     )
 
 
-async def start_client(client: Any, servers: object) -> None:
+async def start_client(
+    client: Any, servers: object, security_protocol: object = "PLAINTEXT"
+) -> None:
     """``await client.start()`` of an aiokafka consumer, producer or admin client. When no
     broker answers, the client is closed and :class:`BrokerUnavailableError` says where."""
     try:
@@ -95,7 +108,8 @@ async def start_client(client: Any, servers: object) -> None:
     except KafkaConnectionError as exc:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise BrokerUnavailableError(
-            f"expected a Kafka broker at {servers}, none answered: {exc}"
+            f"expected a Kafka broker at {broker_address(servers, security_protocol)}, "
+            f"none answered: {exc}"
         ) from exc
 
 
@@ -136,7 +150,9 @@ async def create_missing_topics(
     sessions are then spread over its own count.
     """
     admin = AIOKafkaAdminClient(**admin_options)
-    await start_client(admin, admin_options.get("bootstrap_servers"))
+    await start_client(
+        admin, admin_options.get("bootstrap_servers"), admin_options.get("security_protocol")
+    )
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]

@@ -86,6 +86,18 @@ async def test_readers_say_clearly_when_no_broker_answers(command: list[str]) ->
     assert "Traceback" not in err and "Unclosed" not in err, err
 
 
+async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext() -> None:
+    """A TLS client in front of a plaintext listener (or the other way round) only shows as a
+    broker that does not answer: the message says which protocol was tried."""
+    port = free_port()
+    code, _, err = await _run(
+        "tail", "--bootstrap-servers", f"127.0.0.1:{port}",
+        env={"AGENTSTREAM_SECURITY_PROTOCOL": "SSL"},
+    )  # fmt: skip
+    assert code == 2, err
+    assert f"agentstream: expected a Kafka broker at 127.0.0.1:{port} over SSL" in err, err
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
