@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from .errors import BrokerUnavailableError
+from .errors import BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 
 DAY_MS = 86_400_000
@@ -22,7 +22,9 @@ log = logging.getLogger("agentstream.admin")
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """Partitions, replication and retention for the five topics."""
+    """Partitions, replication and retention for the five topics. Retention is in
+    milliseconds, -1 keeping records forever (Kafka's ``retention.ms=-1``). Raises
+    :class:`ConfigurationError` for values a topic cannot have (some brokers accept them)."""
 
     partitions: int = 6
     replication_factor: int = 1
@@ -36,6 +38,23 @@ class TopicSpec:
         }
     )
     extra_configs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} >= 1, got {value}"
+            for name, value in (
+                ("partitions", self.partitions),
+                ("replication factor", self.replication_factor),
+            )
+            if value < 1
+        ]
+        problems += [
+            f"retention of the {kind} topic > 0 ms or -1 (forever), got {ms}"
+            for kind, ms in self.retention_ms.items()
+            if ms <= 0 and ms != -1
+        ]
+        if problems:
+            raise ConfigurationError(f"expected {'; '.join(problems)}")
 
     def new_topics(self, routing: Routing) -> list[NewTopic]:
         topics = []

@@ -35,6 +35,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    spec = TopicSpec(partitions=args.partitions)  # a wrong value fails before the broker starts
     broker = EmbeddedBroker(args.port or None, host=args.host)
     broker.start()
     try:
@@ -48,7 +49,7 @@ async def run(args: argparse.Namespace) -> int:
             created = await ensure_topics(
                 {"bootstrap_servers": broker.bootstrap_servers},
                 Routing(),
-                TopicSpec(partitions=args.partitions),
+                spec,
             )
             print(
                 "topics: "

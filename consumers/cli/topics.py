@@ -29,7 +29,7 @@ def register(commands: Any) -> None:
             type=float,
             default=days * 24,
             metavar="H",
-            help=f"retention of the {kind} topic (default {days * 24} h)",
+            help=f"retention of the {kind} topic (default {days * 24} h; -1 keeps forever)",
         )
     create.add_argument(
         "--timeout",
@@ -45,10 +45,11 @@ async def create_topics(args: argparse.Namespace) -> int:
     from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 
     settings = kafka_settings_from(args)
-    retention = {
-        kind: int(getattr(args, f"{kind}_retention_hours") * 3_600_000)
-        for kind in ("events", "tokens", "alerts", "control", "dlq")
+    hours = {
+        k: getattr(args, f"{k}_retention_hours")
+        for k in ("events", "tokens", "alerts", "control", "dlq")
     }
+    retention = {kind: -1 if h == -1 else int(h * 3_600_000) for kind, h in hours.items()}
     spec = TopicSpec(
         partitions=args.partitions,
         replication_factor=args.replication_factor,

@@ -86,6 +86,22 @@ async def test_readers_say_clearly_when_no_broker_answers(command: list[str]) ->
     assert "Traceback" not in err and "Unclosed" not in err, err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["topics", "create", "--partitions", "0"], ["broker", "--port", "0", "--create-topics",
+                                                  "--partitions", "0"]],
+)  # fmt: skip
+async def test_an_impossible_partition_count_is_refused_before_any_broker(
+    command: list[str],
+) -> None:
+    port = free_port()  # nothing listens: the error must come before a connection attempt
+    env = {"AGENTSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+    code, out, err = await _run(*command, env=env)
+    assert code == 2, err
+    assert err == "agentstream: expected partitions >= 1, got 0\n", err
+    assert out == ""
+
+
 async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext() -> None:
     """A TLS client in front of a plaintext listener (or the other way round) only shows as a
     broker that does not answer: the message says which protocol was tried."""

@@ -1,0 +1,35 @@
+"""TopicSpec refuses what a topic cannot have, before any broker sees it (some accept it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentstream.schemas.admin import DAY_MS, TopicSpec
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.routing import Routing
+
+
+def test_retention_minus_one_keeps_records_forever() -> None:
+    spec = TopicSpec(partitions=3, retention_ms={"events": -1, "dlq": DAY_MS})
+    configs = {t.name: t.topic_configs["retention.ms"] for t in spec.new_topics(Routing())}
+    assert configs == {"agentstream.events": "-1", "agentstream.dlq": str(DAY_MS)}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"partitions": 0}, "expected partitions >= 1, got 0"),
+        ({"replication_factor": -1}, "expected replication factor >= 1, got -1"),
+        (
+            {"partitions": -3, "retention_ms": {"tokens": 0}},
+            "expected partitions >= 1, got -3; retention of the tokens topic > 0 ms or -1 "
+            "(forever), got 0",
+        ),
+    ],
+)
+def test_impossible_values_are_refused_with_what_was_expected(
+    spec: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        TopicSpec(**spec)  # type: ignore[arg-type]
+    assert str(caught.value) == expected
