@@ -108,12 +108,8 @@ class KafkaPublisher(_Sender):
         else:
             self._redact = redact
 
-        self._spool = (
-            Spool(spool_dir, max_bytes=spool_max_bytes, fsync=fsync)
-            if spool_dir is not None
-            else None
-        )
-        self._inherited = self._spool.unread if self._spool is not None else 0
+        self._spool: Spool | None = None
+        self._in_memory = 0  # guarded by _cond, like the fields below; read by the metrics
         self.metrics = ProducerMetrics(
             registry,
             in_memory=lambda: self._in_memory,
@@ -121,6 +117,10 @@ class KafkaPublisher(_Sender):
             spool_bytes=lambda: self._spool.size_bytes if self._spool is not None else 0,
             spool_corrupt=lambda: self._spool.corrupt if self._spool is not None else 0,
         )
+        # Last of what can fail here: a spool opened is a directory locked until close().
+        if spool_dir is not None:
+            self._spool = Spool(spool_dir, max_bytes=spool_max_bytes, fsync=fsync)
+        self._inherited = self._spool.unread if self._spool is not None else 0
         self._warn = _RateLimitedLog(logging.WARNING)
         self._error = _RateLimitedLog(logging.ERROR)
 
@@ -128,7 +128,6 @@ class KafkaPublisher(_Sender):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._incoming = deque()
-        self._in_memory = 0
         self._seq = 0
         self._ledger = _Ledger()
         self._idle = False  # the sender sleeps long and wants a wake-up for new events

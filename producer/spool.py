@@ -6,6 +6,12 @@ Layout of ``spool_dir``::
     00000000000000000002.seg
     checkpoint                  where delivery resumes: (segment, offset) of the oldest
                                 record not yet acknowledged
+    lock                        held (``flock``) by the one spool that has the directory open
+
+One open spool per directory: a second one, in this process or another, is refused with a
+:class:`~agentstream.schemas.errors.ConfigurationError` while the first is open (two would
+append to the same segments and delete each other's). The lock is the operating system's, so
+it goes with a process that dies: the next process on the directory takes it at once.
 
 Each record is framed as ``magic (4 bytes) | length (u32, big-endian) | crc32 (u32) | payload``.
 A reader that meets a bad checksum, a wrong magic or a frame running past the end of a segment
@@ -24,6 +30,7 @@ process loses nothing; a power cut may lose the last writes). Not thread-safe: o
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -33,6 +40,8 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
+
+from agentstream.schemas.errors import ConfigurationError
 
 __all__ = ["FsyncPolicy", "Position", "Spool", "SpoolTicket"]
 
@@ -45,6 +54,7 @@ _FRAME = struct.Struct(">4sII")
 _CHECKPOINT = struct.Struct(">QQI")
 _SUFFIX = ".seg"
 _CHECKPOINT_NAME = "checkpoint"
+_LOCK_NAME = "lock"
 
 
 class Position(NamedTuple):
@@ -84,9 +94,15 @@ class Spool:
         checkpoint_interval: float = 0.2,
     ) -> None:
         if max_bytes <= 0:
-            raise ValueError(f"expected a positive spool size, got max_bytes={max_bytes}")
+            raise ConfigurationError(f"expected a positive spool size, got max_bytes={max_bytes}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"expected a directory the spool can use at {self.directory}: {exc.strerror}"
+            ) from None
+        self._lock: BinaryIO | None = _lock(self.directory)
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.fsync_interval = fsync_interval
@@ -312,6 +328,9 @@ class Spool:
             for number in list(self._sizes):
                 self._delete(number)
             (self.directory / _CHECKPOINT_NAME).unlink(missing_ok=True)
+        if self._lock is not None:
+            self._lock.close()  # releases it
+            self._lock = None
 
     # --- checkpoint ------------------------------------------------------------------------
 
@@ -372,6 +391,30 @@ class Spool:
 
     def _segment_path(self, number: int) -> Path:
         return self.directory / f"{number:020d}{_SUFFIX}"
+
+
+def _lock(directory: Path) -> BinaryIO:
+    """Take the directory's lock, or raise :class:`ConfigurationError` naming its holder."""
+    try:
+        handle = open(directory / _LOCK_NAME, "a+b")  # noqa: SIM115 (held until close())
+    except OSError as exc:
+        raise ConfigurationError(
+            f"expected a directory the spool can use at {directory}: {exc.strerror}"
+        ) from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read(200).decode("utf-8", "replace").strip() or "another spool"
+        handle.close()
+        raise ConfigurationError(
+            f"expected the spool directory {directory} to be free, it is in use by {holder}; "
+            "give each publisher (each process) a spool_dir of its own"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()}".encode())
+    handle.flush()
+    return handle
 
 
 def _intact(data: bytes, at: int) -> bool:

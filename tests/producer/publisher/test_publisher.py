@@ -37,7 +37,8 @@ def events(n: int, sessions: int) -> list[Event]:
 
 
 def files_in(directory: Path) -> list[Path]:
-    return list(directory.iterdir())
+    """The spool's segments and checkpoint (its lock file stays, see ``spool._lock``)."""
+    return [p for p in directory.iterdir() if p.name != "lock"]
 
 
 def dead_settings(**overrides: object) -> KafkaSettings:
@@ -338,3 +339,15 @@ def test_an_event_larger_than_the_whole_spool_is_dropped_not_stuck(tmp_path: Pat
         assert stats.spooled == 0
     finally:
         publisher.close(0.1)
+
+
+def test_a_spool_directory_serves_one_publisher_at_a_time(tmp_path: Path) -> None:
+    first = KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)
+    try:
+        with pytest.raises(ConfigurationError, match=r"give each publisher .* a spool_dir of its"):
+            KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)
+        first.publish(events(1, sessions=1)[0])  # the first one is untouched
+        assert first.stats().emitted == 1
+    finally:
+        first.close(0.1)
+    KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None).close(0.1)  # free again

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from agentstream.producer.spool import MAGIC, Spool
+from agentstream.schemas.errors import ConfigurationError
 
 
 def payloads(n: int, start: int = 0) -> list[bytes]:
@@ -16,6 +18,14 @@ def payloads(n: int, start: int = 0) -> list[bytes]:
 
 def read_all(spool: Spool) -> list[bytes]:
     return [payload for _, payload in spool.read(10_000)]
+
+
+def crash(spool: Spool) -> None:
+    """What the operating system does when the process dies: its files are closed and the
+    directory's lock goes with them; nothing is synced or checkpointed."""
+    for handle in (spool._writer, spool._reader, spool._lock):
+        if handle is not None:
+            handle.close()
 
 
 def test_records_come_back_in_append_order_across_segments(tmp_path: Path) -> None:
@@ -44,12 +54,11 @@ def test_acknowledged_segments_are_deleted_and_unacked_ones_survive_a_restart(
     spool.ack(entries[30][0])  # acked out of order: does not move the checkpoint past 25
     spool.commit(force=True)
     assert len(list(tmp_path.glob("*.seg"))) < segments_before
-    # simulate a crash: no close(), a new process opens the same directory
+    crash(spool)  # no close(): a new process opens the same directory
     again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=256)
     assert again.unread == 15
     assert read_all(again) == payloads(15, start=25)  # 30 again too: at-least-once
     again.close()
-    spool.close()
 
 
 def test_everything_acked_leaves_an_empty_directory_on_close(tmp_path: Path) -> None:
@@ -59,7 +68,7 @@ def test_everything_acked_leaves_an_empty_directory_on_close(tmp_path: Path) -> 
     for ticket, _ in spool.read(30):
         spool.ack(ticket)
     spool.close()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["lock"]  # kept: see _lock
     reopened = Spool(tmp_path, max_bytes=1 << 20)
     assert reopened.unread == 0
     reopened.close()
@@ -69,12 +78,12 @@ def test_a_new_process_never_appends_to_an_old_segment(tmp_path: Path) -> None:
     first = Spool(tmp_path, max_bytes=1 << 20)
     first.append(b"old")
     first.sync()
+    crash(first)
     second = Spool(tmp_path, max_bytes=1 << 20)
     second.append(b"new")
     second.sync()
     assert len(list(tmp_path.glob("*.seg"))) == 2
     assert read_all(second) == [b"old", b"new"]
-    first.close()
     second.close()
 
 
@@ -107,6 +116,7 @@ def test_a_torn_tail_is_skipped_and_later_segments_are_still_read(
     for p in payloads(3):
         crashed.append(p)
     crashed.sync()
+    crash(crashed)
     (segment,) = tmp_path.glob("*.seg")
     segment.write_bytes(segment.read_bytes()[:-5])  # the last write was cut short
     survivor = Spool(tmp_path, max_bytes=1 << 20)
@@ -117,7 +127,6 @@ def test_a_torn_tail_is_skipped_and_later_segments_are_still_read(
     assert got == [*payloads(2), b"after the crash"]
     assert survivor.corrupt == 1
     assert "torn tail" in caplog.text
-    crashed.close()
     survivor.close()
 
 
@@ -144,10 +153,33 @@ def test_a_damaged_checkpoint_means_resending_from_the_oldest_segment(tmp_path: 
     for ticket, _ in entries[:5]:
         spool.ack(ticket)
     spool.commit(force=True)
+    crash(spool)
     (tmp_path / "checkpoint").write_bytes(b"garbage")
     again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=128)
     assert again.corrupt == 1
     got = read_all(again)
     assert got[-5:] == payloads(5, start=5)  # nothing unacknowledged is lost
     again.close()
-    spool.close()
+
+
+def test_a_directory_is_one_open_spool_at_a_time(tmp_path: Path) -> None:
+    first = Spool(tmp_path, max_bytes=1 << 20)
+    first.append(b"mine")
+    with pytest.raises(ConfigurationError) as refused:
+        Spool(tmp_path, max_bytes=1 << 20)  # this process or another: the same refusal
+    assert str(refused.value) == (
+        f"expected the spool directory {tmp_path} to be free, it is in use by process "
+        f"{os.getpid()}; give each publisher (each process) a spool_dir of its own"
+    )
+    first.close()
+    second = Spool(tmp_path, max_bytes=1 << 20)  # free again once closed
+    assert read_all(second) == [b"mine"]
+    second.close()
+
+
+def test_a_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    for where in (taken, taken / "below"):
+        with pytest.raises(ConfigurationError, match="expected a directory the spool can use"):
+            Spool(where, max_bytes=1 << 20)
