@@ -16,6 +16,7 @@ once.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TypeVar
 
 from agentstream.schemas.codec import CONTENT_TYPES, Encoding, rfc3339
@@ -41,36 +42,45 @@ class RecordFactory:
         self._sessions: dict[str, tuple[bytes, Header]] = {}  # session -> key, ce_sessionid
         self._agents: dict[str, Header] = {}
         self._turns: dict[str, Header] = {}
+        self.refused: list[tuple[Pending, str]] = []
+        """Pending tuples :meth:`build` left out, with why; the caller empties it."""
 
     def build(self, pending: Iterable[Pending]) -> list[_Record]:
-        """One record per pending tuple, in order."""
+        """One record per pending tuple, in order. A tuple whose envelope fields cannot make
+        headers (agent code set a field to another type) is left out and kept in
+        :attr:`refused` with the reason, for the caller to count and finish."""
         types, sources, sessions = self._types, self._sources, self._sessions
         agents, turns = self._agents, self._turns
         content_type = self._content_type
         records: list[_Record] = []
         append = records.append
-        for value, fields, created, index in pending:
-            event_id, type_, source, timestamp, seq, session, agent, turn = fields
-            topic, type_header = types.get(type_) or self._type(type_)
-            source_key, source_header = sources.get(source) or self._source(source)
-            headers = [
-                _SPECVERSION,
-                ("ce_id", event_id.encode()),
-                type_header,
-                source_header,
-                ("ce_time", rfc3339(timestamp)),
-                content_type,
-                ("ce_sequence", str(seq).encode()),
-            ]
-            if session:
-                key, session_header = sessions.get(session) or self._session(session)
-                headers.append(session_header)
-            else:
-                key = source_key
-            if agent:
-                headers.append(agents.get(agent) or _cached(agents, agent, "ce_agentid"))
-            if turn:
-                headers.append(turns.get(turn) or _cached(turns, turn, "ce_turnid"))
+        for item in pending:
+            value, fields, created, index = item
+            try:
+                event_id, type_, source, timestamp, seq, session, agent, turn = fields
+                topic, type_header = types.get(type_) or self._type(type_)
+                source_key, source_header = sources.get(source) or self._source(source)
+                headers = [
+                    _SPECVERSION,
+                    ("ce_id", event_id.encode()),
+                    type_header,
+                    source_header,
+                    ("ce_time", rfc3339(timestamp)),
+                    content_type,
+                    ("ce_sequence", str(seq).encode()),
+                ]
+                if session:
+                    key, session_header = sessions.get(session) or self._session(session)
+                    headers.append(session_header)
+                else:
+                    key = source_key
+                if agent:
+                    headers.append(agents.get(agent) or _cached(agents, agent, "ce_agentid"))
+                if turn:
+                    headers.append(turns.get(turn) or _cached(turns, turn, "ce_turnid"))
+            except Exception as exc:  # never stops the records after it
+                self.refused.append((item, field_problem(fields) or repr(exc)))
+                continue
             append(_Record(topic, key, value, tuple(headers), created, index))
         return records
 
@@ -85,6 +95,30 @@ class RecordFactory:
     def _session(self, session: str) -> tuple[bytes, Header]:
         key = session.encode()
         return _remember(self._sessions, session, (key, ("ce_sessionid", key)))
+
+
+_FIELDS: tuple[tuple[str, type], ...] = (
+    ("event_id", str),
+    ("type", str),
+    ("source", str),
+    ("timestamp", datetime),
+    ("seq", int),
+    ("session_id", str),
+    ("agent_id", str),
+    ("turn_id", str),
+)
+
+
+def field_problem(fields: object) -> str | None:
+    """What is wrong with a snapshot of envelope fields, said as expected against found."""
+    if not isinstance(fields, tuple) or len(fields) != len(_FIELDS):
+        return f"expected {len(_FIELDS)} envelope fields, got {fields!r:.80}"
+    for (name, expected), value in zip(_FIELDS, fields, strict=True):
+        naive = isinstance(value, datetime) and value.tzinfo is None
+        if not isinstance(value, expected) or naive:
+            what = "an aware datetime" if expected is datetime else expected.__name__
+            return f"expected {name} as {what}, got {type(value).__name__} {value!r:.80}"
+    return None
 
 
 def _cached(cache: dict[str, Header], value: str, name: str) -> Header:

@@ -197,3 +197,4 @@ class _PublisherState:
     _counts: dict[str, int | None]
     _tasks: set[asyncio.Task[None]]
     _stopping: bool
+    _starting: bool  # the sender awaits aiokafka's producer start()

@@ -26,6 +26,8 @@ from ._records import _Record, log
 
 _TICK = 0.1
 _MAX_CONNECT_BACKOFF = 5.0
+_START_GRACE_S = 5.0
+"""How long a close() lets a producer start() in progress finish before cancelling it."""
 
 
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -62,6 +64,10 @@ class _Sender(_Overflow):
                 if self._fatal is not None:
                     await asyncio.sleep(_TICK)
         finally:
+            if self._starting:  # cancelling aiokafka's bootstrap leaks its connection: let the
+                # start() end (it is stopped with the rest), within a bound
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(connector), _START_GRACE_S)
             connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connector
@@ -71,11 +77,17 @@ class _Sender(_Overflow):
         backoff = self.settings.retry_backoff_ms / 1000
         while not self._stopping:
             producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+            self._starting = True
             try:
                 await producer.start()
-            except Exception as exc:
+            except BaseException as exc:  # a close() during start() may cancel it: stop it too
+                self._starting = False
                 with contextlib.suppress(Exception):
                     await producer.stop()
+                if not isinstance(exc, Exception):
+                    raise
+                if self._closing():  # close() came while start() ran: no retry
+                    return
                 if self._is_init_pid_failure(exc):
                     self._set_fatal(
                         ConfigurationError(
@@ -95,11 +107,15 @@ class _Sender(_Overflow):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_CONNECT_BACKOFF)
                 continue
-            self._producer = producer
+            self._starting = False
+            self._producer = producer  # stopped by _shutdown, also when close() came meanwhile
             self._connected = True
             log.info("publisher connected to %s", self.settings.bootstrap_servers)
             self._kick_now()
             return
+
+    def _closing(self) -> bool:
+        return self._stopping
 
     def _is_init_pid_failure(self, exc: BaseException) -> bool:
         """aiokafka's start() asks for a producer id when idempotence is on; these are the
@@ -157,6 +173,8 @@ class _Sender(_Overflow):
             self._idle = False
             urgent = self._flushing > 0 or self._closed
         records = self._factory.build(pending)
+        if self._factory.refused:
+            self._drop_refused()
         now = time.monotonic()
         self._counts = {}
         if self._spool is not None and self._spooling:
@@ -173,6 +191,24 @@ class _Sender(_Overflow):
             self._spool.sync()
             self._spool.commit()
 
+    def _drop_refused(self) -> None:
+        """Count, log and finish the events whose envelope fields could not make a record."""
+        refused, self._factory.refused = self._factory.refused, []
+        with self._lock:
+            ledger = self._ledger
+            for (_, fields, _, index), why in refused:
+                self.metrics.drop("unencodable")
+                self._warn(
+                    "drop:envelope",
+                    "dropped event %s: unencodable: %s",
+                    fields[0] if isinstance(fields, tuple) and fields else "?",
+                    why,
+                )
+                ledger.finish(index)
+            ledger.advance()
+            self._in_memory -= len(refused)
+            self._cond.notify_all()
+
     # --- stopping ---------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
@@ -188,6 +224,8 @@ class _Sender(_Overflow):
         with self._lock:
             pending, self._incoming = self._incoming, deque()
         leftover_incoming = self._factory.build(pending)
+        if self._factory.refused:
+            self._drop_refused()
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
         for lane in self._lanes.values():

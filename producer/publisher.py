@@ -150,6 +150,7 @@ class KafkaPublisher(_Sender):
         self._counts = {}
         self._tasks = set()
         self._stopping = False
+        self._starting = False
 
         ready = threading.Event()
         self._thread = threading.Thread(

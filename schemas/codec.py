@@ -189,12 +189,15 @@ _CONTENT_TYPE_HEADERS = {
 
 
 def rfc3339(timestamp: datetime) -> bytes:
-    """``timestamp.isoformat()`` as bytes (RFC 3339 for an aware datetime), the ``ce_time``
-    header. For UTC timestamps msgspec writes the same digits about three times faster (with
-    ``Z``, turned back into ``+00:00``)."""
+    """``timestamp.isoformat()`` as bytes, the ``ce_time`` header. For UTC timestamps msgspec
+    writes the same digits about three times faster (with ``Z``, turned back into
+    ``+00:00``). Raises ValueError for a naive datetime: it has no RFC 3339 form, and no
+    consumer would decode an envelope holding one (``Event.timestamp`` needs a time zone)."""
     if timestamp.tzinfo is UTC:
         text = _json_encoder.encode(timestamp)
         return text[1:-2] + b"+00:00" if text[-2:] == b'Z"' else text[1:-1]
+    if timestamp.utcoffset() is None:
+        raise ValueError(f"expected a timestamp with a time zone, got the naive {timestamp}")
     return timestamp.isoformat().encode()
 
 
