@@ -9,7 +9,9 @@ import asyncio
 import importlib
 import inspect
 import logging
+import os
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "quiet_client_logs", False) and not args.verbose:
+        # A command that reads or writes a few records, for a person or a pipe: aiokafka's
+        # group and subscription notices are noise there (services keep them).
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
         result = args.func(args)
         if inspect.iscoroutine(result):
@@ -62,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`agentstream tail | head`): stop quietly, as Unix tools do.
+        # Later writes to the closed pipe (the interpreter's final flush) go to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return int(result or 0)
 
 

@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
         help="budget TOML file for the limits (default: AGENTSTREAM_BUDGET_CONFIG)",
     )
     show.add_argument("--json", action="store_true", help="JSON instead of a table")
-    show.set_defaults(func=run_show)
+    show.set_defaults(func=run_show, quiet_client_logs=True)
 
 
 def _selected(scope: str, args: argparse.Namespace) -> bool:

@@ -17,11 +17,11 @@ def register(commands: Any) -> None:
     listing = actions.add_parser("list", help="one line per dead letter")
     add_kafka_arguments(listing)
     listing.add_argument("--service", help="only this service's dead letters")
-    listing.set_defaults(func=run_list)
+    listing.set_defaults(func=run_list, quiet_client_logs=True)
     show = actions.add_parser("show", help="one dead letter in full: headers and decoded value")
     add_kafka_arguments(show)
     show.add_argument("ref", metavar="PARTITION:OFFSET", help="as printed by `dlq list`")
-    show.set_defaults(func=run_show)
+    show.set_defaults(func=run_show, quiet_client_logs=True)
     replay = actions.add_parser(
         "replay", help="send dead letters back to their original topic (key, value, headers)"
     )
@@ -31,7 +31,7 @@ def register(commands: Any) -> None:
         "--offset", action="append", metavar="PARTITION:OFFSET", help="this one (repeatable)"
     )
     replay.add_argument("--all", action="store_true", help="every dead letter (with --service)")
-    replay.set_defaults(func=run_replay)
+    replay.set_defaults(func=run_replay, quiet_client_logs=True)
 
 
 async def run_list(args: argparse.Namespace) -> int:

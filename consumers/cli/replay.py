@@ -30,7 +30,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON event per line")
     parser.add_argument("--to-topic", metavar="TOPIC", help="publish the events to TOPIC")
     add_kafka_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, quiet_client_logs=True)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--no-follow", action="store_true", help="stop at the end instead of waiting for more"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, quiet_client_logs=True)
 
 
 async def run(args: argparse.Namespace) -> int:

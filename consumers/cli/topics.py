@@ -38,7 +38,7 @@ def register(commands: Any) -> None:
         metavar="S",
         help="wait this long for the broker (default 30 s)",
     )
-    create.set_defaults(func=create_topics)
+    create.set_defaults(func=create_topics, quiet_client_logs=True)
 
 
 async def create_topics(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 
 from support.produce import produce_events
@@ -95,3 +96,32 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
     assert header(replayed.headers, "agentstream.replayed.from") is not None
     assert not any(k.startswith("agentstream.errors.") for k, _ in replayed.headers)
     assert seen[1].event_id == seen[0].event_id
+
+
+async def test_tail_into_a_reader_that_stops_early_ends_quietly(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """`agentstream tail | head -1`: the closed pipe ends tail with 141 (128 + SIGPIPE), as
+    Unix tools end, without a traceback; aiokafka's notices stay out of a reading command."""
+    await produce_events(kafka_settings, [sample_event("tool.called", i) for i in range(300)])
+
+    def run() -> tuple[int, bytes, str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.consumers.cli", "tail", "--from-beginning",
+             "--no-follow", "--json", "--bootstrap-servers", kafka_settings.bootstrap_servers,
+             "--topic-prefix", kafka_settings.topic_prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # what `head -1` does once it has its line
+        code = process.wait(60)
+        with process.stderr:
+            return code, first, process.stderr.read().decode()
+
+    code, first, err = await asyncio.to_thread(run)
+    assert json.loads(first)["type"] == "tool.called"
+    assert code == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert "aiokafka" not in err, err
