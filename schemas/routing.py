@@ -15,6 +15,7 @@ bus. :meth:`Routing.topics_for_pattern` gives the topics that can hold matching 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,36 @@ CONTROL_TYPES: tuple[str, ...] = tuple(t.value for t in EventType if t.value.sta
 
 
 _MAX_CACHED_TYPES = 4096
+MAX_TOPIC_LENGTH = 249
+"""Kafka's limit on a topic name."""
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+_LONGEST_KIND = max(len(kind) for kind in TOPIC_KINDS)
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse ``name`` as a topic name (said as expected, got), or None."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        return (
+            "expected a topic name of ASCII letters, digits, '.', '_' and '-' (not '.' or "
+            f"'..'), got {name!r}"
+        )
+    if len(name) > MAX_TOPIC_LENGTH:
+        return f"expected a topic name of at most {MAX_TOPIC_LENGTH} characters, got {len(name)}"
+    return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``<prefix>.<kind>`` would not make valid topic names, or None."""
+    longest = f"{prefix}.{'x' * _LONGEST_KIND}"
+    problem = topic_name_problem(longest)
+    if problem is None:
+        return None
+    if len(longest) > MAX_TOPIC_LENGTH:
+        return (
+            f"expected a topic prefix of at most {MAX_TOPIC_LENGTH - _LONGEST_KIND - 1} "
+            f"characters, got {len(prefix)}"
+        )
+    return f"expected a topic prefix of ASCII letters, digits, '.', '_' and '-', got {prefix!r}"
 
 
 def matches(pattern: str, event_type: str) -> bool:

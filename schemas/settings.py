@@ -16,12 +16,12 @@ from __future__ import annotations
 import ssl
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_RECORD_BYTES
 from .errors import ConfigurationError
-from .routing import Routing
+from .routing import Routing, prefix_problem
 
 Role = Literal["client", "producer", "consumer"]
 
@@ -96,6 +96,14 @@ class KafkaSettings(BaseSettings):
         default="json", description="Value encoding producers write."
     )
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, prefix: str) -> str:
+        problem = prefix_problem(prefix)
+        if problem is not None:
+            raise ValueError(problem)
+        return prefix
+
     def routing(self) -> Routing:
         return Routing(prefix=self.topic_prefix)
 
@@ -159,11 +167,12 @@ def settings_error(error: ValidationError) -> ConfigurationError | None:
     for item in error.errors():
         name = str(item["loc"][0]) if item["loc"] else "?"
         field = cls.model_fields.get(name)
-        message = str(item["msg"])
+        message = str(item["msg"]).removeprefix("Value error, ")  # our validators' own words
         if message.startswith("Input should be "):
             message = "expected " + message.removeprefix("Input should be ")
         secret = field is not None and "SecretStr" in repr(field.annotation)
-        got = "" if secret or item["type"] == "missing" else f", got {item['input']!r}"
+        said = secret or item["type"] == "missing" or ", got " in message
+        got = "" if said else f", got {item['input']!r}"
         problems.append(f"{name} ({prefix}{name.upper()}): {message}{got}")
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
 

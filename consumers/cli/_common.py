@@ -33,6 +33,17 @@ def since_argument(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def topic_argument(text: str) -> str:
+    """The type of an option naming a Kafka topic: a name Kafka would refuse is a usage
+    error that says why, before any broker is asked."""
+    from agentstream.schemas.routing import topic_name_problem
+
+    problem = topic_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def kafka_settings_from(args: argparse.Namespace, **overrides: Any) -> KafkaSettings:
     """Plain Kafka settings: environment, overridden by the options given on the command line."""
     return settings_from(args, KafkaSettings, **overrides)

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._common import add_kafka_arguments, settings_from
+from ._common import add_kafka_arguments, settings_from, topic_argument
 from .sessions import add_store_argument, print_lines, store_from
 
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ def register(commands: Any) -> None:
     parser.add_argument("session_id", metavar="SESSION_ID")
     add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON event per line")
-    parser.add_argument("--to-topic", metavar="TOPIC", help="publish the events to TOPIC")
+    parser.add_argument(
+        "--to-topic", metavar="TOPIC", type=topic_argument, help="publish the events to TOPIC"
+    )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run, quiet_client_logs=True)
 
@@ -66,9 +68,11 @@ def human(event: Event) -> str:
 async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> int:
     """Send ``events`` in order to ``topic``, each acknowledged; return how many."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
     from agentstream.schemas import encode_event, event_headers, record_key
     from agentstream.schemas.admin import start_client, wait_for_broker
+    from agentstream.schemas.errors import AgentstreamError
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
@@ -85,6 +89,12 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
         ]
         for future in futures:
             await future
+    except KafkaError as exc:  # no such topic (and no auto-creation), no rights, ...
+        raise AgentstreamError(
+            f"expected topic {topic} at {settings.bootstrap_servers} to take the session's "
+            f"{len(events)} events, got {type(exc).__name__}: {exc} (create the topic first "
+            "if the cluster does not create topics on use)"
+        ) from None
     finally:
         await producer.stop()
     return len(futures)

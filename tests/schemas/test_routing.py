@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from agentstream.schemas import EventType, Routing, matches
+from agentstream.schemas.routing import prefix_problem, topic_name_problem
 
 R = Routing()
 
@@ -58,3 +59,27 @@ def test_patterns_map_to_the_topics_that_can_hold_matching_events() -> None:
 def test_every_known_type_is_reachable_from_the_wildcard() -> None:
     topics = R.topics_for_pattern("*")
     assert all(R.topic_for(t.value) in topics for t in EventType)
+
+
+def test_topic_names_follow_kafkas_rules() -> None:
+    assert topic_name_problem("agentstream.events") is None
+    assert topic_name_problem("a-b_c.9") is None
+    for bad in ("", ".", "..", "bad topic", "a/b", "é"):
+        assert topic_name_problem(bad) == (
+            "expected a topic name of ASCII letters, digits, '.', '_' and '-' (not '.' or "
+            f"'..'), got {bad!r}"
+        )
+    assert topic_name_problem("x" * 250) == (
+        "expected a topic name of at most 249 characters, got 250"
+    )
+
+
+def test_a_prefix_must_make_valid_names_for_every_topic() -> None:
+    assert prefix_problem("agentstream") is None
+    assert prefix_problem("p" * 241) is None  # p...p.control is 249 characters
+    assert prefix_problem("p" * 242) == (
+        "expected a topic prefix of at most 241 characters, got 242"
+    )
+    assert prefix_problem("my prefix") == (
+        "expected a topic prefix of ASCII letters, digits, '.', '_' and '-', got 'my prefix'"
+    )

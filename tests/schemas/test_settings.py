@@ -126,3 +126,15 @@ def test_settings_error_never_shows_a_secret_and_ignores_other_models(
     with pytest.raises(ValidationError) as other:
         Other(port="x")  # type: ignore[arg-type]
     assert settings_error(other.value) is None
+
+
+def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTSTREAM_TOPIC_PREFIX", "team a")
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings()
+    assert str(settings_error(caught.value)) == (
+        "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
+        "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
+    )

@@ -102,6 +102,15 @@ async def test_an_impossible_partition_count_is_refused_before_any_broker(
     assert out == ""
 
 
+async def test_replay_to_a_topic_kafka_would_refuse_is_a_usage_error() -> None:
+    code, _, err = await _run("replay", "some-session", "--to-topic", "bad topic!")
+    assert code == 2, err
+    assert (
+        "argument --to-topic: expected a topic name of ASCII letters, digits, '.', '_' and '-' "
+        "(not '.' or '..'), got 'bad topic!'" in err
+    ), err
+
+
 async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext() -> None:
     """A TLS client in front of a plaintext listener (or the other way round) only shows as a
     broker that does not answer: the message says which protocol was tried."""
