@@ -92,14 +92,21 @@ class _WithSecret(KafkaSettings):
     api_token: SecretStr = Field(default=SecretStr("default-token"), min_length=8)
 
 
+def error_for(
+    cls: type[KafkaSettings], monkeypatch: pytest.MonkeyPatch, **env: str
+) -> ConfigurationError | None:
+    """The settings error of ``cls()`` with ``env`` (AGENTSTREAM_<NAME>) set."""
+    for name, value in env.items():
+        monkeypatch.setenv(f"AGENTSTREAM_{name.upper()}", value)
+    with pytest.raises(ValidationError) as caught:
+        cls()
+    return settings_error(caught.value)
+
+
 def test_settings_error_names_each_setting_its_variable_what_was_expected_and_what_came(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AGENTSTREAM_SECURITY_PROTOCOL", "ssl")
-    monkeypatch.setenv("AGENTSTREAM_LINGER_MS", "soon")
-    with pytest.raises(ValidationError) as caught:
-        KafkaSettings()
-    error = settings_error(caught.value)
+    error = error_for(KafkaSettings, monkeypatch, security_protocol="ssl", linger_ms="soon")
     assert isinstance(error, ConfigurationError)
     assert str(error) == (
         "invalid settings: security_protocol (AGENTSTREAM_SECURITY_PROTOCOL): expected "
@@ -112,11 +119,7 @@ def test_settings_error_names_each_setting_its_variable_what_was_expected_and_wh
 def test_settings_error_never_shows_a_secret_and_ignores_other_models(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AGENTSTREAM_API_TOKEN", "s3cr")
-    with pytest.raises(ValidationError) as caught:
-        _WithSecret()
-    error = settings_error(caught.value)
-    assert error is not None
+    error = error_for(_WithSecret, monkeypatch, api_token="s3cr")
     assert "api_token (AGENTSTREAM_API_TOKEN): Value should have at least 8 items" in str(error)
     assert "s3cr" not in str(error)
 
@@ -131,10 +134,7 @@ def test_settings_error_never_shows_a_secret_and_ignores_other_models(
 def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AGENTSTREAM_TOPIC_PREFIX", "team a")
-    with pytest.raises(ValidationError) as caught:
-        KafkaSettings()
-    assert str(settings_error(caught.value)) == (
+    assert str(error_for(KafkaSettings, monkeypatch, topic_prefix="team a")) == (
         "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
         "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
     )
