@@ -36,8 +36,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Literal
@@ -162,6 +164,8 @@ class KafkaPublisher(_Sender):
         self._thread.start()
         ready.wait()
         atexit.register(self._close_at_exit)
+        self._pid = os.getpid()
+        _LIVE.add(self)
 
     # === caller side ===========================================================================
 
@@ -229,6 +233,8 @@ class KafkaPublisher(_Sender):
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("flush() cannot run on the publisher's own thread")
         with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
             target = self._ledger.last()
             if self._closed and not self._thread.is_alive():  # nothing will move any more
                 return self._ledger.base > target and self._inherited <= 0
@@ -282,6 +288,22 @@ class KafkaPublisher(_Sender):
     def _close_at_exit(self) -> None:
         self.close(timeout=5.0)
 
+    def _orphan(self) -> None:
+        """In the child of an ``os.fork()``: the sender thread stayed in the parent, so nothing
+        published here would ever leave. Every later call raises instead of losing events
+        silently; the parent's publisher goes on unchanged."""
+        self._lock = threading.Lock()  # the parent's may have been held by its other threads
+        self._cond = threading.Condition(self._lock)
+        self._closed = self._stopping = True
+        self._fatal = ConfigurationError(
+            f"this KafkaPublisher was created in process {self._pid}, before os.fork(); its "
+            "sender thread did not follow into this process, so nothing published here would "
+            "be sent. Create the publisher in each process after the fork (gunicorn: in the "
+            "post_fork hook or without --preload; multiprocessing: the 'spawn' start method "
+            "or in the worker)"
+        )
+        atexit.unregister(self._close_at_exit)
+
     def _make_room(self) -> bool:
         """Memory is full: apply the overflow policy. Called with the lock held."""
         reason = "spool_full" if self._spool is not None else "queue_full"
@@ -324,3 +346,16 @@ class KafkaPublisher(_Sender):
         if loop is not None and kick is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(kick.set)
+
+
+_LIVE: weakref.WeakSet[KafkaPublisher] = weakref.WeakSet()
+"""Every publisher of this process, for :func:`_after_fork_in_child`."""
+
+
+def _after_fork_in_child() -> None:
+    for publisher in list(_LIVE):
+        publisher._orphan()
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
