@@ -183,6 +183,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         "--drain-timeout",
         "60",
     )
+    unset = ("OTEL_EXPORTER_OTLP_", "AGENTSTREAM_OTLP_", "AGENTSTREAM_EXPORT_MAX_RETRIES")
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
@@ -190,6 +191,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # up leads a process group, as in a terminal
+        env={k: v for k, v in os.environ.items() if not k.startswith(unset)},  # no OTLP endpoint
     )
     try:
         deadline = time.monotonic() + 60
@@ -202,6 +204,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         for name, service in running["services"].items():  # see broker.FETCH_MAX_WAIT_MS
             environ = Path(f"/proc/{service['pid']}/environ").read_bytes().split(b"\0")
             assert b"AGENTSTREAM_FETCH_MAX_WAIT_MS=50" in environ, name
+            assert b"AGENTSTREAM_EXPORT_MAX_RETRIES=0" in environ, name  # no OTLP endpoint
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the foreground group
         output, _ = process.communicate(timeout=100)
     finally:

@@ -197,6 +197,9 @@ class Up:
             from agentstream.consumers.broker import FETCH_MAX_WAIT_MS
 
             env.setdefault("AGENTSTREAM_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
+        if not _otlp_configured():  # likely nothing at the default endpoint: retrying each
+            # batch for ~15 s only held tracing's commits back (and the catch-up at stop)
+            env.setdefault("AGENTSTREAM_EXPORT_MAX_RETRIES", "0")
         for offset, name in enumerate(SERVICES):
             port = pick_port(o.first_port and o.first_port + offset, taken)  # 0: any free
             taken.add(port)
@@ -288,7 +291,10 @@ class Up:
                     step.status = "done"
                     step.detail = f"ready, {service.metrics_url}"
                     if service.name == "tracing" and not _otlp_configured():
-                        step.detail += " (no OTLP endpoint set: spans are dropped and counted)"
+                        step.detail += (
+                            " (no OTLP endpoint set: spans that the default endpoint does not "
+                            "take are dropped at once and counted)"
+                        )
                     return
             if time.monotonic() > deadline:
                 step.status = "failed"
