@@ -96,6 +96,10 @@ async def setup(consumer: EventConsumer, settings: PersistenceSettings) -> Async
         applied = await until_available("migrating", store.migrate, settings)
         if applied:
             log.info("store %s migrated to version %d", store.url, applied[-1])
+        # A store a newer agentstream migrated may hold what this version cannot write
+        # (a new NOT NULL column): refuse to start, as the readers do, instead of refusing
+        # every event into the dead-letter topic.
+        await until_available("checking the schema", store.require_schema, settings)
         sink = EventSink(
             store,
             metrics=SinkMetrics(consumer.registry),

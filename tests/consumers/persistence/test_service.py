@@ -7,11 +7,13 @@ import sqlite3
 from datetime import timedelta
 
 import msgspec
+import pytest
 from support.persistence import count_is, metric, persistence, settings_for, stream
 from support.produce import produce_events, produce_raw
 from support.runtime import read_records, wait_until
 
-from agentstream.consumers.persistence import open_store
+from agentstream.consumers.persistence import StoreError, open_store
+from agentstream.consumers.persistence.service import SERVICE
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas import Event, decode_record, event_headers, utc_now
 from agentstream.schemas.codec import Encoding
@@ -153,3 +155,17 @@ async def test_envelope_fields_unknown_to_this_version_are_kept(
     assert raw == [document for _, document in sent]
     assert [e.event_id for e in events] == [event.event_id for event, _ in sent]
     assert events[1].data == {"name": "t", "later": 1}
+
+
+async def test_a_store_migrated_by_a_newer_agentstream_stops_the_service_at_start(
+    kafka_settings: KafkaSettings, sqlite_url: str
+) -> None:
+    async with open_store(sqlite_url) as store:
+        await store.migrate()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
+    settings = settings_for(kafka_settings, sqlite_url)
+    consumer = EventConsumer(settings, service="persistence")
+    with pytest.raises(StoreError, match=r"found version 99 \(written by a newer agentstream\)"):
+        async with SERVICE.setup(consumer, settings):
+            pass
