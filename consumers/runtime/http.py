@@ -30,9 +30,11 @@ class ServiceHTTPServer:
         registry: CollectorRegistry,
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
+        request_timeout_s: float = 10.0,
     ) -> None:
         self.host = host
         self._port = port
+        self._request_timeout = request_timeout_s
         self._registry = registry
         self._healthy = healthy
         self._ready = ready
@@ -72,9 +74,10 @@ class ServiceHTTPServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
+            try:
+                request = await asyncio.wait_for(_read_head(reader), self._request_timeout)
+            except ValueError:
+                return  # a line past the reader's 64 KiB: not a scrape
             parts = request.decode("latin-1").split()
             if len(parts) < 2:
                 return
@@ -86,10 +89,18 @@ class ServiceHTTPServer:
             writer.write(head.encode() + (b"" if parts[0] == "HEAD" else body))
             await writer.drain()
         except (TimeoutError, ConnectionError):
-            pass
+            pass  # too slow (the whole request head has one deadline), or gone
         except Exception:
             log.exception("HTTP request failed")
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """The request line; the header lines after it are read and ignored."""
+    request = await reader.readline()
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+        pass
+    return request

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -91,6 +93,44 @@ async def test_http_endpoints() -> None:
     finally:
         await server.stop()
     assert server.respond("POST", "/metrics")[0] == 405
+
+
+async def test_http_clients_that_trickle_or_flood_are_cut_off_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client sending one header line at a time never ends its request, and one sending a
+    line longer than 64 KiB is no scrape: both are closed (one deadline for the whole head),
+    logged nowhere, and scrapes go on."""
+    server = ServiceHTTPServer(
+        "127.0.0.1", 0, registry=CollectorRegistry(), healthy=lambda: True, ready=lambda: True,
+        request_timeout_s=0.5,
+    )  # fmt: skip
+    await server.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="agentstream.consumers.runtime.http"):
+            trickle_r, trickle_w = await asyncio.open_connection("127.0.0.1", server.port)
+            flood_r, flood_w = await asyncio.open_connection("127.0.0.1", server.port)
+            flood_w.write(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n")
+            trickle_w.write(b"GET /metrics HTTP/1.1\r\n")
+            started = time.monotonic()
+            for _ in range(10):  # a header line every 0.2 s: each alone within any per-line limit
+                with contextlib.suppress(ConnectionError):
+                    trickle_w.write(b"X-Slow: 1\r\n")
+                    await trickle_w.drain()
+                await asyncio.sleep(0.2)
+                if trickle_r.at_eof():
+                    break
+            assert await asyncio.wait_for(trickle_r.read(), 5) == b""  # closed, no answer
+            assert time.monotonic() - started < 1.5
+            assert await asyncio.wait_for(flood_r.read(), 5) == b""
+            assert (await http_get(server.port, "/healthz"))[0] == 200
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        for writer in (trickle_w, flood_w):
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    finally:
+        await server.stop()
 
 
 class _FlagSettings(RecorderSettings):
