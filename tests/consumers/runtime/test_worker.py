@@ -12,7 +12,7 @@ from support.runtime import wait_until
 from agentstream.consumers.runtime import Record, ServiceSettings
 from agentstream.consumers.runtime.dispatch import Dispatcher
 from agentstream.consumers.runtime.metrics import ConsumerMetrics
-from agentstream.consumers.runtime.partition import PartitionWorker
+from agentstream.consumers.runtime.partition import YIELD_EVERY, PartitionWorker
 from agentstream.consumers.runtime.subscriptions import (
     SubscriptionTable,
     make_batch_subscription,
@@ -99,3 +99,40 @@ async def test_handlers_get_the_record_only_when_they_take_it() -> None:
         await wait_until(lambda: offsets.committable() == 3)  # noqa: B023 - awaited here
         await unit.stop(1)
     assert seen == [("with", 0), ("with", 1), ("with", 2), ("event", 0), ("event", 1), ("event", 2)]
+
+
+async def test_handlers_that_never_await_still_let_the_loop_run_between_chunks() -> None:
+    """A backlog drained by handlers that complete without awaiting (the fleet metrics, a
+    no-op): every YIELD_EVERY records the worker gives the loop back, so the fetch loop can
+    resume paused partitions and send the next fetch while work is still queued."""
+    ticks = 0
+    seen_at: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def counting(event: Event) -> None:  # never awaits
+        seen_at.append(ticks)
+
+    async def sink(records: list[Record]) -> None:  # never awaits either
+        seen_at.extend(ticks for _ in records)
+
+    for subscription in (
+        make_subscription("*", counting, None),
+        make_batch_subscription("*", sink, None, max_records=250, max_wait_ms=10_000),
+    ):
+        seen_at.clear()
+        table = SubscriptionTable()
+        table.add(subscription)
+        unit = worker(table, CollectorRegistry())
+        unit.feed(fetched(2_000))
+        tick = asyncio.create_task(ticker())
+        unit.gate.set()
+        await wait_until(lambda: len(seen_at) == 2_000)
+        tick.cancel()
+        await unit.stop(1)
+        # Without the yields the whole backlog ran in one stretch: one tick value seen.
+        assert len(set(seen_at)) >= 2_000 // YIELD_EVERY, sorted(set(seen_at))
