@@ -172,7 +172,7 @@ def settings_error(error: ValidationError) -> ConfigurationError | None:
             message = "expected " + message.removeprefix("Input should be ")
         secret = field is not None and "SecretStr" in repr(field.annotation)
         said = secret or item["type"] == "missing" or ", got " in message
-        got = "" if said else f", got {item['input']!r}"
+        got = "" if said else f", got {item['input']!r:.120}"
         problems.append(f"{name} ({prefix}{name.upper()}): {message}{got}")
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
 
