@@ -33,6 +33,32 @@ def since_argument(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_number(text: str) -> float:
+    """The type of a duration option: a number > 0, else a usage error that says so."""
+    return _number(text, float, strictly=True)
+
+
+def non_negative_number(text: str) -> float:
+    """The type of a wait that may be 0: a number >= 0."""
+    return _number(text, float, strictly=False)
+
+
+def positive_integer(text: str) -> int:
+    """The type of a count option: an integer > 0."""
+    return int(_number(text, int, strictly=True))
+
+
+def _number(text: str, kind: type[float] | type[int], *, strictly: bool) -> float:
+    what = f"{'an integer' if kind is int else 'a number'} {'>' if strictly else '>='} 0"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < 0 or (strictly and value == 0) or value != value:  # NaN is no number here
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
 def topic_argument(text: str) -> str:
     """The type of an option naming a Kafka topic: a name Kafka would refuse is a usage
     error that says why, before any broker is asked."""

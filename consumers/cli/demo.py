@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from
+from ._common import add_kafka_arguments, kafka_settings_from, positive_number
 
 
 def register(commands: Any) -> None:
@@ -30,7 +30,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=positive_number,
         metavar="S",
         help="stop after S seconds (default: run until stopped)",
     )

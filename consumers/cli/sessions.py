@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._common import settings_from, since_argument
+from ._common import positive_integer, settings_from, since_argument
 
 if TYPE_CHECKING:
     from agentstream.consumers.persistence import SessionSummary, Store
@@ -28,7 +28,9 @@ def register(commands: Any) -> None:
         metavar="WHEN",
         help="only sessions active since WHEN: 90s, 15m, 1h, 2d, 1w or an ISO time",
     )
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    parser.add_argument(
+        "--limit", type=positive_integer, default=50, help="at most this many (default 50)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from, since_argument
+from ._common import add_kafka_arguments, kafka_settings_from, positive_integer, since_argument
 
 
 def register(commands: Any) -> None:
@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
         help="start this long ago (30s, 10m, 2h, 1d, 1w) or at a time",
     )
     parser.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
-    parser.add_argument("--limit", type=int, metavar="N", help="exit after N events")
+    parser.add_argument("--limit", type=positive_integer, metavar="N", help="exit after N events")
     parser.add_argument(
         "--no-follow", action="store_true", help="stop at the end instead of waiting for more"
     )

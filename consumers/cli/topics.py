@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from
+from ._common import add_kafka_arguments, kafka_settings_from, positive_number
 
 
 def register(commands: Any) -> None:
@@ -33,7 +33,7 @@ def register(commands: Any) -> None:
         )
     create.add_argument(
         "--timeout",
-        type=float,
+        type=positive_number,
         default=30.0,
         metavar="S",
         help="wait this long for the broker (default 30 s)",

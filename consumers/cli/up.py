@@ -7,7 +7,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from
+from ._common import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    non_negative_number,
+    positive_number,
+)
 
 
 def register(commands: Any) -> None:
@@ -23,7 +28,7 @@ def register(commands: Any) -> None:
     )
     add_kafka_arguments(parser)
     parser.add_argument(
-        "--duration", type=float, metavar="S", help="stop after S seconds of running"
+        "--duration", type=positive_number, metavar="S", help="stop after S seconds of running"
     )
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo agents")
     parser.add_argument(
@@ -66,7 +71,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--drain-timeout",
-        type=float,
+        type=non_negative_number,
         default=20.0,
         metavar="S",
         help="at stop, wait this long for the services to catch up (default 20 s)",

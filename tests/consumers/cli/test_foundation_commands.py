@@ -14,6 +14,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from agentstream.consumers.broker import free_port
+from agentstream.consumers.cli import build_parser
 from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.jsonschema_export import PACKAGED_DIR
 
@@ -200,3 +201,25 @@ async def test_schemas_export_check(tmp_path: Path) -> None:
     code, out, _ = await _run("schemas", "export", "--out", str(tmp_path))
     assert code == 0 and "wrote" in out
     assert (await _run("schemas", "export", "--check", "--out", str(tmp_path)))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--duration", "-5"], "argument --duration: expected a number > 0, got '-5'"),
+        (["up", "--drain-timeout", "-1"], "argument --drain-timeout: expected a number >= 0"),
+        (["up", "--duration", "nan"], "argument --duration: expected a number > 0, got 'nan'"),
+        (["tail", "--limit", "0"], "argument --limit: expected an integer > 0, got '0'"),
+        (["sessions", "--limit", "-3"], "argument --limit: expected an integer > 0, got '-3'"),
+        (["topics", "create", "--timeout", "0"], "argument --timeout: expected a number > 0"),
+    ],
+)
+def test_counts_and_durations_out_of_range_are_usage_errors(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, `sessions --limit -3` printed every session (SQLite's LIMIT -3 is none) and
+    `demo --duration -5` ran the demo."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
