@@ -41,7 +41,14 @@ from agentstream.schemas import SCHEMA_VERSION, Event, RecordLocation
 
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import event_from_json
-from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+from .store import (
+    SessionSummary,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+    check_limit,
+    type_bounds,
+)
 
 T = TypeVar("T")
 
@@ -246,6 +253,7 @@ class PostgresStore(Store):
         return ids, stamps, None, None, offsets, topics, [loc.partition for loc in where]
 
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
+        check_limit(limit, least=1)
         sql = (
             "DELETE FROM events WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM events WHERE timestamp < $1 LIMIT $2))"
@@ -284,6 +292,7 @@ class PostgresStore(Store):
         until: datetime | None = None,
         limit: int = 1_000,
     ) -> list[Event]:
+        check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
 
@@ -314,6 +323,7 @@ class PostgresStore(Store):
     async def sessions(
         self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
     ) -> list[SessionSummary]:
+        check_limit(limit)
         where = ["session_id <> ''"]
         args: list[Any] = []
         if agent is not None:

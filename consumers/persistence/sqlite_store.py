@@ -23,7 +23,14 @@ from agentstream.schemas import Event, RecordLocation
 
 from .migrations import SQLITE_MIGRATIONS
 from .rows import event_from_json, from_micros, int64, to_micros
-from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+from .store import (
+    SessionSummary,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+    check_limit,
+    type_bounds,
+)
 
 T = TypeVar("T")
 
@@ -180,6 +187,7 @@ class SqliteStore(Store):
         return await self._run(lambda conn: _insert(conn, rows))
 
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
+        check_limit(limit, least=1)
         sql = (
             "DELETE FROM events WHERE rowid IN "
             "(SELECT rowid FROM events WHERE timestamp_us < ? LIMIT ?)"
@@ -209,6 +217,7 @@ class SqliteStore(Store):
         until: datetime | None = None,
         limit: int = 1_000,
     ) -> list[Event]:
+        check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
         if type is not None and type != "*":
@@ -238,6 +247,7 @@ class SqliteStore(Store):
     async def sessions(
         self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
     ) -> list[SessionSummary]:
+        check_limit(limit)
         where = ["session_id <> ''"]
         args: list[Any] = []
         if agent is not None:

@@ -208,6 +208,13 @@ class Store(abc.ABC):
         """How many events are stored."""
 
 
+def check_limit(limit: int, *, least: int = 0) -> None:
+    """Refuse a ``limit`` below ``least``: SQLite reads ``LIMIT -1`` as no limit, PostgreSQL
+    refuses it, and a query must not mean one thing on one store and another on the other."""
+    if limit < least:
+        raise ValueError(f"expected limit >= {least}, got {limit}")
+
+
 def redact_url(url: str) -> str:
     """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
     parts = urlsplit(url)

@@ -214,3 +214,13 @@ async def test_readers_get_clear_errors(tmp_path: Path) -> None:
     unopened = open_store(f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(StoreError, match="not open"):
         await unopened.count()
+
+
+async def test_a_negative_limit_is_refused_on_both_stores(store: Store) -> None:
+    """SQLite reads LIMIT -1 as no limit and PostgreSQL refuses it: both refuse it here."""
+    for query in (store.events(limit=-1), store.sessions(limit=-3)):
+        with pytest.raises(ValueError, match="expected limit >= 0, got -"):
+            await query
+    with pytest.raises(ValueError, match="expected limit >= 1, got 0"):
+        await store.delete_before(T0, limit=0)
+    assert await store.events(limit=0) == []
