@@ -41,14 +41,7 @@ from agentstream.schemas import SCHEMA_VERSION, Event, RecordLocation
 
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import event_from_json
-from .store import (
-    SessionSummary,
-    Store,
-    StoreError,
-    StoreUnavailableError,
-    check_limit,
-    type_bounds,
-)
+from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
 
@@ -252,8 +245,7 @@ class PostgresStore(Store):
         topics = [_text(loc.topic) for loc in where]
         return ids, stamps, None, None, offsets, topics, [loc.partition for loc in where]
 
-    async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
-        check_limit(limit, least=1)
+    async def _delete_before(self, cutoff: datetime, limit: int) -> int:
         sql = (
             "DELETE FROM events WHERE ctid = ANY(ARRAY("
             "SELECT ctid FROM events WHERE timestamp < $1 LIMIT $2))"
@@ -282,17 +274,15 @@ class PostgresStore(Store):
         sql = f"SELECT event_id, event::text FROM events WHERE session_id = $1 {_ORDER}"
         return [(str(r[0]), r[1]) for r in await self._fetch(sql, session_id)]
 
-    async def events(
+    async def _events(
         self,
-        *,
-        type: str | None = None,
-        agent: str | None = None,
-        session: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 1_000,
+        type: str | None,
+        agent: str | None,
+        session: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
     ) -> list[Event]:
-        check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
 
@@ -320,10 +310,9 @@ class PostgresStore(Store):
         sql = f"SELECT event_id, event::text FROM events {clause} {_ORDER} LIMIT ${len(args)}"
         return self._decode(await self._fetch(sql, *args))
 
-    async def sessions(
-        self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
+    async def _sessions(
+        self, agent: str | None, since: datetime | None, limit: int
     ) -> list[SessionSummary]:
-        check_limit(limit)
         where = ["session_id <> ''"]
         args: list[Any] = []
         if agent is not None:

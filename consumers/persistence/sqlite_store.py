@@ -23,14 +23,7 @@ from agentstream.schemas import Event, RecordLocation
 
 from .migrations import SQLITE_MIGRATIONS
 from .rows import event_from_json, from_micros, int64, to_micros
-from .store import (
-    SessionSummary,
-    Store,
-    StoreError,
-    StoreUnavailableError,
-    check_limit,
-    type_bounds,
-)
+from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
 
 T = TypeVar("T")
 
@@ -186,8 +179,7 @@ class SqliteStore(Store):
             ]
         return await self._run(lambda conn: _insert(conn, rows))
 
-    async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
-        check_limit(limit, least=1)
+    async def _delete_before(self, cutoff: datetime, limit: int) -> int:
         sql = (
             "DELETE FROM events WHERE rowid IN "
             "(SELECT rowid FROM events WHERE timestamp_us < ? LIMIT ?)"
@@ -207,17 +199,15 @@ class SqliteStore(Store):
         rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
         return [(eid, text) for eid, text in rows]
 
-    async def events(
+    async def _events(
         self,
-        *,
-        type: str | None = None,
-        agent: str | None = None,
-        session: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 1_000,
+        type: str | None,
+        agent: str | None,
+        session: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
     ) -> list[Event]:
-        check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
         if type is not None and type != "*":
@@ -244,10 +234,9 @@ class SqliteStore(Store):
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
         return [event_from_json(text, f"row {eid} of {self.path}") for eid, text in rows]
 
-    async def sessions(
-        self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
+    async def _sessions(
+        self, agent: str | None, since: datetime | None, limit: int
     ) -> list[SessionSummary]:
-        check_limit(limit)
         where = ["session_id <> ''"]
         args: list[Any] = []
         if agent is not None:

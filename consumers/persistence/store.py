@@ -153,18 +153,30 @@ class Store(abc.ABC):
         """:meth:`write_batch` after its checks: ``events`` is not empty, ``locations`` (when
         given) and ``documents`` have its length."""
 
-    @abc.abstractmethod
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
-        """Delete at most ``limit`` events stamped before ``cutoff``; return how many."""
+        """Delete at most ``limit`` (>= 1) events stamped before ``cutoff``; return how many."""
+        _check_limit(limit, least=1)
+        return await self._delete_before(cutoff, limit)
+
+    @abc.abstractmethod
+    async def _delete_before(self, cutoff: datetime, limit: int) -> int:
+        """:meth:`delete_before` after its check."""
 
     # --- reading ---------------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def sessions(
         self, *, agent: str | None = None, since: datetime | None = None, limit: int = 50
     ) -> list[SessionSummary]:
         """Sessions, latest activity first: those with an event of ``agent`` (when given)
         and an event at or after ``since`` (when given). Counts cover the whole session."""
+        _check_limit(limit)
+        return await self._sessions(agent, since, limit)
+
+    @abc.abstractmethod
+    async def _sessions(
+        self, agent: str | None, since: datetime | None, limit: int
+    ) -> list[SessionSummary]:
+        """:meth:`sessions` after its check."""
 
     @overload
     async def timeline(self, session_id: str, *, raw: Literal[False] = False) -> list[Event]: ...
@@ -189,7 +201,6 @@ class Store(abc.ABC):
     async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
         """``(stored id, event JSON)`` of every event of a session, in timeline order."""
 
-    @abc.abstractmethod
     async def events(
         self,
         *,
@@ -202,13 +213,27 @@ class Store(abc.ABC):
     ) -> list[Event]:
         """Events matching every filter given, oldest first. ``type`` is a type or a prefix
         pattern ending in ``.*`` (``tool.*``); ``until`` is exclusive."""
+        _check_limit(limit)
+        return await self._events(type, agent, session, since, until, limit)
+
+    @abc.abstractmethod
+    async def _events(
+        self,
+        type: str | None,
+        agent: str | None,
+        session: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+    ) -> list[Event]:
+        """:meth:`events` after its check."""
 
     @abc.abstractmethod
     async def count(self) -> int:
         """How many events are stored."""
 
 
-def check_limit(limit: int, *, least: int = 0) -> None:
+def _check_limit(limit: int, *, least: int = 0) -> None:
     """Refuse a ``limit`` below ``least``: SQLite reads ``LIMIT -1`` as no limit, PostgreSQL
     refuses it, and a query must not mean one thing on one store and another on the other."""
     if limit < least:
