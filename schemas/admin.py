@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from .errors import BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
+from .settings import broker_address
 
 DAY_MS = 86_400_000
 
@@ -75,23 +76,12 @@ class TopicSpec:
         return topics
 
 
-def broker_address(servers: object, security_protocol: object = "PLAINTEXT") -> str:
-    """Where a client looks for brokers, for messages: the bootstrap servers, with the security
-    protocol when it is not PLAINTEXT (a TLS client in front of a plaintext listener, or the
-    other way round, only shows as brokers that do not answer)."""
-    if security_protocol in (None, "PLAINTEXT"):
-        return str(servers)
-    return f"{servers} over {security_protocol}"
-
-
 async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.0) -> None:
     """Return once the cluster answers a metadata request; raise after ``timeout`` seconds.
 
     Retries every 50 ms at first, backing off to every 0.5 s, and says once that it waits.
     """
-    servers = broker_address(
-        admin_options.get("bootstrap_servers"), admin_options.get("security_protocol")
-    )
+    servers = broker_address(admin_options)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     pause = 0.05
@@ -117,18 +107,16 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     )
 
 
-async def start_client(
-    client: Any, servers: object, security_protocol: object = "PLAINTEXT"
-) -> None:
+async def start_client(client: Any, where: str) -> None:
     """``await client.start()`` of an aiokafka consumer, producer or admin client. When no
-    broker answers, the client is closed and :class:`BrokerUnavailableError` says where."""
+    broker answers, the client is closed and :class:`BrokerUnavailableError` says ``where``
+    (:meth:`KafkaSettings.broker_address` or :func:`broker_address`)."""
     try:
         await client.start()
     except KafkaConnectionError as exc:
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         raise BrokerUnavailableError(
-            f"expected a Kafka broker at {broker_address(servers, security_protocol)}, "
-            f"none answered: {exc}"
+            f"expected a Kafka broker at {where}, none answered: {exc}"
         ) from exc
 
 
@@ -169,9 +157,7 @@ async def create_missing_topics(
     sessions are then spread over its own count.
     """
     admin = AIOKafkaAdminClient(**admin_options)
-    await start_client(
-        admin, admin_options.get("bootstrap_servers"), admin_options.get("security_protocol")
-    )
+    await start_client(admin, broker_address(admin_options))
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]

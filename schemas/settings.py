@@ -14,6 +14,7 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -107,6 +108,15 @@ class KafkaSettings(BaseSettings):
     def routing(self) -> Routing:
         return Routing(prefix=self.topic_prefix)
 
+    def broker_address(self) -> str:
+        """Where the clients look for brokers, for messages (see :func:`broker_address`)."""
+        return broker_address(
+            {
+                "bootstrap_servers": self.bootstrap_servers,
+                "security_protocol": self.security_protocol,
+            }
+        )
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for SSL and SASL_SSL (system CAs unless ``ssl_cafile`` is set)."""
         if self.security_protocol not in ("SSL", "SASL_SSL"):
@@ -153,6 +163,14 @@ class KafkaSettings(BaseSettings):
     def admin_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaAdminClient``."""
         return self.client_options()
+
+
+def broker_address(options: Mapping[str, Any]) -> str:
+    """Where a client built with ``options`` looks for brokers, for messages: the bootstrap
+    servers, with the security protocol when it is not PLAINTEXT (a TLS client in front of a
+    plaintext listener, or the other way round, only shows as brokers that do not answer)."""
+    servers, protocol = options.get("bootstrap_servers"), options.get("security_protocol")
+    return str(servers) if protocol in (None, "PLAINTEXT") else f"{servers} over {protocol}"
 
 
 def settings_error(error: ValidationError) -> ConfigurationError | None:

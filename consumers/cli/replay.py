@@ -76,7 +76,7 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
-    await start_client(producer, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(producer, settings.broker_address())
     try:
         futures = [
             await producer.send(

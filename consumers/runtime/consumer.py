@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
-from agentstream.schemas.admin import broker_address, stop_client
+from agentstream.schemas.admin import stop_client
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 from .dispatch import Dispatcher
@@ -313,9 +313,8 @@ class EventConsumer:
             await consumer.stop()
             self._stopped = True
             raise BrokerUnavailableError(
-                f"expected a Kafka broker at "
-                f"{broker_address(settings.bootstrap_servers, settings.security_protocol)} "
-                f"for service {self.service!r}, got {exc!r}"
+                f"expected a Kafka broker at {settings.broker_address()} for service "
+                f"{self.service!r}, got {exc!r}"
             ) from exc
         self._dispatcher = Dispatcher(
             settings=settings,

@@ -101,7 +101,7 @@ async def replay(
     """Send each dead letter's original key, value and headers back to its topic; returns
     ``(letter, partition, offset)`` of each record sent."""
     producer = AIOKafkaProducer(**settings.producer_options())
-    await start_client(producer, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(producer, settings.broker_address())
     sent = []
     try:
         dlq = settings.routing().dlq

@@ -67,7 +67,7 @@ async def read_topics(
     read when it started.
     """
     consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": None})
-    await start_client(consumer, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(consumer, settings.broker_address())
     try:
         tps = await _assign(consumer, topics)
         if not tps:

@@ -67,7 +67,7 @@ async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartit
     """The partitions of ``topic``, sorted; none when it does not exist (brokers that create
     topics on demand, as the embedded one, create it)."""
     admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(admin, settings.broker_address())
     try:
         described = await admin.describe_topics([topic])
     finally:
@@ -89,7 +89,7 @@ async def committed_offsets(
     if not tps:
         return {}
     admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(admin, settings.broker_address())
     try:
         found = await admin.list_consumer_group_offsets(group_id, partitions=tps)
     finally:
@@ -111,7 +111,7 @@ async def high_watermarks(
     if not tps:
         return {}
     consumer = reader(settings, "highwater")
-    await start_client(consumer, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(consumer, settings.broker_address())
     try:
         consumer.assign(tps)
         listed = await consumer.end_offsets(tps)
@@ -153,7 +153,7 @@ async def read_windows(
     if not wanted:
         return
     consumer = reader(settings, name)
-    await start_client(consumer, settings.bootstrap_servers, settings.security_protocol)
+    await start_client(consumer, settings.broker_address())
     try:
         consumer.assign(list(wanted))
         begins = await consumer.beginning_offsets(list(wanted))
