@@ -42,8 +42,9 @@ class RecordFactory:
         self._sessions: dict[str, tuple[bytes, Header]] = {}  # session -> key, ce_sessionid
         self._agents: dict[str, Header] = {}
         self._turns: dict[str, Header] = {}
-        self.refused: list[tuple[Pending, str]] = []
-        """Pending tuples :meth:`build` left out, with why; the caller empties it."""
+        self.refused: list[tuple[_Record, str]] = []
+        """What :meth:`build` left out: a bare record (its value and publish index, to be
+        finished) and why, naming the event; the caller empties it."""
 
     def build(self, pending: Iterable[Pending]) -> list[_Record]:
         """One record per pending tuple, in order. A tuple whose envelope fields cannot make
@@ -79,7 +80,10 @@ class RecordFactory:
                 if turn:
                     headers.append(turns.get(turn) or _cached(turns, turn, "ce_turnid"))
             except Exception as exc:  # never stops the records after it
-                self.refused.append((item, field_problem(fields) or repr(exc)))
+                why = field_problem(fields) or repr(exc)
+                event_id = fields[0] if isinstance(fields, tuple) and fields else "?"
+                bare = _Record("", b"", value, (), created, index)
+                self.refused.append((bare, f"event {event_id}: unencodable: {why}"))
                 continue
             append(_Record(topic, key, value, tuple(headers), created, index))
         return records

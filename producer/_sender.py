@@ -9,6 +9,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,7 +23,7 @@ from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 from ._overflow import _Overflow
-from ._records import _Record, log
+from ._records import Pending, _Record, log
 
 _TICK = 0.1
 _MAX_CONNECT_BACKOFF = 5.0
@@ -115,6 +116,8 @@ class _Sender(_Overflow):
             return
 
     def _closing(self) -> bool:
+        """``_stopping`` read anew: after ``while not self._stopping`` mypy takes the attribute
+        as False for the rest of the loop body, across the awaits where close() may set it."""
         return self._stopping
 
     def _is_init_pid_failure(self, exc: BaseException) -> bool:
@@ -172,9 +175,7 @@ class _Sender(_Overflow):
             pending, self._incoming = self._incoming, deque()
             self._idle = False
             urgent = self._flushing > 0 or self._closed
-        records = self._factory.build(pending)
-        if self._factory.refused:
-            self._drop_refused()
+        records = self._build(pending)
         now = time.monotonic()
         self._counts = {}
         if self._spool is not None and self._spooling:
@@ -191,23 +192,18 @@ class _Sender(_Overflow):
             self._spool.sync()
             self._spool.commit()
 
-    def _drop_refused(self) -> None:
-        """Count, log and finish the events whose envelope fields could not make a record."""
-        refused, self._factory.refused = self._factory.refused, []
-        with self._lock:
-            ledger = self._ledger
-            for (_, fields, _, index), why in refused:
-                self.metrics.drop("unencodable")
-                self._warn(
-                    "drop:envelope",
-                    "dropped event %s: unencodable: %s",
-                    fields[0] if isinstance(fields, tuple) and fields else "?",
-                    why,
-                )
-                ledger.finish(index)
-            ledger.advance()
-            self._in_memory -= len(refused)
-            self._cond.notify_all()
+    def _build(self, pending: Iterable[Pending]) -> list[_Record]:
+        """The records of ``pending``. Events whose envelope fields cannot make a record
+        (see :meth:`RecordFactory.build`) are counted, logged and finished as dropped."""
+        records = self._factory.build(pending)
+        refused = self._factory.refused
+        if refused:
+            self._factory.refused = []
+            self.metrics.drop("unencodable", len(refused))
+            for _, why in refused:
+                self._warn("drop:envelope", "dropped %s", why)
+            self._finish([record for record, _ in refused])
+        return records
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -223,9 +219,7 @@ class _Sender(_Overflow):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._lock:
             pending, self._incoming = self._incoming, deque()
-        leftover_incoming = self._factory.build(pending)
-        if self._factory.refused:
-            self._drop_refused()
+        leftover_incoming = self._build(pending)
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
         for lane in self._lanes.values():
