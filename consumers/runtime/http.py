@@ -74,10 +74,7 @@ class ServiceHTTPServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            try:
-                request = await asyncio.wait_for(_read_head(reader), self._request_timeout)
-            except ValueError:
-                return  # a line past the reader's 64 KiB: not a scrape
+            request = await asyncio.wait_for(_read_head(reader), self._request_timeout)
             parts = request.decode("latin-1").split()
             if len(parts) < 2:
                 return
@@ -99,8 +96,12 @@ class ServiceHTTPServer:
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
-    """The request line; the header lines after it are read and ignored."""
-    request = await reader.readline()
-    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-        pass
+    """The request line; the header lines after it are read and ignored. Empty for a line
+    past the reader's 64 KiB: no scrape, answered by closing."""
+    try:
+        request = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+    except ValueError:
+        return b""
     return request

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,24 @@ def _up_command(tmp_path: Path, *options: str) -> list[str]:
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _summary(logs: Path) -> dict[str, Any]:
+    """``up-summary.json`` as up last wrote it; empty before it exists or while it is written."""
+    with contextlib.suppress(OSError, ValueError):
+        found: dict[str, Any] = json.loads((logs / "up-summary.json").read_text())
+        return found
+    return {}
+
+
+def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
+    """Poll ``ready`` while ``process`` runs: fail with its output if it exits first, or
+    after 60 s."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no {what} within 60 s"
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -193,12 +212,9 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         start_new_session=True,  # up leads a process group, as in a terminal
         env={k: v for k, v in os.environ.items() if not k.startswith(unset)},  # no OTLP endpoint
     )
+    alerts = logs / "alerts.jsonl"
     try:
-        deadline = time.monotonic() + 60
-        while not (logs / "alerts.jsonl").exists() or not _jsonl(logs / "alerts.jsonl"):
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no alert within 60 s"
-            time.sleep(0.2)
+        _wait_for(process, lambda: alerts.exists() and bool(_jsonl(alerts)), "an alert")
         running = json.loads((logs / "up-summary.json").read_text())
         assert running["phase"] == "running"
         for name, service in running["services"].items():  # see broker.FETCH_MAX_WAIT_MS
@@ -235,14 +251,8 @@ def test_a_broker_that_dies_stops_up_with_a_clear_error(tmp_path: Path) -> None:
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        running: dict[str, Any] = {}
-        while running.get("phase") != "running":
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "up not running within 60 s"
-            time.sleep(0.2)
-            with contextlib.suppress(OSError, ValueError):
-                running = json.loads((logs / "up-summary.json").read_text())
+        _wait_for(process, lambda: _summary(logs).get("phase") == "running", "up running")
+        running = _summary(logs)
         ports = [service["port"] for service in running["services"].values()]
         assert len(set(ports)) == 5 and all(port > 1023 for port in ports), ports  # 0: free
         os.kill(running["embedded_broker_pid"], signal.SIGKILL)
