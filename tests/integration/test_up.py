@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,18 @@ def _summary(logs: Path) -> dict[str, Any]:
         found: dict[str, Any] = json.loads((logs / "up-summary.json").read_text())
         return found
     return {}
+
+
+@contextlib.contextmanager
+def _reaped(process: subprocess.Popen[str]) -> Iterator[None]:
+    """Kill ``process`` on the way out if it still runs: a failed assertion must not leave
+    up and its children running."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _wait_for(process: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
@@ -213,7 +225,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith(unset)},  # no OTLP endpoint
     )
     alerts = logs / "alerts.jsonl"
-    try:
+    with _reaped(process):
         _wait_for(process, lambda: alerts.exists() and bool(_jsonl(alerts)), "an alert")
         running = json.loads((logs / "up-summary.json").read_text())
         assert running["phase"] == "running"
@@ -223,10 +235,6 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
             assert b"AGENTSTREAM_EXPORT_MAX_RETRIES=0" in environ, name  # no OTLP endpoint
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the foreground group
         output, _ = process.communicate(timeout=100)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, output[-3000:]
     summary = json.loads((logs / "up-summary.json").read_text())
     manifest = json.loads((logs / "demo-manifest.json").read_text())
@@ -250,17 +258,13 @@ def test_a_broker_that_dies_stops_up_with_a_clear_error(tmp_path: Path) -> None:
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    try:
+    with _reaped(process):
         _wait_for(process, lambda: _summary(logs).get("phase") == "running", "up running")
         running = _summary(logs)
         ports = [service["port"] for service in running["services"].values()]
         assert len(set(ports)) == 5 and all(port > 1023 for port in ports), ports  # 0: free
         os.kill(running["embedded_broker_pid"], signal.SIGKILL)
         output, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 1, output[-3000:]
     assert f"the embedded broker exited with code -{signal.SIGKILL}" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
