@@ -137,7 +137,8 @@ class LoopConfig:
 
 
 def load_table(path: str | Path) -> Mapping[str, Any]:
-    """A TOML file's ``[loops]`` table (a missing table is empty: Calute's defaults)."""
+    """A TOML file's ``[loops]`` table (an empty file: Calute's defaults). Anything else at
+    the top of the file is refused, as unknown keys are inside the table."""
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -145,6 +146,9 @@ def load_table(path: str | Path) -> Mapping[str, Any]:
         raise ConfigurationError(
             f"expected a readable TOML loop configuration at {path}, got: {exc}"
         ) from None
+    unknown = sorted(set(document) - {"loops"})
+    if unknown:  # a typo such as [loop] would otherwise leave Calute's defaults in force
+        raise ConfigurationError(f"expected only a [loops] table in {path}, got unknown {unknown}")
     loops = document.get("loops", {})
     if not isinstance(loops, Mapping):
         raise ConfigurationError(f"expected [loops] in {path} to be a table, got {loops!r}")

@@ -22,9 +22,10 @@ from typing import Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
@@ -84,6 +85,14 @@ class LoopSettings(ServiceSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_retries: int = Field(default=3, ge=0)
     webhook_queue: int = Field(default=1_000, ge=1, description="Alerts waiting; drop beyond.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, url: str | None) -> str | None:
+        problem = http_url_problem(url) if url else None
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
     def loop_config(self) -> LoopConfig:
         overrides = {

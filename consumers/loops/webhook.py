@@ -17,8 +17,10 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
+from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
+from agentstream.schemas.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,9 @@ class WebhookNotifier:
         max_queue: int = 1_000,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// webhook URL, got {url!r}")
+        problem = http_url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(f"webhook URL: {problem}")
         self.url = url
         self.fmt: WebhookFormat = fmt
         self.timeout_s = timeout_s

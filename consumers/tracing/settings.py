@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from agentstream.consumers.runtime import ServiceSettings
+from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.schemas.errors import ConfigurationError
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
@@ -161,8 +162,9 @@ def export_target(settings: TracingSettings) -> ExportTarget:
         endpoint = settings.otel_endpoint.rstrip("/") + TRACES_PATH
     else:
         endpoint = DEFAULT_ENDPOINT
-    if not endpoint.startswith(("http://", "https://")):
-        raise ConfigurationError(f"OTLP endpoint: expected an http(s) URL, got {endpoint!r}")
+    problem = http_url_problem(endpoint)
+    if problem is not None:
+        raise ConfigurationError(f"OTLP endpoint: {problem}")
     headers: dict[str, str] = {}
     headers.update(parse_pairs(_secret(settings.otel_headers), "OTEL_EXPORTER_OTLP_HEADERS"))
     headers.update(

@@ -353,6 +353,8 @@ def test_settings_overrides_layer_over_the_file(tmp_path: Path) -> None:
         "[loops]\nsame_calls = 3\n",  # unknown key
         "[loops.agents.a]\nfoo = 1\n",
         "[loops\n",  # not TOML
+        "[loop]\nmax_calls = 3\n",  # a misspelt table must not leave the defaults in force
+        "max_calls = 3\n",  # a threshold outside [loops]
     ],
 )
 def test_bad_configuration_says_what_was_expected(tmp_path: Path, text: str) -> None:

@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agentstream.consumers.loops.config import LoopThresholds
 from agentstream.consumers.loops.service import SERVICE, LoopSettings, add_arguments
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import settings_error
 
 
 def test_defaults_are_calutes_and_the_port_is_9102() -> None:
@@ -64,3 +66,15 @@ def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
 def test_inconsistent_thresholds_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="same_call_warning <= same_call_critical"):
         LoopSettings(loop_same_call_warning=9).loop_config()
+
+
+def test_a_webhook_url_that_cannot_be_posted_to_is_a_settings_error() -> None:
+    with pytest.raises(ValidationError) as caught:
+        LoopSettings(webhook_url="hooks.local/alerts")
+    error = settings_error(caught.value)
+    assert error is not None
+    assert str(error) == (
+        "invalid settings: webhook_url (AGENTSTREAM_WEBHOOK_URL): expected an http:// or "
+        "https:// URL with a host, got 'hooks.local/alerts'"
+    )
+    assert LoopSettings(webhook_url="https://hooks.local/a").webhook_url == "https://hooks.local/a"

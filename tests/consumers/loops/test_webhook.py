@@ -14,6 +14,7 @@ import pytest
 
 from agentstream.consumers.loops.webhook import Outcome, WebhookNotifier, webhook_body
 from agentstream.schemas import Event
+from agentstream.schemas.errors import ConfigurationError
 
 
 class Receiver:
@@ -179,5 +180,6 @@ async def test_a_full_queue_drops_and_counts(receiver_factory: type[Receiver]) -
 def test_body_formats() -> None:
     alert = block_alert()
     assert webhook_body(alert, "json")["type"] == "audit.tool_loop_block"
-    with pytest.raises(ValueError, match="expected an http"):
-        WebhookNotifier("ftp://example.com")
+    for url in ("ftp://example.com", "notaurl", "http://", "http://host:port/x"):
+        with pytest.raises(ConfigurationError, match="webhook URL: expected an http"):
+            WebhookNotifier(url)

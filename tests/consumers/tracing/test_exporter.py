@@ -193,6 +193,11 @@ def test_settings_follow_otel_variables_and_ours_win(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AGENTSTREAM_OTLP_HEADERS", "novalue")
     with pytest.raises(ConfigurationError, match="key=value"):
         export_target(TracingSettings())
+    monkeypatch.delenv("AGENTSTREAM_OTLP_HEADERS")
+    for endpoint in ("collector:4318/v1/traces", "http:///v1/traces", "http://c:43x8/v1"):
+        monkeypatch.setenv("AGENTSTREAM_OTLP_ENDPOINT", endpoint)
+        with pytest.raises(ConfigurationError, match="OTLP endpoint: expected an http"):
+            export_target(TracingSettings())
 
 
 async def test_gzip_compression(otlp_receiver: Any) -> None:
