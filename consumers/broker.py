@@ -12,6 +12,7 @@ chooses (``agentstream up`` last, after its services drained and committed throu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -19,12 +20,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from agentstream.schemas.admin import wait_for_broker
-from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -114,6 +116,7 @@ class EmbeddedBroker:
     def start(self) -> None:
         if self._process is not None:
             raise RuntimeError("the broker is already running")
+        self._check_port_free()
         if self.log_path is not None:
             self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
@@ -125,13 +128,57 @@ class EmbeddedBroker:
         )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Return once the broker answers a metadata request."""
+        """Return once the broker answers a metadata request. Until its port accepts
+        connections, only the port is tried (no Kafka client, so no client errors logged
+        while it starts), and a broker process that ended is reported at once."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while not await self._accepts():
+            if time.monotonic() + pause > deadline:
+                raise BrokerUnavailableError(
+                    f"expected the embedded broker to listen on {self.host}:{self.port} "
+                    f"within {timeout:.0f} s"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+        self._check_running()
+        await wait_for_broker(
+            {"bootstrap_servers": self.bootstrap_servers},
+            timeout=max(deadline - time.monotonic(), 1.0),
+        )
+
+    async def _accepts(self) -> bool:
+        self._check_running()
+        try:
+            _, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    def _check_running(self) -> None:
         if self._process is not None and self._process.poll() is not None:
             raise ConfigurationError(
                 f"the embedded broker exited with code {self._process.returncode} "
-                f"(port {self.port} taken?)"
+                f"before it answered on {self.host}:{self.port}"
+                + (f" (its log: {self.log_path})" if self.log_path is not None else "")
             )
-        await wait_for_broker({"bootstrap_servers": self.bootstrap_servers}, timeout=timeout)
+
+    def _check_port_free(self) -> None:
+        """Refuse a port another program listens on: Tansu would exit, and a client could
+        take the other program for the broker."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            try:
+                sock.bind((self.host, self.port))
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"expected a free port for the embedded broker, but {self.host}:{self.port} "
+                    f"is taken ({exc.strerror}); choose another port"
+                ) from None
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -154,10 +155,27 @@ async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> N
     with subprocess.Popen(
         [*CLI, "broker", "--port", str(port), "--create-topics", "--partitions", "2"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     ) as process:
         await _check_broker_process(process, port)
+        assert process.stderr is not None
+        err = process.stderr.read()
+    # Waiting for its own broker to start is no error: no client errors, no waiting notice.
+    assert "ERROR" not in err and "no Kafka broker answers" not in err, err
+
+
+async def test_broker_command_on_a_taken_port_says_so_at_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await asyncio.wait_for(_run("broker", "--port", str(port)), 20)
+    assert code == 2 and out == "", err
+    assert err == (
+        f"agentstream: expected a free port for the embedded broker, but 127.0.0.1:{port} is "
+        "taken (Address already in use); choose another port\n"
+    )
 
 
 async def _check_broker_process(process: subprocess.Popen[str], port: int) -> None:
