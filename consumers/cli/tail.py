@@ -88,7 +88,7 @@ def _printer(as_json: bool) -> Callable[[Any, Any], None]:
 
 def _show(args: argparse.Namespace, record: Any, show: Callable[[Any, Any], None]) -> bool:
     """Print ``record`` if it passes the filters; whether it did."""
-    from agentstream.schemas import DecodeError, decode_record, header, matches
+    from agentstream.schemas import DecodeError, RecordLocation, decode_record, header, matches
 
     session = args.session.encode() if args.session else None
     agent = args.agent.encode() if args.agent else None
@@ -102,7 +102,8 @@ def _show(args: argparse.Namespace, record: Any, show: Callable[[Any, Any], None
     try:
         event = decode_record(record.value, record.headers)
     except DecodeError as exc:
-        print(f"# undecodable record {exc}", file=sys.stderr)
+        where = RecordLocation(record.topic, record.partition, record.offset)
+        print(f"# undecodable record {exc.at(where)}", file=sys.stderr)
         return False
     if not matches(args.type, event.type):
         return False

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 
-from support.produce import produce_events
+from support.produce import produce_events, produce_raw
 from support.runtime import read_records, running_consumer, service_settings, wait_until
 from support.samples import sample_event
 
@@ -56,6 +57,15 @@ async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -
     assert code == 0, out
     shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [e["type"] for e in shown] == ["tool.called", "message.received"]
+
+
+async def test_tail_says_where_an_undecodable_record_is(kafka_settings: KafkaSettings) -> None:
+    events = kafka_settings.routing().events
+    await produce_raw(kafka_settings, events, b"not json", key=b"s")
+    code, out = await _cli(kafka_settings, "tail", "--from-beginning", "--no-follow", "--json")
+    assert code == 0, out
+    assert "# undecodable record expected json encoding of an event" in out, out
+    assert re.search(rf"\(at {re.escape(events)}\[\d+\]@0\)$", out, re.MULTILINE), out
 
 
 async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
