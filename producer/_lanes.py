@@ -32,6 +32,8 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder as _FastBuilder
 
+from agentstream.schemas.errors import describe
+
 from ._records import _Lane, _PublisherState, _Record
 
 _MAX_ATTEMPTS_UNKNOWN_ERROR = 5
@@ -183,7 +185,7 @@ class _Lanes(_PublisherState):
         if _retriable(exc) or (
             not _permanent(exc) and taken[0].attempts < _MAX_ATTEMPTS_UNKNOWN_ERROR
         ):
-            self.metrics.last_error = f"sending to {where}: {type(exc).__name__}: {exc}"
+            self.metrics.last_error = f"sending to {where}: {describe(exc)}"
             self._warn(
                 "retry:" + where,
                 "batch of %d events to %s failed (%r); retrying, later events of the partition "

@@ -19,7 +19,7 @@ from aiokafka.errors import (
     UnsupportedVersionError,
 )
 
-from agentstream.schemas.errors import AgentstreamError, ConfigurationError
+from agentstream.schemas.errors import AgentstreamError, ConfigurationError, describe
 from agentstream.schemas.settings import KafkaSettings
 
 from ._overflow import _Overflow
@@ -94,7 +94,7 @@ class _Sender(_Overflow):
                         ConfigurationError(
                             "enable_idempotence=True, but the broker at "
                             f"{self.settings.bootstrap_servers} rejected InitProducerId "
-                            f"({type(exc).__name__}: {exc}); an idempotent producer needs a broker "
+                            f"({describe(exc)}); an idempotent producer needs a broker "
                             "that supports it (Apache Kafka does, the embedded broker does not). "
                             "Set AGENTSTREAM_ENABLE_IDEMPOTENCE=false or use such a broker."
                         )
@@ -130,7 +130,7 @@ class _Sender(_Overflow):
     async def _describe_connect_failure(self, exc: BaseException) -> str:
         servers = self.settings.bootstrap_servers
         protocol = self.settings.security_protocol
-        text = f"cannot connect to Kafka at {servers} ({protocol}): {type(exc).__name__}: {exc}"
+        text = f"cannot connect to Kafka at {servers} ({protocol}): {describe(exc)}"
         context = self.settings.ssl_context()
         if context is None:
             return text

@@ -48,6 +48,16 @@ class AgentstreamError(Exception):
         return clone
 
 
+def describe(exc: BaseException) -> str:
+    """``"ClassName: message"`` for an error, once: aiokafka's errors already start their text
+    with the class name, where Python's own (``OSError``, ``ValueError``) do not."""
+    name = type(exc).__name__
+    text = str(exc)
+    if text == name or text.startswith(f"{name}: "):
+        return text
+    return f"{name}: {text}" if text else name
+
+
 class ConfigurationError(AgentstreamError):
     """A setting or argument cannot work (wrong value, missing dependency)."""
 

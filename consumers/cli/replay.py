@@ -72,7 +72,7 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
 
     from agentstream.schemas import encode_event, event_headers, record_key
     from agentstream.schemas.admin import start_client, wait_for_broker
-    from agentstream.schemas.errors import AgentstreamError
+    from agentstream.schemas.errors import AgentstreamError, describe
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
@@ -92,7 +92,7 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
     except KafkaError as exc:  # no such topic (and no auto-creation), no rights, ...
         raise AgentstreamError(
             f"expected topic {topic} at {settings.bootstrap_servers} to take the session's "
-            f"{len(events)} events, got {type(exc).__name__}: {exc} (create the topic first "
+            f"{len(events)} events, got {describe(exc)} (create the topic first "
             "if the cluster does not create topics on use)"
         ) from None
     finally:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from agentstream.consumers.runtime.retry import backoff_seconds
+from agentstream.schemas.errors import describe
 
 from .metrics import TracingMetrics
 from .otlp import encode
@@ -242,7 +243,7 @@ class OtlpHttpExporter:
                 error=f"HTTP {exc.code}",
             )
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            return PostResult(status=0, error=f"{type(exc).__name__}: {exc}")
+            return PostResult(status=0, error=describe(exc))
 
     # --- outcomes ---------------------------------------------------------------------------
 

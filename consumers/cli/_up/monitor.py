@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from agentstream.schemas.admin import stop_client
 from agentstream.schemas.envelope import Event
+from agentstream.schemas.errors import describe
 from agentstream.schemas.settings import KafkaSettings
 
 from .processes import Child
@@ -158,7 +159,7 @@ class Monitor:
             sums = metric_sums(body)
         except (OSError, TimeoutError, ValueError, IndexError) as exc:
             state.scrapes_failed += 1
-            state.last_error = f"{type(exc).__name__}: {exc}"
+            state.last_error = describe(exc)
             return
         state.scrapes_ok += 1
         state.last_error = None
