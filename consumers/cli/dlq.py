@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ._common import add_kafka_arguments, kafka_settings_from
@@ -20,7 +21,7 @@ def register(commands: Any) -> None:
     listing.set_defaults(func=run_list, quiet_client_logs=True)
     show = actions.add_parser("show", help="one dead letter in full: headers and decoded value")
     add_kafka_arguments(show)
-    show.add_argument("ref", metavar="PARTITION:OFFSET", help="as printed by `dlq list`")
+    show.add_argument("ref", type=_ref, metavar="PARTITION:OFFSET", help="as printed by `dlq list`")
     show.set_defaults(func=run_show, quiet_client_logs=True)
     replay = actions.add_parser(
         "replay", help="send dead letters back to their original topic (key, value, headers)"
@@ -28,10 +29,26 @@ def register(commands: Any) -> None:
     add_kafka_arguments(replay)
     replay.add_argument("--service", help="only this service's dead letters")
     replay.add_argument(
-        "--offset", action="append", metavar="PARTITION:OFFSET", help="this one (repeatable)"
+        "--offset",
+        action="append",
+        type=_ref,
+        metavar="PARTITION:OFFSET",
+        help="this one (repeatable)",
     )
-    replay.add_argument("--all", action="store_true", help="every dead letter (with --service)")
+    replay.add_argument(
+        "--all", action="store_true", help="every dead letter (of --service, if given)"
+    )
     replay.set_defaults(func=run_replay, quiet_client_logs=True)
+
+
+def _ref(text: str) -> str:
+    """A dead letter's ``partition:offset``, as ``dlq list`` prints it."""
+    partition, _, offset = text.partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"expected PARTITION:OFFSET as `dlq list` prints it (3:17), got {text!r}"
+        )
+    return f"{int(partition)}:{int(offset)}"
 
 
 async def run_list(args: argparse.Namespace) -> int:
@@ -51,7 +68,7 @@ async def run_show(args: argparse.Namespace) -> int:
     letters = {info.ref: info for info in await list_dead_letters(kafka_settings_from(args))}
     info = letters.get(args.ref)
     if info is None:
-        print(f"no dead letter {args.ref} (see `agentstream dlq list`)")
+        print(f"no dead letter {args.ref} (see `agentstream dlq list`)", file=sys.stderr)
         return 1
     record = info.record
     print(f"dead letter {info.ref}\nkey: {record.key!r}\nheaders:")
@@ -81,6 +98,9 @@ async def run_replay(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigurationError(f"expected dead letters {sorted(missing)}, not found")
     for info, partition, offset in await replay(settings, letters):
-        print(f"replayed {info.ref} -> {info.topic}[{partition}]@{offset} ({info.type})")
+        target = f"group {info.group_id}" if info.group_id else "every group"
+        print(
+            f"replayed {info.ref} -> {info.topic}[{partition}]@{offset} ({info.type}) for {target}"
+        )
     print(f"{len(letters)} dead letter(s) replayed")
     return 0

@@ -217,7 +217,11 @@ class LoopService:
                 windows[tp] = Window(max(0, stop - self.settings.restore_window), stop)
         replayed = 0
         async for raw, event in read_window_events(
-            self.settings, windows, timeout_s=self.settings.restore_timeout_s, name="loops-restore"
+            self.settings,
+            windows,
+            timeout_s=self.settings.restore_timeout_s,
+            name="loops-restore",
+            group_id=self.consumer.group_id,
         ):
             if event.type in INPUT_TYPES:
                 self.detector.handle(event, raw.partition)  # findings: already alerted

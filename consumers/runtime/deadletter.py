@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from agentstream.schemas.errors import BatchDeadLetter
 
@@ -19,6 +20,10 @@ from .record import Record
 
 ERROR_PREFIX = "agentstream.errors."
 REPLAYED_FROM = "agentstream.replayed.from"
+REPLAYED_FOR = "agentstream.replayed.for"
+"""First header of a record ``agentstream dlq replay`` sent back: the consumer group that
+dead-lettered it. Only that group handles the record; every other group skips it (it had
+handled the original already), so a replay never counts an event twice elsewhere."""
 STACKTRACE_LIMIT = 8_192
 MESSAGE_LIMIT = 2_048
 
@@ -34,6 +39,12 @@ H_STACKTRACE = ERROR_PREFIX + "exception.stacktrace"
 H_TIMESTAMP = ERROR_PREFIX + "timestamp"
 H_ATTEMPTS = ERROR_PREFIX + "attempts"
 H_REASON = ERROR_PREFIX + "reason"
+
+
+def replayed_for_another(headers: Any, group: bytes) -> bool:
+    """Whether a record is a replay addressed to a group other than ``group``."""
+    return bool(headers) and headers[0][0] == REPLAYED_FOR and headers[0][1] != group
+
 
 REASON_UNDECODABLE = "undecodable"
 REASON_RETRIES_EXHAUSTED = "retries exhausted"

@@ -14,12 +14,14 @@ from agentstream.schemas.admin import start_client
 from agentstream.schemas.settings import KafkaSettings
 
 from .deadletter import (
+    H_GROUP,
     H_HANDLER,
     H_OFFSET,
     H_PARTITION,
     H_REASON,
     H_SERVICE,
     H_TOPIC,
+    REPLAYED_FOR,
     REPLAYED_FROM,
     original_headers,
 )
@@ -39,6 +41,7 @@ class DeadLetterInfo:
     offset: int
     timestamp_ms: int
     service: str
+    group_id: str
     handler: str
     reason: str
     topic: str
@@ -55,6 +58,7 @@ class DeadLetterInfo:
             offset=record.offset,
             timestamp_ms=record.timestamp,
             service=_text(h, H_SERVICE),
+            group_id=_text(h, H_GROUP),
             handler=_text(h, H_HANDLER),
             reason=_text(h, H_REASON),
             topic=_text(h, H_TOPIC),
@@ -90,9 +94,16 @@ async def list_dead_letters(
 
 
 def replay_headers(info: DeadLetterInfo, dlq_topic: str) -> list[tuple[str, bytes]]:
-    """The original headers, without error headers, plus where the replay came from."""
-    kept = [(k, v) for k, v in original_headers(info.record.headers) if k != REPLAYED_FROM]
-    return [*kept, (REPLAYED_FROM, f"{dlq_topic}[{info.partition}]@{info.offset}".encode())]
+    """The original headers, without error headers, plus where the replay came from and,
+    first, the group it is for (the one that dead-lettered it; see :data:`REPLAYED_FOR`)."""
+    kept = [
+        (k, v)
+        for k, v in original_headers(info.record.headers)
+        if k not in (REPLAYED_FROM, REPLAYED_FOR)
+    ]
+    target = [(REPLAYED_FOR, info.group_id.encode())] if info.group_id else []
+    source = (REPLAYED_FROM, f"{dlq_topic}[{info.partition}]@{info.offset}".encode())
+    return [*target, *kept, source]
 
 
 async def replay(

@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from agentstream.schemas import DecodeError, Event, header
 from agentstream.schemas.codec import announced_type_error, decode_event
 
-from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, Failure
+from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, REPLAYED_FOR, Failure
 from .dispatch import Dispatcher, bounded
 from .metrics import CONSUMED, FAILED, SKIPPED
 from .offsets import PartitionOffsets
@@ -68,6 +68,7 @@ class PartitionWorker:
         self._stopping = False
         self._batches: dict[BatchSubscription, _Batch] = {}
         self._types: dict[bytes, _Known] = {}  # by ce_type header value (see _lookup)
+        self._group = dispatcher.group_id.encode()  # replays for other groups are skipped
         self._consumed: dict[str, int] = {}  # counted here, added to the metric per chunk
         self._uncounted = 0
         self._task = asyncio.create_task(
@@ -177,7 +178,7 @@ class PartitionWorker:
         queue, with the error; else None, once the queue is empty or early when a batch is
         full or due (flushed next), or after :data:`YIELD_EVERY` records."""
         offsets, metrics, dispatcher = self.offsets, self._metrics, self._dispatcher
-        consumed, batches, types = self._consumed, self._batches, self._types
+        consumed, batches, types, group = self._consumed, self._batches, self._types, self._group
         popleft, encodings = queue.popleft, ENCODINGS
         due = self._next_deadline()  # the first batch deadline: awaited handlers may pass it
         left = YIELD_EVERY  # handlers that never await would keep the loop to this partition
@@ -196,6 +197,9 @@ class PartitionWorker:
                     content_type, typed_content = value, True
                     if typed:
                         break
+            if headers and headers[0][0] == REPLAYED_FOR and headers[0][1] != group:
+                self._skip_replay(raw.offset, announced)  # another group's replay, undecoded
+                continue
             event: Event | None = None
             if announced is None:  # no ce_type header (another producer): typed by its envelope
                 try:
@@ -271,6 +275,13 @@ class PartitionWorker:
             if not left:
                 return None
         return None
+
+    def _skip_replay(self, offset: int, announced: bytes | None) -> None:
+        """Release a record ``agentstream dlq replay`` sent back for another consumer group
+        (see :data:`~.deadletter.REPLAYED_FOR`): this group handled the original already."""
+        event_type = announced.decode("utf-8", "replace") if announced is not None else None
+        self._metrics.record(event_type, SKIPPED)
+        self.offsets.release(offset)
 
     def _lookup(self, topic: str, announced: bytes) -> _Known:
         """What the hot path needs to know of a ``ce_type`` value on this partition's topic:

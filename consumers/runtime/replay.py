@@ -28,6 +28,8 @@ from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import DecodeError, RecordLocation
 from agentstream.schemas.settings import KafkaSettings
 
+from .deadletter import replayed_for_another
+
 log = logging.getLogger("agentstream.consumers.runtime.replay")
 
 MAX_IDLE_FETCHES = 20
@@ -233,10 +235,15 @@ async def read_window_events(
     *,
     timeout_s: float | None = None,
     name: str = "replay",
+    group_id: str,
 ) -> AsyncGenerator[tuple[ConsumerRecord[bytes, bytes], Event], None]:
     """:func:`read_windows`, decoded as the live pass decodes (the envelope only; payloads
-    validate lazily). Records the live pass dead-lettered (undecodable) are left out."""
+    validate lazily). Records the live pass of group ``group_id`` left out are left out:
+    undecodable ones (dead-lettered) and replays sent back for another group."""
+    group = group_id.encode()
     async for record in read_windows(settings, windows, timeout_s=timeout_s, name=name):
+        if replayed_for_another(record.headers, group):
+            continue
         where = RecordLocation(record.topic, record.partition, record.offset)
         try:
             event = decode_record(record.value, record.headers, validate=False, where=where)

@@ -30,6 +30,7 @@ async def replay(
     *,
     window: int,
     timeout_s: float,
+    group_id: str,
 ) -> AsyncIterator[tuple[TopicPartition, Event]]:
     """The decodable events of ``[committed - window, committed)`` of each partition, in offset
     order per partition. Gives up (logged: the restore is partial) after ``timeout_s``."""
@@ -39,6 +40,6 @@ async def replay(
         if c is not None and c > 0 and window > 0
     }
     async for record, event in read_window_events(
-        settings, windows, timeout_s=timeout_s, name="tracing-restore"
+        settings, windows, timeout_s=timeout_s, name="tracing-restore", group_id=group_id
     ):
         yield TopicPartition(record.topic, record.partition), event

@@ -94,6 +94,7 @@ class TracingService:
                 committed,
                 window=self.settings.restore_window_records,
                 timeout_s=self.settings.restore_timeout_ms / 1000,
+                group_id=self.consumer.group_id,
             ):
                 # Turns finished inside the window were exported before their end record was
                 # committed: only the state of the turns still open is kept.

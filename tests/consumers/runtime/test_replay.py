@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from support.samples import sample_event
 
 from agentstream.consumers.runtime.replay import (
     Window,
@@ -13,8 +14,10 @@ from agentstream.consumers.runtime.replay import (
     high_watermarks,
     partitions_of,
     read_to_end,
+    read_window_events,
     read_windows,
 )
+from agentstream.schemas import encode_event, event_headers
 from agentstream.schemas.settings import KafkaSettings
 
 BATCHES = (5, 4, 6)  # records per produce batch, partition 0
@@ -91,3 +94,29 @@ async def test_committed_offsets_of_a_group(
     found = await committed_offsets(kafka_settings, unique_name, tps)
     assert found == {tps[0]: 7, tps[1]: 1, tps[2]: None}
     assert await committed_offsets(kafka_settings, unique_name, []) == {}
+
+
+async def test_window_events_leave_out_what_the_live_pass_of_the_group_left_out(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Undecodable records, and replays sent back for another group, as the live pass does."""
+    topic = kafka_settings.routing().events
+    event = sample_event("tool.called", 1)
+    value, headers = encode_event(event), event_headers(event)
+    replay_for = "agentstream.replayed.for"
+    producer = AIOKafkaProducer(**kafka_settings.producer_options())
+    await producer.start()
+    try:
+        for record_value, record_headers in (
+            (value, headers),
+            (b"not json", []),
+            (value, [(replay_for, b"other-group"), *headers]),
+            (value, [(replay_for, b"this-group"), *headers]),
+        ):
+            await producer.send_and_wait(topic, record_value, partition=0, headers=record_headers)
+    finally:
+        await producer.stop()
+    p0 = TopicPartition(topic, 0)
+    windows = {p0: Window(0, 4)}
+    read = [r async for r, _ in read_window_events(kafka_settings, windows, group_id="this-group")]
+    assert [r.offset for r in read] == [0, 3]

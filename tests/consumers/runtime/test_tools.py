@@ -101,11 +101,36 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
         assert code == 0, out
         assert "1 dead letter(s) replayed" in out
         await wait_until(lambda: len(seen) == 2, what="replayed event handled again")
+        assert f"for group {consumer.group_id}" in out
     records = await read_records(settings, settings.routing().events, 2)
     replayed = max(records, key=lambda r: r.timestamp)
     assert header(replayed.headers, "agentstream.replayed.from") is not None
+    assert replayed.headers[0] == ("agentstream.replayed.for", consumer.group_id.encode())
     assert not any(k.startswith("agentstream.errors.") for k, _ in replayed.headers)
     assert seen[1].event_id == seen[0].event_id
+
+    # Another group handled the original: the replay is not for it, so it is skipped.
+    bystander = EventConsumer(settings, service="bystander")
+    handled: list[Event] = []
+
+    @bystander.subscribe("tool.called")
+    async def count(event: Event) -> None:
+        handled.append(event)
+
+    def skipped() -> float:
+        labels = {"service": "bystander", "type": "tool.called", "outcome": "skipped"}
+        return bystander.registry.get_sample_value("agentstream_consumer_records_total", labels)
+
+    async with running_consumer(bystander):
+        await wait_until(lambda: skipped() == 1, what="the replay skipped by another group")
+    assert [e.seq for e in handled] == [7]
+
+
+async def test_dlq_refs_that_cannot_be_are_usage_errors(kafka_settings: KafkaSettings) -> None:
+    for args in (("replay", "--offset", "3:x"), ("show", "3-1")):
+        code, out = await _cli(kafka_settings, "dlq", *args)
+        assert code == 2, out
+        assert "expected PARTITION:OFFSET as `dlq list` prints it (3:17), got" in out, out
 
 
 async def test_tail_into_a_reader_that_stops_early_ends_quietly(
