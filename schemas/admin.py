@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from .errors import BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
@@ -187,11 +188,26 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return rows
 
 
+async def describe_topics(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> list[Any]:
+    """``admin.describe_topics(topics)`` that never creates one. aiokafka's asks the brokers
+    to create missing topics (MetadataRequest v4+ with ``allow_auto_topic_creation``, true
+    unless set), which Apache Kafka does under its default ``auto.create.topics.enable``, with
+    the broker's default partition count: a look at a topic that a service creates later
+    (the budget changelog) would fix its partitions wrongly for good. A missing topic comes
+    back with error code 3 (UNKNOWN_TOPIC_OR_PARTITION) and no partitions.
+
+    aiokafka's admin client has no public way to send the flag; ``_send_request`` is the
+    one its own ``describe_topics`` uses (aiokafka 0.11 to 0.14)."""
+    request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
+    response = await admin._send_request(request)
+    return list(response.to_object()["topics"])
+
+
 async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, str]:
     """``"exists"`` for each of ``topics``, or what differs in its partition count."""
     if not topics:
         return {}
-    described = await admin.describe_topics([t.name for t in topics])
+    described = await describe_topics(admin, [t.name for t in topics])
     counts = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
     outcome = {}
     for topic in topics:

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from agentstream.schemas.admin import start_client, stop_client
+from agentstream.schemas.admin import describe_topics, start_client, stop_client
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import DecodeError, RecordLocation
@@ -66,12 +66,12 @@ def reader(settings: KafkaSettings, name: str) -> AIOKafkaConsumer:
 
 
 async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, sorted; none when it does not exist (brokers that create
-    topics on demand, as the embedded one, create it)."""
+    """The partitions of ``topic``, sorted; none when it does not exist (never created here,
+    even by brokers that create topics on demand)."""
     admin = AIOKafkaAdminClient(**settings.admin_options())
     await start_client(admin, settings.broker_address())
     try:
-        described = await admin.describe_topics([topic])
+        described = await describe_topics(admin, [topic])
     finally:
         await admin.close()
     return sorted(

@@ -5,6 +5,7 @@ per partition: the embedded broker's ListOffsets(latest) answers the last batch'
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from support.samples import sample_event
 
@@ -120,3 +121,20 @@ async def test_window_events_leave_out_what_the_live_pass_of_the_group_left_out(
     windows = {p0: Window(0, 4)}
     read = [r async for r, _ in read_window_events(kafka_settings, windows, group_id="this-group")]
     assert [r.offset for r in read] == [0, 3]
+
+
+async def test_looking_at_a_missing_topic_does_not_create_it(
+    kafka_settings: KafkaSettings, unique_name: str
+) -> None:
+    """The embedded broker, like Apache Kafka with auto.create.topics.enable, creates topics
+    that a metadata request allowing it names: `budget show` before the budget service ever
+    ran created its changelog with the broker's default partitions, and the service then
+    refused to start."""
+    topic = f"{unique_name}.budget-changelog"
+    assert await partitions_of(kafka_settings, topic) == []
+    admin = AIOKafkaAdminClient(**kafka_settings.admin_options())
+    await admin.start()
+    try:
+        assert topic not in await admin.list_topics()
+    finally:
+        await admin.close()
