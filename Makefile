@@ -77,7 +77,7 @@ bench: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install)
 # Serial on purpose: each scenario measures memory and delays without others competing.
 CHAOS_ARGS ?=
 chaos: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install apt)
-	AGENTSTREAM_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(CHAOS_ARGS)
+	AGENTSTREAM_TEST_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(CHAOS_ARGS)
 	$(BENCH_PYTHON) tests/chaos/report.py
 
 # For working on agentstream itself: .venv-dev imports the source folders through a symlinked

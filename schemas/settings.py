@@ -13,11 +13,12 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 
 from __future__ import annotations
 
+import difflib
 import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_RECORD_BYTES
@@ -32,10 +33,14 @@ def kafka_option(*roles: Role, default: Any, description: str = "") -> Any:
     return Field(default=default, description=description, json_schema_extra={"kafka": list(roles)})
 
 
+PREFIX = "AGENTSTREAM_"
+"""Of every environment variable agentstream reads."""
+
+
 class KafkaSettings(BaseSettings):
     """Connection, security, producer and consumer options, and topic naming."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     # --- connection (every client) -------------------------------------------------------
     bootstrap_servers: str = kafka_option(
@@ -203,3 +208,45 @@ def _settings_classes() -> dict[str, type[KafkaSettings]]:
         found.setdefault(cls.__name__, cls)
         pending.extend(cls.__subclasses__())
     return found
+
+
+HARNESS_PREFIXES = ("AGENTSTREAM_TEST_", "AGENTSTREAM_REQUIRE_")
+"""Variables of the test suite (``make test``, ``.ci/run``), not settings of a process."""
+
+
+def unread_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``AGENTSTREAM_*`` variable of ``environ`` that no settings class
+    imported so far reads, with the closest name one reads. pydantic-settings ignores what
+    it does not know, so a misspelt ``AGENTSTREAM_BOOTSTRAP_SERVER`` would otherwise leave
+    the default in force without a word."""
+    known: set[str] = set()
+    for cls in _settings_classes().values():
+        known.update(_environment_names(cls))
+    suffixes = [name[len(PREFIX) :] for name in known if name.startswith(PREFIX)]
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(PREFIX) or name in known:
+            continue
+        if name.startswith(HARNESS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name[len(PREFIX) :], suffixes, n=1, cutoff=0.75)
+        hint = f" (did you mean {PREFIX}{close[0]}?)" if close else ""
+        lines.append(f"{variable} is set, but no agentstream setting reads it{hint}")
+    return lines
+
+
+def _environment_names(cls: type[KafkaSettings]) -> set[str]:
+    """The environment variables ``cls`` reads (case-insensitively): ``<prefix><FIELD>``, or
+    a field's alias names instead."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    names = set()
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{name}".upper())
+    return names

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from agentstream.schemas.errors import AgentstreamError
-from agentstream.schemas.settings import settings_error
+from agentstream.schemas.settings import settings_error, unread_variables
 
 
 def command_modules() -> list[str]:
@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A command that reads or writes a few records, for a person or a pipe: aiokafka's
         # group and subscription notices are noise there (services keep them).
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    _warn_unread_variables()
     try:
         result = args.func(args)
         if inspect.iscoroutine(result):
@@ -74,6 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     return int(result or 0)
+
+
+def _warn_unread_variables() -> None:
+    """Say which ``AGENTSTREAM_*`` variables no process reads (typos): a deployment often
+    gives all its services one environment, so any service's settings count as read."""
+    lines = unread_variables(os.environ)
+    if lines:
+        from agentstream.consumers.runtime.runner import import_services
+
+        import_services()
+        lines = unread_variables(os.environ)
+    for line in lines:
+        logging.getLogger("agentstream.settings").warning(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

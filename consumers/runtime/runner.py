@@ -52,6 +52,14 @@ def available_services() -> list[str]:
     return sorted(names)
 
 
+def import_services() -> None:
+    """Import every built-in service (their settings classes with them), skipping one whose
+    optional dependencies are not installed."""
+    for name in available_services():
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"{consumers_package.__name__}.{name}.service")
+
+
 def load_service(name: str) -> ServiceSpec[Any]:
     """The spec of service ``name``, or of ``module:attribute``."""
     if ":" in name:

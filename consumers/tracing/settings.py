@@ -20,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from agentstream.consumers.runtime import ServiceSettings
 from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import PREFIX
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 TRACES_PATH = "/v1/traces"
@@ -32,9 +33,7 @@ def _env(*names: str) -> AliasChoices:
 class TracingSettings(ServiceSettings):
     """``agentstream consume tracing``: assembly limits, export target, restore window."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="AGENTSTREAM_", extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", populate_by_name=True)
 
     http_port: int = 9105
 

@@ -3,7 +3,7 @@
 #
 #   tests/peers/ensure_venv.sh <name> <pip requirement>...
 #
-# The venv lives in ${AGENTSTREAM_PEERS_DIR:-$HOME/.cache/agentstream/peers}/<name>, shared by
+# The venv lives in ${AGENTSTREAM_TEST_PEERS_DIR:-$HOME/.cache/agentstream/peers}/<name>, shared by
 # every clone of the repository. It is (re)built only when it is missing or when the requested
 # requirements differ from the ones recorded in its stamp file, so repeated runs cost nothing.
 # Prints the venv path on the last line of standard output.
@@ -19,7 +19,7 @@ case "$name" in
   */*|.*|"") echo "ensure_venv.sh: expected a plain name, got '$name'" >&2; exit 2 ;;
 esac
 
-peers_dir=${AGENTSTREAM_PEERS_DIR:-$HOME/.cache/agentstream/peers}
+peers_dir=${AGENTSTREAM_TEST_PEERS_DIR:-$HOME/.cache/agentstream/peers}
 venv="$peers_dir/$name"
 stamp="$venv/.agentstream-requirements"
 wanted=$(printf '%s\n' "$@")

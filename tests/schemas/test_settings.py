@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from agentstream.schemas.errors import ConfigurationError
-from agentstream.schemas.settings import KafkaSettings, settings_error
+from agentstream.schemas.settings import KafkaSettings, settings_error, unread_variables
 
 
 def test_env_prefix_and_aiokafka_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,3 +138,23 @@ def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
         "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
         "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
     )
+
+
+def test_variables_no_setting_reads_are_named_with_the_closest_one() -> None:
+    environ = {
+        "AGENTSTREAM_BOOTSTRAP_SERVER": "kafka:9092",  # the S is missing
+        "agentstream_topic_prefx": "fleet",  # read case-insensitively, so checked so too
+        "AGENTSTREAM_WHATEVER": "1",
+        "AGENTSTREAM_BOOTSTRAP_SERVERS": "kafka:9092",
+        "agentstream_linger_ms": "5",
+        "AGENTSTREAM_TEST_BOOTSTRAP": "x",  # the test suite's own
+        "AGENTSTREAM_REQUIRE_POSTGRES": "1",
+        "PATH": "/bin",
+    }
+    assert unread_variables(environ) == [
+        "AGENTSTREAM_BOOTSTRAP_SERVER is set, but no agentstream setting reads it "
+        "(did you mean AGENTSTREAM_BOOTSTRAP_SERVERS?)",
+        "AGENTSTREAM_WHATEVER is set, but no agentstream setting reads it",
+        "agentstream_topic_prefx is set, but no agentstream setting reads it "
+        "(did you mean AGENTSTREAM_TOPIC_PREFIX?)",
+    ]

@@ -19,10 +19,10 @@ from aiokafka.structs import TopicPartition
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
 
-FULL = os.environ.get("AGENTSTREAM_CHAOS", "").lower() == "full"
+FULL = os.environ.get("AGENTSTREAM_TEST_CHAOS", "").lower() == "full"
 RESULTS_DIR = Path(
     os.environ.get(
-        "AGENTSTREAM_CHAOS_RESULTS", Path(__file__).resolve().parents[1] / "chaos" / "results"
+        "AGENTSTREAM_TEST_CHAOS_RESULTS", Path(__file__).resolve().parents[1] / "chaos" / "results"
     )
 )
 CALLS_PER_TURN = 5
@@ -39,7 +39,7 @@ FAST_GROUP_ENV = {
 
 
 def size(small: int, full: int) -> int:
-    """``full`` when ``AGENTSTREAM_CHAOS=full`` (``make chaos``), else ``small`` (``make test``)."""
+    """``full`` with ``AGENTSTREAM_TEST_CHAOS=full`` (``make chaos``), else ``small``."""
     return full if FULL else small
 
 

@@ -241,3 +241,18 @@ def test_counts_and_durations_out_of_range_are_usage_errors(
         build_parser().parse_args(argv)
     assert exited.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+async def test_a_misspelt_variable_is_named_and_other_services_variables_are_not() -> None:
+    env = {
+        "AGENTSTREAM_BOOTSTRAP_SERVER": "kafka:9092",
+        "AGENTSTREAM_STORE": "sqlite:///x.db",  # persistence's, in an environment shared by all
+        "AGENTSTREAM_OTLP_ENDPOINT": "http://collector:4318/v1/traces",  # tracing's
+    }
+    code, _, err = await _run("schemas", "export", "--check", "--out", str(PACKAGED_DIR), env=env)
+    assert code == 0, err
+    warnings = [line.split(" ", 2)[2] for line in err.splitlines()]
+    assert warnings == [
+        "WARNING agentstream.settings: AGENTSTREAM_BOOTSTRAP_SERVER is set, but no agentstream "
+        "setting reads it (did you mean AGENTSTREAM_BOOTSTRAP_SERVERS?)"
+    ], err

@@ -77,7 +77,7 @@ def otlp_receiver() -> Iterator[Receiver]:
 
 def peers_dir() -> Path:
     default = Path.home() / ".cache" / "agentstream" / "peers"
-    return Path(os.environ.get("AGENTSTREAM_PEERS_DIR", default))
+    return Path(os.environ.get("AGENTSTREAM_TEST_PEERS_DIR", default))
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ PEER_MODULES = ("xerxes", "msgspec", "aiokafka", "pydantic_settings", "prometheu
 
 def peers_dir() -> Path:
     default = Path.home() / ".cache" / "agentstream" / "peers"
-    return Path(os.environ.get("AGENTSTREAM_PEERS_DIR", default))
+    return Path(os.environ.get("AGENTSTREAM_TEST_PEERS_DIR", default))
 
 
 @pytest.fixture(scope="session")
