@@ -240,7 +240,7 @@ def _environment_names(cls: type[KafkaSettings]) -> set[str]:
     """The environment variables ``cls`` reads (case-insensitively): ``<prefix><FIELD>``, or
     a field's alias names instead."""
     prefix = str(cls.model_config.get("env_prefix") or "")
-    names = set()
+    names: set[str] = set()
     for name, field in cls.model_fields.items():
         alias = field.validation_alias
         if isinstance(alias, AliasChoices):
