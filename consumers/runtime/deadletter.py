@@ -41,16 +41,17 @@ H_ATTEMPTS = ERROR_PREFIX + "attempts"
 H_REASON = ERROR_PREFIX + "reason"
 
 
-def replayed_for_another(headers: Any, group: bytes) -> bool:
-    """Whether a record is a replay addressed to a group other than ``group``."""
-    return bool(headers) and headers[0][0] == REPLAYED_FOR and headers[0][1] != group
-
-
 REASON_UNDECODABLE = "undecodable"
 REASON_RETRIES_EXHAUSTED = "retries exhausted"
 
 DECODE_HANDLER = "<decode>"
 """The handler name in dead letters of records that could not be decoded."""
+
+
+def replayed_for_another(headers: Any, group: bytes) -> bool:
+    """Whether a record is a replay addressed to a group other than ``group`` (the partition
+    worker's hot loop inlines this test)."""
+    return bool(headers) and headers[0][0] == REPLAYED_FOR and headers[0][1] != group
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ class PartitionWorker:
                     if typed:
                         break
             if headers and headers[0][0] == REPLAYED_FOR and headers[0][1] != group:
-                self._skip_replay(raw.offset, announced)  # another group's replay, undecoded
+                self._skip_replay(raw.offset, announced)  # replayed_for_another, inlined
                 continue
             event: Event | None = None
             if announced is None:  # no ce_type header (another producer): typed by its envelope
