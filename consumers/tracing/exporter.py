@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from agentstream.consumers.runtime.retry import backoff_seconds
+from agentstream.consumers.runtime.throttle import ThrottledWarning
 from agentstream.schemas.errors import describe
 
 from .metrics import TracingMetrics
@@ -82,6 +83,7 @@ class OtlpHttpExporter:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Item] = []
         self._closing = False
+        self._failures = ThrottledWarning(log, "tracing export", "spans dropped")
 
     @property
     def queued_spans(self) -> int:
@@ -184,6 +186,7 @@ class OtlpHttpExporter:
         while True:
             result = await asyncio.to_thread(self._post, body)
             if 200 <= result.status < 300:
+                self._failures.recovered(f"{self.target.endpoint} accepts spans again")
                 self._delivered(batch, result.body)
                 return
             self.metrics.export_failures.inc()
@@ -199,12 +202,11 @@ class OtlpHttpExporter:
                 self._drop(batch, "rejected")
                 return
             if attempt >= self.policy.max_retries or self._closing:
-                log.warning(
-                    "tracing export: %s failed %d times (last: %s), %d spans dropped",
-                    self.target.endpoint,
-                    attempt + 1,
-                    result.error or f"HTTP {result.status}",
-                    sum(i.spans for i in batch),
+                spans = sum(i.spans for i in batch)
+                self._failures.failed(
+                    f"{self.target.endpoint} failed {attempt + 1} times "
+                    f"(last: {result.error or f'HTTP {result.status}'}), {spans} spans dropped",
+                    spans,
                 )
                 self._drop(batch, "export_failed")
                 return
