@@ -14,6 +14,7 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 from __future__ import annotations
 
 import difflib
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -228,12 +229,26 @@ def unread_variables(environ: Mapping[str, str]) -> list[str]:
         name = variable.upper()
         if not name.startswith(PREFIX) or name in known:
             continue
-        if name.startswith(HARNESS_PREFIXES):
+        if name.startswith(HARNESS_PREFIXES) or _service_link(name, environ[variable]):
             continue
         close = difflib.get_close_matches(name[len(PREFIX) :], suffixes, n=1, cutoff=0.75)
         hint = f" (did you mean {PREFIX}{close[0]}?)" if close else ""
         lines.append(f"{variable} is set, but no agentstream setting reads it{hint}")
     return lines
+
+
+_SERVICE_LINK = re.compile(
+    r"_SERVICE_HOST$|_SERVICE_PORT(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?$"
+)
+
+
+def _service_link(name: str, value: str) -> bool:
+    """Whether ``name`` is one of the variables Kubernetes gives every pod for each Service
+    of its namespace (``AGENTSTREAM_METRICS_SERVICE_HOST``, ``AGENTSTREAM_METRICS_PORT=
+    tcp://10.0.0.7:9104``, ...) unless the pod sets ``enableServiceLinks: false``."""
+    if _SERVICE_LINK.search(name):
+        return True
+    return name.endswith("_PORT") and value.startswith(("tcp://", "udp://", "sctp://"))
 
 
 def _environment_names(cls: type[KafkaSettings]) -> set[str]:
