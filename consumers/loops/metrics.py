@@ -23,6 +23,12 @@ class LoopMetrics:
             ["kind"],
             registry=registry,
         )
+        self.stale_directives = Counter(
+            "agentstream_loop_stale_directives_skipped_total",
+            "Pause directives not sent: the triggering event was older than control_max_age_s "
+            "(a backlog caught up).",
+            registry=registry,
+        )
         self.duplicates = Counter(
             "agentstream_loop_duplicate_alerts_skipped_total",
             "Alerts not published because the alerts topic already held them (after a restart).",

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +78,12 @@ class LoopSettings(ServiceSettings):
     )
     control_directives: bool = Field(
         default=True, description="Publish control.agent.paused on critical findings."
+    )
+    control_max_age_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="No pause directive for a finding whose triggering event is older than "
+        "this (a backlog caught up after an outage: the session has moved on); 0: no limit.",
     )
     webhook_url: str | None = Field(default=None, description="POST each alert here (JSON).")
     webhook_format: Literal["json", "slack"] = Field(
@@ -159,16 +166,13 @@ class LoopService:
     async def publish(self, finding: Finding, trigger: Event) -> None:
         alert = alert_event(finding, trigger)
         if finding.repeat:  # the agent went on after the block: remind its pod
-            if self.settings.control_directives:
-                await self.consumer.send(self.routing.control, pause_directive(finding, alert))
-                self.metrics.alerts.labels("control").inc()
+            await self._direct(finding, alert, trigger)
             return
         if alert.event_id in self.published:
             self.metrics.duplicates.inc()
             return
-        if finding.critical and self.settings.control_directives:
-            await self.consumer.send(self.routing.control, pause_directive(finding, alert))
-            self.metrics.alerts.labels("control").inc()
+        if finding.critical:
+            await self._direct(finding, alert, trigger)
         await self.consumer.send(self.routing.alerts, alert)
         self.published.add(alert.event_id)
         self.metrics.alerts.labels("block" if finding.critical else "warning").inc()
@@ -176,6 +180,19 @@ class LoopService:
         log.info("%s (agent %s, scope %s)", finding.describe(), trigger.agent_id, finding.scope)
         if self.webhook is not None:
             self.webhook.notify(alert)
+
+    async def _direct(self, finding: Finding, alert: Event, trigger: Event) -> None:
+        """Send the pause directive of a critical finding, unless directives are off or the
+        triggering event is older than ``control_max_age_s`` (counted, not sent)."""
+        if not self.settings.control_directives:
+            return
+        max_age = self.settings.control_max_age_s
+        if max_age and (datetime.now(UTC) - trigger.timestamp).total_seconds() > max_age:
+            self.metrics.stale_directives.inc()
+            log.debug("no pause directive for %s: its trigger is too old", finding.describe())
+            return
+        await self.consumer.send(self.routing.control, pause_directive(finding, alert))
+        self.metrics.alerts.labels("control").inc()
 
     # --- assignment --------------------------------------------------------------------------
 
@@ -310,6 +327,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="do not publish control.agent.paused on critical findings",
+    )
+    parser.add_argument(
+        "--control-max-age-s",
+        type=float,
+        metavar="S",
+        help="no directive when the triggering event is older (default 600; 0: no limit)",
     )
 
 

@@ -9,9 +9,11 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
+import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -211,6 +213,35 @@ async def _findings_publish_alerts_and_a_pause_directive(
     assert sample("agentstream_loop_webhook_deliveries_total", {"outcome": "delivered"}) == 5
     assert all(set(body) == {"text"} for body in bodies)
     assert sum("BLOCK" in body["text"] for body in bodies) == 3
+
+
+async def test_a_backlog_of_old_events_alerts_but_pauses_no_agent(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A loop found while catching up a backlog ended long ago: its alerts are published, but
+    no pause directive (the agent may be running a new session now); fresh loops still get one."""
+    settings = loop_settings(kafka_settings, control_max_age_s=600)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    old = [msgspec.structs.replace(search("s-old"), timestamp=hour_ago) for _ in range(5)]
+    fresh = [search("s-fresh") for _ in range(5)]
+    async with loops_service(settings) as service:
+        await produce_events(settings, old + fresh)
+        await wait_until(lambda: all_processed(settings, 10), what="all processed")
+        alerts = await records_of(settings, settings.routing().alerts, at_least=4)
+        controls = await records_of(settings, settings.routing().control)
+        sample = service.consumer.registry.get_sample_value
+        assert sample("agentstream_loop_stale_directives_skipped_total") == 1
+    assert findings(alerts) == collections.Counter(
+        {
+            (session, kind, "same_call", level): 1
+            for session in ("s-old", "s-fresh")
+            for kind, level in (
+                ("audit.tool_loop_warning", "warning"),
+                ("audit.tool_loop_block", "critical"),
+            )
+        }
+    )
+    assert [e.session_id for _, e in controls] == ["s-fresh"]
 
 
 def assert_each_finding_once(alerts: list[tuple[bytes | None, Event]], sessions: list[str]) -> None:

@@ -48,6 +48,8 @@ def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
             "--max-calls",
             "0",
             "--no-control",
+            "--control-max-age-s",
+            "30",
             "--webhook-url",
             "http://hooks.local/x",
             "--webhook-format",
@@ -56,7 +58,7 @@ def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
     )
     given = {k: v for k, v in vars(args).items() if v is not None}
     settings = LoopSettings(**given)
-    assert settings.control_directives is False
+    assert settings.control_directives is False and settings.control_max_age_s == 30
     assert settings.webhook_format == "slack"
     config = settings.loop_config()
     assert config.defaults == LoopThresholds(same_call_warning=4, max_calls=0)
