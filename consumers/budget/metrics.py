@@ -22,6 +22,12 @@ class BudgetMetrics:
             ["scope_kind"],
             registry=registry,
         )
+        self.stale_directives = Counter(
+            "agentstream_budget_stale_directives_skipped_total",
+            "Pause directives not sent: the exceeding event was older than "
+            "budget_pause_max_age_s (a backlog caught up).",
+            registry=registry,
+        )
         self.tokens = Counter(
             "agentstream_budget_tokens_total",
             "Tokens counted into session budgets, by source (reported usage or estimate).",

@@ -53,6 +53,12 @@ class BudgetSettings(ServiceSettings):
     budget_pause_on_exceeded: bool = Field(
         default=False, description="Also publish control.agent.paused on every exceedance."
     )
+    budget_pause_max_age_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="No pause directive for an exceedance caused by an event older than this "
+        "(a backlog caught up after an outage); 0: no limit.",
+    )
     budget_session_idle_hours: float = Field(
         default=24.0, gt=0, description="Forget a session this long after its last event."
     )
@@ -92,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="publish control.agent.paused for the agent on every exceedance",
+    )
+    parser.add_argument(
+        "--pause-max-age-s",
+        dest="budget_pause_max_age_s",
+        type=float,
+        metavar="S",
+        help="no directive when the exceeding event is older (default 600; 0: no limit)",
     )
 
 
@@ -147,6 +160,7 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
             metrics=metrics,
             publish=writer.send_events,
             pause_on_exceeded=settings.budget_pause_on_exceeded,
+            pause_max_age_s=settings.budget_pause_max_age_s,
             session_idle=timedelta(hours=settings.budget_session_idle_hours),
             keep_days=settings.budget_keep_days,
         )

@@ -121,6 +121,7 @@ class Stage:
         metrics: BudgetMetrics,
         publish: Publish,
         pause_on_exceeded: bool = False,
+        pause_max_age_s: float = 600.0,
         session_idle: timedelta = timedelta(hours=24),
         keep_days: int = 2,
         evict_every_s: float = 60.0,
@@ -134,6 +135,7 @@ class Stage:
         self.metrics = metrics
         self.publish = publish
         self.pause_on_exceeded = pause_on_exceeded
+        self.pause_max_age_s = pause_max_age_s
         self.session_idle = session_idle
         self.keep_days = keep_days
         self.evict_every_s = evict_every_s
@@ -232,7 +234,7 @@ class Stage:
         directives = [
             (self.routing.control, pause_directive(s))
             for s in signals
-            if s.event_id in published and self.pause_on_exceeded and s.level is Level.EXCEEDED
+            if s.event_id in published and self._pauses(s)
         ]
         await self._publish(missing, extra=directives)  # directives: idempotent, sent again
         for state in states:
@@ -337,6 +339,18 @@ class Stage:
             self._written[partition] = max(self._written.get(partition, -1), last)
             self.metrics.changelog_records.labels(self.name).inc(len(states) + len(gone))
 
+    def _pauses(self, signal: Signal) -> bool:
+        """Whether ``signal`` earns a pause directive: an exceedance, with ``pause_on_exceeded``,
+        caused by an event at most ``pause_max_age_s`` old (older: a backlog being caught up,
+        whose agent has moved on; counted, not sent)."""
+        if not self.pause_on_exceeded or signal.level is not Level.EXCEEDED:
+            return False
+        max_age_ms = self.pause_max_age_s * 1000
+        if max_age_ms and self.ledger.clock().timestamp() * 1000 - signal.ts_ms > max_age_ms:
+            self.metrics.stale_directives.inc()
+            return False
+        return True
+
     async def _publish(
         self, signals: list[Signal], *, extra: list[tuple[str, Event]] | None = None
     ) -> None:
@@ -344,7 +358,7 @@ class Stage:
         events = list(extra or ())
         for signal in signals:
             events.append((self.routing.alerts, signal_event(signal)))
-            if self.pause_on_exceeded and signal.level is Level.EXCEEDED:
+            if self._pauses(signal):
                 events.append((self.routing.control, pause_directive(signal)))
         if not events:
             return

@@ -52,7 +52,9 @@ async def test_warning_then_exceeded_once_each_across_partitions(
 ) -> None:
     config = tmp_path / "budget.toml"
     config.write_text(CONFIG)
-    settings = budget_settings(kafka_settings, config, budget_pause_on_exceeded=True)
+    settings = budget_settings(  # the events are of a fixed day: no age limit on directives
+        kafka_settings, config, budget_pause_on_exceeded=True, budget_pause_max_age_s=0
+    )
     consumer = EventConsumer(settings, service=SERVICE.name)
     events = three_sessions()
     async with SERVICE.setup(consumer, settings) as service:

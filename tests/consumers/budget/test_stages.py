@@ -136,6 +136,22 @@ async def test_a_failed_publish_keeps_the_signal_pending_and_the_retry_sends_it_
     assert state.tokens == 20
 
 
+async def test_no_pause_for_an_exceedance_caught_up_long_after() -> None:
+    """A backlog read after an outage: the alerts go out, the directive only while fresh."""
+    config = BudgetConfig(session=Limits(tokens=10))
+    for late, directive in ((timedelta(minutes=9), True), (timedelta(minutes=11), False)):
+        recorder = Recorder()
+        sessions = stage(
+            SessionStage, recorder, config, clock=T0 + late, pause_on_exceeded=True
+        )  # the default pause_max_age_s: 600 s
+        await sessions.handle(records([llm(20, 0)]))  # at T0
+        sent = [step[1][1] for step in recorder.steps if step[0] == "send"]
+        expected = ["budget.warning", "budget.exceeded"]
+        assert sent == expected + (["control.agent.paused"] if directive else [])
+        [family] = sessions.metrics.stale_directives.collect()
+        assert family.samples[0].value == (0 if directive else 1)
+
+
 async def test_a_failed_repartition_send_is_retried_before_the_changelog() -> None:
     recorder = Recorder()
     sessions = stage(
