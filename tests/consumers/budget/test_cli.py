@@ -97,3 +97,16 @@ def test_rows_leave_out_wall_time_of_days_and_unlimited_dimensions_show_a_dash()
     table = render_table([day])
     row = next(line for line in table.splitlines() if "tool_calls" in line)
     assert row.split() == ["agent:a:2026-11-21", "tool_calls", "3", "-", "-"]
+
+
+def test_service_options_map_to_settings() -> None:
+    from agentstream.consumers.budget.service import SERVICE, BudgetSettings
+    from agentstream.consumers.runtime.runner import settings_from_options
+
+    settings = settings_from_options(
+        SERVICE, ["--warning-fraction", "0.5", "--pause-on-exceeded", "--pause-max-age-s", "0"]
+    )
+    assert isinstance(settings, BudgetSettings)
+    assert settings.budget_warning_fraction == 0.5
+    assert settings.budget_pause_on_exceeded is True
+    assert settings.budget_pause_max_age_s == 0
