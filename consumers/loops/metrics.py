@@ -36,7 +36,8 @@ class LoopMetrics:
         )
         self.webhook = Counter(
             "agentstream_loop_webhook_deliveries_total",
-            "Webhook deliveries by outcome (delivered, failed after retries, dropped: queue full).",
+            "Webhook deliveries by outcome (delivered, failed after retries, dropped: queue full, "
+            "stale: not sent, the triggering event was older than webhook_max_age_s).",
             ["outcome"],
             registry=registry,
         )
@@ -74,7 +75,7 @@ class LoopMetrics:
                 self.findings.labels(pattern.value, level.label)
         for kind in ("warning", "block", "control"):
             self.alerts.labels(kind)
-        for outcome in ("delivered", "failed", "dropped"):
+        for outcome in ("delivered", "failed", "dropped", "stale"):
             self.webhook.labels(outcome)
         for reason in ("ended", "ttl", "lru", "revoked"):
             self.evictions.labels(reason)

@@ -92,6 +92,12 @@ class LoopSettings(ServiceSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_retries: int = Field(default=3, ge=0)
     webhook_queue: int = Field(default=1_000, ge=1, description="Alerts waiting; drop beyond.")
+    webhook_max_age_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="No webhook call for an alert whose triggering event is older than this "
+        "(a backlog caught up: nobody is paged for old loops); 0: no limit.",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -179,15 +185,17 @@ class LoopService:
         self.metrics.findings.labels(finding.pattern.value, finding.level.label).inc()
         log.info("%s (agent %s, scope %s)", finding.describe(), trigger.agent_id, finding.scope)
         if self.webhook is not None:
-            self.webhook.notify(alert)
+            if _older_than(trigger, self.settings.webhook_max_age_s):
+                self.metrics.webhook.labels("stale").inc()
+            else:
+                self.webhook.notify(alert)
 
     async def _direct(self, finding: Finding, alert: Event, trigger: Event) -> None:
         """Send the pause directive of a critical finding, unless directives are off or the
         triggering event is older than ``control_max_age_s`` (counted, not sent)."""
         if not self.settings.control_directives:
             return
-        max_age = self.settings.control_max_age_s
-        if max_age and (datetime.now(UTC) - trigger.timestamp).total_seconds() > max_age:
+        if _older_than(trigger, self.settings.control_max_age_s):
             self.metrics.stale_directives.inc()
             log.debug("no pause directive for %s: its trigger is too old", finding.describe())
             return
@@ -278,6 +286,11 @@ class LoopService:
     def _forget(self, partition: int) -> None:
         self.detector.drop_partitions({partition}, "revoked")
         self.positions.pop(partition, None)
+
+
+def _older_than(event: Event, max_age_s: float) -> bool:
+    """Whether ``event`` happened more than ``max_age_s`` ago (never, with 0)."""
+    return bool(max_age_s) and (datetime.now(UTC) - event.timestamp).total_seconds() > max_age_s
 
 
 @contextlib.asynccontextmanager

@@ -219,18 +219,24 @@ async def test_a_backlog_of_old_events_alerts_but_pauses_no_agent(
     kafka_settings: KafkaSettings,
 ) -> None:
     """A loop found while catching up a backlog ended long ago: its alerts are published, but
-    no pause directive (the agent may be running a new session now); fresh loops still get one."""
-    settings = loop_settings(kafka_settings, control_max_age_s=600)
-    hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    old = [msgspec.structs.replace(search("s-old"), timestamp=hour_ago) for _ in range(5)]
-    fresh = [search("s-fresh") for _ in range(5)]
-    async with loops_service(settings) as service:
-        await produce_events(settings, old + fresh)
-        await wait_until(lambda: all_processed(settings, 10), what="all processed")
-        alerts = await records_of(settings, settings.routing().alerts, at_least=4)
-        controls = await records_of(settings, settings.routing().control)
-        sample = service.consumer.registry.get_sample_value
-        assert sample("agentstream_loop_stale_directives_skipped_total") == 1
+    no pause directive (the agent may be running a new session now) and no webhook call
+    (nobody is paged for it); fresh loops still get both."""
+    with webhook_receiver() as (url, bodies):
+        settings = loop_settings(kafka_settings, webhook_url=url)  # both max ages: 600 s
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        old = [msgspec.structs.replace(search("s-old"), timestamp=hour_ago) for _ in range(5)]
+        fresh = [search("s-fresh") for _ in range(5)]
+        async with loops_service(settings) as service:
+            await produce_events(settings, old + fresh)
+            await wait_until(lambda: all_processed(settings, 10), what="all processed")
+            alerts = await records_of(settings, settings.routing().alerts, at_least=4)
+            controls = await records_of(settings, settings.routing().control)
+            await wait_until(lambda: len(bodies) == 2, what="the fresh alerts at the webhook")
+            sample = service.consumer.registry.get_sample_value
+            assert sample("agentstream_loop_stale_directives_skipped_total") == 1
+            stale = {"outcome": "stale"}
+            assert sample("agentstream_loop_webhook_deliveries_total", stale) == 2
+    assert {body["session_id"] for body in bodies} == {"s-fresh"}
     assert findings(alerts) == collections.Counter(
         {
             (session, kind, "same_call", level): 1
