@@ -14,6 +14,7 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 import ssl
 from collections.abc import Mapping
@@ -102,6 +103,16 @@ class KafkaSettings(BaseSettings):
     encoding: Literal["json", "msgpack"] = Field(
         default="json", description="Value encoding producers write."
     )
+
+    @field_validator("compression_type")
+    @classmethod
+    def _compression_type(cls, codec: str | None) -> str | None:
+        if codec in ("snappy", "lz4", "zstd") and importlib.util.find_spec("cramjam") is None:
+            raise ValueError(
+                "expected cramjam installed for snappy, lz4 or zstd (pip install "
+                f"'agentstream[compression]'; gzip needs nothing), got {codec} without it"
+            )
+        return codec
 
     @field_validator("topic_prefix")
     @classmethod

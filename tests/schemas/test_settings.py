@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import ssl
 
 import pytest
@@ -169,3 +170,20 @@ def test_variables_no_setting_reads_are_named_with_the_closest_one() -> None:
         "agentstream_topic_prefx is set, but no agentstream setting reads it "
         "(did you mean AGENTSTREAM_TOPIC_PREFIX?)",
     ]
+
+
+def test_a_codec_without_its_library_is_refused_with_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cramjam" else real(name, *a)
+    )
+    assert KafkaSettings(compression_type="gzip").compression_type == "gzip"
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(compression_type="zstd")
+    assert str(settings_error(caught.value)) == (
+        "invalid settings: compression_type (AGENTSTREAM_COMPRESSION_TYPE): expected cramjam "
+        "installed for snappy, lz4 or zstd (pip install 'agentstream[compression]'; gzip needs "
+        "nothing), got zstd without it"
+    )

@@ -82,6 +82,24 @@ async def test_sessions_keep_their_partition_and_order_with_keys_and_headers(
     assert all(len({t for t, _ in tps}) == len(tps) for tps in partitions.values())
 
 
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_every_compression_type_reaches_a_consumer(
+    kafka_settings: KafkaSettings, consume: Consume, codec: str
+) -> None:
+    settings = kafka_settings.model_copy(update={"compression_type": codec})
+    sent = [e for e in events(200, sessions=4) if e.type != "llm.token"]  # on events only
+    publisher = KafkaPublisher(settings, instance_id="pod-z")
+    try:
+        for event in sent:
+            publisher.publish(event)
+        assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+    records = await consume(settings, settings.routing().events, len(sent))
+    ids = [decode_record(r.value, r.headers).event_id for r in records]
+    assert sorted(ids) == sorted(e.event_id for e in sent)
+
+
 async def test_data_is_redacted_before_it_leaves(
     kafka_settings: KafkaSettings, consume: Consume
 ) -> None:
