@@ -77,7 +77,13 @@ class _Sender(_Overflow):
     async def _connect(self) -> None:
         backoff = self.settings.retry_backoff_ms / 1000
         while not self._stopping:
-            producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+            try:
+                producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+            except Exception as exc:  # options the client refuses: retrying cannot help
+                self._set_fatal(
+                    ConfigurationError(f"cannot create the Kafka producer: {describe(exc)}")
+                )
+                return
             self._starting = True
             try:
                 await producer.start()

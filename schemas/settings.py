@@ -20,7 +20,14 @@ import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .codec import DEFAULT_MAX_RECORD_BYTES
@@ -104,6 +111,22 @@ class KafkaSettings(BaseSettings):
         default="json", description="Value encoding producers write."
     )
 
+    @model_validator(mode="after")
+    def _sasl_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("sasl_plain_username", "sasl_plain_password")
+                if not getattr(self, name)
+            ]
+            if missing:
+                names = ", ".join(f"{name} ({PREFIX}{name.upper()})" for name in missing)
+                raise ValueError(
+                    f"expected SASL credentials with security_protocol "
+                    f"{self.security_protocol} ({self.sasl_mechanism}), got no {names}"
+                )
+        return self
+
     @field_validator("compression_type")
     @classmethod
     def _compression_type(cls, codec: str | None) -> str | None:
@@ -138,11 +161,24 @@ class KafkaSettings(BaseSettings):
         """The TLS context for SSL and SASL_SSL (system CAs unless ``ssl_cafile`` is set)."""
         if self.security_protocol not in ("SSL", "SASL_SSL"):
             return None
-        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"expected ssl_cafile ({PREFIX}SSL_CAFILE) to be a readable PEM CA bundle, "
+                f"got {self.ssl_cafile!r}: {exc}"
+            ) from None
         context.check_hostname = self.ssl_check_hostname
         if self.ssl_certfile:
             password = self.ssl_password.get_secret_value() if self.ssl_password else None
-            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"expected ssl_certfile ({PREFIX}SSL_CERTFILE) and ssl_keyfile to be a "
+                    f"readable PEM certificate and its key, got {self.ssl_certfile!r} and "
+                    f"{self.ssl_keyfile!r}: {exc}"
+                ) from None
         return context
 
     def _options(self, role: Role) -> dict[str, Any]:
@@ -200,9 +236,12 @@ def settings_error(error: ValidationError) -> ConfigurationError | None:
     prefix = str(cls.model_config.get("env_prefix") or "")
     problems: list[str] = []
     for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else "?"
-        field = cls.model_fields.get(name)
         message = str(item["msg"]).removeprefix("Value error, ")  # our validators' own words
+        if not item["loc"]:  # a check of several settings: its message names them
+            problems.append(message)
+            continue
+        name = str(item["loc"][0])
+        field = cls.model_fields.get(name)
         if message.startswith("Input should be "):
             message = "expected " + message.removeprefix("Input should be ")
         secret = field is not None and "SecretStr" in repr(field.annotation)

@@ -3,7 +3,9 @@
 A service that logs every failed export or webhook call writes thousands of identical lines
 while a peer is down (1,600 in two minutes from the tracing service of ``agentstream up``
 without a collector). The metrics count every occurrence; the log needs the first one, a
-reminder now and then with how many there were, and a line when it stops.
+reminder now and then with how many there were, and a line when it stops. (The producer's
+``_RateLimitedLog`` is the pod-side cousin: keyed lines at most every 10 s, no recovery line;
+the two sides do not import each other.)
 """
 
 from __future__ import annotations

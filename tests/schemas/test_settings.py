@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -187,3 +188,27 @@ def test_a_codec_without_its_library_is_refused_with_the_extra_to_install(
         "installed for snappy, lz4 or zstd (pip install 'agentstream[compression]'; gzip needs "
         "nothing), got zstd without it"
     )
+
+
+def test_sasl_without_credentials_is_refused_naming_what_is_missing() -> None:
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_plain_username="svc")
+    assert str(settings_error(caught.value)) == (
+        "invalid settings: expected SASL credentials with security_protocol SASL_SSL (PLAIN), "
+        "got no sasl_plain_password (AGENTSTREAM_SASL_PLAIN_PASSWORD)"
+    )
+    assert (
+        KafkaSettings(
+            security_protocol="SASL_PLAINTEXT", sasl_plain_username="u", sasl_plain_password="p"
+        ).client_options()["sasl_plain_username"]
+        == "u"
+    )
+
+
+def test_unreadable_tls_files_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"expected ssl_cafile \(AGENTSTREAM_SSL_CAFILE\)"):
+        KafkaSettings(security_protocol="SSL", ssl_cafile=str(tmp_path / "none.pem")).ssl_context()
+    not_pem = tmp_path / "cert.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match="expected ssl_certfile"):
+        KafkaSettings(security_protocol="SSL", ssl_certfile=str(not_pem)).ssl_context()

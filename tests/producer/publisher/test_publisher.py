@@ -256,6 +256,34 @@ def test_idempotence_is_passed_through_and_refused_clearly_without_init_producer
         publisher.close(1)
 
 
+def test_options_the_client_refuses_fail_the_publisher_at_once(tmp_path: Path) -> None:
+    unreadable = KafkaSettings(security_protocol="SSL", ssl_cafile=str(tmp_path / "none.pem"))
+    with pytest.raises(ConfigurationError, match="expected ssl_cafile"):
+        KafkaPublisher(unreadable)
+
+
+def test_a_producer_the_client_cannot_build_stops_the_publisher_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever aiokafka's constructor refuses ends the sender's connecting for good, said by
+    flush and publish (before, the connecting task died silently and flush only timed out)."""
+
+    def refuse(**options: Any) -> None:
+        raise ValueError("sasl_plain_username and sasl_plain_password required for PLAIN sasl")
+
+    monkeypatch.setattr("agentstream.producer._sender.AIOKafkaProducer", refuse)
+    publisher = KafkaPublisher(dead_settings(), redact=None)
+    reason = "cannot create the Kafka producer: ValueError: sasl_plain_username"
+    try:
+        with pytest.raises(ConfigurationError, match=reason):  # whichever comes after it
+            publisher.publish(events(1, sessions=1)[0])
+            publisher.flush(10)
+        with pytest.raises(ConfigurationError, match=reason):
+            publisher.publish(events(1, sessions=1)[0])
+    finally:
+        publisher.close(1)
+
+
 async def test_sasl_and_tls_settings_reach_the_aiokafka_producer(tls_files: Any) -> None:
     ca = tls_files.ca
     settings = KafkaSettings(
