@@ -37,9 +37,22 @@ from .routing import Routing, prefix_problem
 Role = Literal["client", "producer", "consumer"]
 
 
-def kafka_option(*roles: Role, default: Any, description: str = "") -> Any:
-    """A field that is passed through to aiokafka under its own name for ``roles``."""
-    return Field(default=default, description=description, json_schema_extra={"kafka": list(roles)})
+def kafka_option(
+    *roles: Role,
+    default: Any,
+    description: str = "",
+    ge: int | None = None,
+    gt: int | None = None,
+) -> Any:
+    """A field that is passed through to aiokafka under its own name for ``roles``; ``ge`` and
+    ``gt`` bound a number (a negative wait or a zero size fails here, not in the client)."""
+    return Field(
+        default=default,
+        description=description,
+        ge=ge,
+        gt=gt,
+        json_schema_extra={"kafka": list(roles)},
+    )
 
 
 PREFIX = "AGENTSTREAM_"
@@ -56,10 +69,10 @@ class KafkaSettings(BaseSettings):
         "client", default="127.0.0.1:9092", description="Comma-separated host:port list."
     )
     client_id: str = kafka_option("client", default="agentstream")
-    request_timeout_ms: int = kafka_option("client", default=40_000)
-    retry_backoff_ms: int = kafka_option("client", default=100)
-    metadata_max_age_ms: int = kafka_option("client", default=300_000)
-    connections_max_idle_ms: int = kafka_option("client", default=540_000)
+    request_timeout_ms: int = kafka_option("client", default=40_000, gt=0)
+    retry_backoff_ms: int = kafka_option("client", default=100, ge=0)
+    metadata_max_age_ms: int = kafka_option("client", default=300_000, gt=0)
+    connections_max_idle_ms: int = kafka_option("client", default=540_000, gt=0)
 
     # --- security ------------------------------------------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = kafka_option(
@@ -80,12 +93,12 @@ class KafkaSettings(BaseSettings):
 
     # --- producer ------------------------------------------------------------------------
     acks: Literal["all", "1", "0"] = kafka_option("producer", default="all")
-    linger_ms: int = kafka_option("producer", default=5)
+    linger_ms: int = kafka_option("producer", default=5, ge=0)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = kafka_option(
         "producer", default=None
     )
-    max_batch_size: int = kafka_option("producer", default=16_384)
-    max_request_size: int = kafka_option("producer", default=DEFAULT_MAX_RECORD_BYTES)
+    max_batch_size: int = kafka_option("producer", default=16_384, gt=0)
+    max_request_size: int = kafka_option("producer", default=DEFAULT_MAX_RECORD_BYTES, gt=0)
     enable_idempotence: bool = kafka_option(
         "producer",
         default=False,
@@ -94,13 +107,13 @@ class KafkaSettings(BaseSettings):
 
     # --- consumer ------------------------------------------------------------------------
     auto_offset_reset: Literal["earliest", "latest"] = kafka_option("consumer", default="earliest")
-    session_timeout_ms: int = kafka_option("consumer", default=10_000)
-    heartbeat_interval_ms: int = kafka_option("consumer", default=3_000)
-    max_poll_interval_ms: int = kafka_option("consumer", default=300_000)
-    rebalance_timeout_ms: int | None = kafka_option("consumer", default=None)
-    fetch_max_wait_ms: int = kafka_option("consumer", default=500)
-    fetch_max_bytes: int = kafka_option("consumer", default=52_428_800)
-    max_partition_fetch_bytes: int = kafka_option("consumer", default=1_048_576)
+    session_timeout_ms: int = kafka_option("consumer", default=10_000, gt=0)
+    heartbeat_interval_ms: int = kafka_option("consumer", default=3_000, gt=0)
+    max_poll_interval_ms: int = kafka_option("consumer", default=300_000, gt=0)
+    rebalance_timeout_ms: int | None = kafka_option("consumer", default=None, gt=0)
+    fetch_max_wait_ms: int = kafka_option("consumer", default=500, ge=0)
+    fetch_max_bytes: int = kafka_option("consumer", default=52_428_800, gt=0)
+    max_partition_fetch_bytes: int = kafka_option("consumer", default=1_048_576, gt=0)
     isolation_level: Literal["read_uncommitted", "read_committed"] = kafka_option(
         "consumer", default="read_uncommitted"
     )
@@ -110,6 +123,28 @@ class KafkaSettings(BaseSettings):
     encoding: Literal["json", "msgpack"] = Field(
         default="json", description="Value encoding producers write."
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_servers(cls, servers: str) -> str:
+        problem = servers_problem(servers)
+        if problem is not None:
+            raise ValueError(problem)
+        return servers
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks(cls, acks: Any) -> Any:
+        return "all" if str(acks) == "-1" else acks  # Kafka's other name for all
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"expected heartbeat_interval_ms below session_timeout_ms (a third of it is "
+                f"usual), got {self.heartbeat_interval_ms} and {self.session_timeout_ms}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_credentials(self) -> KafkaSettings:
@@ -216,6 +251,24 @@ class KafkaSettings(BaseSettings):
     def admin_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaAdminClient``."""
         return self.client_options()
+
+
+def servers_problem(servers: str) -> str | None:
+    """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated ``host:port``
+    (``host`` alone means port 9092; ``[::1]:9092`` for IPv6)."""
+    entries = [entry.strip() for entry in servers.split(",")]
+    for entry in entries:
+        host, port = entry, "9092"
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            return (
+                f"expected comma-separated host:port (127.0.0.1:9092,kafka-2:9092), got {servers!r}"
+            )
+    return None
 
 
 def broker_address(options: Mapping[str, Any]) -> str:

@@ -212,3 +212,38 @@ def test_unreadable_tls_files_are_configuration_errors(tmp_path: Path) -> None:
     not_pem.write_text("not a certificate")
     with pytest.raises(ConfigurationError, match="expected ssl_certfile"):
         KafkaSettings(security_protocol="SSL", ssl_certfile=str(not_pem)).ssl_context()
+
+
+@pytest.mark.parametrize(
+    "servers", ["kafka-1:9092,kafka-2:9093", "kafka", "[::1]:9092", " a:1 , b:2 ", "[fe80::1]"]
+)
+def test_bootstrap_servers_as_kafka_takes_them(servers: str) -> None:
+    assert KafkaSettings(bootstrap_servers=servers).bootstrap_servers == servers
+
+
+@pytest.mark.parametrize("servers", ["", "host:notaport", "a:1,,b:2", "h:0", "h:70000", ":9092"])
+def test_bootstrap_servers_that_no_client_can_use_are_refused(servers: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(bootstrap_servers=servers)
+    assert str(settings_error(caught.value)) == (
+        "invalid settings: bootstrap_servers (AGENTSTREAM_BOOTSTRAP_SERVERS): expected "
+        f"comma-separated host:port (127.0.0.1:9092,kafka-2:9092), got {servers!r}"
+    )
+
+
+def test_kafka_options_are_bounded_and_acks_minus_one_is_all() -> None:
+    assert KafkaSettings(acks="-1").acks == "all"  # type: ignore[arg-type]
+    assert KafkaSettings(linger_ms=0, fetch_max_wait_ms=0).linger_ms == 0
+    for option, value in (
+        ("linger_ms", -5),
+        ("fetch_max_wait_ms", -1),
+        ("max_batch_size", 0),
+        ("request_timeout_ms", 0),
+    ):
+        with pytest.raises(ValidationError, match=option):
+            KafkaSettings(**{option: value})
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(session_timeout_ms=6_000, heartbeat_interval_ms=6_000)
+    assert "expected heartbeat_interval_ms below session_timeout_ms" in str(
+        settings_error(caught.value)
+    )

@@ -274,10 +274,14 @@ def test_a_producer_the_client_cannot_build_stops_the_publisher_with_the_reason(
     monkeypatch.setattr("agentstream.producer._sender.AIOKafkaProducer", refuse)
     publisher = KafkaPublisher(dead_settings(), redact=None)
     reason = "cannot create the Kafka producer: ValueError: sasl_plain_username"
+
+    def publish_and_flush() -> None:  # whichever of the two comes after the failure raises
+        publisher.publish(events(1, sessions=1)[0])
+        publisher.flush(10)
+
     try:
-        with pytest.raises(ConfigurationError, match=reason):  # whichever comes after it
-            publisher.publish(events(1, sessions=1)[0])
-            publisher.flush(10)
+        with pytest.raises(ConfigurationError, match=reason):
+            publish_and_flush()
         with pytest.raises(ConfigurationError, match=reason):
             publisher.publish(events(1, sessions=1)[0])
     finally:
