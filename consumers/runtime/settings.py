@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agentstream.schemas.settings import KafkaSettings
 
@@ -21,6 +21,7 @@ class ServiceSettings(KafkaSettings):
     )
     drain_timeout_ms: int = Field(
         default=20_000,
+        ge=0,
         description="Bound on stopping (SIGTERM) and on a revoke: finish in-flight work, commit.",
     )
     handler_retries: int = Field(
@@ -53,6 +54,13 @@ class ServiceSettings(KafkaSettings):
             "objects are also frozen out of collections. 0 leaves the interpreter's default."
         ),
     )
+
+    @field_validator("http_port")  # also for the services' own defaults (redeclared fields)
+    @classmethod
+    def _http_port(cls, port: int) -> int:
+        if not 0 <= port <= 65_535:
+            raise ValueError(f"expected a port from 0 (any free one) to 65535, got {port}")
+        return port
 
     def group_for(self, service: str) -> str:
         """The consumer group of ``service``: ``group_id`` or ``<topic_prefix>.<service>``."""
