@@ -48,9 +48,12 @@ class LoopSettings(ServiceSettings):
     # (the embedded broker holds a fetch for the whole fetch_max_wait_ms even when records
     # are waiting; Apache Kafka answers as soon as fetch.min.bytes is there).
     fetch_max_wait_ms: int = kafka_option(
-        "consumer", default=20, description="Longest a fetch waits for records (latency bound)."
+        "consumer",
+        default=20,
+        ge=0,
+        description="Longest a fetch waits for records (latency bound).",
     )
-    linger_ms: int = kafka_option("producer", default=1, description="Alert batching delay.")
+    linger_ms: int = kafka_option("producer", default=1, ge=0, description="Alert batching delay.")
     loops_config: Path | None = Field(
         default=None, description="TOML file with [loops] thresholds and [loops.agents.<id>]."
     )

@@ -80,3 +80,9 @@ def test_a_webhook_url_that_cannot_be_posted_to_is_a_settings_error() -> None:
         "https:// URL with a host, got 'hooks.local/alerts'"
     )
     assert LoopSettings(webhook_url="https://hooks.local/a").webhook_url == "https://hooks.local/a"
+
+
+def test_the_services_own_kafka_defaults_keep_their_bounds() -> None:
+    for option in ("fetch_max_wait_ms", "linger_ms"):
+        with pytest.raises(ValidationError, match=option):
+            LoopSettings(**{option: -1})
