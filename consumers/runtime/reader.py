@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas.admin import start_client, stop_client
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 from .replay import high_watermarks
@@ -69,9 +70,14 @@ async def read_topics(
     consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": None})
     await start_client(consumer, settings.broker_address())
     try:
-        tps = await _assign(consumer, topics)
-        if not tps:
-            return
+        names = sorted(set(topics))
+        tps = await _assign(consumer, names)
+        if not tps:  # a mistyped prefix would otherwise read nothing, or wait forever
+            raise ConfigurationError(
+                f"expected {', '.join(names)} at {settings.broker_address()}, no such topic "
+                "exists (check --topic-prefix / AGENTSTREAM_TOPIC_PREFIX, or create them: "
+                "`agentstream topics create`)"
+            )
         min_timestamp = None
         if since_ms is not None:
             if not await _seek_since(settings, consumer, tps, since_ms):

@@ -126,6 +126,16 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
     assert [e.seq for e in handled] == [7]
 
 
+async def test_reading_a_prefix_without_topics_says_so(kafka_settings: KafkaSettings) -> None:
+    """A mistyped prefix read nothing (tail: forever) and exited 0."""
+    typo = kafka_settings.model_copy(update={"topic_prefix": kafka_settings.topic_prefix + "x"})
+    for args in (("tail", "--no-follow"), ("dlq", "list")):
+        code, out = await _cli(typo, *args)
+        assert code == 2, out
+        assert "no such topic exists (check --topic-prefix" in out, out
+        assert f"{typo.topic_prefix}.events" in out or f"{typo.topic_prefix}.dlq" in out
+
+
 async def test_dlq_refs_that_cannot_be_are_usage_errors(kafka_settings: KafkaSettings) -> None:
     for args in (("replay", "--offset", "3:x"), ("show", "3-1")):
         code, out = await _cli(kafka_settings, "dlq", *args)
