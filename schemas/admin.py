@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 
 from .errors import BrokerUnavailableError, ConfigurationError
@@ -171,12 +176,21 @@ async def create_missing_topics(
                 elif code == TopicAlreadyExistsError.errno:
                     outcome[name] = "exists"
                 else:
-                    raise KafkaError(
-                        f"creating topic {name!r} failed: error {code} {message or ''}"
-                    )
+                    raise creation_error(name, code, message)
         return outcome
     finally:
         await admin.close()
+
+
+def creation_error(name: str, code: int, message: str | None) -> ConfigurationError:
+    """What a refused CreateTopics says: the topic, Kafka's error by name (38:
+    INVALID_REPLICATION_FACTOR for more replicas than brokers, 29: not authorized, ...) and
+    the broker's own words."""
+    kind = for_code(code).__name__
+    said = f": {message}" if message else ""
+    return ConfigurationError(
+        f"expected Kafka to create topic {name!r}, it refused with error {code} {kind}{said}"
+    )
 
 
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:

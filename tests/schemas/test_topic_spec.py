@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentstream.schemas.admin import DAY_MS, TopicSpec
+from agentstream.schemas.admin import DAY_MS, TopicSpec, creation_error
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.routing import Routing
 
@@ -33,3 +33,14 @@ def test_impossible_values_are_refused_with_what_was_expected(
     with pytest.raises(ConfigurationError) as caught:
         TopicSpec(**spec)  # type: ignore[arg-type]
     assert str(caught.value) == expected
+
+
+def test_a_refused_topic_creation_names_kafkas_error() -> None:
+    error = creation_error(
+        "p.events", 38, "Replication factor: 3 larger than available brokers: 1."
+    )
+    assert isinstance(error, ConfigurationError)  # one line from the CLI, not a traceback
+    assert str(error) == (
+        "expected Kafka to create topic 'p.events', it refused with error 38 "
+        "InvalidReplicationFactorError: Replication factor: 3 larger than available brokers: 1."
+    )
