@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from agentstream.schemas.environment import unread_variables
 from agentstream.schemas.errors import AgentstreamError
-from agentstream.schemas.settings import settings_error, unread_variables
+from agentstream.schemas.settings import settings_error
 
 
 def command_modules() -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from agentstream.schemas.errors import ConfigurationError
-from agentstream.schemas.settings import KafkaSettings, settings_error, unread_variables
+from agentstream.schemas.settings import KafkaSettings, settings_error
 
 
 def test_env_prefix_and_aiokafka_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,37 +140,6 @@ def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
         "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
         "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
     )
-
-
-def test_variables_no_setting_reads_are_named_with_the_closest_one() -> None:
-    environ = {
-        "AGENTSTREAM_BOOTSTRAP_SERVER": "kafka:9092",  # the S is missing
-        "agentstream_topic_prefx": "fleet",  # read case-insensitively, so checked so too
-        "AGENTSTREAM_WHATEVER": "1",
-        "AGENTSTREAM_BOOTSTRAP_SERVERS": "kafka:9092",
-        "agentstream_linger_ms": "5",
-        "AGENTSTREAM_TEST_BOOTSTRAP": "x",  # the test suite's own
-        "AGENTSTREAM_REQUIRE_POSTGRES": "1",
-        # Kubernetes' service links for a Service named agentstream-metrics:
-        "AGENTSTREAM_METRICS_SERVICE_HOST": "10.0.0.7",
-        "AGENTSTREAM_METRICS_SERVICE_PORT": "9104",
-        "AGENTSTREAM_METRICS_SERVICE_PORT_HTTP": "9104",
-        "AGENTSTREAM_METRICS_PORT": "tcp://10.0.0.7:9104",
-        "AGENTSTREAM_METRICS_PORT_9104_TCP": "tcp://10.0.0.7:9104",
-        "AGENTSTREAM_METRICS_PORT_9104_TCP_PROTO": "tcp",
-        "AGENTSTREAM_METRICS_PORT_9104_TCP_PORT": "9104",
-        "AGENTSTREAM_METRICS_PORT_9104_TCP_ADDR": "10.0.0.7",
-        "AGENTSTREAM_CLIENT_PORT": "9104",  # only looks like one
-        "PATH": "/bin",
-    }
-    assert unread_variables(environ) == [
-        "AGENTSTREAM_BOOTSTRAP_SERVER is set, but no agentstream setting reads it "
-        "(did you mean AGENTSTREAM_BOOTSTRAP_SERVERS?)",
-        "AGENTSTREAM_CLIENT_PORT is set, but no agentstream setting reads it",
-        "AGENTSTREAM_WHATEVER is set, but no agentstream setting reads it",
-        "agentstream_topic_prefx is set, but no agentstream setting reads it "
-        "(did you mean AGENTSTREAM_TOPIC_PREFIX?)",
-    ]
 
 
 def test_a_codec_without_its_library_is_refused_with_the_extra_to_install(
