@@ -6,6 +6,7 @@ else is ``other``), outcome, and topic/partition for lag.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
@@ -55,10 +56,16 @@ class LagCollector(Collector):
     for every consumer registered on the registry (a service may run several groups)."""
 
     def __init__(self) -> None:
-        self._sources: list[tuple[str, LagSource]] = []
+        self._sources: list[tuple[str, Callable[[], LagSource | None]]] = []
 
     def add(self, service: str, source: LagSource) -> None:
-        self._sources.append((service, source))
+        """Report ``source``'s lag under ``service``. A bound method is held weakly: the
+        collector lives as long as its registry, and must not keep every consumer that ever
+        reported on it alive (with its registry, through ``_FAMILIES``, and its Kafka client)."""
+        if inspect.ismethod(source):
+            self._sources.append((service, weakref.WeakMethod(source)))
+        else:
+            self._sources.append((service, lambda: source))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -66,9 +73,15 @@ class LagCollector(Collector):
             "Records not yet committed per partition (high watermark - committed offset).",
             labels=["service", "topic", "partition"],
         )
-        for service, source in self._sources:
+        alive = []
+        for service, ref in self._sources:
+            source = ref()
+            if source is None:  # its consumer is gone
+                continue
+            alive.append((service, ref))
             for topic, partition, lag in source():
                 family.add_metric([service, topic, str(partition)], lag)
+        self._sources = alive
         yield family
 
 
