@@ -346,7 +346,8 @@ class Stage:
         if not self.pause_on_exceeded or signal.level is not Level.EXCEEDED:
             return False
         max_age_ms = self.pause_max_age_s * 1000
-        if max_age_ms and self.ledger.clock().timestamp() * 1000 - signal.ts_ms > max_age_ms:
+        now_ms = self.ledger.clock().timestamp() * 1000
+        if max_age_ms and signal.ts_ms and now_ms - signal.ts_ms > max_age_ms:  # 0: unknown
             self.metrics.stale_directives.inc()
             return False
         return True
