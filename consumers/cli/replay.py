@@ -31,22 +31,34 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--to-topic", metavar="TOPIC", type=topic_argument, help="publish the events to TOPIC"
     )
+    parser.add_argument(
+        "--for-group",
+        metavar="GROUP",
+        help="with --to-topic: for this consumer group only (agentstream.tracing, say); "
+        "every other group skips the records, as with `dlq replay`",
+    )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run, quiet_client_logs=True)
 
 
 async def run(args: argparse.Namespace) -> int:
+    from agentstream.schemas.errors import ConfigurationError
+
     async with store_from(args) as store:
         await store.require_schema()
         events = await store.timeline(args.session_id)
     if not events:
         print(f"no events stored for session {args.session_id!r} in {store.url}", file=sys.stderr)
         return 1
+    if args.for_group and not args.to_topic:
+        raise ConfigurationError("expected --for-group with --to-topic, got it alone")
     if args.to_topic:
         from agentstream.schemas.settings import KafkaSettings
 
-        sent = await publish(settings_from(args, KafkaSettings), args.to_topic, events)
-        print(f"published {sent} events of session {args.session_id} to {args.to_topic}")
+        settings = settings_from(args, KafkaSettings)
+        sent = await publish(settings, args.to_topic, events, for_group=args.for_group)
+        target = f" for group {args.for_group}" if args.for_group else ""
+        print(f"published {sent} events of session {args.session_id} to {args.to_topic}{target}")
         return 0
     print_lines(
         json.dumps(event.to_dict(), ensure_ascii=False) if args.json else human(event)
@@ -65,15 +77,20 @@ def human(event: Event) -> str:
     )
 
 
-async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> int:
-    """Send ``events`` in order to ``topic``, each acknowledged; return how many."""
+async def publish(
+    settings: KafkaSettings, topic: str, events: list[Event], *, for_group: str | None = None
+) -> int:
+    """Send ``events`` in order to ``topic``, each acknowledged; return how many. With
+    ``for_group`` only that consumer group handles them (see ``REPLAYED_FOR``)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
+    from agentstream.consumers.runtime.deadletter import REPLAYED_FOR
     from agentstream.schemas import encode_event, event_headers, record_key
     from agentstream.schemas.admin import start_client, wait_for_broker
     from agentstream.schemas.errors import AgentstreamError, describe
 
+    target = [(REPLAYED_FOR, for_group.encode())] if for_group else []
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
     await start_client(producer, settings.broker_address())
@@ -83,7 +100,7 @@ async def publish(settings: KafkaSettings, topic: str, events: list[Event]) -> i
                 topic,
                 encode_event(event, settings.encoding, max_bytes=settings.max_request_size),
                 key=record_key(event),
-                headers=event_headers(event, settings.encoding),
+                headers=[*target, *event_headers(event, settings.encoding)],
             )
             for event in events
         ]

@@ -13,6 +13,7 @@ from support.runtime import read_records
 from agentstream.consumers.cli import build_parser
 from agentstream.consumers.persistence import StoreError, StoreUnavailableError, open_store
 from agentstream.schemas import Event, decode_record
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -155,3 +156,22 @@ async def test_replay_to_topic_keeps_ids_keys_and_order(
     assert len({r.partition for r in records}) == 1
     back = [decode_record(r.value, r.headers) for r in sorted(records, key=lambda r: r.offset)]
     assert back == OLD
+
+
+async def test_replay_to_topic_for_one_group(
+    filled: str, kafka_settings: KafkaSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-trace one session after fixing the tracing service, say: the records are addressed
+    to that group, so the others skip them (see test_tools' dlq replay)."""
+    topic = kafka_settings.routing().events
+    args = ("replay", "sess-old", "--store", filled, "--to-topic", topic)
+    servers = ("--bootstrap-servers", kafka_settings.bootstrap_servers)
+    assert await cli(*args, "--for-group", "agentstream.tracing", *servers) == 0
+    assert "to " + topic + " for group agentstream.tracing" in capsys.readouterr().out
+    records = await read_records(kafka_settings, topic, 125)
+    assert {r.headers[0] for r in records} == {("agentstream.replayed.for", b"agentstream.tracing")}
+    assert [decode_record(r.value, r.headers) for r in sorted(records, key=lambda r: r.offset)] == (
+        OLD
+    )
+    with pytest.raises(ConfigurationError, match="expected --for-group with --to-topic"):
+        await cli("replay", "sess-old", "--store", filled, "--for-group", "g")
