@@ -21,9 +21,8 @@ HARNESS_PREFIXES = ("AGENTSTREAM_TEST_", "AGENTSTREAM_REQUIRE_")
 
 def unread_variables(environ: Mapping[str, str]) -> list[str]:
     """A line for each ``AGENTSTREAM_*`` variable of ``environ`` that no settings class
-    imported so far reads, with the closest name one reads. pydantic-settings ignores what
-    it does not know, so a misspelt ``AGENTSTREAM_BOOTSTRAP_SERVER`` would otherwise leave
-    the default in force without a word."""
+    imported so far reads, with the closest name one reads (``AGENTSTREAM_BOOTSTRAP_SERVER``:
+    did you mean ``AGENTSTREAM_BOOTSTRAP_SERVERS``?)."""
     known: set[str] = set()
     for cls in settings_classes().values():
         known.update(_environment_names(cls))
