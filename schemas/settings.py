@@ -253,6 +253,11 @@ class KafkaSettings(BaseSettings):
 def servers_problem(servers: str) -> str | None:
     """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated ``host:port``
     (``host`` alone means port 9092; ``[::1]:9092`` for IPv6)."""
+    if "://" in servers:  # a listener URL copied from a broker's configuration
+        return (
+            "expected host:port entries without a listener's scheme (the protocol is "
+            f"security_protocol), got {servers!r}"
+        )
     entries = [entry.strip() for entry in servers.split(",")]
     for entry in entries:
         host, port = entry, "9092"

@@ -200,6 +200,11 @@ def test_bootstrap_servers_that_no_client_can_use_are_refused(servers: str) -> N
     )
 
 
+def test_a_listener_url_is_not_a_bootstrap_server() -> None:
+    with pytest.raises(ValidationError, match="without a listener's scheme"):
+        KafkaSettings(bootstrap_servers="PLAINTEXT://kafka:9092")
+
+
 def test_kafka_options_are_bounded_and_acks_minus_one_is_all() -> None:
     assert KafkaSettings(acks="-1").acks == "all"  # type: ignore[arg-type]
     assert KafkaSettings(linger_ms=0, fetch_max_wait_ms=0).linger_ms == 0
