@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .catalogue import EventType
+from .envelope import TYPE_PATTERN
+
+_TYPE_RE = re.compile(TYPE_PATTERN)
 
 EVENTS, TOKENS, ALERTS, CONTROL, DLQ = "events", "tokens", "alerts", "control", "dlq"
 TOPIC_KINDS = (EVENTS, TOKENS, ALERTS, CONTROL, DLQ)
@@ -70,6 +73,17 @@ def prefix_problem(prefix: str) -> str | None:
             f"characters, got {len(prefix)}"
         )
     return f"expected a topic prefix of ASCII letters, digits, '.', '_' and '-', got {prefix!r}"
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why a subscription pattern can match no event, or None: it is ``*``, a glob, or a type
+    tag as envelopes carry them (dotted lower-case words)."""
+    if pattern == "*" or _is_glob(pattern) or _TYPE_RE.match(pattern):
+        return None
+    return (
+        "expected an event type (dotted lower-case words, as tool.called), a glob (tool.*) "
+        f"or '*', got {pattern!r}"
+    )
 
 
 def matches(pattern: str, event_type: str) -> bool:

@@ -70,6 +70,17 @@ def topic_argument(text: str) -> str:
     return text
 
 
+def pattern_argument(text: str) -> str:
+    """The type of an option naming event types (``tail --type``): a pattern that can match
+    nothing (``Tool.Called``, empty) is a usage error, not a reader that never shows a line."""
+    from agentstream.schemas.routing import pattern_problem
+
+    problem = pattern_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def kafka_settings_from(args: argparse.Namespace, **overrides: Any) -> KafkaSettings:
     """Plain Kafka settings: environment, overridden by the options given on the command line."""
     return settings_from(args, KafkaSettings, **overrides)

@@ -8,7 +8,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from, positive_integer, since_argument
+from ._common import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    pattern_argument,
+    positive_integer,
+    since_argument,
+)
 
 
 def register(commands: Any) -> None:
@@ -22,7 +28,13 @@ def register(commands: Any) -> None:
         ),
     )
     add_kafka_arguments(parser)
-    parser.add_argument("--type", default="*", metavar="PATTERN", help="type or glob (default *)")
+    parser.add_argument(
+        "--type",
+        default="*",
+        type=pattern_argument,
+        metavar="PATTERN",
+        help="type or glob (default *)",
+    )
     parser.add_argument("--session", metavar="ID", help="only this session")
     parser.add_argument("--agent", metavar="ID", help="only this agent")
     start = parser.add_mutually_exclusive_group()

@@ -9,7 +9,15 @@ from typing import Any
 
 from agentstream.schemas import Event, EventType
 from agentstream.schemas.errors import ConfigurationError
-from agentstream.schemas.routing import ALERTS, CONTROL, EVENTS, TOKENS, Routing, matches
+from agentstream.schemas.routing import (
+    ALERTS,
+    CONTROL,
+    EVENTS,
+    TOKENS,
+    Routing,
+    matches,
+    pattern_problem,
+)
 
 from .record import Record
 
@@ -25,8 +33,9 @@ SUBSCRIBABLE_KINDS = (EVENTS, TOKENS, ALERTS, CONTROL)
 
 def pattern_text(pattern: str | EventType) -> str:
     text = pattern.value if isinstance(pattern, EventType) else str(pattern)
-    if not text:
-        raise ConfigurationError("expected a subscription pattern (type, glob or '*'), got ''")
+    problem = pattern_problem(text)
+    if problem is not None:  # it would receive nothing, without a word
+        raise ConfigurationError(problem)
     return text
 
 

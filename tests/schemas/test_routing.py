@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from agentstream.schemas import EventType, Routing, matches
-from agentstream.schemas.routing import prefix_problem, topic_name_problem
+from agentstream.schemas.routing import pattern_problem, prefix_problem, topic_name_problem
 
 R = Routing()
 
@@ -82,4 +82,17 @@ def test_a_prefix_must_make_valid_names_for_every_topic() -> None:
     )
     assert prefix_problem("my prefix") == (
         "expected a topic prefix of ASCII letters, digits, '.', '_' and '-', got 'my prefix'"
+    )
+
+
+@pytest.mark.parametrize("pattern", ["*", "tool.*", "audit.turn_start", "memory.stored", "t?.x"])
+def test_patterns_that_can_match_pass(pattern: str) -> None:
+    assert pattern_problem(pattern) is None
+
+
+@pytest.mark.parametrize("pattern", ["", "Tool.Called", "tool", "tool called"])
+def test_patterns_that_can_match_nothing_are_named(pattern: str) -> None:
+    assert pattern_problem(pattern) == (
+        "expected an event type (dotted lower-case words, as tool.called), a glob (tool.*) "
+        f"or '*', got {pattern!r}"
     )

@@ -175,6 +175,8 @@ def test_subscriptions_need_unique_names_and_async_handlers() -> None:
 
     with pytest.raises(ConfigurationError, match="async handler"):
         make_subscription("*", sync, None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"got 'Tool\.Called'"):  # would get nothing
+        make_subscription("Tool.Called", _handler, None)
 
 
 def test_tail_view_lines_and_durations() -> None:
@@ -210,6 +212,19 @@ def test_tail_view_lines_and_durations() -> None:
     assert '"_kafka": {"topic": "t", "partition": 1, "offset": 2}' in json_line(
         event, topic="t", partition=1, offset=2
     )
+
+
+def test_a_tail_type_that_can_match_nothing_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agentstream.consumers.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["tail", "--type", "tool.*"]).type == "tool.*"
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["tail", "--type", "Tool.Called"])
+    assert exited.value.code == 2
+    assert "argument --type: expected an event type" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["tail"], ["sessions"]])
