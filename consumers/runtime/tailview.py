@@ -66,8 +66,12 @@ def rich_line(event: Event) -> Any:
     )
 
 
-def json_line(event: Event, *, topic: str, partition: int, offset: int) -> str:
-    return json.dumps(
-        {**event.to_dict(), "_kafka": {"topic": topic, "partition": partition, "offset": offset}},
-        ensure_ascii=False,
-    )
+def json_line(
+    event: Event, *, topic: str, partition: int, offset: int, replayed_for: str | None = None
+) -> str:
+    """``event`` as JSON with where it was read (``_kafka``); ``replayed_for``: the consumer
+    group a replay was addressed to (``dlq replay``, ``replay --for-group``)."""
+    kafka: dict[str, object] = {"topic": topic, "partition": partition, "offset": offset}
+    if replayed_for is not None:
+        kafka["replayed_for"] = replayed_for
+    return json.dumps({**event.to_dict(), "_kafka": kafka}, ensure_ascii=False)

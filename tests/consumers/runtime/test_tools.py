@@ -124,6 +124,10 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
     async with running_consumer(bystander):
         await wait_until(lambda: skipped() == 1, what="the replay skipped by another group")
     assert [e.seq for e in handled] == [7]
+    code, out = await _cli(settings, "tail", "--from-beginning", "--no-follow", "--json")
+    assert code == 0, out
+    shown = [json.loads(line)["_kafka"] for line in out.splitlines() if line.startswith("{")]
+    assert [k.get("replayed_for") for k in shown] == [None, consumer.group_id]  # tail marks it
 
 
 async def test_reading_a_prefix_without_topics_says_so(kafka_settings: KafkaSettings) -> None:
