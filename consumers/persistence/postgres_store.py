@@ -41,7 +41,14 @@ from agentstream.schemas import SCHEMA_VERSION, Event, RecordLocation
 
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import event_from_json
-from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+from .store import (
+    EventQuery,
+    SessionSummary,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+    type_bounds,
+)
 
 T = TypeVar("T")
 
@@ -274,15 +281,7 @@ class PostgresStore(Store):
         sql = f"SELECT event_id, event::text FROM events WHERE session_id = $1 {_ORDER}"
         return [(str(r[0]), r[1]) for r in await self._fetch(sql, session_id)]
 
-    async def _events(
-        self,
-        type: str | None,
-        agent: str | None,
-        session: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        limit: int,
-    ) -> list[Event]:
+    async def _events(self, query: EventQuery) -> list[Event]:
         where: list[str] = []
         args: list[Any] = []
 
@@ -291,22 +290,22 @@ class PostgresStore(Store):
             where.append(condition.format(*marks))
             args.extend(values)
 
-        if type is not None and type != "*":
-            bounds = type_bounds(type)
+        if query.type is not None and query.type != "*":
+            bounds = type_bounds(query.type)
             if bounds is None:
-                add("type = {}", type)
+                add("type = {}", query.type)
             else:
                 add("type >= {} AND type < {}", *bounds)
-        if agent is not None:
-            add("agent_id = {}", agent)
-        if session is not None:
-            add("session_id = {}", session)
-        if since is not None:
-            add("timestamp >= {}", since)
-        if until is not None:
-            add("timestamp < {}", until)
+        if query.agent is not None:
+            add("agent_id = {}", query.agent)
+        if query.session is not None:
+            add("session_id = {}", query.session)
+        if query.since is not None:
+            add("timestamp >= {}", query.since)
+        if query.until is not None:
+            add("timestamp < {}", query.until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        args.append(limit)
+        args.append(query.limit)
         sql = f"SELECT event_id, event::text FROM events {clause} {_ORDER} LIMIT ${len(args)}"
         return self._decode(await self._fetch(sql, *args))
 

@@ -23,7 +23,14 @@ from agentstream.schemas import Event, RecordLocation
 
 from .migrations import SQLITE_MIGRATIONS
 from .rows import event_from_json, from_micros, int64, to_micros
-from .store import SessionSummary, Store, StoreError, StoreUnavailableError, type_bounds
+from .store import (
+    EventQuery,
+    SessionSummary,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+    type_bounds,
+)
 
 T = TypeVar("T")
 
@@ -199,38 +206,30 @@ class SqliteStore(Store):
         rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
         return [(eid, text) for eid, text in rows]
 
-    async def _events(
-        self,
-        type: str | None,
-        agent: str | None,
-        session: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        limit: int,
-    ) -> list[Event]:
+    async def _events(self, query: EventQuery) -> list[Event]:
         where: list[str] = []
         args: list[Any] = []
-        if type is not None and type != "*":
-            bounds = type_bounds(type)
+        if query.type is not None and query.type != "*":
+            bounds = type_bounds(query.type)
             if bounds is None:
                 where.append("type = ?")
-                args.append(type)
+                args.append(query.type)
             else:
                 where.append("type >= ? AND type < ?")
                 args.extend(bounds)
-        for column, value in (("agent_id", agent), ("session_id", session)):
+        for column, value in (("agent_id", query.agent), ("session_id", query.session)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        if since is not None:
+        if query.since is not None:
             where.append("timestamp_us >= ?")
-            args.append(to_micros(since))
-        if until is not None:
+            args.append(to_micros(query.since))
+        if query.until is not None:
             where.append("timestamp_us < ?")
-            args.append(to_micros(until))
+            args.append(to_micros(query.until))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT event_id, event FROM events {clause} {_ORDER} LIMIT ?"
-        args.append(limit)
+        args.append(query.limit)
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
         return [event_from_json(text, f"row {eid} of {self.path}") for eid, text in rows]
 

@@ -40,6 +40,18 @@ class StoreUnavailableError(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class EventQuery:
+    """The filters of :meth:`Store.events`, as the backends get them (the limit checked)."""
+
+    type: str | None
+    agent: str | None
+    session: str | None
+    since: datetime | None
+    until: datetime | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSummary:
     """One line of ``agentstream sessions``."""
 
@@ -214,18 +226,10 @@ class Store(abc.ABC):
         """Events matching every filter given, oldest first. ``type`` is a type or a prefix
         pattern ending in ``.*`` (``tool.*``); ``until`` is exclusive."""
         _check_limit(limit)
-        return await self._events(type, agent, session, since, until, limit)
+        return await self._events(EventQuery(type, agent, session, since, until, limit))
 
     @abc.abstractmethod
-    async def _events(
-        self,
-        type: str | None,
-        agent: str | None,
-        session: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        limit: int,
-    ) -> list[Event]:
+    async def _events(self, query: EventQuery) -> list[Event]:
         """:meth:`events` after its check."""
 
     @abc.abstractmethod
