@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -52,6 +53,42 @@ def kafka_option(
     )
 
 
+def checked(problem: Callable[[str], str | None]) -> AfterValidator:
+    """A field validator from a ``*_problem`` function (``Annotated[str, checked(...)]``):
+    the problem it finds is the error, said as expected against what came."""
+
+    def check(value: str) -> str:
+        found = problem(value)
+        if found is not None:
+            raise ValueError(found)
+        return value
+
+    return AfterValidator(check)
+
+
+def servers_problem(servers: str) -> str | None:
+    """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated ``host:port``
+    (``host`` alone means port 9092; ``[::1]:9092`` for IPv6)."""
+    if "://" in servers:  # a listener URL copied from a broker's configuration
+        return (
+            "expected host:port entries without a listener's scheme (the protocol is "
+            f"security_protocol), got {servers!r}"
+        )
+    entries = [entry.strip() for entry in servers.split(",")]
+    for entry in entries:
+        host, port = entry, "9092"
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            return (
+                f"expected comma-separated host:port (127.0.0.1:9092,kafka-2:9092), got {servers!r}"
+            )
+    return None
+
+
 PREFIX = "AGENTSTREAM_"
 """Of every environment variable agentstream reads."""
 
@@ -62,7 +99,7 @@ class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     # --- connection (every client) -------------------------------------------------------
-    bootstrap_servers: str = kafka_option(
+    bootstrap_servers: Annotated[str, checked(servers_problem)] = kafka_option(
         "client", default="127.0.0.1:9092", description="Comma-separated host:port list."
     )
     client_id: str = kafka_option("client", default="agentstream")
@@ -116,18 +153,12 @@ class KafkaSettings(BaseSettings):
     )
 
     # --- topics and wire format ----------------------------------------------------------
-    topic_prefix: str = Field(default="agentstream", description="Topics are <prefix>.events, ...")
+    topic_prefix: Annotated[str, checked(prefix_problem)] = Field(
+        default="agentstream", description="Topics are <prefix>.events, ..."
+    )
     encoding: Literal["json", "msgpack"] = Field(
         default="json", description="Value encoding producers write."
     )
-
-    @field_validator("bootstrap_servers")
-    @classmethod
-    def _bootstrap_servers(cls, servers: str) -> str:
-        problem = servers_problem(servers)
-        if problem is not None:
-            raise ValueError(problem)
-        return servers
 
     @field_validator("acks", mode="before")
     @classmethod
@@ -168,14 +199,6 @@ class KafkaSettings(BaseSettings):
                 f"'agentstream[compression]'; gzip needs nothing), got {codec} without it"
             )
         return codec
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _topic_prefix(cls, prefix: str) -> str:
-        problem = prefix_problem(prefix)
-        if problem is not None:
-            raise ValueError(problem)
-        return prefix
 
     def routing(self) -> Routing:
         return Routing(prefix=self.topic_prefix)
@@ -248,29 +271,6 @@ class KafkaSettings(BaseSettings):
     def admin_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaAdminClient``."""
         return self.client_options()
-
-
-def servers_problem(servers: str) -> str | None:
-    """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated ``host:port``
-    (``host`` alone means port 9092; ``[::1]:9092`` for IPv6)."""
-    if "://" in servers:  # a listener URL copied from a broker's configuration
-        return (
-            "expected host:port entries without a listener's scheme (the protocol is "
-            f"security_protocol), got {servers!r}"
-        )
-    entries = [entry.strip() for entry in servers.split(",")]
-    for entry in entries:
-        host, port = entry, "9092"
-        if entry.startswith("["):
-            host, _, rest = entry[1:].partition("]")
-            port = rest.removeprefix(":") or port
-        elif entry.count(":") == 1:
-            host, port = entry.split(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
-            return (
-                f"expected comma-separated host:port (127.0.0.1:9092,kafka-2:9092), got {servers!r}"
-            )
-    return None
 
 
 def broker_address(options: Mapping[str, Any]) -> str:

@@ -19,18 +19,18 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
-from agentstream.schemas.settings import kafka_option
+from agentstream.schemas.settings import checked, kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
@@ -88,7 +88,9 @@ class LoopSettings(ServiceSettings):
         description="No pause directive for a finding whose triggering event is older than "
         "this (a backlog caught up after an outage: the session has moved on); 0: no limit.",
     )
-    webhook_url: str | None = Field(default=None, description="POST each alert here (JSON).")
+    webhook_url: Annotated[str, checked(http_url_problem)] | None = Field(
+        default=None, description="POST each alert here (JSON)."
+    )
     webhook_format: Literal["json", "slack"] = Field(
         default="json", description='"json" (the alert event) or "slack" ({"text": ...}).'
     )
@@ -101,14 +103,6 @@ class LoopSettings(ServiceSettings):
         description="No webhook call for an alert whose triggering event is older than this "
         "(a backlog caught up: nobody is paged for old loops); 0: no limit.",
     )
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook_url(cls, url: str | None) -> str | None:
-        problem = http_url_problem(url) if url else None
-        if problem is not None:
-            raise ValueError(problem)
-        return url
 
     def loop_config(self) -> LoopConfig:
         overrides = {
