@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from agentstream.schemas.routing import pattern_problem, topic_name_problem
 from agentstream.schemas.settings import KafkaSettings
 
 S = TypeVar("S", bound=KafkaSettings)
@@ -59,26 +61,24 @@ def _number(text: str, kind: type[float] | type[int], *, strictly: bool) -> floa
     return value
 
 
-def topic_argument(text: str) -> str:
-    """The type of an option naming a Kafka topic: a name Kafka would refuse is a usage
-    error that says why, before any broker is asked."""
-    from agentstream.schemas.routing import topic_name_problem
+def checked_argument(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """An option type from a ``*_problem`` function: what it finds is a usage error that
+    says why, before any broker is asked."""
 
-    problem = topic_name_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
+    def check(text: str) -> str:
+        found = problem(text)
+        if found is not None:
+            raise argparse.ArgumentTypeError(found)
+        return text
+
+    return check
 
 
-def pattern_argument(text: str) -> str:
-    """The type of an option naming event types (``tail --type``): a pattern that can match
-    nothing (``Tool.Called``, empty) is a usage error, not a reader that never shows a line."""
-    from agentstream.schemas.routing import pattern_problem
-
-    problem = pattern_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text
+topic_argument = checked_argument(topic_name_problem)
+"""A Kafka topic name (``replay --to-topic``)."""
+pattern_argument = checked_argument(pattern_problem)
+"""Event types (``tail --type``): a pattern that can match nothing (``Tool.Called``, empty)
+would be a reader that never shows a line."""
 
 
 def kafka_settings_from(args: argparse.Namespace, **overrides: Any) -> KafkaSettings:
