@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .catalogue import EventType
-from .envelope import TYPE_PATTERN
-
-_TYPE_RE = re.compile(TYPE_PATTERN)
+from .envelope import checked_type
 
 EVENTS, TOKENS, ALERTS, CONTROL, DLQ = "events", "tokens", "alerts", "control", "dlq"
 TOPIC_KINDS = (EVENTS, TOKENS, ALERTS, CONTROL, DLQ)
@@ -78,7 +76,7 @@ def prefix_problem(prefix: str) -> str | None:
 def pattern_problem(pattern: str) -> str | None:
     """Why a subscription pattern can match no event, or None: it is ``*``, a glob, or a type
     tag as envelopes carry them (dotted lower-case words)."""
-    if pattern == "*" or _is_glob(pattern) or _TYPE_RE.match(pattern):
+    if pattern == "*" or _is_glob(pattern) or checked_type(pattern):
         return None
     return (
         "expected an event type (dotted lower-case words, as tool.called), a glob (tool.*) "
