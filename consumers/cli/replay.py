@@ -81,16 +81,15 @@ async def publish(
     settings: KafkaSettings, topic: str, events: list[Event], *, for_group: str | None = None
 ) -> int:
     """Send ``events`` in order to ``topic``, each acknowledged; return how many. With
-    ``for_group`` only that consumer group handles them (see ``REPLAYED_FOR``)."""
+    ``for_group`` only that consumer group handles them (see ``deadletter.REPLAYED_FOR``)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from agentstream.consumers.runtime.deadletter import REPLAYED_FOR
+    from agentstream.consumers.runtime.deadletter import addressed
     from agentstream.schemas import encode_event, event_headers, record_key
     from agentstream.schemas.admin import start_client, wait_for_broker
     from agentstream.schemas.errors import AgentstreamError, describe
 
-    target = [(REPLAYED_FOR, for_group.encode())] if for_group else []
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
     await start_client(producer, settings.broker_address())
@@ -100,7 +99,7 @@ async def publish(
                 topic,
                 encode_event(event, settings.encoding, max_bytes=settings.max_request_size),
                 key=record_key(event),
-                headers=[*target, *event_headers(event, settings.encoding)],
+                headers=addressed(event_headers(event, settings.encoding), for_group),
             )
             for event in events
         ]

@@ -84,21 +84,18 @@ def _printer(as_json: bool) -> Callable[[Any, Any], None]:
     from agentstream.consumers.runtime import tailview
 
     if as_json:
-        from agentstream.consumers.runtime.deadletter import REPLAYED_FOR
-        from agentstream.schemas import header
+        from agentstream.consumers.runtime.deadletter import replay_target
 
-        def json_line(event: Any, record: Any) -> None:
-            target = header(record.headers, REPLAYED_FOR)
-            line = tailview.json_line(
+        return lambda event, record: print(
+            tailview.json_line(
                 event,
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
-                replayed_for=target.decode("utf-8", "replace") if target is not None else None,
-            )
-            print(line, flush=True)
-
-        return json_line
+                replayed_for=replay_target(record.headers),
+            ),
+            flush=True,
+        )
     try:
         from rich.console import Console
     except ImportError:

@@ -48,6 +48,20 @@ DECODE_HANDLER = "<decode>"
 """The handler name in dead letters of records that could not be decoded."""
 
 
+def addressed(headers: Iterable[tuple[str, bytes]], group: str | None) -> list[tuple[str, bytes]]:
+    """``headers`` of a replay for consumer ``group`` (:data:`REPLAYED_FOR` first, any older
+    one dropped), or for every group without one."""
+    kept = [(name, value) for name, value in headers if name != REPLAYED_FOR]
+    return [(REPLAYED_FOR, group.encode()), *kept] if group else kept
+
+
+def replay_target(headers: Any) -> str | None:
+    """The consumer group a replay is addressed to, or None."""
+    if headers and headers[0][0] == REPLAYED_FOR:
+        return str(headers[0][1].decode("utf-8", "replace"))
+    return None
+
+
 def replayed_for_another(headers: Any, group: bytes) -> bool:
     """Whether a record is a replay addressed to a group other than ``group`` (the partition
     worker's hot loop inlines this test)."""

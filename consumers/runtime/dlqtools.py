@@ -21,8 +21,8 @@ from .deadletter import (
     H_REASON,
     H_SERVICE,
     H_TOPIC,
-    REPLAYED_FOR,
     REPLAYED_FROM,
+    addressed,
     original_headers,
 )
 from .reader import read_topics
@@ -96,14 +96,9 @@ async def list_dead_letters(
 def replay_headers(info: DeadLetterInfo, dlq_topic: str) -> list[tuple[str, bytes]]:
     """The original headers, without error headers, plus where the replay came from and,
     first, the group it is for (the one that dead-lettered it; see :data:`REPLAYED_FOR`)."""
-    kept = [
-        (k, v)
-        for k, v in original_headers(info.record.headers)
-        if k not in (REPLAYED_FROM, REPLAYED_FOR)
-    ]
-    target = [(REPLAYED_FOR, info.group_id.encode())] if info.group_id else []
+    kept = [(k, v) for k, v in original_headers(info.record.headers) if k != REPLAYED_FROM]
     source = (REPLAYED_FROM, f"{dlq_topic}[{info.partition}]@{info.offset}".encode())
-    return [*target, *kept, source]
+    return addressed([*kept, source], info.group_id or None)
 
 
 async def replay(
