@@ -36,6 +36,17 @@ def events(n: int, sessions: int) -> list[Event]:
     return out
 
 
+def deliver(settings: KafkaSettings, sent: list[Event], **options: Any) -> None:
+    """Publish ``sent`` with a publisher of its own, every event acknowledged, then close it."""
+    publisher = KafkaPublisher(settings, **options)
+    try:
+        for event in sent:
+            publisher.publish(event)
+        assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+
+
 def files_in(directory: Path) -> list[Path]:
     """The spool's segments and checkpoint (its lock file stays, see ``spool._lock``)."""
     return [p for p in directory.iterdir() if p.name != "lock"]
@@ -52,13 +63,7 @@ async def test_sessions_keep_their_partition_and_order_with_keys_and_headers(
     kafka_settings: KafkaSettings, consume: Consume
 ) -> None:
     sent = events(1_000, sessions=25)
-    publisher = KafkaPublisher(kafka_settings, redact=None, instance_id="pod-1")
-    try:
-        for event in sent:
-            publisher.publish(event)
-        assert publisher.flush(30)
-    finally:
-        publisher.close(5)
+    deliver(kafka_settings, sent, redact=None, instance_id="pod-1")
     routing = kafka_settings.routing()
     records = await consume(kafka_settings, routing.events, 600)
     records += await consume(kafka_settings, routing.tokens, 400)
@@ -88,13 +93,7 @@ async def test_every_compression_type_reaches_a_consumer(
 ) -> None:
     settings = kafka_settings.model_copy(update={"compression_type": codec})
     sent = [e for e in events(200, sessions=4) if e.type != "llm.token"]  # on events only
-    publisher = KafkaPublisher(settings, instance_id="pod-z")
-    try:
-        for event in sent:
-            publisher.publish(event)
-        assert publisher.flush(30)
-    finally:
-        publisher.close(5)
+    deliver(settings, sent)
     records = await consume(settings, settings.routing().events, len(sent))
     ids = [decode_record(r.value, r.headers).event_id for r in records]
     assert sorted(ids) == sorted(e.event_id for e in sent)
@@ -106,12 +105,7 @@ async def test_data_is_redacted_before_it_leaves(
     event = sample_event("tool.called", 1)
     event.session_id = "s-redact"
     event.data = {"name": "http", "args": {"api_key": "sk-live-1234567890abcdef"}}
-    publisher = KafkaPublisher(kafka_settings)
-    try:
-        publisher.publish(event)
-        assert publisher.flush(30)
-    finally:
-        publisher.close(5)
+    deliver(kafka_settings, [event])
     (record,) = await consume(kafka_settings, kafka_settings.routing().events, 1)
     assert b"sk-live-1234567890abcdef" not in record.value
     assert event.data["args"]["api_key"] == "sk-live-1234567890abcdef"  # caller's dict intact
