@@ -153,6 +153,7 @@ class _PublisherState:
     sender thread."""
 
     settings: KafkaSettings
+    _producer_options: dict[str, Any]  # producer_kwargs(settings), built once
     instance_id: str
     metrics: ProducerMetrics
     _epoch: str  # tells this process's spool records from older ones

@@ -20,7 +20,7 @@ from aiokafka.errors import (
 )
 
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError, describe
-from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.settings import KafkaSettings, split_server
 
 from ._overflow import _Overflow
 from ._records import Pending, _Record, log
@@ -78,7 +78,7 @@ class _Sender(_Overflow):
         backoff = self.settings.retry_backoff_ms / 1000
         while not self._stopping:
             try:
-                producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+                producer = AIOKafkaProducer(**self._producer_options)
             except Exception as exc:  # options the client refuses: retrying cannot help
                 self._set_fatal(
                     ConfigurationError(f"cannot create the Kafka producer: {describe(exc)}")
@@ -137,10 +137,10 @@ class _Sender(_Overflow):
         servers = self.settings.bootstrap_servers
         protocol = self.settings.security_protocol
         text = f"cannot connect to Kafka at {servers} ({protocol}): {describe(exc)}"
-        context = self.settings.ssl_context()
+        context = self._producer_options.get("ssl_context")
         if context is None:
             return text
-        host, _, port = servers.split(",")[0].strip().rpartition(":")
+        host, port = split_server(servers.split(",")[0])
         try:  # aiokafka hides the TLS error behind "Unable to bootstrap": find it
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), 5

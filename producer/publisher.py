@@ -91,7 +91,8 @@ class KafkaPublisher(_Sender):
             )
         if max_queue_events < 1:
             raise ConfigurationError(f"expected max_queue_events >= 1, got {max_queue_events}")
-        producer_kwargs(settings)  # unreadable TLS files fail here, not later in the sender
+        # Built once, here: unreadable TLS files fail the constructor, not the sender later.
+        self._producer_options = producer_kwargs(settings)
         self.settings = settings
         self.instance_id = instance_id or new_instance_id()
         self._epoch = new_instance_id()  # tells this process's spool records from older ones

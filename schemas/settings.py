@@ -66,22 +66,28 @@ def checked(problem: Callable[[str], str | None]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def split_server(entry: str) -> tuple[str, str]:
+    """``(host, port)`` of one ``bootstrap_servers`` entry: ``host:port``, ``host`` alone
+    (port 9092, as the clients take it) or ``[::1]:9092`` for IPv6; the port unchecked."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, rest.removeprefix(":") or "9092"
+    if entry.count(":") == 1:
+        host, port = entry.split(":")
+        return host, port
+    return entry, "9092"
+
+
 def servers_problem(servers: str) -> str | None:
-    """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated ``host:port``
-    (``host`` alone means port 9092; ``[::1]:9092`` for IPv6)."""
+    """What is wrong with a ``bootstrap_servers`` value, or None: comma-separated entries
+    that :func:`split_server` reads, each with a host and a port from 1 to 65535."""
     if "://" in servers:  # a listener URL copied from a broker's configuration
         return (
             "expected host:port entries without a listener's scheme (the protocol is "
             f"security_protocol), got {servers!r}"
         )
-    entries = [entry.strip() for entry in servers.split(",")]
-    for entry in entries:
-        host, port = entry, "9092"
-        if entry.startswith("["):
-            host, _, rest = entry[1:].partition("]")
-            port = rest.removeprefix(":") or port
-        elif entry.count(":") == 1:
-            host, port = entry.split(":")
+    for host, port in map(split_server, servers.split(",")):
         if not host or not port.isdigit() or not 0 < int(port) < 65_536:
             return (
                 f"expected comma-separated host:port (127.0.0.1:9092,kafka-2:9092), got {servers!r}"

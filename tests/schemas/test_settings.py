@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from agentstream.schemas.errors import ConfigurationError
-from agentstream.schemas.settings import KafkaSettings, settings_error
+from agentstream.schemas.settings import KafkaSettings, settings_error, split_server
 
 
 def test_env_prefix_and_aiokafka_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,3 +221,10 @@ def test_kafka_options_are_bounded_and_acks_minus_one_is_all() -> None:
     assert "expected heartbeat_interval_ms below session_timeout_ms" in str(
         settings_error(caught.value)
     )
+
+
+def test_split_server_reads_entries_as_the_clients_do() -> None:
+    assert split_server(" kafka:9093 ") == ("kafka", "9093")
+    assert split_server("kafka") == ("kafka", "9092")
+    assert split_server("[::1]:9094") == ("::1", "9094")
+    assert split_server("[fe80::1]") == ("fe80::1", "9092")
