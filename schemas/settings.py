@@ -35,22 +35,18 @@ from .routing import Routing, prefix_problem
 Role = Literal["client", "producer", "consumer"]
 
 
-def kafka_option(
-    *roles: Role,
-    default: Any,
-    description: str = "",
-    ge: int | None = None,
-    gt: int | None = None,
-) -> Any:
-    """A field that is passed through to aiokafka under its own name for ``roles``; ``ge`` and
-    ``gt`` bound a number (a negative wait or a zero size fails here, not in the client)."""
-    return Field(
-        default=default,
-        description=description,
-        ge=ge,
-        gt=gt,
-        json_schema_extra={"kafka": list(roles)},
-    )
+def kafka_option(*roles: Role, default: Any, description: str = "") -> Any:
+    """A field that is passed through to aiokafka under its own name for ``roles``."""
+    return Field(default=default, description=description, json_schema_extra={"kafka": list(roles)})
+
+
+WaitMs = Annotated[int, Field(ge=0)]
+"""A wait or a backoff in milliseconds, 0 or more. The bound is the type's, so a service that
+redeclares an option to change its default keeps it."""
+TimeoutMs = Annotated[int, Field(gt=0)]
+"""A timeout or an interval in milliseconds, more than 0."""
+Bytes = Annotated[int, Field(gt=0)]
+"""A size in bytes, more than 0."""
 
 
 def checked(problem: Callable[[str], str | None]) -> AfterValidator:
@@ -109,10 +105,10 @@ class KafkaSettings(BaseSettings):
         "client", default="127.0.0.1:9092", description="Comma-separated host:port list."
     )
     client_id: str = kafka_option("client", default="agentstream")
-    request_timeout_ms: int = kafka_option("client", default=40_000, gt=0)
-    retry_backoff_ms: int = kafka_option("client", default=100, ge=0)
-    metadata_max_age_ms: int = kafka_option("client", default=300_000, gt=0)
-    connections_max_idle_ms: int = kafka_option("client", default=540_000, gt=0)
+    request_timeout_ms: TimeoutMs = kafka_option("client", default=40_000)
+    retry_backoff_ms: WaitMs = kafka_option("client", default=100)
+    metadata_max_age_ms: TimeoutMs = kafka_option("client", default=300_000)
+    connections_max_idle_ms: TimeoutMs = kafka_option("client", default=540_000)
 
     # --- security ------------------------------------------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = kafka_option(
@@ -133,12 +129,12 @@ class KafkaSettings(BaseSettings):
 
     # --- producer ------------------------------------------------------------------------
     acks: Literal["all", "1", "0"] = kafka_option("producer", default="all")
-    linger_ms: int = kafka_option("producer", default=5, ge=0)
+    linger_ms: WaitMs = kafka_option("producer", default=5)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = kafka_option(
         "producer", default=None
     )
-    max_batch_size: int = kafka_option("producer", default=16_384, gt=0)
-    max_request_size: int = kafka_option("producer", default=DEFAULT_MAX_RECORD_BYTES, gt=0)
+    max_batch_size: Bytes = kafka_option("producer", default=16_384)
+    max_request_size: Bytes = kafka_option("producer", default=DEFAULT_MAX_RECORD_BYTES)
     enable_idempotence: bool = kafka_option(
         "producer",
         default=False,
@@ -147,13 +143,13 @@ class KafkaSettings(BaseSettings):
 
     # --- consumer ------------------------------------------------------------------------
     auto_offset_reset: Literal["earliest", "latest"] = kafka_option("consumer", default="earliest")
-    session_timeout_ms: int = kafka_option("consumer", default=10_000, gt=0)
-    heartbeat_interval_ms: int = kafka_option("consumer", default=3_000, gt=0)
-    max_poll_interval_ms: int = kafka_option("consumer", default=300_000, gt=0)
-    rebalance_timeout_ms: int | None = kafka_option("consumer", default=None, gt=0)
-    fetch_max_wait_ms: int = kafka_option("consumer", default=500, ge=0)
-    fetch_max_bytes: int = kafka_option("consumer", default=52_428_800, gt=0)
-    max_partition_fetch_bytes: int = kafka_option("consumer", default=1_048_576, gt=0)
+    session_timeout_ms: TimeoutMs = kafka_option("consumer", default=10_000)
+    heartbeat_interval_ms: TimeoutMs = kafka_option("consumer", default=3_000)
+    max_poll_interval_ms: TimeoutMs = kafka_option("consumer", default=300_000)
+    rebalance_timeout_ms: TimeoutMs | None = kafka_option("consumer", default=None)
+    fetch_max_wait_ms: WaitMs = kafka_option("consumer", default=500)
+    fetch_max_bytes: Bytes = kafka_option("consumer", default=52_428_800)
+    max_partition_fetch_bytes: Bytes = kafka_option("consumer", default=1_048_576)
     isolation_level: Literal["read_uncommitted", "read_committed"] = kafka_option(
         "consumer", default="read_uncommitted"
     )

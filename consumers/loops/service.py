@@ -30,7 +30,7 @@ from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
-from agentstream.schemas.settings import checked, kafka_option
+from agentstream.schemas.settings import WaitMs, checked, kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
@@ -47,13 +47,10 @@ class LoopSettings(ServiceSettings):
     # Alert latency is the point of this service: short fetch waits and lingers by default
     # (the embedded broker holds a fetch for the whole fetch_max_wait_ms even when records
     # are waiting; Apache Kafka answers as soon as fetch.min.bytes is there).
-    fetch_max_wait_ms: int = kafka_option(
-        "consumer",
-        default=20,
-        ge=0,
-        description="Longest a fetch waits for records (latency bound).",
+    fetch_max_wait_ms: WaitMs = kafka_option(
+        "consumer", default=20, description="Longest a fetch waits for records (latency bound)."
     )
-    linger_ms: int = kafka_option("producer", default=1, ge=0, description="Alert batching delay.")
+    linger_ms: WaitMs = kafka_option("producer", default=1, description="Alert batching delay.")
     loops_config: Path | None = Field(
         default=None, description="TOML file with [loops] thresholds and [loops.agents.<id>]."
     )
