@@ -41,7 +41,7 @@ from .scope import get_scope
 if TYPE_CHECKING:
     from .bus import Publisher
 
-__all__ = ["CorailForwarder", "corail_envelope", "plain_data", "wire_type"]
+__all__ = ["CorailForwarder", "corail_envelope", "encodable_data", "plain_data", "wire_type"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,27 @@ def plain_data(data: Any) -> dict[str, Any]:
     if not isinstance(out, dict):
         return {"value": out}
     return out
+
+
+def encodable_data(data: Any) -> dict[str, Any]:
+    """:func:`plain_data`, with integers beyond 64 bits as their decimal text (neither wire
+    encoding carries them): what the publisher sends when ``data`` cannot be encoded as it
+    is (a ``Path``, an exception object, a tuple key...)."""
+    fitted: dict[str, Any] = _fit_ints(plain_data(data))
+    return fitted
+
+
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _fit_ints(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _fit_ints(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_fit_ints(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        return str(value)
+    return value
 
 
 _MAX_DEPTH = 64

@@ -46,8 +46,18 @@ PREVIEW_CHARS = 200
 """Previews (prompt, content, arguments, result) keep this many characters."""
 
 
-def _preview(text: str) -> str:
-    return text[:PREVIEW_CHARS] if text else ""
+def _preview(text: object) -> str:
+    """The first :data:`PREVIEW_CHARS` characters; None stays "". Anything else than a string
+    (a dict of arguments, a result object) is previewed as its ``str()``, where Calute's
+    slice raises a TypeError into the agent."""
+    if type(text) is str:
+        return text[:PREVIEW_CHARS]
+    if text is None:
+        return ""
+    try:
+        return str(text)[:PREVIEW_CHARS]
+    except Exception:
+        return f"<unrepresentable {type(text).__name__}>"
 
 
 def _generate_turn_id() -> str:

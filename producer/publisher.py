@@ -49,13 +49,19 @@ from prometheus_client import CollectorRegistry
 
 from agentstream.schemas.codec import encode_event
 from agentstream.schemas.envelope import Event
-from agentstream.schemas.errors import AgentstreamError, ConfigurationError, RecordTooLargeError
+from agentstream.schemas.errors import (
+    AgentstreamError,
+    ConfigurationError,
+    RecordTooLargeError,
+    describe,
+)
 from agentstream.schemas.ids import new_instance_id
 from agentstream.schemas.settings import KafkaSettings
 
 from ._headers import RecordFactory
 from ._records import Overflow, Redact, _Ledger, _RateLimitedLog, log
 from ._sender import _Sender, producer_kwargs
+from .adapters import encodable_data
 from .metrics import ProducerMetrics, ProducerStats
 from .partitioner import KeyPartitioner
 from .spool import FsyncPolicy, Spool
@@ -175,9 +181,10 @@ class KafkaPublisher(_Sender):
         """Stamp, redact, encode and enqueue ``event``; never waits on the network.
 
         Thread-safe. Stamps ``event.source`` (when empty) with :attr:`instance_id` and
-        ``event.seq`` with this publisher's next sequence number. An event that cannot be
-        encoded or is larger than ``max_request_size`` is dropped, counted and logged, never
-        raised: telemetry must not break the agent. Raises only after a fatal configuration
+        ``event.seq`` with this publisher's next sequence number. Values in ``data`` the
+        encoder refuses (a ``Path``, an exception object, a tuple key) are sent as text, with
+        a log line; an event larger than ``max_request_size`` is dropped, counted and logged,
+        never raised: telemetry must not break the agent. Raises only after a fatal configuration
         error (for example ``enable_idempotence`` on a broker without InitProducerId).
         """
         with self._lock:
@@ -205,9 +212,11 @@ class KafkaPublisher(_Sender):
             except RecordTooLargeError as exc:
                 self._drop(event, "too_large", str(exc))
                 return
-            except Exception as exc:
-                self._drop(event, "unencodable", repr(exc))
-                return
+            except Exception as exc:  # an object the encoder refuses: sent as plain values
+                converted = self._encode_plain(event, exc)
+                if converted is None:
+                    return
+                value = converted
             # Headers, key and topic are built on the sender thread from this snapshot.
             fields = (
                 event.event_id,
@@ -331,13 +340,41 @@ class KafkaPublisher(_Sender):
         )
         return False
 
+    def _encode_plain(self, event: Event, refused: Exception) -> bytes | None:
+        """The record value of ``event`` with its data as plain values (``encodable_data``:
+        unknown objects as their ``str()``), after the encoder refused the data as it is;
+        None when the event was dropped (lock held)."""
+        try:
+            data = encodable_data(event.data)
+            if self._redact is not None and data:
+                data = self._redact(data)
+            value = encode_event(
+                replace(event, data=data), self._encoding, max_bytes=self._max_record_bytes
+            )
+        except RecordTooLargeError as exc:
+            self._drop(event, "too_large", str(exc))
+            return None
+        except Exception as exc:
+            self._drop(event, "unencodable", repr(exc))
+            return None
+        self._warn(
+            "converted",
+            "event %s of type %s (session %r): its data could not be encoded as it is (%s); "
+            "sent with the values the encoder refused as text",
+            event.event_id,
+            str(event.type),
+            event.session_id,
+            describe(refused),
+        )
+        return value
+
     def _drop(self, event: Event, reason: str, detail: str = "") -> None:
         self.metrics.drop(reason)
         self._warn(
             "drop:" + reason,
-            "dropped event %s of type %r (session %r): %s%s",
+            "dropped event %s of type %s (session %r): %s%s",
             event.event_id,
-            event.type,
+            str(event.type),
             event.session_id,
             reason,
             f": {detail}" if detail else "",

@@ -186,6 +186,26 @@ def test_previews_keep_200_characters_and_empty_stays_empty() -> None:
     assert previews == ["x" * 200] * 4 + [""]
 
 
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_preview_of_something_else_than_text_is_its_str_not_a_type_error() -> None:
+    """Agent code passes a dict of arguments or a result object where Calute expects text;
+    Calute's slice raised a TypeError into the agent, the preview is now their str()."""
+    emitter = AuditEmitter()
+    emitter.emit_tool_call_attempt("t", args={"q": "hi"})  # type: ignore[arg-type]
+    emitter.emit_tool_call_complete("t", result=list(range(100)))  # type: ignore[arg-type]
+    emitter.emit_turn_start(prompt=None)  # type: ignore[arg-type]
+    emitter.emit_turn_end(content=_Unprintable())  # type: ignore[arg-type]
+    attempt, complete, start, end = emitter.collector.get_events()
+    assert attempt.to_dict()["arguments_preview"] == "{'q': 'hi'}"
+    assert complete.to_dict()["result_preview"] == str(list(range(100)))[:200]
+    assert start.to_dict()["prompt_preview"] == ""
+    assert end.to_dict()["content_preview"] == "<unrepresentable _Unprintable>"
+
+
 def test_event_to_dict_order_and_json() -> None:
     event = TurnStartEvent(agent_id="a", prompt_preview="p", metadata={"k": 1})
     d = event.to_dict()

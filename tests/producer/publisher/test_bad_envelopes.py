@@ -6,7 +6,8 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,49 @@ async def test_an_envelope_field_of_the_wrong_type_is_dropped_not_the_events_aft
     records = await consume(kafka_settings, kafka_settings.routing().events, 10)
     ids = [decode_record(r.value, r.headers).event_id for r in records]
     assert sorted(ids) == sorted(e.event_id for e in good)
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque thing"
+
+
+async def test_data_the_encoder_refuses_is_sent_as_text_not_dropped(
+    kafka_settings: KafkaSettings, consume: Consume, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Corail's bus carries any object in ``data``; msgspec encodes none of these. The event
+    still leaves the pod, those values as text, the rest as they were (and redacted)."""
+    odd: dict[str, Any] = {
+        "name": "export",
+        "path": Path("/tmp/report.csv"),
+        "error": ValueError("boom"),
+        "object": _Opaque(),
+        "by_pair": {(1, 2): "pair key"},
+        "huge": 2**70,
+        "nested": [{"deep": 1j}],
+        "kept": {"n": 3, "when": datetime(2026, 11, 1, 12, tzinfo=UTC)},
+        "token": "Bearer abcdefghijklmnopqrstuvwxyz0123456789",
+    }
+    event = sample_event("tool.result", 1)
+    event.data = odd
+    publisher = KafkaPublisher(kafka_settings)  # default redaction
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            publisher.publish(event)
+            assert publisher.flush(30)
+        assert publisher.stats().delivered == 1 and not any(publisher.stats().dropped.values())
+    finally:
+        publisher.close(5)
+    assert event.data is odd and isinstance(odd["path"], Path)  # the caller's objects stay
+    assert f"event {event.event_id} of type tool.result" in caplog.text
+    assert "TypeError: Encoding objects of type PosixPath is unsupported" in caplog.text
+    [record] = await consume(kafka_settings, kafka_settings.routing().events, 1)
+    data = decode_record(record.value, record.headers).data
+    assert data["path"] == "/tmp/report.csv" and data["error"] == "boom"
+    assert data["object"] == "opaque thing" and data["by_pair"] == {"(1, 2)": "pair key"}
+    assert data["huge"] == str(2**70) and data["nested"] == [{"deep": "1j"}]
+    assert data["kept"] == {"n": 3, "when": "2026-11-01T12:00:00Z"}
+    assert "abcdefghijklmnopqrstuvwxyz" not in data["token"]
 
 
 def test_a_publisher_closed_at_once_leaves_no_client_open(

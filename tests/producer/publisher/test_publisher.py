@@ -224,9 +224,11 @@ def test_undeliverable_input_is_counted_not_raised(caplog: pytest.LogCaptureFixt
         with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
             publisher.publish(big)
             publisher.publish(weird)
-        dropped = publisher.stats().dropped
-        assert dropped["too_large"] == 1 and dropped["unencodable"] == 1
+        stats = publisher.stats()
+        assert stats.dropped["too_large"] == 1 and stats.dropped["unencodable"] == 0
+        assert stats.in_memory == 1  # the object is sent as its str() (test_bad_envelopes)
         assert big.event_id in caplog.text and "max_request_size" in caplog.text
+        assert f"event {weird.event_id} of type tool.result" in caplog.text
     finally:
         publisher.close(0.1)
 
