@@ -19,6 +19,7 @@ Encoders and decoders are built once, at import.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -102,6 +103,13 @@ def decode_event(
         raise MalformedRecordError(
             f"expected {encoding} encoding of an event, got undecodable bytes ({exc}); "
             f"first bytes {value[:32]!r}",
+            where=where,
+        ) from None
+    except RecursionError:  # msgspec stops at Python's recursion limit (about 1,000 levels)
+        raise MalformedRecordError(
+            f"expected an event msgspec can decode ({encoding}), got objects or arrays nested "
+            f"deeper than Python's recursion limit ({sys.getrecursionlimit()}) in "
+            f"{len(value)} bytes; first bytes {value[:32]!r}",
             where=where,
         ) from None
     # WireEvent's checks: the required identity fields (by the decoder), the type pattern

@@ -49,6 +49,10 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     ]
     # No headers at all (another producer): typed by its envelope, and handled.
     bare = sample_event("llm.call.started", 6)
+    # Nested past msgspec's (Python's) recursion limit: a RecursionError, not a DecodeError.
+    deep = sample_event("tool.called", 7)
+    deep.data = {"name": "t", "args": "HOLE"}
+    too_deep = encode_event(deep).replace(b'"HOLE"', b"[" * 5_000 + b"]" * 5_000)
     async with running_consumer(consumer):
         # Random bytes (after a NUL, so they never happen to start a JSON value).
         await produce_raw(settings, topic, b"\x00\x9f" + os.urandom(62), key=key)
@@ -62,17 +66,18 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
             settings, topic, encode_event(mislabelled), key=key, headers=mislabelled_headers
         )
         await produce_raw(settings, topic, encode_event(bare), key=key)
+        await produce_raw(settings, topic, too_deep, key=key, headers=event_headers(deep))
         await produce_raw(
             settings, topic, encode_event(after), key=key, headers=event_headers(after)
         )
         await produce_events(settings, [good])
         await wait_until(lambda: after.event_id in ok and good.event_id in ok)
-        letters = await read_records(settings, settings.routing().dlq, 4)
+        letters = await read_records(settings, settings.routing().dlq, 5)
     assert bare.event_id in ok and mislabelled.event_id not in ok
     assert attempts == [failing.event_id] * 3  # 1 + handler_retries
     assert ok.count(failing.event_id) == 1, "the other handler of the failing event still ran"
     handlers = sorted(dict(r.headers)["agentstream.errors.handler"] for r in letters)
-    assert handlers == [b"<decode>", b"<decode>", b"<decode>", b"always-raises"]
+    assert handlers == [b"<decode>"] * 4 + [b"always-raises"]
     for letter in letters:
         headers = dict(letter.headers)
         assert letter.key == key
@@ -101,6 +106,7 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     assert classes == [
         b"agentstream.schemas.errors.EventTypeError",
         b"agentstream.schemas.errors.EventTypeError",
+        b"agentstream.schemas.errors.MalformedRecordError",
         b"agentstream.schemas.errors.MalformedRecordError",
     ]
     mismatch = next(r for r in letters if r.value == encode_event(mislabelled))
