@@ -10,12 +10,14 @@ import pytest
 from support.budget import T0, ev, llm, response, tool, turn
 
 from agentstream.consumers.budget.accounting import (
+    MAX_REPORTED,
     BudgetTracker,
     Ledger,
     Level,
     Signal,
     signal_event_id,
 )
+from agentstream.consumers.budget.changelog import decode_state, encode_state
 from agentstream.consumers.budget.config import (
     BudgetConfig,
     Dimension,
@@ -109,12 +111,15 @@ def test_unknown_model_costs_nothing_and_is_counted_as_unpriced() -> None:
     assert state.unpriced_tokens == 200  # the mystery model's 200 tokens
 
 
-def test_negative_or_non_integer_usage_fields_are_ignored() -> None:
+@pytest.mark.parametrize("bad", [-5, "812", 1.5, True, MAX_REPORTED + 1, 10**23])
+def test_negative_non_integer_or_absurd_usage_fields_are_ignored(bad: object) -> None:
     tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
-    run(tracker, [ev("llm.call.completed", {"round": 0, "stop_reason": "x", "input_tokens": -5})])
+    data = {"round": 0, "stop_reason": "x", "input_tokens": bad, "output_tokens": 7}
+    run(tracker, [ev("llm.call.completed", data)])
     state = tracker.usage("session:s-1")
     assert state is not None
-    assert state.tokens == 0
+    assert state.tokens == 7
+    assert decode_state(encode_state(state)) == state  # the changelog can hold it
 
 
 # --- dimensions ---------------------------------------------------------------------------------
