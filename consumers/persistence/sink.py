@@ -13,7 +13,7 @@ exponential backoff, for as long as it takes, and never lets the error reach the
 (which would dead-letter the records). Meanwhile the partition's later records wait and the
 runtime's backpressure pauses fetching; no offset moves past an unwritten event.
 
-An event the database refuses (not an outage; none is known after the stores' adaptations)
+An event the database refuses (not an outage: on PostgreSQL, an id too long for its index)
 must not take its batch down with it: the batch is bisected, every accepted event is stored,
 then the handler raises :class:`BatchDeadLetter` naming the refused records: the runtime
 copies only those to the dead-letter topic (with the store's error as the reason) and the

@@ -3,7 +3,9 @@ redelivery deduplicated, old events swept, offsets committed only after the stor
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import string
 from datetime import timedelta
 
 import msgspec
@@ -125,6 +127,28 @@ async def test_a_refused_event_does_not_take_its_batch_down(
     assert headers["agentstream.errors.reason"].startswith(b"store refused the event: ")
     assert b"refused by a trigger" in headers["agentstream.errors.reason"]
     assert headers["agentstream.errors.exception.class.name"].endswith(b"BatchDeadLetter")
+
+
+@pytest.mark.postgres
+async def test_an_id_too_long_for_its_postgres_index_is_dead_lettered_alone(
+    kafka_settings: KafkaSettings, pg_schema_url: str
+) -> None:
+    """PostgreSQL refuses an index entry over about 8 KB: a session id of 10,000 random
+    letters (TOAST cannot shrink it) is refused by the database, not by the service."""
+    events = stream(200)
+    long_id = "".join(random.Random(7).choices(string.ascii_letters, k=10_000))
+    events[120] = Event(type="tool.called", session_id=long_id, data={"name": "t", "args": {}})
+    settings = settings_for(
+        kafka_settings, pg_schema_url, handler_retries=1, handler_retry_backoff_ms=1
+    )
+    async with persistence(settings) as (consumer, store):
+        await produce_events(kafka_settings, events)
+        await wait_until(lambda: committed_total(consumer) == 200, what="every record finished")
+        assert await store.count() == 199
+    [letter] = await read_records(kafka_settings, kafka_settings.routing().dlq, 1)
+    assert decode_record(letter.value, letter.headers).event_id == events[120].event_id
+    reason = dict(letter.headers)["agentstream.errors.reason"]
+    assert reason.startswith(b"store refused the event: ") and b"index row" in reason
 
 
 def committed_total(consumer: EventConsumer) -> int:
