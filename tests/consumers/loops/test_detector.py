@@ -18,7 +18,7 @@ from agentstream.consumers.loops.detector import (
     ScopeKey,
     args_hash,
 )
-from agentstream.schemas import Event
+from agentstream.schemas import Event, decode_event, encode_event
 from agentstream.schemas.errors import ConfigurationError
 
 # --- traces ----------------------------------------------------------------------------------
@@ -117,6 +117,18 @@ def test_args_hash_is_canonical_json_md5() -> None:
     assert args_hash('{"q":"hi"}') == hashlib.md5(b'{"q":"hi"}').hexdigest()
     assert args_hash(None) == hashlib.md5(b"empty").hexdigest()
     assert args_hash({"a": 1}) != args_hash({"a": 2})
+
+
+def test_a_call_hashes_the_same_whichever_encoding_carried_it() -> None:
+    """MessagePack keeps integer keys and bytes that JSON turns into text: beside string
+    keys they made the sort raise TypeError (the event dead-lettered, the call uncounted)."""
+    args = {"page": {1: "intro", "2": "body"}, "blob": b"\x00\x01", "n": 1.5}
+    event = Event(type="tool.called", session_id="s", data={"name": "read", "args": args})
+    hashes = {
+        args_hash(decode_event(encode_event(event, encoding), encoding).data["args"])
+        for encoding in ("json", "msgpack")
+    }
+    assert len(hashes) == 1
 
 
 # --- same call ---------------------------------------------------------------------------------
