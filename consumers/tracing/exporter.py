@@ -203,9 +203,11 @@ class OtlpHttpExporter:
                 return
             if attempt >= self.policy.max_retries or self._closing:
                 spans = sum(i.spans for i in batch)
+                tries = attempt + 1
                 self._failures.failed(
-                    f"{self.target.endpoint} failed {attempt + 1} times "
-                    f"(last: {result.error or f'HTTP {result.status}'}), {spans} spans dropped",
+                    f"{self.target.endpoint}: {spans} spans dropped after {tries} "
+                    f"{'attempt' if tries == 1 else 'attempts'} "
+                    f"(last: {result.error or f'HTTP {result.status}'})",
                     spans,
                 )
                 self._drop(batch, "export_failed")
