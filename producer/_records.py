@@ -3,7 +3,6 @@
 * :class:`_Record` — one event on its way through the pipeline;
 * :class:`_Lane` — the FIFO of one topic-partition (at most one batch in flight);
 * :class:`_Ledger` — which publish indices are finished, for ``flush()``;
-* :class:`_RateLimitedLog` — a log line at most every 10 s per key, with a suppressed count;
 * :class:`_SpoolEntry` — a record as written to the disk spool;
 * :class:`_PublisherState` — the attributes the caller side (:mod:`.publisher`), the sender
   (:mod:`._lanes`, :mod:`._sender`) and the spool bridge (:mod:`._overflow`) share.
@@ -14,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -27,6 +25,7 @@ from agentstream.schemas.codec import Encoding
 from agentstream.schemas.errors import AgentstreamError
 from agentstream.schemas.routing import Routing
 from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.throttle import ThrottledLog
 
 from .metrics import ProducerMetrics
 from .partitioner import KeyPartitioner
@@ -45,7 +44,8 @@ HeaderFields = tuple[str, str, str, datetime, int, str, str, str]
 Pending = tuple[bytes, HeaderFields, float, int]
 """What ``publish()`` enqueues: value, header fields, publish time (epoch s), publish index."""
 
-_LOG_EVERY = 10.0
+LOG_EVERY_S = 10.0
+"""The publisher logs each kind of problem (connects, drops, spooling) at most this often."""
 
 
 class _Record(msgspec.Struct, gc=False):
@@ -126,26 +126,6 @@ class _Ledger:
             self.base += done
 
 
-class _RateLimitedLog:
-    """A log line at most once every 10 s per key; says how many were suppressed."""
-
-    def __init__(self, level: int) -> None:
-        self.level = level
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -_LOG_EVERY) < _LOG_EVERY:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message += f" ({suppressed} similar messages suppressed)"
-        log.log(self.level, message, *args, exc_info=exc_info)
-
-
 class _PublisherState:
     """The attributes of a :class:`~agentstream.producer.publisher.KafkaPublisher`, declared
     once for its parts (set in its ``__init__``). Fields marked *shared* are read and written
@@ -169,8 +149,8 @@ class _PublisherState:
     _redact: Redact | None
     _spool: Spool | None
     _inherited: int  # shared: events left in the spool by an earlier process, not yet done
-    _warn: _RateLimitedLog
-    _error: _RateLimitedLog
+    _warn: ThrottledLog  # a line per kind at most every LOG_EVERY_S
+    _error: ThrottledLog
 
     _lock: threading.Lock
     _cond: threading.Condition

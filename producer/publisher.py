@@ -57,9 +57,10 @@ from agentstream.schemas.errors import (
 )
 from agentstream.schemas.ids import new_instance_id
 from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.throttle import ThrottledLog
 
 from ._headers import RecordFactory
-from ._records import Overflow, Redact, _Ledger, _RateLimitedLog, log
+from ._records import LOG_EVERY_S, Overflow, Redact, _Ledger, log
 from ._sender import _Sender, producer_kwargs
 from .adapters import encodable_data
 from .metrics import ProducerMetrics, ProducerStats
@@ -131,8 +132,8 @@ class KafkaPublisher(_Sender):
         if spool_dir is not None:
             self._spool = Spool(spool_dir, max_bytes=spool_max_bytes, fsync=fsync)
         self._inherited = self._spool.unread if self._spool is not None else 0
-        self._warn = _RateLimitedLog(logging.WARNING)
-        self._error = _RateLimitedLog(logging.ERROR)
+        self._warn = ThrottledLog(log, logging.WARNING, interval_s=LOG_EVERY_S)
+        self._error = ThrottledLog(log, logging.ERROR, interval_s=LOG_EVERY_S)
 
         # Shared between callers and the sender thread, guarded by _cond.
         self._lock = threading.Lock()

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.retry import backoff_seconds
-from agentstream.consumers.runtime.throttle import ThrottledWarning
 from agentstream.schemas import Event
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class WebhookNotifier:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
         self._on_outcome = on_outcome
         self._task: asyncio.Task[None] | None = None
-        self._failures = ThrottledWarning(log, "webhook", "alerts not delivered")
-        self._overflow = ThrottledWarning(log, "webhook", "alerts dropped")
+        self._failures = ThrottledLog(log, unit="alerts not delivered")
+        self._overflow = ThrottledLog(log, unit="alerts dropped")
 
     async def start(self) -> None:
         if self._task is None:
@@ -96,7 +96,9 @@ class WebhookNotifier:
         try:
             self._queue.put_nowait(alert)
         except asyncio.QueueFull:
-            self._overflow.failed(f"queue full, alert {alert.event_id} not delivered", 1)
+            self._overflow(
+                "queue", f"webhook: queue full, alert {alert.event_id} not delivered", amount=1
+            )
             self._outcome("dropped")
 
     def _outcome(self, outcome: Outcome) -> None:
@@ -122,16 +124,17 @@ class WebhookNotifier:
                     400 <= exc.code < 500 and exc.code not in (408, 429)
                 )
                 if permanent or attempt == self.retries:
-                    self._failures.failed(
-                        f"alert {alert.event_id} not delivered to {self.url} after "
+                    self._failures(
+                        "deliver",
+                        f"webhook: alert {alert.event_id} not delivered to {self.url} after "
                         f"{attempt + 1} attempts: {exc}",
-                        1,
+                        amount=1,
                     )
                     self._outcome("failed")
                     return
                 await asyncio.sleep(backoff_seconds(attempt + 1, base_ms, most_ms))
             else:
-                self._failures.recovered(f"{self.url} takes alerts again")
+                self._failures.recovered("deliver", f"webhook: {self.url} takes alerts again")
                 self._outcome("delivered")
                 return
 

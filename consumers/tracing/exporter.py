@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from agentstream.consumers.runtime.retry import backoff_seconds
-from agentstream.consumers.runtime.throttle import ThrottledWarning
 from agentstream.schemas.errors import describe
+from agentstream.schemas.throttle import ThrottledLog
 
 from .metrics import TracingMetrics
 from .otlp import encode
@@ -83,7 +83,7 @@ class OtlpHttpExporter:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Item] = []
         self._closing = False
-        self._failures = ThrottledWarning(log, "tracing export", "spans dropped")
+        self._failures = ThrottledLog(log, unit="spans dropped")
 
     @property
     def queued_spans(self) -> int:
@@ -186,7 +186,9 @@ class OtlpHttpExporter:
         while True:
             result = await asyncio.to_thread(self._post, body)
             if 200 <= result.status < 300:
-                self._failures.recovered(f"{self.target.endpoint} accepts spans again")
+                self._failures.recovered(
+                    "export", f"tracing export: {self.target.endpoint} accepts spans again"
+                )
                 self._delivered(batch, result.body)
                 return
             self.metrics.export_failures.inc()
@@ -204,11 +206,12 @@ class OtlpHttpExporter:
             if attempt >= self.policy.max_retries or self._closing:
                 spans = sum(i.spans for i in batch)
                 tries = attempt + 1
-                self._failures.failed(
-                    f"{self.target.endpoint}: {spans} spans dropped after {tries} "
-                    f"{'attempt' if tries == 1 else 'attempts'} "
+                self._failures(
+                    "export",
+                    f"tracing export: {self.target.endpoint}: {spans} spans dropped after "
+                    f"{tries} {'attempt' if tries == 1 else 'attempts'} "
                     f"(last: {result.error or f'HTTP {result.status}'})",
-                    spans,
+                    amount=spans,
                 )
                 self._drop(batch, "export_failed")
                 return
