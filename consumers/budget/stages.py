@@ -38,6 +38,7 @@ from aiokafka.structs import TopicPartition
 from agentstream.consumers.runtime import Record
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, encode_event, event_headers
+from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 from .accounting import (
@@ -172,10 +173,18 @@ class Stage:
         start = {p: last + 1 for p, (_, last) in retained.items()}
         # The runtime holds the partitions' records until this returns; returning without
         # the state would count from zero, so a failing read is retried, never skipped.
-        changed = await self._retry(
-            f"restoring partitions {partitions}",
-            lambda: read_partition_states(self.settings, partitions, start=start),
-        )
+        try:
+            changed = await self._retry(
+                f"restoring partitions {partitions}",
+                lambda: read_partition_states(self.settings, partitions, start=start),
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{self.name} stage: {exc}. Were partitions added to the topics the budget "
+                "service reads? Its changelog and repartition topics must have as many "
+                "partitions as the events topic: add theirs to match and restart (sessions "
+                "that moved to a new partition count from zero)"
+            ) from None
         for partition in partitions:
             scopes = retained[partition][0] if partition in retained else {}
             await self._restore(partition, scopes, changed.get(partition, {}))
@@ -296,6 +305,8 @@ class Stage:
             except Exception as exc:
                 if attempts is not None and attempt >= attempts:
                     raise
+                if isinstance(exc, AgentstreamError) and not exc.retriable:
+                    raise  # a configuration problem: no retry can help
                 delay = backoff_seconds(attempt, 200, 5_000)
                 log.warning(
                     "%s stage: %s failed (attempt %d), retrying in %.1f s: %r",

@@ -25,7 +25,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from agentstream.schemas.admin import describe_topics, start_client, stop_client
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
-from agentstream.schemas.errors import DecodeError, RecordLocation
+from agentstream.schemas.errors import ConfigurationError, DecodeError, RecordLocation
 from agentstream.schemas.settings import KafkaSettings
 
 from .deadletter import replayed_for_another
@@ -80,6 +80,22 @@ async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartit
         if t.get("topic") == topic and not t.get("error_code")
         for p in t.get("partitions", ())
     )
+
+
+async def _check_partitions(settings: KafkaSettings, tps: Iterable[TopicPartition]) -> None:
+    """Raise :class:`ConfigurationError` for partitions that do not exist: aiokafka would wait
+    for their leader forever (a changelog with fewer partitions than its input topic)."""
+    by_topic: dict[str, set[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, set()).add(tp.partition)
+    for topic, asked in sorted(by_topic.items()):
+        found = {tp.partition for tp in await partitions_of(settings, topic)}
+        missing = sorted(asked - found)
+        if missing:
+            has = f"has {len(found)} partitions" if found else "does not exist"
+            raise ConfigurationError(
+                f"expected partitions {missing} of topic {topic} to read, the topic {has}"
+            )
 
 
 async def committed_offsets(
@@ -154,6 +170,7 @@ async def read_windows(
     wanted = {tp: w for tp, w in windows.items() if w}
     if not wanted:
         return
+    await _check_partitions(settings, wanted)
     consumer = reader(settings, name)
     await start_client(consumer, settings.broker_address())
     try:

@@ -4,21 +4,25 @@ tombstones for evicted scopes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 from support.budget import T0, llm, turn
 
 from agentstream.consumers.budget.accounting import Ledger, ScopeState
-from agentstream.consumers.budget.changelog import ChangelogWriter
+from agentstream.consumers.budget.changelog import ChangelogWriter, changelog_topic
 from agentstream.consumers.budget.config import BudgetConfig, Limits
 from agentstream.consumers.budget.metrics import BudgetMetrics
 from agentstream.consumers.budget.stages import USAGE_TYPE, DayStage, SessionStage
 from agentstream.consumers.runtime import Record
 from agentstream.schemas import Event, decode_event
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 SETTINGS = KafkaSettings(topic_prefix="p")
@@ -220,3 +224,34 @@ async def test_by_default_persisting_is_retried_until_kafka_takes_it() -> None:
     await sessions.handle(records([turn(0)]))  # returns only once everything is durable
     assert recorder.kinds().count("send") == 2  # warning and exceeded, once each
     assert recorder.steps[-1] == ("changelog", ("session:s-1", 0))
+
+
+async def test_an_input_partition_without_a_changelog_partition_is_a_clear_error(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Partitions added to the events topic while the service runs: the new ones have no
+    changelog partition. Their restore waited on aiokafka forever (no warning, /healthz
+    green, every partition of the assignment held); it now fails at once, saying what to do,
+    and the runtime reports the assignment failed."""
+    admin = AIOKafkaAdminClient(**kafka_settings.admin_options())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(changelog_topic(kafka_settings.topic_prefix), 2, 1)])
+    finally:
+        await admin.close()
+    recorder = Recorder()
+    sessions = SessionStage(
+        settings=kafka_settings,
+        repartition_topic=f"{kafka_settings.topic_prefix}.budget-repartition",
+        ledger=Ledger(BudgetConfig()),
+        writer=cast(ChangelogWriter, recorder),
+        metrics=BudgetMetrics(CollectorRegistry()),
+        publish=recorder.publish,
+    )
+    events = kafka_settings.routing().events  # 4 partitions
+    with pytest.raises(ConfigurationError, match=r"partitions \[3\] of topic .*has 2") as raised:
+        async with asyncio.timeout(30):
+            await sessions.assigned(
+                frozenset({TopicPartition(events, 1), TopicPartition(events, 3)})
+            )
+    assert "must have as many partitions as the events topic" in str(raised.value)

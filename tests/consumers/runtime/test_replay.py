@@ -4,6 +4,9 @@ per partition: the embedded broker's ListOffsets(latest) answers the last batch'
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -19,6 +22,7 @@ from agentstream.consumers.runtime.replay import (
     read_windows,
 )
 from agentstream.schemas import encode_event, event_headers
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 BATCHES = (5, 4, 6)  # records per produce batch, partition 0
@@ -138,3 +142,19 @@ async def test_looking_at_a_missing_topic_does_not_create_it(
         assert topic not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+async def test_reading_partitions_that_do_not_exist_is_refused_not_a_wait_forever(
+    kafka_settings: KafkaSettings, unique_name: str
+) -> None:
+    """aiokafka waits for the leader of a partition that does not exist for as long as it is
+    asked to: a reader of a changelog with fewer partitions than its input hung there."""
+    topic = kafka_settings.routing().events  # 4 partitions
+    beyond = [TopicPartition(topic, 1), TopicPartition(topic, 4), TopicPartition(topic, 6)]
+    with pytest.raises(ConfigurationError, match=rf"partitions \[4, 6\] of topic {topic}.*has 4"):
+        async with asyncio.timeout(30):
+            _ = [r async for r in read_to_end(kafka_settings, beyond)]
+    missing = TopicPartition(f"{unique_name}.nowhere", 0)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        async with asyncio.timeout(30):
+            _ = [r async for r in read_to_end(kafka_settings, [missing])]
