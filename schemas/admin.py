@@ -23,6 +23,15 @@ from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
 
 DAY_MS = 86_400_000
+KAFKA_MESSAGE_MAX_BYTES = 1_048_588
+"""Apache Kafka's default ``message.max.bytes`` (broker) and ``max.message.bytes`` (topic)."""
+DEAD_LETTER_HEADROOM = 65_536
+"""Bytes a dead letter may add to the record it copies: its error headers (exception message,
+stack trace and reason are cut at 2,048, 8,192 and 2,048 characters, up to 4 bytes each in
+UTF-8, and a few short values). The dead-letter topic is created accepting records this much
+larger than the other topics, and the services' producer sends them: a record the events
+topic took can always be dead-lettered (one near the limit wedged its partition, its dead
+letter refused as too large at every retry)."""
 
 log = logging.getLogger("agentstream.admin")
 
@@ -65,12 +74,15 @@ class TopicSpec:
 
     def new_topics(self, routing: Routing) -> list[NewTopic]:
         topics = []
+        largest = int(self.extra_configs.get("max.message.bytes", KAFKA_MESSAGE_MAX_BYTES))
         for kind, retention in self.retention_ms.items():
             configs = {
                 "retention.ms": str(retention),
                 "cleanup.policy": "delete",
                 **self.extra_configs,
             }
+            if kind == DLQ:
+                configs["max.message.bytes"] = str(largest + DEAD_LETTER_HEADROOM)
             topics.append(
                 NewTopic(
                     routing.topic(kind),

@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
-from agentstream.schemas.admin import stop_client
+from agentstream.schemas.admin import DEAD_LETTER_HEADROOM, stop_client
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 from .dispatch import Dispatcher
@@ -301,7 +301,9 @@ class EventConsumer:
             )
         self._started = True
         settings = self.settings
-        producer = AIOKafkaProducer(**settings.producer_options())
+        # Dead letters carry error headers on top of the record: see DEAD_LETTER_HEADROOM.
+        largest = settings.max_request_size + DEAD_LETTER_HEADROOM
+        producer = AIOKafkaProducer(**{**settings.producer_options(), "max_request_size": largest})
         consumer = AIOKafkaConsumer(group_id=self.group_id, **settings.consumer_options())
         try:
             await producer.start()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agentstream.schemas.admin import DAY_MS, TopicSpec, creation_error
+from agentstream.schemas.admin import (
+    DAY_MS,
+    DEAD_LETTER_HEADROOM,
+    KAFKA_MESSAGE_MAX_BYTES,
+    TopicSpec,
+    creation_error,
+)
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.routing import Routing
 
@@ -44,3 +50,16 @@ def test_a_refused_topic_creation_names_kafkas_error() -> None:
         "expected Kafka to create topic 'p.events', it refused with error 38 "
         "InvalidReplicationFactorError: Replication factor: 3 larger than available brokers: 1."
     )
+
+
+def test_the_dead_letter_topic_takes_records_larger_than_the_others_by_the_headroom() -> None:
+    """A dead letter is its record plus error headers: near the size limit it was refused."""
+    default = {
+        t.name: t.topic_configs.get("max.message.bytes") for t in TopicSpec().new_topics(Routing())
+    }
+    assert default.pop("agentstream.dlq") == str(KAFKA_MESSAGE_MAX_BYTES + DEAD_LETTER_HEADROOM)
+    assert set(default.values()) == {None}  # the broker's own limit elsewhere
+    raised = TopicSpec(extra_configs={"max.message.bytes": "5000000"}).new_topics(Routing())
+    limits = {t.name: t.topic_configs["max.message.bytes"] for t in raised}
+    assert limits.pop("agentstream.dlq") == str(5_000_000 + DEAD_LETTER_HEADROOM)
+    assert set(limits.values()) == {"5000000"}

@@ -118,6 +118,33 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     assert sample("agentstream_consumer_records_total", {**labels, "outcome": "failed"}) == 1
 
 
+async def test_a_record_at_the_size_limit_is_dead_lettered_with_its_error_headers(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """The dead letter is the record plus error headers: for a record the source topic took
+    near max_request_size it was refused as too large at every retry, the partition wedged."""
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="big")
+    handled: list[str] = []
+
+    @consumer.subscribe("*")
+    async def handle(event: Event) -> None:
+        handled.append(event.event_id)
+
+    topic = settings.routing().events
+    huge = b"\x00" + b"x" * (settings.max_request_size - 200)  # undecodable, and just fits
+    after = sample_event("tool.called", 1)
+    async with running_consumer(consumer):
+        await produce_raw(settings, topic, huge, key=b"s")
+        await produce_raw(
+            settings, topic, encode_event(after), key=b"s", headers=event_headers(after)
+        )
+        await wait_until(lambda: handled == [after.event_id], timeout=30)
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
+    assert letter.value == huge
+    assert dict(letter.headers)["agentstream.errors.handler"] == b"<decode>"
+
+
 async def test_invalid_payload_is_dead_lettered_once_by_a_reader_and_kept_by_a_sink(
     kafka_settings: KafkaSettings,
 ) -> None:
