@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from agentstream.schemas.environment import unread_variables
-from agentstream.schemas.errors import AgentstreamError
+from agentstream.schemas.errors import AgentstreamError, describe
 from agentstream.schemas.settings import settings_error
 
 
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Later writes to the closed pipe (the interpreter's final flush) go to /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as exc:  # a path that cannot be written or read (--out, --log-dir...)
+        print(f"agentstream: {describe(exc)}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

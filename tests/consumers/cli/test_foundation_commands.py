@@ -221,6 +221,17 @@ async def test_schemas_export_check(tmp_path: Path) -> None:
     assert (await _run("schemas", "export", "--check", "--out", str(tmp_path)))[0] == 0
 
 
+async def test_a_path_that_cannot_be_written_is_one_clear_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    for argv in (["schemas", "export", "--out", str(taken)], ["up", "--log-dir", str(taken)]):
+        code, _, err = await _run(*argv)
+        assert code == 1, argv
+        assert err.strip() == f"agentstream: FileExistsError: [Errno 17] File exists: '{taken}'"
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
