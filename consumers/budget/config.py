@@ -173,7 +173,9 @@ def _read(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigurationError(f"expected a budget config file at {path}, none exists") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:  # a directory, no permission
+        raise ConfigurationError(f"expected a readable budget config at {path}: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise ConfigurationError(f"expected TOML in the budget config {path}: {exc}") from None
 
 

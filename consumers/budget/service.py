@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
 from agentstream.schemas.routing import EVENTS
@@ -67,6 +67,13 @@ class BudgetSettings(ServiceSettings):
     )
     budget_batch_records: int = Field(default=500, ge=1, description="Records per batch.")
     budget_batch_wait_ms: int = Field(default=20, ge=0, description="Longest batch wait.")
+
+    @model_validator(mode="after")
+    def _budget_config_loads(self) -> Self:
+        """Load the budget configuration once here: a bad ``--config`` file is refused at
+        start, before any broker is waited for."""
+        self.budget()
+        return self
 
     def budget(self) -> BudgetConfig:
         """The file's config with the env and command-line overrides applied."""

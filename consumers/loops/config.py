@@ -142,7 +142,7 @@ def load_table(path: str | Path) -> Mapping[str, Any]:
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
         raise ConfigurationError(
             f"expected a readable TOML loop configuration at {path}, got: {exc}"
         ) from None

@@ -91,10 +91,19 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.prices["m"].output_per_million == 2
 
 
-def test_missing_config_file_says_where(tmp_path: Path) -> None:
-    settings = BudgetSettings(budget_config=tmp_path / "nope.toml")
-    with pytest.raises(ConfigurationError, match=r"nope\.toml"):
-        settings.budget()
+def test_a_missing_or_unreadable_config_file_is_refused_with_the_settings(tmp_path: Path) -> None:
+    """Refused when the settings are read, at start: the service waited for the broker first
+    (forever when none answered), and only then said the file was wrong."""
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes(b"# caf\xe9\n")
+    cases = {
+        tmp_path / "nope.toml": r"nope\.toml, none exists",
+        tmp_path: r"expected a readable budget config at .*Is a directory",
+        not_utf8: r"expected TOML in the budget config .*latin1\.toml: 'utf-8' codec",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(ConfigurationError, match=expected):
+            BudgetSettings(budget_config=path)
 
 
 def test_state_round_trips_through_the_changelog_codec() -> None:

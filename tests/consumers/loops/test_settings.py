@@ -67,7 +67,21 @@ def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
 
 def test_inconsistent_thresholds_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="same_call_warning <= same_call_critical"):
-        LoopSettings(loop_same_call_warning=9).loop_config()
+        LoopSettings(loop_same_call_warning=9)
+
+
+def test_a_config_file_that_cannot_be_read_is_refused_with_the_settings(tmp_path: Path) -> None:
+    """Refused when the settings are read, at start: the service waited for the broker first
+    (forever when none answered), and only then said the file was wrong."""
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes(b"[loops]\n# caf\xe9\n")
+    for path, expected in {
+        tmp_path / "nope.toml": "No such file",
+        tmp_path: "Is a directory",
+        not_utf8: "'utf-8' codec can't decode",
+    }.items():
+        with pytest.raises(ConfigurationError, match=f"TOML loop configuration at .*{expected}"):
+            LoopSettings(loops_config=path)
 
 
 def test_a_webhook_url_that_cannot_be_posted_to_is_a_settings_error() -> None:
