@@ -7,16 +7,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.retry import backoff_seconds
+from agentstream.schemas.settings import checked
 
 from .retention import Retention
 from .sink import EventSink, SinkMetrics
-from .store import Store, StoreUnavailableError, open_store
+from .store import Store, StoreUnavailableError, open_store, store_url_problem
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class PersistenceSettings(ServiceSettings):
     http_port: int = Field(default=9101, description="Port of /metrics, /healthz, /readyz.")
-    store: str = Field(
+    store: Annotated[str, checked(store_url_problem)] = Field(
         default="sqlite:///agentstream.db",
         description="sqlite:///path (relative), sqlite:////path (absolute) or postgresql://...",
     )

@@ -266,6 +266,15 @@ def type_bounds(pattern: str) -> tuple[str, str] | None:
     return None
 
 
+def store_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a store URL (:func:`open_store`'s forms), or None."""
+    try:
+        open_store(url)  # parses only: nothing is opened
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def open_store(url: str, *, readonly: bool = False) -> Store:
     """The store a URL names (not connected yet: use ``async with`` or ``await open()``).
 

@@ -11,10 +11,10 @@ standard OpenTelemetry variables apply, with the precedence of the OTLP exporter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Self
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from agentstream.consumers.runtime import ServiceSettings
@@ -36,6 +36,13 @@ class TracingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", populate_by_name=True)
 
     http_port: int = 9105
+
+    @model_validator(mode="after")
+    def _export_target_resolves(self) -> Self:
+        """Resolve the export target once here: a bad endpoint URL or header list is refused
+        at start, before any broker is waited for."""
+        export_target(self)
+        return self
 
     # --- export target --------------------------------------------------------------------
     otlp_endpoint: str | None = Field(

@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from support.samples import FIXED_TIME, all_sample_events, sample_event
 
 from agentstream.consumers.persistence import Store, StoreError, open_store
+from agentstream.consumers.persistence.service import PersistenceSettings
 from agentstream.schemas import Event, RecordLocation, decode_event, encode_event
+from agentstream.schemas.settings import settings_error
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -193,6 +196,18 @@ async def test_columns_hold_the_decoded_envelope_of_a_foreign_document(store: St
     assert found == event
     assert (await store.events(session="", agent="", type="turn.ended", until=T0 + _US)) == [bare]
     assert [e.source for e in await store.events()] == ["", 'pod"9"']
+
+
+def test_a_store_url_of_no_known_kind_is_a_settings_error() -> None:
+    """Refused when the settings are read, at start: the service waited for the broker first
+    and only then said the URL was wrong."""
+    with pytest.raises(ValidationError) as caught:
+        PersistenceSettings(store="mysql://localhost/x")
+    error = settings_error(caught.value)
+    assert str(error) == (
+        "invalid settings: store (AGENTSTREAM_STORE): expected a store URL sqlite:///path or "
+        "postgresql://user@host/db, got 'mysql://localhost/x'"
+    )
 
 
 async def test_readers_get_clear_errors(tmp_path: Path) -> None:

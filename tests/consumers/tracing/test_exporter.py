@@ -190,14 +190,15 @@ def test_settings_follow_otel_variables_and_ours_win(monkeypatch: pytest.MonkeyP
     target = export_target(settings)
     assert target.endpoint == "https://ours:443/v1/traces" and target.headers["x-a"] == "3"
     assert settings.http_port == 9105
+    # Refused when the settings are read (at start, before any broker is waited for).
     monkeypatch.setenv("AGENTSTREAM_OTLP_HEADERS", "novalue")
     with pytest.raises(ConfigurationError, match="key=value"):
-        export_target(TracingSettings())
+        TracingSettings()
     monkeypatch.delenv("AGENTSTREAM_OTLP_HEADERS")
     for endpoint in ("collector:4318/v1/traces", "http:///v1/traces", "http://c:43x8/v1"):
         monkeypatch.setenv("AGENTSTREAM_OTLP_ENDPOINT", endpoint)
         with pytest.raises(ConfigurationError, match="OTLP endpoint: expected an http"):
-            export_target(TracingSettings())
+            TracingSettings()
 
 
 async def test_gzip_compression(otlp_receiver: Any) -> None:
