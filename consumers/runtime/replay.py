@@ -13,6 +13,7 @@ Kafka answers the high watermark there; both agree with the fetch responses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -65,6 +66,10 @@ def reader(settings: KafkaSettings, name: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**options)
 
 
+CHECK_PARTITIONS_S = 2.0
+"""How long a read waits for partitions it asks for to appear in the metadata."""
+
+
 async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
     """The partitions of ``topic``, sorted; none when it does not exist (never created here,
     even by brokers that create topics on demand)."""
@@ -84,18 +89,25 @@ async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartit
 
 async def _check_partitions(settings: KafkaSettings, tps: Iterable[TopicPartition]) -> None:
     """Raise :class:`ConfigurationError` for partitions that do not exist: aiokafka would wait
-    for their leader forever (a changelog with fewer partitions than its input topic)."""
+    for their leader forever (a changelog with fewer partitions than its input topic). A
+    topic created a moment ago may not be known to every broker yet: asked again for up to
+    :data:`CHECK_PARTITIONS_S` before the error."""
     by_topic: dict[str, set[int]] = {}
     for tp in tps:
         by_topic.setdefault(tp.topic, set()).add(tp.partition)
+    deadline = time.monotonic() + CHECK_PARTITIONS_S
     for topic, asked in sorted(by_topic.items()):
-        found = {tp.partition for tp in await partitions_of(settings, topic)}
-        missing = sorted(asked - found)
-        if missing:
-            has = f"has {len(found)} partitions" if found else "does not exist"
-            raise ConfigurationError(
-                f"expected partitions {missing} of topic {topic} to read, the topic {has}"
-            )
+        while True:
+            found = {tp.partition for tp in await partitions_of(settings, topic)}
+            missing = sorted(asked - found)
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                has = f"has {len(found)} partitions" if found else "does not exist"
+                raise ConfigurationError(
+                    f"expected partitions {missing} of topic {topic} to read, the topic {has}"
+                )
+            await asyncio.sleep(0.25)
 
 
 async def committed_offsets(
