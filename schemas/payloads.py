@@ -72,6 +72,25 @@ class LlmCallCompleted(Payload, kw_only=True, frozen=True):
     output_chars: int | None = None
 
 
+MAX_USAGE_COUNT = 2**40
+"""The largest usage count (tokens, characters) one ``llm.call.completed`` may report (about
+10^12). JSON integers have no bound: a budget scope's totals go into its changelog as 64-bit
+integers, and one ``input_tokens`` of 10^23 made every later write of its partition fail."""
+
+
+def usage_count(value: object) -> int | None:
+    """A usage field of ``llm.call.completed`` (``input_tokens``, ``output_tokens``,
+    ``output_chars``) as every service counts it: an integer from 0 to
+    :data:`MAX_USAGE_COUNT`, or a float holding one (``812.0``, as some runtimes write JSON
+    numbers); anything else (negative, text, ``true``, ``812.5``, 10^23) is None, as if
+    absent. One rule for all, so budgets and dashboards count the same tokens."""
+    if type(value) is int:
+        return value if 0 <= value <= MAX_USAGE_COUNT else None
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_USAGE_COUNT:
+        return int(value)
+    return None
+
+
 class LlmToken(Payload, kw_only=True, frozen=True):
     event_type: ClassVar[str] = "llm.token"
 

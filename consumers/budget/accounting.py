@@ -41,6 +41,7 @@ import msgspec
 
 from agentstream.schemas import Event, EventType
 from agentstream.schemas.envelope import utc_now
+from agentstream.schemas.payloads import usage_count
 
 from .config import DIMENSIONS, BudgetConfig, Dimension, Limits
 
@@ -250,18 +251,8 @@ def charge_of(event: Event, config: BudgetConfig, session: ScopeState | None) ->
     return None
 
 
-MAX_REPORTED = 2**40
-"""The largest token or character count one event may report (about 10^12): larger ones are
-ignored like negative ones. JSON integers have no bound, but a scope's totals go into the
-changelog as 64-bit integers: one ``input_tokens`` of 10^23 made every later write of its
-partition fail, and the stage retries a failed write forever."""
-
-
 def _int_field(data: dict[str, object], name: str) -> int | None:
-    value = data.get(name)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED:
-        return value
-    return None
+    return usage_count(data.get(name))
 
 
 def _llm_charge(event: Event, config: BudgetConfig, session: ScopeState | None) -> Charge:

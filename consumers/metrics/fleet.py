@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.consumers.runtime.histogram import BatchHistogram, HistogramBatch
 from agentstream.schemas import Event, StopReason
+from agentstream.schemas.payloads import usage_count
 
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
 from .pairing import PendingCalls
@@ -81,15 +82,6 @@ _Handler = Callable[[Event, float, _PartitionState, str], None]
 
 def _text(value: object) -> str:
     return value if type(value) is str else ""
-
-
-def _count(value: object) -> int | None:
-    """A non-negative integer, or None (bool is not a count)."""
-    if type(value) is int and value >= 0:
-        return value
-    if type(value) is float and value >= 0 and math.isfinite(value):
-        return int(value)
-    return None
 
 
 def _session(event: Event) -> str:
@@ -438,15 +430,15 @@ class FleetMetrics:
             self._inc(self.unpaired_calls, "llm", "no_start")
         elif at >= started[0]:
             self._llm_times.observe(at - started[0], (model,))
-        input_tokens = _count(data.get("input_tokens"))
+        input_tokens = usage_count(data.get("input_tokens"))
         if input_tokens:
             self._inc(self.llm_tokens, model, "input", amount=input_tokens)
-        output_tokens = _count(data.get("output_tokens"))
+        output_tokens = usage_count(data.get("output_tokens"))
         if output_tokens is not None:
             if output_tokens:
                 self._inc(self.llm_tokens, model, "output", amount=output_tokens)
         else:
-            chars = _count(data.get("output_chars"))
+            chars = usage_count(data.get("output_chars"))
             if chars:
                 self._inc(self.llm_tokens, model, "output_estimated", amount=chars // 4)
 

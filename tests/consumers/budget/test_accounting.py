@@ -10,7 +10,6 @@ import pytest
 from support.budget import T0, ev, llm, response, tool, turn
 
 from agentstream.consumers.budget.accounting import (
-    MAX_REPORTED,
     BudgetTracker,
     Ledger,
     Level,
@@ -27,6 +26,7 @@ from agentstream.consumers.budget.config import (
     parse_config,
 )
 from agentstream.schemas import Event
+from agentstream.schemas.payloads import MAX_USAGE_COUNT
 
 NO_LIMITS = Limits(tokens=0, rounds=0)
 
@@ -111,7 +111,7 @@ def test_unknown_model_costs_nothing_and_is_counted_as_unpriced() -> None:
     assert state.unpriced_tokens == 200  # the mystery model's 200 tokens
 
 
-@pytest.mark.parametrize("bad", [-5, "812", 1.5, True, MAX_REPORTED + 1, 10**23])
+@pytest.mark.parametrize("bad", [-5, "812", 1.5, True, MAX_USAGE_COUNT + 1, 10**23])
 def test_negative_non_integer_or_absurd_usage_fields_are_ignored(bad: object) -> None:
     tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
     data = {"round": 0, "stop_reason": "x", "input_tokens": bad, "output_tokens": 7}

@@ -280,3 +280,23 @@ def test_alerted_series_exist_at_zero_before_any_event() -> None:
     labels = {"kind": "block", "pattern": "pingpong", "origin": "agent"}
     assert h.registry.get_sample_value("agentstream_loop_events_total", labels) == 0
     assert h.registry.get_sample_value("agentstream_turns_total", {"stop_reason": "end_turn"}) == 0
+
+
+def test_usage_counts_follow_the_one_rule_the_budget_service_applies() -> None:
+    """812.0 counts, 812.5, text and 10^23 do not, in both services (the metrics counted
+    floats the budget ignored, so dashboards and budgets disagreed)."""
+    from support.budget import ev as budget_ev
+
+    from agentstream.consumers.budget.accounting import BudgetTracker
+    from agentstream.consumers.budget.config import BudgetConfig, Limits
+
+    reported: list[object] = [800, 812.0, 812.5, "9", 10**23, -1, True]
+    h = Harness()
+    tracker = BudgetTracker(BudgetConfig(session=Limits(tokens=0, rounds=0)))
+    for offset, tokens in enumerate(reported):
+        data = {"round": offset, "stop_reason": "end_turn", "input_tokens": tokens}
+        h.feed(ev("llm.call.completed", data))
+        tracker.process(budget_ev("llm.call.completed", data), offset=offset)
+    state = tracker.usage("session:s-1")
+    assert state is not None and state.input_tokens == 1_612
+    assert h.value("agentstream_llm_tokens_total", model="unknown", kind="input") == 1_612
