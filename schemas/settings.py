@@ -98,7 +98,8 @@ PREFIX = "AGENTSTREAM_"
 class KafkaSettings(BaseSettings):
     """Connection, security, producer and consumer options, and topic naming."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+    # inf and nan are no setting's value: `retention_days=inf` was an OverflowError traceback.
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", allow_inf_nan=False)
 
     # --- connection (every client) -------------------------------------------------------
     bootstrap_servers: Annotated[str, checked(servers_problem)] = kafka_option(

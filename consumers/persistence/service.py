@@ -30,7 +30,10 @@ class PersistenceSettings(ServiceSettings):
         description="sqlite:///path (relative), sqlite:////path (absolute) or postgresql://...",
     )
     retention_days: float | None = Field(
-        default=None, gt=0, description="Delete events older than this many days (default: keep)."
+        default=None,
+        gt=0,
+        le=36_500,  # a century; far more overflowed the cutoff date (a traceback at start)
+        description="Delete events older than this many days (default: keep).",
     )
     retention_interval_s: float = Field(default=300.0, gt=0, description="Time between sweeps.")
     retention_batch_size: int = Field(default=1_000, ge=1, description="Rows per DELETE.")

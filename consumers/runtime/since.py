@@ -16,7 +16,12 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     found = _DURATION.fullmatch(text.strip().lower())
     if found is not None:
         seconds = float(found.group(1)) * _SECONDS[found.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        except OverflowError:  # before year 1, or more days than a timedelta holds
+            raise ValueError(
+                f"expected --since as a duration back to year 1 at most, got {text!r}"
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

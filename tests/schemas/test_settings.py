@@ -78,6 +78,23 @@ def test_ssl_builds_a_verifying_context() -> None:
     assert context.check_hostname
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_setting_takes_inf_or_nan(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AGENTSTREAM_RETENTION_DAYS=inf`` passed ``gt=0`` and was an OverflowError traceback
+    at start; every float setting of every service inherits the refusal."""
+    from agentstream.consumers.metrics.settings import MetricsSettings
+    from agentstream.consumers.persistence.service import PersistenceSettings
+
+    monkeypatch.setenv("AGENTSTREAM_RETENTION_DAYS", value)
+    with pytest.raises(ValidationError) as caught:
+        PersistenceSettings()
+    assert "retention_days (AGENTSTREAM_RETENTION_DAYS): expected a finite number" in str(
+        settings_error(caught.value)
+    )
+    with pytest.raises(ValidationError):
+        MetricsSettings(active_session_window_s=float(value))
+
+
 def test_enumerations_are_checked() -> None:
     with pytest.raises(ValidationError):
         KafkaSettings(security_protocol="TLS")  # type: ignore[arg-type]

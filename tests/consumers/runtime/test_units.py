@@ -192,6 +192,9 @@ def test_tail_view_lines_and_durations() -> None:
     assert parse_since("2026-11-01T09:00:00") == datetime(2026, 11, 1, 9, tzinfo=UTC)
     with pytest.raises(ValueError, match=r"a duration .* or an ISO time"):
         parse_since("yesterday")
+    for too_far in ("99999999w", "9999999999999999999999d"):  # an OverflowError traceback
+        with pytest.raises(ValueError, match="back to year 1 at most"):
+            parse_since(too_far, now)
     event = Event(
         type="tool.error",
         session_id="5f0c9e6a1b2d4c3e",
