@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
 from agentstream.schemas.routing import EVENTS
@@ -71,13 +71,6 @@ class BudgetSettings(ServiceSettings):
     )
     budget_batch_records: int = Field(default=500, ge=1, description="Records per batch.")
     budget_batch_wait_ms: int = Field(default=20, ge=0, description="Longest batch wait.")
-
-    @model_validator(mode="after")
-    def _budget_config_loads(self) -> Self:
-        """Load the budget configuration once here: a bad ``--config`` file is refused at
-        start, before any broker is waited for."""
-        self.budget()
-        return self
 
     def budget(self) -> BudgetConfig:
         """The file's config with the env and command-line overrides applied."""
@@ -218,4 +211,5 @@ SERVICE = ServiceSpec(
     setup=setup,
     description="token, round, tool-call, cost and wall-time budgets per session, agent and user",
     add_arguments=add_arguments,
+    preflight=BudgetSettings.budget,
 )

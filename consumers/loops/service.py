@@ -19,11 +19,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.http import http_url_problem
@@ -100,14 +100,6 @@ class LoopSettings(ServiceSettings):
         description="No webhook call for an alert whose triggering event is older than this "
         "(a backlog caught up: nobody is paged for old loops); 0: no limit.",
     )
-
-    @model_validator(mode="after")
-    def _loop_config_builds(self) -> Self:
-        """Build the loop configuration once here: a bad ``--config`` file or threshold is
-        refused at start, before any broker is waited for (it waited for the broker first,
-        forever when none answered, and only then said the file was wrong)."""
-        self.loop_config()
-        return self
 
     def loop_config(self) -> LoopConfig:
         overrides = {
@@ -357,4 +349,5 @@ SERVICE = ServiceSpec(
     setup=setup,
     description="detect tool-call loops (Calute's rules) and alert; pause the agent when critical",
     add_arguments=add_arguments,
+    preflight=LoopSettings.loop_config,
 )

@@ -149,6 +149,8 @@ async def run_service(
     when the final commit failed, the broker gone); a second signal exits at once with code
     1, without draining (nothing unfinished is committed).
     """
+    if spec.preflight is not None:
+        spec.preflight(settings)  # config files: said before any wait for the broker
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     bound = settings.drain_timeout_ms / 1000 + EXIT_GRACE_SECONDS

@@ -23,6 +23,10 @@ class ServiceSpec(Generic[S]):
     ``setup(consumer, settings)`` subscribes handlers and hooks on the consumer, opens the
     service's resources, yields, and closes them on exit. ``add_arguments`` adds options to
     ``agentstream consume <name>``; each option's ``dest`` is a field of ``settings_class``.
+    ``preflight(settings)`` reads what the settings name and raises
+    :class:`~agentstream.schemas.errors.ConfigurationError` when it cannot work (a config file
+    missing or malformed): run at start, before the broker is waited for, so such a mistake
+    is said at once, broker or not.
     """
 
     name: str
@@ -30,3 +34,4 @@ class ServiceSpec(Generic[S]):
     setup: Callable[[EventConsumer, S], AbstractAsyncContextManager[object]]
     description: str = ""
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    preflight: Callable[[S], object] | None = None

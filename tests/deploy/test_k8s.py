@@ -58,9 +58,13 @@ def container_env(resources: list[Resource], container: Resource) -> dict[str, s
                 env[item["name"]] = configmaps[ref["configMapKeyRef"]["name"]]["data"][
                     ref["configMapKeyRef"]["key"]
                 ]
-            else:
-                env[item["name"]] = "placeholder"
+            else:  # a Secret's value: what the setting expects, with no real credential
+                env[item["name"]] = SECRET_PLACEHOLDERS.get(item["name"], "placeholder")
     return env
+
+
+SECRET_PLACEHOLDERS = {"AGENTSTREAM_STORE": "postgresql://agentstream@postgres:5432/agentstream"}
+"""Secret values that must have a form: the store URL is checked with the settings."""
 
 
 def workloads(resources: list[Resource]) -> list[tuple[Resource, Resource]]:

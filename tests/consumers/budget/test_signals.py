@@ -9,7 +9,7 @@ import pytest
 
 from agentstream.consumers.budget.accounting import Level, Signal
 from agentstream.consumers.budget.config import Dimension, Limits
-from agentstream.consumers.budget.service import BudgetSettings
+from agentstream.consumers.budget.service import SERVICE, BudgetSettings
 from agentstream.consumers.budget.signals import pause_directive, signal_event
 from agentstream.schemas import decode_event, encode_event
 from agentstream.schemas.errors import ConfigurationError
@@ -91,9 +91,10 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.prices["m"].output_per_million == 2
 
 
-def test_a_missing_or_unreadable_config_file_is_refused_with_the_settings(tmp_path: Path) -> None:
-    """Refused when the settings are read, at start: the service waited for the broker first
-    (forever when none answered), and only then said the file was wrong."""
+def test_a_missing_or_unreadable_config_file_is_refused_by_the_preflight(tmp_path: Path) -> None:
+    """The service's preflight, run at start before the broker is awaited, reads the file:
+    the service waited for the broker first (forever when none answered), and only then said
+    the file was wrong."""
     not_utf8 = tmp_path / "latin1.toml"
     not_utf8.write_bytes(b"# caf\xe9\n")
     cases = {
@@ -101,9 +102,11 @@ def test_a_missing_or_unreadable_config_file_is_refused_with_the_settings(tmp_pa
         tmp_path: r"expected a readable budget config at .*Is a directory",
         not_utf8: r"expected TOML in the budget config .*latin1\.toml: 'utf-8' codec",
     }
+    preflight = SERVICE.preflight
+    assert preflight is not None
     for path, expected in cases.items():
         with pytest.raises(ConfigurationError, match=expected):
-            BudgetSettings(budget_config=path)
+            preflight(BudgetSettings(budget_config=path))
 
 
 def test_state_round_trips_through_the_changelog_codec() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from agentstream.consumers.loops.config import LoopThresholds
 from agentstream.consumers.loops.service import SERVICE, LoopSettings, add_arguments
+from agentstream.consumers.runtime.runner import run_service
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import settings_error
 
@@ -67,11 +69,13 @@ def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
 
 def test_inconsistent_thresholds_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="same_call_warning <= same_call_critical"):
-        LoopSettings(loop_same_call_warning=9)
+        LoopSettings(loop_same_call_warning=9).loop_config()
 
 
-def test_a_config_file_that_cannot_be_read_is_refused_with_the_settings(tmp_path: Path) -> None:
-    """Refused when the settings are read, at start: the service waited for the broker first
+async def test_a_config_file_that_cannot_be_read_is_refused_before_the_broker_is_awaited(
+    tmp_path: Path,
+) -> None:
+    """The service's preflight reads it at start: the service waited for the broker first
     (forever when none answered), and only then said the file was wrong."""
     not_utf8 = tmp_path / "latin1.toml"
     not_utf8.write_bytes(b"[loops]\n# caf\xe9\n")
@@ -80,8 +84,10 @@ def test_a_config_file_that_cannot_be_read_is_refused_with_the_settings(tmp_path
         tmp_path: "Is a directory",
         not_utf8: "'utf-8' codec can't decode",
     }.items():
+        settings = LoopSettings(loops_config=path, bootstrap_servers="127.0.0.1:1", http_port=0)
         with pytest.raises(ConfigurationError, match=f"TOML loop configuration at .*{expected}"):
-            LoopSettings(loops_config=path)
+            async with asyncio.timeout(5):  # no broker answers there
+                await run_service(SERVICE, settings)
 
 
 def test_a_webhook_url_that_cannot_be_posted_to_is_a_settings_error() -> None:
