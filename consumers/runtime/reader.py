@@ -79,7 +79,9 @@ async def read_topics(
                 "`agentstream topics create`)"
             )
         min_timestamp = None
-        if since_ms is not None:
+        if since_ms is not None and since_ms <= 0:  # before 1970: Kafka times are not negative
+            await consumer.seek_to_beginning(*tps)
+        elif since_ms is not None:
             if not await _seek_since(settings, consumer, tps, since_ms):
                 log.info("offsets_for_times unreliable here: scanning from the beginning")
                 await consumer.seek_to_beginning(*tps)
