@@ -59,15 +59,15 @@ class BudgetSettings(ServiceSettings):
         description="No pause directive for an exceedance caused by an event older than this "
         "(a backlog caught up after an outage); 0: no limit.",
     )
-    # At most a century each: far more overflowed the dates the eviction computes.
+    # At most a thousand years each: far more overflowed the dates the eviction computes.
     budget_session_idle_hours: float = Field(
         default=24.0,
         gt=0,
-        le=876_000,
+        le=8_760_000,
         description="Forget a session this long after its last event.",
     )
     budget_keep_days: int = Field(
-        default=2, ge=0, le=36_500, description="Keep agent/user days this many days before today."
+        default=2, ge=0, le=365_000, description="Keep agent/user days this many days before today."
     )
     budget_batch_records: int = Field(default=500, ge=1, description="Records per batch.")
     budget_batch_wait_ms: int = Field(default=20, ge=0, description="Longest batch wait.")

@@ -123,8 +123,10 @@ async def test_outage_every_event_arrives_publish_never_blocks_memory_bounded(
             await asyncio.to_thread(publisher.close, 5)
     missing = {e.event_id for e in during} - check_order(seen_after)
     assert not missing, f"{len(missing)} of {len(during)} events published during the outage lost"
-    # "never blocked": no network wait (those last seconds); generous for a loaded 2-core box
-    assert slowest < 0.25, f"publish() took {slowest * 1000:.1f} ms at worst"
+    # "never blocked": no network wait, which lasts the client's timeouts (seconds). Below
+    # that, the worst call measures the machine (a garbage collection, a thread not scheduled
+    # on a loaded 2-core box: 0.5 s seen with four test workers beside), not the publisher.
+    assert slowest < 2.0, f"publish() took {slowest * 1000:.1f} ms at worst"
     assert deepest <= MAX_QUEUE
 
 
