@@ -29,6 +29,8 @@ the pool replaces broken connections on the next call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +53,7 @@ from .store import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _CLAMP = "least(greatest({}, -9223372036854775808), 9223372036854775807)::bigint"
 _CLAMP32 = "least(greatest({}, -2147483648), 2147483647)::integer"
@@ -137,6 +140,26 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
 
 
+def _terminate(conn: asyncpg.Connection) -> None:
+    """Close ``conn`` at once, unless the server did: asyncpg then already took it back from
+    us (its proxy raises InterfaceError 'released back to the pool', which hid the real error
+    of the attempt in the log)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        if not conn.is_closed():
+            conn.terminate()
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Give ``conn`` back to the pool. A release that fails (its reset cut by the server:
+    'another operation is in progress') is cleaned up by asyncpg, which terminates the
+    connection; it must neither hide the error of a failed attempt nor fail one whose
+    transaction committed."""
+    try:
+        await pool.release(conn)
+    except Exception as exc:
+        log.debug("releasing a PostgreSQL connection failed (asyncpg closes it): %r", exc)
+
+
 class PostgresStore(Store):
     backend = "postgresql"
 
@@ -155,11 +178,11 @@ class PostgresStore(Store):
             try:
                 return await fn(conn)
             except Exception as exc:
-                if is_outage(exc) and not conn.is_closed():
-                    conn.terminate()  # its protocol state is unknown: the pool opens a new one
+                if is_outage(exc):
+                    _terminate(conn)  # its protocol state is unknown: the pool opens a new one
                 raise
             finally:
-                await pool.release(conn)
+                await _release(pool, conn)
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}") from exc
