@@ -20,7 +20,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime import EventConsumer, HttpPort, ServiceSettings, ServiceSpec
 from agentstream.schemas.routing import EVENTS
 
 from .accounting import Ledger
@@ -37,7 +37,7 @@ log = logging.getLogger("agentstream.consumers.budget")
 class BudgetSettings(ServiceSettings):
     """The budget service's settings (``AGENTSTREAM_*``)."""
 
-    http_port: int = Field(default=9103, description="Port of /metrics, /healthz, /readyz.")
+    http_port: HttpPort = 9103
     budget_config: Path | None = Field(
         default=None, description="TOML file with limits, overrides and prices."
     )

@@ -25,7 +25,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from pydantic import Field
 
-from agentstream.consumers.runtime import EventConsumer, Record, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime import (
+    EventConsumer,
+    HttpPort,
+    Record,
+    ServiceSettings,
+    ServiceSpec,
+)
 from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
@@ -43,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 class LoopSettings(ServiceSettings):
-    http_port: int = Field(default=9102, description="Port of /metrics, /healthz, /readyz.")
+    http_port: HttpPort = 9102
     # Alert latency is the point of this service: short fetch waits and lingers by default
     # (the embedded broker holds a fetch for the whole fetch_max_wait_ms even when records
     # are waiting; Apache Kafka answers as soon as fetch.min.bytes is there).

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from agentstream.consumers.runtime import ServiceSettings
+from agentstream.consumers.runtime import HttpPort, ServiceSettings
 
 from .labels import BoundedLabel
 
@@ -22,7 +22,7 @@ class MetricsSettings(ServiceSettings):
     it sees and counts the rest as ``other``.
     """
 
-    http_port: int = Field(default=9104, description="Port of /metrics, /healthz, /readyz.")
+    http_port: HttpPort = 9104
 
     agent_labels: NameList = Field(
         default=None, description="Agent ids that get their own label value (comma-separated)."

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import Field
 
-from agentstream.consumers.runtime import EventConsumer, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime import EventConsumer, HttpPort, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas.settings import checked
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class PersistenceSettings(ServiceSettings):
-    http_port: int = Field(default=9101, description="Port of /metrics, /healthz, /readyz.")
+    http_port: HttpPort = 9101
     store: Annotated[str, checked(store_url_problem)] = Field(
         default="sqlite:///agentstream.db",
         description="sqlite:///path (relative), sqlite:////path (absolute) or postgresql://...",

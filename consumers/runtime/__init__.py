@@ -11,7 +11,7 @@ from .consumer import EventConsumer
 from .deadletter import ERROR_PREFIX, REPLAYED_FROM
 from .dispatch import HandlerTimeoutError
 from .record import Record
-from .settings import ServiceSettings
+from .settings import HttpPort, ServiceSettings
 from .spec import ServiceSpec
 from .subscriptions import BatchHandler, Handler, PartitionsCallback
 
@@ -23,6 +23,7 @@ __all__ = [
     "EventConsumer",
     "Handler",
     "HandlerTimeoutError",
+    "HttpPort",
     "PartitionsCallback",
     "Record",
     "ServiceSettings",

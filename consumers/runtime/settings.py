@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic import Field
 
 from agentstream.schemas.settings import KafkaSettings
+
+HttpPort = Annotated[
+    int,
+    Field(ge=0, le=65_535, description="Port of /metrics, /healthz, /readyz (0: any free one)."),
+]
+"""The services' HTTP port. The bound is the type's, so each service's own default keeps it."""
 
 
 class ServiceSettings(KafkaSettings):
@@ -15,7 +23,7 @@ class ServiceSettings(KafkaSettings):
     """
 
     http_host: str = Field(default="0.0.0.0", description="Address of /metrics, /healthz, /readyz.")
-    http_port: int = Field(default=9100, description="Port of /metrics, /healthz, /readyz.")
+    http_port: HttpPort = 9100
     group_id: str | None = Field(
         default=None, description='Consumer group; default "<topic_prefix>.<service name>".'
     )
@@ -54,13 +62,6 @@ class ServiceSettings(KafkaSettings):
             "objects are also frozen out of collections. 0 leaves the interpreter's default."
         ),
     )
-
-    @field_validator("http_port")  # also for the services' own defaults (redeclared fields)
-    @classmethod
-    def _http_port(cls, port: int) -> int:
-        if not 0 <= port <= 65_535:
-            raise ValueError(f"expected a port from 0 (any free one) to 65535, got {port}")
-        return port
 
     def group_for(self, service: str) -> str:
         """The consumer group of ``service``: ``group_id`` or ``<topic_prefix>.<service>``."""

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from agentstream.consumers.runtime import ServiceSettings
+from agentstream.consumers.runtime import HttpPort, ServiceSettings
 from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import PREFIX
@@ -35,7 +35,7 @@ class TracingSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", populate_by_name=True)
 
-    http_port: int = 9105
+    http_port: HttpPort = 9105
 
     @model_validator(mode="after")
     def _export_target_resolves(self) -> Self:
