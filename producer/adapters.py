@@ -69,7 +69,9 @@ def plain_data(data: Any) -> dict[str, Any]:
     keys strings; pydantic models are dumped, other unknown objects become their ``str()``.
     Datetimes, UUIDs, decimals and bytes are kept for the encoder. A value that is not a
     mapping is kept under ``"value"``. Nothing is dropped. The caller's objects are not
-    changed.
+    changed. Integers beyond 64 bits are left as they are (finding them is a second walk,
+    too dear for every event): the publisher's fallback, :func:`encodable_data`, turns them
+    into text when the encoder refuses them.
     """
     if data is None:
         return {}

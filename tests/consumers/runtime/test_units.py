@@ -274,3 +274,28 @@ def test_dead_letter_headers_follow_the_connect_convention() -> None:
     assert headers["agentstream.errors.attempts"] == b"4"
     kept = original_headers([("ce_type", b"a.b"), ("agentstream.errors.topic", b"old")])
     assert kept == [("ce_type", b"a.b")]
+
+
+def test_the_largest_error_headers_fit_the_dead_letter_headroom() -> None:
+    """``schemas.admin.DEAD_LETTER_HEADROOM`` (how much larger the DLQ and the services'
+    producer accept records) must hold the error headers at their cut lengths, in 4-byte
+    UTF-8 characters: the two numbers live apart (schemas cannot import the runtime)."""
+    from agentstream.consumers.runtime.deadletter import Failure, error_headers
+    from agentstream.schemas.admin import DEAD_LETTER_HEADROOM
+
+    wide = "\U0001f600" * 20_000  # past every cut
+    try:
+        raise ValueError(wide)
+    except ValueError as exc:
+        error = exc
+    headers = error_headers(
+        topic="t" * 249,  # Kafka's longest topic name
+        partition=2**31 - 1,
+        offset=2**63 - 1,
+        service="s" * 100,
+        group_id="g" * 249,
+        failure=Failure("h" * 100, wide, error, 10**6),
+    )
+    record_overhead = 10 * len(headers)  # each header's varint lengths, generously
+    size = sum(len(name.encode()) + len(value) for name, value in headers) + record_overhead
+    assert size <= DEAD_LETTER_HEADROOM, f"{size} bytes of error headers"
