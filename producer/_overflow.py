@@ -15,6 +15,7 @@ import msgspec
 
 from ._lanes import _Lanes
 from ._records import _entry_decoder, _entry_encoder, _Record, _SpoolEntry, log
+from .spool import WRITE_RETRY_S
 
 
 class _Overflow(_Lanes):
@@ -62,35 +63,34 @@ class _Overflow(_Lanes):
         return now - oldest
 
     def _spool_held(self) -> None:
+        """Move what waits in memory (``_held``) to the spool, oldest first, as far as it
+        takes them: until it is full or the disk refuses a write; the rest waits for the next
+        round."""
         spool = self._spool
         assert spool is not None
         held = self._held
         written = 0
         while held:
-            record = held[0]
-            entry = _SpoolEntry(
-                self._epoch,
-                record.index,
-                record.topic,
-                record.key,
-                record.value,
-                list(record.headers),
-                record.created,
-            )
-            payload = _entry_encoder.encode(entry)
-            if not spool.append(payload):
-                if spool.size_bytes == 0:  # larger than the whole spool: it can never fit
-                    held.popleft()
-                    self._finish([record])
-                    self.metrics.drop("spool_full")
-                    self._error(
-                        "spool-too-small",
-                        "an event of %d bytes does not fit in the spool (spool_max_bytes=%d): "
-                        "dropped",
-                        len(payload),
-                        spool.max_bytes,
-                    )
-                    continue
+            count = spool.append_many(self._spool_entry(record) for record in held)
+            for _ in range(count):
+                record = held.popleft()
+                if record.ticket is not None:  # it was read from the spool: its copy replaces it
+                    spool.ack(record.ticket)
+            written += count
+            if not held:
+                break
+            if spool.write_error is not None:
+                self._error(
+                    "spool-write",
+                    "cannot write to the spool %s (%s): keeping %d events in memory, trying "
+                    "again every %.0f s",
+                    self._spool_dir_name(),
+                    spool.write_error,
+                    len(held),
+                    WRITE_RETRY_S,
+                )
+                break
+            if spool.size_bytes:
                 self._warn(
                     "spool-full",
                     "spool %s is full (%d bytes, spool_max_bytes=%d): keeping %d events in memory",
@@ -100,15 +100,37 @@ class _Overflow(_Lanes):
                     len(held),
                 )
                 break
-            held.popleft()
-            if record.ticket is not None:  # it was read from the spool: its copy replaces it
-                spool.ack(record.ticket)
-            written += 1
+            record = held.popleft()  # larger than the whole spool: it can never fit
+            self._finish([record])
+            self.metrics.drop("spool_full")
+            self._error(
+                "spool-too-small",
+                "an event of %d bytes does not fit in the spool (spool_max_bytes=%d): dropped",
+                len(self._spool_entry(record)),
+                spool.max_bytes,
+            )
         if written:
+            if spool.write_error is None:
+                self._error.recovered(
+                    "spool-write", "spool %s is written again", self._spool_dir_name()
+                )
             with self._lock:
                 self._in_memory -= written
                 self.metrics.spooled += written
                 self._cond.notify_all()
+
+    def _spool_entry(self, record: _Record) -> bytes:
+        return _entry_encoder.encode(
+            _SpoolEntry(
+                self._epoch,
+                record.index,
+                record.topic,
+                record.key,
+                record.value,
+                list(record.headers),
+                record.created,
+            )
+        )
 
     def _feed(self, now: float) -> None:
         """Read the spool back into the lanes while the broker keeps up."""

@@ -195,8 +195,17 @@ class _Sender(_Overflow):
             self._feed(now)
         self._dispatch(now, urgent)
         if self._spool is not None:
-            self._spool.sync()
-            self._spool.commit()
+            try:
+                self._spool.sync()
+                self._spool.commit()
+            except OSError as exc:  # the records are the OS's; a crash may resend some
+                self._error(
+                    "spool-sync",
+                    "spool %s: cannot sync or write its checkpoint (%s); at a crash, "
+                    "events may be delivered twice",
+                    self._spool_dir_name(),
+                    exc,
+                )
 
     def _build(self, pending: Iterable[Pending]) -> list[_Record]:
         """The records of ``pending``. Events whose envelope fields cannot make a record
@@ -242,7 +251,15 @@ class _Sender(_Overflow):
             self._held = deque([*own, *self._held, *leftover_incoming])
             self._spool_held()
             lost = len(self._held)
-            self._spool.close()
+            try:
+                self._spool.close()
+            except OSError as exc:
+                log.error(
+                    "spool %s: cannot sync or write its checkpoint at close (%s); the next "
+                    "process may deliver some events twice",
+                    self._spool_dir_name(),
+                    exc,
+                )
         else:
             lost = len(leftover) + len(leftover_incoming)
         if lost:

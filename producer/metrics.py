@@ -14,6 +14,7 @@ Families (labels are bounded: topic names and a fixed set of drop reasons):
 ``agentstream_producer_events_dropped_total{reason}``    given up before reaching the broker
 ``agentstream_producer_queue_depth``                     events in memory and in the spool
 ``agentstream_producer_spool_bytes``                     bytes of spool segments on disk
+``agentstream_producer_spool_write_errors_total``        writes the disk refused (events wait)
 ``agentstream_producer_delivery_latency_seconds``        publish() to acknowledgement
 """
 
@@ -79,6 +80,7 @@ class ProducerStats:
     spool_bytes: int
     last_error: str | None = None
     delivered_by_topic: dict[str, int] = field(default_factory=dict)
+    spool_write_errors: int = 0
 
     @property
     def queue_depth(self) -> int:
@@ -96,6 +98,7 @@ class ProducerMetrics:
         spool_pending: Callable[[], int],
         spool_bytes: Callable[[], int],
         spool_corrupt: Callable[[], int],
+        spool_write_errors: Callable[[], int],
     ) -> None:
         self.emitted = 0
         self.spooled = 0
@@ -107,6 +110,7 @@ class ProducerMetrics:
         self._spool_pending = spool_pending
         self._spool_bytes = spool_bytes
         self._spool_corrupt = spool_corrupt
+        self._spool_write_errors = spool_write_errors
         self._lock = threading.Lock()
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
@@ -155,6 +159,7 @@ class ProducerMetrics:
             spool_bytes=self._spool_bytes(),
             last_error=self.last_error,
             delivered_by_topic=delivered,
+            spool_write_errors=self._spool_write_errors(),
         )
 
     def families(self) -> Iterator[Metric]:
@@ -204,6 +209,13 @@ class ProducerMetrics:
         )
         spool_bytes.add_metric([], stats.spool_bytes)
         yield spool_bytes
+        write_errors = CounterMetricFamily(
+            "agentstream_producer_spool_write_errors",
+            "Writes to the disk spool the disk refused (full, quota, I/O error); the events "
+            "wait in memory.",
+        )
+        write_errors.add_metric([], stats.spool_write_errors)
+        yield write_errors
         cumulative = 0
         rows: list[tuple[str, float]] = []
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):

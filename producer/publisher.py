@@ -127,6 +127,7 @@ class KafkaPublisher(_Sender):
             spool_pending=lambda: self._spool.unread if self._spool is not None else 0,
             spool_bytes=lambda: self._spool.size_bytes if self._spool is not None else 0,
             spool_corrupt=lambda: self._spool.corrupt if self._spool is not None else 0,
+            spool_write_errors=lambda: self._spool.write_errors if self._spool else 0,
         )
         # Last of what can fail here: a spool opened is a directory locked until close().
         if spool_dir is not None:
@@ -335,11 +336,18 @@ class KafkaPublisher(_Sender):
             "event (overflow=%s, reason=%s)",
             self._in_memory,
             self._max_queue,
-            ", spool full" if self._spool is not None else ", no spool_dir",
+            self._spool_state(),
             self._overflow,
             reason,
         )
         return False
+
+    def _spool_state(self) -> str:
+        """Why the spool takes no more, for the line about a full memory."""
+        if self._spool is None:
+            return ", no spool_dir"
+        error = self._spool.write_error  # a str the sender thread replaces: read as it is
+        return ", spool full" if error is None else f", the spool cannot be written: {error}"
 
     def _encode_plain(self, event: Event, refused: Exception) -> bytes | None:
         """The record value of ``event`` with its data as plain values (``encodable_data``:

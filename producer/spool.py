@@ -25,11 +25,18 @@ not acknowledged before a crash is read again: delivery from the spool is at-lea
 
 Durability (``fsync``): ``always`` syncs segment and checkpoint on every :meth:`Spool.sync`;
 ``interval`` at most once per ``fsync_interval`` seconds; ``never`` leaves it to the OS (a killed
-process loses nothing; a power cut may lose the last writes). Not thread-safe: one thread uses it.
+process loses nothing; a power cut may lose the last writes).
+
+Writes are unbuffered: a record :meth:`Spool.append_many` counts is in the segment file. When
+the disk refuses a write (full, quota, I/O error) the records not written are not counted, a
+torn one is cut off, :attr:`Spool.write_error` says why, and writing is tried again after
+``WRITE_RETRY_S``; the caller keeps those records meanwhile. Not thread-safe: one thread uses
+it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -37,7 +44,8 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from io import FileIO
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
@@ -55,6 +63,8 @@ _CHECKPOINT = struct.Struct(">QQI")
 _SUFFIX = ".seg"
 _CHECKPOINT_NAME = "checkpoint"
 _LOCK_NAME = "lock"
+WRITE_RETRY_S = 1.0
+"""After a write the disk refused, how long :meth:`Spool.append_many` waits to try again."""
 
 
 class Position(NamedTuple):
@@ -118,7 +128,12 @@ class Spool:
             except ValueError:
                 continue
             self._sizes[number] = path.stat().st_size
-        self._writer: BinaryIO | None = None
+        self._writer: FileIO | None = None  # unbuffered: a record counted is the OS's
+        self.write_error: str | None = None
+        """Why the last write failed (None once one succeeds): see :meth:`append_many`."""
+        self.write_errors = 0
+        """Writes the disk refused so far."""
+        self._write_retry_at = 0.0
         self._write_segment = max(self._sizes, default=0)  # the next one created is +1
         self._dirty = False
         self._last_fsync = time.monotonic()
@@ -158,24 +173,97 @@ class Spool:
     # --- writing ---------------------------------------------------------------------------
 
     def append(self, payload: bytes) -> bool:
-        """Append one record; False (nothing written) when the spool is full."""
-        data = frame(payload)
-        if self.size_bytes + len(data) > self.max_bytes:
-            return False
-        writer = self._writer
-        if writer is None or self._sizes[self._write_segment] >= self.segment_bytes:
-            writer = self._roll()
-        writer.write(data)
-        self._sizes[self._write_segment] += len(data)
-        self._dirty = True
-        self.unread += 1
-        return True
+        """Append one record; False (nothing written) when the spool is full or cannot be
+        written (see :meth:`append_many`)."""
+        return self.append_many((payload,)) == 1
+
+    def append_many(self, payloads: Iterable[bytes]) -> int:
+        """Append records in order, as many as fit; returns how many. Each one counted is in
+        its segment file (handed to the OS; fsync as the policy says), so its caller may let
+        go of it. ``payloads`` is read lazily, at most one past the last record written.
+
+        Fewer than all when the next record would take the spool past ``max_bytes``, or when
+        the disk refuses a write (full, over quota, an I/O error, a directory made read-only).
+        Then :attr:`write_error` says why, the segment is cut back to its last whole record,
+        and no write is tried for ``WRITE_RETRY_S`` (0 at once): the caller keeps what was
+        not written and offers it again later.
+        """
+        if self.write_error is not None and time.monotonic() < self._write_retry_at:
+            return 0
+        before = self.unread
+        room = self.max_bytes - self.size_bytes
+        frames: list[bytes] = []
+        pending = 0  # bytes in frames
+        try:
+            for payload in payloads:
+                data = frame(payload)
+                if len(data) > room:
+                    break
+                if (
+                    self._writer is None
+                    or self._sizes[self._write_segment] + pending >= self.segment_bytes
+                ):
+                    self._write(frames)
+                    pending = 0
+                    self._roll()
+                frames.append(data)
+                pending += len(data)
+                room -= len(data)
+            self._write(frames)
+        except OSError as exc:
+            self.write_error = str(exc)
+            self.write_errors += 1
+            self._write_retry_at = time.monotonic() + WRITE_RETRY_S
+        else:
+            self.write_error = None
+        return self.unread - before
+
+    def _write(self, frames: list[bytes]) -> None:
+        """Write ``frames`` at the end of the current segment and count them; on an OSError
+        count the whole ones written, cut off a torn one, and raise."""
+        if not frames:
+            return
+        assert self._writer is not None
+        fd = self._writer.fileno()
+        segment = self._write_segment
+        start = self._sizes[segment]
+        data = b"".join(frames)
+        done = 0
+        try:
+            view = memoryview(data)
+            while done < len(data):
+                written = os.pwrite(fd, view[done:], start + done)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += written
+        except OSError:
+            whole = count = 0
+            for data_frame in frames:
+                if whole + len(data_frame) > done:
+                    break
+                whole += len(data_frame)
+                count += 1
+            self._written(segment, whole, count)
+            if whole < done:
+                try:
+                    os.ftruncate(fd, start + whole)
+                except OSError:  # leave the torn tail (readers skip it) and its segment
+                    self._writer.close()
+                    self._writer = None
+            raise
+        self._written(segment, len(data), len(frames))
+        frames.clear()
+
+    def _written(self, segment: int, size: int, count: int) -> None:
+        if count:
+            self._sizes[segment] += size
+            self._dirty = True
+            self.unread += count
 
     def sync(self, *, force: bool = False) -> None:
-        """Hand appended bytes to the OS, and fsync them as the policy says."""
+        """fsync appended records as the policy says (they are the OS's once appended)."""
         if self._writer is None or not self._dirty:
             return
-        self._writer.flush()
         now = time.monotonic()
         if self.fsync == "always" or (
             self.fsync == "interval" and (force or now - self._last_fsync >= self.fsync_interval)
@@ -186,25 +274,23 @@ class Spool:
         elif self.fsync == "never":
             self._dirty = False
 
-    def _roll(self) -> BinaryIO:
+    def _roll(self) -> None:
         if self._writer is not None:
             self.sync(force=True)
             self._writer.close()
-        self._write_segment += 1
-        path = self._segment_path(self._write_segment)
-        self._writer = path.open("xb")
-        self._sizes[self._write_segment] = 0
+            self._writer = None
+        number = self._write_segment + 1
+        self._writer = open(self._segment_path(number), "xb", buffering=0)  # noqa: SIM115
+        self._write_segment = number
+        self._sizes[number] = 0
         if self.fsync == "always":
             _fsync_dir(self.directory)
-        return self._writer
 
     # --- reading ---------------------------------------------------------------------------
 
     def read(self, max_records: int) -> list[tuple[SpoolTicket, bytes]]:
         """Up to ``max_records`` records in append order, skipping corrupt ones."""
         out: list[tuple[SpoolTicket, bytes]] = []
-        if self._writer is not None and self._dirty:
-            self._writer.flush()
         while len(out) < max_records:
             item = self._read_one()
             if item is None:
@@ -315,22 +401,22 @@ class Spool:
         del self._sizes[number]
 
     def close(self) -> None:
-        """Sync, write the checkpoint, and close the files (idempotent)."""
-        self.commit(force=True)
-        if self._writer is not None:
-            self.sync(force=True)
-            self._writer.close()
-            self._writer = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self.pending == 0:
-            for number in list(self._sizes):
-                self._delete(number)
-            (self.directory / _CHECKPOINT_NAME).unlink(missing_ok=True)
-        if self._lock is not None:
-            self._lock.close()  # releases it
-            self._lock = None
+        """Sync, write the checkpoint, and close the files (idempotent). Files and lock are
+        closed also when the disk refuses the sync or the checkpoint; that OSError is raised
+        after (the next process reads from the previous checkpoint: at-least-once)."""
+        try:
+            self.commit(force=True)
+            if self._writer is not None:
+                self.sync(force=True)
+            if self.pending == 0:
+                for number in list(self._sizes):
+                    self._delete(number)
+                (self.directory / _CHECKPOINT_NAME).unlink(missing_ok=True)
+        finally:
+            for handle in (self._writer, self._reader, self._lock):  # the lock: releases it
+                if handle is not None:
+                    handle.close()
+            self._writer = self._reader = self._lock = None
 
     # --- checkpoint ------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from support.disk import files_limited_to
+from support.runtime import wait_until
 from support.samples import sample_event
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
@@ -169,3 +171,44 @@ async def test_close_during_an_outage_keeps_every_event_for_the_next_process(
     records = await consume(settings, routing.events, len(sent))
     ids = {decode_record(r.value, r.headers).event_id for r in records}
     assert ids == {e.event_id for e in sent}  # at-least-once: a duplicate would be allowed
+
+
+async def test_a_disk_that_refuses_spool_writes_holds_events_in_memory_and_loses_none(
+    tmp_path: Path,
+    broker_factory: type[EmbeddedBroker],
+    tcp_proxy: Callable[[int, int], Any],
+    consume: Callable[..., Awaitable[list[ConsumerRecord[bytes, bytes]]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address = free_port()
+    broker = broker_factory(advertised_port=address)
+    broker.start()
+    proxy = tcp_proxy(address, broker.port)
+    await broker.wait_ready()
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers, topic_prefix="diskfull", linger_ms=1
+    )
+    routing = settings.routing()
+    await ensure_topics(settings.admin_options(), routing, TopicSpec(partitions=PARTITIONS))
+    proxy.stop()  # the broker is away: events go to the spool, whose disk fills up
+    sent = make_events(0, 300)
+    publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None, max_queue_events=1000)
+    try:
+        with files_limited_to(20_000):
+            for event in sent:
+                publisher.publish(event)
+            await wait_until(
+                lambda: publisher.stats().spool_write_errors > 0, what="a refused spool write"
+            )
+            stats = publisher.stats()
+            assert 0 < stats.spooled < len(sent)
+            assert sum(stats.dropped.values()) == 0, stats
+            assert stats.spooled + stats.in_memory == len(sent)
+        assert "cannot write to the spool" in caplog.text and "File too large" in caplog.text
+        tcp_proxy(address, broker.port)  # the broker is back (and the disk has room)
+        assert await asyncio.to_thread(publisher.flush, 30), publisher.stats()
+    finally:
+        await asyncio.to_thread(publisher.close, 5)
+    records = await consume(settings, routing.events, len(sent))
+    assert check_order(records) == {e.event_id for e in sent}
+    assert len(records) == len(sent)

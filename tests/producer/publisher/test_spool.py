@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support.disk import files_limited_to
 
 from agentstream.producer.spool import MAGIC, Spool
 from agentstream.schemas.errors import ConfigurationError
@@ -183,3 +184,42 @@ def test_a_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path)
     for where in (taken, taken / "below"):
         with pytest.raises(ConfigurationError, match="expected a directory the spool can use"):
             Spool(where, max_bytes=1 << 20)
+
+
+def test_a_write_the_disk_refuses_counts_nothing_it_did_not_write(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    records = [bytes([65 + i % 26]) * 300 for i in range(40)]
+    with files_limited_to(4000):
+        written = spool.append_many(records)
+        assert 0 < written < 40
+        assert spool.write_error is not None and "File too large" in spool.write_error
+        assert spool.write_errors == 1
+        assert spool.append_many(records[written:]) == 0  # no new try before WRITE_RETRY_S
+    (segment,) = tmp_path.glob("*.seg")
+    # the record cut short at the limit is cut off: the file holds whole records only
+    assert segment.stat().st_size == spool.size_bytes == written * (12 + 300)
+    assert spool.unread == written
+
+    spool._write_retry_at = 0.0  # WRITE_RETRY_S later, with room on the disk again
+    assert spool.append_many(records[written:]) == 40 - written
+    assert spool.write_error is None
+    spool.sync()
+    crash(spool)
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert read_all(again) == records and again.corrupt == 0
+    again.close()
+
+
+def test_close_releases_the_directory_when_the_checkpoint_cannot_be_written(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for p in payloads(5):
+        spool.append(p)
+    ticket, _ = spool.read(1)[0]
+    spool.ack(ticket)
+    with files_limited_to(0), pytest.raises(OSError, match="File too large"):
+        spool.close()  # the checkpoint's temporary file cannot grow
+    successor = Spool(tmp_path, max_bytes=1 << 20)  # the lock went with close()
+    assert read_all(successor) == payloads(5)  # from the last checkpoint: at-least-once
+    successor.close()
