@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
-from agentstream.consumers.runtime.http import http_url_problem
+from agentstream.consumers.runtime.http import http_url_problem, post, redirect_hint
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
 from agentstream.schemas.errors import ConfigurationError
@@ -120,14 +120,15 @@ class WebhookNotifier:
             try:
                 await asyncio.to_thread(self._post, body)
             except OSError as exc:  # URLError and HTTPError are OSErrors
-                permanent = isinstance(exc, urllib.error.HTTPError) and (
-                    400 <= exc.code < 500 and exc.code not in (408, 429)
-                )
+                status = exc.code if isinstance(exc, urllib.error.HTTPError) else 0
+                permanent = 300 <= status < 500 and status not in (408, 429)
                 if permanent or attempt == self.retries:
+                    tries = attempt + 1
                     self._failures(
                         "deliver",
                         f"webhook: alert {alert.event_id} not delivered to {self.url} after "
-                        f"{attempt + 1} attempts: {exc}",
+                        f"{tries} {'attempt' if tries == 1 else 'attempts'}: {exc}"
+                        + redirect_hint(exc),
                         amount=1,
                     )
                     self._outcome("failed")
@@ -142,5 +143,4 @@ class WebhookNotifier:
         request = urllib.request.Request(
             self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            response.read()
+        post(request, self.timeout_s)

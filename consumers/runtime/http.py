@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -28,6 +30,35 @@ def http_url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"expected an http:// or https:// URL with a host, got {url!r}"
     return None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # the default error handler then raises HTTPError with the 3xx status
+
+
+_POSTER = urllib.request.build_opener(_NoRedirects)
+
+
+def post(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
+    """POST ``request``: status and body of a 2xx answer. Like ``urlopen`` except for
+    redirects, which raise ``HTTPError`` like any other non-2xx answer: urllib follows a 301,
+    302 or 303 with a GET without the body, and a 200 to that GET would pass for a delivery
+    (an ingress sending http to https does this)."""
+    with _POSTER.open(request, timeout=timeout_s) as response:
+        return response.status, response.read()
+
+
+def redirect_hint(exc: BaseException) -> str:
+    """For a redirect (an ``HTTPError`` with a 3xx status): where to, and that the URL must
+    be changed; else ''."""
+    if not isinstance(exc, urllib.error.HTTPError) or not 300 <= exc.code < 400:
+        return ""
+    location = exc.headers.get("Location") if exc.headers else None
+    return (
+        f" (a redirect to {location or 'an address not given'}: a POST is not re-sent on a "
+        "redirect, set the URL to the final address)"
+    )
 
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from agentstream.consumers.runtime.http import post, redirect_hint
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas.errors import describe
 from agentstream.schemas.throttle import ThrottledLog
@@ -195,9 +196,9 @@ class OtlpHttpExporter:
             retryable = result.status == 0 or result.status in RETRYABLE_STATUS
             if not retryable:
                 log.error(
-                    "tracing export: %s answered %d (not retryable), %d spans dropped: %s",
+                    "tracing export: %s answered %s (not retryable), %d spans dropped: %s",
                     self.target.endpoint,
-                    result.status,
+                    result.error or result.status,
                     sum(i.spans for i in batch),
                     result.body[:300].decode(errors="replace"),
                 )
@@ -237,8 +238,8 @@ class OtlpHttpExporter:
             self.target.endpoint, data=body, headers=headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.target.timeout_s) as response:
-                return PostResult(status=response.status, body=response.read())
+            status, body = post(request, self.target.timeout_s)
+            return PostResult(status=status, body=body)
         except urllib.error.HTTPError as exc:
             payload = b""
             with contextlib.suppress(Exception):
@@ -247,7 +248,7 @@ class OtlpHttpExporter:
                 status=exc.code,
                 body=payload,
                 retry_after_s=_retry_after(exc.headers.get("Retry-After") if exc.headers else None),
-                error=f"HTTP {exc.code}",
+                error=f"HTTP {exc.code}{redirect_hint(exc)}",
             )
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             return PostResult(status=0, error=describe(exc))

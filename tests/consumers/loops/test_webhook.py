@@ -24,6 +24,7 @@ class Receiver:
         self.statuses = collections.deque(statuses or [])
         self.bodies: list[Any] = []
         self.attempts = 0
+        self.gets = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +36,13 @@ class Receiver:
                 if status == 200:
                     receiver.bodies.append(body)
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/hook/")
+                self.end_headers()
+
+            def do_GET(self) -> None:  # as many servers do for a URL that also takes POSTs
+                receiver.gets += 1
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -149,6 +157,20 @@ async def test_client_errors_are_not_retried(receiver_factory: type[Receiver]) -
     notifier = WebhookNotifier(receiver.url, retries=3, backoff_s=0.01, on_outcome=outcomes.append)
     await deliver(notifier, block_alert())
     assert outcomes == ["failed"] and receiver.attempts == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_a_failure_that_names_the_new_address(
+    receiver_factory: type[Receiver], status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # urllib would follow 301/302/303 with a GET without the alert: a 200 to it is no delivery
+    receiver = receiver_factory([status])
+    outcomes: list[Outcome] = []
+    notifier = WebhookNotifier(receiver.url, retries=3, backoff_s=0.01, on_outcome=outcomes.append)
+    await deliver(notifier, block_alert())
+    assert outcomes == ["failed"]
+    assert receiver.attempts == 1 and receiver.gets == 0 and not receiver.bodies
+    assert "a redirect to /hook/" in caplog.text and "set the URL" in caplog.text
 
 
 async def test_unreachable_url_fails_without_blocking_notify() -> None:

@@ -16,13 +16,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 @dataclass
 class Receiver:
-    """Answers ``POST /v1/traces`` with the scripted statuses (then 200) and keeps what came."""
+    """Answers ``POST /v1/traces`` with the scripted statuses (then 200; a 3xx points to
+    ``/v1/traces/``) and keeps what came; answers any GET with 200."""
 
     url: str
     requests: list[ExportTraceServiceRequest] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
     attempts: int = 0
+    gets: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spans(self) -> list[object]:
@@ -56,7 +58,16 @@ def otlp_receiver() -> Iterator[Receiver]:
             self.send_response(status)
             if status == 429:
                 self.send_header("Retry-After", "0")
+            if 300 <= status < 400:
+                self.send_header("Location", "/v1/traces/")
             self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # as many servers do for a URL that also takes POSTs
+            with receiver.lock:
+                receiver.gets += 1
+            self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

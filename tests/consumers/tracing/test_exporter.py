@@ -127,6 +127,25 @@ async def test_non_retryable_answer_drops_and_counts(otlp_receiver: Any) -> None
     assert value(registry, "agentstream_tracing_dropped_spans_total", reason="rejected") == 2
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_drops_and_names_the_new_address(
+    otlp_receiver: Any, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # urllib would follow 301/302/303 with a GET without the spans: a 200 to it is no export
+    otlp_receiver.script = [status]
+    registry = CollectorRegistry()
+    exporter = exporter_for(otlp_receiver.url, registry)
+    await exporter.start()
+    try:
+        assert not await exporter.export([make_trace(1)], wait_s=5)
+    finally:
+        await exporter.close()
+    assert otlp_receiver.attempts == 1 and otlp_receiver.gets == 0
+    assert value(registry, "agentstream_tracing_dropped_spans_total", reason="rejected") == 2
+    assert value(registry, "agentstream_tracing_spans_exported_total") == 0
+    assert f"answered HTTP {status} (a redirect to /v1/traces/" in caplog.text
+
+
 async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
     registry = CollectorRegistry()
     # Nothing listens on this port: every POST fails to connect.
