@@ -13,7 +13,6 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -192,16 +191,6 @@ class KafkaSettings(BaseSettings):
                     f"{self.security_protocol} ({self.sasl_mechanism}), got no {names}"
                 )
         return self
-
-    @field_validator("compression_type")
-    @classmethod
-    def _compression_type(cls, codec: str | None) -> str | None:
-        if codec in ("snappy", "lz4", "zstd") and importlib.util.find_spec("cramjam") is None:
-            raise ValueError(
-                "expected cramjam installed for snappy, lz4 or zstd (pip install "
-                f"'agentstream[compression]'; gzip needs nothing), got {codec} without it"
-            )
-        return codec
 
     def routing(self) -> Routing:
         return Routing(prefix=self.topic_prefix)

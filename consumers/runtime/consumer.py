@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
 from agentstream.schemas.admin import DEAD_LETTER_HEADROOM, stop_client
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
+from agentstream.schemas.throttle import ThrottledLog
 
 from .dispatch import Dispatcher
 from .metrics import ConsumerMetrics
@@ -97,6 +98,7 @@ class EventConsumer:
         self._committed: dict[TopicPartition, int] = {}
         self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
         self._commit_lock = asyncio.Lock()
+        self._fetch_failures = ThrottledLog(log)  # a failing fetch is retried every backoff
         self._tasks: list[asyncio.Task[None]] = []  # the fetch and commit loops
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._ready = False
@@ -390,9 +392,16 @@ class EventConsumer:
             try:
                 batches = await consumer.getmany(timeout_ms=timeout, max_records=limit)
             except KafkaError as exc:
-                log.warning("fetch failed, retrying: %r", exc)
+                self._fetch_failures(
+                    "fetch",
+                    "service %s: fetch failed, retrying every %d ms: %r",
+                    self.service,
+                    self.settings.retry_backoff_ms,
+                    exc,
+                )
                 await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
                 continue
+            self._fetch_failures.recovered("fetch", "service %s: fetching again", self.service)
             for tp, records in batches.items():
                 worker = self._workers.get(tp)
                 if worker is None:  # records before the assignment callback: gate stays shut

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from support.samples import all_sample_events
 
+from agentstream.consumers.runtime.reader import read_topics
+from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas import (
     EventType,
     decode_record,
@@ -63,3 +68,29 @@ async def test_every_type_round_trips_through_the_broker(
         assert got == sent  # every envelope field and the data dict, extras included
         assert got.payload == payload_of(sent.type, sent.data)
     assert {e.type for _, e in received.values()} == {t.value for t in EventType}
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_batches_in_every_codec_kafka_has_are_read(
+    kafka_settings: KafkaSettings, codec: str
+) -> None:
+    # A consumer cannot choose what its producers compress with: without a codec's library
+    # every fetch of the partition fails, for good (the library comes with the package).
+    settings = kafka_settings.model_copy(update={"compression_type": codec})
+    events = all_sample_events()
+    publisher = KafkaPublisher(settings, redact=None)
+    try:
+        for event in events:
+            publisher.publish(event)
+        assert await asyncio.to_thread(publisher.flush, 30), publisher.stats()
+    finally:
+        await asyncio.to_thread(publisher.close, 5)
+    routing = settings.routing()
+    records = read_topics(
+        settings, routing.topics_for_pattern("*"), start="beginning", follow=False
+    )
+    got = set()
+    async with contextlib.aclosing(records):
+        async for record in records:
+            got.add(decode_record(record.value, record.headers).event_id)
+    assert got == {event.event_id for event in events}

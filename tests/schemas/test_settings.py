@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import ssl
 from pathlib import Path
 
@@ -156,23 +155,6 @@ def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
     assert str(error_for(KafkaSettings, monkeypatch, topic_prefix="team a")) == (
         "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
         "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
-    )
-
-
-def test_a_codec_without_its_library_is_refused_with_the_extra_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "cramjam" else real(name, *a)
-    )
-    assert KafkaSettings(compression_type="gzip").compression_type == "gzip"
-    with pytest.raises(ValidationError) as caught:
-        KafkaSettings(compression_type="zstd")
-    assert str(settings_error(caught.value)) == (
-        "invalid settings: compression_type (AGENTSTREAM_COMPRESSION_TYPE): expected cramjam "
-        "installed for snappy, lz4 or zstd (pip install 'agentstream[compression]'; gzip needs "
-        "nothing), got zstd without it"
     )
 
 
