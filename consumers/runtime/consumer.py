@@ -33,6 +33,7 @@ from .subscriptions import (
     make_subscription,
     topic_restriction,
 )
+from .unreadable import Batches, UnreadablePartitions, isolate, rewind
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
@@ -99,6 +100,7 @@ class EventConsumer:
         self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
         self._commit_lock = asyncio.Lock()
         self._fetch_failures = ThrottledLog(log)  # a failing fetch is retried every backoff
+        self._unreadable = UnreadablePartitions(service)
         self._tasks: list[asyncio.Task[None]] = []  # the fetch and commit loops
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._ready = False
@@ -389,26 +391,46 @@ class EventConsumer:
         timeout = POLL_TIMEOUT_MS
         while not self._stopping:
             self._last_poll = time.monotonic()
+            if self._unreadable:
+                assigned = consumer.assignment()
+                again = [tp for tp in self._unreadable.due() if tp in assigned]
+                if again:
+                    consumer.resume(*again)
             try:
                 batches = await consumer.getmany(timeout_ms=timeout, max_records=limit)
             except KafkaError as exc:
-                self._fetch_failures(
-                    "fetch",
-                    "service %s: fetch failed, retrying every %d ms: %r",
-                    self.service,
-                    self.settings.retry_backoff_ms,
-                    exc,
-                )
-                await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
+                await self._fetch_failed(consumer, exc, limit)
                 continue
             self._fetch_failures.recovered("fetch", "service %s: fetching again", self.service)
-            for tp, records in batches.items():
-                worker = self._workers.get(tp)
-                if worker is None:  # records before the assignment callback: gate stays shut
-                    worker = self._workers[tp] = self._new_worker(tp)
-                worker.feed(records)
+            self._feed(batches)
             paused = self._backpressure(consumer)
             timeout = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
+
+    def _feed(self, batches: Batches) -> None:
+        for tp, records in batches.items():
+            worker = self._workers.get(tp)
+            if worker is None:  # records before the assignment callback: gate stays shut
+                worker = self._workers[tp] = self._new_worker(tp)
+            worker.feed(records)
+
+    async def _fetch_failed(self, consumer: AIOKafkaConsumer, exc: KafkaError, limit: int) -> None:
+        """A fetch raised: read again what it took from other partitions, and set aside the
+        partitions that fail alone (see :mod:`.unreadable`); else wait and retry."""
+        self._fetch_failures(
+            "fetch", "service %s: fetch failed (%r); finding the partition", self.service, exc
+        )
+        expected = {tp: worker.offsets.next for tp, worker in self._workers.items()}
+        await rewind(consumer, expected, self.service, reset=self.settings.auto_offset_reset)
+        failed = await isolate(consumer, exc, limit, self._feed)
+        for tp, error in failed.items():
+            try:
+                position: int | None = await consumer.position(tp)
+            except Exception:  # revoked meanwhile
+                continue
+            consumer.pause(tp)
+            self._unreadable.hold(tp, position, error)
+        if not failed:  # not one partition's data: the broker or the connection, retry
+            await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
 
     def _new_worker(self, tp: TopicPartition) -> PartitionWorker:
         assert self._dispatcher is not None
@@ -433,7 +455,7 @@ class EventConsumer:
             for tp, worker in workers.items():
                 if worker.paused:
                     worker.paused = False
-                    if tp in assigned:
+                    if tp in assigned and tp not in self._unreadable:
                         resume.append(tp)
         if pause:
             consumer.pause(*pause)
@@ -466,7 +488,7 @@ class EventConsumer:
         blind = [
             tp
             for tp, worker in list(self._workers.items())
-            if worker.paused or consumer.highwater(tp) is None
+            if worker.paused or tp in self._unreadable or consumer.highwater(tp) is None
         ]
         if not blind:
             return
@@ -541,6 +563,8 @@ class EventConsumer:
             return
         for tp, worker in list(self._workers.items()):
             committed = self._committed.get(tp, worker.offsets.first)
+            if committed is None:  # nothing read yet: an unreadable partition stands still
+                committed = self._unreadable.position(tp)
             try:
                 fetched = consumer.highwater(tp)
             except Exception:  # no longer assigned
@@ -575,6 +599,7 @@ class EventConsumer:
             self._workers.pop(tp, None)
             self._committed.pop(tp, None)
             self._listed_ends.pop(tp, None)
+        self._unreadable.forget(revoked)
         self.metrics.assigned_partitions.set(len(self._workers))
         await self._call(self._revoked_callbacks, revoked, "on_revoked")
 

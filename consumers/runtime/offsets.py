@@ -87,6 +87,12 @@ class PartitionOffsets:
                 del holds[offset]
 
     @property
+    def next(self) -> int | None:
+        """One past the last offset received: where the next record is expected (None before
+        any came)."""
+        return self._next
+
+    @property
     def outstanding(self) -> int:
         """Records received and not finished (queued, in progress or buffered in batches)."""
         return len(self._holds)

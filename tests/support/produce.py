@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import Event, encode_event, event_headers, record_key
 from agentstream.schemas.settings import KafkaSettings
@@ -49,5 +54,36 @@ async def produce_raw(
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+    finally:
+        await producer.stop()
+
+
+async def produce_corrupt_batch(settings: KafkaSettings, topic: str, partition: int) -> None:
+    """Append a record batch with a wrong CRC to ``topic[partition]`` (three records), through
+    aiokafka's own batch builder and a raw ProduceRequest. Apache Kafka refuses it
+    (CORRUPT_MESSAGE); the embedded broker stores it, as a broker with a damaged disk would
+    serve it: consumers that check CRCs (aiokafka does) cannot read past it."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i in range(3):
+        builder.append(i, timestamp=None, key=None, value=b"corrupt", headers=[])
+    batch = bytearray(builder.build())
+    struct.pack_into(">I", batch, 17, zlib.crc32(batch) ^ 0x5A5A5A5A)  # CRC32C at byte 17
+    producer = AIOKafkaProducer(**settings.producer_options())
+    await producer.start()
+    try:
+        await producer.client._wait_on_metadata(topic)
+        leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(None, -1, 30_000, [(topic, [(partition, bytes(batch))])])
+        response = await producer.client.send(leader, request)
+        ((_, answers),) = response.topics
+        assert answers[0][1] == 0, f"the broker refused the corrupt batch: {response}"
     finally:
         await producer.stop()
