@@ -53,6 +53,8 @@ def describe(exc: BaseException) -> str:
     with the class name, where Python's own (``OSError``, ``ValueError``) do not."""
     name = type(exc).__name__
     text = str(exc)
+    if text.startswith("[Error ") and f"] {name}" in text:  # aiokafka: "[Error 2] Name: ..."
+        text = text.split("] ", 1)[1]
     if text == name or text.startswith(f"{name}: "):
         return text
     return f"{name}: {text}" if text else name

@@ -78,7 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a path that cannot be written or read (--out, --log-dir...)
         print(f"agentstream: {describe(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        if not _is_kafka_error(exc):
+            raise
+        # The broker refused, or a record batch cannot be read (a wrong CRC): one line.
+        print(f"agentstream: Kafka: {describe(exc)}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    """An aiokafka error (imported only when one came: the CLI starts without aiokafka)."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
 
 
 def _warn_unread_variables() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import CorruptRecordException, KafkaConnectionError
 
 from agentstream.schemas.errors import ConfigurationError, RecordLocation, describe
 
@@ -16,6 +16,9 @@ def test_describe_names_the_class_once() -> None:
         "ConnectionRefusedError: [Errno 111] refused"
     )
     assert describe(TimeoutError()) == "TimeoutError"
+    assert describe(CorruptRecordException("Invalid CRC")) == (
+        "CorruptRecordException: Invalid CRC"  # aiokafka's "[Error 2] CorruptRecordException: ..."
+    )
 
 
 def test_at_appends_where_and_keeps_the_class() -> None:

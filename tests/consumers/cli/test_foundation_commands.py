@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from support.produce import produce_corrupt_batch
 
 from agentstream.consumers.broker import free_port
 from agentstream.consumers.cli import build_parser
 from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.jsonschema_export import PACKAGED_DIR
+from agentstream.schemas.settings import KafkaSettings
 
 CLI = [sys.executable, "-m", "agentstream.consumers.cli"]
 
@@ -267,3 +269,26 @@ async def test_a_misspelt_variable_is_named_and_other_services_variables_are_not
         "WARNING agentstream.settings: AGENTSTREAM_BOOTSTRAP_SERVER is set, but no agentstream "
         "setting reads it (did you mean AGENTSTREAM_BOOTSTRAP_SERVERS?)"
     ], err
+
+
+async def test_a_batch_tail_cannot_read_is_one_line_not_a_traceback(
+    kafka_settings: KafkaSettings, broker_kind: str
+) -> None:
+    if broker_kind != "embedded":
+        pytest.skip("Apache Kafka refuses a batch with a wrong CRC: it cannot be built there")
+    await produce_corrupt_batch(kafka_settings, kafka_settings.routing().events, 0)
+    code, _, err = await _run(
+        "tail",
+        "--from-beginning",
+        "--no-follow",
+        "--bootstrap-servers",
+        kafka_settings.bootstrap_servers,
+        "--topic-prefix",
+        kafka_settings.topic_prefix,
+    )
+    assert code == 1, err
+    assert err.strip().splitlines()[-1] == (
+        "agentstream: Kafka: CorruptRecordException: Invalid CRC - "
+        f"TopicPartition(topic='{kafka_settings.routing().events}', partition=0)"
+    )
+    assert "Traceback" not in err
