@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from agentstream.consumers.runtime import BatchDeadLetter, Record
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, RecordLocation
+from agentstream.schemas.throttle import ThrottledLog
 
 from .rows import original_json
 from .store import Store, StoreError, StoreUnavailableError
@@ -88,6 +89,8 @@ class EventSink:
         self.store = store
         self.metrics = metrics
         self._backoff = (retry_backoff_ms, retry_max_backoff_ms)
+        # Every partition retries on its own: one line a minute for them all, with a count.
+        self._outage = ThrottledLog(log)
         metrics.up.set(1)
 
     async def __call__(self, records: list[Record]) -> None:
@@ -125,7 +128,8 @@ class EventSink:
                 self.metrics.unavailable.inc()
                 self.metrics.up.set(0)
                 delay = backoff_seconds(attempt, *self._backoff)
-                log.warning(
+                self._outage(
+                    "unavailable",
                     "store %s unavailable writing %d events from %s (attempt %d); "
                     "retrying in %.2f s: %s",
                     self.store.url,
@@ -139,7 +143,9 @@ class EventSink:
                 continue
             break
         if attempt:
-            log.info("store %s is back after %d failed attempts", self.store.url, attempt)
+            self._outage.recovered(
+                "unavailable", "store %s is back after %d failed attempts", self.store.url, attempt
+            )
         self.metrics.up.set(1)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(events))
