@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentstream.consumers.runtime.dlqtools import DeadLetterInfo
 
 from ._common import add_kafka_arguments, kafka_settings_from
 
@@ -52,21 +56,24 @@ def _ref(text: str) -> str:
 
 
 async def run_list(args: argparse.Namespace) -> int:
-    from agentstream.consumers.runtime.dlqtools import list_dead_letters
+    from agentstream.consumers.runtime.dlqtools import dead_letters
 
-    letters = await list_dead_letters(kafka_settings_from(args), service=args.service)
-    print("ref\ttime\tservice\thandler\ttype\toriginal\treason")
-    for info in letters:
+    print("ref\ttime\tservice\thandler\ttype\toriginal\treason", flush=True)
+    async for info in dead_letters(kafka_settings_from(args), service=args.service):
         print(info.line())
     return 0
 
 
+def _partition_offset(ref: str) -> tuple[int, int]:
+    partition, _, offset = ref.partition(":")
+    return int(partition), int(offset)
+
+
 async def run_show(args: argparse.Namespace) -> int:
-    from agentstream.consumers.runtime.dlqtools import list_dead_letters
+    from agentstream.consumers.runtime.dlqtools import dead_letter_at
     from agentstream.schemas import DecodeError, decode_record
 
-    letters = {info.ref: info for info in await list_dead_letters(kafka_settings_from(args))}
-    info = letters.get(args.ref)
+    info = await dead_letter_at(kafka_settings_from(args), *_partition_offset(args.ref))
     if info is None:
         print(f"no dead letter {args.ref} (see `agentstream dlq list`)", file=sys.stderr)
         return 1
@@ -84,23 +91,39 @@ async def run_show(args: argparse.Namespace) -> int:
 
 
 async def run_replay(args: argparse.Namespace) -> int:
-    from agentstream.consumers.runtime.dlqtools import list_dead_letters, replay
+    from agentstream.consumers.runtime.dlqtools import (
+        dead_letter_at,
+        dead_letters,
+        replay,
+    )
     from agentstream.schemas.errors import ConfigurationError
 
     if not args.all and not args.offset:
         raise ConfigurationError("expected --offset PARTITION:OFFSET or --all, got neither")
     settings = kafka_settings_from(args)
-    letters = await list_dead_letters(settings, service=args.service)
-    if args.offset:
-        wanted = set(args.offset)
-        letters = [info for info in letters if info.ref in wanted]
-        missing = wanted - {info.ref for info in letters}
+    letters: AsyncIterable[DeadLetterInfo] | list[DeadLetterInfo]
+    if args.offset:  # each read where it is; all found before any is sent
+        found = [await dead_letter_at(settings, *_partition_offset(ref)) for ref in args.offset]
+        letters = [
+            info
+            for info in found
+            if info is not None and (args.service is None or info.service == args.service)
+        ]
+        missing = set(args.offset) - {info.ref for info in letters}
         if missing:
             raise ConfigurationError(f"expected dead letters {sorted(missing)}, not found")
-    for info, partition, offset in await replay(settings, letters):
-        target = f"group {info.group_id}" if info.group_id else "every group"
-        print(
-            f"replayed {info.ref} -> {info.topic}[{partition}]@{offset} ({info.type}) for {target}"
-        )
-    print(f"{len(letters)} dead letter(s) replayed")
+    else:
+        letters = dead_letters(settings, service=args.service)
+    sent = 0
+    try:
+        async for info, partition, offset in replay(settings, letters):
+            target = f"group {info.group_id}" if info.group_id else "every group"
+            print(
+                f"replayed {info.ref} -> {info.topic}[{partition}]@{offset} ({info.type}) "
+                f"for {target}",
+                flush=True,
+            )
+            sent += 1
+    finally:
+        print(f"{sent} dead letter(s) replayed", flush=True)
     return 0

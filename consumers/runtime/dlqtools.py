@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import header
 from agentstream.schemas.admin import start_client
@@ -26,6 +28,7 @@ from .deadletter import (
     original_headers,
 )
 from .reader import read_topics
+from .replay import Window, read_windows
 
 
 def _text(headers: Any, name: str) -> str:
@@ -80,17 +83,32 @@ class DeadLetterInfo:
         return "\t".join(fields)
 
 
-async def list_dead_letters(
+async def dead_letters(
     settings: KafkaSettings, *, service: str | None = None
-) -> list[DeadLetterInfo]:
-    letters = []
+) -> AsyncGenerator[DeadLetterInfo, None]:
+    """Every dead letter (of ``service``, if given) up to the end the DLQ had when the read
+    began, as it is read: a DLQ of millions is never held in memory."""
     records = read_topics(settings, [settings.routing().dlq], start="beginning", follow=False)
     async with contextlib.aclosing(records):
         async for record in records:
             info = DeadLetterInfo.of(record)
             if service is None or info.service == service:
-                letters.append(info)
-    return letters
+                yield info
+
+
+async def dead_letter_at(
+    settings: KafkaSettings, partition: int, offset: int
+) -> DeadLetterInfo | None:
+    """The dead letter at ``partition:offset`` of the DLQ, read there directly; None when no
+    record has that offset (past the end, or gone with retention). A partition the DLQ does
+    not have is a :class:`ConfigurationError`."""
+    tp = TopicPartition(settings.routing().dlq, partition)
+    records = read_windows(settings, {tp: Window(offset, offset + 1)}, name="dlq")
+    async with contextlib.aclosing(records):
+        async for record in records:
+            if record.offset == offset:
+                return DeadLetterInfo.of(record)
+    return None
 
 
 def replay_headers(info: DeadLetterInfo, dlq_topic: str) -> list[tuple[str, bytes]]:
@@ -102,23 +120,33 @@ def replay_headers(info: DeadLetterInfo, dlq_topic: str) -> list[tuple[str, byte
 
 
 async def replay(
-    settings: KafkaSettings, letters: list[DeadLetterInfo]
-) -> list[tuple[DeadLetterInfo, int, int]]:
-    """Send each dead letter's original key, value and headers back to its topic; returns
-    ``(letter, partition, offset)`` of each record sent."""
+    settings: KafkaSettings, letters: AsyncIterable[DeadLetterInfo] | Iterable[DeadLetterInfo]
+) -> AsyncGenerator[tuple[DeadLetterInfo, int, int], None]:
+    """Send each dead letter's original key, value and headers back to its topic, one at a
+    time, as ``letters`` come; yields ``(letter, partition, offset)`` of each record once
+    acknowledged, so a caller can tell how far a replay that failed got."""
     producer = AIOKafkaProducer(**settings.producer_options())
     await start_client(producer, settings.broker_address())
-    sent = []
     try:
         dlq = settings.routing().dlq
-        for info in letters:
+        async for info in _each(letters):
             meta = await producer.send_and_wait(
                 info.topic,
                 info.record.value,
                 key=info.record.key,
                 headers=replay_headers(info, dlq),
             )
-            sent.append((info, meta.partition, meta.offset))
+            yield info, meta.partition, meta.offset
     finally:
         await producer.stop()
-    return sent
+
+
+async def _each(
+    items: AsyncIterable[DeadLetterInfo] | Iterable[DeadLetterInfo],
+) -> AsyncGenerator[DeadLetterInfo, None]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

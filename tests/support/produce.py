@@ -48,12 +48,15 @@ async def produce_raw(
     *,
     key: bytes | None = None,
     headers: list[tuple[str, bytes]] | None = None,
+    partition: int | None = None,
 ) -> None:
     """Send arbitrary bytes (poison records for error-path tests)."""
     producer = AIOKafkaProducer(**settings.producer_options())
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+        await producer.send_and_wait(
+            topic, value, key=key, headers=headers or [], partition=partition
+        )
     finally:
         await producer.stop()
 

@@ -148,6 +148,25 @@ async def test_dlq_refs_that_cannot_be_are_usage_errors(kafka_settings: KafkaSet
         assert "expected PARTITION:OFFSET as `dlq list` prints it (3:17), got" in out, out
 
 
+async def test_dlq_show_reads_the_one_letter_asked_for(kafka_settings: KafkaSettings) -> None:
+    """`dlq show` and `dlq replay --offset` read the letter where it is; they read the whole
+    DLQ into memory before (a DLQ of millions after an incident)."""
+    dlq = kafka_settings.routing().dlq
+    for i in range(3):
+        await produce_raw(kafka_settings, dlq, b"letter %d" % i, partition=1, headers=[
+            ("agentstream.errors.reason", b"reason %d" % i)
+        ])  # fmt: skip
+    code, out = await _cli(kafka_settings, "dlq", "show", "1:2")
+    assert code == 0, out
+    assert "dead letter 1:2" in out and "agentstream.errors.reason: reason 2" in out, out
+    code, out = await _cli(kafka_settings, "dlq", "show", "1:3")  # past the end
+    assert code == 1, out
+    assert "no dead letter 1:3 (see `agentstream dlq list`)" in out, out
+    code, out = await _cli(kafka_settings, "dlq", "replay", "--offset", "9:0")
+    assert code == 2, out
+    assert f"expected partitions [9] of topic {dlq} to read, the topic has 4 partitions" in out
+
+
 async def test_tail_into_a_reader_that_stops_early_ends_quietly(
     kafka_settings: KafkaSettings,
 ) -> None:
