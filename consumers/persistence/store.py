@@ -18,6 +18,7 @@ makes the order total and stable.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -244,13 +245,26 @@ def _check_limit(limit: int, *, least: int = 0) -> None:
         raise ValueError(f"expected limit >= {least}, got {limit}")
 
 
+_SECRET_PARAMETER = re.compile(r"(?i)(^|&)(password|sslpassword)=[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL for messages: ``postgresql://user:secret@host/db?password=x`` →
+    ``postgresql://user:***@host/db?password=***`` (libpq and asyncpg take a password in the
+    query too). A URL that does not parse shows its scheme only."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        return f"{scheme}://*** (a URL that does not parse)" if scheme else "***"
+    netloc = parts.netloc
+    if password is not None:
+        netloc = netloc.replace(f":{password}@", ":***@", 1)
+    query = _SECRET_PARAMETER.sub(r"\1\2=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def type_bounds(pattern: str) -> tuple[str, str] | None:
@@ -293,5 +307,6 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
 
         return PostgresStore(url)
     raise StoreError(
-        f"expected a store URL sqlite:///path or postgresql://user@host/db, got {url!r}"
+        "expected a store URL sqlite:///path or postgresql://user@host/db, got "
+        f"{redact_url(url)!r}"
     )

@@ -13,6 +13,7 @@ from support.samples import FIXED_TIME, all_sample_events, sample_event
 
 from agentstream.consumers.persistence import Store, StoreError, open_store
 from agentstream.consumers.persistence.service import PersistenceSettings
+from agentstream.consumers.persistence.store import redact_url
 from agentstream.schemas import Event, RecordLocation, decode_event, encode_event
 from agentstream.schemas.settings import settings_error
 
@@ -208,6 +209,26 @@ def test_a_store_url_of_no_known_kind_is_a_settings_error() -> None:
         "invalid settings: store (AGENTSTREAM_STORE): expected a store URL sqlite:///path or "
         "postgresql://user@host/db, got 'mysql://localhost/x'"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://agent:s3cret@db:5432/events", "postgresql://agent:***@db:5432/events"),
+        # libpq and asyncpg take the password as a query parameter too
+        ("postgresql://db/events?password=s3cret&sslmode=require",
+         "postgresql://db/events?password=***&sslmode=require"),
+        ("postgres://db/events?sslmode=require&SSLPASSWORD=s3cret",
+         "postgres://db/events?sslmode=require&SSLPASSWORD=***"),
+        ("postgresql://agent@db/events", "postgresql://agent@db/events"),
+        ("postgresql://agent:s3cret@[::1/events", "postgresql://*** (a URL that does not parse)"),
+    ],
+)  # fmt: skip
+def test_messages_never_show_a_store_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    with pytest.raises(ValidationError) as caught:
+        PersistenceSettings(store=url.replace("postgres", "mysql", 1))
+    assert "s3cret" not in str(settings_error(caught.value))
 
 
 async def test_readers_get_clear_errors(tmp_path: Path) -> None:
