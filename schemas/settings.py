@@ -61,6 +61,19 @@ def checked(problem: Callable[[str], str | None]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def checked_secret(problem: Callable[[str], str | None]) -> AfterValidator:
+    """:func:`checked` for a ``SecretStr`` field: ``problem`` sees the secret's value, and
+    its message must not show it (settings errors never show a secret's input)."""
+
+    def check(value: SecretStr) -> SecretStr:
+        found = problem(value.get_secret_value())
+        if found is not None:
+            raise ValueError(found)
+        return value
+
+    return AfterValidator(check)
+
+
 def split_server(entry: str) -> tuple[str, str]:
     """``(host, port)`` of one ``bootstrap_servers`` entry: ``host:port``, ``host`` alone
     (port 9092, as the clients take it) or ``[::1]:9092`` for IPv6; the port unchecked."""

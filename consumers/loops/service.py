@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from agentstream.consumers.runtime import (
     EventConsumer,
@@ -36,7 +36,7 @@ from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
-from agentstream.schemas.settings import WaitMs, checked, kafka_option
+from agentstream.schemas.settings import WaitMs, checked_secret, kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
@@ -46,6 +46,10 @@ from .restore import recent_ids_from
 from .webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    return http_url_problem(url, secret=True)
 
 
 class LoopSettings(ServiceSettings):
@@ -91,8 +95,10 @@ class LoopSettings(ServiceSettings):
         description="No pause directive for a finding whose triggering event is older than "
         "this (a backlog caught up after an outage: the session has moved on); 0: no limit.",
     )
-    webhook_url: Annotated[str, checked(http_url_problem)] | None = Field(
-        default=None, description="POST each alert here (JSON)."
+    webhook_url: Annotated[SecretStr, checked_secret(_webhook_url_problem)] | None = Field(
+        default=None,
+        description="POST each alert here (JSON); a secret (a Slack URL is its token): logs "
+        "show its host only.",
     )
     webhook_format: Literal["json", "slack"] = Field(
         default="json", description='"json" (the alert event) or "slack" ({"text": ...}).'
@@ -299,7 +305,7 @@ async def setup(consumer: EventConsumer, settings: LoopSettings) -> AsyncIterato
     if settings.webhook_url:
         metrics = service.metrics
         service.webhook = WebhookNotifier(
-            settings.webhook_url,
+            settings.webhook_url.get_secret_value(),
             fmt=settings.webhook_format,
             timeout_s=settings.webhook_timeout_s,
             retries=settings.webhook_retries,

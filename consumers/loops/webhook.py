@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
-from agentstream.consumers.runtime.http import http_url_problem, post, redirect_hint
+from agentstream.consumers.runtime.http import http_url_problem, post, redirect_hint, url_shown
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
 from agentstream.schemas.errors import ConfigurationError
@@ -60,10 +60,12 @@ class WebhookNotifier:
         max_queue: int = 1_000,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        problem = http_url_problem(url)
+        problem = http_url_problem(url, secret=True)
         if problem is not None:
             raise ConfigurationError(f"webhook URL: {problem}")
         self.url = url
+        self.shown = url_shown(url)
+        """The URL as log lines show it: its path is often the token (Slack, Teams)."""
         self.fmt: WebhookFormat = fmt
         self.timeout_s = timeout_s
         self.retries = retries
@@ -126,7 +128,7 @@ class WebhookNotifier:
                     tries = attempt + 1
                     self._failures(
                         "deliver",
-                        f"webhook: alert {alert.event_id} not delivered to {self.url} after "
+                        f"webhook: alert {alert.event_id} not delivered to {self.shown} after "
                         f"{tries} {'attempt' if tries == 1 else 'attempts'}: {exc}"
                         + redirect_hint(exc),
                         amount=1,
@@ -135,7 +137,7 @@ class WebhookNotifier:
                     return
                 await asyncio.sleep(backoff_seconds(attempt + 1, base_ms, most_ms))
             else:
-                self._failures.recovered("deliver", f"webhook: {self.url} takes alerts again")
+                self._failures.recovered("deliver", f"webhook: {self.shown} takes alerts again")
                 self._outcome("delivered")
                 return
 

@@ -307,6 +307,5 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
 
         return PostgresStore(url)
     raise StoreError(
-        "expected a store URL sqlite:///path or postgresql://user@host/db, got "
-        f"{redact_url(url)!r}"
+        f"expected a store URL sqlite:///path or postgresql://user@host/db, got {redact_url(url)!r}"
     )

@@ -19,17 +19,35 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger("agentstream.consumers.runtime.http")
 
 
-def http_url_problem(url: str) -> str | None:
+def http_url_problem(url: str, *, secret: bool = False) -> str | None:
     """What is wrong with ``url`` as the address of an HTTP endpoint we POST to (an OTLP
-    collector, a webhook), or None: it needs an http or https scheme and a host."""
+    collector, a webhook), or None: it needs an http or https scheme and a host. With
+    ``secret`` the message shows the URL as :func:`url_shown` does."""
+    shown = url_shown(url) if secret else url
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as exc:
-        return f"expected an http:// or https:// URL, got {url!r} ({exc})"
+        return f"expected an http:// or https:// URL, got {shown!r} ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"expected an http:// or https:// URL with a host, got {url!r}"
+        return f"expected an http:// or https:// URL with a host, got {shown!r}"
     return None
+
+
+def url_shown(url: str) -> str:
+    """A URL that is a credential (a Slack, Teams or Discord webhook: its path is the token)
+    as messages show it: scheme and host, the rest as ``…``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:  # no URL: what would be its host, at most
+        head, slash, _ = url.partition("/")
+        head = head.rpartition("@")[2]
+        return f"{head}/…" if slash else head
+    host = parts.netloc.rpartition("@")[2]
+    rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else ""
+    return f"{parts.scheme}://{host}{rest}"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -91,15 +91,22 @@ async def test_a_config_file_that_cannot_be_read_is_refused_before_the_broker_is
 
 
 def test_a_webhook_url_that_cannot_be_posted_to_is_a_settings_error() -> None:
+    # The URL is a secret (a Slack webhook's path is its token): the error shows its host.
     with pytest.raises(ValidationError) as caught:
-        LoopSettings(webhook_url="hooks.local/alerts")
+        LoopSettings(webhook_url="hooks.slack.com/services/T0/B0/token")
     error = settings_error(caught.value)
     assert error is not None
     assert str(error) == (
         "invalid settings: webhook_url (AGENTSTREAM_WEBHOOK_URL): expected an http:// or "
-        "https:// URL with a host, got 'hooks.local/alerts'"
+        "https:// URL with a host, got 'hooks.slack.com/…'"
     )
-    assert LoopSettings(webhook_url="https://hooks.local/a").webhook_url == "https://hooks.local/a"
+    with pytest.raises(ValidationError) as caught:
+        LoopSettings(webhook_url="ftp://hooks.local/token")
+    assert "got 'ftp://hooks.local/…'" in str(settings_error(caught.value))
+    settings = LoopSettings(webhook_url="https://hooks.local/token")
+    assert settings.webhook_url is not None
+    assert settings.webhook_url.get_secret_value() == "https://hooks.local/token"
+    assert "token" not in repr(settings)
 
 
 def test_the_services_own_kafka_defaults_keep_their_bounds() -> None:

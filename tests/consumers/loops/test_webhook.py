@@ -173,6 +173,18 @@ async def test_a_redirect_is_a_failure_that_names_the_new_address(
     assert "a redirect to /hook/" in caplog.text and "set the URL" in caplog.text
 
 
+async def test_log_lines_show_the_webhooks_host_not_its_token(
+    receiver_factory: type[Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = receiver_factory([500, 500])
+    url = receiver.url.replace("/hook", "/services/T0/B0/s3cret-token")
+    notifier = WebhookNotifier(url, retries=1, backoff_s=0.01)
+    await deliver(notifier, block_alert())
+    host = url.split("/")[2]
+    assert f"not delivered to http://{host}/… after 2 attempts" in caplog.text
+    assert "s3cret-token" not in caplog.text
+
+
 async def test_unreachable_url_fails_without_blocking_notify() -> None:
     outcomes: list[Outcome] = []
     notifier = WebhookNotifier(
