@@ -228,6 +228,7 @@ class _Lanes(_PublisherState):
             ledger.advance()
             self._inherited -= inherited
             self._in_memory -= len(records)
+            self._in_memory_bytes -= sum([len(record.value) for record in records])
             self._cond.notify_all()
 
     def _spawn(self, coroutine: Any) -> None:

@@ -2,9 +2,11 @@
 
 With ``spool_dir``, events overflow to disk (:mod:`.spool`) when the broker cannot be reached,
 when an event has waited ``spool_after_ms`` without being acknowledged (a slow or dead broker),
-or when half of ``max_queue_events`` is in use. From then on every new event goes to the spool,
-behind the ones already there; once the broker acknowledges again the spool is read back in
-order, and publishing goes direct again when the spool is empty. Runs on the sender thread.
+or when half of the memory bound (``max_queue_events`` or ``max_queue_bytes``) is in use.
+From then on every new event goes to the spool, behind the ones already there; once the broker
+acknowledges again the spool is read back in order (no more than a quarter of the memory bound
+at a time), and publishing goes direct again when the spool is empty. Runs on the sender
+thread.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ class _Overflow(_Lanes):
         reason = None
         if self._connected is False:
             reason = "the broker is unreachable"
-        elif self._in_memory > self._max_queue // 2:
-            reason = f"{self._in_memory} events are waiting in memory"
+        elif (
+            self._in_memory > self._max_queue // 2
+            or self._in_memory_bytes > self._max_queue_bytes // 2
+        ):
+            reason = f"{self._in_memory} events ({self._in_memory_bytes} bytes) wait in memory"
         elif self._oldest_wait(now) > self._spool_after:
             reason = f"no acknowledgement for {self._spool_after:.1f} s"
         if reason is None:
@@ -69,11 +74,12 @@ class _Overflow(_Lanes):
         spool = self._spool
         assert spool is not None
         held = self._held
-        written = 0
+        written = written_bytes = 0
         while held:
             count = spool.append_many(self._spool_entry(record) for record in held)
             for _ in range(count):
                 record = held.popleft()
+                written_bytes += len(record.value)
                 if record.ticket is not None:  # it was read from the spool: its copy replaces it
                     spool.ack(record.ticket)
             written += count
@@ -116,6 +122,7 @@ class _Overflow(_Lanes):
                 )
             with self._lock:
                 self._in_memory -= written
+                self._in_memory_bytes -= written_bytes
                 self.metrics.spooled += written
                 self._cond.notify_all()
 
@@ -144,9 +151,10 @@ class _Overflow(_Lanes):
         ):
             return
         room = max(self._max_queue // 4, 1) - self._in_memory
-        if room <= 0:
+        room_bytes = max(self._max_queue_bytes // 4, 1) - self._in_memory_bytes
+        if room <= 0 or room_bytes <= 0:
             return
-        entries = spool.read(min(room, 10_000))
+        entries = spool.read(min(room, 10_000), max_bytes=room_bytes)
         records: list[_Record] = []
         for ticket, payload in entries:
             try:
@@ -171,6 +179,7 @@ class _Overflow(_Lanes):
         if records:
             with self._lock:
                 self._in_memory += len(records)
+                self._in_memory_bytes += sum([len(record.value) for record in records])
             self._route_all(records, now)
         if not entries:
             # The spool is read to the end: what waited for room comes next, then direct mode.

@@ -156,6 +156,8 @@ class _PublisherState:
     _cond: threading.Condition
     _incoming: deque[Pending]  # shared: published, not yet taken by the sender
     _in_memory: int  # shared
+    _in_memory_bytes: int  # shared
+    _max_queue_bytes: int
     _seq: int  # shared
     _ledger: _Ledger  # shared
     _idle: bool  # shared: the sender sleeps long and wants a wake-up for new events

@@ -13,6 +13,7 @@ Families (labels are bounded: topic names and a fixed set of drop reasons):
 ``agentstream_producer_events_spooled_total``            written to the disk spool
 ``agentstream_producer_events_dropped_total{reason}``    given up before reaching the broker
 ``agentstream_producer_queue_depth``                     events in memory and in the spool
+``agentstream_producer_memory_bytes``                    encoded values held in memory
 ``agentstream_producer_spool_bytes``                     bytes of spool segments on disk
 ``agentstream_producer_spool_write_errors_total``        writes the disk refused (events wait)
 ``agentstream_producer_delivery_latency_seconds``        publish() to acknowledgement
@@ -81,6 +82,7 @@ class ProducerStats:
     last_error: str | None = None
     delivered_by_topic: dict[str, int] = field(default_factory=dict)
     spool_write_errors: int = 0
+    in_memory_bytes: int = 0
 
     @property
     def queue_depth(self) -> int:
@@ -95,6 +97,7 @@ class ProducerMetrics:
         registry: CollectorRegistry | None,
         *,
         in_memory: Callable[[], int],
+        in_memory_bytes: Callable[[], int],
         spool_pending: Callable[[], int],
         spool_bytes: Callable[[], int],
         spool_corrupt: Callable[[], int],
@@ -107,6 +110,7 @@ class ProducerMetrics:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_error: str | None = None
         self._in_memory = in_memory
+        self._in_memory_bytes = in_memory_bytes
         self._spool_pending = spool_pending
         self._spool_bytes = spool_bytes
         self._spool_corrupt = spool_corrupt
@@ -160,6 +164,7 @@ class ProducerMetrics:
             last_error=self.last_error,
             delivered_by_topic=delivered,
             spool_write_errors=self._spool_write_errors(),
+            in_memory_bytes=self._in_memory_bytes(),
         )
 
     def families(self) -> Iterator[Metric]:
@@ -204,6 +209,12 @@ class ProducerMetrics:
         )
         depth.add_metric([], stats.queue_depth)
         yield depth
+        memory = GaugeMetricFamily(
+            "agentstream_producer_memory_bytes",
+            "Encoded events held in memory (bounded by max_queue_bytes).",
+        )
+        memory.add_metric([], stats.in_memory_bytes)
+        yield memory
         spool_bytes = GaugeMetricFamily(
             "agentstream_producer_spool_bytes", "Bytes of spool segment files on disk."
         )

@@ -16,11 +16,13 @@ The parts: this module is the caller side; :mod:`._sender` runs the background t
   batch API (``create_batch``/``send_batch``), ``linger_ms`` and ``max_batch_size`` apply per lane.
 * **Spool** — with ``spool_dir``, events overflow to disk (:mod:`.spool`) when the broker cannot
   be reached, when an event has waited ``spool_after_ms`` without being acknowledged (a slow or
-  dead broker), or when half of ``max_queue_events`` is in use. From then on every new event goes
+  dead broker), or when half of the memory bound is in use. From then on every new event goes
   to the spool, behind the ones already there; once the broker acknowledges again the spool is
   read back in order, and publishing goes direct again when the spool is empty. A process that
   finds a spool left by an earlier one delivers it first.
-* **Overflow** — memory holds at most ``max_queue_events`` events. When it is full (and the spool
+* **Overflow** — memory holds at most ``max_queue_events`` events and ``max_queue_bytes`` of
+  encoded values (plus one record: the one that crossed it), like librdkafka's
+  ``queue.buffering.max.messages`` and ``.max.kbytes``. When it is full (and the spool
   is full or absent), ``overflow="drop"`` drops the new event, ``overflow="block"`` makes
   ``publish()`` wait up to ``block_timeout_ms`` for room and then drops it; either way the event
   is counted in ``agentstream_producer_events_dropped_total{reason}`` and logged (rate-limited).
@@ -85,6 +87,7 @@ class KafkaPublisher(_Sender):
         block_timeout_ms: int = 1_000,
         fsync: FsyncPolicy = "interval",
         max_queue_events: int = 100_000,
+        max_queue_bytes: int = 64 * 2**20,
         registry: CollectorRegistry | None = None,
         redact: Redact | Literal["default"] | None = "default",
         instance_id: str | None = None,
@@ -98,6 +101,8 @@ class KafkaPublisher(_Sender):
             )
         if max_queue_events < 1:
             raise ConfigurationError(f"expected max_queue_events >= 1, got {max_queue_events}")
+        if max_queue_bytes < 1:
+            raise ConfigurationError(f"expected max_queue_bytes >= 1, got {max_queue_bytes}")
         # Built once, here: unreadable TLS files fail the constructor, not the sender later.
         self._producer_options = producer_kwargs(settings)
         self.settings = settings
@@ -109,6 +114,7 @@ class KafkaPublisher(_Sender):
         self._overflow = overflow
         self._block_timeout = block_timeout_ms / 1000
         self._max_queue = max_queue_events
+        self._max_queue_bytes = max_queue_bytes
         self._spool_after = spool_after_ms / 1000
         self._linger = settings.linger_ms / 1000
         self._batch_bytes = settings.max_batch_size
@@ -121,9 +127,11 @@ class KafkaPublisher(_Sender):
 
         self._spool: Spool | None = None
         self._in_memory = 0  # guarded by _cond, like the fields below; read by the metrics
+        self._in_memory_bytes = 0  # the encoded values of those events
         self.metrics = ProducerMetrics(
             registry,
             in_memory=lambda: self._in_memory,
+            in_memory_bytes=lambda: self._in_memory_bytes,
             spool_pending=lambda: self._spool.unread if self._spool is not None else 0,
             spool_bytes=lambda: self._spool.size_bytes if self._spool is not None else 0,
             spool_corrupt=lambda: self._spool.corrupt if self._spool is not None else 0,
@@ -196,7 +204,9 @@ class KafkaPublisher(_Sender):
             if self._closed:
                 self._drop(event, "closed")
                 return
-            if self._in_memory >= self._max_queue and not self._make_room():
+            if (
+                self._in_memory >= self._max_queue or self._in_memory_bytes >= self._max_queue_bytes
+            ) and not self._make_room():
                 return
             self._seq += 1
             event.seq = seq = self._seq
@@ -235,6 +245,7 @@ class KafkaPublisher(_Sender):
             record = (value, fields, time.time(), ledger.base + len(ledger.flags) - 1)
             self._incoming.append(record)
             self._in_memory += 1
+            self._in_memory_bytes += len(value)
             if self._idle:  # otherwise the sender picks it up within linger_ms
                 self._idle = False
                 self._wake()
@@ -324,7 +335,14 @@ class KafkaPublisher(_Sender):
         if self._overflow == "block" and self._block_timeout > 0 and not on_own_thread:
             self._wake()
             room = self._cond.wait_for(
-                lambda: self._in_memory < self._max_queue or self._closed, self._block_timeout
+                lambda: (
+                    self._closed
+                    or (
+                        self._in_memory < self._max_queue
+                        and self._in_memory_bytes < self._max_queue_bytes
+                    )
+                ),
+                self._block_timeout,
             )
             if room and not self._closed:
                 return True
@@ -332,10 +350,12 @@ class KafkaPublisher(_Sender):
         self.metrics.drop(reason)
         self._warn(
             "drop:" + reason,
-            "publisher memory full (%d events, max_queue_events=%d%s): dropped the newest "
-            "event (overflow=%s, reason=%s)",
+            "publisher memory full (%d events of max_queue_events=%d, %d bytes of "
+            "max_queue_bytes=%d%s): dropped the newest event (overflow=%s, reason=%s)",
             self._in_memory,
             self._max_queue,
+            self._in_memory_bytes,
+            self._max_queue_bytes,
             self._spool_state(),
             self._overflow,
             reason,

@@ -288,14 +288,19 @@ class Spool:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def read(self, max_records: int) -> list[tuple[SpoolTicket, bytes]]:
-        """Up to ``max_records`` records in append order, skipping corrupt ones."""
+    def read(
+        self, max_records: int, *, max_bytes: int | None = None
+    ) -> list[tuple[SpoolTicket, bytes]]:
+        """Up to ``max_records`` records in append order, skipping corrupt ones; with
+        ``max_bytes``, no more once their payloads reach it (one at least)."""
         out: list[tuple[SpoolTicket, bytes]] = []
-        while len(out) < max_records:
+        size = 0
+        while len(out) < max_records and (max_bytes is None or size < max_bytes):
             item = self._read_one()
             if item is None:
                 break
             out.append(item)
+            size += len(item[1])
             self._tickets.append(item[0])
         return out
 

@@ -207,6 +207,7 @@ async def test_a_disk_that_refuses_spool_writes_holds_events_in_memory_and_loses
         assert "cannot write to the spool" in caplog.text and "File too large" in caplog.text
         tcp_proxy(address, broker.port)  # the broker is back (and the disk has room)
         assert await asyncio.to_thread(publisher.flush, 30), publisher.stats()
+        assert publisher.stats().in_memory_bytes == 0  # through the spool and back
     finally:
         await asyncio.to_thread(publisher.close, 5)
     records = await consume(settings, routing.events, len(sent))

@@ -158,6 +158,49 @@ def test_full_memory_without_spool_drops_the_newest_and_counts_it(
     assert publisher.stats().dropped["closed"] == 10  # said at close, not silently lost
 
 
+def test_memory_is_bounded_in_bytes_too(caplog: pytest.LogCaptureFixture) -> None:
+    """Large events (a tool's whole output on Corail's bus) filled memory up to the count
+    bound alone: 100,000 events of 100 KB are 10 GB. The bytes bound holds them to
+    ``max_queue_bytes`` plus the one record that crossed it, as librdkafka's does."""
+    registry = CollectorRegistry()
+    publisher = KafkaPublisher(
+        dead_settings(), max_queue_bytes=100_000, registry=registry, redact=None
+    )
+    big = events(30, sessions=3)
+    for event in big:
+        event.data = {"output": "x" * 10_000}
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            for event in big:
+                publisher.publish(event)
+        stats = publisher.stats()
+        assert stats.in_memory_bytes >= 100_000
+        assert stats.in_memory_bytes < 100_000 + 11_000  # one event past the bound at most
+        assert stats.dropped["queue_full"] == 30 - stats.in_memory > 0
+        assert registry.get_sample_value("agentstream_producer_memory_bytes") == (
+            stats.in_memory_bytes
+        )
+        assert "bytes of max_queue_bytes=100000, no spool_dir): dropped the newest" in caplog.text
+    finally:
+        publisher.close(0.1)
+
+
+def test_memory_bytes_go_back_to_zero_once_delivered(kafka_settings: KafkaSettings) -> None:
+    publisher = KafkaPublisher(kafka_settings, max_queue_bytes=50_000, redact=None)
+    big = events(40, sessions=4)
+    for event in big:
+        event.data = {"output": "y" * 5_000}
+    try:
+        for event in big:  # past the bound: publish() makes room as acknowledgements come
+            publisher.publish(event)
+        assert publisher.flush(30)
+        stats = publisher.stats()
+        assert stats.in_memory_bytes == 0
+        assert stats.delivered + stats.dropped["queue_full"] == 40
+    finally:
+        publisher.close(5)
+
+
 def test_block_policy_waits_for_room_then_drops() -> None:
     publisher = KafkaPublisher(
         dead_settings(), max_queue_events=3, overflow="block", block_timeout_ms=300, redact=None
