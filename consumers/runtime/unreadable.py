@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from agentstream.schemas.throttle import ThrottledLog
@@ -148,21 +148,25 @@ class UnreadablePartitions:
 
     def hold(self, tp: TopicPartition, position: int | None, error: KafkaError) -> None:
         self._held[tp] = _Unreadable(position, repr(error), self._clock() + self.retry_s)
+        hint = ""
+        if isinstance(error, CorruptRecordException | UnsupportedCodecError):
+            hint = (
+                f". A batch that cannot be read (corrupt, or compressed with a codec whose "
+                f"library is missing) stays where it is: once understood, move the group past "
+                f"it (kafka-consumer-groups --reset-offsets --to-offset N "
+                f"--topic {tp.topic}:{tp.partition})"
+            )
         self._log(
             f"unreadable:{tp.topic}:{tp.partition}",
-            "service %s: cannot read %s[%d] at or after offset %s: %s. This partition is "
-            "paused, the others go on; it is tried again every %.0f s. A batch that cannot be "
-            "read (corrupt, or compressed with a codec whose library is missing) stays where "
-            "it is: once understood, move the group past it (kafka-consumer-groups "
-            "--reset-offsets --to-offset N --topic %s:%d)",
+            "service %s: cannot read %s[%d] at or after offset %s: %r. This partition is "
+            "paused, the others go on; it is tried again every %.0f s%s",
             self.service,
             tp.topic,
             tp.partition,
             "?" if position is None else position,
-            repr(error),
+            error,
             self.retry_s,
-            tp.topic,
-            tp.partition,
+            hint,
         )
 
     def due(self) -> list[TopicPartition]:

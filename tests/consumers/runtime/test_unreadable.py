@@ -6,14 +6,14 @@ import logging
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CorruptRecordException, KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, TopicAuthorizationFailedError
 from aiokafka.structs import TopicPartition
 from support.produce import produce_corrupt_batch, produce_events
 from support.runtime import running_consumer, service_settings, wait_until
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer
-from agentstream.consumers.runtime.unreadable import Batches, isolate
+from agentstream.consumers.runtime.unreadable import Batches, UnreadablePartitions, isolate
 from agentstream.producer.partitioner import partition_for
 from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
@@ -98,3 +98,27 @@ async def test_isolate_finds_the_partition_an_error_does_not_name(
     assert list(failed) == [tps[0]]
     assert isinstance(failed[tps[0]], CorruptRecordException)
     assert len(fed[tps[1]]) == len(healthy)
+
+
+def test_held_partitions_come_due_after_the_retry_interval_and_say_what_to_do(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    held = UnreadablePartitions("svc", retry_s=60, clock=lambda: now[0])
+    corrupt, denied = TopicPartition("t", 0), TopicPartition("t", 1)
+    with caplog.at_level(logging.ERROR, logger="agentstream.consumers.runtime"):
+        held.hold(corrupt, 17, CorruptRecordException("Invalid CRC"))
+        held.hold(denied, None, TopicAuthorizationFailedError())
+    assert corrupt in held and denied in held and held.position(corrupt) == 17
+    first, second = caplog.records
+    assert "cannot read t[0] at or after offset 17" in first.getMessage()
+    assert "--reset-offsets --to-offset N --topic t:0" in first.getMessage()
+    assert "cannot read t[1] at or after offset ?" in second.getMessage()
+    assert "reset-offsets" not in second.getMessage()  # no batch to move past
+    now[0] += 59
+    assert held.due() == []
+    now[0] += 1
+    assert held.due() == [corrupt, denied] and not held
+    held.hold(corrupt, 17, CorruptRecordException("Invalid CRC"))
+    held.forget([corrupt])
+    assert not held
