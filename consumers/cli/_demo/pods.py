@@ -15,11 +15,10 @@ import contextlib
 import itertools
 import json
 import secrets
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from agentstream.producer import (
     EventType,
     KafkaCollector,
     KafkaPublisher,
-    Publisher,
     StopReason,
     event_scope,
 )
 from agentstream.schemas.settings import KafkaSettings
 
+from .record import RecordingPublisher
 from .scenario import (
     PlannedSession,
     agent_family,
@@ -45,31 +44,11 @@ from .scenario import (
 )
 
 
-class RecordingPublisher:
-    """A :class:`~agentstream.producer.Publisher` in front of the pod's publisher that
-    remembers what was handed over: ``(event_id, type, session_id)`` in order."""
-
-    def __init__(self, inner: Publisher) -> None:
-        self.inner = inner
-        self.published: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-
-    def publish(self, event: Event) -> None:
-        self.inner.publish(event)
-        with self._lock:
-            self.published.append((event.event_id, event.type, event.session_id))
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return self.inner.flush(timeout)
-
-    def close(self, timeout: float | None = None) -> None:
-        self.inner.close(timeout)
-
-
 @dataclass
 class SessionRecord:
-    session: PlannedSession
+    session: PlannedSession  # its steps dropped once played: a long run plays many thousands
     session_id: str
+    planned_events: int = 0  # how many steps it had
     events: int = 0
     paused: bool = False  # stopped early by a control directive (--obey-control)
 
@@ -125,7 +104,8 @@ class DemoSummary:
             ),
         ]
 
-    def manifest(self, published: list[tuple[str, str, str]]) -> dict[str, Any]:
+    def manifest(self) -> dict[str, Any]:
+        """The manifest but ``published`` (written after it: :meth:`Demo.write_manifest`)."""
         return {
             "run_id": self.run_id,
             "seed": self.seed,
@@ -151,7 +131,6 @@ class DemoSummary:
                 }
                 for s in self.sessions
             ],
-            "published": [list(item) for item in published],
         }
 
 
@@ -187,7 +166,12 @@ class Demo:
         self._next_slot = 0.0  # loop time of the next event allowed by ``rate``
         self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
         self.summary.obey_control = obey_control
-        self.published: list[tuple[str, str, str]] = []
+        self._recorder: RecordingPublisher | None = None
+
+    @property
+    def published(self) -> list[tuple[str, str, str]]:
+        """``(event_id, type, session_id)`` of every event published, in order."""
+        return list(self._recorder.items()) if self._recorder is not None else []
 
     def stop(self) -> None:
         """Stop starting sessions; finish those in flight without waiting."""
@@ -195,7 +179,7 @@ class Demo:
 
     async def run(self) -> DemoSummary:
         publisher = KafkaPublisher(self.settings)
-        recorder = RecordingPublisher(publisher)
+        recorder = self._recorder = RecordingPublisher(publisher)
         started = time.monotonic()
         try:
             timer = (
@@ -211,21 +195,28 @@ class Demo:
             publisher.close(timeout=5.0)
             stats = publisher.stats()
             self.summary.elapsed_s = time.monotonic() - started
-            self.summary.events = len(recorder.published)
-            per_session = Counter(session_id for _, _, session_id in recorder.published)
+            self.summary.events = len(recorder)
+            per_session = recorder.per_session()
             for record in self.summary.sessions:
                 record.events = per_session[record.session_id]
             self.summary.delivered = stats.delivered
             self.summary.dropped = sum(stats.dropped.values()) + stats.failed
             self.summary.dropped_by_reason = {**stats.dropped, "failed": stats.failed}
             self.summary.last_error = stats.last_error
-            self.published = recorder.published
         return self.summary
 
     def write_manifest(self, path: Path) -> None:
-        data = self.summary.manifest(self.published)
+        """The summary, its sessions, and ``published``: ``[event_id, type, session_id]`` of
+        every event, written one by one (a long run publishes millions)."""
+        head = json.dumps(self.summary.manifest(), indent=1)
+        assert head.endswith("\n}")
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(head[:-2] + ',\n "published": [')
+            items = self._recorder.items() if self._recorder is not None else iter(())
+            for i, item in enumerate(items):
+                out.write(("," if i else "") + "\n  " + json.dumps(item))
+            out.write("\n ]\n}\n")
         tmp.replace(path)
 
     # --- one pod ----------------------------------------------------------------------------
@@ -242,12 +233,15 @@ class Demo:
             await bus.enable_control(self.settings)
         try:
             for planned in itertools.takewhile(lambda _: not self._stop.is_set(), sessions):
-                record = SessionRecord(planned, planned.session_id(self.run_id))
+                record = SessionRecord(
+                    planned, planned.session_id(self.run_id), planned_events=len(planned.steps)
+                )
                 self.summary.sessions.append(record)
                 if bus is not None:
                     await self._corail(bus, planned, record, paused)
                 else:
                     await self._calute(publisher, planned)
+                record.session = replace(planned, steps=())
         finally:
             if bus is not None:
                 await bus.close()  # stops its control listener, if any
