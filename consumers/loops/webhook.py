@@ -130,7 +130,7 @@ class WebhookNotifier:
                         "deliver",
                         f"webhook: alert {alert.event_id} not delivered to {self.shown} after "
                         f"{tries} {'attempt' if tries == 1 else 'attempts'}: {exc}"
-                        + redirect_hint(exc),
+                        + redirect_hint(exc, secret=True),
                         amount=1,
                     )
                     self._outcome("failed")

@@ -67,12 +67,15 @@ def post(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]
         return response.status, response.read()
 
 
-def redirect_hint(exc: BaseException) -> str:
+def redirect_hint(exc: BaseException, *, secret: bool = False) -> str:
     """For a redirect (an ``HTTPError`` with a 3xx status): where to, and that the URL must
-    be changed; else ''."""
+    be changed; else ''. With ``secret`` the new address is shown as :func:`url_shown` does
+    (a redirect from http to https keeps the token in the path)."""
     if not isinstance(exc, urllib.error.HTTPError) or not 300 <= exc.code < 400:
         return ""
     location = exc.headers.get("Location") if exc.headers else None
+    if location and secret:
+        location = url_shown(location)
     return (
         f" (a redirect to {location or 'an address not given'}: a POST is not re-sent on a "
         "redirect, set the URL to the final address)"

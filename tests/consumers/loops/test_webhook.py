@@ -37,7 +37,7 @@ class Receiver:
                     receiver.bodies.append(body)
                 self.send_response(status)
                 if 300 <= status < 400:
-                    self.send_header("Location", "/hook/")
+                    self.send_header("Location", "https://hooks.example/hook/s3cret-token")
                 self.end_headers()
 
             def do_GET(self) -> None:  # as many servers do for a URL that also takes POSTs
@@ -170,7 +170,8 @@ async def test_a_redirect_is_a_failure_that_names_the_new_address(
     await deliver(notifier, block_alert())
     assert outcomes == ["failed"]
     assert receiver.attempts == 1 and receiver.gets == 0 and not receiver.bodies
-    assert "a redirect to /hook/" in caplog.text and "set the URL" in caplog.text
+    assert "a redirect to https://hooks.example/…" in caplog.text and "set the URL" in caplog.text
+    assert "s3cret-token" not in caplog.text  # the webhook URL is a secret, its new one too
 
 
 async def test_log_lines_show_the_webhooks_host_not_its_token(
