@@ -401,7 +401,8 @@ class EventConsumer:
             except KafkaError as exc:
                 await self._fetch_failed(consumer, exc, limit)
                 continue
-            self._fetch_failures.recovered("fetch", "service %s: fetching again", self.service)
+            if not self._unreadable:  # else a partition still fails: not "again" yet
+                self._fetch_failures.recovered("fetch", "service %s: fetching again", self.service)
             self._feed(batches)
             paused = self._backpressure(consumer)
             timeout = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
