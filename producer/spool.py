@@ -502,6 +502,13 @@ def _lock(directory: Path) -> BinaryIO:
             f"expected the spool directory {directory} to be free, it is in use by {holder}; "
             "give each publisher (each process) a spool_dir of its own"
         ) from None
+    except OSError as exc:  # a filesystem without flock (some FUSE mounts): ENOLCK, ENOTSUP
+        handle.close()
+        raise ConfigurationError(
+            f"expected a spool directory on a filesystem with file locks (flock) at "
+            f"{directory}, got {exc.strerror or exc}: put spool_dir on a local disk or an "
+            "emptyDir volume"
+        ) from None
     handle.truncate(0)
     handle.write(f"process {os.getpid()}".encode())
     handle.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -223,3 +225,21 @@ def test_close_releases_the_directory_when_the_checkpoint_cannot_be_written(
     successor = Spool(tmp_path, max_bytes=1 << 20)  # the lock went with close()
     assert read_all(successor) == payloads(5)  # from the last checkpoint: at-least-once
     successor.close()
+
+
+def test_a_filesystem_without_file_locks_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE mounts (object-store buckets) refuse flock: a ConfigurationError that says
+    where to put the spool, not an OSError from deep inside."""
+
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with pytest.raises(ConfigurationError) as caught:
+        Spool(tmp_path, max_bytes=1 << 20)
+    assert str(caught.value) == (
+        f"expected a spool directory on a filesystem with file locks (flock) at {tmp_path}, "
+        f"got {os.strerror(errno.ENOLCK)}: put spool_dir on a local disk or an emptyDir volume"
+    )
