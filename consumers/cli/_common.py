@@ -45,6 +45,17 @@ def non_negative_number(text: str) -> float:
     return _number(text, float, strictly=False)
 
 
+def port_number(text: str) -> int:
+    """The type of a port option: an integer from 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
 def positive_integer(text: str) -> int:
     """The type of a count option: an integer > 0."""
     return int(_number(text, int, strictly=True))

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from, positive_number
+from ._common import add_kafka_arguments, kafka_settings_from, port_number, positive_number
 
 
 def register(commands: Any) -> None:
@@ -45,6 +45,13 @@ def register(commands: Any) -> None:
         "budget service paused (sessions then depend on timing, not only on the seed)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve the pods' publisher metrics (agentstream_producer_*) on this port's "
+        "/metrics, as an agent pod exposes them for Prometheus (default: not served)",
+    )
+    parser.add_argument(
         "--manifest",
         type=Path,
         metavar="PATH",
@@ -63,6 +70,12 @@ async def run(args: argparse.Namespace) -> int:
             f"expected --agents >= 1 and --rate > 0, got {args.agents} and {args.rate}"
         )
     settings = kafka_settings_from(args)
+    registry = server = None
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        server, _ = start_http_server(args.metrics_port, registry=registry)
     demo = Demo(
         settings,
         agents=args.agents,
@@ -71,6 +84,7 @@ async def run(args: argparse.Namespace) -> int:
         duration=args.duration,
         run_id=args.run_id,
         obey_control=args.obey_control,
+        registry=registry,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,6 +102,9 @@ async def run(args: argparse.Namespace) -> int:
                 loop.remove_signal_handler(sig)
         if args.manifest is not None:
             demo.write_manifest(args.manifest)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     for line in summary.lines():
         print(line, flush=True)
     return 0 if summary.flushed and summary.dropped == 0 else 1

@@ -63,8 +63,9 @@ def register(commands: Any) -> None:
         type=int,
         default=9101,
         metavar="PORT",
-        help="HTTP port of the first service, the others follow (default 9101..9105; "
-        "a taken port is replaced by a free one; 0: free ports chosen by the kernel)",
+        help="HTTP port of the first service, the others follow, then the demo pods' metrics "
+        "(default 9101..9105, 9106; a taken port is replaced by a free one; 0: free ports "
+        "chosen by the kernel)",
     )
     parser.add_argument(
         "--plain", action="store_true", help="plain progress lines even on a terminal"
@@ -89,10 +90,10 @@ async def run(args: argparse.Namespace) -> int:
             f"expected --partitions >= 1, --agents >= 1 and --rate > 0, got "
             f"{args.partitions}, {args.agents} and {args.rate}"
         )
-    last = 65536 - len(SERVICES)
+    last = 65536 - len(SERVICES) - 1
     if args.first_port != 0 and not 1 <= args.first_port <= last:
         raise ConfigurationError(
-            f"expected --first-port 0 or from 1 to {last} (one port per service), "
+            f"expected --first-port 0 or from 1 to {last} (one port per service and the demo), "
             f"got {args.first_port}"
         )
     options = UpOptions(

@@ -149,9 +149,12 @@ def test_prometheus_scrapes_every_service_of_the_stack() -> None:
     scraped = {target: group["labels"]["job"] for group in groups for target in group["targets"]}
     expected = {}
     for name, service in agentstream_containers(compose).items():
-        if service["command"][0] == "consume":
+        command = service["command"]
+        if command[0] == "consume":
             port = environment_of(service)["AGENTSTREAM_HTTP_PORT"]
-            expected[f"{name}:{port}"] = f"agentstream-{service['command'][1]}"
+            expected[f"{name}:{port}"] = f"agentstream-{command[1]}"
+        elif command[0] == "demo":  # the agents' publisher metrics: a job of their own
+            expected[f"{name}:{command[command.index('--metrics-port') + 1]}"] = "agent-pods"
     assert scraped == expected
     # Same job labels as the metrics engineer's local targets (the dashboards select on them).
     local = yaml.safe_load((ROOT / "deploy/prometheus/targets/local.yml").read_text())

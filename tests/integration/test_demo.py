@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from support.produce import produce_events
-from support.runtime import read_records
+from support.runtime import http_get, read_records
 
+from agentstream.consumers.broker import free_port
 from agentstream.consumers.cli._demo.pods import Demo
 from agentstream.consumers.cli._demo.scenario import (
     BUDGET_KINDS,
@@ -213,3 +215,32 @@ def test_the_demo_command_prints_a_summary_and_writes_its_manifest(
     assert set(played) <= expected
     assert f"{data['events']} published" in result.stdout
     assert "looping sessions:" in result.stdout
+
+
+async def test_the_demo_serves_its_pods_publisher_metrics(kafka_settings: KafkaSettings) -> None:
+    """`demo --metrics-port` is what `up` scrapes for the dashboard's producer row: the
+    publisher's own counters, on /metrics, while the pods run."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentstream.consumers.cli", "demo",
+        "--bootstrap-servers", kafka_settings.bootstrap_servers,
+        "--topic-prefix", kafka_settings.topic_prefix,
+        "--agents", "2", "--rate", "200", "--duration", "20", "--metrics-port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        emitted = 0.0
+        while emitted == 0:
+            assert process.returncode is None, "the demo ended before it was scraped"
+            try:
+                status, body = await http_get(port, "/metrics")
+            except OSError:  # not listening yet
+                status, body = 0, b""
+            if status == 200:
+                line = re.search(rb"^agentstream_producer_events_emitted_total (\S+)$", body, re.M)
+                emitted = float(line.group(1)) if line else 0.0
+            await asyncio.sleep(0.1)
+        assert b'agentstream_producer_events_dropped_total{reason="queue_full"} 0.0' in body
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0

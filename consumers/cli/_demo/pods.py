@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from agentstream.producer import (
     AuditEmitter,
     Event,
@@ -149,6 +151,7 @@ class Demo:
         duration: float | None,
         run_id: str | None = None,
         obey_control: bool = False,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if agents < 1 or rate <= 0:
             raise ValueError(f"expected agents >= 1 and rate > 0, got {agents} and {rate}")
@@ -167,6 +170,7 @@ class Demo:
         self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
         self.summary.obey_control = obey_control
         self._recorder: RecordingPublisher | None = None
+        self._registry = registry  # the publisher's metrics, as a pod exposes them
 
     @property
     def published(self) -> list[tuple[str, str, str]]:
@@ -178,7 +182,7 @@ class Demo:
         self._stop.set()
 
     async def run(self) -> DemoSummary:
-        publisher = KafkaPublisher(self.settings)
+        publisher = KafkaPublisher(self.settings, registry=self._registry)
         recorder = self._recorder = RecordingPublisher(publisher)
         started = time.monotonic()
         try:

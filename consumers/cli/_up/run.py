@@ -69,6 +69,7 @@ class Up:
         self.state = UpState(self.bootstrap, options.store, options.log_dir, self.monitor)
         self.view: View | None = None
         self.demo: Child | None = None
+        self.demo_metrics_port: int | None = None
         self.children: list[Child] = []
         self.alerts_stop = asyncio.Event()
         self.alerts_task: asyncio.Task[None] | None = None
@@ -242,6 +243,11 @@ class Up:
         if not o.demo:
             demo.status, demo.detail = "skipped", "--no-demo"
             return
+        # the pods' publisher metrics, on the port after the services' (9106 by default)
+        port = self.demo_metrics_port = pick_port(
+            o.first_port and o.first_port + len(SERVICES),
+            {s.port for s in self.monitor.services.values()},
+        )
         self.demo = Child(
             "demo",
             cli_command(
@@ -258,6 +264,8 @@ class Up:
                 str(o.seed),
                 "--manifest",
                 str(o.log_dir / "demo-manifest.json"),
+                "--metrics-port",
+                str(port),
                 *(["--obey-control"] if o.obey_control else []),
             ),
             o.log_dir / "demo.log",
@@ -266,7 +274,8 @@ class Up:
         self.children.append(self.demo)
         demo.status = "done"
         demo.detail = (
-            f"{o.agents} agents, ~{o.rate:g} events/s, seed {o.seed} (pid {self.demo.pid})"
+            f"{o.agents} agents, ~{o.rate:g} events/s, seed {o.seed} (pid {self.demo.pid}), "
+            f"http://{HOST}:{port}/metrics"
         )
 
     @property
@@ -425,7 +434,11 @@ class Up:
             "services": {name: s.summary() for name, s in self.monitor.services.items()},
             "demo": None
             if self.demo is None
-            else {"pid": self.demo.pid, "exit_code": self.demo.returncode},
+            else {
+                "pid": self.demo.pid,
+                "exit_code": self.demo.returncode,
+                "metrics_port": self.demo_metrics_port,
+            },
             "children": [child.pid for child in self.children],
             "alerts": dict(self.monitor.alert_counts),
             "events_counted": self.monitor.events_total,

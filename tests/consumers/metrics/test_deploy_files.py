@@ -12,13 +12,15 @@ from typing import Any
 
 from support.prometheus import DEPLOY, promtool, write_config
 
+from agentstream.consumers.cli._up.run import SERVICES, UpOptions
+
 GRAFANA = DEPLOY.parent / "grafana"
 
 
 def test_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_every_alert_has_a_passing_unit_test() -> None:
@@ -53,7 +55,10 @@ def test_the_deploy_targets_name_every_service_on_its_port() -> None:
         "9104": "metrics",
         "9105": "tracing",
     }
-    # ... which are the services' own default ports.
+    # ... which are the services' own default ports; the agent pods (the demo of `make up`)
+    # come after them, on the port `up` gives the demo's metrics.
+    assert re.search(r'"127\.0\.0\.1:9106"\]\s*\n\s*labels: \{job: agent-pods\}', text), text
+    assert UpOptions.first_port + len(SERVICES) == 9106
     for port, name in found.items():
         spec = importlib.import_module(f"agentstream.consumers.{name}.service").SERVICE
         assert spec.settings_class.model_fields["http_port"].default == int(port), name
@@ -76,7 +81,14 @@ def test_dashboard_layout_and_datasources() -> None:
                 assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
                 cells.add((x, y))
     rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet overview", "Tools", "LLM", "Budgets and loops", "Pipeline health"]
+    assert rows == [
+        "Fleet overview",
+        "Tools",
+        "LLM",
+        "Budgets and loops",
+        "Pipeline health",
+        "Producers (agent pods)",
+    ]
     for panel in [p for p in board["panels"] if p["type"] != "row"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert panel["targets"], panel["title"]

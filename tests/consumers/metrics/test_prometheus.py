@@ -22,13 +22,14 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry, start_http_server
 from support.metrics_service import fleet_traffic, looping_turn
 from support.produce import produce_raw
 from support.prometheus import Prometheus, running_prometheus
@@ -52,8 +53,9 @@ would use 4 scrape intervals at least; the traffic of a test is a few seconds)."
 RANGE = "5m"
 """``$__range``: a dashboard time range that holds the whole traffic."""
 
-ZERO_IS_DATA = {"Consumer lag by service"}
-"""Panels whose every value may be 0 with the data present: the consumers have caught up."""
+ZERO_IS_DATA = {"Consumer lag by service", "Pod queues"}
+"""Panels whose every value may be 0 with the data present: the consumers have caught up,
+the pods have delivered everything."""
 
 UNTRIGGERED = {
     "AgentstreamConsumerLagHigh": "needs more than 10,000 records of lag for 5 minutes",
@@ -81,15 +83,28 @@ class Scenario:
     tool_durations: int
 
 
-async def publish(settings: KafkaSettings, events: list[Event]) -> None:
-    """Through the producer API, as agent pods send them."""
-    publisher = KafkaPublisher(settings, redact=None)
+@contextlib.contextmanager
+def agent_pod(settings: KafkaSettings) -> Iterator[tuple[KafkaPublisher, int]]:
+    """A pod's publisher with its metrics on its own /metrics (prometheus_client's server on
+    the injected registry, as an agent process exposes them): the publisher and the port."""
+    registry = CollectorRegistry()
+    publisher = KafkaPublisher(settings, redact=None, registry=registry)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
-        for event in events:
-            publisher.publish(event)
-        assert await asyncio.to_thread(publisher.flush, 30), publisher.last_error
+        yield publisher, port
     finally:
-        await asyncio.to_thread(publisher.close, 10)
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        publisher.close(10)
+
+
+async def publish(publisher: KafkaPublisher, events: list[Event]) -> None:
+    """Through the producer API, as agent pods send them."""
+    for event in events:
+        publisher.publish(event)
+    assert await asyncio.to_thread(publisher.flush, 30), publisher.last_error
 
 
 async def wait_for_alerts(prometheus: Prometheus, expected: dict[str, set[str]]) -> None:
@@ -131,12 +146,17 @@ async def scenario(
             for service in SERVICES
         }
         await asyncio.gather(*(p.wait_ready(60) for ps in running.values() for p in ps))
+        pod, pod_port = processes.enter_context(agent_pod(base))
         targets = {
             f"agentstream-{service}": [f"127.0.0.1:{p.port}" for p in ps]
             for service, ps in running.items()
         }
+        targets["agent-pods"] = [f"127.0.0.1:{pod_port}"]  # not a service: its own job
         async with running_prometheus(tmp_path_factory.mktemp("prometheus"), targets) as p:
             await p.wait_for('sum(up{job=~"agentstream-.+"})', 6)
+            # the pod's drop counters scraped at 0 first, so that the drop below is an increase
+            dropped = 'agentstream_producer_events_dropped_total{reason="too_large"}'
+            await p.wait_for(f"count({dropped})", 1)
             await p.wait_for('sum(agentstream_consumer_assigned_partitions{service="metrics"})', 16)
             await p.wait_for(
                 'count(agentstream_consumer_assigned_partitions{service="metrics"} > 0)', 2
@@ -149,7 +169,9 @@ async def scenario(
                 # with its first value above 0 has no rate for Prometheus).
                 traffic = fleet_traffic(12, first_turn=phase == 1)
                 events = traffic.events + (looping_turn() if phase == 1 else [])
-                await publish(base, events)
+                await publish(pod, events)
+                if phase == 1:  # larger than max_request_size: dropped in the pod, counted
+                    pod.publish(Event(type="tool.result", data={"output": "x" * 1_100_000}))
                 await produce_raw(base, base.routing().events, b"\x00 not an event", key=b"poison")
                 agent_events += len(events) - sum(
                     1 for e in events if e.type.startswith(("budget.", "audit.tool_loop"))
@@ -172,6 +194,7 @@ async def scenario(
                     "AgentstreamBudgetExceeded": {"firing"},
                     "AgentstreamDeadLetters": {"firing"},
                     "AgentstreamServiceDown": {"pending", "firing"},
+                    "AgentstreamEventsDroppedInPods": {"firing"},
                 },
             )
             yield Scenario(p, time.time(), agent_events, len(traffic.sessions), tool_durations)
@@ -276,6 +299,7 @@ async def test_every_alert_expression_returns_data(scenario: Scenario) -> None:
         "AgentstreamConsumerLagHigh",
         "AgentstreamDeadLetters",
         "AgentstreamServiceDown",
+        "AgentstreamEventsDroppedInPods",
     }
     problems: list[str] = []
     for rule in rules:
@@ -317,3 +341,4 @@ async def test_the_triggered_alerts_name_what_happened(scenario: Scenario) -> No
     assert dead == set(SERVICES)  # tracing was stopped, its last samples still count
     down = [a for a in alerts if a["labels"]["alertname"] == "AgentstreamServiceDown"]
     assert [a["labels"]["job"] for a in down] == ["agentstream-tracing"]
+    assert firing("AgentstreamEventsDroppedInPods", "reason") == {("too_large",)}
