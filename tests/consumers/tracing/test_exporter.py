@@ -114,17 +114,24 @@ async def test_retries_retryable_answers_then_delivers(otlp_receiver: Any) -> No
     assert value(registry, "agentstream_tracing_export_failures_total") == 3
 
 
-async def test_non_retryable_answer_drops_and_counts(otlp_receiver: Any) -> None:
-    otlp_receiver.script = [400]
+async def answered_once(receiver: Any, status: int) -> CollectorRegistry:
+    """Export one trace (2 spans) to ``receiver`` answering ``status``: not delivered, one
+    attempt, dropped as rejected. The exporter's registry."""
+    receiver.script = [status]
     registry = CollectorRegistry()
-    exporter = exporter_for(otlp_receiver.url, registry)
+    exporter = exporter_for(receiver.url, registry)
     await exporter.start()
     try:
         assert not await exporter.export([make_trace(1)], wait_s=5)
     finally:
         await exporter.close()
-    assert otlp_receiver.attempts == 1
+    assert receiver.attempts == 1
     assert value(registry, "agentstream_tracing_dropped_spans_total", reason="rejected") == 2
+    return registry
+
+
+async def test_non_retryable_answer_drops_and_counts(otlp_receiver: Any) -> None:
+    await answered_once(otlp_receiver, 400)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
@@ -132,16 +139,8 @@ async def test_a_redirect_drops_and_names_the_new_address(
     otlp_receiver: Any, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # urllib would follow 301/302/303 with a GET without the spans: a 200 to it is no export
-    otlp_receiver.script = [status]
-    registry = CollectorRegistry()
-    exporter = exporter_for(otlp_receiver.url, registry)
-    await exporter.start()
-    try:
-        assert not await exporter.export([make_trace(1)], wait_s=5)
-    finally:
-        await exporter.close()
-    assert otlp_receiver.attempts == 1 and otlp_receiver.gets == 0
-    assert value(registry, "agentstream_tracing_dropped_spans_total", reason="rejected") == 2
+    registry = await answered_once(otlp_receiver, status)
+    assert otlp_receiver.gets == 0
     assert value(registry, "agentstream_tracing_spans_exported_total") == 0
     assert f"answered HTTP {status} (a redirect to /v1/traces/" in caplog.text
 

@@ -64,6 +64,29 @@ def check_order(records: list[ConsumerRecord[bytes, bytes]]) -> set[str]:
     return ids
 
 
+async def broker_behind_proxy(
+    broker_factory: type[EmbeddedBroker], tcp_proxy: Callable[[int, int], Any]
+) -> tuple[EmbeddedBroker, Any, int]:
+    """A broker advertising a forwarder's address (which tests stop and start): the broker,
+    the forwarder and its port."""
+    address = free_port()
+    broker = broker_factory(advertised_port=address)
+    broker.start()
+    proxy = tcp_proxy(address, broker.port)
+    await broker.wait_ready()
+    return broker, proxy, address
+
+
+async def topics_on(broker: EmbeddedBroker, prefix: str) -> KafkaSettings:
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers, topic_prefix=prefix, linger_ms=1
+    )
+    await ensure_topics(
+        settings.admin_options(), settings.routing(), TopicSpec(partitions=PARTITIONS)
+    )
+    return settings
+
+
 @pytest.mark.slow
 async def test_outage_every_event_arrives_publish_never_blocks_memory_bounded(
     tmp_path: Path,
@@ -138,16 +161,9 @@ async def test_close_during_an_outage_keeps_every_event_for_the_next_process(
     tcp_proxy: Callable[[int, int], Any],
     consume: Callable[..., Awaitable[list[ConsumerRecord[bytes, bytes]]]],
 ) -> None:
-    address = free_port()
-    broker = broker_factory(advertised_port=address)
-    broker.start()
-    proxy = tcp_proxy(address, broker.port)
-    await broker.wait_ready()
-    settings = KafkaSettings(
-        bootstrap_servers=broker.bootstrap_servers, topic_prefix="closing", linger_ms=1
-    )
+    broker, proxy, address = await broker_behind_proxy(broker_factory, tcp_proxy)
+    settings = await topics_on(broker, "closing")
     routing = settings.routing()
-    await ensure_topics(settings.admin_options(), routing, TopicSpec(partitions=PARTITIONS))
     sent = make_events(0, 300)
     publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None, spool_after_ms=60_000)
     try:
@@ -180,16 +196,9 @@ async def test_a_disk_that_refuses_spool_writes_holds_events_in_memory_and_loses
     consume: Callable[..., Awaitable[list[ConsumerRecord[bytes, bytes]]]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    address = free_port()
-    broker = broker_factory(advertised_port=address)
-    broker.start()
-    proxy = tcp_proxy(address, broker.port)
-    await broker.wait_ready()
-    settings = KafkaSettings(
-        bootstrap_servers=broker.bootstrap_servers, topic_prefix="diskfull", linger_ms=1
-    )
+    broker, proxy, address = await broker_behind_proxy(broker_factory, tcp_proxy)
+    settings = await topics_on(broker, "diskfull")
     routing = settings.routing()
-    await ensure_topics(settings.admin_options(), routing, TopicSpec(partitions=PARTITIONS))
     proxy.stop()  # the broker is away: events go to the spool, whose disk fills up
     sent = make_events(0, 300)
     publisher = KafkaPublisher(settings, spool_dir=tmp_path, redact=None, max_queue_events=1000)
