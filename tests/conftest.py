@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from support.kafka import real_broker
+from support.tls import TlsFiles, make_tls_files
 
 from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.schemas.admin import TopicSpec, ensure_topics
@@ -60,3 +62,11 @@ def broker_factory() -> Iterator[type[EmbeddedBroker]]:
     yield _Tracked
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

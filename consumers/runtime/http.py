@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -58,12 +59,24 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _POSTER = urllib.request.build_opener(_NoRedirects)
 
 
-def post(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
+def poster(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """What :func:`post` posts with: redirects not followed, and ``context`` for https (a CA
+    bundle, a client certificate; None: the system's trust store)."""
+    if context is None:
+        return _POSTER
+    return urllib.request.build_opener(_NoRedirects, urllib.request.HTTPSHandler(context=context))
+
+
+def post(
+    request: urllib.request.Request,
+    timeout_s: float,
+    opener: urllib.request.OpenerDirector = _POSTER,
+) -> tuple[int, bytes]:
     """POST ``request``: status and body of a 2xx answer. Like ``urlopen`` except for
     redirects, which raise ``HTTPError`` like any other non-2xx answer: urllib follows a 301,
     302 or 303 with a GET without the body, and a 200 to that GET would pass for a delivery
     (an ingress sending http to https does this)."""
-    with _POSTER.open(request, timeout=timeout_s) as response:
+    with opener.open(request, timeout=timeout_s) as response:
         return response.status, response.read()
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from agentstream.consumers.runtime.http import post, redirect_hint
+from agentstream.consumers.runtime.http import post, poster, redirect_hint
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas.errors import describe
 from agentstream.schemas.throttle import ThrottledLog
@@ -85,6 +85,7 @@ class OtlpHttpExporter:
         self._inflight: list[_Item] = []
         self._closing = False
         self._failures = ThrottledLog(log, unit="spans dropped")
+        self._opener = poster(target.ssl_context())
 
     @property
     def queued_spans(self) -> int:
@@ -238,7 +239,7 @@ class OtlpHttpExporter:
             self.target.endpoint, data=body, headers=headers, method="POST"
         )
         try:
-            status, body = post(request, self.target.timeout_s)
+            status, body = post(request, self.target.timeout_s, self._opener)
             return PostResult(status=status, body=body)
         except urllib.error.HTTPError as exc:
             payload = b""

@@ -6,10 +6,15 @@ standard OpenTelemetry variables apply, with the precedence of the OTLP exporter
 (``/v1/traces`` appended), ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` over
 ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`` over
 ``OTEL_EXPORTER_OTLP_COMPRESSION``; ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``.
+TLS to the endpoint: ``AGENTSTREAM_OTLP_CERTIFICATE`` (a CA bundle to trust), then
+``OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`` and ``OTEL_EXPORTER_OTLP_CERTIFICATE``; a client
+certificate for mutual TLS likewise (``…_CLIENT_CERTIFICATE`` and ``…_CLIENT_KEY``). Without a
+CA bundle the system's trust store is used.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Literal, Self
 from urllib.parse import unquote
@@ -19,7 +24,7 @@ from pydantic_settings import SettingsConfigDict
 
 from agentstream.consumers.runtime import HttpPort, ServiceSettings
 from agentstream.consumers.runtime.http import http_url_problem
-from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.errors import ConfigurationError, describe
 from agentstream.schemas.settings import PREFIX
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
@@ -72,6 +77,39 @@ class TracingSettings(ServiceSettings):
     )
     otel_compression: str | None = Field(
         default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_COMPRESSION")
+    )
+    otlp_certificate: str | None = Field(
+        default=None,
+        validation_alias=_env("AGENTSTREAM_OTLP_CERTIFICATE", "otlp_certificate"),
+        description="CA bundle (PEM) to verify the endpoint's TLS certificate with.",
+    )
+    otel_traces_certificate: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+    )
+    otel_certificate: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CERTIFICATE")
+    )
+    otlp_client_certificate: str | None = Field(
+        default=None,
+        validation_alias=_env("AGENTSTREAM_OTLP_CLIENT_CERTIFICATE", "otlp_client_certificate"),
+        description="Client certificate (PEM) for mutual TLS with the endpoint.",
+    )
+    otel_traces_client_certificate: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")
+    )
+    otel_client_certificate: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+    )
+    otlp_client_key: str | None = Field(
+        default=None,
+        validation_alias=_env("AGENTSTREAM_OTLP_CLIENT_KEY", "otlp_client_key"),
+        description="The client certificate's private key (PEM).",
+    )
+    otel_traces_client_key: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")
+    )
+    otel_client_key: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CLIENT_KEY")
     )
     otel_service_name: str | None = Field(
         default=None,
@@ -136,6 +174,26 @@ class ExportTarget:
     service_name: str | None = None
     resource: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an https endpoint with a CA bundle or a client certificate
+        (None: urllib's default, the system's trust store); unreadable files are a
+        :class:`ConfigurationError` naming them."""
+        if not (self.ca_file or self.client_cert):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.client_cert:
+                context.load_cert_chain(self.client_cert, self.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f for f in (self.ca_file, self.client_cert, self.client_key) if f)
+            raise ConfigurationError(
+                f"OTLP TLS: expected readable PEM files ({files}), got {describe(exc)}"
+            ) from None
+        return context
 
 
 def parse_pairs(text: str | None, what: str) -> dict[str, str]:
@@ -180,11 +238,23 @@ def export_target(settings: TracingSettings) -> ExportTarget:
     compression = (settings.otel_traces_compression or settings.otel_compression or "none").lower()
     if compression not in ("none", "gzip"):
         raise ConfigurationError(f"OTLP compression: expected none or gzip, got {compression!r}")
-    return ExportTarget(
+    client_key = (
+        settings.otlp_client_key or settings.otel_traces_client_key or settings.otel_client_key
+    )
+    target = ExportTarget(
         endpoint=endpoint,
         headers=headers,
         compression="gzip" if compression == "gzip" else "none",
         service_name=settings.otel_service_name or None,
         resource=parse_pairs(settings.otel_resource_attributes, "OTEL_RESOURCE_ATTRIBUTES"),
         timeout_s=settings.otlp_timeout_ms / 1000,
+        ca_file=settings.otlp_certificate
+        or settings.otel_traces_certificate
+        or settings.otel_certificate,
+        client_cert=settings.otlp_client_certificate
+        or settings.otel_traces_client_certificate
+        or settings.otel_client_certificate,
+        client_key=client_key,
     )
+    target.ssl_context()  # the files are read at start: a wrong path is said there
+    return target

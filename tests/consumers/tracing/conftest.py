@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from support.tls import TlsFiles
 
 
 @dataclass
@@ -38,8 +41,12 @@ class Receiver:
             ]
 
 
-@pytest.fixture
-def otlp_receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def serving_receiver(
+    tls: TlsFiles | None = None, *, client_ca: Path | None = None
+) -> Iterator[Receiver]:
+    """A :class:`Receiver` on a free loopback port; over https with ``tls`` (its server
+    certificate), asking for a client certificate signed by ``client_ca`` when given."""
     receiver = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -75,15 +82,30 @@ def otlp_receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    scheme = "http"
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert, tls.key)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    receiver.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/v1/traces"
     try:
         yield receiver
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[Receiver]:
+    with serving_receiver() as receiver:
+        yield receiver
 
 
 def peers_dir() -> Path:

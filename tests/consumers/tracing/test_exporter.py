@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support.tls import TlsFiles
 
 from agentstream.consumers.tracing import Trace, TraceAssembler
 from agentstream.consumers.tracing.exporter import ExportPolicy, OtlpHttpExporter
@@ -15,6 +17,8 @@ from agentstream.consumers.tracing.metrics import TracingMetrics
 from agentstream.consumers.tracing.settings import ExportTarget, TracingSettings, export_target
 from agentstream.schemas import Event
 from agentstream.schemas.errors import ConfigurationError
+
+from .conftest import Receiver, serving_receiver
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -46,8 +50,12 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-def exporter_for(url: str, registry: CollectorRegistry, **policy: float) -> OtlpHttpExporter:
-    target = ExportTarget(endpoint=url, headers={"authorization": "Bearer s3cret"}, timeout_s=2)
+def exporter_for(
+    url: str, registry: CollectorRegistry, *, target: ExportTarget | None = None, **policy: float
+) -> OtlpHttpExporter:
+    target = target or ExportTarget(
+        endpoint=url, headers={"authorization": "Bearer s3cret"}, timeout_s=2
+    )
     defaults = {"linger_s": 0.01, "backoff_s": 0.01, "max_backoff_s": 0.05}
     return OtlpHttpExporter(
         target,
@@ -143,6 +151,72 @@ async def test_a_redirect_drops_and_names_the_new_address(
     assert otlp_receiver.gets == 0
     assert value(registry, "agentstream_tracing_spans_exported_total") == 0
     assert f"answered HTTP {status} (a redirect to /v1/traces/" in caplog.text
+
+
+async def export_over_tls(receiver: Receiver, target: ExportTarget) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    exporter = exporter_for(receiver.url, registry, target=target, max_retries=0)
+    await exporter.start()
+    try:
+        await exporter.export([make_trace(1)], wait_s=5)
+    finally:
+        await exporter.close()
+    return registry
+
+
+async def test_an_https_endpoint_is_verified_with_the_ca_given(
+    tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An OTLP collector behind a certificate of an internal CA: OTEL_EXPORTER_OTLP_CERTIFICATE
+    (or ours) trusts it; an unrelated CA is refused with the verification error."""
+    with serving_receiver(tls_files) as receiver:
+        trusted = ExportTarget(endpoint=receiver.url, timeout_s=2, ca_file=str(tls_files.ca))
+        await export_over_tls(receiver, trusted)
+        assert len(receiver.requests) == 1
+        wrong = ExportTarget(endpoint=receiver.url, timeout_s=2, ca_file=str(tls_files.other_ca))
+        registry = await export_over_tls(receiver, wrong)
+        assert len(receiver.requests) == 1
+    assert value(registry, "agentstream_tracing_dropped_spans_total", reason="export_failed") == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+async def test_mutual_tls_sends_the_client_certificate(tls_files: TlsFiles) -> None:
+    # The server certificate doubles as the client's here: signed by the CA the server trusts.
+    with serving_receiver(tls_files, client_ca=tls_files.ca) as receiver:
+        anonymous = ExportTarget(endpoint=receiver.url, timeout_s=2, ca_file=str(tls_files.ca))
+        await export_over_tls(receiver, anonymous)
+        assert receiver.requests == []  # the handshake was refused
+        client = ExportTarget(
+            endpoint=receiver.url,
+            timeout_s=2,
+            ca_file=str(tls_files.ca),
+            client_cert=str(tls_files.cert),
+            client_key=str(tls_files.key),
+        )
+        await export_over_tls(receiver, client)
+        assert len(receiver.requests) == 1
+
+
+def test_tls_files_follow_otel_variables_and_unreadable_ones_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tls_files.other_ca))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(tls_files.ca))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(tls_files.cert))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(tls_files.key))
+    target = export_target(TracingSettings())
+    assert (target.ca_file, target.client_cert, target.client_key) == (
+        str(tls_files.ca),
+        str(tls_files.cert),
+        str(tls_files.key),
+    )
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("AGENTSTREAM_OTLP_CERTIFICATE", str(missing))
+    with pytest.raises(ConfigurationError) as caught:
+        TracingSettings()
+    assert f"OTLP TLS: expected readable PEM files ({missing}, {tls_files.cert}" in str(
+        caught.value
+    )
 
 
 async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -48,42 +44,6 @@ async def consume_records(
 @pytest.fixture
 def consume() -> Consume:
     return consume_records
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path  # the CA certificate clients trust
-    cert: Path  # the server certificate (SAN IP:127.0.0.1), signed by ca
-    key: Path
-    other_ca: Path  # an unrelated CA: trusting only it must fail
-
-
-def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make test certificates")
-    d = tmp_path_factory.mktemp("tls")
-    for name in ("ca", "other"):
-        _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN=agentstream test {name} CA",
-            "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d,
-        )  # fmt: skip
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr", cwd=d,
-    )  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d,
-    )  # fmt: skip
-    return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
 
 
 async def create_topics_direct(port: int, topics: list[str], partitions: int) -> None:

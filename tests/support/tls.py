@@ -1,0 +1,39 @@
+"""Throw-away TLS files for tests: a CA, a server certificate for 127.0.0.1 signed by it, and
+an unrelated CA (trusting only it must fail). Made with the openssl command."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path  # the CA certificate clients trust
+    cert: Path  # the server certificate (SAN IP:127.0.0.1), signed by ca
+    key: Path
+    other_ca: Path  # an unrelated CA: trusting only it must fail
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True)
+
+
+def make_tls_files(d: Path) -> TlsFiles:
+    for name in ("ca", "other"):
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN=agentstream test {name} CA",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d,
+        )  # fmt: skip
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr", cwd=d,
+    )  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d,
+    )  # fmt: skip
+    return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
