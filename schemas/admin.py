@@ -229,6 +229,13 @@ async def describe_topics(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> 
     return list(response.to_object()["topics"])
 
 
+async def missing_topics(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> list[str]:
+    """Those of ``topics`` the cluster does not have (asked without creating them)."""
+    described = await describe_topics(admin, topics)
+    found = {d["topic"] for d in described if not d.get("error_code") and d.get("partitions")}
+    return sorted(set(topics) - found)
+
+
 async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, str]:
     """``"exists"`` for each of ``topics``, or what differs in its partition count."""
     if not topics:

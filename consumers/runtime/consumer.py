@@ -11,12 +11,18 @@ from typing import TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
-from agentstream.schemas.admin import DEAD_LETTER_HEADROOM, stop_client
+from agentstream.schemas.admin import (
+    DEAD_LETTER_HEADROOM,
+    missing_topics,
+    start_client,
+    stop_client,
+)
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 from agentstream.schemas.throttle import ThrottledLog
 
@@ -49,6 +55,8 @@ every partition paused, a poll waits its whole timeout)."""
 FINAL_COMMIT_GRACE_S = 5.0
 """The commit at stop may take this long past the drain deadline (the runner's exit bound,
 ``EXIT_GRACE_SECONDS``, is 10 s past it)."""
+TOPIC_WAIT_S = 1.0
+"""How often a service that waits for its topics to be created asks again."""
 STALL_SECONDS = 60.0
 
 
@@ -305,6 +313,11 @@ class EventConsumer:
             )
         self._started = True
         settings = self.settings
+        try:
+            await self._wait_for_topics(self.topics())  # before a client that would create them
+        except BaseException:
+            self._stopped = True
+            raise
         # Dead letters carry error headers on top of the record: see DEAD_LETTER_HEADROOM.
         largest = settings.max_request_size + DEAD_LETTER_HEADROOM
         producer = AIOKafkaProducer(**{**settings.producer_options(), "max_request_size": largest})
@@ -337,6 +350,31 @@ class EventConsumer:
             asyncio.create_task(self._fetch_loop(), name=f"agentstream-fetch-{self.service}"),
             asyncio.create_task(self._commit_loop(), name=f"agentstream-commit-{self.service}"),
         ]
+
+    async def _wait_for_topics(self, topics: list[str]) -> None:
+        """Subscribe only once every topic exists. A consumer's metadata requests ask the
+        brokers to create missing topics (aiokafka always does), and Apache Kafka does so by
+        default, with its default partition count (1) and replication factor: a service that
+        started before ``agentstream topics create`` (a topics Job and the services starting
+        together) would leave the events topic with one partition for good. Waits, saying
+        so at once and then once a minute; a signal cancels the wait."""
+        admin = AIOKafkaAdminClient(**self.settings.admin_options())
+        await start_client(admin, self.settings.broker_address())
+        waiting = ThrottledLog(log)
+        try:
+            while missing := await missing_topics(admin, topics):
+                waiting(
+                    "topics",
+                    "service %s: waiting for topics %s (create them: `agentstream topics "
+                    "create`); it subscribes once they exist, as the brokers would otherwise "
+                    "create them with their own defaults",
+                    self.service,
+                    ", ".join(missing),
+                )
+                await asyncio.sleep(TOPIC_WAIT_S)
+        finally:
+            await admin.close()
+        waiting.recovered("topics", "service %s: the topics exist", self.service)
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work (bounded by ``drain_timeout_ms``), commit,
