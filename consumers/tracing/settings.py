@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import unquote
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -33,6 +33,11 @@ TRACES_PATH = "/v1/traces"
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+def _otel(variable: str) -> Any:
+    """A setting read from the OpenTelemetry variable ``variable`` only (no default)."""
+    return Field(default=None, validation_alias=_env(variable))
 
 
 class TracingSettings(ServiceSettings):
@@ -60,65 +65,41 @@ class TracingSettings(ServiceSettings):
         validation_alias=_env("AGENTSTREAM_OTLP_HEADERS", "otlp_headers"),
         description="Headers for the export, k=v,k2=v2 (values URL-encoded), e.g. auth tokens.",
     )
-    otel_traces_endpoint: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-    otel_endpoint: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
-    otel_traces_headers: SecretStr | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-    )
-    otel_headers: SecretStr | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_HEADERS")
-    )
-    otel_traces_compression: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-    )
-    otel_compression: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_COMPRESSION")
-    )
+    otel_traces_endpoint: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    otel_endpoint: str | None = _otel("OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_traces_headers: SecretStr | None = _otel("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    otel_headers: SecretStr | None = _otel("OTEL_EXPORTER_OTLP_HEADERS")
+    otel_traces_compression: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+    otel_compression: str | None = _otel("OTEL_EXPORTER_OTLP_COMPRESSION")
     otlp_certificate: str | None = Field(
         default=None,
         validation_alias=_env("AGENTSTREAM_OTLP_CERTIFICATE", "otlp_certificate"),
         description="CA bundle (PEM) to verify the endpoint's TLS certificate with.",
     )
-    otel_traces_certificate: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-    )
-    otel_certificate: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CERTIFICATE")
-    )
+    otel_traces_certificate: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+    otel_certificate: str | None = _otel("OTEL_EXPORTER_OTLP_CERTIFICATE")
     otlp_client_certificate: str | None = Field(
         default=None,
         validation_alias=_env("AGENTSTREAM_OTLP_CLIENT_CERTIFICATE", "otlp_client_certificate"),
         description="Client certificate (PEM) for mutual TLS with the endpoint.",
     )
-    otel_traces_client_certificate: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")
+    otel_traces_client_certificate: str | None = _otel(
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"
     )
-    otel_client_certificate: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
-    )
+    otel_client_certificate: str | None = _otel("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
     otlp_client_key: str | None = Field(
         default=None,
         validation_alias=_env("AGENTSTREAM_OTLP_CLIENT_KEY", "otlp_client_key"),
         description="The client certificate's private key (PEM).",
     )
-    otel_traces_client_key: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")
-    )
-    otel_client_key: str | None = Field(
-        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_CLIENT_KEY")
-    )
+    otel_traces_client_key: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")
+    otel_client_key: str | None = _otel("OTEL_EXPORTER_OTLP_CLIENT_KEY")
     otel_service_name: str | None = Field(
         default=None,
         validation_alias=_env("OTEL_SERVICE_NAME", "otel_service_name"),
         description="service.name of exported spans; default: the agent id of each trace.",
     )
-    otel_resource_attributes: str | None = Field(
-        default=None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES")
-    )
+    otel_resource_attributes: str | None = _otel("OTEL_RESOURCE_ATTRIBUTES")
     otlp_timeout_ms: int = Field(default=10_000, ge=1, description="Timeout of one POST.")
 
     # --- batching, retries, buffering -------------------------------------------------------
