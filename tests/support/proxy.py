@@ -76,16 +76,26 @@ class TcpProxy:
         await server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Tracked from the start: a connection accepted while stop() runs, still waiting for
+        # its upstream, is closed too (it was left to the garbage collector: a ResourceWarning).
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
+            self._writers.add(up_writer)
+            await asyncio.gather(
+                self._pipe(reader, up_writer),
+                self._pipe(up_reader, writer),
+                return_exceptions=True,
+            )
         except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-        )
-        self._writers -= {writer, up_writer}
+            pass
+        finally:
+            for each in (writer, up_writer):
+                if each is not None:
+                    self._writers.discard(each)
+                    if not each.transport.is_closing():  # a closing one flushes what it has
+                        each.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
