@@ -26,12 +26,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from aiokafka.structs import TopicPartition
 
+from agentstream.consumers.runtime.consumer import TOPIC_WAIT_S
 from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
 from agentstream.schemas.admin import DAY_MS, create_missing_topics
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.throttle import ThrottledLog
 
 from .accounting import ScopeState
 
@@ -65,16 +67,24 @@ async def partition_count(settings: KafkaSettings, topic: str) -> int | None:
 async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: int = 1) -> int:
     """Create the changelog and repartition topics with the events topic's partition count.
 
-    Returns that count. Raises :class:`ConfigurationError` when the events topic is missing
-    or an existing budget topic has another partition count (state would land elsewhere).
+    Returns that count. Waits for the events topic when it does not exist yet (a topics Job
+    starting with the services), as the runtime waits for every service's topics, saying so
+    at once and then once a minute. Raises :class:`ConfigurationError` when an existing
+    budget topic has another partition count (state would land elsewhere).
     """
     routing = settings.routing()
     partitions = await partition_count(settings, routing.events)
-    if partitions is None:
-        raise ConfigurationError(
-            f"expected the events topic {routing.events} to exist (agentstream topics create), "
-            "it does not"
+    waiting = ThrottledLog(log)
+    while partitions is None:
+        waiting(
+            "events",
+            "budget: waiting for the events topic %s (create it: `agentstream topics create`); "
+            "the changelog and repartition topics take its partition count",
+            routing.events,
         )
+        await asyncio.sleep(TOPIC_WAIT_S)
+        partitions = await partition_count(settings, routing.events)
+    waiting.recovered("events", "budget: the events topic %s exists", routing.events)
     changelog, repartition = changelog_topic(routing.prefix), repartition_topic(routing.prefix)
     await create_missing_topics(
         settings.admin_options(),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.replay import partitions_of
 from agentstream.schemas import Event
+from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.settings import KafkaSettings
 
 CONFIG = """
@@ -142,6 +145,27 @@ async def test_budget_topics_follow_the_events_topic_and_leave_the_others_alone(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("agentstream")] == []
     for topic in (changelog_topic(settings.topic_prefix), repartition_topic(settings.topic_prefix)):
         assert len(await partitions_of(settings, topic)) == 4
+
+
+async def test_budget_topics_wait_for_the_events_topic(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The budget service started before `topics create` exited ('expected the events topic
+    to exist'), and a pod started with the topics Job crash-looped: it waits, as every
+    service now waits for its topics."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    base = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=f"late{uuid.uuid4().hex[:8]}"
+    )
+    settings = budget_settings(base, config)
+    with caplog.at_level(logging.WARNING, logger="agentstream.consumers.budget"):
+        task = asyncio.create_task(ensure_budget_topics(settings))
+        await wait_until(lambda: "waiting for the events topic" in caplog.text, what="waiting")
+        assert not task.done()
+        await ensure_topics(base.admin_options(), base.routing(), TopicSpec(partitions=3))
+        assert await asyncio.wait_for(task, 30) == 3
+    assert len(await partitions_of(settings, changelog_topic(settings.topic_prefix))) == 3
 
 
 async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
