@@ -26,14 +26,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from aiokafka.structs import TopicPartition
 
-from agentstream.consumers.runtime.consumer import TOPIC_WAIT_S
+from agentstream.consumers.runtime.consumer import wait_for_topics
 from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
 from agentstream.schemas.admin import DAY_MS, create_missing_topics
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
-from agentstream.schemas.throttle import ThrottledLog
 
 from .accounting import ScopeState
 
@@ -68,23 +67,16 @@ async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: i
     """Create the changelog and repartition topics with the events topic's partition count.
 
     Returns that count. Waits for the events topic when it does not exist yet (a topics Job
-    starting with the services), as the runtime waits for every service's topics, saying so
-    at once and then once a minute. Raises :class:`ConfigurationError` when an existing
-    budget topic has another partition count (state would land elsewhere).
+    starting with the services), as the runtime waits for every service's topics
+    (:func:`~agentstream.consumers.runtime.consumer.wait_for_topics`). Raises
+    :class:`ConfigurationError` when an existing budget topic has another partition count
+    (state would land elsewhere).
     """
     routing = settings.routing()
+    await wait_for_topics(settings, [routing.events], "budget")
     partitions = await partition_count(settings, routing.events)
-    waiting = ThrottledLog(log)
-    while partitions is None:
-        waiting(
-            "events",
-            "budget: waiting for the events topic %s (create it: `agentstream topics create`); "
-            "the changelog and repartition topics take its partition count",
-            routing.events,
-        )
-        await asyncio.sleep(TOPIC_WAIT_S)
-        partitions = await partition_count(settings, routing.events)
-    waiting.recovered("events", "budget: the events topic %s exists", routing.events)
+    if partitions is None:  # deleted since
+        raise ConfigurationError(f"expected the events topic {routing.events}, it is gone")
     changelog, repartition = changelog_topic(routing.prefix), repartition_topic(routing.prefix)
     await create_missing_topics(
         settings.admin_options(),

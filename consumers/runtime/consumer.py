@@ -24,6 +24,7 @@ from agentstream.schemas.admin import (
     stop_client,
 )
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog
 
 from .dispatch import Dispatcher
@@ -58,6 +59,33 @@ FINAL_COMMIT_GRACE_S = 5.0
 TOPIC_WAIT_S = 1.0
 """How often a service that waits for its topics to be created asks again."""
 STALL_SECONDS = 60.0
+
+
+async def wait_for_topics(settings: KafkaSettings, topics: list[str], service: str) -> None:
+    """Return once every topic exists. A consumer's or producer's metadata requests ask the
+    brokers to create missing topics (aiokafka always does), and Apache Kafka does so by
+    default, with its default partition count (1) and replication factor: a service that
+    started before ``agentstream topics create`` (a topics Job and the services starting
+    together) would leave the events topic with one partition for good. Asks without creating
+    them every :data:`TOPIC_WAIT_S`, saying so at once and then once a minute; a signal
+    cancels the wait."""
+    admin = AIOKafkaAdminClient(**settings.admin_options())
+    await start_client(admin, settings.broker_address())
+    waiting = ThrottledLog(log)
+    try:
+        while missing := await missing_topics(admin, topics):
+            waiting(
+                "topics",
+                "service %s: waiting for topics %s (create them: `agentstream topics create`); "
+                "it starts once they exist, as the brokers would otherwise create them with "
+                "their own defaults",
+                service,
+                ", ".join(missing),
+            )
+            await asyncio.sleep(TOPIC_WAIT_S)
+    finally:
+        await admin.close()
+    waiting.recovered("topics", "service %s: the topics exist", service)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -314,7 +342,8 @@ class EventConsumer:
         self._started = True
         settings = self.settings
         try:
-            await self._wait_for_topics(self.topics())  # before a client that would create them
+            # before a client that would create them
+            await wait_for_topics(settings, self.topics(), self.service)
         except BaseException:
             self._stopped = True
             raise
@@ -350,31 +379,6 @@ class EventConsumer:
             asyncio.create_task(self._fetch_loop(), name=f"agentstream-fetch-{self.service}"),
             asyncio.create_task(self._commit_loop(), name=f"agentstream-commit-{self.service}"),
         ]
-
-    async def _wait_for_topics(self, topics: list[str]) -> None:
-        """Subscribe only once every topic exists. A consumer's metadata requests ask the
-        brokers to create missing topics (aiokafka always does), and Apache Kafka does so by
-        default, with its default partition count (1) and replication factor: a service that
-        started before ``agentstream topics create`` (a topics Job and the services starting
-        together) would leave the events topic with one partition for good. Waits, saying
-        so at once and then once a minute; a signal cancels the wait."""
-        admin = AIOKafkaAdminClient(**self.settings.admin_options())
-        await start_client(admin, self.settings.broker_address())
-        waiting = ThrottledLog(log)
-        try:
-            while missing := await missing_topics(admin, topics):
-                waiting(
-                    "topics",
-                    "service %s: waiting for topics %s (create them: `agentstream topics "
-                    "create`); it subscribes once they exist, as the brokers would otherwise "
-                    "create them with their own defaults",
-                    self.service,
-                    ", ".join(missing),
-                )
-                await asyncio.sleep(TOPIC_WAIT_S)
-        finally:
-            await admin.close()
-        waiting.recovered("topics", "service %s: the topics exist", self.service)
 
     async def stop(self) -> None:
         """Stop fetching, finish in-flight work (bounded by ``drain_timeout_ms``), commit,

@@ -159,9 +159,9 @@ async def test_budget_topics_wait_for_the_events_topic(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"late{uuid.uuid4().hex[:8]}"
     )
     settings = budget_settings(base, config)
-    with caplog.at_level(logging.WARNING, logger="agentstream.consumers.budget"):
+    with caplog.at_level(logging.WARNING, logger="agentstream"):
         task = asyncio.create_task(ensure_budget_topics(settings))
-        await wait_until(lambda: "waiting for the events topic" in caplog.text, what="waiting")
+        await wait_until(lambda: "waiting for topics" in caplog.text, what="waiting")
         assert not task.done()
         await ensure_topics(base.admin_options(), base.routing(), TopicSpec(partitions=3))
         assert await asyncio.wait_for(task, 30) == 3
