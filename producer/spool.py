@@ -167,9 +167,6 @@ class Spool:
         """Records not yet acknowledged (read or not)."""
         return self.unread + len(self._tickets)
 
-    def has_room(self, payload_size: int) -> bool:
-        return self.size_bytes + _FRAME.size + payload_size <= self.max_bytes
-
     # --- writing ---------------------------------------------------------------------------
 
     def append(self, payload: bytes) -> bool:
