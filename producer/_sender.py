@@ -19,8 +19,9 @@ from aiokafka.errors import (
     UnsupportedVersionError,
 )
 
+from agentstream.schemas.connect import refusal
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError, describe
-from agentstream.schemas.settings import KafkaSettings, split_server
+from agentstream.schemas.settings import KafkaSettings
 
 from ._overflow import _Overflow
 from ._records import Pending, _Record, log
@@ -134,24 +135,13 @@ class _Sender(_Overflow):
         )
 
     async def _describe_connect_failure(self, exc: BaseException) -> str:
+        """What failed, with what the broker refused when it answered (aiokafka hides a TLS
+        or SASL refusal behind "Unable to bootstrap"). A refusal is retried like an outage:
+        credentials and certificates get fixed while the pod runs."""
         servers = self.settings.bootstrap_servers
         protocol = self.settings.security_protocol
-        text = f"cannot connect to Kafka at {servers} ({protocol}): {describe(exc)}"
-        context = self._producer_options.get("ssl_context")
-        if context is None:
-            return text
-        host, port = split_server(servers.split(",")[0])
-        try:  # aiokafka hides the TLS error behind "Unable to bootstrap": find it
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), 5
-            )
-            writer.close()
-        except Exception as tls:
-            text += (
-                f"; the TLS handshake with {host}:{port} failed: {tls} — check ssl_cafile "
-                f"(AGENTSTREAM_SSL_CAFILE={self.settings.ssl_cafile}) and ssl_check_hostname"
-            )
-        return text
+        refused = await refusal(self._producer_options, ssl_cafile=self.settings.ssl_cafile)
+        return f"cannot connect to Kafka at {servers} ({protocol}): {refused or describe(exc)}"
 
     def _set_fatal(self, error: AgentstreamError) -> None:
         log.error("%s", error)

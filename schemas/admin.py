@@ -12,12 +12,12 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
-    KafkaError,
     TopicAlreadyExistsError,
     for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
+from .connect import raise_if_refused
 from .errors import BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
@@ -98,6 +98,8 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     """Return once the cluster answers a metadata request; raise after ``timeout`` seconds.
 
     Retries every 50 ms at first, backing off to every 0.5 s, and says once that it waits.
+    A broker that answers but refuses the client's TLS or SASL settings is no reason to wait:
+    that raises :class:`ConfigurationError` at once (see :func:`~.connect.refusal`).
     """
     servers = broker_address(admin_options)
     deadline = time.monotonic() + timeout
@@ -109,7 +111,8 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
             await admin.start()
             await admin.list_topics()
             return
-        except KafkaError as exc:  # not up yet
+        except Exception as exc:  # a KafkaError while it is not up; others from a refusal
+            await raise_if_refused(admin_options, exc)
             if last is None:
                 log.info(
                     "no Kafka broker answers at %s yet; waiting up to %.0f s", servers, timeout
@@ -125,16 +128,21 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     )
 
 
-async def start_client(client: Any, where: str) -> None:
-    """``await client.start()`` of an aiokafka consumer, producer or admin client. When no
-    broker answers, the client is closed and :class:`BrokerUnavailableError` says ``where``
-    (:meth:`KafkaSettings.broker_address` or :func:`broker_address`)."""
+async def start_client(client: Any, options: Mapping[str, Any]) -> None:
+    """``await client.start()`` of an aiokafka consumer, producer or admin client built with
+    ``options`` (its keyword arguments, or at least their connection and security part). When
+    it fails, the client is closed and the error says why: :class:`ConfigurationError` for a
+    broker that refused the TLS or SASL settings, else :class:`BrokerUnavailableError` with
+    where the client looked (:func:`broker_address`)."""
     try:
         await client.start()
-    except KafkaConnectionError as exc:
+    except Exception as exc:  # KafkaConnectionError; a refused SCRAM exchange raises others
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        await raise_if_refused(options, exc)
+        if not isinstance(exc, KafkaConnectionError):
+            raise
         raise BrokerUnavailableError(
-            f"expected a Kafka broker at {where}, none answered: {exc}"
+            f"expected a Kafka broker at {broker_address(options)}, none answered: {exc}"
         ) from exc
 
 
@@ -175,7 +183,7 @@ async def create_missing_topics(
     sessions are then spread over its own count.
     """
     admin = AIOKafkaAdminClient(**admin_options)
-    await start_client(admin, broker_address(admin_options))
+    await start_client(admin, admin_options)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]

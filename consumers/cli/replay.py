@@ -92,7 +92,7 @@ async def publish(
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
-    await start_client(producer, settings.broker_address())
+    await start_client(producer, settings.client_options())
     try:
         futures = [
             await producer.send(

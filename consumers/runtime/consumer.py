@@ -23,6 +23,7 @@ from agentstream.schemas.admin import (
     start_client,
     stop_client,
 )
+from agentstream.schemas.connect import raise_if_refused
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog
@@ -70,7 +71,7 @@ async def wait_for_topics(settings: KafkaSettings, topics: list[str], service: s
     them every :data:`TOPIC_WAIT_S`, saying so at once and then once a minute; a signal
     cancels the wait."""
     admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.broker_address())
+    await start_client(admin, settings.client_options())
     waiting = ThrottledLog(log)
     try:
         while missing := await missing_topics(admin, topics):
@@ -356,10 +357,11 @@ class EventConsumer:
             self._producer = producer
             await consumer.start()
             self._consumer = consumer
-        except KafkaError as exc:
+        except Exception as exc:  # KafkaError; a refused SCRAM exchange raises others
             await producer.stop()
             await consumer.stop()
             self._stopped = True
+            await raise_if_refused(settings.client_options(), exc)
             raise BrokerUnavailableError(
                 f"expected a Kafka broker at {settings.broker_address()} for service "
                 f"{self.service!r}, got {exc!r}"

@@ -126,7 +126,7 @@ async def replay(
     time, as ``letters`` come; yields ``(letter, partition, offset)`` of each record once
     acknowledged, so a caller can tell how far a replay that failed got."""
     producer = AIOKafkaProducer(**settings.producer_options())
-    await start_client(producer, settings.broker_address())
+    await start_client(producer, settings.client_options())
     try:
         dlq = settings.routing().dlq
         async for info in _each(letters):

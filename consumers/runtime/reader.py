@@ -68,7 +68,7 @@ async def read_topics(
     read when it started.
     """
     consumer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": None})
-    await start_client(consumer, settings.broker_address())
+    await start_client(consumer, settings.client_options())
     try:
         names = sorted(set(topics))
         tps = await _assign(consumer, names)

@@ -74,7 +74,7 @@ async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartit
     """The partitions of ``topic``, sorted; none when it does not exist (never created here,
     even by brokers that create topics on demand)."""
     admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.broker_address())
+    await start_client(admin, settings.client_options())
     try:
         described = await describe_topics(admin, [topic])
     finally:
@@ -119,7 +119,7 @@ async def committed_offsets(
     if not tps:
         return {}
     admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.broker_address())
+    await start_client(admin, settings.client_options())
     try:
         found = await admin.list_consumer_group_offsets(group_id, partitions=tps)
     finally:
@@ -141,7 +141,7 @@ async def high_watermarks(
     if not tps:
         return {}
     consumer = reader(settings, "highwater")
-    await start_client(consumer, settings.broker_address())
+    await start_client(consumer, settings.client_options())
     try:
         consumer.assign(tps)
         listed = await consumer.end_offsets(tps)
@@ -184,7 +184,7 @@ async def read_windows(
         return
     await _check_partitions(settings, wanted)
     consumer = reader(settings, name)
-    await start_client(consumer, settings.broker_address())
+    await start_client(consumer, settings.client_options())
     try:
         consumer.assign(list(wanted))
         begins = await consumer.beginning_offsets(list(wanted))

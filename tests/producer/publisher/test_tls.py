@@ -18,6 +18,7 @@ from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.codec import decode_record
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -100,3 +101,19 @@ async def test_a_publisher_trusting_another_ca_is_refused_with_a_clear_error(
         assert publisher.stats().delivered == 0
     finally:
         await asyncio.to_thread(publisher.close, 0.1)
+
+
+async def test_a_service_trusting_another_ca_is_told_at_once_not_left_waiting(
+    tls_broker: str, tls_files: Any, unique_name: str
+) -> None:
+    """A service's first wait for the broker: before, 60 s, then "none answered"."""
+    good = tls_settings(tls_broker, tls_files.ca, unique_name)
+    await wait_for_broker(good.admin_options(), timeout=30)
+    settings = tls_settings(tls_broker, tls_files.other_ca, unique_name)
+    with pytest.raises(ConfigurationError) as refused:
+        await wait_for_broker(settings.admin_options(), timeout=60)
+    text = str(refused.value)
+    assert f"the TLS handshake with {tls_broker} failed" in text
+    assert "CERTIFICATE_VERIFY_FAILED" in text
+    # Without the path at hand (options only), the CA the client trusted is named.
+    assert "AGENTSTREAM_SSL_CAFILE=a file with the CAs agentstream test other CA" in text

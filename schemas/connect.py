@@ -1,0 +1,139 @@
+"""Why a Kafka client could not connect: nothing answers (wait), or the broker refused a
+setting (say which, and stop waiting).
+
+aiokafka reports every failed bootstrap as ``Unable to bootstrap from [...]``; the cause goes
+to its log only. Apache Kafka's answer to wrong SASL credentials (``SaslAuthenticationFailed``)
+and a certificate the client does not trust then read as a broker that does not answer, and
+an operator looks for a network problem while the service waits. Some brokers end a refused
+SCRAM exchange with a SCRAM error message instead of an error code (the embedded broker does),
+which aiokafka's SCRAM client does not expect: its ``start()`` then raises ``KeyError: 'v'``.
+
+:func:`refusal` connects to the first bootstrap server once, step by step as the client does:
+TCP, TLS, Kafka's ``ApiVersions`` (which brokers answer before authentication), then SASL.
+The first step that fails names the problem. A failure before the broker answered is an
+outage and is left to the caller's retries. A client without SASL is told when the broker
+closes the connection on its first unauthenticated request (Apache Kafka does on a SASL
+listener).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
+
+from .errors import ConfigurationError, describe
+from .settings import PREFIX, split_server
+
+PROBE_TIMEOUT_MS = 5_000
+
+
+async def refusal(
+    options: Mapping[str, Any], *, ssl_cafile: str | None = None
+) -> ConfigurationError | None:
+    """The setting the broker refused, as a :class:`ConfigurationError` that says what to
+    check; None when no broker answers (an outage) or the connection works now.
+
+    ``options`` are an aiokafka client's keyword arguments (``KafkaSettings.admin_options()``,
+    ``producer_options()`` or ``consumer_options()``); ``ssl_cafile``, when known, is named in
+    a TLS refusal (else the CAs the context trusts are)."""
+    servers = str(options.get("bootstrap_servers", ""))
+    host, port_text = split_server(servers.split(",")[0])
+    port = int(port_text)
+    protocol = str(options.get("security_protocol", "PLAINTEXT"))
+    context = options.get("ssl_context")
+    tls = protocol in ("SSL", "SASL_SSL")
+    common = {
+        "client_id": options.get("client_id", "agentstream"),
+        "request_timeout_ms": min(int(options.get("request_timeout_ms", 40_000)), PROBE_TIMEOUT_MS),
+        "ssl_context": context,
+    }
+    try:  # TCP, TLS and ApiVersions, without authentication
+        connection = await create_conn(
+            host, port, security_protocol="SSL" if tls else "PLAINTEXT", **common
+        )
+    except ssl.SSLError as exc:  # before OSError: it is one
+        return ConfigurationError(
+            f"the TLS handshake with {host}:{port} failed: {exc} — check ssl_cafile "
+            f"({PREFIX}SSL_CAFILE={ssl_cafile or _trusted(context)}) and ssl_check_hostname"
+        )
+    except (TimeoutError, OSError, KafkaError):
+        return None  # nothing answers there yet: an outage
+    if protocol.startswith("SASL_"):
+        connection.close()
+        return await _sasl_refusal(host, port, protocol, options, common)
+    try:  # the request every client sends first, as this client sends it: unauthenticated
+        await connection.send(MetadataRequest([]))
+    except KafkaConnectionError:
+        return ConfigurationError(
+            f"the broker at {host}:{port} answers but closed the connection on a request "
+            f"without authentication: it expects SASL — set security_protocol "
+            f"({PREFIX}SECURITY_PROTOCOL={'SASL_SSL' if tls else 'SASL_PLAINTEXT'}), "
+            f"sasl_mechanism and the credentials"
+        )
+    except (TimeoutError, KafkaError):
+        return None
+    finally:
+        connection.close()
+    return None
+
+
+async def _sasl_refusal(
+    host: str, port: int, protocol: str, options: Mapping[str, Any], common: dict[str, Any]
+) -> ConfigurationError | None:
+    """Authenticate as the client does, the broker having just answered without SASL."""
+    mechanism = options.get("sasl_mechanism", "PLAIN")
+    user = options.get("sasl_plain_username")
+    try:
+        connection = await create_conn(
+            host,
+            port,
+            security_protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_plain_username=user,
+            sasl_plain_password=options.get("sasl_plain_password"),
+            **common,
+        )
+    except Exception as exc:  # the SCRAM client raises KeyError, ValueError
+        return ConfigurationError(
+            f"the broker at {host}:{port} refused SASL authentication as {user!r} with "
+            f"{mechanism} ({_sasl_cause(exc)}) — check sasl_plain_username and "
+            f"sasl_plain_password ({PREFIX}SASL_PLAIN_USERNAME, {PREFIX}SASL_PLAIN_PASSWORD) "
+            f"and sasl_mechanism ({PREFIX}SASL_MECHANISM): the broker must enable that "
+            f"mechanism and know those credentials"
+        )
+    connection.close()
+    return None
+
+
+async def raise_if_refused(options: Mapping[str, Any], exc: Exception) -> None:
+    """After a client's ``start()`` (or first request) failed with ``exc``: raise what the
+    broker refused (:func:`refusal`), from ``exc``; raise ``exc`` itself when it is no Kafka
+    error and no refusal explains it. Returns for a Kafka error of an outage (wait, retry)."""
+    refused = await refusal(options)
+    if refused is not None:
+        raise refused from exc
+    if not isinstance(exc, KafkaError):
+        raise exc
+
+
+def _sasl_cause(exc: BaseException) -> str:
+    if isinstance(exc, KafkaError | OSError | TimeoutError):
+        return describe(exc)  # SaslAuthenticationFailed, UnsupportedSaslMechanism, closed
+    # aiokafka's SCRAM client reading an error message where it expects the server's proof
+    return f"the SCRAM exchange ended without the server's proof: {describe(exc)}"
+
+
+def _trusted(context: Any) -> str:
+    """The CAs a context was given, by subject (a context without any uses the system's)."""
+    names: list[str] = []
+    with contextlib.suppress(AttributeError, ssl.SSLError):
+        for cert in context.get_ca_certs():
+            subject = dict(pair for rdn in cert.get("subject", ()) for pair in rdn)
+            names.append(str(subject.get("commonName", subject)))
+    return f"a file with the CAs {', '.join(names)}" if names else "unset: the system's CAs"

@@ -1,0 +1,133 @@
+"""What clients say when a broker refuses their settings, against a real embedded broker that
+requires SASL (``--authentication``). It has no users (the embedded broker keeps them in its
+memory storage and creates them only for an authenticated client), so every credential is
+refused, as Apache Kafka refuses a wrong password. The TLS refusal is tested in
+``tests/producer/publisher/test_tls.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from support.runtime import ServiceProcess
+from support.samples import sample_event
+
+from agentstream.consumers.broker import EmbeddedBroker, free_port
+from agentstream.producer.publisher import KafkaPublisher
+from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+from agentstream.schemas.connect import refusal
+from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import KafkaSettings
+
+PASSWORD = "wonderland-7f3a"
+
+
+@pytest.fixture
+async def sasl_broker(broker_factory: type[EmbeddedBroker]) -> str:
+    """Bootstrap address of a private embedded broker that requires SASL authentication,
+    once it listens (its metadata answers need authentication: only the port is waited for;
+    ``broker_factory`` stops it)."""
+
+    class Authenticating(broker_factory):  # type: ignore[valid-type,misc]
+        def command(self) -> list[str]:
+            return [*super().command(), "--authentication"]
+
+    broker = Authenticating()
+    broker.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(broker.host, broker.port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return broker.bootstrap_servers
+
+
+def sasl_settings(bootstrap: str, mechanism: str, **extra: Any) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=mechanism,  # type: ignore[arg-type]
+        sasl_plain_username="alice",
+        sasl_plain_password=PASSWORD,  # type: ignore[arg-type]
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+async def test_refused_credentials_are_a_configuration_error_at_once(
+    sasl_broker: str, mechanism: str
+) -> None:
+    """Before, a service waited 60 s and then said no broker answered (aiokafka's "Unable to
+    bootstrap"), or died of aiokafka's ``KeyError: 'v'`` (SCRAM)."""
+    settings = sasl_settings(sasl_broker, mechanism)
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as refused:
+        await wait_for_broker(settings.admin_options(), timeout=60)
+    assert time.monotonic() - started < 15  # not the 60 s wait
+    text = str(refused.value)
+    assert f"the broker at {sasl_broker} refused SASL authentication as 'alice'" in text
+    assert f"with {mechanism}" in text and "AGENTSTREAM_SASL_PLAIN_PASSWORD" in text
+    assert PASSWORD not in text
+    # Every client start says the same (the CLI's topic creation here).
+    with pytest.raises(ConfigurationError, match="refused SASL authentication"):
+        await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec())
+
+
+async def test_a_client_without_sasl_is_told_the_broker_expects_it(sasl_broker: str) -> None:
+    settings = KafkaSettings(bootstrap_servers=sasl_broker)
+    with pytest.raises(ConfigurationError) as refused:
+        await wait_for_broker(settings.admin_options(), timeout=60)
+    assert "closed the connection on a request without authentication" in str(refused.value)
+    assert "AGENTSTREAM_SECURITY_PROTOCOL=SASL_PLAINTEXT" in str(refused.value)
+
+
+async def test_nothing_listening_is_an_outage_not_a_refusal() -> None:
+    settings = sasl_settings(f"127.0.0.1:{free_port()}", "SCRAM-SHA-512")
+    assert await refusal(settings.admin_options()) is None
+    assert (
+        await refusal(KafkaSettings(bootstrap_servers=settings.bootstrap_servers).admin_options())
+        is None
+    )
+
+
+async def test_a_service_exits_with_the_refusal_in_one_line(
+    sasl_broker: str, unique_name: str
+) -> None:
+    settings = sasl_settings(sasl_broker, "SCRAM-SHA-512", topic_prefix=unique_name)
+    env = {
+        "AGENTSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "AGENTSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+        "AGENTSTREAM_SASL_PLAIN_USERNAME": "alice",
+        "AGENTSTREAM_SASL_PLAIN_PASSWORD": PASSWORD,
+    }
+    with ServiceProcess("metrics", settings, env=env) as service:
+        code = await service.wait(30)
+        log = service.log()
+    assert code == 2, log
+    assert "agentstream: the broker at" in log and "refused SASL authentication" in log
+    assert "Traceback" not in log and PASSWORD not in log
+
+
+async def test_the_publisher_keeps_the_events_and_says_why_it_cannot_deliver(
+    sasl_broker: str,
+) -> None:
+    """A pod does not stop on a refusal (credentials get fixed while it runs): the events
+    wait, and ``last_error`` (and the log) say what the broker refused."""
+    publisher = KafkaPublisher(sasl_settings(sasl_broker, "SCRAM-SHA-256"), redact=None)
+    try:
+        publisher.publish(sample_event("tool.called", 1))
+        assert not await asyncio.to_thread(publisher.flush, 3)
+        error = publisher.last_error or ""
+        assert f"cannot connect to Kafka at {sasl_broker} (SASL_PLAINTEXT)" in error
+        assert "refused SASL authentication as 'alice' with SCRAM-SHA-256" in error
+        assert PASSWORD not in error
+        assert publisher.stats().delivered == 0
+    finally:
+        await asyncio.to_thread(publisher.close, 0.1)
