@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
-from agentstream.schemas.admin import stop_client
+from agentstream.schemas.admin import start_client, stop_client
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class ControlListener:
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
         }
         consumer = AIOKafkaConsumer(**options)
-        await consumer.start()
+        await start_client(consumer, options)  # says what failed, and stops the client
         try:
             await consumer.topics()  # fetches metadata for every topic
             partitions = consumer.partitions_for_topic(self.topic)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -62,6 +64,32 @@ def broker_factory() -> Iterator[type[EmbeddedBroker]]:
     yield _Tracked
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+async def sasl_broker(broker_factory: type[EmbeddedBroker]) -> str:
+    """Bootstrap address of a private embedded broker that requires SASL authentication and
+    knows no user (so it refuses every login, as Kafka refuses a wrong password),
+    once it listens (its metadata answers need authentication: only the port is waited for;
+    ``broker_factory`` stops it)."""
+
+    class Authenticating(broker_factory):  # type: ignore[valid-type,misc]
+        def command(self) -> list[str]:
+            return [*super().command(), "--authentication"]
+
+    broker = Authenticating()
+    broker.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(broker.host, broker.port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return str(broker.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

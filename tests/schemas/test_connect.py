@@ -14,7 +14,7 @@ import pytest
 from support.runtime import ServiceProcess
 from support.samples import sample_event
 
-from agentstream.consumers.broker import EmbeddedBroker, free_port
+from agentstream.consumers.broker import free_port
 from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.connect import refusal
@@ -24,38 +24,14 @@ from agentstream.schemas.settings import KafkaSettings
 PASSWORD = "wonderland-7f3a"
 
 
-@pytest.fixture
-async def sasl_broker(broker_factory: type[EmbeddedBroker]) -> str:
-    """Bootstrap address of a private embedded broker that requires SASL authentication,
-    once it listens (its metadata answers need authentication: only the port is waited for;
-    ``broker_factory`` stops it)."""
-
-    class Authenticating(broker_factory):  # type: ignore[valid-type,misc]
-        def command(self) -> list[str]:
-            return [*super().command(), "--authentication"]
-
-    broker = Authenticating()
-    broker.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(broker.host, broker.port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return broker.bootstrap_servers
-
-
 def sasl_settings(bootstrap: str, mechanism: str, **extra: Any) -> KafkaSettings:
+    """SASL_PLAINTEXT settings as alice (a user the ``sasl_broker`` does not know)."""
     return KafkaSettings(
         bootstrap_servers=bootstrap,
         security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism=mechanism,  # type: ignore[arg-type]
+        sasl_mechanism=mechanism,
         sasl_plain_username="alice",
-        sasl_plain_password=PASSWORD,  # type: ignore[arg-type]
+        sasl_plain_password=PASSWORD,
         **extra,
     )
 

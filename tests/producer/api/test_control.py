@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import pytest
 from support.produce import produce_events, produce_raw
 
-from agentstream.consumers.broker import EmbeddedBroker
+from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer import ControlListener, Event, EventBus, EventType
 from agentstream.schemas.admin import TopicSpec, ensure_topics
-from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -117,6 +117,27 @@ async def test_missing_control_topic_is_a_clear_error(kafka_bootstrap: str) -> N
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix="no-such-prefix-x")
     bus = EventBus(agent_id="a", control=ControlListener(settings))
     with pytest.raises(ConfigurationError, match=r"no-such-prefix-x\.control"):
+        await bus.start()
+
+
+async def test_a_broker_refusing_the_pod_or_not_answering_is_a_clear_error(
+    sasl_broker: str,
+) -> None:
+    """Before, aiokafka's own error came out of ``bus.start()`` ("Unable to bootstrap", or a
+    bare ``KeyError: 'v'`` for refused SCRAM credentials), its consumer left unstopped."""
+    refused = KafkaSettings(
+        bootstrap_servers=sasl_broker,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="agent",
+        sasl_plain_password="not-known",
+    )
+    bus = EventBus(agent_id="a", control=ControlListener(refused))
+    with pytest.raises(ConfigurationError, match="refused SASL authentication as 'agent'"):
+        await bus.start()
+    nobody = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    bus = EventBus(agent_id="a", control=ControlListener(nobody))
+    with pytest.raises(BrokerUnavailableError, match="none answered"):
         await bus.start()
 
 
