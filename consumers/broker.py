@@ -132,6 +132,16 @@ class EmbeddedBroker:
         connections, only the port is tried (no Kafka client, so no client errors logged
         while it starts), and a broker process that ended is reported at once."""
         deadline = time.monotonic() + timeout
+        await self.wait_listening(timeout)
+        await wait_for_broker(
+            {"bootstrap_servers": self.bootstrap_servers},
+            timeout=max(deadline - time.monotonic(), 1.0),
+        )
+
+    async def wait_listening(self, timeout: float = 30.0) -> None:
+        """Return once the broker's port accepts connections (all a broker that requires
+        authentication, or advertises another address, lets a plain client check)."""
+        deadline = time.monotonic() + timeout
         pause = 0.01
         while not await self._accepts():
             if time.monotonic() + pause > deadline:
@@ -142,10 +152,6 @@ class EmbeddedBroker:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
         self._check_running()
-        await wait_for_broker(
-            {"bootstrap_servers": self.bootstrap_servers},
-            timeout=max(deadline - time.monotonic(), 1.0),
-        )
 
     async def _accepts(self) -> bool:
         self._check_running()

@@ -32,6 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder as _FastBuilder
 
+from agentstream.schemas.connect import refusal
 from agentstream.schemas.errors import describe
 
 from ._records import _Lane, _PublisherState, _Record
@@ -76,7 +77,12 @@ class _Lanes(_PublisherState):
                 self._producer.partitions_for(topic), self.settings.request_timeout_ms / 1000
             )
         except Exception as exc:
-            self._warn("metadata:" + topic, "no metadata for topic %r yet: %r", topic, exc)
+            # A broker that answers at bootstrap but advertises addresses not reachable from
+            # the pod gives no metadata, and aiokafka's timeout says nothing of it.
+            refused = await refusal(self._producer_options, ssl_cafile=self.settings.ssl_cafile)
+            reason = describe(exc) if refused is None else str(refused)
+            self.metrics.last_error = f"no metadata for topic {topic!r}: {reason}"
+            self._warn("metadata:" + topic, "no metadata for topic %r yet: %s", topic, reason)
             await asyncio.sleep(self.settings.retry_backoff_ms / 1000)
         finally:
             self._metadata_wanted.discard(topic)

@@ -12,13 +12,14 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     TopicAlreadyExistsError,
     for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from .connect import raise_if_refused
-from .errors import BrokerUnavailableError, ConfigurationError
+from .connect import raise_if_refused, refusal
+from .errors import AgentstreamError, BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
 
@@ -99,7 +100,9 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
 
     Retries every 50 ms at first, backing off to every 0.5 s, and says once that it waits.
     A broker that answers but refuses the client's TLS or SASL settings is no reason to wait:
-    that raises :class:`ConfigurationError` at once (see :func:`~.connect.refusal`).
+    that raises :class:`ConfigurationError` at once (see :func:`~.connect.refusal`). Brokers
+    that advertise addresses not reachable from here may be DNS catching up with a new
+    broker: that is said, waited for, and raised at the deadline.
     """
     servers = broker_address(admin_options)
     deadline = time.monotonic() + timeout
@@ -112,16 +115,24 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
             await admin.list_topics()
             return
         except Exception as exc:  # a KafkaError while it is not up; others from a refusal
-            await raise_if_refused(admin_options, exc)
-            if last is None:
+            refused = await refusal(admin_options)
+            if refused is not None and not refused.retriable:
+                raise refused from exc
+            if refused is None and not isinstance(exc, KafkaError):
+                raise
+            if last is None or (refused is not None and type(last) is not type(refused)):
                 log.info(
-                    "no Kafka broker answers at %s yet; waiting up to %.0f s", servers, timeout
+                    "%s; waiting up to %.0f s",
+                    refused or f"no Kafka broker answers at {servers} yet",
+                    timeout,
                 )
-            last = exc
+            last = refused or exc
         finally:
             await admin.close()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.5)
+    if isinstance(last, AgentstreamError):
+        raise last
     raise BrokerUnavailableError(
         f"expected a Kafka broker answering metadata requests at {servers} within {timeout:.0f} s; "
         f"last error: {last!r}"
@@ -198,6 +209,9 @@ async def create_missing_topics(
                 else:
                     raise creation_error(name, code, message)
         return outcome
+    except KafkaError as exc:  # a broker reached at bootstrap, not where it advertises itself
+        await raise_if_refused(admin_options, exc)
+        raise
     finally:
         await admin.close()
 

@@ -1,5 +1,5 @@
 """Why a Kafka client could not connect: nothing answers (wait), or the broker refused a
-setting (say which, and stop waiting).
+setting or cannot be reached where it says it is (say which, and stop waiting).
 
 aiokafka reports every failed bootstrap as ``Unable to bootstrap from [...]``; the cause goes
 to its log only. Apache Kafka's answer to wrong SASL credentials (``SaslAuthenticationFailed``)
@@ -13,17 +13,21 @@ TCP, TLS, Kafka's ``ApiVersions`` (which brokers answer before authentication), 
 The first step that fails names the problem. A failure before the broker answered is an
 outage and is left to the caller's retries. A client without SASL is told when the broker
 closes the connection on its first unauthenticated request (Apache Kafka does on a SASL
-listener).
+listener). Last, the brokers the metadata names are tried: clients go there after bootstrap,
+and when the brokers advertise addresses this client cannot reach (the commonest Kafka
+misconfiguration: ``localhost`` or a container's name in ``advertised.listeners``), every
+later request fails with a ``NodeNotReadyError`` that says nothing of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka.conn import create_conn
+from aiokafka.conn import AIOKafkaConnection, create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -31,6 +35,16 @@ from .errors import ConfigurationError, describe
 from .settings import PREFIX, split_server
 
 PROBE_TIMEOUT_MS = 5_000
+
+
+class UnreachableBrokersError(ConfigurationError):
+    """The bootstrap server answers, but no broker it advertises can be reached from here.
+
+    Retriable: a new broker's name may not resolve yet (DNS catching up), so a wait for the
+    broker goes on and says this, and raises it at its deadline. Usually it is the brokers'
+    ``advertised.listeners``."""
+
+    retriable = True
 
 
 async def refusal(
@@ -64,12 +78,18 @@ async def refusal(
         )
     except (TimeoutError, OSError, KafkaError):
         return None  # nothing answers there yet: an outage
-    if protocol.startswith("SASL_"):
+    sasl = protocol.startswith("SASL_")
+    if sasl:
         connection.close()
-        return await _sasl_refusal(host, port, protocol, options, common)
-    try:  # the request every client sends first, as this client sends it: unauthenticated
-        await connection.send(MetadataRequest([]))
+        authenticated = await _authenticate(host, port, protocol, options, common)
+        if isinstance(authenticated, ConfigurationError):
+            return authenticated
+        connection = authenticated
+    try:  # the request every client sends first (unauthenticated, without SASL)
+        metadata = await connection.send(MetadataRequest([]))
     except KafkaConnectionError:
+        if sasl:
+            return None
         return ConfigurationError(
             f"the broker at {host}:{port} answers but closed the connection on a request "
             f"without authentication: it expects SASL — set security_protocol "
@@ -80,17 +100,20 @@ async def refusal(
         return None
     finally:
         connection.close()
-    return None
+    return await _unreachable_brokers(
+        f"{host}:{port}", [(b[0], b[1], b[2]) for b in metadata.brokers], context if tls else None
+    )
 
 
-async def _sasl_refusal(
+async def _authenticate(
     host: str, port: int, protocol: str, options: Mapping[str, Any], common: dict[str, Any]
-) -> ConfigurationError | None:
-    """Authenticate as the client does, the broker having just answered without SASL."""
+) -> AIOKafkaConnection | ConfigurationError:
+    """A connection authenticated as the client does, or what the broker refused (it has
+    just answered without SASL)."""
     mechanism = options.get("sasl_mechanism", "PLAIN")
     user = options.get("sasl_plain_username")
     try:
-        connection = await create_conn(
+        return await create_conn(
             host,
             port,
             security_protocol=protocol,
@@ -107,8 +130,41 @@ async def _sasl_refusal(
             f"and sasl_mechanism ({PREFIX}SASL_MECHANISM): the broker must enable that "
             f"mechanism and know those credentials"
         )
-    connection.close()
-    return None
+
+
+async def _unreachable_brokers(
+    bootstrap: str, brokers: list[tuple[int, str, int]], context: ssl.SSLContext | None
+) -> ConfigurationError | None:
+    """Clients talk to the addresses the brokers advertise once the bootstrap server has
+    answered. When not one of them can be reached from here, the brokers' advertised
+    listeners are wrong for this client (``localhost`` or a container's name); when some
+    can, a broker is down, which is an outage."""
+    failures: list[str] = []
+    for node, advertised_host, advertised_port in brokers:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    advertised_host,
+                    advertised_port,
+                    ssl=context,
+                    server_hostname=advertised_host if context is not None else None,
+                ),
+                PROBE_TIMEOUT_MS / 1000,
+            )
+        except (TimeoutError, OSError) as exc:
+            failures.append(f"node {node} at {advertised_host}:{advertised_port} ({describe(exc)})")
+            continue
+        writer.close()
+        return None
+    if not failures:
+        return None
+    return UnreachableBrokersError(
+        f"the broker at {bootstrap} answers, but not one broker it advertises can be reached "
+        f"from here: {'; '.join(failures)}. After the first request clients connect to the "
+        f"advertised addresses: fix the brokers' advertised listeners (advertised.listeners: "
+        f"the host and port clients use, not localhost or a container's own name) or make "
+        f"those addresses reachable"
+    )
 
 
 async def raise_if_refused(options: Mapping[str, Any], exc: Exception) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -70,8 +68,7 @@ def broker_factory() -> Iterator[type[EmbeddedBroker]]:
 async def sasl_broker(broker_factory: type[EmbeddedBroker]) -> str:
     """Bootstrap address of a private embedded broker that requires SASL authentication and
     knows no user (so it refuses every login, as Kafka refuses a wrong password),
-    once it listens (its metadata answers need authentication: only the port is waited for;
-    ``broker_factory`` stops it)."""
+    once it listens (``broker_factory`` stops it)."""
 
     class Authenticating(broker_factory):  # type: ignore[valid-type,misc]
         def command(self) -> list[str]:
@@ -79,17 +76,8 @@ async def sasl_broker(broker_factory: type[EmbeddedBroker]) -> str:
 
     broker = Authenticating()
     broker.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(broker.host, broker.port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return str(broker.bootstrap_servers)
+    await broker.wait_listening()
+    return str(broker.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ import pytest
 from support.runtime import ServiceProcess
 from support.samples import sample_event
 
-from agentstream.consumers.broker import free_port
+from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
-from agentstream.schemas.connect import refusal
+from agentstream.schemas.connect import UnreachableBrokersError, refusal
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
@@ -105,5 +105,46 @@ async def test_the_publisher_keeps_the_events_and_says_why_it_cannot_deliver(
         assert "refused SASL authentication as 'alice' with SCRAM-SHA-256" in error
         assert PASSWORD not in error
         assert publisher.stats().delivered == 0
+    finally:
+        await asyncio.to_thread(publisher.close, 0.1)
+
+
+@pytest.fixture
+async def misadvertised_broker(broker_factory: type[EmbeddedBroker]) -> str:
+    """A broker that answers on its port but advertises a host name nobody can resolve (as a
+    broker in a container advertising its container name to clients outside)."""
+
+    class Misadvertised(broker_factory):  # type: ignore[valid-type,misc]
+        def command(self) -> list[str]:
+            command = super().command()
+            command[command.index("--advertised-listener-url") + 1] = "tcp://kafka.invalid:9092"
+            return command
+
+    broker = Misadvertised()
+    broker.start()
+    await broker.wait_listening()
+    return f"{broker.host}:{broker.port}"
+
+
+async def test_a_broker_advertising_an_unreachable_address_is_named(
+    misadvertised_broker: str, unique_name: str
+) -> None:
+    """Before, a wait for the broker ended in "expected a Kafka broker answering metadata
+    requests" at the address that did answer, with aiokafka's ``NodeNotReadyError``."""
+    settings = KafkaSettings(bootstrap_servers=misadvertised_broker, topic_prefix=unique_name)
+    # Waited for (a new broker's name may not resolve yet), then said.
+    with pytest.raises(UnreachableBrokersError) as refused:
+        await wait_for_broker(settings.admin_options(), timeout=3)
+    text = str(refused.value)
+    assert f"the broker at {misadvertised_broker} answers, but not one broker" in text
+    assert "kafka.invalid:9092" in text and "advertised.listeners" in text
+    with pytest.raises(ConfigurationError, match=r"kafka\.invalid:9092"):
+        await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec())
+    publisher = KafkaPublisher(settings.model_copy(update={"request_timeout_ms": 2_000}))
+    try:
+        publisher.publish(sample_event("tool.called", 1))
+        assert not await asyncio.to_thread(publisher.flush, 5)
+        error = publisher.last_error or ""
+        assert "no metadata for topic" in error and "kafka.invalid:9092" in error
     finally:
         await asyncio.to_thread(publisher.close, 0.1)
