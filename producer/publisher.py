@@ -59,7 +59,7 @@ from agentstream.schemas.errors import (
 )
 from agentstream.schemas.ids import new_instance_id
 from agentstream.schemas.settings import KafkaSettings
-from agentstream.schemas.throttle import ThrottledLog
+from agentstream.schemas.throttle import ThrottledLog, quiet_client_repeats
 
 from ._headers import RecordFactory
 from ._records import LOG_EVERY_S, Overflow, Redact, _Ledger, log
@@ -68,6 +68,9 @@ from .adapters import encodable_data
 from .metrics import ProducerMetrics, ProducerStats
 from .partitioner import KeyPartitioner
 from .spool import FsyncPolicy, Spool
+
+SENDER_THREAD_PREFIX = "agentstream-publisher-"
+"""The sender threads' names start so (and their aiokafka lines' ``threadName``)."""
 
 __all__ = ["KafkaPublisher", "producer_kwargs"]
 
@@ -172,11 +175,15 @@ class KafkaPublisher(_Sender):
         self._stopping = False
         self._starting = False
 
+        # aiokafka logs every reconnect attempt (about 10 ERROR lines a second while the broker
+        # is away): repeats from the sender threads are held back, the pod's other clients
+        # left alone.
+        quiet_client_repeats(thread_prefix=SENDER_THREAD_PREFIX)
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main,
             args=(ready,),
-            name=f"agentstream-publisher-{self.instance_id[:8]}",
+            name=f"{SENDER_THREAD_PREFIX}{self.instance_id[:8]}",
             daemon=True,
         )
         self._thread.start()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from agentstream.schemas.environment import unread_variables
 from agentstream.schemas.errors import AgentstreamError, describe
 from agentstream.schemas.settings import settings_error
+from agentstream.schemas.throttle import quiet_client_repeats
 
 
 def command_modules() -> list[str]:
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiokafka logs every reconnect attempt, about 50 ERROR lines a second per process while
+    # a broker is away: repeats are held back (a line per kind every 10 s, with a count).
+    quiet_client_repeats()
     if getattr(args, "quiet_client_logs", False) and not args.verbose:
         # A command that reads or writes a few records, for a person or a pipe: aiokafka's
         # group and subscription notices are noise there (services keep them).
