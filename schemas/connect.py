@@ -85,7 +85,7 @@ async def refusal(
         if isinstance(authenticated, ConfigurationError):
             return authenticated
         connection = authenticated
-    try:  # the request every client sends first (unauthenticated, without SASL)
+    try:  # the request every client sends first, on a connection made as the client makes it
         metadata = await connection.send(MetadataRequest([]))
     except KafkaConnectionError:
         if sasl:
@@ -139,24 +139,12 @@ async def _unreachable_brokers(
     answered. When not one of them can be reached from here, the brokers' advertised
     listeners are wrong for this client (``localhost`` or a container's name); when some
     can, a broker is down, which is an outage."""
-    failures: list[str] = []
-    for node, advertised_host, advertised_port in brokers:
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    advertised_host,
-                    advertised_port,
-                    ssl=context,
-                    server_hostname=advertised_host if context is not None else None,
-                ),
-                PROBE_TIMEOUT_MS / 1000,
-            )
-        except (TimeoutError, OSError) as exc:
-            failures.append(f"node {node} at {advertised_host}:{advertised_port} ({describe(exc)})")
-            continue
-        writer.close()
-        return None
-    if not failures:
+    failures = [
+        failure
+        for failure in await asyncio.gather(*(_reach(*broker, context) for broker in brokers))
+        if failure is not None
+    ]
+    if not failures or len(failures) < len(brokers):
         return None
     return UnreachableBrokersError(
         f"the broker at {bootstrap} answers, but not one broker it advertises can be reached "
@@ -165,6 +153,21 @@ async def _unreachable_brokers(
         f"the host and port clients use, not localhost or a container's own name) or make "
         f"those addresses reachable"
     )
+
+
+async def _reach(node: int, host: str, port: int, context: ssl.SSLContext | None) -> str | None:
+    """None when ``host:port`` accepts a connection (and a TLS handshake), else why not."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if context is not None else None
+            ),
+            PROBE_TIMEOUT_MS / 1000,
+        )
+    except (TimeoutError, OSError) as exc:
+        return f"node {node} at {host}:{port} ({describe(exc)})"
+    writer.close()
+    return None
 
 
 async def raise_if_refused(options: Mapping[str, Any], exc: Exception) -> None:
