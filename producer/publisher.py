@@ -175,7 +175,7 @@ class KafkaPublisher(_Sender):
         self._stopping = False
         self._starting = False
 
-        # aiokafka logs every reconnect attempt (about 10 ERROR lines a second while the broker
+        # aiokafka logs every reconnect attempt (about 20 ERROR lines a second while the broker
         # is away): repeats from the sender threads are held back, the pod's other clients
         # left alone.
         quiet_client_repeats(thread_prefix=SENDER_THREAD_PREFIX)
