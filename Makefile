@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPS_STAMP := $(VENV)/.deps-installed
 # Debian packages the tests use (prometheus: server and promtool; stunnel4: TLS in front of the
-# embedded broker). Installed when missing, as root; CI runs as root on a fresh clone.
-APT_PACKAGES := prometheus stunnel4
+# embedded broker; pgbouncer: the PostgreSQL store behind a pooler in transaction mode).
+# Installed when missing, as root; CI runs as root on a fresh clone.
+APT_PACKAGES := prometheus stunnel4 pgbouncer
 PACKAGES := -p agentstream.schemas -p agentstream.producer -p agentstream.consumers
 # The suite mostly waits (group joins, drains, kills): four workers keep it at ~4 minutes.
 PYTEST_ARGS ?= -n 4 --durations=15

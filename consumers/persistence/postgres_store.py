@@ -24,6 +24,14 @@ their column's range (64 bits for ``seq``, 32 for ``schema_version``) are clampe
 Connection losses (refused, terminated, server shutting down or starting, timeouts) and a
 missing or inaccessible table raise :class:`StoreUnavailableError` (see ``_OUTAGE_CLASSES``);
 the pool replaces broken connections on the next call.
+
+Prepared statements are not cached by default (``statement_cache_size``, asyncpg's option, is
+0 unless the URL sets ``?statement_cache_size=N``): a batch is one statement, so a cache saves
+one parse per thousand events, and a connection pooler in transaction mode (PgBouncer before
+1.21, the usual way to share PostgreSQL in production) cannot keep prepared statements between
+transactions. With a cache behind such a pooler every write fails with "prepared statement
+... does not exist"; that is taken as an outage with what to set, never as events the
+database refused (which would send them to the dead-letter topic).
 """
 
 from __future__ import annotations
@@ -90,6 +98,32 @@ an operator fixes those, and meanwhile nothing is dead-lettered. Data errors (22
 constraint violations (23) are a refused event."""
 
 
+_STATEMENT_CACHE = "statement_cache_size"
+_PREPARED_STATEMENT_STATES = ("26000", "42P05")
+"""invalid_sql_statement_name, duplicate_prepared_statement: a pooler's doing (see above)."""
+
+
+def statement_cache_option(url: str) -> tuple[str, int]:
+    """``url`` without ``statement_cache_size=N`` (agentstream's, not a PostgreSQL setting:
+    asyncpg would send it to the server), and ``N`` (0 when absent)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, 0
+    kept, size = [], 0
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name != _STATEMENT_CACHE:
+            kept.append(item)
+            continue
+        if not value.isdigit():
+            raise StoreError(
+                f"expected {_STATEMENT_CACHE}=N (0 or more prepared statements cached per "
+                f"connection) in the store URL, got {item!r}"
+            )
+        size = int(value)
+    return (f"{base}?{'&'.join(kept)}" if kept else base), size
+
+
 def stored_id(event_id: str) -> str:
     """The ``uuid`` an event is stored under (its own id when it is a UUID)."""
     if len(event_id) == 36 and _UUID.fullmatch(event_id):
@@ -136,8 +170,21 @@ def is_outage(exc: BaseException) -> bool:
         return True  # InternalClientError: a connection cut in the middle of a protocol step
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
+        if state in _PREPARED_STATEMENT_STATES:  # a pooler in transaction mode: a setting
+            return True
         return state[:2] in _OUTAGE_CLASSES or state == "25006"  # read-only (failover)
     return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
+
+
+def _hint(exc: BaseException) -> str:
+    """What to do about an error that is a setting, not an outage that passes."""
+    if getattr(exc, "sqlstate", None) in _PREPARED_STATEMENT_STATES:
+        return (
+            " — prepared statements do not survive between transactions here: a connection "
+            f"pooler in transaction mode (PgBouncer)? Remove {_STATEMENT_CACHE} from the store "
+            "URL (0, the default, caches none)"
+        )
+    return ""
 
 
 def _terminate(conn: asyncpg.Connection) -> None:
@@ -165,6 +212,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, *, pool_size: int = 4, command_timeout: float = 60.0) -> None:
         super().__init__(url)
+        self._dsn, self._statement_cache_size = statement_cache_option(url)
         self._pool: asyncpg.Pool | None = None
         self._pool_size = pool_size
         self._command_timeout = command_timeout
@@ -185,7 +233,7 @@ class PostgresStore(Store):
                 await _release(pool, conn)
         except Exception as exc:
             if is_outage(exc):
-                raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}") from exc
+                raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}{_hint(exc)}") from exc
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                 raise StoreError(f"PostgreSQL {self.url}: {exc!r}") from exc
             raise
@@ -199,6 +247,7 @@ class PostgresStore(Store):
                 min_size=1,
                 max_size=self._pool_size,
                 command_timeout=self._command_timeout,
+                statement_cache_size=self._statement_cache_size,
             )
         except Exception as exc:
             if is_outage(exc):
