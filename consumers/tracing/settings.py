@@ -6,6 +6,9 @@ standard OpenTelemetry variables apply, with the precedence of the OTLP exporter
 (``/v1/traces`` appended), ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` over
 ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`` over
 ``OTEL_EXPORTER_OTLP_COMPRESSION``; ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``.
+The exporter speaks OTLP/HTTP with protobuf bodies: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` or
+``OTEL_EXPORTER_OTLP_PROTOCOL`` set to anything else (``grpc``, ``http/json``) is refused at
+start, instead of sending to a gRPC port requests it cannot read.
 TLS to the endpoint: ``AGENTSTREAM_OTLP_CERTIFICATE`` (a CA bundle to trust), then
 ``OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`` and ``OTEL_EXPORTER_OTLP_CERTIFICATE``; a client
 certificate for mutual TLS likewise (``…_CLIENT_CERTIFICATE`` and ``…_CLIENT_KEY``). Without a
@@ -28,6 +31,7 @@ from agentstream.schemas.errors import ConfigurationError, describe
 from agentstream.schemas.settings import PREFIX
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
+PROTOCOL = "http/protobuf"
 TRACES_PATH = "/v1/traces"
 
 
@@ -71,6 +75,8 @@ class TracingSettings(ServiceSettings):
     otel_headers: SecretStr | None = _otel("OTEL_EXPORTER_OTLP_HEADERS")
     otel_traces_compression: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
     otel_compression: str | None = _otel("OTEL_EXPORTER_OTLP_COMPRESSION")
+    otel_traces_protocol: str | None = _otel("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+    otel_protocol: str | None = _otel("OTEL_EXPORTER_OTLP_PROTOCOL")
     otlp_certificate: str | None = Field(
         default=None,
         validation_alias=_env("AGENTSTREAM_OTLP_CERTIFICATE", "otlp_certificate"),
@@ -216,6 +222,14 @@ def export_target(settings: TracingSettings) -> ExportTarget:
         parse_pairs(_secret(settings.otel_traces_headers), "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
     )
     headers.update(parse_pairs(_secret(settings.otlp_headers), "AGENTSTREAM_OTLP_HEADERS"))
+    protocol = (settings.otel_traces_protocol or settings.otel_protocol or PROTOCOL).strip()
+    if protocol.lower() != PROTOCOL:
+        variable = "_TRACES" if settings.otel_traces_protocol else ""
+        raise ConfigurationError(
+            f"OTLP protocol (OTEL_EXPORTER_OTLP{variable}_PROTOCOL): expected {PROTOCOL}, the "
+            f"only one this exporter speaks, got {protocol!r}; point the endpoint at the "
+            f"collector's OTLP/HTTP receiver (port 4318 by default, not gRPC's 4317)"
+        )
     compression = (settings.otel_traces_compression or settings.otel_compression or "none").lower()
     if compression not in ("none", "gzip"):
         raise ConfigurationError(f"OTLP compression: expected none or gzip, got {compression!r}")

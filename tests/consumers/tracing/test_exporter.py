@@ -293,6 +293,24 @@ def test_settings_follow_otel_variables_and_ours_win(monkeypatch: pytest.MonkeyP
             TracingSettings()
 
 
+def test_an_otlp_protocol_other_than_http_protobuf_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` with the collector's gRPC port was taken as an
+    OTLP/HTTP endpoint: every export failed, and the log said only that the POST did."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(ConfigurationError) as refused:
+        TracingSettings()
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL): expected http/protobuf" in str(refused.value)
+    assert "got 'grpc'" in str(refused.value) and "4318" in str(refused.value)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        TracingSettings()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")  # the signal's wins
+    assert export_target(TracingSettings()).endpoint == "http://collector:4317/v1/traces"
+
+
 async def test_gzip_compression(otlp_receiver: Any) -> None:
     registry = CollectorRegistry()
     target = ExportTarget(endpoint=otlp_receiver.url, compression="gzip", service_name="fleet")
