@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping
 
 from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
-from .settings import PREFIX, KafkaSettings, settings_classes
+from .settings import PREFIX, settings_classes
 
 HARNESS_PREFIXES = ("AGENTSTREAM_TEST_", "AGENTSTREAM_REQUIRE_")
 """Variables of the test suite (``make test``, ``.ci/run``), not settings of a process."""
@@ -54,7 +55,7 @@ def _service_link(name: str, value: str) -> bool:
     return name.endswith("_PORT") and value.startswith(("tcp://", "udp://", "sctp://"))
 
 
-def _environment_names(cls: type[KafkaSettings]) -> set[str]:
+def _environment_names(cls: type[BaseSettings]) -> set[str]:
     """The environment variables ``cls`` reads (case-insensitively): ``<prefix><FIELD>``, or
     a field's alias names instead."""
     prefix = str(cls.model_config.get("env_prefix") or "")

@@ -287,7 +287,7 @@ def broker_address(options: Mapping[str, Any]) -> str:
 
 
 def settings_error(error: ValidationError) -> ConfigurationError | None:
-    """The :class:`ConfigurationError` for a :class:`KafkaSettings` class (or subclass) that
+    """The :class:`ConfigurationError` for a settings class (:func:`settings_classes`) that
     refused its values: each wrong setting with its environment variable, what was expected
     and what came (never the value of a secret). None when ``error`` is not about settings."""
     cls = settings_classes().get(error.title)
@@ -311,10 +311,21 @@ def settings_error(error: ValidationError) -> ConfigurationError | None:
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
 
 
-def settings_classes() -> dict[str, type[KafkaSettings]]:
-    """:class:`KafkaSettings` and its subclasses imported so far, by class name."""
-    found: dict[str, type[KafkaSettings]] = {}
-    pending: list[type[KafkaSettings]] = [KafkaSettings]
+class LogSettings(BaseSettings):
+    """How a process logs (``agentstream.schemas.logs``): ``AGENTSTREAM_LOG_LEVEL`` and
+    ``AGENTSTREAM_LOG_FORMAT`` (``text``, or ``json``: one object per line)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+
+def settings_classes() -> dict[str, type[BaseSettings]]:
+    """:class:`KafkaSettings` and its subclasses imported so far, and :class:`LogSettings`,
+    by class name."""
+    found: dict[str, type[BaseSettings]] = {}
+    pending: list[type[BaseSettings]] = [KafkaSettings, LogSettings]
     while pending:
         cls = pending.pop()
         found.setdefault(cls.__name__, cls)

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from agentstream.schemas.environment import unread_variables
 from agentstream.schemas.errors import AgentstreamError, describe
-from agentstream.schemas.settings import settings_error
+from agentstream.schemas.logs import configure_logging
+from agentstream.schemas.settings import LogSettings, settings_error
 from agentstream.schemas.throttle import quiet_client_repeats
 
 
@@ -47,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        log_settings = LogSettings()
+    except ValidationError as exc:
+        print(f"agentstream: {settings_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(log_settings, verbose=args.verbose)
+    say = _say_json if log_settings.log_format == "json" else _say
     # aiokafka logs every reconnect attempt, about 50 ERROR lines a second per process while
     # a broker is away: repeats are held back (a line per kind every 10 s, with a count).
     quiet_client_repeats()
@@ -64,13 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
     except AgentstreamError as exc:
-        print(f"agentstream: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     except ValidationError as exc:
         error = settings_error(exc)
         if error is None:
             raise
-        print(f"agentstream: {error}", file=sys.stderr)
+        say(str(error))
         return 2
     except KeyboardInterrupt:
         return 130
@@ -80,15 +84,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except OSError as exc:  # a path that cannot be written or read (--out, --log-dir...)
-        print(f"agentstream: {describe(exc)}", file=sys.stderr)
+        say(describe(exc))
         return 1
     except Exception as exc:
-        if not _is_kafka_error(exc):
-            raise
-        # The broker refused, or a record batch cannot be read (a wrong CRC): one line.
-        print(f"agentstream: Kafka: {describe(exc)}", file=sys.stderr)
-        return 1
+        if _is_kafka_error(exc):
+            # The broker refused, or a record batch cannot be read (a wrong CRC): one line.
+            say(f"Kafka: {describe(exc)}")
+            return 1
+        if say is _say_json:  # a log pipeline gets the traceback in one record
+            logging.getLogger("agentstream").exception("agentstream stopped on an error")
+            return 1
+        raise
     return int(result or 0)
+
+
+def _say(message: str) -> None:
+    """Why the command stopped, for a person: one line on stderr."""
+    print(f"agentstream: {message}", file=sys.stderr)
+
+
+def _say_json(message: str) -> None:
+    """Why the command stopped, as one more JSON log record (AGENTSTREAM_LOG_FORMAT=json)."""
+    logging.getLogger("agentstream").error("agentstream: %s", message)
 
 
 def _is_kafka_error(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import AliasChoices, AliasPath
+from pydantic_settings import BaseSettings
 
 from agentstream.consumers.cli import build_parser
 from agentstream.consumers.runtime.runner import (
@@ -20,13 +21,13 @@ from agentstream.consumers.runtime.runner import (
     load_service,
     settings_from_options,
 )
-from agentstream.schemas.settings import KafkaSettings
+from agentstream.schemas.settings import KafkaSettings, LogSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("persistence", "loops", "budget", "metrics", "tracing")
 
 
-def env_names(settings_class: type[KafkaSettings]) -> dict[str, str]:
+def env_names(settings_class: type[BaseSettings]) -> dict[str, str]:
     """Every environment variable ``settings_class`` reads, upper-case, to its field name.
 
     A field reads ``<env_prefix><FIELD>``, unless it declares a validation alias (then the
@@ -50,8 +51,9 @@ def env_names(settings_class: type[KafkaSettings]) -> dict[str, str]:
 
 
 def unknown_variables(env: Mapping[str, str], settings_class: type[KafkaSettings]) -> list[str]:
-    """The ``AGENTSTREAM_*``/``OTEL_*`` variables of ``env`` that ``settings_class`` ignores."""
-    known = env_names(settings_class)
+    """The ``AGENTSTREAM_*``/``OTEL_*`` variables of ``env`` that ``settings_class`` ignores
+    (and :class:`LogSettings`, which every command reads)."""
+    known = {**env_names(settings_class), **env_names(LogSettings)}
     return sorted(
         name
         for name in env
@@ -109,6 +111,7 @@ def check_process(argv: Sequence[str], env: Mapping[str, str], where: str) -> An
         f"(it reads {sorted(n for n in env_names(cls) if n.startswith('AGENTSTREAM_'))})"
     )
     with environment(env):
+        _parse(LogSettings, where)  # every command reads these first
         if runs_service:
             return _parse(lambda: settings_from_options(load_service(argv[1]), argv[2:]), where)
         args = _parse(lambda: parser.parse_args(argv), where)
