@@ -178,6 +178,12 @@ def is_outage(exc: BaseException) -> bool:
 
 def _hint(exc: BaseException) -> str:
     """What to do about an error that is a setting, not an outage that passes."""
+    if getattr(exc, "sqlstate", None) == "42501":  # insufficient_privilege
+        return (
+            " — the store's role lacks a privilege: grant it (SELECT, INSERT and DELETE on "
+            "the tables), or apply the migrations as a role that may create tables "
+            "(`agentstream db migrate --store URL`); retried until then"
+        )
     if getattr(exc, "sqlstate", None) in _PREPARED_STATEMENT_STATES:
         return (
             " — prepared statements do not survive between transactions here: a connection "
@@ -268,6 +274,11 @@ class PostgresStore(Store):
         return POSTGRES_MIGRATIONS[-1].version
 
     async def migrate(self) -> list[int]:
+        """Apply what is pending. A schema already at this version is only read: the service
+        may run as a role that can write rows but not create tables (the migrations applied
+        by another, with ``agentstream db migrate``)."""
+        if await self.schema_version() >= self.latest_version():
+            return []
         return await self._run(_migrate)
 
     async def schema_version(self) -> int:
