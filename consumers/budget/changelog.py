@@ -23,13 +23,13 @@ from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime.consumer import wait_for_topics
 from agentstream.consumers.runtime.replay import partitions_of, read_to_end
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
-from agentstream.schemas.admin import DAY_MS, create_missing_topics
+from agentstream.schemas.admin import DAY_MS, create_missing_topics, describe_topics, start_client
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -63,34 +63,61 @@ async def partition_count(settings: KafkaSettings, topic: str) -> int | None:
     return len(await partitions_of(settings, topic)) or None
 
 
-async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: int = 1) -> int:
-    """Create the changelog and repartition topics with the events topic's partition count.
+async def topic_shape(settings: KafkaSettings, topic: str) -> tuple[int, int] | None:
+    """``(partitions, replication factor)`` of ``topic`` (the replicas of its first
+    partition), or None when it does not exist (never created here)."""
+    admin = AIOKafkaAdminClient(**settings.admin_options())
+    await start_client(admin, settings.client_options())
+    try:
+        described = await describe_topics(admin, [topic])
+    finally:
+        await admin.close()
+    for found in described:
+        partitions = found.get("partitions") or []
+        if found.get("topic") == topic and not found.get("error_code") and partitions:
+            first = min(partitions, key=lambda p: p["partition"])
+            return len(partitions), max(1, len(first.get("replicas") or ()))
+    return None
 
-    Returns that count. Waits for the events topic when it does not exist yet (a topics Job
-    starting with the services), as the runtime waits for every service's topics
+
+async def ensure_budget_topics(
+    settings: KafkaSettings, *, replication_factor: int | None = None
+) -> int:
+    """Create the changelog and repartition topics like the events topic: as many partitions
+    (state partition *p* goes with input partition *p*) and, unless ``replication_factor`` is
+    given, as many replicas (a changelog on one broker of three loses the budgets with it).
+
+    Returns the partition count. Waits for the events topic when it does not exist yet (a
+    topics Job starting with the services), as the runtime waits for every service's topics
     (:func:`~agentstream.consumers.runtime.consumer.wait_for_topics`). Raises
     :class:`ConfigurationError` when an existing budget topic has another partition count
     (state would land elsewhere).
     """
+    partitions, _ = await create_budget_topics(settings, replication_factor=replication_factor)
+    return partitions
+
+
+async def create_budget_topics(
+    settings: KafkaSettings, *, replication_factor: int | None = None
+) -> tuple[int, dict[str, str]]:
+    """:func:`ensure_budget_topics`, also returning what became of each topic
+    (``created``, ``exists``), for ``agentstream topics create --budget``."""
     routing = settings.routing()
     await wait_for_topics(settings, [routing.events], "budget")
-    partitions = await partition_count(settings, routing.events)
-    if partitions is None:  # deleted since
+    shape = await topic_shape(settings, routing.events)
+    if shape is None:  # deleted since
         raise ConfigurationError(f"expected the events topic {routing.events}, it is gone")
+    partitions, replicas = shape
+    replicas = replication_factor or replicas
     changelog, repartition = changelog_topic(routing.prefix), repartition_topic(routing.prefix)
-    await create_missing_topics(
+    outcome = await create_missing_topics(
         settings.admin_options(),
         [
-            NewTopic(
-                changelog,
-                partitions,
-                replication_factor,
-                topic_configs={"cleanup.policy": "compact"},
-            ),
+            NewTopic(changelog, partitions, replicas, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(
                 repartition,
                 partitions,
-                replication_factor,
+                replicas,
                 topic_configs={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
             ),
         ],
@@ -102,7 +129,7 @@ async def ensure_budget_topics(settings: KafkaSettings, *, replication_factor: i
                 f"expected {topic} to have {partitions} partitions like {routing.events}, "
                 f"it has {found}; state partitions must match input partitions"
             )
-    return partitions
+    return partitions, outcome
 
 
 async def read_states(

@@ -1,4 +1,5 @@
-"""``agentstream topics create``: the five agentstream topics, idempotently."""
+"""``agentstream topics create``: the five agentstream topics, idempotently; with ``--budget``
+also the budget service's own two (for clusters where services may not create topics)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ def register(commands: Any) -> None:
             help=f"retention of the {kind} topic (default {days * 24} h; -1 keeps forever)",
         )
     create.add_argument(
+        "--budget",
+        action="store_true",
+        help="also the budget service's changelog and repartition topics, shaped like the "
+        "events topic (where services may not create topics; else the service creates them)",
+    )
+    create.add_argument(
         "--timeout",
         type=positive_number,
         default=30.0,
@@ -57,6 +64,11 @@ async def create_topics(args: argparse.Namespace) -> int:
     )
     await wait_for_broker(settings.admin_options(), timeout=args.timeout)
     outcome = await ensure_topics(settings.admin_options(), settings.routing(), spec)
+    if args.budget:
+        from agentstream.consumers.budget.changelog import create_budget_topics
+
+        _, budget = await create_budget_topics(settings)
+        outcome.update(budget)
     for name, state in sorted(outcome.items()):
         print(f"{name}\t{state}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from support.budget import budget_settings, drained, llm, read_events, turn
 from support.produce import produce_events
 from support.runtime import running_consumer, wait_until
 
+from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.budget.accounting import Level, ScopeState, Signal, signal_event_id
 from agentstream.consumers.budget.changelog import (
     ChangelogWriter,
@@ -20,6 +22,7 @@ from agentstream.consumers.budget.changelog import (
     ensure_budget_topics,
     read_states,
     repartition_topic,
+    topic_shape,
 )
 from agentstream.consumers.budget.config import Dimension
 from agentstream.consumers.budget.service import SERVICE, BudgetService
@@ -145,6 +148,36 @@ async def test_budget_topics_follow_the_events_topic_and_leave_the_others_alone(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("agentstream")] == []
     for topic in (changelog_topic(settings.topic_prefix), repartition_topic(settings.topic_prefix)):
         assert len(await partitions_of(settings, topic)) == 4
+
+
+async def test_budget_topics_are_replicated_like_the_events_topic(
+    broker_factory: type[EmbeddedBroker], unique_name: str
+) -> None:
+    """Before, the service created its changelog with one replica whatever the cluster: on
+    three brokers, losing the one that held it lost the budgets. ``agentstream topics create
+    --budget`` makes the same two topics ahead, for clusters where services may not create
+    topics. (The embedded broker reports as many replicas as asked for, on its one node.)"""
+    broker = broker_factory()
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=unique_name)
+    spec = TopicSpec(partitions=3, replication_factor=3)
+    await ensure_topics(settings.admin_options(), settings.routing(), spec)
+    assert await ensure_budget_topics(settings) == 3
+    for topic in (changelog_topic(unique_name), repartition_topic(unique_name)):
+        assert await topic_shape(settings, topic) == (3, 3)
+    ahead = f"{unique_name}x"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentstream.consumers.cli", "topics", "create", "--budget",
+        "--bootstrap-servers", broker.bootstrap_servers, "--topic-prefix", ahead,
+        "--partitions", "2", "--replication-factor", "3",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert out.decode().count("\tcreated") == 7
+    for topic in (changelog_topic(ahead), repartition_topic(ahead)):
+        assert await topic_shape(settings, topic) == (2, 3)
 
 
 async def test_budget_topics_wait_for_the_events_topic(
