@@ -7,11 +7,16 @@ Layout of ``spool_dir``::
     checkpoint                  where delivery resumes: (segment, offset) of the oldest
                                 record not yet acknowledged
     lock                        held (``flock``) by the one spool that has the directory open
+    process-1/, process-2/ ...  slots of the same layout, for the processes that found the
+                                ones before busy
 
-One open spool per directory: a second one, in this process or another, is refused with a
-:class:`~agentstream.schemas.errors.ConfigurationError` while the first is open (two would
-append to the same segments and delete each other's). The lock is the operating system's, so
-it goes with a process that dies: the next process on the directory takes it at once.
+One open spool per directory (two would append to the same segments and delete each other's).
+The lock is the operating system's, so it goes with a process that dies. The processes of a
+pre-forking server (gunicorn or uvicorn workers) share one ``spool_dir``: each takes the first
+free slot, the directory itself or ``process-N`` below it (up to :data:`MAX_SLOTS`). A process
+that restarts after a crash finds its old slot free and delivers what it holds; a slot left
+with records and no process (fewer workers than before) is logged by the next spool that
+opens beside it, and delivered by the next one that takes it.
 
 Each record is framed as ``magic (4 bytes) | length (u32, big-endian) | crc32 (u32) | payload``.
 A reader that meets a bad checksum, a wrong magic or a frame running past the end of a segment
@@ -63,6 +68,9 @@ _CHECKPOINT = struct.Struct(">QQI")
 _SUFFIX = ".seg"
 _CHECKPOINT_NAME = "checkpoint"
 _LOCK_NAME = "lock"
+MAX_SLOTS = 64
+"""Spools one ``spool_dir`` holds at once: the directory and ``process-1`` to ``process-63``."""
+SLOT_PREFIX = "process-"
 WRITE_RETRY_S = 1.0
 """After a write the disk refused, how long :meth:`Spool.append_many` waits to try again."""
 
@@ -105,14 +113,8 @@ class Spool:
     ) -> None:
         if max_bytes <= 0:
             raise ConfigurationError(f"expected a positive spool size, got max_bytes={max_bytes}")
-        self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"expected a directory the spool can use at {self.directory}: {exc.strerror}"
-            ) from None
-        self._lock: BinaryIO | None = _lock(self.directory)
+        self.directory, lock = _claim(Path(directory))
+        self._lock: BinaryIO | None = lock
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.fsync_interval = fsync_interval
@@ -481,8 +483,64 @@ class Spool:
         return self.directory / f"{number:020d}{_SUFFIX}"
 
 
+def _claim(base: Path) -> tuple[Path, BinaryIO]:
+    """The first free slot of ``base`` (itself, then ``process-1`` ...) and its lock; a
+    :class:`ConfigurationError` when all :data:`MAX_SLOTS` are taken."""
+    holders = []
+    for slot in range(MAX_SLOTS):
+        directory = base if slot == 0 else base / f"{SLOT_PREFIX}{slot}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"expected a directory the spool can use at {directory}: {exc.strerror}"
+            ) from None
+        try:
+            lock = _lock(directory)
+        except _Busy as busy:
+            holders.append(busy.holder)
+            continue
+        _report_orphans(base, directory)
+        return directory, lock
+    raise ConfigurationError(
+        f"expected a free slot in the spool directory {base}, all {MAX_SLOTS} are in use "
+        f"(by {', '.join(sorted(set(holders))[:3])}...): give these publishers another spool_dir"
+    )
+
+
+def _report_orphans(base: Path, taken: Path) -> None:
+    """Log the slots beside ``taken`` that hold records and no process: they wait for the
+    next spool that takes them (a server now running fewer processes than before)."""
+    slots = [base, *sorted(base.glob(f"{SLOT_PREFIX}*"))]
+    for directory in slots:
+        if directory == taken or not directory.is_dir():
+            continue
+        size = sum(path.stat().st_size for path in directory.glob(f"*{_SUFFIX}"))
+        if not size:
+            continue
+        try:
+            lock = _lock(directory)
+        except (_Busy, ConfigurationError):
+            continue  # another process has it (or it cannot be opened): not an orphan
+        lock.close()
+        log.warning(
+            "spool slot %s holds %d bytes of records from an earlier process and no process "
+            "has it: the next publisher that takes it delivers them (run as many processes "
+            "as before, or start one more on %s)",
+            directory,
+            size,
+            base,
+        )
+
+
+class _Busy(Exception):
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
 def _lock(directory: Path) -> BinaryIO:
-    """Take the directory's lock, or raise :class:`ConfigurationError` naming its holder."""
+    """Take the directory's lock; :class:`_Busy` naming its holder when another has it."""
     try:
         handle = open(directory / _LOCK_NAME, "a+b")  # noqa: SIM115 (held until close())
     except OSError as exc:
@@ -495,10 +553,7 @@ def _lock(directory: Path) -> BinaryIO:
         handle.seek(0)
         holder = handle.read(200).decode("utf-8", "replace").strip() or "another spool"
         handle.close()
-        raise ConfigurationError(
-            f"expected the spool directory {directory} to be free, it is in use by {holder}; "
-            "give each publisher (each process) a spool_dir of its own"
-        ) from None
+        raise _Busy(holder) from None
     except OSError as exc:  # a filesystem without flock (some FUSE mounts): ENOLCK, ENOTSUP
         handle.close()
         raise ConfigurationError(

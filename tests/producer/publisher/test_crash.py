@@ -32,10 +32,11 @@ from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.settings import KafkaSettings
 
 bootstrap, spool_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+first = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # where this worker's event ids start
 settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="crash")
 publisher = KafkaPublisher(settings, spool_dir=spool_dir, redact=None, instance_id="doomed")
 ids = []
-for i in range(count):
+for i in range(first, first + count):
     event = sample_event("tool.called" if i % 3 else "llm.token", i)
     event.session_id = f"session-{i % 9}"
     event.source = ""
@@ -92,3 +93,59 @@ async def test_a_killed_producer_spool_is_delivered_by_the_next_process(
     assert {e.event_id for e in delivered} == published  # duplicates would be allowed
     assert {e.source for e in delivered} == {"doomed"}
     assert successor.stats().delivered >= count
+
+
+@pytest.mark.slow
+async def test_workers_sharing_a_spool_dir_are_killed_and_their_successors_deliver_all(
+    tmp_path: Path,
+    broker_factory: type[EmbeddedBroker],
+    consume: Callable[..., Awaitable[list[Any]]],
+) -> None:
+    """Three workers of a pre-forking server, one spool_dir: each takes a slot of its own
+    (before, all but the first were refused at start), all are killed, and three new
+    workers on the same spool_dir deliver every event."""
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    per_worker = 200
+    command = [sys.executable, "-c", CHILD, f"127.0.0.1:{port}", str(spool_dir)]
+    workers = [
+        subprocess.Popen(
+            [*command, str(per_worker), str(TESTS), str(k * per_worker)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for k in range(3)
+    ]
+    published: set[str] = set()
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), 60)
+            published |= set(json.loads(line))
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+    assert len(published) == 3 * per_worker
+    assert sorted(p.name for p in spool_dir.iterdir() if p.is_dir()) == ["process-1", "process-2"]
+
+    broker = broker_factory(port=port)
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    successors = [KafkaPublisher(settings, spool_dir=spool_dir, redact=None) for _ in range(3)]
+    try:
+        for successor in successors:
+            assert await asyncio.to_thread(successor.flush, 30)
+        # each took a slot and delivered what its predecessor there had spooled
+        assert [s.stats().delivered >= per_worker for s in successors] == [True] * 3
+    finally:
+        for successor in successors:
+            await asyncio.to_thread(successor.close, 5)
+    routing = settings.routing()
+    records = await consume(settings, routing.events, 400)
+    records += await consume(settings, routing.tokens, 200)
+    assert {decode_record(r.value, r.headers).event_id for r in records} == published

@@ -165,19 +165,48 @@ def test_a_damaged_checkpoint_means_resending_from_the_oldest_segment(tmp_path: 
     again.close()
 
 
-def test_a_directory_is_one_open_spool_at_a_time(tmp_path: Path) -> None:
+def test_processes_sharing_a_spool_dir_take_a_slot_each_and_find_their_leftovers(
+    tmp_path: Path,
+) -> None:
+    """The workers of a pre-forking server share one spool_dir. Before, every worker but the
+    first was refused at start; a directory per process id would strand a crashed worker's
+    records, as its successor has another id."""
     first = Spool(tmp_path, max_bytes=1 << 20)
-    first.append(b"mine")
-    with pytest.raises(ConfigurationError) as refused:
-        Spool(tmp_path, max_bytes=1 << 20)  # this process or another: the same refusal
-    assert str(refused.value) == (
-        f"expected the spool directory {tmp_path} to be free, it is in use by process "
-        f"{os.getpid()}; give each publisher (each process) a spool_dir of its own"
-    )
+    second = Spool(tmp_path, max_bytes=1 << 20)
+    third = Spool(tmp_path, max_bytes=1 << 20)
+    assert [s.directory for s in (first, second, third)] == [
+        tmp_path,
+        tmp_path / "process-1",
+        tmp_path / "process-2",
+    ]
+    for spool, name in ((first, b"first"), (second, b"second"), (third, b"third")):
+        spool.append(name)
+        spool.sync()
+        crash(spool)  # killed, nothing acknowledged
+    again = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]  # the workers restarted
+    assert [read_all(s) for s in again] == [[b"first"], [b"second"], [b"third"]]
+    for spool in again:
+        spool.close()
+
+
+def test_a_slot_left_with_records_and_no_process_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = Spool(tmp_path, max_bytes=1 << 20), Spool(tmp_path, max_bytes=1 << 20)
+    second.append(b"waiting")
+    second.sync()
+    crash(second)  # a server restarted with one worker fewer
     first.close()
-    second = Spool(tmp_path, max_bytes=1 << 20)  # free again once closed
-    assert read_all(second) == [b"mine"]
-    second.close()
+    with caplog.at_level(logging.WARNING, logger="agentstream.producer.spool"):
+        only = Spool(tmp_path, max_bytes=1 << 20)
+    assert only.directory == tmp_path
+    assert any(
+        f"spool slot {tmp_path / 'process-1'} holds" in r.getMessage() for r in caplog.records
+    )
+    taker = Spool(tmp_path, max_bytes=1 << 20)  # one more process delivers them
+    assert read_all(taker) == [b"waiting"]
+    taker.close()
+    only.close()
 
 
 def test_a_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
