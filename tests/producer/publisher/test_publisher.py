@@ -430,13 +430,21 @@ def test_an_event_larger_than_the_whole_spool_is_dropped_not_stuck(tmp_path: Pat
         publisher.close(0.1)
 
 
-def test_a_spool_directory_serves_one_publisher_at_a_time(tmp_path: Path) -> None:
+def test_publishers_sharing_a_spool_dir_each_take_a_slot_until_none_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agentstream.producer.spool.MAX_SLOTS", 2)
     first = KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)
+    second = KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)
     try:
-        with pytest.raises(ConfigurationError, match=r"give each publisher .* a spool_dir of its"):
+        assert second._spool is not None and second._spool.directory == tmp_path / "process-1"
+        with pytest.raises(ConfigurationError, match=r"expected a free slot in the spool"):
             KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)
-        first.publish(events(1, sessions=1)[0])  # the first one is untouched
+        first.publish(events(1, sessions=1)[0])  # the others are untouched
         assert first.stats().emitted == 1
     finally:
         first.close(0.1)
-    KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None).close(0.1)  # free again
+        second.close(0.1)
+    again = KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)  # free again
+    assert again._spool is not None and again._spool.directory == tmp_path
+    again.close(0.1)
