@@ -41,6 +41,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -515,7 +516,7 @@ def _report_orphans(base: Path, taken: Path) -> None:
     for directory in slots:
         if directory == taken or not directory.is_dir():
             continue
-        size = sum(path.stat().st_size for path in directory.glob(f"*{_SUFFIX}"))
+        size = _segment_bytes(directory)
         if not size:
             continue
         try:
@@ -531,6 +532,15 @@ def _report_orphans(base: Path, taken: Path) -> None:
             size,
             base,
         )
+
+
+def _segment_bytes(directory: Path) -> int:
+    """Bytes in ``directory``'s segments (a segment its owner deletes meanwhile counts 0)."""
+    total = 0
+    for path in directory.glob(f"*{_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
 
 
 class _Busy(Exception):
