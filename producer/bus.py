@@ -317,6 +317,9 @@ class EventBus:
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        # A task that finished just before may not have run its done-callback yet (Python
+        # 3.12 schedules it later than 3.11): closed means no reference is left.
+        self._tasks = {t for t in self._tasks if not t.done()}
 
     async def __aenter__(self) -> EventBus:
         await self.start()
