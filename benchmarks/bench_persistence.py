@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import tempfile
 import time
@@ -303,7 +304,7 @@ async def stored_latency(bootstrap: str, folder: str, rate: int, seconds: float)
             await asyncio.sleep(0.05)
     finally:
         await asyncio.to_thread(service.close)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         latencies = [
             (ingested - stamped) / 1000
             for stamped, ingested in conn.execute("SELECT timestamp_us, ingested_at_us FROM events")

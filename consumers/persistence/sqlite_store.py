@@ -117,10 +117,14 @@ class SqliteStore(Store):
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=True, cached_statements=256
         )
-        conn.execute("PRAGMA busy_timeout = 5000")
-        if not self._readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if not self._readonly:
+                conn.execute("PRAGMA journal_mode = WAL")  # a locked or full disk may refuse
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except BaseException:
+            conn.close()  # not left to the garbage collector (Python 3.13 warns then)
+            raise
         return conn
 
     async def open(self) -> None:

@@ -164,7 +164,7 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert exceeded == busting, tail
 
     # the store holds every demo event, and the alerts too (persistence reads every topic)
-    with sqlite3.connect(store) as db:
+    with contextlib.closing(sqlite3.connect(store)) as db:
         stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
     published = {event_id for event_id, _, _ in manifest["published"]}
     assert published <= stored, f"{len(published - stored)} demo events not stored:\n{tail}"
@@ -240,7 +240,7 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     manifest = json.loads((logs / "demo-manifest.json").read_text())
     assert summary["phase"] == "stopped" and summary["demo"]["exit_code"] == 0, output[-3000:]
     assert all(s["exit_code"] == 0 for s in summary["services"].values()), summary["services"]
-    with sqlite3.connect(store) as db:
+    with contextlib.closing(sqlite3.connect(store)) as db:
         stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
     missing = {event_id for event_id, _, _ in manifest["published"]} - stored
     assert not missing, f"{len(missing)} demo events not stored:\n{output[-3000:]}"

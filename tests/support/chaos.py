@@ -4,6 +4,7 @@ it reads back (end offsets, the SQLite store), and the figures each scenario rec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -121,7 +122,7 @@ async def end_offsets(settings: KafkaSettings, topics: Iterable[str]) -> dict[To
 
 def sqlite_rows(path: Path) -> list[tuple[str, str, int, int, int, int]]:
     """(event_id, kafka_topic, kafka_partition, kafka_offset, timestamp_us, ingested_at_us)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return list(
             db.execute(
                 "SELECT event_id, kafka_topic, kafka_partition, kafka_offset, timestamp_us, "

@@ -3,6 +3,7 @@ redelivery deduplicated, old events swept, offsets committed only after the stor
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import string
@@ -50,7 +51,7 @@ async def test_kafka_origin_is_recorded(kafka_settings: KafkaSettings, sqlite_ur
     async with persistence(settings_for(kafka_settings, sqlite_url)) as (_, store):
         await produce_events(kafka_settings, events)
         await wait_until(lambda: count_is(store, 40), what="40 events stored")
-    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+    with contextlib.closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as db:
         rows = db.execute(
             "SELECT kafka_topic, kafka_partition, kafka_offset FROM events"
         ).fetchall()
@@ -94,7 +95,8 @@ async def test_a_refused_event_does_not_take_its_batch_down(
 ) -> None:
     async with open_store(sqlite_url) as store:
         await store.migrate()
-    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:  # a database rule
+    path = sqlite_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # a database rule
         db.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.type = 'poison.refused' "
             "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
@@ -186,7 +188,8 @@ async def test_a_store_migrated_by_a_newer_agentstream_stops_the_service_at_star
 ) -> None:
     async with open_store(sqlite_url) as store:
         await store.migrate()
-    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+    path = sqlite_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # autocommit
         db.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     settings = settings_for(kafka_settings, sqlite_url)
     consumer = EventConsumer(settings, service="persistence")

@@ -52,7 +52,7 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     # Nested past msgspec's (Python's) recursion limit: a RecursionError, not a DecodeError.
     deep = sample_event("tool.called", 7)
     deep.data = {"name": "t", "args": "HOLE"}
-    too_deep = encode_event(deep).replace(b'"HOLE"', b"[" * 5_000 + b"]" * 5_000)
+    too_deep = encode_event(deep).replace(b'"HOLE"', b"[" * 50_000 + b"]" * 50_000)
     async with running_consumer(consumer):
         # Random bytes (after a NUL, so they never happen to start a JSON value).
         await produce_raw(settings, topic, b"\x00\x9f" + os.urandom(62), key=key)
