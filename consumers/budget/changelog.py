@@ -23,13 +23,13 @@ from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime.consumer import wait_for_topics
-from agentstream.consumers.runtime.replay import partitions_of, read_to_end
+from agentstream.consumers.runtime.replay import partitions_of, read_to_end, topic_metadata
 from agentstream.schemas import Event, encode_event, event_headers, header, record_key
-from agentstream.schemas.admin import DAY_MS, create_missing_topics, describe_topics, start_client
+from agentstream.schemas.admin import DAY_MS, create_missing_topics
 from agentstream.schemas.codec import Headers
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -66,18 +66,12 @@ async def partition_count(settings: KafkaSettings, topic: str) -> int | None:
 async def topic_shape(settings: KafkaSettings, topic: str) -> tuple[int, int] | None:
     """``(partitions, replication factor)`` of ``topic`` (the replicas of its first
     partition), or None when it does not exist (never created here)."""
-    admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.client_options())
-    try:
-        described = await describe_topics(admin, [topic])
-    finally:
-        await admin.close()
-    for found in described:
-        partitions = found.get("partitions") or []
-        if found.get("topic") == topic and not found.get("error_code") and partitions:
-            first = min(partitions, key=lambda p: p["partition"])
-            return len(partitions), max(1, len(first.get("replicas") or ()))
-    return None
+    found = await topic_metadata(settings, topic)
+    partitions = (found or {}).get("partitions") or []
+    if not partitions:
+        return None
+    first = min(partitions, key=lambda p: p["partition"])
+    return len(partitions), max(1, len(first.get("replicas") or ()))
 
 
 async def ensure_budget_topics(

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -70,21 +71,27 @@ CHECK_PARTITIONS_S = 2.0
 """How long a read waits for partitions it asks for to appear in the metadata."""
 
 
-async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, sorted; none when it does not exist (never created here,
-    even by brokers that create topics on demand)."""
+async def topic_metadata(settings: KafkaSettings, topic: str) -> dict[str, Any] | None:
+    """``topic``'s metadata (``partitions``: each with ``partition``, ``leader``,
+    ``replicas``), or None when it does not exist (never created here, even by brokers that
+    create topics on demand)."""
     admin = AIOKafkaAdminClient(**settings.admin_options())
     await start_client(admin, settings.client_options())
     try:
         described = await describe_topics(admin, [topic])
     finally:
         await admin.close()
-    return sorted(
-        TopicPartition(topic, p["partition"])
-        for t in described
-        if t.get("topic") == topic and not t.get("error_code")
-        for p in t.get("partitions", ())
-    )
+    for found in described:
+        if found.get("topic") == topic and not found.get("error_code"):
+            return dict(found)
+    return None
+
+
+async def partitions_of(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, sorted; none when it does not exist (never created)."""
+    found = await topic_metadata(settings, topic)
+    partitions = found.get("partitions", ()) if found is not None else ()
+    return sorted(TopicPartition(topic, p["partition"]) for p in partitions)
 
 
 async def _check_partitions(settings: KafkaSettings, tps: Iterable[TopicPartition]) -> None:
