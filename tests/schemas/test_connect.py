@@ -7,7 +7,6 @@ refused, as Apache Kafka refuses a wrong password. The TLS refusal is tested in
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -43,10 +42,8 @@ async def test_refused_credentials_are_a_configuration_error_at_once(
     """Before, a service waited 60 s and then said no broker answered (aiokafka's "Unable to
     bootstrap"), or died of aiokafka's ``KeyError: 'v'`` (SCRAM)."""
     settings = sasl_settings(sasl_broker, mechanism)
-    started = time.monotonic()
-    with pytest.raises(ConfigurationError) as refused:
+    with pytest.raises(ConfigurationError) as refused:  # a wait would end in BrokerUnavailable
         await wait_for_broker(settings.admin_options(), timeout=60)
-    assert time.monotonic() - started < 15  # not the 60 s wait
     text = str(refused.value)
     assert f"the broker at {sasl_broker} refused SASL authentication as 'alice'" in text
     assert f"with {mechanism}" in text and "AGENTSTREAM_SASL_PLAIN_PASSWORD" in text
