@@ -37,7 +37,7 @@ from .collectors import (
     audit_envelope,
 )
 from .control import ControlListener
-from .publisher import KafkaPublisher
+from .publisher import KafkaPublisher, exit_on_sigterm
 from .redact import DEFAULT_REDACTOR, Redactor
 from .scope import Scope, current_scope, event_scope
 
@@ -75,4 +75,5 @@ __all__ = [
     "audit_envelope",
     "current_scope",
     "event_scope",
+    "exit_on_sigterm",
 ]

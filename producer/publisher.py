@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -72,7 +73,7 @@ from .spool import FsyncPolicy, Spool
 SENDER_THREAD_PREFIX = "agentstream-publisher-"
 """The sender threads' names start so (and their aiokafka lines' ``threadName``)."""
 
-__all__ = ["KafkaPublisher", "producer_kwargs"]
+__all__ = ["KafkaPublisher", "exit_on_sigterm", "producer_kwargs"]
 
 
 class KafkaPublisher(_Sender):
@@ -434,3 +435,26 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def exit_on_sigterm() -> bool:
+    """Let SIGTERM end the process as ``sys.exit(143)`` does, so that every publisher's
+    ``close()`` runs (at interpreter exit): what is queued is delivered within its bound, or
+    spooled. Python's own SIGTERM ends the process at once, without exit handlers, and
+    Kubernetes stops every pod with a SIGTERM: a plain ``python agent.py`` lost the events
+    still in memory at each rollout.
+
+    Installed only from the main thread, and only where SIGTERM still has the default
+    disposition: an application or server that handles it (gunicorn, uvicorn, an asyncio
+    loop's handler) is left alone, as those exit normally. Returns whether it was installed.
+    Call it at the entry point; the library never does on its own."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    return True
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ async def test_the_pod_example_ships_both_apis_events(
     source = "async def example(sid, uid, prompt):\n" + textwrap.indent(code, "    ")
     namespace: dict[str, Any] = {}
     exec(compile(source, str(README), "exec"), namespace)
-    await namespace["example"]("session-readme", "user-readme", "What is 2+2?")
+    sigterm = signal.getsignal(signal.SIGTERM)  # the example's exit_on_sigterm() sets it
+    try:
+        await namespace["example"]("session-readme", "user-readme", "What is 2+2?")
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
 
     records = await read_records(kafka_settings, kafka_settings.routing().events, 2)
     events = [decode_record(r.value, r.headers) for r in records]

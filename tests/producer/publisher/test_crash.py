@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
-from agentstream.producer.publisher import KafkaPublisher
+from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.settings import KafkaSettings
@@ -28,7 +28,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from support.samples import sample_event
-from agentstream.producer.publisher import KafkaPublisher
+from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
 from agentstream.schemas.settings import KafkaSettings
 
 bootstrap, spool_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -149,3 +149,76 @@ async def test_workers_sharing_a_spool_dir_are_killed_and_their_successors_deliv
     records = await consume(settings, routing.events, 400)
     records += await consume(settings, routing.tokens, 200)
     assert {decode_record(r.value, r.headers).event_id for r in records} == published
+
+
+# Publishes to a live broker with a linger longer than the test: the events wait in memory
+# when the SIGTERM comes, as in any pod stopped mid-batch.
+TERMINATED = """
+import json, sys, time
+sys.path.insert(0, sys.argv[3])
+from support.samples import sample_event
+from agentstream.producer import exit_on_sigterm
+from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.schemas.settings import KafkaSettings
+
+settings = KafkaSettings(
+    bootstrap_servers=sys.argv[1], topic_prefix=sys.argv[2], linger_ms=60_000,
+    max_batch_size=1_000_000,
+)
+installed = exit_on_sigterm()
+publisher = KafkaPublisher(settings, redact=None)
+ids = []
+for i in range(200):
+    event = sample_event("tool.called", 10_000 + i)
+    event.session_id = f"session-{i % 7}"
+    publisher.publish(event)
+    ids.append(event.event_id)
+said = {"installed": installed, "ids": ids, "delivered": publisher.stats().delivered}
+print(json.dumps(said), flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_sigterm_delivers_what_is_queued_with_exit_on_sigterm(
+    broker_factory: type[EmbeddedBroker],
+    unique_name: str,
+    consume: Callable[..., Awaitable[list[Any]]],
+) -> None:
+    """Kubernetes stops a pod with SIGTERM, and Python's own SIGTERM ends the process without
+    exit handlers: the events still in memory were lost at every rollout."""
+    broker = broker_factory()
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=unique_name)
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED, broker.bootstrap_servers, unique_name, str(TESTS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+        said = json.loads(line)
+        assert said["installed"] is True and said["delivered"] == 0  # all still in memory
+        child.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(child.wait, 30) == 128 + signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    records = await consume(settings, settings.routing().events, 200)
+    assert {decode_record(r.value, r.headers).event_id for r in records} == set(said["ids"])
+
+
+def test_exit_on_sigterm_leaves_a_handler_that_is_there_alone() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: None)  # the application's own
+        assert exit_on_sigterm() is False
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert exit_on_sigterm() is True
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
