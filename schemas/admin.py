@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,18 @@ async def start_client(client: Any, options: Mapping[str, Any]) -> None:
         ) from exc
 
 
+@contextlib.asynccontextmanager
+async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client built with ``options`` (``KafkaSettings.admin_options()``), started
+    as :func:`start_client` starts it, closed when the block ends."""
+    admin = AIOKafkaAdminClient(**options)
+    await start_client(admin, options)
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def stop_client(client: Any) -> None:
     """``await client.stop()`` of an aiokafka consumer or producer. Without a broker, aiokafka's
     consumer ends its ``stop()`` in the CancelledError of its own fetch task (it awaits the
@@ -193,27 +206,24 @@ async def create_missing_topics(
     can only be added, and that moves keys to other partitions) and logged as a warning:
     sessions are then spread over its own count.
     """
-    admin = AIOKafkaAdminClient(**admin_options)
-    await start_client(admin, admin_options)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t.name not in existing]
-        outcome = await _check_existing(admin, [t for t in topics if t.name in existing])
-        if missing:
-            response = await admin.create_topics(missing)
-            for name, code, message in _topic_errors(response):
-                if code == 0:
-                    outcome[name] = "created"
-                elif code == TopicAlreadyExistsError.errno:
-                    outcome[name] = "exists"
-                else:
-                    raise creation_error(name, code, message)
-        return outcome
-    except KafkaError as exc:  # a broker reached at bootstrap, not where it advertises itself
-        await raise_if_refused(admin_options, exc)
-        raise
-    finally:
-        await admin.close()
+    async with admin_client(admin_options) as admin:
+        try:
+            existing = set(await admin.list_topics())
+            missing = [t for t in topics if t.name not in existing]
+            outcome = await _check_existing(admin, [t for t in topics if t.name in existing])
+            if missing:
+                response = await admin.create_topics(missing)
+                for name, code, message in _topic_errors(response):
+                    if code == 0:
+                        outcome[name] = "created"
+                    elif code == TopicAlreadyExistsError.errno:
+                        outcome[name] = "exists"
+                    else:
+                        raise creation_error(name, code, message)
+            return outcome
+        except KafkaError as exc:  # a broker reached at bootstrap, not where it advertises
+            await raise_if_refused(admin_options, exc)
+            raise
 
 
 def creation_error(name: str, code: int, message: str | None) -> ConfigurationError:

@@ -11,7 +11,6 @@ from typing import TypeVar, overload
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
@@ -19,8 +18,8 @@ from prometheus_client import CollectorRegistry
 from agentstream.schemas import Event, EventType, encode_event, event_headers, record_key
 from agentstream.schemas.admin import (
     DEAD_LETTER_HEADROOM,
+    admin_client,
     missing_topics,
-    start_client,
     stop_client,
 )
 from agentstream.schemas.connect import raise_if_refused
@@ -70,10 +69,8 @@ async def wait_for_topics(settings: KafkaSettings, topics: list[str], service: s
     together) would leave the events topic with one partition for good. Asks without creating
     them every :data:`TOPIC_WAIT_S`, saying so at once and then once a minute; a signal
     cancels the wait."""
-    admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.client_options())
     waiting = ThrottledLog(log)
-    try:
+    async with admin_client(settings.admin_options()) as admin:
         while missing := await missing_topics(admin, topics):
             waiting(
                 "topics",
@@ -84,8 +81,6 @@ async def wait_for_topics(settings: KafkaSettings, topics: list[str], service: s
                 ", ".join(missing),
             )
             await asyncio.sleep(TOPIC_WAIT_S)
-    finally:
-        await admin.close()
     waiting.recovered("topics", "service %s: the topics exist", service)
 
 

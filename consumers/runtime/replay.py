@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from agentstream.schemas.admin import describe_topics, start_client, stop_client
+from agentstream.schemas.admin import admin_client, describe_topics, start_client, stop_client
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import ConfigurationError, DecodeError, RecordLocation
@@ -75,12 +74,8 @@ async def topic_metadata(settings: KafkaSettings, topic: str) -> dict[str, Any] 
     """``topic``'s metadata (``partitions``: each with ``partition``, ``leader``,
     ``replicas``), or None when it does not exist (never created here, even by brokers that
     create topics on demand)."""
-    admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.client_options())
-    try:
+    async with admin_client(settings.admin_options()) as admin:
         described = await describe_topics(admin, [topic])
-    finally:
-        await admin.close()
     for found in described:
         if found.get("topic") == topic and not found.get("error_code"):
             return dict(found)
@@ -125,12 +120,8 @@ async def committed_offsets(
     tps = list(partitions)
     if not tps:
         return {}
-    admin = AIOKafkaAdminClient(**settings.admin_options())
-    await start_client(admin, settings.client_options())
-    try:
+    async with admin_client(settings.admin_options()) as admin:
         found = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-    finally:
-        await admin.close()
     result: dict[TopicPartition, int | None] = {}
     for tp in tps:
         meta = found.get(tp)
