@@ -19,7 +19,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from .connect import raise_if_refused, refusal
+from .connect import raise_if_refused
 from .errors import AgentstreamError, BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
@@ -116,11 +116,7 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
             await admin.list_topics()
             return
         except Exception as exc:  # a KafkaError while it is not up; others from a refusal
-            refused = await refusal(admin_options)
-            if refused is not None and not refused.retriable:
-                raise refused from exc
-            if refused is None and not isinstance(exc, KafkaError):
-                raise
+            refused = await raise_if_refused(admin_options, exc, waiting=True)
             if last is None or (refused is not None and type(last) is not type(refused)):
                 log.info(
                     "%s; waiting up to %.0f s",

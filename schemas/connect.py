@@ -170,15 +170,20 @@ async def _reach(node: int, host: str, port: int, context: ssl.SSLContext | None
     return None
 
 
-async def raise_if_refused(options: Mapping[str, Any], exc: Exception) -> None:
+async def raise_if_refused(
+    options: Mapping[str, Any], exc: Exception, *, waiting: bool = False
+) -> ConfigurationError | None:
     """After a client's ``start()`` (or first request) failed with ``exc``: raise what the
     broker refused (:func:`refusal`), from ``exc``; raise ``exc`` itself when it is no Kafka
-    error and no refusal explains it. Returns for a Kafka error of an outage (wait, retry)."""
+    error and no refusal explains it. Returns None for a Kafka error of an outage (wait,
+    retry); while ``waiting``, a retriable refusal is returned instead of raised (the wait
+    goes on and raises it at its deadline)."""
     refused = await refusal(options)
-    if refused is not None:
+    if refused is not None and not (waiting and refused.retriable):
         raise refused from exc
-    if not isinstance(exc, KafkaError):
+    if refused is None and not isinstance(exc, KafkaError):
         raise exc
+    return refused
 
 
 def _sasl_cause(exc: BaseException) -> str:
