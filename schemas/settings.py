@@ -50,23 +50,12 @@ Bytes = Annotated[int, Field(gt=0)]
 
 def checked(problem: Callable[[str], str | None]) -> AfterValidator:
     """A field validator from a ``*_problem`` function (``Annotated[str, checked(...)]``):
-    the problem it finds is the error, said as expected against what came."""
+    the problem it finds is the error, said as expected against what came. On a
+    ``SecretStr`` field ``problem`` sees the secret's value, and its message must not show it
+    (settings errors never show a secret's input)."""
 
-    def check(value: str) -> str:
-        found = problem(value)
-        if found is not None:
-            raise ValueError(found)
-        return value
-
-    return AfterValidator(check)
-
-
-def checked_secret(problem: Callable[[str], str | None]) -> AfterValidator:
-    """:func:`checked` for a ``SecretStr`` field: ``problem`` sees the secret's value, and
-    its message must not show it (settings errors never show a secret's input)."""
-
-    def check(value: SecretStr) -> SecretStr:
-        found = problem(value.get_secret_value())
+    def check(value: str | SecretStr) -> str | SecretStr:
+        found = problem(value.get_secret_value() if isinstance(value, SecretStr) else value)
         if found is not None:
             raise ValueError(found)
         return value

@@ -36,7 +36,7 @@ from agentstream.consumers.runtime.http import http_url_problem
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
-from agentstream.schemas.settings import WaitMs, checked_secret, kafka_option
+from agentstream.schemas.settings import WaitMs, checked, kafka_option
 
 from .alerts import SOURCE, alert_event, pause_directive
 from .config import THRESHOLD_NAMES, LoopConfig
@@ -95,7 +95,7 @@ class LoopSettings(ServiceSettings):
         description="No pause directive for a finding whose triggering event is older than "
         "this (a backlog caught up after an outage: the session has moved on); 0: no limit.",
     )
-    webhook_url: Annotated[SecretStr, checked_secret(_webhook_url_problem)] | None = Field(
+    webhook_url: Annotated[SecretStr, checked(_webhook_url_problem)] | None = Field(
         default=None,
         description="POST each alert here (JSON); a secret (a Slack URL is its token): logs "
         "show its host only.",
