@@ -114,7 +114,6 @@ async def isolate(
 @dataclass(slots=True)
 class _Unreadable:
     position: int | None
-    error: str
     retry_at: float
 
 
@@ -147,7 +146,7 @@ class UnreadablePartitions:
         return held.position if held is not None else None
 
     def hold(self, tp: TopicPartition, position: int | None, error: KafkaError) -> None:
-        self._held[tp] = _Unreadable(position, repr(error), self._clock() + self.retry_s)
+        self._held[tp] = _Unreadable(position, self._clock() + self.retry_s)
         hint = ""
         if isinstance(error, CorruptRecordException | UnsupportedCodecError):
             hint = (
