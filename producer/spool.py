@@ -520,7 +520,7 @@ def _report_orphans(base: Path, taken: Path) -> None:
         if not size:
             continue
         try:
-            lock = _lock(directory)
+            lock = _lock(directory, mark=False)
         except (_Busy, ConfigurationError):
             continue  # another process has it (or it cannot be opened): not an orphan
         lock.close()
@@ -549,8 +549,9 @@ class _Busy(Exception):
         self.holder = holder
 
 
-def _lock(directory: Path) -> BinaryIO:
-    """Take the directory's lock; :class:`_Busy` naming its holder when another has it."""
+def _lock(directory: Path, *, mark: bool = True) -> BinaryIO:
+    """Take the directory's lock; :class:`_Busy` naming its holder when another has it.
+    ``mark`` writes this process as the holder (not for a look that lets go at once)."""
     try:
         handle = open(directory / _LOCK_NAME, "a+b")  # noqa: SIM115 (held until close())
     except OSError as exc:
@@ -571,9 +572,10 @@ def _lock(directory: Path) -> BinaryIO:
             f"{directory}, got {exc.strerror or exc}: put spool_dir on a local disk or an "
             "emptyDir volume"
         ) from None
-    handle.truncate(0)
-    handle.write(f"process {os.getpid()}".encode())
-    handle.flush()
+    if mark:
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()}".encode())
+        handle.flush()
     return handle
 
 
