@@ -13,10 +13,9 @@ Layout of ``spool_dir``::
 One open spool per directory (two would append to the same segments and delete each other's).
 The lock is the operating system's, so it goes with a process that dies. The processes of a
 pre-forking server (gunicorn or uvicorn workers) share one ``spool_dir``: each takes the first
-free slot, the directory itself or ``process-N`` below it (up to :data:`MAX_SLOTS`). A process
-that restarts after a crash finds its old slot free and delivers what it holds; a slot left
-with records and no process (fewer workers than before) is logged by the next spool that
-opens beside it, and delivered by the next one that takes it.
+free slot, the directory itself or ``process-N`` below it (up to :data:`MAX_SLOTS`). The
+records of a slot no process holds (its process died, and the server may now run fewer) are
+moved by the next spool that opens beside it to the end of its own, and delivered from there.
 
 Each record is framed as ``magic (4 bytes) | length (u32, big-endian) | crc32 (u32) | payload``.
 A reader that meets a bad checksum, a wrong magic or a frame running past the end of a segment
@@ -111,10 +110,11 @@ class Spool:
         fsync_interval: float = 1.0,
         segment_bytes: int | None = None,
         checkpoint_interval: float = 0.2,
+        _claimed: tuple[Path, BinaryIO] | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ConfigurationError(f"expected a positive spool size, got max_bytes={max_bytes}")
-        self.directory, lock = _claim(Path(directory))
+        self.directory, lock = _claimed or _claim(Path(directory))
         self._lock: BinaryIO | None = lock
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -152,6 +152,12 @@ class Spool:
         self._last_checkpoint = 0.0
         self.unread = self._count_unread()
         """Records appended (or left by an earlier process) and not yet read."""
+        self.adopted = 0
+        """Records moved here at open from slots no process had (see :meth:`_adopt`)."""
+        if _claimed is None:
+            for slot in _slots(Path(directory)):
+                if slot != self.directory and _segment_bytes(slot):
+                    self._adopt(slot)
 
     # --- state -----------------------------------------------------------------------------
 
@@ -423,6 +429,61 @@ class Spool:
                     handle.close()
             self._writer = self._reader = self._lock = None
 
+    # --- adopting ---------------------------------------------------------------------------
+
+    def _adopt(self, slot: Path) -> None:
+        """Move the records of ``slot``, left by a process that is gone and taken by none, to
+        the end of this spool, so that they are delivered now rather than when a process
+        takes that slot again (a server running fewer workers than before may never).
+
+        Copied first, synced as the policy says, and only then acknowledged in ``slot``: a
+        crash in between leaves them in both, delivered twice (the spool is at-least-once),
+        never lost. What does not fit stays in ``slot``, behind its checkpoint."""
+        try:
+            lock = _lock(slot)
+        except (_Busy, ConfigurationError):
+            return  # a process has it (or it cannot be opened): not an orphan
+        moved = left = 0
+        try:
+            orphan = Spool(
+                slot,
+                max_bytes=self.max_bytes,
+                fsync=self.fsync,
+                segment_bytes=self.segment_bytes,
+                _claimed=(slot, lock),
+            )
+        except OSError as exc:
+            lock.close()
+            log.warning("spool slot %s holds records that could not be read: %s", slot, exc)
+            return
+        try:
+            while batch := orphan.read(1_000, max_bytes=self.segment_bytes):
+                fitted = self.append_many(payload for _, payload in batch)
+                for ticket, _ in batch[:fitted]:
+                    orphan.ack(ticket)
+                moved += fitted
+                if fitted < len(batch):
+                    break
+            self.sync(force=True)
+            orphan.commit(force=True)
+            left = orphan.pending
+        except OSError as exc:
+            log.warning("spool slot %s: moving its records here stopped: %s", slot, exc)
+        finally:
+            self.corrupt += orphan.corrupt
+            orphan.close()
+        self.adopted += moved
+        if moved or left:
+            log.warning(
+                "spool slot %s held %d records from an earlier process and no process had it: "
+                "%d moved to %s for delivery%s",
+                slot,
+                moved + left,
+                moved,
+                self.directory,
+                f", {left} left there ({self.write_error or 'this spool is full'})" if left else "",
+            )
+
     # --- checkpoint ------------------------------------------------------------------------
 
     def _load_checkpoint(self) -> Position:
@@ -501,7 +562,6 @@ def _claim(base: Path) -> tuple[Path, BinaryIO]:
         except _Busy as busy:
             holders.append(busy.holder)
             continue
-        _report_orphans(base, directory)
         return directory, lock
     raise ConfigurationError(
         f"expected a free slot in the spool directory {base}, all {MAX_SLOTS} are in use "
@@ -509,29 +569,9 @@ def _claim(base: Path) -> tuple[Path, BinaryIO]:
     )
 
 
-def _report_orphans(base: Path, taken: Path) -> None:
-    """Log the slots beside ``taken`` that hold records and no process: they wait for the
-    next spool that takes them (a server now running fewer processes than before)."""
-    slots = [base, *sorted(base.glob(f"{SLOT_PREFIX}*"))]
-    for directory in slots:
-        if directory == taken or not directory.is_dir():
-            continue
-        size = _segment_bytes(directory)
-        if not size:
-            continue
-        try:
-            lock = _lock(directory, mark=False)
-        except (_Busy, ConfigurationError):
-            continue  # another process has it (or it cannot be opened): not an orphan
-        lock.close()
-        log.warning(
-            "spool slot %s holds %d bytes of records from an earlier process and no process "
-            "has it: the next publisher that takes it delivers them (run as many processes "
-            "as before, or start one more on %s)",
-            directory,
-            size,
-            base,
-        )
+def _slots(base: Path) -> list[Path]:
+    """``base`` and the ``process-N`` slots below it."""
+    return [base, *sorted(p for p in base.glob(f"{SLOT_PREFIX}*") if p.is_dir())]
 
 
 def _segment_bytes(directory: Path) -> int:

@@ -96,14 +96,14 @@ async def test_a_killed_producer_spool_is_delivered_by_the_next_process(
 
 
 @pytest.mark.slow
-async def test_workers_sharing_a_spool_dir_are_killed_and_their_successors_deliver_all(
+async def test_workers_sharing_a_spool_dir_are_killed_and_one_successor_delivers_all(
     tmp_path: Path,
     broker_factory: type[EmbeddedBroker],
     consume: Callable[..., Awaitable[list[Any]]],
 ) -> None:
     """Three workers of a pre-forking server, one spool_dir: each takes a slot of its own
-    (before, all but the first were refused at start), all are killed, and three new
-    workers on the same spool_dir deliver every event."""
+    (before, all but the first were refused at start), all are killed, and the server comes
+    back with one worker: it delivers every event, the other two slots' too."""
     port = free_port()
     spool_dir = tmp_path / "spool"
     per_worker = 200
@@ -136,15 +136,12 @@ async def test_workers_sharing_a_spool_dir_are_killed_and_their_successors_deliv
     await broker.wait_ready()
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
     await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
-    successors = [KafkaPublisher(settings, spool_dir=spool_dir, redact=None) for _ in range(3)]
+    successor = KafkaPublisher(settings, spool_dir=spool_dir, redact=None)
     try:
-        for successor in successors:
-            assert await asyncio.to_thread(successor.flush, 30)
-        # each took a slot and delivered what its predecessor there had spooled
-        assert [s.stats().delivered >= per_worker for s in successors] == [True] * 3
+        assert await asyncio.to_thread(successor.flush, 30)
+        assert successor.stats().delivered >= 3 * per_worker
     finally:
-        for successor in successors:
-            await asyncio.to_thread(successor.close, 5)
+        await asyncio.to_thread(successor.close, 5)
     routing = settings.routing()
     records = await consume(settings, routing.events, 400)
     records += await consume(settings, routing.tokens, 200)

@@ -165,48 +165,79 @@ def test_a_damaged_checkpoint_means_resending_from_the_oldest_segment(tmp_path: 
     again.close()
 
 
-def test_processes_sharing_a_spool_dir_take_a_slot_each_and_find_their_leftovers(
-    tmp_path: Path,
-) -> None:
+def test_processes_sharing_a_spool_dir_take_a_slot_each(tmp_path: Path) -> None:
     """The workers of a pre-forking server share one spool_dir. Before, every worker but the
-    first was refused at start; a directory per process id would strand a crashed worker's
-    records, as its successor has another id."""
-    first = Spool(tmp_path, max_bytes=1 << 20)
-    second = Spool(tmp_path, max_bytes=1 << 20)
-    third = Spool(tmp_path, max_bytes=1 << 20)
-    assert [s.directory for s in (first, second, third)] == [
+    first was refused at start."""
+    spools = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]
+    assert [s.directory for s in spools] == [
         tmp_path,
         tmp_path / "process-1",
         tmp_path / "process-2",
     ]
-    for spool, name in ((first, b"first"), (second, b"second"), (third, b"third")):
+    for spool, name in zip(spools, (b"first", b"second", b"third"), strict=True):
         spool.append(name)
         spool.sync()
-        crash(spool)  # killed, nothing acknowledged
-    again = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]  # the workers restarted
-    assert [read_all(s) for s in again] == [[b"first"], [b"second"], [b"third"]]
-    for spool in again:
+    assert [read_all(s) for s in spools] == [[b"first"], [b"second"], [b"third"]]
+    for spool in spools:
         spool.close()
 
 
-def test_a_slot_left_with_records_and_no_process_is_logged(
+def test_the_next_spool_to_open_takes_the_records_of_slots_no_process_holds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first, second = Spool(tmp_path, max_bytes=1 << 20), Spool(tmp_path, max_bytes=1 << 20)
-    second.append(b"waiting")
-    second.sync()
-    crash(second)  # a server restarted with one worker fewer
-    first.close()
+    """Three workers killed, the server back with one: its spool delivers all three slots'
+    records, its own first. Before, the other two slots waited for a second and a third worker
+    that might never start again."""
+    spools = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]
+    for k, spool in enumerate(spools):
+        spool.append_many(payloads(3, start=10 * k))
+        spool.sync()
+        crash(spool)
     with caplog.at_level(logging.WARNING, logger="agentstream.producer.spool"):
         only = Spool(tmp_path, max_bytes=1 << 20)
-    assert only.directory == tmp_path
+    everything = payloads(3) + payloads(3, start=10) + payloads(3, start=20)
+    assert only.directory == tmp_path and only.adopted == 6
+    assert read_all(only) == everything
     assert any(
-        f"spool slot {tmp_path / 'process-1'} holds" in r.getMessage() for r in caplog.records
+        f"spool slot {tmp_path / 'process-1'} held 3 records" in r.getMessage()
+        for r in caplog.records
     )
-    taker = Spool(tmp_path, max_bytes=1 << 20)  # one more process delivers them
-    assert read_all(taker) == [b"waiting"]
-    taker.close()
-    only.close()
+    for slot in ("process-1", "process-2"):  # let go there: nobody delivers them again
+        assert not list((tmp_path / slot).glob("*.seg"))
+    crash(only)  # read, never acknowledged: all of them come back, from one slot
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.adopted == 0
+    assert read_all(again) == everything
+    again.close()
+
+
+def test_a_slot_a_process_holds_is_left_alone(tmp_path: Path) -> None:
+    first, second = Spool(tmp_path, max_bytes=1 << 20), Spool(tmp_path, max_bytes=1 << 20)
+    second.append(b"mine")
+    second.sync()
+    first.close()
+    third = Spool(tmp_path, max_bytes=1 << 20)  # takes the directory, beside a live slot
+    assert third.adopted == 0 and read_all(third) == []
+    assert read_all(second) == [b"mine"]
+    second.close()
+    third.close()
+
+
+def test_what_does_not_fit_stays_in_the_old_slot_for_the_next_spool(tmp_path: Path) -> None:
+    first, second = Spool(tmp_path, max_bytes=1 << 20), Spool(tmp_path, max_bytes=1 << 20)
+    second.append_many(payloads(40))
+    second.sync()
+    crash(second)
+    first.close()
+    small = Spool(tmp_path, max_bytes=400, segment_bytes=128)  # room for about ten
+    assert 0 < small.adopted < 40
+    moved = read_all(small)
+    assert moved == payloads(small.adopted)
+    small.close()  # not acknowledged: kept, and the old slot keeps the rest
+    big = Spool(tmp_path, max_bytes=1 << 20)
+    assert big.directory == tmp_path
+    assert read_all(big) == moved + payloads(40 - len(moved), start=len(moved))
+    big.close()
 
 
 def test_a_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
