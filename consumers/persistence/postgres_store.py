@@ -91,11 +91,16 @@ _ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _MIGRATION_LOCK = 0x61676E74  # pg_advisory_xact_lock key: "agnt"
 _OUTAGE_CLASSES = ("08", "53", "57", "40", "42", "3D", "3F")
-"""SQLSTATE classes retried as outages: connection exception, insufficient resources, operator
-intervention (shutdown, terminated, starting up), transaction rollback (deadlock), and the
-schema missing or not accessible (undefined table, no privilege, no such database or schema):
-an operator fixes those, and meanwhile nothing is dead-lettered. Data errors (22) and
-constraint violations (23) are a refused event."""
+"""SQLSTATE classes taken for an outage anywhere (connecting, reading, writing): connection
+exception, insufficient resources, operator intervention (shutdown, terminated, starting up),
+transaction rollback (deadlock), and the schema missing or not accessible (undefined table, no
+privilege, no such database or schema): an operator fixes those."""
+_REFUSED_CLASSES = ("22", "23", "54")
+"""SQLSTATE classes of a write that refused its events: data exception, integrity constraint
+violation, program limit exceeded (a value too large for its index row). A write failing with
+any other is retried (``Store._refuses_events``): a lock held past ``lock_timeout`` (55P03),
+a server read-only after a failover (25006), an I/O or internal error (58, XX), a password
+changed under a running service (28P01)."""
 
 
 _STATEMENT_CACHE = "statement_cache_size"
@@ -215,6 +220,12 @@ async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
 
 class PostgresStore(Store):
     backend = "postgresql"
+
+    @staticmethod
+    def _refuses_events(error: BaseException | None) -> bool:
+        if isinstance(error, asyncpg.PostgresError):
+            return (error.sqlstate or "")[:2] in _REFUSED_CLASSES
+        return isinstance(error, asyncpg.DataError)  # a value asyncpg cannot encode
 
     def __init__(self, url: str, *, pool_size: int = 4, command_timeout: float = 60.0) -> None:
         super().__init__(url)

@@ -83,6 +83,12 @@ def sqlite_path(url: str) -> tuple[str, str]:
 class SqliteStore(Store):
     backend = "sqlite"
 
+    @staticmethod
+    def _refuses_events(error: BaseException | None) -> bool:
+        # IntegrityError: a constraint; DataError: a value too big (SQLITE_TOOBIG). Not a
+        # DatabaseError such as "database disk image is malformed".
+        return isinstance(error, sqlite3.IntegrityError | sqlite3.DataError)
+
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         super().__init__(url)
         self.path, self._synchronous = sqlite_path(url)

@@ -144,7 +144,10 @@ class Store(abc.ABC):
         ``locations`` (same length) records the Kafka topic, partition and offset of each;
         ``documents`` (same length) the JSON text kept as each whole event: the envelope
         each event was decoded from (the record's original, with fields this version does not
-        know; default: the event re-encoded). A store may read column values from it."""
+        know; default: the event re-encoded). A store may read column values from it.
+
+        Raises :class:`StoreError` only when the database refused these events (see
+        :meth:`_refuses_events`), :class:`StoreUnavailableError` for any other failure."""
         from .rows import event_json
 
         if not events:
@@ -154,7 +157,28 @@ class Store(abc.ABC):
             raise ValueError(f"expected {len(events)} documents, got {len(texts)}")
         if locations is not None and len(locations) != len(events):
             raise ValueError(f"expected {len(events)} locations, got {len(locations)}")
-        return await self._write(events, locations, texts)
+        try:
+            return await self._write(events, locations, texts)
+        except StoreUnavailableError:
+            raise
+        except StoreError as exc:
+            if self._refuses_events(exc.__cause__):
+                raise
+            # Dead-lettering a batch for the database's state would move every event of
+            # it aside; retrying loses nothing and the operator sees why.
+            raise StoreUnavailableError(
+                f"{exc} — the database's state, not the events': retried until it accepts "
+                "them, nothing is dead-lettered"
+            ) from exc.__cause__
+
+    @staticmethod
+    @abc.abstractmethod
+    def _refuses_events(error: BaseException | None) -> bool:
+        """Whether a write failing with ``error`` (the driver's) refused what it was given: a
+        value a column or an index cannot hold, a constraint. Then :meth:`write_batch` raises
+        :class:`StoreError` and the service finds and dead-letters the events refused. Any
+        other failure (a lock not granted, a database gone read-only or corrupt, a password
+        changed) is :class:`StoreUnavailableError`: the same events are tried again."""
 
     @abc.abstractmethod
     async def _write(

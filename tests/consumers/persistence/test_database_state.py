@@ -1,0 +1,139 @@
+"""A write failing for the database's state, not for the events: retried, never dead-lettered.
+
+Before, only a few kinds of failure counted as an outage; any other (a lock held past
+``lock_timeout`` while an operator ran ``VACUUM FULL``, a server left read-only by a failover,
+a corrupt file) was taken for events the database refused: the service bisected every batch
+down to single events, each failed the same way, and every event went to the dead-letter
+topic."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+from support.persistence import count_is, metric, persistence, settings_for, stream
+from support.produce import produce_events
+from support.runtime import wait_until
+
+from agentstream.consumers.persistence import (
+    StoreError,
+    StoreUnavailableError,
+    open_store,
+)
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas.settings import KafkaSettings
+
+
+def committed_total(consumer: EventConsumer) -> int:
+    return sum(consumer.committed_offsets().values())
+
+
+def dead_lettered(consumer: EventConsumer) -> float:
+    return sum(
+        sample.value
+        for family in consumer.registry.collect()
+        for sample in family.samples
+        if sample.name == "agentstream_consumer_records_total"
+        and sample.labels.get("outcome") == "dead_lettered"
+    )
+
+
+async def migrated(url: str) -> None:
+    async with open_store(url) as store:
+        await store.migrate()
+
+
+@pytest.mark.postgres
+async def test_a_lock_held_past_lock_timeout_is_an_outage(pg_schema_url: str) -> None:
+    await migrated(pg_schema_url)
+    locker = await asyncpg.connect(pg_schema_url)
+    try:
+        async with open_store(f"{pg_schema_url}&lock_timeout=200") as store:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(StoreUnavailableError, match="lock timeout") as caught:
+                    await store.write_batch(stream(5))
+                assert "nothing is dead-lettered" in str(caught.value)
+            assert await store.write_batch(stream(5)) == 5  # the lock is gone
+    finally:
+        await locker.close()
+
+
+@pytest.mark.postgres
+async def test_a_read_only_server_is_an_outage(pg_schema_url: str) -> None:
+    """What a write meets on a former primary after a failover (or a standby behind a stale
+    address)."""
+    await migrated(pg_schema_url)
+    async with open_store(f"{pg_schema_url}&default_transaction_read_only=on") as store:
+        with pytest.raises(StoreUnavailableError, match="read-only transaction"):
+            await store.write_batch(stream(5))
+        assert await store.count() == 0  # reading goes on
+
+
+@pytest.mark.postgres
+async def test_the_service_waits_out_a_locked_table_and_dead_letters_nothing(
+    kafka_settings: KafkaSettings, pg_schema_url: str
+) -> None:
+    events = stream(100)
+    await migrated(pg_schema_url)
+    settings = settings_for(kafka_settings, f"{pg_schema_url}&lock_timeout=100")
+    locker = await asyncpg.connect(pg_schema_url)
+    try:
+        async with persistence(settings) as (consumer, store):
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # VACUUM FULL
+            await produce_events(kafka_settings, events)
+            await wait_until(
+                lambda: metric(consumer, "agentstream_persistence_store_unavailable_total") >= 3,
+                what="the service retrying",
+            )
+            assert committed_total(consumer) == 0
+            await transaction.commit()
+            await wait_until(lambda: count_is(store, 100), what="the 100 events stored")
+            await wait_until(lambda: committed_total(consumer) == 100, what="offsets committed")
+            assert dead_lettered(consumer) == 0
+    finally:
+        await locker.close()
+
+
+def corrupt_all_but_the_first_page(path: Path) -> None:
+    """Overwrite every page but the first (the schema) of a SQLite file: its tables and
+    indexes are unreadable, as after a disk fault."""
+    with sqlite3.connect(path) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    size = path.stat().st_size
+    with path.open("r+b") as out:
+        out.seek(page)
+        out.write(b"\xa5" * (size - page))
+
+
+async def test_a_corrupt_sqlite_file_is_an_outage_not_a_refusal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    async with open_store(url) as store:
+        await store.migrate()
+        await store.write_batch(stream(500))
+    corrupt_all_but_the_first_page(tmp_path / "events.db")
+    async with open_store(url) as store:
+        with pytest.raises(StoreUnavailableError, match="malformed"):
+            await store.write_batch(stream(5, prefix="later"))
+
+
+async def test_a_refusal_is_still_one(tmp_path: Path) -> None:
+    """A constraint the events break stays theirs: found and dead-lettered alone."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    async with open_store(url) as store:
+        await store.migrate()
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+    db.close()
+    async with open_store(url) as store:
+        with pytest.raises(StoreError, match="refused by a trigger") as caught:
+            await store.write_batch(stream(5))
+        assert not isinstance(caught.value, StoreUnavailableError)
