@@ -109,14 +109,19 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     pause = 0.05
-    while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(**{**admin_options, "request_timeout_ms": 2_000})
+    while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+        # Each attempt, and the look at why it failed, ends by the deadline (a host that
+        # drops packets would hold each for its whole timeout).
+        attempt = {**admin_options, "request_timeout_ms": max(100, min(2_000, left_ms))}
+        admin = AIOKafkaAdminClient(**attempt)
         try:
             await admin.start()
             await admin.list_topics()
             return
         except Exception as exc:  # a KafkaError while it is not up; others from a refusal
-            refused = await raise_if_refused(admin_options, exc, waiting=True)
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            probe = {**admin_options, "request_timeout_ms": max(100, left_ms)}
+            refused = await raise_if_refused(probe, exc, waiting=True)
             if last is None or (refused is not None and type(last) is not type(refused)):
                 log.info(
                     "%s; waiting up to %.0f s",

@@ -10,8 +10,11 @@ which aiokafka's SCRAM client does not expect: its ``start()`` then raises ``Key
 
 :func:`refusal` connects to the first bootstrap server once, step by step as the client does:
 TCP, TLS, Kafka's ``ApiVersions`` (which brokers answer before authentication), then SASL.
-The first step that fails names the problem. A failure before the broker answered is an
-outage and is left to the caller's retries. A client without SASL is told when the broker
+The first step that fails names the problem. When the connection or the TLS handshake fails
+and the endpoint answers the other way (TLS where the client spoke plaintext, or plaintext
+where it began a handshake), the client's ``security_protocol`` does not match the listener:
+that is said. Any other failure before the broker answered is an outage and is left to the
+caller's retries. A client without SASL is told when the broker
 closes the connection on its first unauthenticated request (Apache Kafka does on a SASL
 listener). Last, the brokers the metadata names are tried: clients go there after bootstrap,
 and when the brokers advertise addresses this client cannot reach (the commonest Kafka
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +39,8 @@ from .errors import ConfigurationError, describe
 from .settings import PREFIX, split_server
 
 PROBE_TIMEOUT_MS = 5_000
+_NOTHING_THERE = (ssl.SSLCertVerificationError, ConnectionRefusedError, socket.gaierror)
+"""Failures that say what is there (a TLS listener with another CA) or that nothing is."""
 
 
 class UnreachableBrokersError(ConfigurationError):
@@ -55,7 +61,8 @@ async def refusal(
 
     ``options`` are an aiokafka client's keyword arguments (``KafkaSettings.admin_options()``,
     ``producer_options()`` or ``consumer_options()``); ``ssl_cafile``, when known, is named in
-    a TLS refusal (else the CAs the context trusts are)."""
+    a TLS refusal (else the CAs the context trusts are). Each step waits at most their
+    ``request_timeout_ms``, and never more than :data:`PROBE_TIMEOUT_MS`."""
     servers = str(options.get("bootstrap_servers", ""))
     host, port_text = split_server(servers.split(",")[0])
     port = int(port_text)
@@ -71,12 +78,17 @@ async def refusal(
         connection = await create_conn(
             host, port, security_protocol="SSL" if tls else "PLAINTEXT", **common
         )
-    except ssl.SSLError as exc:  # before OSError: it is one
-        return ConfigurationError(
-            f"the TLS handshake with {host}:{port} failed: {exc} — check ssl_cafile "
-            f"({PREFIX}SSL_CAFILE={ssl_cafile or _trusted(context)}) and ssl_check_hostname"
-        )
-    except (TimeoutError, OSError, KafkaError):
+    except (TimeoutError, OSError, KafkaError) as exc:  # ssl.SSLError is an OSError
+        # Something answered, but not as the client expects: a listener of the other kind?
+        if not isinstance(exc, _NOTHING_THERE) and await _answers(
+            host, port, tls=not tls, timeout_ms=common["request_timeout_ms"]
+        ):
+            return _other_protocol(host, port, tls=tls)
+        if isinstance(exc, ssl.SSLError):
+            return ConfigurationError(
+                f"the TLS handshake with {host}:{port} failed: {exc} — check ssl_cafile "
+                f"({PREFIX}SSL_CAFILE={ssl_cafile or _trusted(context)}) and ssl_check_hostname"
+            )
         return None  # nothing answers there yet: an outage
     sasl = protocol.startswith("SASL_")
     if sasl:
@@ -101,7 +113,46 @@ async def refusal(
     finally:
         connection.close()
     return await _unreachable_brokers(
-        f"{host}:{port}", [(b[0], b[1], b[2]) for b in metadata.brokers], context if tls else None
+        f"{host}:{port}",
+        [(b[0], b[1], b[2]) for b in metadata.brokers],
+        context if tls else None,
+        common["request_timeout_ms"],
+    )
+
+
+async def _answers(host: str, port: int, *, tls: bool, timeout_ms: int) -> bool:
+    """Whether ``host:port`` answers Kafka's ApiVersions over TLS (any certificate: this only
+    asks which protocol the endpoint speaks) or without it."""
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        connection = await create_conn(
+            host,
+            port,
+            security_protocol="SSL" if tls else "PLAINTEXT",
+            ssl_context=context,
+            request_timeout_ms=timeout_ms,
+        )
+    except Exception:
+        return False
+    connection.close()
+    return True
+
+
+def _other_protocol(host: str, port: int, *, tls: bool) -> ConfigurationError:
+    if tls:
+        return ConfigurationError(
+            f"the endpoint at {host}:{port} speaks Kafka without TLS, and this client starts "
+            f"a TLS handshake there: set security_protocol ({PREFIX}SECURITY_PROTOCOL="
+            "PLAINTEXT, or SASL_PLAINTEXT with SASL), or connect to the brokers' TLS listener"
+        )
+    return ConfigurationError(
+        f"the endpoint at {host}:{port} speaks TLS, and this client connects without it: set "
+        f"security_protocol ({PREFIX}SECURITY_PROTOCOL=SSL, or SASL_SSL with SASL) and "
+        f"ssl_cafile, or connect to the brokers' plaintext listener"
     )
 
 
@@ -133,7 +184,10 @@ async def _authenticate(
 
 
 async def _unreachable_brokers(
-    bootstrap: str, brokers: list[tuple[int, str, int]], context: ssl.SSLContext | None
+    bootstrap: str,
+    brokers: list[tuple[int, str, int]],
+    context: ssl.SSLContext | None,
+    timeout_ms: int,
 ) -> ConfigurationError | None:
     """Clients talk to the addresses the brokers advertise once the bootstrap server has
     answered. When not one of them can be reached from here, the brokers' advertised
@@ -141,7 +195,9 @@ async def _unreachable_brokers(
     can, a broker is down, which is an outage."""
     failures = [
         failure
-        for failure in await asyncio.gather(*(_reach(*broker, context) for broker in brokers))
+        for failure in await asyncio.gather(
+            *(_reach(*broker, context, timeout_ms) for broker in brokers)
+        )
         if failure is not None
     ]
     if not failures or len(failures) < len(brokers):
@@ -155,14 +211,16 @@ async def _unreachable_brokers(
     )
 
 
-async def _reach(node: int, host: str, port: int, context: ssl.SSLContext | None) -> str | None:
+async def _reach(
+    node: int, host: str, port: int, context: ssl.SSLContext | None, timeout_ms: int
+) -> str | None:
     """None when ``host:port`` accepts a connection (and a TLS handshake), else why not."""
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 host, port, ssl=context, server_hostname=host if context is not None else None
             ),
-            PROBE_TIMEOUT_MS / 1000,
+            timeout_ms / 1000,
         )
     except (TimeoutError, OSError) as exc:
         return f"node {node} at {host}:{port} ({describe(exc)})"

@@ -17,7 +17,7 @@ from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
 from agentstream.schemas.connect import UnreachableBrokersError, refusal
-from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 PASSWORD = "wonderland-7f3a"
@@ -68,6 +68,28 @@ async def test_nothing_listening_is_an_outage_not_a_refusal() -> None:
         await refusal(KafkaSettings(bootstrap_servers=settings.bootstrap_servers).admin_options())
         is None
     )
+
+
+async def test_a_wait_for_a_broker_that_never_answers_ends_at_its_deadline() -> None:
+    """Something accepts connections and never answers (a hung broker, a host dropping the
+    replies). Before, each attempt and the look at why it failed took their own timeouts
+    (2 s and 5 s): a wait of 1 s ended after 7 s."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(BrokerUnavailableError, match="within 1 s"):
+            await wait_for_broker({"bootstrap_servers": f"127.0.0.1:{port}"}, timeout=1.0)
+        assert loop.time() - started < 3.5
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_service_exits_with_the_refusal_in_one_line(

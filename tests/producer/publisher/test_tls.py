@@ -117,3 +117,30 @@ async def test_a_service_trusting_another_ca_is_told_at_once_not_left_waiting(
     assert "CERTIFICATE_VERIFY_FAILED" in text
     # Without the path at hand (options only), the CA the client trusted is named.
     assert "AGENTSTREAM_SSL_CAFILE=a file with the CAs agentstream test other CA" in text
+
+
+async def test_a_client_without_tls_at_a_tls_listener_is_told_so(
+    tls_broker: str, tls_files: Any, unique_name: str
+) -> None:
+    """Before, "no broker answers" after the whole wait: the TLS endpoint closes the
+    connection on a plaintext request."""
+    await wait_for_broker(tls_settings(tls_broker, tls_files.ca, unique_name).admin_options())
+    plain = KafkaSettings(bootstrap_servers=tls_broker)
+    with pytest.raises(ConfigurationError) as refused:
+        await wait_for_broker(plain.admin_options(), timeout=60)
+    text = str(refused.value)
+    assert f"the endpoint at {tls_broker} speaks TLS" in text
+    assert "AGENTSTREAM_SECURITY_PROTOCOL=SSL" in text
+
+
+async def test_a_tls_client_at_a_plaintext_listener_is_told_so(
+    kafka_settings: KafkaSettings, tls_files: Any, unique_name: str
+) -> None:
+    """Apache Kafka closes the connection on a TLS handshake; the embedded broker waits for
+    the rest of what it takes for a request. Either way the handshake never ends."""
+    settings = tls_settings(kafka_settings.bootstrap_servers, tls_files.ca, unique_name)
+    with pytest.raises(ConfigurationError) as refused:
+        await wait_for_broker(settings.admin_options(), timeout=60)
+    text = str(refused.value)
+    assert f"the endpoint at {kafka_settings.bootstrap_servers} speaks Kafka without TLS" in text
+    assert "AGENTSTREAM_SECURITY_PROTOCOL=PLAINTEXT" in text
