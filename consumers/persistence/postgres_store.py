@@ -39,11 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -163,8 +166,37 @@ def _inserted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
 
+def _misconfigured(exc: BaseException) -> str | None:
+    """What to fix when ``exc`` is a connection setting that no wait makes work (a TLS mode the
+    server refuses, a certificate that is missing or not trusted), else None. Such errors are
+    ``OSError``s or asyncpg interface errors, which otherwise mean an outage."""
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return (
+            "the server does not accept TLS connections: drop sslmode from the store URL "
+            "(or use sslmode=prefer), or enable ssl on the server"
+        )
+    if isinstance(exc, asyncpg.ClientConfigurationError | ssl.SSLCertVerificationError):
+        return (
+            "check the TLS options of the store URL (sslmode, sslrootcert, sslcert, sslkey) "
+            "and the files they name"
+        )
+    return None
+
+
+def _check_tls_files(dsn: str, shown: str) -> None:
+    """Raise :class:`StoreError` when a file a TLS option of ``dsn`` names is not there
+    (asyncpg's FileNotFoundError would read as an outage: it is one for a Unix socket)."""
+    for name, values in parse_qs(urlsplit(dsn).query).items():
+        path = values[-1]
+        named = name in ("sslrootcert", "sslcert", "sslkey", "sslcrl") and path != "system"
+        if named and not os.path.isfile(path):
+            raise StoreError(f"expected a file at {path}, named by {name} in {shown}")
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an asyncpg error means the server is (temporarily) unreachable."""
+    if _misconfigured(exc) is not None:
+        return False
     if isinstance(
         exc,
         OSError
@@ -258,6 +290,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         if self._pool is not None:
             return
+        _check_tls_files(self._dsn, self.url)
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -269,7 +302,10 @@ class PostgresStore(Store):
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailableError(f"cannot connect to {self.url}: {exc!r}") from exc
-            raise StoreError(f"cannot connect to {self.url}: {exc!r}") from exc
+            fix = _misconfigured(exc)
+            raise StoreError(
+                f"cannot connect to {self.url}: {exc!r}{f' — {fix}' if fix else ''}"
+            ) from exc
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -4,7 +4,8 @@ Before, only a few kinds of failure counted as an outage; any other (a lock held
 ``lock_timeout`` while an operator ran ``VACUUM FULL``, a server left read-only by a failover,
 a corrupt file) was taken for events the database refused: the service bisected every batch
 down to single events, each failed the same way, and every event went to the dead-letter
-topic."""
+topic. And the other way round: a TLS setting the server refuses is a setting to fix, not an
+outage to wait out."""
 
 from __future__ import annotations
 
@@ -136,4 +137,30 @@ async def test_a_refusal_is_still_one(tmp_path: Path) -> None:
     async with open_store(url) as store:
         with pytest.raises(StoreError, match="refused by a trigger") as caught:
             await store.write_batch(stream(5))
+        assert not isinstance(caught.value, StoreUnavailableError)
+
+
+@pytest.mark.postgres
+async def test_a_tls_setting_the_server_refuses_is_a_settings_error_not_an_outage(
+    pg_schema_url: str,
+) -> None:
+    """Before, the service waited for the database forever, as for a server that is down."""
+    admin = await asyncpg.connect(pg_schema_url)
+    try:
+        server_tls = await admin.fetchval("SHOW ssl") == "on"
+    finally:
+        await admin.close()
+    refused = [
+        (
+            f"{pg_schema_url}&sslmode=verify-full&sslrootcert=/nonexistent/root.crt",
+            "expected a file at /nonexistent/root.crt, named by sslrootcert",
+        ),
+        (f"{pg_schema_url}&sslmode=verify-full", "sslmode"),  # ~/.postgresql/root.crt
+    ]
+    if not server_tls:
+        refused.append((f"{pg_schema_url}&sslmode=require", "does not accept TLS"))
+    for url, said in refused:
+        with pytest.raises(StoreError, match=said) as caught:
+            async with open_store(url):
+                pass
         assert not isinstance(caught.value, StoreUnavailableError)
