@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -198,20 +199,32 @@ async def ensure_topics(
 
 
 async def create_missing_topics(
-    admin_options: Mapping[str, Any], topics: Sequence[NewTopic]
+    admin_options: Mapping[str, Any],
+    topics: Sequence[NewTopic],
+    *,
+    policies: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create those of ``topics`` that do not exist yet.
 
-    Idempotent: returns ``{topic: "created" | "exists" | "exists with N partitions, not M"}``.
-    A topic that exists with another partition count than asked is left as it is (partitions
-    can only be added, and that moves keys to other partitions) and logged as a warning:
-    sessions are then spread over its own count.
+    Idempotent: returns ``{topic: "created" | "exists" | "exists with N partitions, not M" |
+    "exists with cleanup.policy=P, not Q"}``. A topic that exists with another partition count
+    than asked is left as it is (partitions can only be added, and that moves keys to other
+    partitions) and logged as a warning: sessions are then spread over its own count. So is
+    one with another ``cleanup.policy``, unless ``policies`` names it: ``{topic: why}``, the
+    reason its policy must be the one asked, and then that raises :class:`ConfigurationError`
+    with the command that fixes it.
     """
     async with admin_client(admin_options) as admin:
         try:
             existing = set(await admin.list_topics())
             missing = [t for t in topics if t.name not in existing]
-            outcome = await _check_existing(admin, [t for t in topics if t.name in existing])
+            present = [t for t in topics if t.name in existing]
+            outcome = await _check_existing(admin, present)
+            for name, differs in (await _check_policies(admin, present, policies or {})).items():
+                said = outcome[name]
+                outcome[name] = (
+                    f"exists with {differs}" if said == "exists" else f"{said}; {differs}"
+                )
             if missing:
                 response = await admin.create_topics(missing)
                 for name, code, message in _topic_errors(response):
@@ -267,6 +280,67 @@ async def missing_topics(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> l
     described = await describe_topics(admin, topics)
     found = {d["topic"] for d in described if not d.get("error_code") and d.get("partitions")}
     return sorted(set(topics) - found)
+
+
+POLICY_WHY = "compaction keeps only the last record of each session (the key)"
+"""Why a topic keyed by session must not be compacted (a warning for the five topics)."""
+
+
+async def topic_configs(
+    admin: AIOKafkaAdminClient, topics: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """The configuration of each of ``topics`` the brokers describe (DescribeConfigs): none
+    for a topic the client may not describe or that is not there. Apache Kafka lists every
+    setting, defaults too; other brokers may list only those set (the embedded one does)."""
+    if not topics:
+        return {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics]
+    found: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for code, _, _, name, entries in (r[:5] for r in response.resources):
+            if code == 0:
+                found[name] = {e[0]: e[1] for e in entries if e[1] is not None}
+            else:
+                log.debug("no configuration of topic %s: %s", name, for_code(code).__name__)
+    return found
+
+
+async def _check_policies(
+    admin: AIOKafkaAdminClient, topics: list[NewTopic], required: Mapping[str, str]
+) -> dict[str, str]:
+    """``"cleanup.policy=P, not Q"`` for each of ``topics`` whose cleanup policy is not the
+    one asked (see :func:`create_missing_topics`)."""
+    asked = {t.name: (t.topic_configs or {}).get("cleanup.policy") for t in topics}
+    try:
+        configs = await topic_configs(admin, [name for name, policy in asked.items() if policy])
+    except KafkaError as exc:  # a principal without DescribeConfigs, a broker without it
+        log.warning("cannot check the cleanup.policy of topics %s: %r", sorted(asked), exc)
+        return {}
+    outcome = {}
+    for name, config in configs.items():
+        want, have = asked[name], config.get("cleanup.policy")
+        if want is None or have is None or set(have.split(",")) == set(want.split(",")):
+            continue
+        why = required.get(name)
+        fix = (
+            f"kafka-configs.sh --bootstrap-server <brokers> --alter --entity-type topics "
+            f"--entity-name {name} --add-config cleanup.policy={want}"
+        )
+        if why is not None:
+            raise ConfigurationError(
+                f"expected topic {name} with cleanup.policy={want}, it has {have}: {why}; "
+                f"fix it with `{fix}`"
+            )
+        outcome[name] = f"cleanup.policy={have}, not {want}"
+        log.warning(
+            "topic %s has cleanup.policy=%s, not %s: %s; left as it is (`%s` fixes it)",
+            name,
+            have,
+            want,
+            POLICY_WHY,
+            fix,
+        )
+    return outcome
 
 
 async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, str]:

@@ -115,6 +115,12 @@ async def create_budget_topics(
                 topic_configs={"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
             ),
         ],
+        policies={
+            changelog: "a scope's state deleted by retention is a budget restored as zero "
+            "after a restart or a rebalance",
+            repartition: "compaction keeps one usage record per agent or user day and drops "
+            "the others, so day budgets would count too little",
+        },
     )
     for topic in (changelog, repartition):
         found = await partition_count(settings, topic)

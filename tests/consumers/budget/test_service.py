@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import NewTopic
 from support.budget import budget_settings, drained, llm, read_events, turn
 from support.produce import produce_events
 from support.runtime import running_consumer, wait_until
@@ -30,7 +31,8 @@ from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.replay import partitions_of
 from agentstream.schemas import Event
-from agentstream.schemas.admin import TopicSpec, ensure_topics
+from agentstream.schemas.admin import TopicSpec, create_missing_topics, ensure_topics
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 CONFIG = """
@@ -178,6 +180,33 @@ async def test_budget_topics_are_replicated_like_the_events_topic(
     assert out.decode().count("\tcreated") == 7
     for topic in (changelog_topic(ahead), repartition_topic(ahead)):
         assert await topic_shape(settings, topic) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("which", "wrong", "said"),
+    [
+        ("changelog", "delete", "a budget restored as zero"),
+        ("repartition", "compact", "day budgets would count too little"),
+    ],
+)
+async def test_budget_topics_made_with_the_wrong_cleanup_policy_are_refused(
+    kafka_settings: KafkaSettings, tmp_path: Path, which: str, wrong: str, said: str
+) -> None:
+    """An operator made the topic ahead with the wrong policy. Before, the service used it:
+    retention deleted the changelog's states (budgets back to zero at the next restore), or
+    compaction dropped usage records of the repartition topic."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    topic = (changelog_topic if which == "changelog" else repartition_topic)(settings.topic_prefix)
+    await create_missing_topics(
+        settings.admin_options(), [NewTopic(topic, 4, 1, topic_configs={"cleanup.policy": wrong})]
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        await ensure_budget_topics(settings)
+    text = str(refused.value)
+    assert f"expected topic {topic} with cleanup.policy=" in text and f"it has {wrong}" in text
+    assert said in text and f"--entity-name {topic} --add-config cleanup.policy=" in text
 
 
 async def test_budget_topics_wait_for_the_events_topic(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from support.produce import produce_corrupt_batch
 
 from agentstream.consumers.broker import free_port
@@ -64,6 +64,30 @@ async def test_topics_create_is_idempotent(kafka_bootstrap: str, unique_name: st
     finally:
         await admin.close()
     assert [len(t["partitions"]) for t in described] == [3, 3]
+
+
+async def test_topics_create_warns_of_a_compacted_topic_made_ahead(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """Compacting a topic keyed by session keeps one event per session: an operator who made
+    the events topic ahead with the wrong policy is told, with the command that fixes it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(f"{unique_name}.events", 3, 1, topic_configs={"cleanup.policy": "compact"})]
+        )
+    finally:
+        await admin.close()
+    code, out, err = await _run(
+        "topics", "create", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", unique_name,
+        "--partitions", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"{unique_name}.events\texists with cleanup.policy=compact, not delete\n" in out
+    assert out.count("\tcreated") == 4
+    assert "compaction keeps only the last record of each session" in err
+    assert f"--entity-name {unique_name}.events --add-config cleanup.policy=delete" in err
 
 
 async def test_topics_create_says_clearly_when_no_broker_answers() -> None:
