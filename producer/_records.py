@@ -23,12 +23,12 @@ from aiokafka import AIOKafkaProducer
 
 from agentstream.schemas.codec import Encoding
 from agentstream.schemas.errors import AgentstreamError
+from agentstream.schemas.partitioner import KeyPartitioner
 from agentstream.schemas.routing import Routing
 from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog
 
 from .metrics import ProducerMetrics
-from .partitioner import KeyPartitioner
 from .spool import Spool, SpoolTicket
 
 if TYPE_CHECKING:

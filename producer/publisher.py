@@ -59,6 +59,7 @@ from agentstream.schemas.errors import (
     describe,
 )
 from agentstream.schemas.ids import new_instance_id
+from agentstream.schemas.partitioner import KeyPartitioner
 from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog, quiet_client_repeats
 
@@ -67,7 +68,6 @@ from ._records import LOG_EVERY_S, Overflow, Redact, _Ledger, log
 from ._sender import _Sender, producer_kwargs
 from .adapters import encodable_data
 from .metrics import ProducerMetrics, ProducerStats
-from .partitioner import KeyPartitioner
 from .spool import FsyncPolicy, Spool
 
 SENDER_THREAD_PREFIX = "agentstream-publisher-"

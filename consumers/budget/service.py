@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, HttpPort, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime.placement import SessionPlacement
 from agentstream.schemas.routing import EVENTS
 
 from .accounting import Ledger
@@ -170,6 +171,12 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
         )
 
     sessions, days = stage(SessionStage), stage(DayStage)
+    sessions.placement = SessionPlacement(
+        consumer.registry,
+        consumer.service,
+        consumer.partition_count,
+        topics=[consumer.routing.events],
+    )
     size, wait = settings.budget_batch_records, settings.budget_batch_wait_ms
     consumer.subscribe_batch(  # what it counts travels on the events topic only
         "*",

@@ -36,6 +36,7 @@ import msgspec
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import Record
+from agentstream.consumers.runtime.placement import SessionPlacement
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError
@@ -413,6 +414,8 @@ class SessionStage(Stage):
 
     name = "sessions"
     kinds = frozenset({ScopeKind.SESSION})
+    placement: SessionPlacement | None = None
+    """Checks that each session's events come where its key puts them (the service sets it)."""
 
     def input_partitions(self, tps: Iterable[TopicPartition]) -> list[int]:
         events = self.routing.events
@@ -425,8 +428,11 @@ class SessionStage(Stage):
         partition = records[0].partition
         ledger, metrics, encoding = self.ledger, self.metrics, self.settings.encoding
         outbox = self._outbox.setdefault(partition, [])
+        placement = self.placement
         for record in records:
             event = record.event
+            if placement is not None:
+                placement.check(record)
             charge, state, _ = ledger.apply_session(event, partition, record.offset)
             if state is not None:
                 self.touch(partition, state)

@@ -33,6 +33,7 @@ from agentstream.consumers.runtime import (
     ServiceSpec,
 )
 from agentstream.consumers.runtime.http import http_url_problem
+from agentstream.consumers.runtime.placement import SessionPlacement
 from agentstream.consumers.runtime.replay import Window, committed_offsets, read_window_events
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event
@@ -154,6 +155,12 @@ class LoopService:
             on_evict=self._evicted,
         )
         self.metrics = LoopMetrics(consumer.registry, lambda: len(self.detector))
+        self.placement = SessionPlacement(
+            consumer.registry,
+            consumer.service,
+            consumer.partition_count,
+            topics=[self.routing.events],
+        )
         self.webhook: WebhookNotifier | None = None
         self.published = _RecentIds(cap=max(10_000, settings.alerts_dedup_window * 8))
         self.positions: dict[int, int] = {}
@@ -170,6 +177,7 @@ class LoopService:
     # --- live ------------------------------------------------------------------------------
 
     async def handle(self, event: Event, record: Record) -> None:
+        self.placement.check(record)
         finding = self.detector.handle(event, record.partition)
         self.positions[record.partition] = record.offset + 1
         if finding is not None:

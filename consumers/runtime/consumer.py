@@ -327,6 +327,12 @@ class EventConsumer:
         """The topics the subscriptions need (the union over every subscription)."""
         return sorted(self._table.topics(self.routing))
 
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, as the client's metadata says (None before the
+        consumer started or when it knows nothing of the topic). No request is sent."""
+        partitions = self._consumer.partitions_for_topic(topic) if self._consumer else None
+        return len(partitions) if partitions else None
+
     async def start(self) -> None:
         """Connect, join the group and start processing in background tasks."""
         if self._started:

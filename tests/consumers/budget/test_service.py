@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import NewTopic
 from support.budget import budget_settings, drained, llm, read_events, turn
-from support.produce import produce_events
+from support.produce import produce_events, produce_raw
 from support.runtime import running_consumer, wait_until
 
 from agentstream.consumers.broker import EmbeddedBroker
@@ -30,9 +30,10 @@ from agentstream.consumers.budget.service import SERVICE, BudgetService
 from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.replay import partitions_of
-from agentstream.schemas import Event
+from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.admin import TopicSpec, create_missing_topics, ensure_topics
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 CONFIG = """
@@ -207,6 +208,40 @@ async def test_budget_topics_made_with_the_wrong_cleanup_policy_are_refused(
     text = str(refused.value)
     assert f"expected topic {topic} with cleanup.policy=" in text and f"it has {wrong}" in text
     assert said in text and f"--entity-name {topic} --add-config cleanup.policy=" in text
+
+
+async def test_a_session_split_over_partitions_by_another_producer_is_counted(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A session's usage on two partitions is counted in two session scopes, each under the
+    limit: an exceeded budget nobody hears of. Now the split is counted."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    first, second = llm(100, 100, session="split-1"), llm(100, 100, session="split-1", seconds=1)
+    right = partition_for(b"split-1", 4)
+    async with SERVICE.setup(consumer, settings) as service:
+        assert isinstance(service, BudgetService)
+        async with running_consumer(consumer):
+            await wait_until(lambda: service.repartition.ready, what="repartition consumer ready")
+            await produce_events(settings, [first])
+            await produce_raw(
+                settings,
+                settings.routing().events,
+                encode_event(second),
+                key=None,  # a producer without keys
+                headers=event_headers(second),
+                partition=(right + 1) % 4,
+            )
+            await wait_until(
+                lambda: drained(settings, consumer.group_id), what="both stages drained"
+            )
+            labels = {"service": "budget", "topic": settings.routing().events}
+            misplaced = consumer.registry.get_sample_value(
+                "agentstream_consumer_misplaced_events_total", labels
+            )
+            assert misplaced == 1
 
 
 async def test_budget_topics_wait_for_the_events_topic(

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from support.produce import produce_events
+from support.produce import produce_events, produce_raw
 from support.runtime import (
     ServiceProcess,
     committed_offsets,
@@ -30,7 +30,8 @@ from agentstream.consumers.loops.restore import recent_ids_from
 from agentstream.consumers.loops.service import SERVICE, LoopService, LoopSettings
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.replay import Window, read_windows
-from agentstream.schemas import Event, decode_record
+from agentstream.schemas import Event, decode_record, encode_event, event_headers
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 SEARCH = {"query": "kafka exactly once", "top_k": 5}
@@ -389,3 +390,27 @@ async def partition_holding_records(settings: KafkaSettings, topic: str) -> int:
         return int(tp.partition)
     finally:
         await consumer.stop()
+
+
+async def test_a_session_split_over_partitions_by_another_producer_is_counted(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Events of one session that another producer keyed by user: the loops state of that
+    session is split, which was silent."""
+    settings = loop_settings(kafka_settings)
+    events = [search("split-1") for _ in range(3)]
+    right = partition_for(b"split-1", 4)
+    async with loops_service(settings) as service:
+        await produce_events(settings, events[:2])  # keyed by session: where it belongs
+        await produce_raw(
+            settings,
+            settings.routing().events,
+            encode_event(events[2]),
+            key=b"u-1",
+            headers=event_headers(events[2]),
+            partition=(right + 1) % 4,
+        )
+        await wait_until(lambda: all_processed(settings, 3), what="all three handled")
+        labels = {"service": "loops", "topic": settings.routing().events}
+        sample = service.consumer.registry.get_sample_value
+        assert sample("agentstream_consumer_misplaced_events_total", labels) == 1

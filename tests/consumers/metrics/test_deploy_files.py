@@ -20,7 +20,7 @@ GRAFANA = DEPLOY.parent / "grafana"
 def test_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_every_alert_has_a_passing_unit_test() -> None:
