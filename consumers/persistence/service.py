@@ -14,6 +14,7 @@ from pydantic import Field
 from agentstream.consumers.runtime import EventConsumer, HttpPort, ServiceSettings, ServiceSpec
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas.settings import checked
+from agentstream.schemas.throttle import ThrottledLog
 
 from .retention import Retention
 from .sink import EventSink, SinkMetrics
@@ -71,24 +72,27 @@ async def until_available(
     what: str, action: Callable[[], Awaitable[T]], settings: PersistenceSettings
 ) -> T:
     """Run ``action``, retrying while the store is unavailable (the service waits for its
-    database instead of crash-looping)."""
+    database instead of crash-looping). The first failure is logged at once, then one line a
+    minute with how many attempts were held back, and one when the store answers."""
     attempt = 0
     while True:
         try:
-            return await action()
+            result = await action()
         except StoreUnavailableError as exc:
             attempt += 1
             delay = backoff_seconds(
                 attempt, settings.store_retry_backoff_ms, settings.store_retry_max_backoff_ms
             )
-            log.warning(
-                "%s: store unavailable (attempt %d), retrying in %.2f s: %s",
-                what,
-                attempt,
-                delay,
-                exc,
-            )
+            _waiting(what, "%s: store unavailable (attempt %d), retrying: %s", what, attempt, exc)
+            log.debug("%s: attempt %d failed, next in %.2f s: %s", what, attempt, delay, exc)
             await asyncio.sleep(delay)
+            continue
+        if attempt:
+            _waiting.recovered(what, "%s: the store answers after %d attempts", what, attempt)
+        return result
+
+
+_waiting = ThrottledLog(log)
 
 
 @contextlib.asynccontextmanager

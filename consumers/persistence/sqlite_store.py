@@ -10,6 +10,7 @@ on the store's own thread, one at a time, so the event loop never waits on the d
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -80,6 +81,31 @@ def sqlite_path(url: str) -> tuple[str, str]:
     return unquote(parts.path[1:]), synchronous
 
 
+class _NotWritableError(Exception):
+    pass
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT)
+"""What opening the store's file (or its journal) for writing says when no wait would help: a
+read-only file system, no permission, a directory in the way, a file system that creates no
+file there (its directory exists). A full disk or an I/O error is an outage."""
+
+
+def _check_writable(path: str) -> None:
+    """Open ``path`` and its write-ahead log for writing (created if absent, never truncated):
+    SQLite says only "unable to open database file", which reads as an outage."""
+    for name in (path, f"{path}-wal"):
+        existed = os.path.exists(name)
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise _NotWritableError(f"{exc.strerror} ({name})") from None
+            raise
+        if not existed and name != path:
+            os.unlink(name)  # SQLite makes its own
+
+
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -119,6 +145,8 @@ class SqliteStore(Store):
             directory = os.path.dirname(os.path.abspath(self.path))
             if self.path != ":memory:" and not os.path.isdir(directory):
                 raise NotADirectoryError(directory)
+            if self.path != ":memory:":
+                _check_writable(self.path)
             target, uri = self.path, False
         conn = sqlite3.connect(
             target, uri=uri, isolation_level=None, check_same_thread=True, cached_statements=256
@@ -148,6 +176,11 @@ class SqliteStore(Store):
             raise StoreError(
                 f"expected the directory of the SQLite store {self.url} to exist, "
                 f"{exc.args[0]} does not"
+            ) from None
+        except _NotWritableError as exc:
+            raise StoreError(
+                f"expected a SQLite store the service can write at {self.path}, got "
+                f"{exc.args[0]}: point --store at a writable volume"
             ) from None
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open SQLite store {self.path}: {exc}") from exc

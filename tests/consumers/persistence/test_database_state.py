@@ -9,6 +9,7 @@ outage to wait out."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from agentstream.consumers.persistence import (
     StoreUnavailableError,
     open_store,
 )
+from agentstream.consumers.persistence.service import PersistenceSettings, until_available
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas.settings import KafkaSettings
 
@@ -164,3 +166,47 @@ async def test_a_tls_setting_the_server_refuses_is_a_settings_error_not_an_outag
             async with open_store(url):
                 pass
         assert not isinstance(caught.value, StoreUnavailableError)
+
+
+@pytest.mark.parametrize("where", ["/proc/agentstream.db", "directory"])
+async def test_a_sqlite_path_that_cannot_be_written_is_a_settings_error(
+    tmp_path: Path, where: str
+) -> None:
+    """A store on a read-only volume, or a directory's path: SQLite says only "unable to open
+    database file", which read as an outage: the service waited for it forever."""
+    path = tmp_path if where == "directory" else Path(where)
+    with pytest.raises(StoreError, match="expected a SQLite store the service can write") as caught:
+        async with open_store(f"sqlite:///{path}"):
+            pass
+    assert not isinstance(caught.value, StoreUnavailableError)
+    assert str(path) in str(caught.value)
+
+
+async def test_the_wait_for_the_store_at_start_says_so_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, one WARNING per attempt: every 5 s for as long as the database was down."""
+    settings = PersistenceSettings(store_retry_backoff_ms=1, store_retry_max_backoff_ms=2)
+    attempts = 0
+
+    async def opening() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 20:
+            raise StoreUnavailableError("PostgreSQL postgresql://db/x: connection refused")
+        return "open"
+
+    with caplog.at_level(logging.INFO, logger="agentstream.consumers.persistence"):
+        assert await until_available("opening the store", opening, settings) == "open"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        (
+            "WARNING",
+            "opening the store: store unavailable (attempt 1), retrying: "
+            "PostgreSQL postgresql://db/x: connection refused",
+        ),
+        (
+            "INFO",
+            "opening the store: the store answers after 19 attempts (18 more since the last line)",
+        ),
+    ]

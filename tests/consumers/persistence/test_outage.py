@@ -148,13 +148,15 @@ async def test_service_waits_for_the_database_at_start(
             await wait_until(lambda: count_is(store, 100), what="the 100 events stored")
             return await stored_ids(store)
 
-    caplog.set_level(logging.WARNING, "agentstream.consumers.persistence")
+    caplog.set_level(logging.DEBUG, "agentstream.consumers.persistence")
     task = asyncio.create_task(service())
     try:
         await wait_until(
-            lambda: caplog.text.count("opening the store: store unavailable") >= 3,
+            lambda: caplog.text.count("opening the store: attempt") >= 3,
             what="the service retrying to open the store",
         )
+        said = caplog.text.count("opening the store: store unavailable (attempt 1)")
+        assert said == caplog.text.count("store unavailable") == 1  # once a minute
         assert not task.done()  # waiting, not crashed
         pg_proxy.start()
         ids = await asyncio.wait_for(task, timeout=60)
