@@ -471,7 +471,10 @@ class Spool:
             log.warning("spool slot %s: moving its records here stopped: %s", slot, exc)
         finally:
             self.corrupt += orphan.corrupt
-            orphan.close()
+            try:
+                orphan.close()
+            except OSError as exc:  # its checkpoint not written: its records are read again
+                log.warning("spool slot %s: cannot write its checkpoint: %s", slot, exc)
         self.adopted += moved
         if moved or left:
             log.warning(
