@@ -14,12 +14,12 @@ The first step that fails names the problem. When the connection or the TLS hand
 and the endpoint answers the other way (TLS where the client spoke plaintext, or plaintext
 where it began a handshake), the client's ``security_protocol`` does not match the listener:
 that is said. Any other failure before the broker answered is an outage and is left to the
-caller's retries. A client without SASL is told when the broker
-closes the connection on its first unauthenticated request (Apache Kafka does on a SASL
-listener). Last, the brokers the metadata names are tried: clients go there after bootstrap,
-and when the brokers advertise addresses this client cannot reach (the commonest Kafka
-misconfiguration: ``localhost`` or a container's name in ``advertised.listeners``), every
-later request fails with a ``NodeNotReadyError`` that says nothing of it.
+caller's retries. A client without SASL is told when the broker closes the connection on its
+first unauthenticated request (Apache Kafka does on a SASL listener). Last, the brokers the
+metadata names are tried: clients go there after bootstrap, and when the brokers advertise
+addresses this client cannot reach (the commonest Kafka misconfiguration: ``localhost`` or a
+container's name in ``advertised.listeners``), every later request fails with a
+``NodeNotReadyError`` that says nothing of it.
 """
 
 from __future__ import annotations
