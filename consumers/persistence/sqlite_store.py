@@ -86,24 +86,21 @@ class _NotWritableError(Exception):
 
 
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOENT)
-"""What opening the store's file (or its journal) for writing says when no wait would help: a
-read-only file system, no permission, a directory in the way, a file system that creates no
-file there (its directory exists). A full disk or an I/O error is an outage."""
+"""What opening the store's file for writing says when no wait would help: a read-only file
+system, no permission, a directory in the way, a file system that creates no file there (its
+directory exists). A full disk or an I/O error is an outage."""
 
 
 def _check_writable(path: str) -> None:
-    """Open ``path`` and its write-ahead log for writing (created if absent, never truncated):
-    SQLite says only "unable to open database file", which reads as an outage."""
-    for name in (path, f"{path}-wal"):
-        existed = os.path.exists(name)
-        try:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644))
-        except OSError as exc:
-            if exc.errno in _NOT_WRITABLE:
-                raise _NotWritableError(f"{exc.strerror} ({name})") from None
-            raise
-        if not existed and name != path:
-            os.unlink(name)  # SQLite makes its own
+    """Open ``path`` for writing (created if absent, as SQLite would; never truncated): SQLite
+    says only "unable to open database file", which reads as an outage. (Not its write-ahead
+    log: a probe file there could be one another connection starts using.)"""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise _NotWritableError(exc.strerror) from None
+        raise
 
 
 class SqliteStore(Store):
