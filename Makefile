@@ -16,7 +16,7 @@ PEER_VENV := tests/peers/ensure_venv.sh
 
 DEV_VENV := .venv-dev
 
-.PHONY: help up test venv install apt peers lint typecheck pytest bench chaos schemas dev clean
+.PHONY: help up test venv install apt peers lint typecheck pytest bench chaos schemas dev lowest clean
 
 help:
 	@echo "make up     - the whole pipeline locally (embedded broker, services, demo agents)"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench  - every benchmark, then docs/benchmarks.md"
 	@echo "make chaos  - the full fault-injection suite, then docs/reliability.md"
 	@echo "make dev    - .venv-dev, importing the source folders live (no reinstall after edits)"
+	@echo "make lowest - the test suite on the lowest dependency versions pyproject.toml admits"
 
 $(DEPS_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +49,7 @@ apt:
 # Keep the Xerxes requirements identical to XERXES_REQUIREMENTS in tests/producer/adoption/conftest.py.
 peers:
 	@$(PEER_VENV) mlflow 'mlflow==3.17.*' >/dev/null
-	@$(PEER_VENV) xerxes 'xerxes-agent==0.2.5' 'msgspec>=0.18' 'aiokafka>=0.11,<0.15' 'pydantic-settings>=2.2' 'prometheus-client>=0.20' >/dev/null
+	@$(PEER_VENV) xerxes 'xerxes-agent==0.2.5' 'msgspec>=0.18' 'aiokafka>=0.13,<0.15' 'pydantic-settings>=2.7' 'prometheus-client>=0.20' >/dev/null
 
 lint: $(DEPS_STAMP)
 	$(BIN)/ruff check .
@@ -80,6 +81,17 @@ CHAOS_ARGS ?=
 chaos: $(if $(filter $(BIN)/python,$(BENCH_PYTHON)),install apt)
 	AGENTSTREAM_TEST_CHAOS=full $(dir $(BENCH_PYTHON))pytest tests/chaos -p no:cacheprovider --timeout 900 $(CHAOS_ARGS)
 	$(BENCH_PYTHON) tests/chaos/report.py
+
+# The whole suite on the lowest versions pyproject.toml admits (.ci/lowest.txt pins them), in
+# .venv-lowest. Not part of `make test` (it would double its time): run it when a lower bound
+# changes or the code starts using an API a dependency added.
+LOWEST_VENV := .venv-lowest
+lowest: apt peers
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q -c .ci/lowest.txt '.[dev]'
+	$(LOWEST_VENV)/bin/python -m pip install -q --no-deps --force-reinstall .
+	$(LOWEST_VENV)/bin/pytest $(PYTEST_ARGS)
 
 # For working on agentstream itself: .venv-dev imports the source folders through a symlinked
 # tree (.dev/agentstream/...) on a .pth path, so edits show at once, no reinstall is needed,

@@ -269,7 +269,8 @@ async def describe_topics(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> 
     back with error code 3 (UNKNOWN_TOPIC_OR_PARTITION) and no partitions.
 
     aiokafka's admin client has no public way to send the flag; ``_send_request`` is the
-    one its own ``describe_topics`` uses (aiokafka 0.11 to 0.14)."""
+    one its own ``describe_topics`` uses (aiokafka 0.13 and 0.14: 0.12 and older build their
+    requests another way, hence the lower bound in pyproject.toml)."""
     request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
     response = await admin._send_request(request)
     return list(response.to_object()["topics"])

@@ -100,3 +100,28 @@ def test_the_runtime_is_importable_from_the_consumers_package_lazily() -> None:
         "assert EventConsumer is E\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_lowest_pins_are_the_lower_bounds() -> None:
+    """`make lowest` runs the suite on .ci/lowest.txt: each pin must be the lower bound the
+    project declares (a bound that moves without its pin would go untested)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = [*project["dependencies"], *extras["postgres"], *extras["tracing"]]
+    declared += extras["services"]
+    bounds = {}
+    for requirement in declared:
+        name, _, rest = requirement.partition(">=")
+        bounds[name.strip().lower()] = rest.split(",")[0].strip()
+    pins = {}
+    for line in (ROOT / ".ci" / "lowest.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip().lower()] = version.strip()
+
+    def padded(version: str) -> tuple[int, ...]:
+        parts = [int(p) for p in version.split(".")]
+        return (*parts, *[0] * (3 - len(parts)))
+
+    assert pins.keys() == bounds.keys()
+    assert {n: padded(v) for n, v in pins.items()} == {n: padded(v) for n, v in bounds.items()}

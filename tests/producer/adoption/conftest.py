@@ -33,8 +33,8 @@ from agentstream.schemas import Event
 XERXES_REQUIREMENTS = (
     "xerxes-agent==0.2.5",
     "msgspec>=0.18",
-    "aiokafka>=0.11,<0.15",
-    "pydantic-settings>=2.2",
+    "aiokafka>=0.13,<0.15",
+    "pydantic-settings>=2.7",
     "prometheus-client>=0.20",
 )
 """The Xerxes peer venv: Xerxes itself plus what ``pip install agentstream`` brings into a pod
