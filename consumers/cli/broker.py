@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+import sys
 from typing import Any
 
 
@@ -56,7 +58,17 @@ async def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{name} ({state})" for name, state in sorted(created.items())),
                 flush=True,
             )
-        await stop.wait()
+        while not stop.is_set():  # until a signal, or the broker process ends on its own
+            if broker.returncode is not None:
+                print(
+                    f"agentstream: the embedded broker (pid {broker.pid}) exited with code "
+                    f"{broker.returncode}; its clients have lost it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
     finally:
         broker.stop()
     return 0

@@ -191,6 +191,37 @@ async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> N
     assert "ERROR" not in err and "no Kafka broker answers" not in err, err
 
 
+async def test_broker_command_ends_when_its_broker_dies() -> None:
+    """Before, it stayed up with a dead broker beneath it (a zombie child): whatever watched
+    the command saw it running."""
+    port = free_port()
+    with subprocess.Popen(
+        [*CLI, "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        ready = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        assert "embedded broker ready" in ready
+        tansu = [
+            int(pid)
+            for pid in subprocess.run(
+                ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+            ).stdout.split()
+        ]
+        assert len(tansu) == 1
+        os.kill(tansu[0], signal.SIGKILL)
+        try:
+            code = await asyncio.to_thread(process.wait, 30)
+        finally:
+            if process.poll() is None:  # still up: the failure this test is about
+                process.kill()
+        err = process.stderr.read()
+    assert code == 1
+    assert f"the embedded broker (pid {tansu[0]}) exited with code -9" in err
+
+
 async def test_broker_command_on_a_taken_port_says_so_at_once() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
