@@ -10,6 +10,20 @@ Writing: ``agentstream consume persistence --store URL`` (:mod:`.service`). Read
         await store.events(type="tool.*", since=...)
 """
 
-from .store import SessionSummary, Store, StoreError, StoreUnavailableError, open_store
+from .store import (
+    SessionSummary,
+    Store,
+    StoreError,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    open_store,
+)
 
-__all__ = ["SessionSummary", "Store", "StoreError", "StoreUnavailableError", "open_store"]
+__all__ = [
+    "SessionSummary",
+    "Store",
+    "StoreError",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
+    "open_store",
+]

@@ -59,6 +59,7 @@ from .store import (
     SessionSummary,
     Store,
     StoreError,
+    StoreTimeoutError,
     StoreUnavailableError,
     type_bounds,
 )
@@ -213,6 +214,12 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
 
 
+def _too_slow(exc: BaseException) -> bool:
+    """The statement ran past ``statement_timeout`` (57014, query_canceled) or the client's
+    ``command_timeout``."""
+    return isinstance(exc, asyncio.TimeoutError) or getattr(exc, "sqlstate", None) == "57014"
+
+
 def _hint(exc: BaseException) -> str:
     """What to do about an error that is a setting, not an outage that passes."""
     if getattr(exc, "sqlstate", None) == "42501":  # insufficient_privilege
@@ -282,7 +289,8 @@ class PostgresStore(Store):
                 await _release(pool, conn)
         except Exception as exc:
             if is_outage(exc):
-                raise StoreUnavailableError(f"PostgreSQL {self.url}: {exc!r}{_hint(exc)}") from exc
+                kind = StoreTimeoutError if _too_slow(exc) else StoreUnavailableError
+                raise kind(f"PostgreSQL {self.url}: {exc!r}{_hint(exc)}") from exc
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                 raise StoreError(f"PostgreSQL {self.url}: {exc!r}") from exc
             raise

@@ -11,7 +11,10 @@ are skipped (and counted as duplicates).
 A store outage is not a bad record: the handler keeps retrying the same batch with capped
 exponential backoff, for as long as it takes, and never lets the error reach the runtime
 (which would dead-letter the records). Meanwhile the partition's later records wait and the
-runtime's backpressure pauses fetching; no offset moves past an unwritten event.
+runtime's backpressure pauses fetching; no offset moves past an unwritten event. A write that
+took longer than the store allows (PostgreSQL's ``statement_timeout``) would take as long
+again: the batch is written in halves, and later batches in parts of that size, doubled after
+each part that passes.
 
 An event the database refuses (not an outage: on PostgreSQL, an id too long for its index)
 must not take its batch down with it: the batch is bisected, every accepted event is stored,
@@ -34,9 +37,12 @@ from agentstream.schemas import Event, RecordLocation
 from agentstream.schemas.throttle import ThrottledLog
 
 from .rows import original_json
-from .store import Store, StoreError, StoreUnavailableError
+from .store import Store, StoreError, StoreTimeoutError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
+
+_LIMIT_CAP = 1 << 16
+"""Past this many events per write, writes are whole batches again."""
 
 
 class SinkMetrics:
@@ -91,6 +97,10 @@ class EventSink:
         self._backoff = (retry_backoff_ms, retry_max_backoff_ms)
         # Every partition retries on its own: one line a minute for them all, with a count.
         self._outage = ThrottledLog(log)
+        self.limit: int | None = None
+        """Events per write while writes of more took longer than the store allows (None: a
+        batch is one write). Halved on each such timeout, doubled after each write of that
+        many that passes."""
         metrics.up.set(1)
 
     async def __call__(self, records: list[Record]) -> None:
@@ -117,40 +127,69 @@ class EventSink:
     async def _write(
         self, events: list[Event], locations: list[RecordLocation], documents: list[str]
     ) -> None:
-        """Write and commit, retrying for as long as the store is unavailable."""
+        """Write and commit, retrying for as long as the store is unavailable; in parts of at
+        most :attr:`limit` events while writes of more took longer than the store allows."""
+        limit = self.limit
+        if limit is not None and len(events) > limit:
+            for start in range(0, len(events), limit):
+                end = start + limit
+                await self._write(events[start:end], locations[start:end], documents[start:end])
+            return
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
                 inserted = await self.store.write_batch(events, locations, documents)
-            except StoreUnavailableError as exc:
-                attempt += 1
-                self.metrics.unavailable.inc()
-                self.metrics.up.set(0)
-                delay = backoff_seconds(attempt, *self._backoff)
-                self._outage(
-                    "unavailable",
-                    "store %s unavailable writing %d events from %s (attempt %d); "
-                    "retrying in %.2f s: %s",
+            except StoreTimeoutError as exc:
+                if len(events) == 1:  # nothing smaller to try: wait, as for an outage
+                    attempt += 1
+                    await self._unavailable(events, locations, attempt, exc)
+                    continue
+                self.limit = len(events) // 2
+                log.warning(
+                    "store %s: writing %d events took longer than it allows (%s); writing at "
+                    "most %d at a time",
                     self.store.url,
                     len(events),
-                    locations[0],
-                    attempt,
-                    delay,
                     exc,
+                    self.limit,
                 )
-                await asyncio.sleep(delay)
+                await self._write(events, locations, documents)
+                return
+            except StoreUnavailableError as exc:
+                attempt += 1
+                await self._unavailable(events, locations, attempt, exc)
                 continue
             break
         if attempt:
             self._outage.recovered(
                 "unavailable", "store %s is back after %d failed attempts", self.store.url, attempt
             )
+        if limit is not None and len(events) == limit:  # it takes this many again: try more
+            self.limit = None if limit >= _LIMIT_CAP else limit * 2
         self.metrics.up.set(1)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_events.observe(len(events))
         self.metrics.stored.inc(inserted)
         self.metrics.duplicates.inc(len(events) - inserted)
+
+    async def _unavailable(
+        self, events: list[Event], locations: list[RecordLocation], attempt: int, exc: Exception
+    ) -> None:
+        self.metrics.unavailable.inc()
+        self.metrics.up.set(0)
+        delay = backoff_seconds(attempt, *self._backoff)
+        self._outage(
+            "unavailable",
+            "store %s unavailable writing %d events from %s (attempt %d); retrying in %.2f s: %s",
+            self.store.url,
+            len(events),
+            locations[0],
+            attempt,
+            delay,
+            exc,
+        )
+        await asyncio.sleep(delay)
 
     async def _refused(
         self, events: list[Event], locations: list[RecordLocation], documents: list[str]

@@ -40,6 +40,12 @@ class StoreUnavailableError(StoreError):
     retriable = True
 
 
+class StoreTimeoutError(StoreUnavailableError):
+    """An operation took longer than the database or the client allows (PostgreSQL's
+    ``statement_timeout``, the client's ``command_timeout``). The same batch may take as long
+    again: the persistence service writes it in smaller parts."""
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     """The filters of :meth:`Store.events`, as the backends get them (the limit checked)."""

@@ -210,3 +210,32 @@ async def test_the_wait_for_the_store_at_start_says_so_once_a_minute(
             "opening the store: the store answers after 19 attempts (18 more since the last line)",
         ),
     ]
+
+
+@pytest.mark.postgres
+async def test_batches_slower_than_statement_timeout_are_written_in_smaller_parts(
+    kafka_settings: KafkaSettings, pg_schema_url: str
+) -> None:
+    """A DBA's statement_timeout shorter than a batch's insert: before, the same batch was
+    cancelled and retried forever and the partition stalled. A trigger makes each row take
+    10 ms, the timeout is 250 ms: batches of tens of events cannot pass whole."""
+    events = stream(300)
+    await migrated(pg_schema_url)
+    admin = await asyncpg.connect(pg_schema_url)
+    try:
+        await admin.execute(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$"
+        )
+        await admin.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_row()"
+        )
+    finally:
+        await admin.close()
+    settings = settings_for(kafka_settings, f"{pg_schema_url}&statement_timeout=250")
+    async with persistence(settings) as (consumer, store):
+        await produce_events(kafka_settings, events)
+        await wait_until(lambda: count_is(store, 300), timeout=60, what="the 300 events stored")
+        await wait_until(lambda: committed_total(consumer) == 300, what="offsets committed")
+        assert metric(consumer, "agentstream_persistence_store_unavailable_total") == 0
+        assert dead_lettered(consumer) == 0
