@@ -53,9 +53,10 @@ would use 4 scrape intervals at least; the traffic of a test is a few seconds)."
 RANGE = "5m"
 """``$__range``: a dashboard time range that holds the whole traffic."""
 
-ZERO_IS_DATA = {"Consumer lag by service", "Pod queues"}
+ZERO_IS_DATA = {"Consumer lag by service", "Pod queues", "Sessions split across partitions"}
 """Panels whose every value may be 0 with the data present: the consumers have caught up,
-the pods have delivered everything."""
+the pods have delivered everything, every event is keyed by its session (the series exist at
+0 from the services' start)."""
 
 UNTRIGGERED = {
     "AgentstreamConsumerLagHigh": "needs more than 10,000 records of lag for 5 minutes",
