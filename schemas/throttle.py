@@ -32,6 +32,16 @@ class _Kind:
         self.amount = 0
         self.failing = False
 
+    def admit(self, now: float, interval_s: float, amount: int = 0) -> bool:
+        """Whether a line of this kind may be logged at ``now`` (then not again for
+        ``interval_s``); one held back otherwise, with its ``amount``."""
+        if now < self.next:
+            self.held += 1
+            self.amount += amount
+            return False
+        self.next = now + interval_s
+        return True
+
 
 class ThrottledLog:
     """``log(key, message, *args)``: the first line of a ``key`` at once, later ones at most
@@ -65,12 +75,8 @@ class ThrottledLog:
             if kind is None:
                 kind = self._kinds[key] = _Kind()
             kind.failing = True
-            now = self._clock()
-            if now < kind.next:
-                kind.held += 1
-                kind.amount += amount
+            if not kind.admit(self._clock(), self._interval_s, amount):
                 return
-            kind.next = now + self._interval_s
             since = self._since(kind)
         self._logger.log(self._level, message + since, *args, exc_info=exc_info)
 
@@ -116,7 +122,7 @@ class RepeatFilter(logging.Filter):
         self._logger_prefix = logger_prefix
         self._thread_prefix = thread_prefix
         self._clock = clock
-        self._kinds: dict[tuple[str, str], list[float]] = {}  # [next allowed, held back]
+        self._kinds: dict[tuple[str, str], _Kind] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -127,16 +133,15 @@ class RepeatFilter(logging.Filter):
         ):
             return True
         key = (record.name, str(record.msg))
-        now = self._clock()
         with self._lock:
             kind = self._kinds.get(key)
-            if kind is not None and now < kind[0]:
-                kind[1] += 1
+            if kind is None:
+                if len(self._kinds) >= 1024:  # templates are few; stay bounded
+                    self._kinds.clear()
+                kind = self._kinds[key] = _Kind()
+            if not kind.admit(self._clock(), self._interval_s):
                 return False
-            held = int(kind[1]) if kind is not None else 0
-            if kind is None and len(self._kinds) >= 1024:  # templates are few; stay bounded
-                self._kinds.clear()
-            self._kinds[key] = [now + self._interval_s, 0]
+            held, kind.held = kind.held, 0
         if held:
             record.msg = f"{record.getMessage()} ({held} more like this since the last one)"
             record.args = None
