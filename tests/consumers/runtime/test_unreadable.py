@@ -14,8 +14,8 @@ from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.unreadable import Batches, UnreadablePartitions, isolate
-from agentstream.producer.partitioner import partition_for
 from agentstream.schemas import Event
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 

@@ -25,11 +25,11 @@ from support.runtime import wait_until
 from support.samples import sample_event
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
-from agentstream.producer.partitioner import partition_for
 from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import decode_record
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 OUTAGE_SECONDS = float(os.environ.get("AGENTSTREAM_TEST_OUTAGE_SECONDS", "10"))

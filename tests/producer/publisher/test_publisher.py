@@ -15,11 +15,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from support.samples import sample_event
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
-from agentstream.producer.partitioner import partition_for
 from agentstream.producer.publisher import KafkaPublisher, producer_kwargs
 from agentstream.schemas import Event
 from agentstream.schemas.codec import decode_record, header
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 Consume = Callable[..., Awaitable[list[Any]]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentstream.producer.partitioner import KeyPartitioner, murmur2, partition_for, to_positive
+from agentstream.schemas.partitioner import KeyPartitioner, murmur2, partition_for, to_positive
 from agentstream.schemas.settings import KafkaSettings
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2 (the Java client's own expectations)
