@@ -156,7 +156,7 @@ class Spool:
         """Records moved here at open from slots no process had (see :meth:`_adopt`)."""
         if _claimed is None:
             for slot in _slots(Path(directory)):
-                if slot != self.directory and _segment_bytes(slot):
+                if slot != self.directory and _holds_records(slot):
                     self._adopt(slot)
 
     # --- state -----------------------------------------------------------------------------
@@ -577,13 +577,14 @@ def _slots(base: Path) -> list[Path]:
     return [base, *sorted(p for p in base.glob(f"{SLOT_PREFIX}*") if p.is_dir())]
 
 
-def _segment_bytes(directory: Path) -> int:
-    """Bytes in ``directory``'s segments (a segment its owner deletes meanwhile counts 0)."""
-    total = 0
+def _holds_records(directory: Path) -> bool:
+    """Whether ``directory`` has a segment that is not empty (one its owner deletes meanwhile
+    is empty)."""
     for path in directory.glob(f"*{_SUFFIX}"):
         with contextlib.suppress(OSError):
-            total += path.stat().st_size
-    return total
+            if path.stat().st_size:
+                return True
+    return False
 
 
 class _Busy(Exception):
@@ -592,9 +593,9 @@ class _Busy(Exception):
         self.holder = holder
 
 
-def _lock(directory: Path, *, mark: bool = True) -> BinaryIO:
-    """Take the directory's lock; :class:`_Busy` naming its holder when another has it.
-    ``mark`` writes this process as the holder (not for a look that lets go at once)."""
+def _lock(directory: Path) -> BinaryIO:
+    """Take the directory's lock, writing this process in as its holder; :class:`_Busy`
+    naming the holder when another has it."""
     try:
         handle = open(directory / _LOCK_NAME, "a+b")  # noqa: SIM115 (held until close())
     except OSError as exc:
@@ -615,10 +616,9 @@ def _lock(directory: Path, *, mark: bool = True) -> BinaryIO:
             f"{directory}, got {exc.strerror or exc}: put spool_dir on a local disk or an "
             "emptyDir volume"
         ) from None
-    if mark:
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()}".encode())
-        handle.flush()
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()}".encode())
+    handle.flush()
     return handle
 
 
