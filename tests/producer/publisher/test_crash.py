@@ -16,6 +16,7 @@ import pytest
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.settings import KafkaSettings
@@ -28,11 +29,11 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from support.samples import sample_event
-from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.settings import KafkaSettings
 
 bootstrap, spool_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-first = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # where this worker's event ids start
+first = int(sys.argv[5])  # where this worker's event ids start
 settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="crash")
 publisher = KafkaPublisher(settings, spool_dir=spool_dir, redact=None, instance_id="doomed")
 ids = []
@@ -49,6 +50,56 @@ time.sleep(600)
 """
 
 
+async def spool_then_kill(port: int, spool_dir: Path, counts: list[int]) -> set[str]:
+    """One child publisher per count on ``spool_dir``, the broker at ``port`` down: each
+    spools its events (ids numbered on from the previous child's), says which, and is
+    killed with SIGKILL. Returns every id published."""
+    command = [sys.executable, "-c", CHILD, f"127.0.0.1:{port}", str(spool_dir)]
+    firsts = [sum(counts[:k]) for k in range(len(counts))]
+    children = [
+        subprocess.Popen(
+            [*command, str(count), str(TESTS), str(first)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for count, first in zip(counts, firsts, strict=True)
+    ]
+    published: set[str] = set()
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+            published |= set(json.loads(line))
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+    assert [child.returncode for child in children] == [-signal.SIGKILL] * len(children)
+    assert len(published) == sum(counts)
+    return published
+
+
+async def broker_back(broker_factory: type[EmbeddedBroker], port: int) -> KafkaSettings:
+    broker = broker_factory(port=port)
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
+    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    return settings
+
+
+async def delivered(
+    consume: Callable[..., Awaitable[list[Any]]], settings: KafkaSettings, count: int
+) -> list[Event]:
+    """What reached the two topics the children publish to (a third of it tokens)."""
+    routing = settings.routing()
+    records = await consume(settings, routing.events, count * 2 // 3)
+    records += await consume(settings, routing.tokens, count // 3)
+    return [decode_record(r.value, r.headers) for r in records]
+
+
 @pytest.mark.slow
 async def test_a_killed_producer_spool_is_delivered_by_the_next_process(
     tmp_path: Path,
@@ -58,40 +109,17 @@ async def test_a_killed_producer_spool_is_delivered_by_the_next_process(
     port = free_port()
     spool_dir = tmp_path / "spool"
     count = 600
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, f"127.0.0.1:{port}", str(spool_dir), str(count), str(TESTS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
-        published = set(json.loads(line))
-        assert len(published) == count
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-    assert child.returncode == -signal.SIGKILL
-
-    broker = broker_factory(port=port)
-    broker.start()
-    await broker.wait_ready()
-    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
-    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    published = await spool_then_kill(port, spool_dir, [count])
+    settings = await broker_back(broker_factory, port)
     successor = KafkaPublisher(settings, spool_dir=spool_dir, redact=None)
     try:
         assert successor.stats().spool_pending == count
         assert await asyncio.to_thread(successor.flush, 30)
     finally:
         await asyncio.to_thread(successor.close, 5)
-    routing = settings.routing()
-    records = await consume(settings, routing.events, 400)
-    records += await consume(settings, routing.tokens, 200)
-    delivered = [decode_record(r.value, r.headers) for r in records]
-    assert {e.event_id for e in delivered} == published  # duplicates would be allowed
-    assert {e.source for e in delivered} == {"doomed"}
+    events = await delivered(consume, settings, count)
+    assert {e.event_id for e in events} == published  # duplicates would be allowed
+    assert {e.source for e in events} == {"doomed"}
     assert successor.stats().delivered >= count
 
 
@@ -106,46 +134,16 @@ async def test_workers_sharing_a_spool_dir_are_killed_and_one_successor_delivers
     back with one worker: it delivers every event, the other two slots' too."""
     port = free_port()
     spool_dir = tmp_path / "spool"
-    per_worker = 200
-    command = [sys.executable, "-c", CHILD, f"127.0.0.1:{port}", str(spool_dir)]
-    workers = [
-        subprocess.Popen(
-            [*command, str(per_worker), str(TESTS), str(k * per_worker)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        for k in range(3)
-    ]
-    published: set[str] = set()
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), 60)
-            published |= set(json.loads(line))
-    finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
-            if worker.stdout is not None:
-                worker.stdout.close()
-    assert len(published) == 3 * per_worker
+    published = await spool_then_kill(port, spool_dir, [200, 200, 200])
     assert sorted(p.name for p in spool_dir.iterdir() if p.is_dir()) == ["process-1", "process-2"]
-
-    broker = broker_factory(port=port)
-    broker.start()
-    await broker.wait_ready()
-    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="crash")
-    await ensure_topics(settings.admin_options(), settings.routing(), TopicSpec(partitions=3))
+    settings = await broker_back(broker_factory, port)
     successor = KafkaPublisher(settings, spool_dir=spool_dir, redact=None)
     try:
         assert await asyncio.to_thread(successor.flush, 30)
-        assert successor.stats().delivered >= 3 * per_worker
+        assert successor.stats().delivered >= 600
     finally:
         await asyncio.to_thread(successor.close, 5)
-    routing = settings.routing()
-    records = await consume(settings, routing.events, 400)
-    records += await consume(settings, routing.tokens, 200)
-    assert {decode_record(r.value, r.headers).event_id for r in records} == published
+    assert {e.event_id for e in await delivered(consume, settings, 600)} == published
 
 
 # Publishes to a live broker with a linger longer than the test: the events wait in memory
@@ -155,7 +153,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[3])
 from support.samples import sample_event
 from agentstream.producer import exit_on_sigterm
-from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.producer.publisher import KafkaPublisher
 from agentstream.schemas.settings import KafkaSettings
 
 settings = KafkaSettings(
