@@ -20,10 +20,10 @@ from agentstream.schemas.admin import (
     DEAD_LETTER_HEADROOM,
     admin_client,
     missing_topics,
+    start_client,
     stop_client,
 )
-from agentstream.schemas.connect import raise_if_refused
-from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog
 
@@ -353,20 +353,15 @@ class EventConsumer:
         largest = settings.max_request_size + DEAD_LETTER_HEADROOM
         producer = AIOKafkaProducer(**{**settings.producer_options(), "max_request_size": largest})
         consumer = AIOKafkaConsumer(group_id=self.group_id, **settings.consumer_options())
-        try:
-            await producer.start()
+        try:  # start_client says what failed, and stops the client that did
+            await start_client(producer, settings.client_options())
             self._producer = producer
-            await consumer.start()
+            await start_client(consumer, settings.client_options())
             self._consumer = consumer
-        except Exception as exc:  # KafkaError; a refused SCRAM exchange raises others
+        except BaseException:
             await producer.stop()
-            await consumer.stop()
             self._stopped = True
-            await raise_if_refused(settings.client_options(), exc)
-            raise BrokerUnavailableError(
-                f"expected a Kafka broker at {settings.broker_address()} for service "
-                f"{self.service!r}, got {exc!r}"
-            ) from exc
+            raise
         self._dispatcher = Dispatcher(
             settings=settings,
             service=self.service,
