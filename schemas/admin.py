@@ -202,7 +202,7 @@ async def create_missing_topics(
     admin_options: Mapping[str, Any],
     topics: Sequence[NewTopic],
     *,
-    policies: Mapping[str, str] | None = None,
+    required: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create those of ``topics`` that do not exist yet.
 
@@ -210,17 +210,17 @@ async def create_missing_topics(
     "exists with cleanup.policy=P, not Q"}``. A topic that exists with another partition count
     than asked is left as it is (partitions can only be added, and that moves keys to other
     partitions) and logged as a warning: sessions are then spread over its own count. So is
-    one with another ``cleanup.policy``, unless ``policies`` names it: ``{topic: why}``, the
-    reason its policy must be the one asked, and then that raises :class:`ConfigurationError`
-    with the command that fixes it.
+    one with another ``cleanup.policy``. Unless ``required`` names it, ``{topic: why}``: then
+    either raises :class:`ConfigurationError` saying why the topic must be as asked.
     """
+    required = required or {}
     async with admin_client(admin_options) as admin:
         try:
             existing = set(await admin.list_topics())
             missing = [t for t in topics if t.name not in existing]
             present = [t for t in topics if t.name in existing]
-            outcome = await _check_existing(admin, present)
-            for name, differs in (await _check_policies(admin, present, policies or {})).items():
+            outcome = await _check_existing(admin, present, required)
+            for name, differs in (await _check_policies(admin, present, required)).items():
                 said = outcome[name]
                 outcome[name] = (
                     f"exists with {differs}" if said == "exists" else f"{said}; {differs}"
@@ -310,7 +310,7 @@ async def _check_policies(
     admin: AIOKafkaAdminClient, topics: list[NewTopic], required: Mapping[str, str]
 ) -> dict[str, str]:
     """``"cleanup.policy=P, not Q"`` for each of ``topics`` whose cleanup policy is not the
-    one asked (see :func:`create_missing_topics`)."""
+    one asked (see :func:`create_missing_topics` for ``required``)."""
     asked = {t.name: (t.topic_configs or {}).get("cleanup.policy") for t in topics}
     try:
         configs = await topic_configs(admin, [name for name, policy in asked.items() if policy])
@@ -344,8 +344,11 @@ async def _check_policies(
     return outcome
 
 
-async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, str]:
-    """``"exists"`` for each of ``topics``, or what differs in its partition count."""
+async def _check_existing(
+    admin: AIOKafkaAdminClient, topics: list[NewTopic], required: Mapping[str, str]
+) -> dict[str, str]:
+    """``"exists"`` for each of ``topics``, or what differs in its partition count (see
+    :func:`create_missing_topics` for ``required``)."""
     if not topics:
         return {}
     described = await describe_topics(admin, [t.name for t in topics])
@@ -356,6 +359,12 @@ async def _check_existing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) ->
         if found is None or found == topic.num_partitions:
             outcome[topic.name] = "exists"
             continue
+        why = required.get(topic.name)
+        if why is not None:
+            raise ConfigurationError(
+                f"expected topic {topic.name} with {topic.num_partitions} partitions, it has "
+                f"{found}: {why}"
+            )
         outcome[topic.name] = f"exists with {found} partitions, not {topic.num_partitions}"
         log.warning(
             "topic %s exists with %d partitions, not the %d asked for: left as it is",

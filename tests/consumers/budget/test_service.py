@@ -183,6 +183,24 @@ async def test_budget_topics_are_replicated_like_the_events_topic(
         assert await topic_shape(settings, topic) == (2, 3)
 
 
+async def test_a_changelog_made_ahead_with_another_partition_count_is_refused(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Its partition p must hold the state of events partition p (4 here)."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    topic = changelog_topic(settings.topic_prefix)
+    compact = {"cleanup.policy": "compact"}
+    await create_missing_topics(
+        settings.admin_options(), [NewTopic(topic, 2, 1, topic_configs=compact)]
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        await ensure_budget_topics(settings)
+    text = str(refused.value)
+    assert f"expected topic {topic} with 4 partitions, it has 2: it holds the budgets" in text
+
+
 @pytest.mark.parametrize(
     ("which", "wrong", "said"),
     [
