@@ -62,3 +62,19 @@ def metric(consumer: EventConsumer, name: str) -> float:
 
 async def count_is(store: Store, n: int) -> bool:
     return await store.count() == n
+
+
+def committed_total(consumer: EventConsumer) -> int:
+    """The sum of the offsets the consumer's group committed (one count over partitions)."""
+    return sum(consumer.committed_offsets().values())
+
+
+def dead_lettered(consumer: EventConsumer) -> float:
+    """Records the consumer sent to the dead-letter topic, of every type."""
+    return sum(
+        sample.value
+        for family in consumer.registry.collect()
+        for sample in family.samples
+        if sample.name == "agentstream_consumer_records_total"
+        and sample.labels.get("outcome") == "dead_lettered"
+    )

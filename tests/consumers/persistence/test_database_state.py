@@ -15,7 +15,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support.persistence import count_is, metric, persistence, settings_for, stream
+from support.persistence import (
+    committed_total,
+    count_is,
+    dead_lettered,
+    metric,
+    persistence,
+    settings_for,
+    stream,
+)
 from support.produce import produce_events
 from support.runtime import wait_until
 
@@ -25,22 +33,7 @@ from agentstream.consumers.persistence import (
     open_store,
 )
 from agentstream.consumers.persistence.service import PersistenceSettings, until_available
-from agentstream.consumers.runtime import EventConsumer
 from agentstream.schemas.settings import KafkaSettings
-
-
-def committed_total(consumer: EventConsumer) -> int:
-    return sum(consumer.committed_offsets().values())
-
-
-def dead_lettered(consumer: EventConsumer) -> float:
-    return sum(
-        sample.value
-        for family in consumer.registry.collect()
-        for sample in family.samples
-        if sample.name == "agentstream_consumer_records_total"
-        and sample.labels.get("outcome") == "dead_lettered"
-    )
 
 
 async def migrated(url: str) -> None:

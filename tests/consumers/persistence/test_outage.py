@@ -10,7 +10,14 @@ from collections.abc import Awaitable
 
 import asyncpg
 import pytest
-from support.persistence import count_is, metric, persistence, settings_for, stream
+from support.persistence import (
+    committed_total,
+    count_is,
+    metric,
+    persistence,
+    settings_for,
+    stream,
+)
 from support.produce import produce_events
 from support.proxy import TcpProxy
 from support.runtime import running_consumer, wait_until
@@ -22,10 +29,6 @@ from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
 
 pytestmark = pytest.mark.postgres
-
-
-def committed_total(consumer: EventConsumer) -> int:
-    return sum(consumer.committed_offsets().values())
 
 
 async def stored_ids(store: Store) -> list[str]:

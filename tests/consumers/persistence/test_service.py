@@ -11,7 +11,15 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-from support.persistence import count_is, metric, persistence, settings_for, stream
+from support.persistence import (
+    committed_total,
+    count_is,
+    dead_lettered,
+    metric,
+    persistence,
+    settings_for,
+    stream,
+)
 from support.produce import produce_events, produce_raw
 from support.runtime import read_records, wait_until
 
@@ -110,13 +118,7 @@ async def test_a_refused_event_does_not_take_its_batch_down(
         await produce_events(kafka_settings, events)
         await wait_until(lambda: committed_total(consumer) == 300, what="every record finished")
         assert await store.count() == 299  # the poison's batch-mates are stored
-        dead = sum(
-            sample.value
-            for family in consumer.registry.collect()
-            for sample in family.samples
-            if sample.name == "agentstream_consumer_records_total"
-            and sample.labels.get("outcome") == "dead_lettered"
-        )
+        dead = dead_lettered(consumer)
         retries = consumer.registry.get_sample_value(
             "agentstream_consumer_handler_retries_total",
             {"service": consumer.service, "handler": "persistence"},
@@ -151,10 +153,6 @@ async def test_an_id_too_long_for_its_postgres_index_is_dead_lettered_alone(
     assert decode_record(letter.value, letter.headers).event_id == events[120].event_id
     reason = dict(letter.headers)["agentstream.errors.reason"]
     assert reason.startswith(b"store refused the event: ") and b"index row" in reason
-
-
-def committed_total(consumer: EventConsumer) -> int:
-    return sum(consumer.committed_offsets().values())
 
 
 async def test_envelope_fields_unknown_to_this_version_are_kept(
