@@ -92,7 +92,7 @@ async def refusal(
         return None  # nothing answers there yet: an outage
     sasl = protocol.startswith("SASL_")
     if sasl:
-        connection.close()
+        await _close(connection)
         authenticated = await _authenticate(host, port, protocol, options, common)
         if isinstance(authenticated, ConfigurationError):
             return authenticated
@@ -111,7 +111,7 @@ async def refusal(
     except (TimeoutError, KafkaError):
         return None
     finally:
-        connection.close()
+        await _close(connection)
     return await _unreachable_brokers(
         f"{host}:{port}",
         [(b[0], b[1], b[2]) for b in metadata.brokers],
@@ -138,8 +138,16 @@ async def _answers(host: str, port: int, *, tls: bool, timeout_ms: int) -> bool:
         )
     except Exception:
         return False
-    connection.close()
+    await _close(connection)
     return True
+
+
+async def _close(connection: AIOKafkaConnection) -> None:
+    """Close ``connection`` and wait until its socket is (a TLS one closes after its shutdown
+    exchange: left to that, a process about to end leaves the socket to the garbage
+    collector, a ResourceWarning)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.close(), 1.0)
 
 
 def _other_protocol(host: str, port: int, *, tls: bool) -> ConfigurationError:
@@ -225,6 +233,8 @@ async def _reach(
     except (TimeoutError, OSError) as exc:
         return f"node {node} at {host}:{port} ({describe(exc)})"
     writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
     return None
 
 
