@@ -20,9 +20,10 @@ from datetime import datetime
 from typing import TypeVar
 
 from agentstream.schemas.codec import CONTENT_TYPES, Encoding, rfc3339
+from agentstream.schemas.envelope import TYPE_PATTERN, checked_type
 from agentstream.schemas.routing import Routing
 
-from ._records import Pending, _Record
+from ._records import Pending, _Record, log
 
 Header = tuple[str, bytes]
 
@@ -89,6 +90,14 @@ class RecordFactory:
         return records
 
     def _type(self, type_: str) -> tuple[str, Header]:
+        if isinstance(type_, str) and not checked_type(type_):  # once per type: it is cached
+            log.warning(
+                "event type %r is not a type tag (expected dotted lower-case words such as "
+                "'tool.called', %s): its events are sent, and consumers will put them on the "
+                "dead-letter topic",
+                type_,
+                TYPE_PATTERN,
+            )
         entry = (self._routing.topic_for(type_), ("ce_type", str(type_).encode()))
         return _remember(self._types, type_, entry)
 

@@ -41,7 +41,15 @@ from .scope import get_scope
 if TYPE_CHECKING:
     from .bus import Publisher
 
-__all__ = ["CorailForwarder", "corail_envelope", "encodable_data", "plain_data", "wire_type"]
+__all__ = [
+    "CorailForwarder",
+    "corail_envelope",
+    "encodable_data",
+    "mended_envelope",
+    "plain_data",
+    "valid_text",
+    "wire_type",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +94,49 @@ def plain_data(data: Any) -> dict[str, Any]:
 
 def encodable_data(data: Any) -> dict[str, Any]:
     """:func:`plain_data`, with integers beyond 64 bits as their decimal text (neither wire
-    encoding carries them): what the publisher sends when ``data`` cannot be encoded as it
-    is (a ``Path``, an exception object, a tuple key...)."""
-    fitted: dict[str, Any] = _fit_ints(plain_data(data))
+    encoding carries them) and strings made valid Unicode (:func:`valid_text`): what the
+    publisher sends when ``data`` cannot be encoded as it is (a ``Path``, an exception object,
+    a tuple key, a lone surrogate...)."""
+    fitted: dict[str, Any] = _fit(plain_data(data))
     return fitted
+
+
+def valid_text(text: str) -> str:
+    """``text`` itself when it encodes as UTF-8, else with its surrogates mended: a pair split
+    into two code points joined again, a lone one replaced by U+FFFD. Python strings may hold
+    lone surrogates (bytes decoded with ``surrogateescape``, a JSON ``\\ud83d`` escape cut
+    from its pair); UTF-8, and so both wire encodings, cannot carry them."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+ENVELOPE_TEXT = ("event_id", "type", "agent_id", "user_id", "session_id", "turn_id", "source")
+
+
+def mended_envelope(event: Event) -> dict[str, str]:
+    """The envelope's text fields that :func:`valid_text` changes, by name, with their new
+    value (for ``msgspec.structs.replace``)."""
+    mended: dict[str, str] = {}
+    for name in ENVELOPE_TEXT:
+        value = getattr(event, name)
+        if type(value) is str and (fixed := valid_text(value)) is not value:
+            mended[name] = fixed
+    return mended
 
 
 _INT_RANGE = range(-(2**63), 2**64)
 
 
-def _fit_ints(value: Any) -> Any:
+def _fit(value: Any) -> Any:
     if type(value) is dict:
-        return {k: _fit_ints(v) for k, v in value.items()}
+        return {_fit(k): _fit(v) for k, v in value.items()}
     if type(value) is list:
-        return [_fit_ints(v) for v in value]
+        return [_fit(v) for v in value]
+    if type(value) is str:
+        return valid_text(value)
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
         return str(value)
     return value

@@ -66,7 +66,7 @@ from agentstream.schemas.throttle import ThrottledLog, quiet_client_repeats
 from ._headers import RecordFactory
 from ._records import LOG_EVERY_S, Overflow, Redact, _Ledger, log
 from ._sender import _Sender, producer_kwargs
-from .adapters import encodable_data
+from .adapters import encodable_data, mended_envelope
 from .metrics import ProducerMetrics, ProducerStats
 from .spool import FsyncPolicy, Spool
 
@@ -236,7 +236,8 @@ class KafkaPublisher(_Sender):
                 converted = self._encode_plain(event, exc)
                 if converted is None:
                     return
-                value = converted
+                value, event = converted  # the headers follow the envelope as sent
+                source = event.source
             # Headers, key and topic are built on the sender thread from this snapshot.
             fields = (
                 event.event_id,
@@ -377,17 +378,17 @@ class KafkaPublisher(_Sender):
         error = self._spool.write_error  # a str the sender thread replaces: read as it is
         return ", spool full" if error is None else f", the spool cannot be written: {error}"
 
-    def _encode_plain(self, event: Event, refused: Exception) -> bytes | None:
+    def _encode_plain(self, event: Event, refused: Exception) -> tuple[bytes, Event] | None:
         """The record value of ``event`` with its data as plain values (``encodable_data``:
-        unknown objects as their ``str()``), after the encoder refused the data as it is;
+        unknown objects as their ``str()``, strings made valid Unicode) and its envelope's text
+        made valid too, after the encoder refused the event as it is, with the event as sent;
         None when the event was dropped (lock held)."""
         try:
             data = encodable_data(event.data)
             if self._redact is not None and data:
                 data = self._redact(data)
-            value = encode_event(
-                replace(event, data=data), self._encoding, max_bytes=self._max_record_bytes
-            )
+            wire = replace(event, data=data, **mended_envelope(event))
+            value = encode_event(wire, self._encoding, max_bytes=self._max_record_bytes)
         except RecordTooLargeError as exc:
             self._drop(event, "too_large", str(exc))
             return None
@@ -396,14 +397,14 @@ class KafkaPublisher(_Sender):
             return None
         self._warn(
             "converted",
-            "event %s of type %s (session %r): its data could not be encoded as it is (%s); "
-            "sent with the values the encoder refused as text",
+            "event %s of type %s (session %r): it could not be encoded as it is (%s); sent "
+            "with the values the encoder refused as text and lone surrogates replaced by U+FFFD",
             event.event_id,
             str(event.type),
             event.session_id,
             describe(refused),
         )
-        return value
+        return value, wire
 
     def _drop(self, event: Event, reason: str, detail: str = "") -> None:
         self.metrics.drop(reason)

@@ -96,6 +96,65 @@ async def test_data_the_encoder_refuses_is_sent_as_text_not_dropped(
     assert "abcdefghijklmnopqrstuvwxyz" not in data["token"]
 
 
+async def test_lone_surrogates_are_mended_and_the_event_sent(
+    kafka_settings: KafkaSettings, consume: Consume, caplog: pytest.LogCaptureFixture
+) -> None:
+    """UTF-8 cannot carry a lone surrogate, and Python strings may hold one: a tool's output
+    decoded with ``surrogateescape``, a JSON ``\\ud83d`` escape without its pair. msgspec
+    refused the whole event, and an audit record was lost for one character."""
+    escaped = b"caf\xe9".decode("utf-8", "surrogateescape")  # 'caf\udce9'
+    split_pair = "\ud83d\ude00"  # two code points of one UTF-16 pair: mended into 😀
+    event = sample_event("tool.result", 1)
+    event.session_id = f"session-{escaped}"
+    event.agent_id = f"agent{split_pair}"
+    event.data = {"name": "cat", "output": f"read {escaped}", escaped: [split_pair, "\ud83d"]}
+    publisher = KafkaPublisher(kafka_settings, redact=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            publisher.publish(event)
+            assert publisher.flush(30)
+        stats = publisher.stats()
+        assert stats.delivered == 1 and not any(stats.dropped.values())
+    finally:
+        publisher.close(5)
+    assert "surrogates not allowed" in caplog.text and "replaced by U+FFFD" in caplog.text
+    assert event.session_id == f"session-{escaped}"  # the caller's event stays as it was
+    [record] = await consume(kafka_settings, kafka_settings.routing().events, 1)
+    sent = decode_record(record.value, record.headers)
+    assert sent.event_id == event.event_id
+    assert (sent.session_id, sent.agent_id) == ("session-caf\ufffd", "agent\U0001f600")
+    assert sent.data == {
+        "name": "cat",
+        "output": "read caf\ufffd",
+        "caf\ufffd": ["\U0001f600", "\ufffd"],
+    }
+    headers = dict(record.headers)  # headers and key follow the envelope as sent
+    assert record.key == headers["ce_sessionid"] == "session-caf\ufffd".encode()
+    assert headers["ce_agentid"] == "agent\U0001f600".encode()
+
+
+async def test_a_type_that_is_no_tag_is_sent_with_a_warning_once(
+    kafka_settings: KafkaSettings, consume: Consume, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Consumers dead-letter such events (their reason names the type); the agent's developer
+    learns it from the pod's log at the first one, not from the dead-letter topic."""
+    events = [sample_event("tool.called", n) for n in range(3)]
+    for event in events:
+        event.type = "Tool Called"
+    publisher = KafkaPublisher(kafka_settings, redact=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentstream.producer.publisher"):
+            for event in events:
+                publisher.publish(event)
+            assert publisher.flush(30)
+    finally:
+        publisher.close(5)
+    warned = [r.getMessage() for r in caplog.records if "is not a type tag" in r.getMessage()]
+    assert len(warned) == 1 and "event type 'Tool Called'" in warned[0]
+    records = await consume(kafka_settings, kafka_settings.routing().events, 3)
+    assert [dict(r.headers)["ce_type"] for r in records] == [b"Tool Called"] * 3
+
+
 def test_a_publisher_closed_at_once_leaves_no_client_open(
     kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
