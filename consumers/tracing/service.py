@@ -20,7 +20,12 @@ from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
 from agentstream.consumers.runtime.replay import committed_offsets
-from agentstream.schemas.errors import AgentstreamError, ConfigurationError
+from agentstream.schemas.errors import (
+    AgentstreamError,
+    BatchDeadLetter,
+    ConfigurationError,
+    describe,
+)
 from agentstream.schemas.routing import EVENTS
 
 from .assembler import TraceAssembler
@@ -56,13 +61,21 @@ class TracingService:
 
     async def handle(self, records: list[Record]) -> None:
         finished: list[Trace] = []
+        refused: dict[int, str] = {}
         for record in records:
             if record.topic == self.events_topic:
-                finished.extend(self.assembler.add(record.event, scope=record.partition))
+                try:
+                    finished.extend(self.assembler.add(record.event, scope=record.partition))
+                except Exception as exc:  # one event's odd data (or a bug) fails only itself:
+                    # a retried batch would add the others to their turns twice
+                    log.warning("tracing: event at %s failed", record.location, exc_info=True)
+                    refused[record.offset] = f"tracing could not handle the event: {describe(exc)}"
         self.assembler.settle()
         self._account(finished)
         if finished:
             await self.exporter.export(finished, wait_s=self.settings.export_wait_ms / 1000)
+        if refused:
+            raise BatchDeadLetter(refused)
 
     def expire(self) -> None:
         """Close idle turns and queue their traces (nothing waits on them)."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from agentstream.schemas import Event
 
 from .ids import span_id_for, trace_id_for
@@ -51,6 +53,17 @@ UNPAIRED = "agentstream.unpaired"
 TURN_END_TYPES = frozenset({"turn.ended", "audit.turn_end"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_ATTRIBUTE_DEPTH = 16
+"""Containers nested deeper in an attribute value are kept as their JSON text."""
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value).decode()
+    except RecursionError:  # deeper than the interpreter allows from here
+        return "<nested too deep>"
+    except Exception:  # not JSON-like (the decoder gives only JSON values): its text
+        return str(value)
 
 
 def time_ns(moment: datetime) -> int:
@@ -184,17 +197,21 @@ class TurnBuilder:
         self.spans.append(span)
         return span
 
-    def _value(self, value: Any) -> AttributeValue:
-        """A JSON-like value for an attribute, with long strings cut to the configured size."""
+    def _value(self, value: Any, depth: int = 0) -> AttributeValue:
+        """A JSON-like value for an attribute, with long strings cut to the configured size and
+        containers below :data:`MAX_ATTRIBUTE_DEPTH` levels as their JSON text (a tool's
+        arguments may nest as deep as the decoder allows: a recursion per level would fail)."""
         limit = self.limits.max_attribute_chars
         if isinstance(value, str):
             return value if len(value) <= limit else value[:limit] + "…"
         if isinstance(value, bool | int | float):
             return value
+        if isinstance(value, dict | list | tuple) and depth >= MAX_ATTRIBUTE_DEPTH:
+            return self._value(_json_text(value))
         if isinstance(value, dict):
-            return {str(k): self._value(v) for k, v in list(value.items())[:64]}
+            return {str(k): self._value(v, depth + 1) for k, v in list(value.items())[:64]}
         if isinstance(value, list | tuple):
-            return [self._value(v) for v in list(value)[:64]]
+            return [self._value(v, depth + 1) for v in list(value)[:64]]
         if value is None:
             return ""
         return self._value(str(value))

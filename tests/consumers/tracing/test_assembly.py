@@ -354,6 +354,31 @@ def test_malformed_data_never_raises() -> None:
     assert trace.complete and [s.name for s in trace.spans[1:]] == ["tool:unknown", "llm"]
 
 
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def test_arguments_nested_as_deep_as_the_decoder_allows_become_json_text_below_16_levels() -> None:
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "hi"}),
+        ev("tool.called", {"name": "deep", "args": nested(900)}),
+        ev("tool.result", {"name": "deep", "output": "ok"}),
+        ev("turn.ended", {"stop_reason": "end_turn"}),
+    ]
+    (trace,) = feed(TraceAssembler(limits=TurnLimits(max_attribute_chars=100_000)), events)
+    (tool,) = children(trace, "tool:")
+    value: Any = tool.attributes["mlflow.spanInputs"]
+    for _ in range(16):
+        value = value["a"]
+    assert isinstance(value, str) and value.startswith('{"a":{"a":')
+    assert value.rstrip("}").endswith('"leaf":1') and value.count("{") == 900 - 16
+    assert tool.status is StatusCode.OK and tool.attributes["mlflow.spanOutputs"] == "ok"
+
+
 def test_retry_error_with_attempt_continues_the_failed_call_not_a_fresh_one() -> None:
     """Without call ids: A and B run concurrently; A fails (attempt 0) and is retried
     (attempt 1) while B is still open. attempt=1 cannot be B's (a fresh call starts at 0)."""

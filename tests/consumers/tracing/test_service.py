@@ -14,11 +14,13 @@ from support.runtime import (
     ServiceProcess,
     committed_offsets,
     http_get,
+    read_records,
     running_consumer,
     wait_until,
 )
 
 from agentstream.consumers.runtime import EventConsumer
+from agentstream.consumers.runtime.deadletter import H_OFFSET, H_REASON
 from agentstream.consumers.tracing.service import SERVICE
 from agentstream.consumers.tracing.settings import TracingSettings
 from agentstream.schemas import Event
@@ -254,3 +256,48 @@ async def test_killed_process_turn_rebuilt_by_the_next_and_otel_env_honoured(
         if kv.key == "service.name"
     }
     assert resources == {"fleet"}
+
+
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_an_event_that_fails_is_dead_lettered_alone_and_deep_arguments_are_traced(
+    kafka_settings: KafkaSettings, otlp_receiver: Any
+) -> None:
+    """One event the assembler cannot take failed the whole batch: retried, the events before
+    it were added to their turns again (a second, unpaired span), then all dead-lettered. A
+    tool call with arguments 900 levels deep (the decoder takes them) was such an event."""
+    settings = settings_for(kafka_settings, otlp_receiver.url)
+    events = turn(
+        "d7d7d7d7d7d7d7d7d7d7d7d7d7d7d7d7",
+        ("message.received", {"content": "q"}),
+        ("tool.called", {"name": "deep", "args": nested(900)}),
+        ("llm.call.started", {"round": 0, "model": "m", "poison": True}),
+        ("tool.result", {"name": "deep", "output": "ok"}),
+        ("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+    )
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings) as service:
+        add = service.assembler.add
+
+        def failing(event: Event, *, scope: int) -> Any:
+            if event.data.get("poison"):
+                raise RuntimeError("boom")
+            return add(event, scope=scope)
+
+        service.assembler.add = failing  # type: ignore[method-assign]
+        async with running_consumer(consumer):
+            await produce_events(kafka_settings, events)
+            await wait_until(lambda: len(traces_of(otlp_receiver)) == 1, timeout=30, what="trace")
+            [letter] = await read_records(kafka_settings, kafka_settings.routing().dlq, 1)
+    headers = dict(letter.headers)
+    assert headers[H_OFFSET] == b"2"
+    assert headers[H_REASON] == b"tracing could not handle the event: RuntimeError: boom"
+    (spans,) = traces_of(otlp_receiver).values()
+    assert [s.name for s in spans] == ["turn", "tool:deep"]  # each once, the tool call paired
+    tool = spans[1]
+    assert tool.status.code == 1 and attributes(tool)["mlflow.spanOutputs"] == "ok"
