@@ -94,7 +94,14 @@ def decode_event(
     except msgspec.ValidationError as exc:
         text = str(exc)
         is_type = text.endswith("`$.type`") or text.endswith("field `type`")
-        cls = EventTypeError if is_type else PayloadValidationError
+        not_object = text.startswith("Expected `object`, got") and " - at `" not in text
+        cls = (
+            EventTypeError
+            if is_type
+            else MalformedRecordError
+            if not_object
+            else PayloadValidationError
+        )
         raise cls(
             f"expected an agentstream event envelope ({encoding}): {text}", where=where
         ) from None

@@ -64,10 +64,15 @@ class Event(msgspec.Struct, kw_only=True, dict=True):
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
+WireId = Annotated[str, msgspec.Meta(min_length=1)]
+"""An ``event_id`` as read from Kafka: not empty. Stores and services deduplicate by it, so
+every event of a producer that leaves it empty would be taken for the first one's copy."""
+
+
 class WireEvent(Event, kw_only=True):
     """:class:`Event` as read from Kafka: identity fields required, type tag checked."""
 
-    event_id: str
+    event_id: WireId
     type: Annotated[str, msgspec.Meta(pattern=TYPE_PATTERN)]
     timestamp: UtcDatetime
 
@@ -76,7 +81,7 @@ class _DecodedEvent(Event, kw_only=True):
     """What the codec decodes records into: :class:`WireEvent` without the type pattern, which
     :func:`checked_type` applies once per distinct type instead of a regex per record."""
 
-    event_id: str
+    event_id: WireId
     type: str
     timestamp: UtcDatetime
 

@@ -14,6 +14,7 @@ these records of the batch to the dead-letter topic; the others are done).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Self
 
 import msgspec
 
@@ -40,7 +41,7 @@ class AgentstreamError(Exception):
         self.where = where
         super().__init__(f"{message} (at {where})" if where is not None else message)
 
-    def at(self, where: RecordLocation) -> AgentstreamError:
+    def at(self, where: RecordLocation) -> Self:
         """Return a copy of this error that names where the record came from."""
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas import DecodeError, Event, header
+from agentstream.schemas import DecodeError, Event, RecordLocation, header
 from agentstream.schemas.codec import announced_type_error, decode_event
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, REPLAYED_FOR, Failure
@@ -328,6 +328,8 @@ class PartitionWorker:
         announced = header(raw.headers, "ce_type")
         event_type = announced.decode("utf-8", "replace") if announced is not None else None
         self._metrics.record(event_type, FAILED)
+        if error.where is None:  # decoded without a location on the hot path: named here
+            error = error.at(RecordLocation(raw.topic, raw.partition, raw.offset))
         reason = f"{REASON_UNDECODABLE}: {type(error).__name__}"
         failure = Failure(DECODE_HANDLER, reason, error, 1)
         await self._dispatcher.dead_letter(raw, failure, event_type)

@@ -104,9 +104,17 @@ def test_an_empty_value_is_malformed() -> None:
         decode_event(None)
 
 
-def test_a_json_value_that_is_not_an_envelope() -> None:
-    with pytest.raises(PayloadValidationError, match="envelope"):
-        decode_event(b"[1, 2, 3]")
+@pytest.mark.parametrize("value", [b"[1, 2, 3]", b'"text"', b"12", b"null"])
+def test_a_json_value_that_is_not_an_object_is_malformed(value: bytes) -> None:
+    with pytest.raises(MalformedRecordError, match=r"envelope.*Expected `object`"):
+        decode_event(value)
+
+
+def test_an_empty_event_id_is_rejected() -> None:
+    """Stores and services deduplicate by event_id: every event without one would be taken
+    for a copy of the first."""
+    with pytest.raises(PayloadValidationError, match=r"\$\.event_id"):
+        decode_event(_raw(event_id=""))
 
 
 def _raw(**changes: object) -> bytes:

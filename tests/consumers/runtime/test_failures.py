@@ -53,6 +53,9 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
     deep = sample_event("tool.called", 7)
     deep.data = {"name": "t", "args": "HOLE"}
     too_deep = encode_event(deep).replace(b'"HOLE"', b"[" * 50_000 + b"]" * 50_000)
+    # An empty event_id: every such event would be taken for the first one's copy.
+    anonymous = sample_event("tool.called", 8)
+    no_id = encode_event(anonymous).replace(anonymous.event_id.encode(), b"")
     async with running_consumer(consumer):
         # Random bytes (after a NUL, so they never happen to start a JSON value).
         await produce_raw(settings, topic, b"\x00\x9f" + os.urandom(62), key=key)
@@ -67,17 +70,18 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
         )
         await produce_raw(settings, topic, encode_event(bare), key=key)
         await produce_raw(settings, topic, too_deep, key=key, headers=event_headers(deep))
+        await produce_raw(settings, topic, no_id, key=key, headers=event_headers(anonymous))
         await produce_raw(
             settings, topic, encode_event(after), key=key, headers=event_headers(after)
         )
         await produce_events(settings, [good])
         await wait_until(lambda: after.event_id in ok and good.event_id in ok)
-        letters = await read_records(settings, settings.routing().dlq, 5)
+        letters = await read_records(settings, settings.routing().dlq, 6)
     assert bare.event_id in ok and mislabelled.event_id not in ok
     assert attempts == [failing.event_id] * 3  # 1 + handler_retries
     assert ok.count(failing.event_id) == 1, "the other handler of the failing event still ran"
     handlers = sorted(dict(r.headers)["agentstream.errors.handler"] for r in letters)
-    assert handlers == [b"<decode>"] * 4 + [b"always-raises"]
+    assert handlers == [b"<decode>"] * 5 + [b"always-raises"]
     for letter in letters:
         headers = dict(letter.headers)
         assert letter.key == key
@@ -108,7 +112,15 @@ async def test_poison_records_and_failing_handlers_land_in_the_dlq(
         b"agentstream.schemas.errors.EventTypeError",
         b"agentstream.schemas.errors.MalformedRecordError",
         b"agentstream.schemas.errors.MalformedRecordError",
+        b"agentstream.schemas.errors.PayloadValidationError",
     ]
+    for letter in letters:  # each message says where its record was
+        headers = dict(letter.headers)
+        where = f"(at {topic}[{letter.partition}]@{int(headers['agentstream.errors.offset'])})"
+        if headers["agentstream.errors.handler"] == b"<decode>":
+            assert headers["agentstream.errors.exception.message"].endswith(where.encode())
+    empty = next(r for r in letters if r.value == no_id)
+    assert b"`$.event_id`" in dict(empty.headers)["agentstream.errors.exception.message"]
     mismatch = next(r for r in letters if r.value == encode_event(mislabelled))
     message = dict(mismatch.headers)["agentstream.errors.exception.message"]
     assert b"ce_type='tool.called'" in message and b"'tool.result'" in message
