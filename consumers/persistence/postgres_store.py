@@ -19,7 +19,7 @@ PostgreSQL cannot store everything an event may hold: ``uuid`` needs a UUID and 
 UUIDv5 derived from it (deterministic, so redelivery still deduplicates; the original id
 stays in the ``event`` column), NUL characters in strings become U+FFFD, and integers beyond
 their column's range (64 bits for ``seq``, 32 for ``schema_version``) are clamped there
-(exact in ``event``).
+(exact in ``event``), as are the first and last instants in ``timestamp`` (``_finite``).
 
 Connection losses (refused, terminated, server shutting down or starting, timeouts) and a
 missing or inaccessible table raise :class:`StoreUnavailableError` (see ``_OUTAGE_CLASSES``);
@@ -44,7 +44,7 @@ import re
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -86,6 +86,19 @@ ON CONFLICT (event_id) DO NOTHING
 """Strings and integers come from the document (an absent one is the ``Event`` default; the
 integers clamped to their column's range); ids and timestamps from the decoded events. Topic
 and partition are ``$4`` and ``$5`` when the whole batch has one, else arrays (``$7``, ``$8``)."""
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+"""asyncpg writes these two as ``-infinity`` and ``infinity`` (and reads those back naive):
+a Go producer's zero time (0001-01-01T00:00:00Z) would sort before every event forever, escape
+no retention and break the duration of its session. The column gets them 1 µs inside."""
+
+
+def _finite(stamp: datetime) -> datetime:
+    if stamp <= _FIRST:
+        return _FIRST + timedelta(microseconds=1)
+    return _LAST - timedelta(microseconds=1) if stamp >= _LAST else stamp
+
+
 _CHUNK_CHARS = 64 * 2**20
 """Documents per statement are cut at this much JSON text (one ``jsonb`` value holds at most
 256 MiB); the statements of one batch share its transaction."""
@@ -379,7 +392,10 @@ class PostgresStore(Store):
     ) -> tuple[Any, ...]:
         """``$2`` to ``$8`` of :data:`_INSERT` for ``events[start:end]``."""
         ids = [stored_id(e.event_id) for e in events[start:end]]
-        stamps = [e.timestamp for e in events[start:end]]
+        stamps = [
+            t if _FIRST < t < _LAST else _finite(t)
+            for t in [e.timestamp for e in events[start:end]]
+        ]
         if locations is None:
             return ids, stamps, None, None, None, None, None
         where = locations[start:end]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -114,3 +114,25 @@ async def test_a_batch_past_the_statement_size_is_split_in_one_transaction(
         with pytest.raises(StoreError):
             await store.write_batch(late, None, documents)
         assert await store.count() == 7
+
+
+async def test_the_first_and_last_instants_are_stored_as_such_not_as_infinities(
+    store: Store,
+) -> None:
+    """A Go producer's zero time is 0001-01-01T00:00:00Z. asyncpg wrote it (and the last
+    microsecond of 9999) as -infinity / infinity and read those back naive: the session's
+    summary raised TypeError, and retention never deleted the one nor always the other."""
+    first = datetime.min.replace(tzinfo=UTC)
+    last = datetime.max.replace(tzinfo=UTC)
+    batch = [event("edge", seq=0), event("edge", seq=1), event("edge", seq=2)]
+    batch[0].timestamp, batch[2].timestamp = first, last
+    assert await store.write_batch(batch) == 3
+    [summary] = await store.sessions()
+    assert summary.first.tzinfo is not None and summary.last.tzinfo is not None
+    assert summary.first - first < timedelta(milliseconds=1)
+    assert last - summary.last < timedelta(milliseconds=1)
+    assert summary.duration > timedelta(days=3_000_000)
+    timeline = await store.timeline("edge")
+    assert [e.timestamp for e in timeline] == [first, T0, last]  # exact in the document
+    assert await store.delete_before(T0, limit=10) == 1  # the zero time is old, not -infinity
+    assert [e.seq for e in await store.timeline("edge")] == [1, 2]
