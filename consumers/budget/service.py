@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from agentstream.consumers.runtime import EventConsumer, HttpPort, ServiceSettings, ServiceSpec
+from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.placement import SessionPlacement
 from agentstream.schemas.routing import EVENTS
 
@@ -175,6 +176,12 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
         consumer.registry,
         consumer.service,
         consumer.partition_count,
+        topics=[consumer.routing.events],
+    )
+    sessions.event_time = EventTime(
+        consumer.registry,
+        consumer.service,
+        settings.max_clock_skew_ms,
         topics=[consumer.routing.events],
     )
     size, wait = settings.budget_batch_records, settings.budget_batch_wait_ms

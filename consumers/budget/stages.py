@@ -36,6 +36,7 @@ import msgspec
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import Record
+from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.placement import SessionPlacement
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, encode_event, event_headers
@@ -416,6 +417,9 @@ class SessionStage(Stage):
     kinds = frozenset({ScopeKind.SESSION})
     placement: SessionPlacement | None = None
     """Checks that each session's events come where its key puts them (the service sets it)."""
+    event_time: EventTime | None = None
+    """Times an event by its record when its own timestamp is far off (the service sets it):
+    wall time, days and signals follow the time it gives."""
 
     def input_partitions(self, tps: Iterable[TopicPartition]) -> list[int]:
         events = self.routing.events
@@ -428,9 +432,9 @@ class SessionStage(Stage):
         partition = records[0].partition
         ledger, metrics, encoding = self.ledger, self.metrics, self.settings.encoding
         outbox = self._outbox.setdefault(partition, [])
-        placement = self.placement
+        placement, event_time = self.placement, self.event_time
         for record in records:
-            event = record.event
+            event = record.event if event_time is None else event_time.event(record)
             if placement is not None:
                 placement.check(record)
             charge, state, _ = ledger.apply_session(event, partition, record.offset)

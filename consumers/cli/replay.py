@@ -100,6 +100,7 @@ async def publish(
                 encode_event(event, settings.encoding, max_bytes=settings.max_request_size),
                 key=record_key(event),
                 headers=addressed(event_headers(event, settings.encoding), for_group),
+                timestamp_ms=_record_time(event),
             )
             for event in events
         ]
@@ -114,3 +115,11 @@ async def publish(
     finally:
         await producer.stop()
     return len(futures)
+
+
+def _record_time(event: Event) -> int | None:
+    """The record's timestamp: the event's, so that services timing events by their records
+    (``max_clock_skew_ms``) keep the session's own times; the client's clock for an event
+    before 1970 (a Kafka timestamp cannot be negative)."""
+    ms = int(event.timestamp.timestamp() * 1000)
+    return ms if ms >= 0 else None

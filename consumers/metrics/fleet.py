@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.histogram import BatchHistogram, HistogramBatch
 from agentstream.schemas import Event, StopReason
 from agentstream.schemas.payloads import usage_count
@@ -57,6 +58,10 @@ class RecordLike(Protocol):
     def topic(self) -> str: ...
     @property
     def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
 
 
 class PartitionLike(Protocol):
@@ -106,7 +111,11 @@ class FleetMetrics:
         pending_max_per_session: int = 64,
         pending_ttl_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        event_time: EventTime | None = None,
     ) -> None:
+        """``event_time``: events whose timestamp is far from their record's are timed by the
+        record (pipeline delay, call durations, session activity); None: by their own."""
+        self._event_time = event_time
         self._events_topic = events_topic
         self._alerts_topic = alerts_topic
         self._agents = agents or BoundedLabel(50)
@@ -277,6 +286,7 @@ class FleetMetrics:
         self._tool_times = self.tool_duration.new_batch()
         self._llm_times = self.llm_duration.new_batch()
         dispatch = self._dispatch
+        skew_ms = self._event_time.max_skew_ms if self._event_time is not None else 0
         topic, partition = "", -1
         state: _PartitionState | None = None
         seen: dict[str, float] | None = None
@@ -292,6 +302,10 @@ class FleetMetrics:
                 key = (event.type, event.agent_id)
                 counts[key] = counts.get(key, 0) + 1
                 at = event.timestamp.timestamp()
+                if skew_ms:  # EventTime.seconds, inlined: this runs once per event
+                    off = at * 1000 - record.timestamp_ms
+                    if (off > skew_ms or off < -skew_ms) and record.timestamp_ms >= 0:
+                        at = self._retime(event, record)
                 observe_delay(now - at if now > at else 0.0)
                 if seen is not None and event.session_id:
                     seen[event.session_id] = at if at < now else now
@@ -306,6 +320,13 @@ class FleetMetrics:
             if now >= self._next_prune:
                 self._prune(now)
         self._flush(counts, delay)
+
+    def _retime(self, event: Event, record: RecordLike) -> float:
+        """The record's timestamp, for an event whose own is too far from it (counted, logged)."""
+        assert self._event_time is not None
+        ms = record.timestamp_ms
+        self._event_time.skewed(event, ms, record.topic, record.partition, record.offset)
+        return ms / 1000
 
     def _flush(self, counts: dict[tuple[str, str], int], delay: HistogramBatch) -> None:
         event_children = self._event_children

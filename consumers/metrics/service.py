@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from agentstream.consumers.runtime import EventConsumer, ServiceSpec
+from agentstream.consumers.runtime.eventtime import EventTime
 
 from .fleet import FleetMetrics
 from .settings import MetricsSettings
@@ -27,6 +28,12 @@ async def setup(consumer: EventConsumer, settings: MetricsSettings) -> AsyncIter
         pending_max_sessions=settings.pending_max_sessions,
         pending_max_per_session=settings.pending_max_per_session,
         pending_ttl_s=settings.pending_ttl_s,
+        event_time=EventTime(
+            consumer.registry,
+            consumer.service,
+            settings.max_clock_skew_ms,
+            topics=[routing.events, routing.alerts],
+        ),
     )
     consumer.subscribe_batch(
         "*",

@@ -206,7 +206,13 @@ class Dispatcher:
             attempt += 1
             try:
                 await self._producer().send_and_wait(
-                    self.dlq_topic, raw.value, key=raw.key, headers=headers
+                    self.dlq_topic,
+                    raw.value,
+                    key=raw.key,
+                    headers=headers,
+                    # the original's time, as Kafka Connect's dead letters keep it: services
+                    # that check an event's time against its record's see the same after a replay
+                    timestamp_ms=raw.timestamp if raw.timestamp >= 0 else None,
                 )
             except Exception as exc:
                 self.metrics.dead_letter_errors.inc()

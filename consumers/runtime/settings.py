@@ -52,6 +52,16 @@ class ServiceSettings(KafkaSettings):
         description="How often the finished prefix of each partition is committed.",
     )
 
+    max_clock_skew_ms: int = Field(
+        default=3_600_000,
+        ge=0,
+        description=(
+            "Budget, metrics and tracing time an event by its Kafka record's timestamp when "
+            "its own is further from it than this (a producer's zero time, a wrong clock); "
+            "0: always the event's."
+        ),
+    )
+
     gc_gen0_threshold: int = Field(
         default=50_000,
         ge=0,

@@ -31,9 +31,10 @@ async def replay(
     window: int,
     timeout_s: float,
     group_id: str,
-) -> AsyncIterator[tuple[TopicPartition, Event]]:
+) -> AsyncIterator[tuple[TopicPartition, Event, int, int]]:
     """The decodable events of ``[committed - window, committed)`` of each partition, in offset
-    order per partition. Gives up (logged: the restore is partial) after ``timeout_s``."""
+    order per partition, each with its record's timestamp (ms) and offset. Gives up (logged:
+    the restore is partial) after ``timeout_s``."""
     windows = {
         tp: Window(max(0, c - window), c)
         for tp, c in committed.items()
@@ -42,4 +43,4 @@ async def replay(
     async for record, event in read_window_events(
         settings, windows, timeout_s=timeout_s, name="tracing-restore", group_id=group_id
     ):
-        yield TopicPartition(record.topic, record.partition), event
+        yield TopicPartition(record.topic, record.partition), event, record.timestamp, record.offset

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
+from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.replay import committed_offsets
 from agentstream.schemas.errors import (
     AgentstreamError,
@@ -57,6 +58,12 @@ class TracingService:
         self.assembler = assembler
         self.exporter = exporter
         self.metrics = metrics
+        self.event_time = EventTime(
+            consumer.registry,
+            consumer.service,
+            settings.max_clock_skew_ms,
+            topics=[consumer.routing.events],
+        )
         self.events_topic = consumer.routing.events
 
     async def handle(self, records: list[Record]) -> None:
@@ -65,7 +72,8 @@ class TracingService:
         for record in records:
             if record.topic == self.events_topic:
                 try:
-                    finished.extend(self.assembler.add(record.event, scope=record.partition))
+                    event = self.event_time.event(record)
+                    finished.extend(self.assembler.add(event, scope=record.partition))
                 except Exception as exc:  # one event's odd data (or a bug) fails only itself:
                     # a retried batch would add the others to their turns twice
                     log.warning("tracing: event at %s failed", record.location, exc_info=True)
@@ -102,7 +110,7 @@ class TracingService:
         rebuilt = 0
         try:
             committed = await committed_offsets(self.settings, self.consumer.group_id, tps)
-            async for tp, event in replay(
+            async for tp, event, record_ms, offset in replay(
                 self.settings,
                 committed,
                 window=self.settings.restore_window_records,
@@ -110,8 +118,13 @@ class TracingService:
                 group_id=self.consumer.group_id,
             ):
                 # Turns finished inside the window were exported before their end record was
-                # committed: only the state of the turns still open is kept.
-                self.assembler.add(event, scope=tp.partition)
+                # committed: only the state of the turns still open is kept. Timed as when it
+                # was handled live; an event that failed then (dead-lettered) fails again here.
+                timed = self.event_time.of(
+                    event, record_ms, tp.topic, tp.partition, offset, count=False
+                )
+                with contextlib.suppress(Exception):
+                    self.assembler.add(timed, scope=tp.partition)
                 self.assembler.settle()
                 rebuilt += 1
         except (AgentstreamError, KafkaError, OSError) as exc:

@@ -53,6 +53,7 @@ UNPAIRED = "agentstream.unpaired"
 TURN_END_TYPES = frozenset({"turn.ended", "audit.turn_end"})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_LIMIT = 2**64
 MAX_ATTRIBUTE_DEPTH = 16
 """Containers nested deeper in an attribute value are kept as their JSON text."""
 
@@ -67,9 +68,12 @@ def _json_text(value: Any) -> str:
 
 
 def time_ns(moment: datetime) -> int:
-    """Unix nanoseconds of an aware datetime, exact to the microsecond."""
+    """Unix nanoseconds of an aware datetime, exact to the microsecond, within what OTLP's
+    ``fixed64`` times hold (1970 to 2554): one time outside made the export of the whole
+    request fail."""
     delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    return ns if 0 <= ns < _NS_LIMIT else min(max(ns, 0), _NS_LIMIT - 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,12 @@ import collections
 import logging
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import NewTopic
-from support.budget import budget_settings, drained, llm, read_events, turn
+from support.budget import budget_settings, drained, llm, read_events, tool, turn
 from support.produce import produce_events, produce_raw
 from support.runtime import running_consumer, wait_until
 
@@ -260,6 +261,54 @@ async def test_a_session_split_over_partitions_by_another_producer_is_counted(
                 "agentstream_consumer_misplaced_events_total", labels
             )
             assert misplaced == 1
+
+
+async def test_an_event_stamped_far_from_its_record_is_timed_by_the_record(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A Go producer's zero time and a year 9999 in one session: the session lasted eight
+    thousand years, its wall-time budget was exceeded (the agent paused) and the usage went to
+    days 0001-01-01 and 9999-12-31. Now both are timed by their records."""
+    config = tmp_path / "budget.toml"
+    config.write_text("[session]\nwall_time_s = 3600\n\n[agent_day]\ntool_calls = 100\n")
+    settings = budget_settings(kafka_settings, config)
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    now = datetime.now(UTC).replace(microsecond=0)
+    normal = [turn(0, session="s-skew", at=now), tool(session="s-skew", at=now, seconds=1)]
+    bogus = [
+        tool(session="s-skew", at=datetime(1, 1, 1, tzinfo=UTC)),
+        tool(session="s-skew", at=datetime(9999, 12, 31, tzinfo=UTC)),
+    ]
+    async with SERVICE.setup(consumer, settings) as service:
+        assert isinstance(service, BudgetService)
+        async with running_consumer(consumer):
+            await wait_until(lambda: service.repartition.ready, what="repartition consumer ready")
+            await produce_events(settings, normal)
+            for event in bogus:  # their records stamped now, by the client
+                await produce_raw(
+                    settings,
+                    settings.routing().events,
+                    encode_event(event),
+                    key=b"s-skew",
+                    headers=event_headers(event),
+                )
+            await wait_until(
+                lambda: drained(settings, consumer.group_id), what="both stages drained"
+            )
+            labels = {"service": "budget", "topic": settings.routing().events}
+            skewed = consumer.registry.get_sample_value(
+                "agentstream_consumer_clock_skewed_events_total", labels
+            )
+            assert skewed == 2
+    states = await read_states(settings)
+    session = states["session:s-skew"]
+    assert session is not None and session.tool_calls == 3
+    assert 0 <= session.used(Dimension.WALL_TIME_S) < 600
+    days = sorted(scope for scope in states if scope.startswith("agent:"))
+    assert all(scope.rsplit(":", 1)[1] >= now.date().isoformat() for scope in days), days
+    assert not any(scope.endswith(("0001-01-01", "9999-12-31")) for scope in days), days
+    alerts = await read_events(settings, settings.routing().alerts)
+    assert [a.type for a in alerts] == []
 
 
 async def test_budget_topics_wait_for_the_events_topic(

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agentstream.consumers.metrics import BoundedLabel, FleetMetrics
+from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.schemas import Event
 
 EVENTS, ALERTS, TOKENS = "p.events", "p.alerts", "p.tokens"
@@ -21,6 +22,8 @@ class Rec:
     event: Event
     topic: str = EVENTS
     partition: int = 0
+    offset: int = 0
+    timestamp_ms: int = -1
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ def ev(
 
 
 class Harness:
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, max_skew_ms: int | None = None, **options: Any) -> None:
         self.now = NOW
         self.registry = CollectorRegistry()
+        if max_skew_ms is not None:
+            options["event_time"] = EventTime(self.registry, "metrics", max_skew_ms)
         self.metrics = FleetMetrics(
             self.registry,
             events_topic=EVENTS,
@@ -58,8 +63,10 @@ class Harness:
             **options,
         )
 
-    def feed(self, *events: Event, topic: str = EVENTS, partition: int = 0) -> None:
-        self.metrics.observe_batch([Rec(e, topic, partition) for e in events])
+    def feed(
+        self, *events: Event, topic: str = EVENTS, partition: int = 0, record_ms: int = -1
+    ) -> None:
+        self.metrics.observe_batch([Rec(e, topic, partition, 0, record_ms) for e in events])
 
     def value(self, name: str, **labels: str) -> float:
         found = self.registry.get_sample_value(name, labels)
@@ -242,6 +249,24 @@ def test_pipeline_delay_per_event() -> None:
     assert h.value("agentstream_pipeline_delay_seconds_bucket", le="0.005") == 2  # future → 0
     assert h.value("agentstream_pipeline_delay_seconds_bucket", le="2.5") == 3
     assert h.value("agentstream_pipeline_delay_seconds_sum") == pytest.approx(2.004)
+
+
+def test_an_event_stamped_far_from_its_record_is_timed_by_the_record() -> None:
+    """One event of a Go producer's zero time added two thousand years to the delay's sum,
+    and a call's duration was measured from it."""
+    h = Harness(max_skew_ms=3_600_000)
+    record_ms = int((NOW - 1) * 1000)
+    zero = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+    h.feed(
+        ev("turn.started", at=NOW - 2),
+        ev("tool.called", {"name": "search"}, at=zero),
+        ev("tool.result", {"name": "search"}, at=NOW - 0.5),
+        record_ms=record_ms,
+    )
+    assert h.value("agentstream_pipeline_delay_seconds_sum") == pytest.approx(2 + 1 + 0.5)
+    assert h.value("agentstream_tool_duration_seconds_sum", tool="search") == pytest.approx(0.5)
+    skewed = "agentstream_consumer_clock_skewed_events_total"
+    assert h.value(skewed, service="metrics", topic=EVENTS) == 1
 
 
 def test_odd_data_never_fails_the_batch_and_is_counted() -> None:

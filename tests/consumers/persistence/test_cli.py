@@ -156,6 +156,9 @@ async def test_replay_to_topic_keeps_ids_keys_and_order(
     assert len({r.partition for r in records}) == 1
     back = [decode_record(r.value, r.headers) for r in sorted(records, key=lambda r: r.offset)]
     assert back == OLD
+    # each record timed as its event: services timing events by their records keep the times
+    stamps = [r.timestamp for r in sorted(records, key=lambda r: r.offset)]
+    assert stamps == [int(e.timestamp.timestamp() * 1000) for e in OLD]
 
 
 async def test_replay_to_topic_for_one_group(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentstream.consumers.tracing import StatusCode, Trace, TraceAssembler, TurnLimits
+from agentstream.consumers.tracing.otlp import encode
 from agentstream.consumers.tracing.spans import INCOMPLETE, INCOMPLETE_REASON, Span
 from agentstream.schemas import Event
 
@@ -400,3 +401,23 @@ def test_retry_error_with_attempt_continues_the_failed_call_not_a_fresh_one() ->
     assert a1.attributes["agentstream.tool.retry_of"] == a0.span_id.hex()
     assert b.attributes["mlflow.spanInputs"] == "B"
     assert b.attributes["mlflow.spanOutputs"] == "B done" and b.status == StatusCode.OK
+
+
+def ms_from_t0(moment: datetime) -> int:
+    return (moment - T0) // timedelta(milliseconds=1)
+
+
+def test_times_outside_what_otlp_holds_are_clamped_not_fatal_to_the_export() -> None:
+    """OTLP times are unsigned 64-bit nanoseconds (1970 to 2554): one event of a Go producer's
+    zero time or of the year 9999 made the encoding of the whole request fail."""
+    ev = Stream()
+    events = [
+        ev("message.received", {"content": "hi"}),
+        ev("tool.called", {"name": "t"}, at=ms_from_t0(datetime(1, 1, 1, tzinfo=UTC))),
+        ev("tool.result", {"name": "t"}, at=ms_from_t0(datetime(9999, 12, 31, tzinfo=UTC))),
+        ev("turn.ended", {"stop_reason": "end_turn"}),
+    ]
+    (trace,) = feed(TraceAssembler(), events)
+    assert encode([trace], service_name="svc")  # it raised ValueError
+    (tool,) = children(trace, "tool:")
+    assert (tool.start_ns, tool.end_ns) == (0, 2**64 - 1)

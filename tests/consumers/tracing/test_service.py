@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from support.produce import produce_events
+from support.produce import produce_events, produce_raw
 from support.runtime import (
     ServiceProcess,
     committed_offsets,
@@ -23,7 +23,7 @@ from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.deadletter import H_OFFSET, H_REASON
 from agentstream.consumers.tracing.service import SERVICE
 from agentstream.consumers.tracing.settings import TracingSettings
-from agentstream.schemas import Event
+from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.settings import KafkaSettings
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
@@ -301,3 +301,36 @@ async def test_an_event_that_fails_is_dead_lettered_alone_and_deep_arguments_are
     assert [s.name for s in spans] == ["turn", "tool:deep"]  # each once, the tool call paired
     tool = spans[1]
     assert tool.status.code == 1 and attributes(tool)["mlflow.spanOutputs"] == "ok"
+
+
+async def test_an_event_stamped_far_from_its_record_is_timed_by_the_record(
+    kafka_settings: KafkaSettings, otlp_receiver: Any
+) -> None:
+    """An LLM call that completed in the year 9999 (a wrong timestamp field): its span and the
+    turn's lasted eight thousand years. Timed by its record, it ends when it was produced."""
+    settings = settings_for(kafka_settings, otlp_receiver.url)
+    session = "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1"
+    started, completed, ended = turn(
+        session,
+        ("llm.call.started", {"round": 0, "model": "m"}),
+        ("llm.call.completed", {"round": 0, "stop_reason": "end_turn", "model": "m"}),
+        ("turn.ended", {"round": 0, "stop_reason": "end_turn"}),
+    )
+    completed.timestamp = datetime(9999, 12, 31, tzinfo=UTC)
+    async with tracing(settings) as consumer:
+        await produce_events(kafka_settings, [started])
+        await produce_raw(  # its record stamped now, by the client
+            kafka_settings,
+            kafka_settings.routing().events,
+            encode_event(completed),
+            key=session.encode(),
+            headers=event_headers(completed),
+        )
+        await produce_events(kafka_settings, [ended])
+        await wait_until(lambda: len(traces_of(otlp_receiver)) == 1, timeout=30, what="trace")
+        labels = {"service": "tracing", "topic": kafka_settings.routing().events}
+        skewed = sample(consumer, "agentstream_consumer_clock_skewed_events_total", **labels)
+    assert skewed == 1
+    (spans,) = traces_of(otlp_receiver).values()
+    for span in spans:
+        assert span.end_time_unix_nano - span.start_time_unix_nano < 600 * 10**9, span.name
