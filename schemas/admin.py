@@ -20,7 +20,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from .connect import raise_if_refused
+from .connect import raise_if_refused, refusal
 from .errors import AgentstreamError, BrokerUnavailableError, ConfigurationError
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
@@ -142,16 +142,38 @@ async def wait_for_broker(admin_options: Mapping[str, Any], timeout: float = 30.
     )
 
 
+TLS_PROBE_AFTER_S = 2.0
+"""A TLS client's ``start()`` still running after this long is looked at (:func:`refusal`): at a
+listener without TLS the handshake gets no answer, and aiokafka waits its whole
+``request_timeout_ms`` (40 s) before it fails."""
+
+
 async def start_client(client: Any, options: Mapping[str, Any]) -> None:
     """``await client.start()`` of an aiokafka consumer, producer or admin client built with
     ``options`` (its keyword arguments, or at least their connection and security part). When
     it fails, the client is closed and the error says why: :class:`ConfigurationError` for a
-    broker that refused the TLS or SASL settings, else :class:`BrokerUnavailableError` with
-    where the client looked (:func:`broker_address`)."""
+    broker that refused the TLS or SASL settings (a TLS client at a listener without TLS within
+    :data:`TLS_PROBE_AFTER_S` and a probe), else :class:`BrokerUnavailableError` with where
+    the client looked (:func:`broker_address`)."""
+    starting = asyncio.ensure_future(client.start())
     try:
-        await client.start()
-    except Exception as exc:  # KafkaConnectionError; a refused SCRAM exchange raises others
+        if options.get("security_protocol") in ("SSL", "SASL_SSL"):
+            await asyncio.wait({starting}, timeout=TLS_PROBE_AFTER_S)
+            refused = None if starting.done() else await refusal(options)
+            if refused is not None and not refused.retriable:
+                raise refused
+        await starting
+    except BaseException as exc:
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+        if not isinstance(exc, Exception):  # the caller's cancellation: as it was
+            raise
+        # KafkaConnectionError; a refused SCRAM exchange raises others
         await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        if isinstance(exc, ConfigurationError):
+            raise
         await raise_if_refused(options, exc)
         if not isinstance(exc, KafkaConnectionError):
             raise

@@ -88,8 +88,9 @@ async def read_topics(
                 min_timestamp = since_ms
         elif start == "beginning":
             await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
+        else:  # the true end: the embedded broker's answer to seek_to_end() can be short of it
+            for tp, end in (await high_watermarks(settings, tps)).items():
+                consumer.seek(tp, end)
         # the true end: ListOffsets can answer short of it (see ``replay``)
         ends = {} if follow else await high_watermarks(settings, tps)
         positions = {tp: await consumer.position(tp) for tp in tps}

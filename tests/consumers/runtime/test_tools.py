@@ -37,10 +37,10 @@ async def _cli(settings: KafkaSettings, *args: str) -> tuple[int, str]:
 
 async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -> None:
     other = Event(type="tool.called", session_id="other", data={"name": "x"})
-    await produce_events(
-        kafka_settings,
-        [sample_event("tool.called", 1), sample_event("message.received", 2), other],
-    )
+    events = [sample_event("tool.called", 1), sample_event("message.received", 2), other]
+    for event in events:  # --since picks records by their time, here the events' (now)
+        event.timestamp = other.timestamp
+    await produce_events(kafka_settings, events)
     session = sample_event("tool.called").session_id
     # A time before 1970 is from the beginning (it was aiokafka's ValueError: negative time).
     for start in ("--from-beginning", "--since=10m", "--since=1969-07-20T20:17:00Z"):
@@ -58,6 +58,15 @@ async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -
     assert code == 0, out
     shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [e["type"] for e in shown] == ["tool.called", "message.received"]
+
+
+async def test_tail_from_the_end_shows_nothing_older(kafka_settings: KafkaSettings) -> None:
+    """The embedded broker answers "the latest offset" with the last batch's base offset + 1:
+    tail started there and showed the rest of that batch, old events, as new ones."""
+    await produce_events(kafka_settings, [sample_event("tool.called", n) for n in range(5)])
+    code, out = await _cli(kafka_settings, "tail", "--no-follow", "--json")
+    assert code == 0, out
+    assert [line for line in out.splitlines() if line.startswith("{")] == []
 
 
 async def test_tail_says_where_an_undecodable_record_is(kafka_settings: KafkaSettings) -> None:
@@ -83,7 +92,7 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
     async with running_consumer(consumer):
         await produce_events(settings, [sample_event("tool.called", 7)])
         await wait_until(lambda: len(seen) == 1)
-        await read_records(settings, settings.routing().dlq, 1)
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
         code, out = await _cli(settings, "dlq", "list", "--service", "refuser")
         assert code == 0, out
         rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 6]
@@ -104,7 +113,9 @@ async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
         await wait_until(lambda: len(seen) == 2, what="replayed event handled again")
         assert f"for group {consumer.group_id}" in out
     records = await read_records(settings, settings.routing().events, 2)
-    replayed = max(records, key=lambda r: r.timestamp)
+    original, replayed = sorted(records, key=lambda r: r.offset)
+    # the original's time travels with it, as in Kafka Connect's dead letters
+    assert original.timestamp == letter.timestamp == replayed.timestamp
     assert header(replayed.headers, "agentstream.replayed.from") is not None
     assert replayed.headers[0] == ("agentstream.replayed.for", consumer.group_id.encode())
     assert not any(k.startswith("agentstream.errors.") for k, _ in replayed.headers)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from support.samples import sample_event
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher
-from agentstream.schemas.admin import TopicSpec, ensure_topics, wait_for_broker
+from agentstream.schemas.admin import TopicSpec, ensure_topics, start_client, wait_for_broker
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
@@ -144,3 +145,16 @@ async def test_a_tls_client_at_a_plaintext_listener_is_told_so(
     text = str(refused.value)
     assert f"the endpoint at {kafka_settings.bootstrap_servers} speaks Kafka without TLS" in text
     assert "AGENTSTREAM_SECURITY_PROTOCOL=PLAINTEXT" in text
+
+
+async def test_a_tls_client_started_at_a_plaintext_listener_is_told_so_in_seconds(
+    kafka_settings: KafkaSettings, tls_files: Any, unique_name: str
+) -> None:
+    """Commands that start a client without waiting for the broker first (`tail`, `dlq`) said
+    it after aiokafka's whole request timeout (45 s), not at once."""
+    settings = tls_settings(kafka_settings.bootstrap_servers, tls_files.ca, unique_name)
+    # aiokafka's start() would wait this long: past the test's timeout
+    settings = settings.model_copy(update={"request_timeout_ms": 3_600_000})
+    consumer = AIOKafkaConsumer(**settings.consumer_options())
+    with pytest.raises(ConfigurationError, match="speaks Kafka without TLS"):
+        await start_client(consumer, settings.client_options())
