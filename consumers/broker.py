@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -29,6 +30,23 @@ from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
+    """What is wrong when the broker's address cannot be bound: the host, or a taken port."""
+    if isinstance(exc, socket.gaierror):
+        return ConfigurationError(
+            f"expected a host name or address to listen on, got {host!r} ({exc.strerror})"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigurationError(
+            f"expected an address of this machine to listen on, got {host!r} ({exc.strerror})"
+        )
+    return ConfigurationError(
+        f"expected a free port for the embedded broker, but {host}:{port} is taken "
+        f"({exc.strerror}); choose another port"
+    )
+
 
 FETCH_MAX_WAIT_MS = 50
 """``fetch_max_wait_ms`` for consumers of the embedded broker (``agentstream up`` sets it for
@@ -84,7 +102,10 @@ class EmbeddedBroker:
         log_path: Path | None = None,
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
+        try:
+            self.port = port or free_port(host)
+        except OSError as exc:
+            raise _cannot_listen(host, 0, exc) from None
         self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
@@ -181,10 +202,7 @@ class EmbeddedBroker:
             try:
                 sock.bind((self.host, self.port))
             except OSError as exc:
-                raise ConfigurationError(
-                    f"expected a free port for the embedded broker, but {self.host}:{self.port} "
-                    f"is taken ({exc.strerror}); choose another port"
-                ) from None
+                raise _cannot_listen(self.host, self.port, exc) from None
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None

@@ -57,8 +57,14 @@ def port_number(text: str) -> int:
 
 
 def positive_integer(text: str) -> int:
-    """The type of a count option: an integer > 0."""
+    """The type of a count option: an integer > 0 (and below 2^31: Kafka's and the stores'
+    integers; a larger one failed deep inside as an overflow)."""
     return int(_number(text, int, strictly=True))
+
+
+MAX_NUMBER = 2**31 - 1
+"""The largest count or duration an option takes (in its unit): larger ones overflow Kafka's
+32-bit fields, SQLite's integers or a duration in milliseconds."""
 
 
 def _number(text: str, kind: type[float] | type[int], *, strictly: bool) -> float:
@@ -69,7 +75,21 @@ def _number(text: str, kind: type[float] | type[int], *, strictly: bool) -> floa
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if value < 0 or (strictly and value == 0) or value != value:  # NaN is no number here
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    if value > MAX_NUMBER:  # infinity too
+        raise argparse.ArgumentTypeError(f"expected {what} up to {MAX_NUMBER}, got {text!r}")
     return value
+
+
+def retention_hours(text: str) -> float:
+    """The type of a retention option: hours > 0, or -1 (kept forever)."""
+    if text.strip() == "-1":
+        return -1.0
+    try:
+        return positive_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected hours > 0 up to {MAX_NUMBER}, or -1 (kept forever), got {text!r}"
+        ) from None
 
 
 def checked_argument(problem: Callable[[str], str | None]) -> Callable[[str], str]:

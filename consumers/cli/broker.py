@@ -9,6 +9,8 @@ import signal
 import sys
 from typing import Any
 
+from ._common import port_number, positive_integer
+
 
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -16,14 +18,20 @@ def register(commands: Any) -> None:
         help="run the embedded Kafka-compatible broker (Tansu, memory storage) in the foreground",
     )
     parser.add_argument(
-        "--port", type=int, default=9092, help="listen port (default 9092; 0 = any free port)"
+        "--port",
+        type=port_number,
+        default=9092,
+        help="listen port (default 9092; 0 = any free port)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument(
         "--create-topics", action="store_true", help="create the agentstream topics once ready"
     )
     parser.add_argument(
-        "--partitions", type=int, default=6, help="partitions per topic with --create-topics"
+        "--partitions",
+        type=positive_integer,
+        default=6,
+        help="partitions per topic with --create-topics",
     )
     parser.set_defaults(func=run)
 

@@ -10,7 +10,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from, port_number, positive_number
+from ._common import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    port_number,
+    positive_integer,
+    positive_number,
+)
 
 
 def register(commands: Any) -> None:
@@ -24,9 +30,14 @@ def register(commands: Any) -> None:
         ),
     )
     add_kafka_arguments(parser)
-    parser.add_argument("--agents", type=int, default=8, help="simulated pods (default 8)")
     parser.add_argument(
-        "--rate", type=float, default=40.0, help="events per second, all agents (default 40)"
+        "--agents", type=positive_integer, default=8, help="simulated pods (default 8)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=positive_number,
+        default=40.0,
+        help="events per second, all agents (default 40)",
     )
     parser.add_argument(
         "--duration",

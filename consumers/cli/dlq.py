@@ -48,7 +48,16 @@ def register(commands: Any) -> None:
 def _ref(text: str) -> str:
     """A dead letter's ``partition:offset``, as ``dlq list`` prints it."""
     partition, _, offset = text.partition(":")
-    if not (partition.isdigit() and offset.isdigit()):
+    # Kafka's partitions are 32-bit, its offsets 63-bit: past them aiokafka's fetcher failed
+    # in the background and the command waited forever
+    if not (
+        partition.isascii()
+        and partition.isdigit()
+        and offset.isascii()
+        and offset.isdigit()
+        and int(partition) < 2**31
+        and int(offset) < 2**63
+    ):
         raise argparse.ArgumentTypeError(
             f"expected PARTITION:OFFSET as `dlq list` prints it (3:17), got {text!r}"
         )

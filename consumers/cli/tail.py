@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -99,7 +100,8 @@ def _printer(as_json: bool) -> Callable[[Any, Any], None]:
     try:
         from rich.console import Console
     except ImportError:
-        return lambda event, _: print(tailview.human_line(event, colour=True), flush=True)
+        colour = not os.environ.get("NO_COLOR")  # https://no-color.org, as rich honours it
+        return lambda event, _: print(tailview.human_line(event, colour=colour), flush=True)
     console = Console(highlight=False, soft_wrap=True)
     return lambda event, _: console.print(tailview.rich_line(event))
 

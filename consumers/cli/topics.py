@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_kafka_arguments, kafka_settings_from, positive_number
+from ._common import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    positive_integer,
+    positive_number,
+    retention_hours,
+)
 
 
 def register(commands: Any) -> None:
@@ -19,15 +25,18 @@ def register(commands: Any) -> None:
     )
     add_kafka_arguments(create)
     create.add_argument(
-        "--partitions", type=int, default=6, help="partitions per topic (default 6)"
+        "--partitions", type=positive_integer, default=6, help="partitions per topic (default 6)"
     )
     create.add_argument(
-        "--replication-factor", type=int, default=1, help="replicas per partition (default 1)"
+        "--replication-factor",
+        type=positive_integer,
+        default=1,
+        help="replicas per partition (default 1)",
     )
     for kind, days in (("events", 7), ("tokens", 1), ("alerts", 30), ("control", 1), ("dlq", 30)):
         create.add_argument(
             f"--{kind}-retention-hours",
-            type=float,
+            type=retention_hours,
             default=days * 24,
             metavar="H",
             help=f"retention of the {kind} topic (default {days * 24} h; -1 keeps forever)",

@@ -11,6 +11,8 @@ from ._common import (
     add_kafka_arguments,
     kafka_settings_from,
     non_negative_number,
+    port_number,
+    positive_integer,
     positive_number,
 )
 
@@ -39,7 +41,7 @@ def register(commands: Any) -> None:
         help="SQLite file of the persistence service (default ./agentstream.db)",
     )
     parser.add_argument(
-        "--partitions", type=int, default=4, help="partitions per topic (default 4)"
+        "--partitions", type=positive_integer, default=4, help="partitions per topic (default 4)"
     )
     parser.add_argument(
         "--log-dir",
@@ -48,9 +50,11 @@ def register(commands: Any) -> None:
         metavar="DIR",
         help="logs, alerts.jsonl, demo manifest and summary (default ./.agentstream)",
     )
-    parser.add_argument("--agents", type=int, default=8, help="demo agents (default 8)")
     parser.add_argument(
-        "--rate", type=float, default=40.0, help="demo events per second (default 40)"
+        "--agents", type=positive_integer, default=8, help="demo agents (default 8)"
+    )
+    parser.add_argument(
+        "--rate", type=positive_number, default=40.0, help="demo events per second (default 40)"
     )
     parser.add_argument("--seed", type=int, default=7, help="demo scenario seed (default 7)")
     parser.add_argument(
@@ -60,7 +64,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--first-port",
-        type=int,
+        type=port_number,
         default=9101,
         metavar="PORT",
         help="HTTP port of the first service, the others follow, then the demo pods' metrics "

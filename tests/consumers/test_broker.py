@@ -34,3 +34,22 @@ def test_a_port_another_program_listens_on_is_refused_before_starting() -> None:
         with pytest.raises(ConfigurationError, match="expected a free port"):
             broker.start()
         assert broker.pid is None
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("nosuch.invalid", "expected a host name or address to listen on, got 'nosuch.invalid'"),
+        ("192.0.2.1", "expected an address of this machine to listen on, got '192.0.2.1'"),
+    ],
+)
+def test_a_host_to_listen_on_that_is_wrong_is_said_so_not_a_taken_port(
+    host: str, expected: str
+) -> None:
+    """Both were reported as "the port is taken"."""
+    with pytest.raises(ConfigurationError, match=expected):  # a free port on that host
+        EmbeddedBroker(host=host)
+    broker = EmbeddedBroker(19_999, host=host)
+    with pytest.raises(ConfigurationError, match=expected):
+        broker.start()
+    assert broker.pid is None

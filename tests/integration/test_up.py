@@ -169,6 +169,9 @@ def test_up_runs_the_pipeline_and_leaves_nothing_behind(tmp_path: Path) -> None:
     published = {event_id for event_id, _, _ in manifest["published"]}
     assert published <= stored, f"{len(published - stored)} demo events not stored:\n{tail}"
     assert {a["event_id"] for a in alerts} <= stored
+    # the command it suggests reads that store (`agentstream sessions` alone reads ./agentstream.db)
+    hint = f"try `agentstream sessions --store sqlite:///{store.resolve()}`"
+    assert hint in result.stdout, tail
 
     # every service answered /metrics, caught up, and exited cleanly on SIGTERM
     assert set(summary["services"]) == {"persistence", "loops", "budget", "metrics", "tracing"}
@@ -273,6 +276,19 @@ def test_a_broker_that_dies_stops_up_with_a_clear_error(tmp_path: Path) -> None:
     assert summary["error"].startswith("the embedded broker exited")
     assert [pid for pid in running["children"] if _alive(pid)] == []
     assert _processes_mentioning(str(logs)) == []
+
+
+def test_a_store_that_cannot_be_made_is_a_usage_error_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    """It exited 1 (every other command says 2 for a setting found wrong) after a summary of
+    alerts of a pipeline that never ran."""
+    command = _up_command(tmp_path, "--first-port", "0")
+    command[command.index("--store") + 1] = str(tmp_path / "nodir" / "x.db")
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "expected --store in an existing directory" in result.stdout + result.stderr
+    assert "alerts:" not in result.stdout and "Traceback" not in result.stderr
 
 
 def test_a_taken_port_is_replaced_by_a_free_one() -> None:

@@ -74,6 +74,7 @@ class Up:
         self.alerts_stop = asyncio.Event()
         self.alerts_task: asyncio.Task[None] | None = None
         self.error: str | None = None
+        self.exit_code = 1  # with an error; 2 for one found at start (``run``)
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -116,6 +117,10 @@ class Up:
             pass
         except (AgentstreamError, OSError) as exc:
             self.error = str(exc)
+            # as every command, a setting, broker or store found wrong at start is 2; a
+            # failure of the running pipeline (its broker died) is 1
+            started = self.state.phase == "running"
+            self.exit_code = 2 if isinstance(exc, AgentstreamError) and not started else 1
         finally:
             self.state.phase = "stopping"
             try:
@@ -130,7 +135,7 @@ class Up:
                     with contextlib.suppress(Exception):
                         loop.remove_signal_handler(sig)
         self._final_report()
-        return 1 if self.error else 0
+        return self.exit_code if self.error else 0
 
     async def _tick(self) -> None:
         assert self.view is not None
@@ -466,6 +471,10 @@ class Up:
                 f"{sum(k.startswith('budget') for k in kinds)} budget-busting"
                 + (f", {paused} stopped by a pause directive" if data.get("obey_control") else "")
             )
+        if self.error and not self.monitor.services:  # it stopped before anything ran
+            lines.append(f"logs: {self.o.log_dir.resolve()}")
+            print("\n".join(lines), flush=True)
+            return
         counts = self.monitor.alert_counts
         lines.append(
             f"alerts: {counts['loop_block']} loop blocks, "
@@ -475,7 +484,10 @@ class Up:
             f"{counts['pause']} pause directives"
         )
         if self.monitor.services.get("persistence", None) is not None:
-            lines.append(f"events are in {self.o.store.resolve()}: try `agentstream sessions`")
+            store = self.o.store.resolve()
+            lines.append(
+                f"events are in {store}: try `agentstream sessions --store sqlite:///{store}`"
+            )
         lines.append(f"logs and summary: {self.o.log_dir.resolve()}")
         print("\n".join(lines), flush=True)
 

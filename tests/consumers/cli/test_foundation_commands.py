@@ -298,6 +298,16 @@ async def test_a_path_that_cannot_be_written_is_one_clear_line_not_a_traceback(
         (["tail", "--limit", "0"], "argument --limit: expected an integer > 0, got '0'"),
         (["sessions", "--limit", "-3"], "argument --limit: expected an integer > 0, got '-3'"),
         (["topics", "create", "--timeout", "0"], "argument --timeout: expected a number > 0"),
+        # these ended in an overflow deep inside (a traceback, or a hang in aiokafka's fetcher)
+        (["sessions", "--limit", "1" + "0" * 20], "--limit: expected an integer > 0 up to 2147"),
+        (["up", "--rate", "inf"], "argument --rate: expected a number > 0 up to 2147483647"),
+        (["demo", "--rate", "nan"], "argument --rate: expected a number > 0, got 'nan'"),
+        (["broker", "--port", "99999"], "argument --port: expected a port from 0 to 65535"),
+        (["broker", "--partitions", "0"], "argument --partitions: expected an integer > 0"),
+        (["topics", "create", "--events-retention-hours", "nan"], "expected hours > 0 up to"),
+        (["topics", "create", "--dlq-retention-hours", "-5"], "or -1 (kept forever), got '-5'"),
+        (["dlq", "show", "0:" + "9" * 20], "expected PARTITION:OFFSET as `dlq list` prints"),
+        (["dlq", "replay", "--offset", "9" * 12 + ":1"], "expected PARTITION:OFFSET"),
     ],
 )
 def test_counts_and_durations_out_of_range_are_usage_errors(

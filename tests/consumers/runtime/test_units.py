@@ -299,3 +299,21 @@ def test_the_largest_error_headers_fit_the_dead_letter_headroom() -> None:
     record_overhead = 10 * len(headers)  # each header's varint lengths, generously
     size = sum(len(name.encode()) + len(value) for name, value in headers) + record_overhead
     assert size <= DEAD_LETTER_HEADROOM, f"{size} bytes of error headers"
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [("1", False), ("", True)])
+def test_tail_without_rich_honours_no_color(
+    no_color: str,
+    coloured: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """rich (the services extra) honours NO_COLOR; the plain printer without it did not."""
+    import sys
+
+    from agentstream.consumers.cli.tail import _printer
+
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails: not installed
+    monkeypatch.setenv("NO_COLOR", no_color)
+    _printer(as_json=False)(Event(type="tool.error", data={"name": "x"}), None)
+    assert ("\x1b[" in capsys.readouterr().out) is coloured
