@@ -6,6 +6,8 @@ import asyncio
 import itertools
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -244,3 +246,34 @@ async def test_the_demo_serves_its_pods_publisher_metrics(kafka_settings: KafkaS
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+DEMO = [sys.executable, "-m", "agentstream.consumers.cli", "demo"]
+
+
+def test_a_second_signal_gives_up_the_flush() -> None:
+    """Without a broker the flush waits its 30 s: a second Ctrl-C did not end it (35 s in
+    all, and nothing said it was waiting)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens
+    process = subprocess.Popen(
+        [*DEMO, "--bootstrap-servers", nowhere, "--agents", "2", "--rate", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("demo: 2 agents")  # running
+        process.send_signal(signal.SIGINT)
+        for line in process.stdout:  # the client's connection errors come in between
+            if "finishing sessions, flushing (again to give up)" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)  # well before the flush's 30 s
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 1, output
+    assert "not waiting for the flush any more" in output and "Traceback" not in output

@@ -166,6 +166,7 @@ class Demo:
         mean_s = mean_step_delay_ms(seed, agents) / 1000
         self.time_scale = agents / (1.2 * rate * mean_s) if mean_s > 0 else 0.0
         self._stop = asyncio.Event()
+        self._abort = asyncio.Event()  # a second stop: no waiting for the flush either
         self._next_slot = 0.0  # loop time of the next event allowed by ``rate``
         self.summary = DemoSummary(self.run_id, seed, agents, rate, self.time_scale)
         self.summary.obey_control = obey_control
@@ -178,7 +179,14 @@ class Demo:
         return list(self._recorder.items()) if self._recorder is not None else []
 
     def stop(self) -> None:
-        """Stop starting sessions; finish those in flight without waiting."""
+        """Stop starting sessions; finish those in flight without waiting. A second call
+        (a second Ctrl-C) gives up waiting for the flush: what is undelivered is dropped."""
+        if self._stop.is_set():
+            if not self._abort.is_set():
+                print("demo: not waiting for the flush any more", flush=True)
+            self._abort.set()
+        else:  # called on a signal (the --duration timer sets _stop itself)
+            print("demo: stopping: finishing sessions, flushing (again to give up)", flush=True)
         self._stop.set()
 
     async def run(self) -> DemoSummary:
@@ -195,8 +203,8 @@ class Demo:
             if timer is not None:
                 timer.cancel()
         finally:
-            self.summary.flushed = await asyncio.to_thread(publisher.flush, 30.0)
-            publisher.close(timeout=5.0)
+            self.summary.flushed = await self._flush(publisher)
+            publisher.close(timeout=0.0 if self._abort.is_set() else 5.0)
             stats = publisher.stats()
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.events = len(recorder)
@@ -208,6 +216,18 @@ class Demo:
             self.summary.dropped_by_reason = {**stats.dropped, "failed": stats.failed}
             self.summary.last_error = stats.last_error
         return self.summary
+
+    async def _flush(self, publisher: KafkaPublisher, timeout_s: float = 30.0) -> bool:
+        """``publisher.flush(timeout_s)`` in slices, so that a second stop ends it at once
+        (then False)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._abort.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if await asyncio.to_thread(publisher.flush, min(left, 0.25)):
+                return True
+        return False
 
     def write_manifest(self, path: Path) -> None:
         """The summary, its sessions, and ``published``: ``[event_id, type, session_id]`` of
