@@ -72,21 +72,32 @@ def register(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from agentstream.schemas.errors import ConfigurationError
+
     from ._demo.pods import Demo
 
     if args.agents < 1 or args.rate <= 0:
-        from agentstream.schemas.errors import ConfigurationError
-
         raise ConfigurationError(
             f"expected --agents >= 1 and --rate > 0, got {args.agents} and {args.rate}"
         )
     settings = kafka_settings_from(args)
+    if args.manifest is not None and not args.manifest.parent.is_dir():  # known only at the end
+        raise ConfigurationError(
+            f"expected --manifest in an existing directory, got {args.manifest} "
+            f"({args.manifest.parent} is no directory)"
+        )
     registry = server = None
     if args.metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry()
-        server, _ = start_http_server(args.metrics_port, registry=registry)
+        try:
+            server, _ = start_http_server(args.metrics_port, registry=registry)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"expected --metrics-port {args.metrics_port} free to serve /metrics on, "
+                f"got {exc.strerror}"
+            ) from None
     demo = Demo(
         settings,
         agents=args.agents,

@@ -277,3 +277,26 @@ def test_a_second_signal_gives_up_the_flush() -> None:
         process.wait()
     assert process.returncode == 1, output
     assert "not waiting for the flush any more" in output and "Traceback" not in output
+
+
+def test_a_taken_metrics_port_and_a_manifest_nowhere_are_said_before_the_run(
+    tmp_path: Path,
+) -> None:
+    """One was `OSError: [Errno 98] Address already in use` (which port?), the other a
+    FileNotFoundError after the whole run, its events published."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for options, expected in (
+            (["--metrics-port", str(port)], f"expected --metrics-port {port} free to serve"),
+            (["--manifest", str(tmp_path / "none" / "m.json")], "expected --manifest in an"),
+        ):
+            result = subprocess.run(
+                [*DEMO, "--bootstrap-servers", "127.0.0.1:1", "--duration", "30", *options],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert expected in result.stderr and "published" not in result.stdout
