@@ -67,9 +67,15 @@ def _ref(text: str) -> str:
 async def run_list(args: argparse.Namespace) -> int:
     from agentstream.consumers.runtime.dlqtools import dead_letters
 
-    print("ref\ttime\tservice\thandler\ttype\toriginal\treason", flush=True)
-    async for info in dead_letters(kafka_settings_from(args), service=args.service):
+    header = "ref\ttime\tservice\thandler\ttype\toriginal\treason"
+    letters = dead_letters(kafka_settings_from(args), service=args.service)
+    async for info in letters:  # the header once the topic could be read: no table on an error
+        if header:
+            print(header, flush=True)
+            header = ""
         print(info.line())
+    if header:
+        print(header, flush=True)
     return 0
 
 
@@ -133,6 +139,9 @@ async def run_replay(args: argparse.Namespace) -> int:
                 flush=True,
             )
             sent += 1
-    finally:
-        print(f"{sent} dead letter(s) replayed", flush=True)
+    except BaseException:
+        if sent:  # how far a replay that failed got (the error follows)
+            print(f"{sent} dead letter(s) replayed before it stopped", flush=True)
+        raise
+    print(f"{sent} dead letter(s) replayed", flush=True)
     return 0
