@@ -27,7 +27,15 @@ def register(commands: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from agentstream.schemas import jsonschema_export as jsonschema
+    from agentstream.schemas.errors import ConfigurationError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigurationError(f"expected --out to be a directory, got the file {args.out}")
+    if args.check and not args.out.is_dir():  # run elsewhere than the repository's root
+        raise ConfigurationError(
+            f"expected the exported schemas in {args.out}, no such directory (run it at the "
+            "repository's root, or give --out)"
+        )
     if args.check:
         stale = jsonschema.stale_files(args.out)
         for name in stale:

@@ -279,6 +279,11 @@ async def test_schemas_export_check(tmp_path: Path) -> None:
     code, out, _ = await _run("schemas", "export", "--out", str(tmp_path))
     assert code == 0 and "wrote" in out
     assert (await _run("schemas", "export", "--check", "--out", str(tmp_path)))[0] == 0
+    # not a traceback (FileExistsError), not 51 "stale:" lines for a directory that is not there
+    code, out, err = await _run("schemas", "export", "--out", str(tmp_path / "envelope.json"))
+    assert (code, out) == (2, "") and "expected --out to be a directory, got the file" in err
+    code, out, err = await _run("schemas", "export", "--check", "--out", str(tmp_path / "no"))
+    assert (code, out) == (2, "") and "expected the exported schemas in" in err
 
 
 async def test_a_path_that_cannot_be_written_is_one_clear_line_not_a_traceback(
