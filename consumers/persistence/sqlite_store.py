@@ -137,6 +137,8 @@ class SqliteStore(Store):
         if self._readonly and self.path != ":memory:":
             if not os.path.exists(self.path):
                 raise FileNotFoundError(self.path)
+            if os.path.isdir(self.path):  # SQLite says "disk I/O error"
+                raise IsADirectoryError(self.path)
             target, uri = f"{Path(self.path).absolute().as_uri()}?mode=ro", True
         else:
             directory = os.path.dirname(os.path.abspath(self.path))
@@ -168,6 +170,11 @@ class SqliteStore(Store):
             raise StoreError(
                 f"expected a SQLite store at {self.path}, found no such file (the persistence "
                 f"service creates it; or run `agentstream db migrate --store {self.url}`)"
+            ) from None
+        except IsADirectoryError:
+            raise StoreError(
+                f"expected a SQLite store at {self.path}, found a directory (--store names the "
+                "database file: sqlite:///path/to/agentstream.db)"
             ) from None
         except NotADirectoryError as exc:  # a setting to fix, not an outage to wait out
             raise StoreError(

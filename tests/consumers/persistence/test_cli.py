@@ -133,6 +133,10 @@ async def test_a_store_in_a_missing_directory_is_a_setting_to_fix_not_an_outage(
     assert not isinstance(raised.value, StoreUnavailableError)
     with pytest.raises(StoreError, match="missing does not"):
         await cli("db", "migrate", "--store", f"sqlite:///{tmp_path}/missing/events.db")
+    # a directory where the file should be: SQLite said "disk I/O error" (an outage)
+    with pytest.raises(StoreError, match="found a directory") as raised:
+        await cli("db", "status", "--store", f"sqlite:///{tmp_path}/")
+    assert not isinstance(raised.value, StoreUnavailableError)
 
 
 async def test_replay_to_topic_keeps_ids_keys_and_order(
