@@ -120,6 +120,9 @@ a server read-only after a failover (25006), an I/O or internal error (58, XX), 
 changed under a running service (28P01)."""
 
 
+_CONNECT_TIMEOUT_S = 60.0
+"""asyncpg's connect timeout (its default), named in the error when it passes."""
+
 _STATEMENT_CACHE = "statement_cache_size"
 _PREPARED_STATEMENT_STATES = ("26000", "42P05")
 """invalid_sql_statement_name, duplicate_prepared_statement: a pooler's doing (see above)."""
@@ -319,8 +322,15 @@ class PostgresStore(Store):
                 max_size=self._pool_size,
                 command_timeout=self._command_timeout,
                 statement_cache_size=self._statement_cache_size,
+                timeout=_CONNECT_TIMEOUT_S,
             )
         except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                raise StoreUnavailableError(
+                    f"cannot connect to {self.url}: no PostgreSQL handshake within "
+                    f"{_CONNECT_TIMEOUT_S:g} s (nothing answers at that address, another "
+                    "service listens on that port, or the server is too loaded to answer)"
+                ) from exc
             if is_outage(exc):
                 raise StoreUnavailableError(f"cannot connect to {self.url}: {exc!r}") from exc
             fix = _misconfigured(exc)

@@ -9,6 +9,7 @@ outage to wait out."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
@@ -31,6 +32,7 @@ from agentstream.consumers.persistence import (
     StoreError,
     StoreUnavailableError,
     open_store,
+    postgres_store,
 )
 from agentstream.consumers.persistence.service import PersistenceSettings, until_available
 from agentstream.schemas.settings import KafkaSettings
@@ -232,3 +234,27 @@ async def test_batches_slower_than_statement_timeout_are_written_in_smaller_part
         await wait_until(lambda: committed_total(consumer) == 300, what="offsets committed")
         assert metric(consumer, "agentstream_persistence_store_unavailable_total") == 0
         assert dead_lettered(consumer) == 0
+
+
+async def test_a_port_where_no_postgresql_answers_is_said_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another service on the port (Redis, say) takes the connection and never answers the
+    startup message: the error was `TimeoutError()`, after 60 s."""
+    monkeypatch.setattr(postgres_store, "_CONNECT_TIMEOUT_S", 0.5)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        store = open_store(f"postgresql://postgres@127.0.0.1:{port}/test")
+        with pytest.raises(StoreUnavailableError, match=r"no PostgreSQL handshake within 0\.5 s"):
+            await store.open()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
