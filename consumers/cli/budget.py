@@ -27,7 +27,12 @@ def register(commands: Any) -> None:
     which.add_argument("--session", metavar="ID", help="one session")
     which.add_argument("--agent", metavar="ID", help="one agent's days")
     which.add_argument("--user", metavar="ID", help="one user's days")
-    show.add_argument("--day", metavar="YYYY-MM-DD", help="only this UTC day (agent/user scopes)")
+    show.add_argument(
+        "--day",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="only this UTC day (agent/user scopes)",
+    )
     show.add_argument(
         "--config",
         dest="budget_config",
@@ -146,3 +151,13 @@ async def run_show(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _day(text: str) -> str:
+    """A UTC day as the scopes spell it; anything else matched no scope, silently."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None

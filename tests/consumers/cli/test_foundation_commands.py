@@ -316,6 +316,8 @@ async def test_a_path_that_cannot_be_written_is_one_clear_line_not_a_traceback(
         (["topics", "create", "--dlq-retention-hours", "-5"], "or -1 (kept forever), got '-5'"),
         (["dlq", "show", "0:" + "9" * 20], "expected PARTITION:OFFSET as `dlq list` prints"),
         (["dlq", "replay", "--offset", "9" * 12 + ":1"], "expected PARTITION:OFFSET"),
+        # matched no scope: "no budget state matches", as if there were none that day
+        (["budget", "show", "--day", "5/12/2026"], "--day: expected a day as YYYY-MM-DD"),
     ],
 )
 def test_counts_and_durations_out_of_range_are_usage_errors(
