@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
@@ -82,13 +81,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def print_lines(lines: Iterable[str]) -> None:
-    """Print ``lines``; a reader that stops early (``| head``) is not an error."""
-    try:
-        for line in lines:
-            print(line)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    """Print ``lines``. A reader that stops early (``| head``) ends the command with 141, as
+    every command (the entry point's BrokenPipeError handler)."""
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
 
 
 def as_dict(s: SessionSummary) -> dict[str, Any]:
