@@ -27,11 +27,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from msgspec.structs import replace
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from agentstream.schemas import Event
 from agentstream.schemas.throttle import ThrottledLog
 
+from .metrics import topic_counter
 from .record import Record
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,14 @@ class EventTime:
         """``topics``: those whose counter exists at 0 from the start."""
         self.max_skew_ms = max_skew_ms
         self._service = service
-        self._skewed = Counter(
+        self._skewed = topic_counter(
+            registry,
             "agentstream_consumer_clock_skewed_events_total",
             "Events whose timestamp was further from their Kafka record's timestamp than "
             "max_clock_skew_ms: timed at the record's timestamp instead.",
-            ["service", "topic"],
-            registry=registry,
+            service,
+            topics,
         )
-        for topic in topics:
-            self._skewed.labels(service, topic)
         self._log = ThrottledLog(log)
 
     def event(self, record: Record) -> Event:

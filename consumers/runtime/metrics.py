@@ -42,6 +42,17 @@ HANDLER_BUCKETS = (
 )
 
 
+def topic_counter(
+    registry: CollectorRegistry, name: str, doc: str, service: str, topics: Iterable[str]
+) -> Counter:
+    """A counter by ``service`` and ``topic`` whose series for ``topics`` exist at 0 from the
+    start (so that the first count is an increase for Prometheus)."""
+    counter = Counter(name, doc, ["service", "topic"], registry=registry)
+    for topic in topics:
+        counter.labels(service, topic)
+    return counter
+
+
 def type_label(event_type: str | None) -> str:
     """The ``type`` label of an event type: itself when the catalogue knows it, else ``other``."""
     return event_type if event_type in _KNOWN_TYPES else OTHER_TYPE

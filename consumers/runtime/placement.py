@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.throttle import ThrottledLog
 
+from .metrics import topic_counter
 from .record import Record
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,15 @@ class SessionPlacement:
         self._partition_count = partition_count
         self._remember = remember
         self._placed: dict[str, int] = {}
-        self._misplaced = Counter(
+        self._misplaced = topic_counter(
+            registry,
             "agentstream_consumer_misplaced_events_total",
             "Events on another partition than Kafka's default partitioner gives their session "
             "id (the key agentstream producers use): their producer keys or partitions "
             "otherwise, and the service's per-session state is split.",
-            ["service", "topic"],
-            registry=registry,
+            service,
+            topics,
         )
-        for topic in topics:
-            self._misplaced.labels(service, topic)
         self._log = ThrottledLog(log)
 
     def check(self, record: Record) -> bool:

@@ -284,3 +284,23 @@ async def service_process(
             await process.stop()
     finally:
         process.kill()
+
+
+async def first_line_then_close(*args: str) -> tuple[int, bytes, str]:
+    """Run ``agentstream ARGS`` as ``| head -1`` would: read its first line, close the pipe;
+    its exit code, that line and its stderr."""
+
+    def run() -> tuple[int, bytes, str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.consumers.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # what `head -1` does once it has its line
+        code = process.wait(60)
+        with process.stderr:
+            return code, first, process.stderr.read().decode()
+
+    return await asyncio.to_thread(run)

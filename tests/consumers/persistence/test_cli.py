@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from support.runtime import read_records
+from support.runtime import first_line_then_close, read_records
 
 from agentstream.consumers.cli import build_parser
 from agentstream.consumers.persistence import StoreError, StoreUnavailableError, open_store
@@ -188,10 +188,6 @@ async def test_replay_into_a_reader_that_stops_early_ends_as_every_command(
     store_url: str,
 ) -> None:
     """`agentstream replay S | head -1` exited 0 where tail, dlq, topics... exit 141."""
-    import asyncio
-    import subprocess
-    import sys
-
     assert await cli("db", "migrate", "--store", store_url) == 0
     long = [
         Event(type="message.response", session_id="long", seq=i, data={"content": "x" * 500})
@@ -200,21 +196,7 @@ async def test_replay_into_a_reader_that_stops_early_ends_as_every_command(
     async with open_store(store_url) as store:
         await store.write_batch(long)
 
-    def run() -> tuple[int, bytes, str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agentstream.consumers.cli", "replay", "long", "--json",
-             "--store", store_url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert process.stdout is not None and process.stderr is not None
-        first = process.stdout.readline()
-        process.stdout.close()  # what `head -1` does once it has its line
-        code = process.wait(60)
-        with process.stderr:
-            return code, first, process.stderr.read().decode()
-
-    code, first, err = await asyncio.to_thread(run)
+    code, first, err = await first_line_then_close("replay", "long", "--json", "--store", store_url)
     assert json.loads(first)["session_id"] == "long"
     assert code == 141, err
     assert "Traceback" not in err, err

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import sys
 
 from support.produce import produce_events, produce_raw
-from support.runtime import read_records, running_consumer, service_settings, wait_until
+from support.runtime import (
+    first_line_then_close,
+    read_records,
+    running_consumer,
+    service_settings,
+    wait_until,
+)
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer
@@ -185,22 +190,10 @@ async def test_tail_into_a_reader_that_stops_early_ends_quietly(
     Unix tools end, without a traceback; aiokafka's notices stay out of a reading command."""
     await produce_events(kafka_settings, [sample_event("tool.called", i) for i in range(300)])
 
-    def run() -> tuple[int, bytes, str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agentstream.consumers.cli", "tail", "--from-beginning",
-             "--no-follow", "--json", "--bootstrap-servers", kafka_settings.bootstrap_servers,
-             "--topic-prefix", kafka_settings.topic_prefix],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert process.stdout is not None and process.stderr is not None
-        first = process.stdout.readline()
-        process.stdout.close()  # what `head -1` does once it has its line
-        code = process.wait(60)
-        with process.stderr:
-            return code, first, process.stderr.read().decode()
-
-    code, first, err = await asyncio.to_thread(run)
+    code, first, err = await first_line_then_close(
+        "tail", "--from-beginning", "--no-follow", "--json", "--bootstrap-servers",
+        kafka_settings.bootstrap_servers, "--topic-prefix", kafka_settings.topic_prefix,
+    )  # fmt: skip
     assert json.loads(first)["type"] == "tool.called"
     assert code == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
