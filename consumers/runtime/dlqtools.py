@@ -135,9 +135,7 @@ async def replay(
                 info.record.value,
                 key=info.record.key,
                 headers=replay_headers(info, dlq),
-                timestamp_ms=info.timestamp_ms
-                if info.timestamp_ms >= 0
-                else None,  # the original's
+                timestamp_ms=info.timestamp_ms if info.timestamp_ms >= 0 else None,  # original's
             )
             yield info, meta.partition, meta.offset
     finally:

@@ -79,6 +79,7 @@ async def read_topics(
                 "`agentstream topics create`)"
             )
         min_timestamp = None
+        true_end: dict[TopicPartition, int] | None = None
         if since_ms is not None and since_ms <= 0:  # before 1970: Kafka times are not negative
             await consumer.seek_to_beginning(*tps)
         elif since_ms is not None:
@@ -88,11 +89,14 @@ async def read_topics(
                 min_timestamp = since_ms
         elif start == "beginning":
             await consumer.seek_to_beginning(*tps)
-        else:  # the true end: the embedded broker's answer to seek_to_end() can be short of it
-            for tp, end in (await high_watermarks(settings, tps)).items():
+        else:  # not seek_to_end(): ListOffsets can answer short of the end (see ``replay``)
+            true_end = await high_watermarks(settings, tps)
+            for tp, end in true_end.items():
                 consumer.seek(tp, end)
-        # the true end: ListOffsets can answer short of it (see ``replay``)
-        ends = {} if follow else await high_watermarks(settings, tps)
+        if follow:
+            ends = {}
+        else:  # the true end, for the same reason
+            ends = true_end if true_end is not None else await high_watermarks(settings, tps)
         positions = {tp: await consumer.position(tp) for tp in tps}
         while follow or any(positions[tp] < ends[tp] for tp in tps):
             batches = await consumer.getmany(timeout_ms=200)

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from agentstream.schemas.settings import KafkaSettings
 
+from .eventtime import DEFAULT_MAX_SKEW_MS
+
 HttpPort = Annotated[
     int,
     Field(ge=0, le=65_535, description="Port of /metrics, /healthz, /readyz (0: any free one)."),
@@ -53,7 +55,7 @@ class ServiceSettings(KafkaSettings):
     )
 
     max_clock_skew_ms: int = Field(
-        default=3_600_000,
+        default=DEFAULT_MAX_SKEW_MS,
         ge=0,
         description=(
             "Budget, metrics and tracing time an event by its Kafka record's timestamp when "
