@@ -14,7 +14,7 @@ applies to, and expanded by :meth:`KafkaSettings.client_options`,
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -275,10 +275,14 @@ def broker_address(options: Mapping[str, Any]) -> str:
     return str(servers) if protocol in (None, "PLAINTEXT") else f"{servers} over {protocol}"
 
 
-def settings_error(error: ValidationError) -> ConfigurationError | None:
+def settings_error(
+    error: ValidationError, options: Collection[str] = ()
+) -> ConfigurationError | None:
     """The :class:`ConfigurationError` for a settings class (:func:`settings_classes`) that
-    refused its values: each wrong setting with its environment variable, what was expected
-    and what came (never the value of a secret). None when ``error`` is not about settings."""
+    refused its values: each wrong setting with where it came from (its command-line option
+    when its name is in ``options``, those given on the command line, else its environment
+    variable), what was expected and what came (never the value of a secret). None when
+    ``error`` is not about settings."""
     cls = settings_classes().get(error.title)
     if cls is None:
         return None
@@ -296,7 +300,8 @@ def settings_error(error: ValidationError) -> ConfigurationError | None:
         secret = field is not None and "SecretStr" in repr(field.annotation)
         said = secret or item["type"] == "missing" or ", got " in message
         got = "" if said else f", got {item['input']!r:.120}"
-        problems.append(f"{name} ({prefix}{name.upper()}): {message}{got}")
+        source = f"--{name.replace('_', '-')}" if name in options else prefix + name.upper()
+        problems.append(f"{name} ({source}): {message}{got}")
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
 
 

@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(str(exc))
         return 2
     except ValidationError as exc:
-        error = settings_error(exc)
+        given = {name for name, value in vars(args).items() if value is not None}
+        error = settings_error(exc, given)
         if error is None:
             raise
         say(str(error))

@@ -227,3 +227,15 @@ def test_split_server_reads_entries_as_the_clients_do() -> None:
     assert split_server("kafka") == ("kafka", "9092")
     assert split_server("[::1]:9094") == ("::1", "9094")
     assert split_server("[fe80::1]") == ("fe80::1", "9092")
+
+
+def test_a_value_given_on_the_command_line_is_named_by_its_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--bootstrap-servers ''` was reported as AGENTSTREAM_BOOTSTRAP_SERVERS, set nowhere."""
+    monkeypatch.setenv("AGENTSTREAM_LINGER_MS", "-1")
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(bootstrap_servers="")  # as the CLI builds it from its options
+    text = str(settings_error(caught.value, {"bootstrap_servers", "topic_prefix"}))
+    assert "bootstrap_servers (--bootstrap-servers): expected comma-separated" in text
+    assert "linger_ms (AGENTSTREAM_LINGER_MS)" in text  # from the environment
