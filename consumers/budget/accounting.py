@@ -136,9 +136,13 @@ class ScopeState(msgspec.Struct, kw_only=True):
     counted_turn: str | None = None
     """Session scopes: the last turn whose ``llm.call.completed`` counted tokens."""
 
+    @property
+    def is_session(self) -> bool:
+        return scope_kind(self.scope) is ScopeKind.SESSION
+
     def used(self, dimension: Dimension) -> float:
-        if dimension is Dimension.WALL_TIME_S:
-            if self.first_ts_ms is None or self.last_ts_ms is None:
+        if dimension is Dimension.WALL_TIME_S:  # sessions only: a day has no wall time
+            if self.first_ts_ms is None or self.last_ts_ms is None or not self.is_session:
                 return 0.0
             return (self.last_ts_ms - self.first_ts_ms) / 1000
         value: float = getattr(self, dimension.value)
@@ -297,6 +301,9 @@ def _priced(
     )
 
 
+_REACH_TOLERANCE = 1e-9
+
+
 def crossings(
     state: ScopeState, limits: Limits, warning_fraction: float, context: Context
 ) -> list[Signal]:
@@ -313,11 +320,14 @@ def crossings(
             continue
         used = state.used(dimension)
         had = state.signals.get(dimension.value, Level.NONE)
+        # Costs are sums of floats: $0.70 + $0.10 is 0.7999999999999999, short of a $0.80
+        # limit it reached. A part in 10^9 of the limit is counted as reached.
+        reach = used + limit * _REACH_TOLERANCE
         earned = (
             Level.EXCEEDED
-            if used >= limit
+            if reach >= limit
             else Level.WARNING
-            if used >= limit * warning_fraction
+            if reach >= limit * warning_fraction
             else Level.NONE
         )
         for level in (Level.WARNING, Level.EXCEEDED):

@@ -37,6 +37,7 @@ overrides name a session dimension, the smaller limit applies (both budgets hold
 from __future__ import annotations
 
 import enum
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -80,6 +81,10 @@ class Limits:
         """These limits with every dimension ``override`` names replaced."""
         changes = {d.value: getattr(override, d.value) for d in DIMENSIONS}
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def named(self) -> set[Dimension]:
+        """The dimensions these limits set (0, switched off, included)."""
+        return {d for d in DIMENSIONS if getattr(self, d.value) is not None}
 
     def stricter(self, other: Limits) -> Limits:
         """Per dimension, the smaller of two limits (no limit counts as infinite)."""
@@ -136,14 +141,20 @@ class BudgetConfig:
             )
 
     def session_limits(self, agent_id: str, user_id: str) -> Limits:
-        limits = self.session
+        """The session defaults, with each dimension the agent's or the user's override names
+        replaced; where both name one, the smaller limit (0, no limit, counts as infinite).
+        A dimension one override names is never lowered by the other's defaults."""
         agent = self.agents.get(agent_id) if agent_id else None
         user = self.users.get(user_id) if user_id else None
-        if agent is not None and user is not None:
-            return limits.merged(agent.session).stricter(limits.merged(user.session))
-        for override in (agent, user):
-            if override is not None:
-                limits = limits.merged(override.session)
+        limits = self.session
+        if agent is not None:
+            limits = limits.merged(agent.session)
+        if user is not None:
+            limits = limits.merged(user.session)
+            if agent is not None:  # both named it: the smaller
+                both = agent.session.named() & user.session.named()
+                smaller = agent.session.stricter(user.session)
+                limits = replace(limits, **{d.value: smaller.get(d) or 0.0 for d in both})
         return limits
 
     def agent_day_limits(self, agent_id: str) -> Limits:
@@ -217,12 +228,23 @@ def _table(raw: Any, where: str) -> Mapping[str, Any]:
     return raw
 
 
+def _amount(value: Any) -> bool:
+    """A limit or price: a finite number >= 0 (TOML's nan passed ``value < 0`` and switched the
+    budget off silently; inf is no limit, which 0 says)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 def _limits(raw: Any, where: str) -> Limits:
     table = _table(raw, where)
     _no_unknown(table, {d.value for d in DIMENSIONS}, where)
     values: dict[str, float] = {}
     for key, value in table.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        if not _amount(value):
             raise ConfigurationError(f"expected a number >= 0 for {key} in {where}, got {value!r}")
         values[key] = float(value)
     # 0 is kept (not None) so that an override can switch a default limit off.
@@ -248,7 +270,7 @@ def _prices(raw: Any, where: str) -> dict[str, Price]:
         _no_unknown(table, {"input_per_million", "output_per_million"}, f"{where}.{model}")
         values = {}
         for key, value in table.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            if not _amount(value):
                 raise ConfigurationError(
                     f"expected a number >= 0 for {key} in {where}.{model}, got {value!r}"
                 )

@@ -224,8 +224,8 @@ def test_overrides_per_agent_and_user_and_the_stricter_wins() -> None:
     assert config.session_limits("other", "other") == Limits(tokens=100_000, rounds=10)
     assert config.session_limits("big", "other").get(Dimension.TOKENS) == 500_000
     both = config.session_limits("big", "tight")
-    assert both.get(Dimension.TOKENS) == 1_000  # the user's is smaller
-    assert both.get(Dimension.ROUNDS) == 10  # the user switched rounds off, the default holds
+    assert both.get(Dimension.TOKENS) == 1_000  # both name tokens: the user's is smaller
+    assert both.get(Dimension.ROUNDS) is None  # only the user names rounds: off (0)
     assert config.session_limits("x", "tight").get(Dimension.ROUNDS) is None  # 0: no limit
     assert config.agent_day_limits("big").get(Dimension.ROUNDS) == 2
     assert config.agent_day_limits("other").get(Dimension.ROUNDS) is None
@@ -236,6 +236,40 @@ def test_overrides_per_agent_and_user_and_the_stricter_wins() -> None:
         ("agent:big:2026-11-21", "rounds", "warning"),
         ("agent:big:2026-11-21", "rounds", "exceeded"),
     ]
+
+
+def test_an_override_is_not_lowered_by_the_other_sides_defaults() -> None:
+    """The docs' example: an agent allowed more tokens, a user more rounds. A session of both
+    got the defaults of each (100,000 tokens, 10 rounds): each override was merged onto the
+    defaults and the smaller of the two taken, so the other side's default always won."""
+    config = BudgetConfig(
+        agents={"weather": Override(session=Limits(tokens=200_000, cost_usd=0))},
+        users={"u42": Override(session=Limits(rounds=20, cost_usd=2))},
+    )
+    both = config.session_limits("weather", "u42")
+    assert (both.get(Dimension.TOKENS), both.get(Dimension.ROUNDS)) == (200_000, 20)
+    assert both.get(Dimension.COST_USD) == 2  # both name it: the smaller (0 is no limit)
+    alone = config.session_limits("weather", "other")
+    assert (alone.get(Dimension.TOKENS), alone.get(Dimension.ROUNDS)) == (200_000, 10)
+
+
+def test_a_cost_that_reaches_its_limit_exactly_is_exceeded() -> None:
+    """$0.70 + $0.10 is 0.7999999999999999 in floats: a $0.80 budget was only warned about."""
+    config = BudgetConfig(session=Limits(cost_usd=0.8), prices={"m": Price(input_per_million=1.0)})
+    tracker = BudgetTracker(config)
+    events = [llm(700_000, 0, model="m"), llm(100_000, 0, model="m", seconds=1)]
+    assert [level for _, _, level in pairs(run(tracker, events))] == ["warning", "exceeded"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_limit_or_price_that_is_no_finite_number_is_refused(value: float) -> None:
+    """TOML's nan passed the `value < 0` check and switched the budget off silently."""
+    from agentstream.schemas.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="expected a number >= 0 for tokens"):
+        parse_config({"session": {"tokens": value}})
+    with pytest.raises(ConfigurationError, match="expected a number >= 0 for input_per_million"):
+        parse_config({"prices": {"m": {"input_per_million": value}}})
 
 
 def test_toml_config_and_its_errors() -> None:
@@ -348,3 +382,14 @@ def test_signals_wait_in_the_scope_outbox_until_confirmed() -> None:
     assert state is not None
     assert state.pending == signals
     assert state.signals == {"rounds": Level.EXCEEDED}
+
+
+def test_a_day_scope_has_no_wall_time() -> None:
+    """`budget show` printed an hour of wall time for an agent's day (its first and last
+    events an hour apart); days have no wall-time dimension."""
+    tracker = BudgetTracker(BudgetConfig())
+    run(tracker, [tool(seconds=0), tool(seconds=3_600)])
+    day = tracker.usage("agent:agent-a:2026-11-21")
+    session = tracker.usage("session:s-1")
+    assert day is not None and day.used(Dimension.WALL_TIME_S) == 0
+    assert session is not None and session.used(Dimension.WALL_TIME_S) == 3_600
