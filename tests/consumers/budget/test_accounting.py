@@ -386,10 +386,10 @@ def test_signals_wait_in_the_scope_outbox_until_confirmed() -> None:
 
 def test_a_day_scope_has_no_wall_time() -> None:
     """`budget show` printed an hour of wall time for an agent's day (its first and last
-    events an hour apart); days have no wall-time dimension."""
+    events half an hour apart); days have no wall-time dimension."""
     tracker = BudgetTracker(BudgetConfig())
-    run(tracker, [tool(seconds=0), tool(seconds=3_600)])
+    run(tracker, [tool(seconds=0), tool(seconds=1_800)])  # T0 is 23:00: one day
     day = tracker.usage("agent:agent-a:2026-11-21")
     session = tracker.usage("session:s-1")
     assert day is not None and day.used(Dimension.WALL_TIME_S) == 0
-    assert session is not None and session.used(Dimension.WALL_TIME_S) == 3_600
+    assert session is not None and session.used(Dimension.WALL_TIME_S) == 1_800
