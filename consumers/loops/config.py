@@ -88,25 +88,27 @@ class LoopConfig:
             raise ConfigurationError(
                 f"expected keys among {sorted(known)} in {where}, got unknown {unknown}"
             )
-        defaults = (base or LoopThresholds()).replace(
-            **{k: v for k, v in loops.items() if k != "agents"}
-        )
+        changes = {k: v for k, v in loops.items() if k != "agents"}
+        defaults = _thresholds(base or LoopThresholds(), changes, where)
         agents_table = loops.get("agents", {})
         if not isinstance(agents_table, Mapping):
             raise ConfigurationError(f"expected {where}.agents to be a table, got {agents_table!r}")
         agents: dict[str, LoopThresholds] = {}
         for agent_id, overrides in agents_table.items():
+            # "[loops.agents.x] of path" (a file), "loop settings.agents.x" (the environment)
+            table = (
+                where.replace("[loops]", f"[loops.agents.{agent_id}]", 1)
+                if "[loops]" in where
+                else f"{where}.agents.{agent_id}"
+            )
             if not isinstance(overrides, Mapping):
-                raise ConfigurationError(
-                    f"expected {where}.agents.{agent_id} to be a table, got {overrides!r}"
-                )
+                raise ConfigurationError(f"expected {table} to be a table, got {overrides!r}")
             bad = sorted(set(overrides) - set(THRESHOLD_NAMES))
             if bad:
                 raise ConfigurationError(
-                    f"expected keys among {list(THRESHOLD_NAMES)} in {where}.agents.{agent_id},"
-                    f" got unknown {bad}"
+                    f"expected keys among {list(THRESHOLD_NAMES)} in {table}, got unknown {bad}"
                 )
-            agents[str(agent_id)] = defaults.replace(**dict(overrides))
+            agents[str(agent_id)] = _thresholds(defaults, dict(overrides), table)
         return cls(defaults=defaults, agents=agents)
 
     @classmethod
@@ -134,6 +136,14 @@ class LoopConfig:
             table["agents"] = merged_agents
         where = f"[loops] of {path}" if path is not None else "loop settings"
         return cls.from_mapping(table, where=where)
+
+
+def _thresholds(base: LoopThresholds, changes: dict[str, Any], where: str) -> LoopThresholds:
+    """``base`` with ``changes``; a value refused is said with where it was set."""
+    try:
+        return base.replace(**changes)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} in {where}") from None
 
 
 def load_table(path: str | Path) -> Mapping[str, Any]:

@@ -113,3 +113,27 @@ def test_the_services_own_kafka_defaults_keep_their_bounds() -> None:
     for option in ("fetch_max_wait_ms", "linger_ms"):
         with pytest.raises(ValidationError, match=option):
             LoopSettings(**{option: -1})
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[loops]\nsame_call_warning = "3"\n', "got '3' in [loops] of {path}"),
+        (
+            "[loops.agents.x]\nsame_call_warning = 9\n",
+            "got 9 > 5 in [loops.agents.x] of {path}",
+        ),
+    ],
+)
+def test_a_threshold_refused_in_a_file_names_the_file_and_the_agent(
+    tmp_path: Path, toml: str, expected: str
+) -> None:
+    """docs/loops.md: "a ConfigurationError naming the key and the file"; these named neither
+    the file nor the agent."""
+    from agentstream.consumers.loops.config import LoopConfig
+
+    path = tmp_path / "loops.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigurationError) as refused:
+        LoopConfig.build(path)
+    assert str(refused.value).endswith(expected.format(path=path))
