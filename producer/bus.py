@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agentstream.schemas import Event
 from agentstream.schemas.routing import matches
+from agentstream.schemas.throttle import ThrottledLog
 
 from ._failures import FailureLog
 from .scope import EMPTY_SCOPE, Scope, event_scope, get_scope
@@ -95,8 +97,14 @@ class EventBus:
         self.publisher = publisher
         self.agent_id = agent_id
         self.control = control
-        self._handlers: dict[str, list[Handler]] = {}
+        # Copy-on-write: subscribe() and unsubscribe() (under the lock) build new ones and swap
+        # them in, so that an emit on another thread never iterates a dict being changed.
+        self._handlers: dict[str, tuple[Handler, ...]] = {}
         self._dispatch_cache: dict[str, tuple[Handler, ...]] = {}
+        self._subscribing = threading.Lock()
+        self.skipped_handler_runs = 0
+        """Events emitted with handlers to run and no event loop to run them on."""
+        self._skipped = ThrottledLog(logger)
         self._history: deque[Event] = deque(maxlen=history_size)
         self._tasks: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,19 +118,33 @@ class EventBus:
     def subscribe(self, event_type: object, handler: Handler) -> None:
         """Call ``handler`` for events of ``event_type`` (an EventType, a type string, a glob
         such as ``"tool.*"``, or ``"*"``). Subscribing twice calls it twice."""
-        self._handlers.setdefault(_pattern_key(event_type), []).append(handler)
-        self._dispatch_cache.clear()
+        key = _pattern_key(event_type)
+        with self._subscribing:
+            handlers = dict(self._handlers)
+            handlers[key] = (*handlers.get(key, ()), handler)
+            self._swap(handlers)
 
     def unsubscribe(self, event_type: object, handler: Handler) -> None:
         """Remove the first subscription of ``handler`` to ``event_type`` (no-op if none)."""
         key = _pattern_key(event_type)
-        handlers = self._handlers.get(key)
-        if handlers is None or handler not in handlers:
-            return
-        handlers.remove(handler)
-        if not handlers:
-            del self._handlers[key]
-        self._dispatch_cache.clear()
+        with self._subscribing:
+            current = self._handlers.get(key, ())
+            if handler not in current:
+                return
+            index = current.index(handler)
+            handlers = dict(self._handlers)
+            rest = (*current[:index], *current[index + 1 :])
+            if rest:
+                handlers[key] = rest
+            else:
+                del handlers[key]
+            self._swap(handlers)
+
+    def _swap(self, handlers: dict[str, tuple[Handler, ...]]) -> None:
+        # The map first, then a new cache: a reader takes the cache before the map (see
+        # _handlers_for), so no result of an older map lands in the new cache.
+        self._handlers = handlers
+        self._dispatch_cache = {}
 
     @property
     def subscriber_count(self) -> int:
@@ -130,17 +152,19 @@ class EventBus:
         return sum(len(handlers) for handlers in self._handlers.values())
 
     def _handlers_for(self, event_type: str) -> tuple[Handler, ...]:
-        handlers = self._dispatch_cache.get(event_type)
+        cache = self._dispatch_cache  # before the map: see _swap
+        subscribed = self._handlers
+        handlers = cache.get(event_type)
         if handlers is None:
-            exact = self._handlers.get(event_type, [])
             globs = [
                 h
-                for pattern, hs in self._handlers.items()
+                for pattern, hs in subscribed.items()
                 if pattern not in (event_type, _WILDCARD) and matches(pattern, event_type)
                 for h in hs
             ]
-            handlers = (*exact, *globs, *self._handlers.get(_WILDCARD, []))
-            self._dispatch_cache[event_type] = handlers
+            exact = subscribed.get(event_type, ())
+            handlers = (*exact, *globs, *subscribed.get(_WILDCARD, ()))
+            cache[event_type] = handlers
         return handlers
 
     # --- history ----------------------------------------------------------------------------
@@ -173,7 +197,7 @@ class EventBus:
 
     async def emit(self, event: Event) -> None:
         """Record and ship ``event``, then run the matching handlers concurrently."""
-        if self._loop is None:
+        if self._loop is None or self._loop.is_closed():  # a later asyncio.run() rebinds it
             self._loop = asyncio.get_running_loop()
         self._record(event)
         handlers = self._dispatch_cache.get(event.type)
@@ -239,7 +263,15 @@ class EventBus:
         if bus_loop is not None and bus_loop.is_running() and not bus_loop.is_closed():
             bus_loop.call_soon_threadsafe(self._spawn, event, handlers)
             return
-        logger.debug("emit_sync(%s) without an event loop: handlers not run", event.type)
+        self.skipped_handler_runs += 1
+        self._skipped(
+            "no-loop",
+            "emit_sync(%s) on a thread without an event loop, and the bus's loop is not running: "
+            "its %d handler(s) not run (the event is recorded and shipped; await bus.start() "
+            "or emit once on the loop that should run them)",
+            event.type,
+            len(handlers),
+        )
 
     def _spawn(self, event: Event, handlers: tuple[Handler, ...]) -> None:
         self._track(asyncio.ensure_future(self._dispatch(event, handlers)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -164,7 +165,9 @@ async def test_emit_sync_keeps_task_references_and_runs_handlers(
     assert not bus._tasks
 
 
-def test_emit_sync_without_a_loop_records_and_ships(recording: type[RecordingPublisher]) -> None:
+def test_emit_sync_without_a_loop_records_and_ships(
+    recording: type[RecordingPublisher], caplog: pytest.LogCaptureFixture
+) -> None:
     publisher = recording()
     bus = EventBus(publisher)
     called: list[Event] = []
@@ -174,10 +177,79 @@ def test_emit_sync_without_a_loop_records_and_ships(recording: type[RecordingPub
 
     bus.subscribe("*", handler)
     event = ev(session_id="s1")
-    bus.emit_sync(event)
+    with caplog.at_level(logging.WARNING, logger="agentstream.producer.bus"):
+        bus.emit_sync(event)
     assert bus.history == [event]
     assert publisher.events == [event]
     assert called == []  # no loop to run a coroutine handler on
+    assert bus.skipped_handler_runs == 1  # said (it was a debug line) and counted
+    assert "its 1 handler(s) not run" in caplog.text
+
+
+def test_a_later_event_loop_takes_over_from_a_closed_one(
+    recording: type[RecordingPublisher],
+) -> None:
+    """The bus stayed bound to the loop of its first emit: after a second asyncio.run(), events
+    emitted from other threads had their handlers dropped without a word."""
+    bus = EventBus(recording())
+    handled: list[str] = []
+    bus.subscribe("*", lambda e: handled.append(str(e.data["n"])))
+
+    async def run(n: int) -> None:
+        await bus.emit(ev(data={"n": f"{n}-await"}))
+        worker = threading.Thread(target=bus.emit_sync, args=(ev(data={"n": f"{n}-thread"}),))
+        worker.start()
+        worker.join()
+        for _ in range(100):  # the handler runs on this loop, soon
+            if f"{n}-thread" in handled:
+                break
+            await asyncio.sleep(0.01)
+        await bus.close()
+
+    asyncio.run(run(1))
+    asyncio.run(run(2))
+    assert handled == ["1-await", "1-thread", "2-await", "2-thread"]
+
+
+def test_subscribing_on_one_thread_while_others_emit_never_raises_into_them(
+    recording: type[RecordingPublisher],
+) -> None:
+    """RuntimeError('dictionary changed size during iteration') reached the emitting agent
+    code: the dispatch iterated the subscriptions while subscribe() added one."""
+    bus = EventBus(recording())
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def emit(offset: int) -> None:
+        n = offset
+        while not stop.is_set():
+            n += 1
+            try:
+                bus.emit_sync(ev(f"tool.t{n % 500}"))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    def subscribe() -> None:
+        for n in range(3_000):
+            bus.subscribe(f"x{n}.*", lambda e: None)
+            if n % 3 == 0:
+                bus.unsubscribe("tool.*", print)  # absent: a no-op under the same lock
+        stop.set()
+
+    threads = [threading.Thread(target=emit, args=(i * 1000,)) for i in range(3)]
+    threads.append(threading.Thread(target=subscribe))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: inside the dispatch's loops too
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert bus.subscriber_count == 3_000
 
 
 async def test_emit_sync_keeps_call_order_on_the_wire(recording: type[RecordingPublisher]) -> None:
