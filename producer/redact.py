@@ -19,9 +19,12 @@ nothing matched the very same dict comes back.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from typing import Any, Final
+
+import msgspec
 
 __all__ = [
     "DEFAULT_FIELD_NAMES",
@@ -68,11 +71,14 @@ DEFAULT_PATTERNS: Final[tuple[str, ...]] = (
     r"AIza[0-9A-Za-z_\-]{35}",
     # Authorization: Bearer <token> (only the token is replaced)
     r"B(?i:earer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
-    r"b(?i:earer)\s+(?P<secret>[A-Za-z0-9\-._~+/]{8,}=*)",
+    # lower-case "bearer" is also a word ("the bearer instrument"): a token has a digit or a
+    # symbol besides letters
+    r"b(?i:earer)\s+(?P<secret>(?=[A-Za-z]*[0-9\-._~+/])[A-Za-z0-9\-._~+/]{8,}=*)",
     # PEM private key blocks (RSA, EC, OPENSSH, PKCS#8, encrypted)
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
-    # Passwords in URLs: scheme://user:password@host (only the password is replaced)
-    r"://[^\s:/@]*:(?P<secret>[^\s@/]+)@",
+    # Passwords in URLs: scheme://user:password@host (only the password is replaced; up to the
+    # last @ before the host, so that one holding an @ is hidden whole)
+    r"://[^\s:/@]*:(?P<secret>[^\s/]+)@(?=[^\s@/]+)",
 )
 """Regular expressions for common secrets, applied inside string values."""
 
@@ -82,7 +88,10 @@ _GROUP_DEF = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
 _GROUP_REF = re.compile(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)")
 _KEY_SEPARATORS = str.maketrans("", "", "_-. ")
 _SEQUENCES = (list, tuple)
-_CONTAINERS = (dict, list, tuple)
+_SETS = (set, frozenset)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_SCALARS = frozenset((int, float, bool, type(None), bytes))
+"""Types whose values no rule applies to: skipped at the cost of a set lookup."""
 
 
 def _normalise_key(name: str) -> str:
@@ -174,6 +183,14 @@ class Redactor:
             return self._dict(value)
         if isinstance(value, _SEQUENCES):
             return self._sequence(value)
+        if isinstance(value, _SETS):  # the encoders write them as arrays
+            items = list(value)
+            walked = self._sequence(items)
+            return value if walked is items else walked
+        fields = _fields(value)  # dataclasses and Structs: the encoders write their fields
+        if fields is not None:
+            redacted = self._dict(fields)
+            return value if redacted is fields else redacted
         return value
 
     def _dict(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -188,19 +205,21 @@ class Redactor:
             if sensitive is None:
                 sensitive = isinstance(key, str) and self.is_sensitive_key(key)
             if sensitive:
-                if value is None or value == "":
+                if value is None or value == "" or type(value) is bool:  # is_secret: True
                     continue
                 new: Any = self.replacement
             elif type(value) is str:
                 if len(value) < min_length or combined is None or combined.search(value) is None:
                     continue
                 new = combined.sub(self._replace, value)
+            elif type(value) in _SCALARS:
+                continue
             elif isinstance(value, _CONTAINERS):
                 if not value:  # Calute's empty metadata, on almost every audit event
                     continue
                 new = self._value(value)
             else:
-                continue
+                new = self._value(value)
             if new is not value:
                 if changed is None:
                     changed = dict(data)
@@ -220,6 +239,15 @@ class Redactor:
         if changed is None:
             return items
         return tuple(changed) if isinstance(items, tuple) else changed
+
+
+def _fields(value: Any) -> dict[str, Any] | None:
+    """The fields of a dataclass instance or a msgspec Struct, as the encoders see them."""
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.asdict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return None
 
 
 DEFAULT_REDACTOR: Final = Redactor()

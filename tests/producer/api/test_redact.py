@@ -140,3 +140,59 @@ def test_no_rules_is_identity() -> None:
 def test_redact_text() -> None:
     assert DEFAULT_REDACTOR.redact_text("short") == "short"
     assert DEFAULT_REDACTOR.redact_text("x AKIAIOSFODNN7EXAMPLE") == f"x {R}"
+
+
+def test_sets_dataclasses_and_structs_are_walked_as_the_encoders_write_them() -> None:
+    """msgspec encodes these natively, so they never went through the plain-values fallback,
+    and the redactor walked dicts, lists and tuples only: their secrets reached Kafka."""
+    import dataclasses
+
+    import msgspec
+
+    @dataclasses.dataclass
+    class Login:
+        user: str
+        password: str
+
+    class Keys(msgspec.Struct):
+        name: str
+        api_key: str
+
+    key, token = "sk-proj-ABCDEFGHIJKLMNOPQRSTUV", "ghp_" + "a" * 36
+    data = {"keys": {key}, "frozen": frozenset({token}), "login": Login("bob", "hunter2hunter2")}
+    data["struct"] = Keys("k", "abc")
+    redacted = DEFAULT_REDACTOR(data)
+    assert redacted == {
+        "keys": [R],
+        "frozen": [R],
+        "login": {"user": "bob", "password": R},
+        "struct": {"name": "k", "api_key": R},
+    }
+    assert "hunter2" not in msgspec.json.encode(redacted).decode()
+    clean = {"tags": {"a", "b"}, "login": Login("bob", "")}
+    assert DEFAULT_REDACTOR(clean) is clean  # nothing to hide: the same objects
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgres://bob:p@ssw0rd@db:5432/x", f"postgres://bob:{R}@db:5432/x"),
+        ("https://u:pw@h/x then y@z", f"https://u:{R}@h/x then y@z"),
+        (
+            "A bond is a bearer security; the bearer instrument pays coupons.",
+            "A bond is a bearer security; the bearer instrument pays coupons.",
+        ),
+        ("authorization: bearer abc123def456ghi", f"authorization: bearer {R}"),
+        ("Authorization: Bearer abcdefghijklmnop", f"Authorization: Bearer {R}"),
+    ],
+)
+def test_url_passwords_holding_an_at_sign_and_prose_with_bearer(text: str, expected: str) -> None:
+    """A password with an @ was hidden up to it only; "the bearer instrument" was redacted."""
+    assert DEFAULT_REDACTOR.redact_text(text) == expected
+
+
+def test_booleans_under_secret_sounding_keys_are_kept() -> None:
+    """`is_secret: True` became the string "[REDACTED]": a flag hides nothing, and its type
+    changed on the wire."""
+    data = {"is_secret": True, "has_password": False, "password": 1234}
+    assert DEFAULT_REDACTOR(data) == {"is_secret": True, "has_password": False, "password": R}
