@@ -61,6 +61,8 @@ def topic_name_problem(name: str) -> str | None:
 
 def prefix_problem(prefix: str) -> str | None:
     """Why ``<prefix>.<kind>`` would not make valid topic names, or None."""
+    if not prefix:  # ".events": valid for Kafka, but a set-and-empty variable, not a choice
+        return "expected a topic prefix (agentstream by default), got an empty one"
     longest = f"{prefix}.{'x' * _LONGEST_KIND}"
     problem = topic_name_problem(longest)
     if problem is None:

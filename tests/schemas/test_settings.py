@@ -156,6 +156,11 @@ def test_a_topic_prefix_kafka_would_refuse_is_a_settings_error(
         "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
         "of ASCII letters, digits, '.', '_' and '-', got 'team a'"
     )
+    # `AGENTSTREAM_TOPIC_PREFIX=` gave topics .events, .alerts...: no service reads them
+    assert str(error_for(KafkaSettings, monkeypatch, topic_prefix="")) == (
+        "invalid settings: topic_prefix (AGENTSTREAM_TOPIC_PREFIX): expected a topic prefix "
+        "(agentstream by default), got an empty one"
+    )
 
 
 def test_sasl_without_credentials_is_refused_naming_what_is_missing() -> None:
