@@ -240,7 +240,7 @@ class _Sender(_Overflow):
             own = [r for r in leftover if r.ticket is None]
             self._held = deque([*own, *self._held, *leftover_incoming])
             self._spool_held()
-            lost = len(self._held)
+            dropped = list(self._held)  # no room in the spool either
             try:
                 self._spool.close()
             except OSError as exc:
@@ -251,7 +251,13 @@ class _Sender(_Overflow):
                     exc,
                 )
         else:
-            lost = len(leftover) + len(leftover_incoming)
-        if lost:
-            self.metrics.drop("closed", lost)
-            log.error("publisher closed with %d events undelivered and not spooled (dropped)", lost)
+            dropped = [*leftover, *leftover_incoming]
+        if dropped:
+            # finished as given up: counted, out of the in-memory figures, and what a flush()
+            # after close() waited for is done (it returned False for good)
+            self._finish(dropped)
+            self.metrics.drop("closed", len(dropped))
+            log.error(
+                "publisher closed with %d events undelivered and not spooled (dropped)",
+                len(dropped),
+            )
