@@ -89,6 +89,10 @@ async def run(args: argparse.Namespace) -> int:
 
     from ._up.run import SERVICES, Up, UpOptions
 
+    if args.log_dir.exists() and not args.log_dir.is_dir():
+        raise ConfigurationError(
+            f"expected --log-dir to be a directory, got the file {args.log_dir}"
+        )
     if args.partitions < 1 or args.agents < 1 or args.rate <= 0:
         raise ConfigurationError(
             f"expected --partitions >= 1, --agents >= 1 and --rate > 0, got "

@@ -291,9 +291,15 @@ async def test_a_path_that_cannot_be_written_is_one_clear_line_not_a_traceback(
 ) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("not a directory")
-    code, _, err = await _run("up", "--log-dir", str(taken))  # schemas export: its own check
+    code, _, err = await _run("up", "--log-dir", str(taken / "logs"))  # cannot be made
     assert code == 1
-    assert err.strip() == f"agentstream: FileExistsError: [Errno 17] File exists: '{taken}'"
+    assert (
+        err.strip()
+        == f"agentstream: NotADirectoryError: [Errno 20] Not a directory: '{taken}/logs'"
+    )
+    code, _, err = await _run("up", "--log-dir", str(taken))  # a file: a setting to fix
+    assert code == 2
+    assert err.strip() == f"agentstream: expected --log-dir to be a directory, got the file {taken}"
 
 
 @pytest.mark.parametrize(
