@@ -7,6 +7,9 @@ default: :data:`DEFAULT_REDACTOR`). Two kinds of rules:
   compared case-insensitively with ``_``, ``-``, ``.`` and spaces removed, and a key also matches
   when it *ends with* a name (``db_password``, ``X-Api-Key``, ``openaiApiKey``). The bare word
   ``token`` is not a default name: Corail's ``llm.token`` stream carries generated text.
+* **quoted pairs in text** -- the field-name rule also applies to the value of a quoted pair
+  inside a string (``"password": "..."`` in JSON, ``'api_key': '...'`` in a repr): Calute passes
+  tool arguments as a JSON string, and its previews are text.
 * **patterns** -- regular expressions applied inside every string value (and string list item).
   The whole match is replaced, or only the group named ``secret`` when the pattern has one
   (``Bearer [REDACTED]``, ``https://user:[REDACTED]@host``).
@@ -87,6 +90,10 @@ _LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
 _GROUP_DEF = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>")
 _GROUP_REF = re.compile(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)")
 _KEY_SEPARATORS = str.maketrans("", "", "_-. ")
+_PAIR = re.compile(r"""(["'])([^"'\n]{1,64})\1\s*:\s*(["'])((?:\\.|(?!\3)[^\\\n])*)\3""")
+"""A quoted key, a colon and a quoted value (JSON's ``"k": "v"``, a repr's ``'k': 'v'``); the
+value may hold escaped quotes."""
+_LAST_WORD = re.compile(r"[_\-. ]+")
 _SEQUENCES = (list, tuple)
 _SETS = (set, frozenset)
 _CONTAINERS = (dict, list, tuple, set, frozenset)
@@ -118,7 +125,15 @@ class Redactor:
     ``None`` and empty-string values of sensitive keys are kept (nothing to hide).
     """
 
-    __slots__ = ("_combined", "_key_cache", "_names", "_patterns", "min_length", "replacement")
+    __slots__ = (
+        "_combined",
+        "_fragments",
+        "_key_cache",
+        "_names",
+        "_patterns",
+        "min_length",
+        "replacement",
+    )
 
     def __init__(
         self,
@@ -134,6 +149,12 @@ class Redactor:
             n for n in {_normalise_key(name) for name in field_names} if n
         )
         self._key_cache: dict[str, bool] = {}
+        # What a sensitive key in text must contain: its name's last word ("token" of
+        # access_token, "key" of api_key), which camelCase and snake_case spellings share
+        words = {w for name in field_names if (w := _LAST_WORD.split(name.lower())[-1])}
+        self._fragments: tuple[str, ...] = tuple(  # "key" finds what "apikey" would
+            sorted(w for w in words if not any(o != w and o in w for o in words))
+        )
         self._patterns = tuple(p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns)
         branches = [_alternative(index, pattern) for index, pattern in enumerate(self._patterns)]
         self._combined: re.Pattern[str] | None = (
@@ -154,12 +175,38 @@ class Redactor:
         return cached
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every pattern match replaced (the same object when nothing matched)."""
-        if self._combined is None or len(text) < self.min_length:
+        """``text`` with every pattern match replaced, and the value of every quoted key/value
+        pair whose key is a sensitive name (``"password": "..."`` in JSON, ``'api_key': '...'``
+        in a repr), the same object when nothing matched."""
+        if len(text) < self.min_length:
             return text
-        if self._combined.search(text) is None:
+        if self._combined is not None and self._combined.search(text) is not None:
+            text = self._combined.sub(self._replace, text)
+        elif '":' not in text and "':" not in text:
             return text
-        return self._combined.sub(self._replace, text)
+        return self._pairs(text)
+
+    def _pairs(self, text: str) -> str:
+        """The values of quoted pairs with a sensitive key replaced (Calute's argument and
+        result previews are JSON or repr text). Text that names no sensitive key, most of it,
+        costs a lower-casing and a few substring checks."""
+        lowered = text.lower()
+        for fragment in self._fragments:
+            if fragment in lowered:
+                break
+        else:
+            return text
+        replacement = self.replacement
+
+        def replace(match: re.Match[str]) -> str:
+            if not match.group(4) or not self.is_sensitive_key(match.group(2)):
+                return match.group(0)
+            start, end = match.span(4)
+            offset = match.start()
+            whole = match.group(0)
+            return whole[: start - offset] + replacement + whole[end - offset :]
+
+        return _PAIR.sub(replace, text)
 
     def _replace(self, match: re.Match[str]) -> str:
         # Slow path, only for a string that holds a secret: the alternation took the first
@@ -209,9 +256,14 @@ class Redactor:
                     continue
                 new: Any = self.replacement
             elif type(value) is str:
-                if len(value) < min_length or combined is None or combined.search(value) is None:
+                if len(value) < min_length:
                     continue
-                new = combined.sub(self._replace, value)
+                if combined is not None and combined.search(value) is not None:
+                    new = self._pairs(combined.sub(self._replace, value))
+                elif '":' in value or "':" in value:  # quoted pairs: JSON or a repr in text
+                    new = self._pairs(value)
+                else:
+                    continue
             elif type(value) in _SCALARS:
                 continue
             elif isinstance(value, _CONTAINERS):

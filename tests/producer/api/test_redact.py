@@ -196,3 +196,24 @@ def test_booleans_under_secret_sounding_keys_are_kept() -> None:
     changed on the wire."""
     data = {"is_secret": True, "has_password": False, "password": 1234}
     assert DEFAULT_REDACTOR(data) == {"is_secret": True, "has_password": False, "password": R}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"user": "bob", "password": "hunter2"}', f'{{"user": "bob", "password": "{R}"}}'),
+        ("{'user': 'bob', 'api_key': 'abc'}", f"{{'user': 'bob', 'api_key': '{R}'}}"),
+        ('{"openaiApiKey": "z\\"q", "n": "ok"}', f'{{"openaiApiKey": "{R}", "n": "ok"}}'),
+        ('{"password": ""}', '{"password": ""}'),  # nothing to hide
+        ('{"max_tokens": "100"}', '{"max_tokens": "100"}'),  # not a sensitive name
+    ],
+)
+def test_sensitive_pairs_inside_text_are_redacted_as_dict_keys_are(
+    text: str, expected: str
+) -> None:
+    """Calute passes tool arguments as a JSON string and previews results as text: a
+    password there was shipped, since field names applied to dict keys only."""
+    assert DEFAULT_REDACTOR.redact_text(text) == expected
+    assert DEFAULT_REDACTOR({"args": text})["args"] == expected
+    clean = '{"city": "Paris", "units": "metric"}'
+    assert DEFAULT_REDACTOR.redact_text(clean) is clean

@@ -101,16 +101,19 @@ async def test_secrets_never_leave_the_pod_on_either_api(
     pem = f"-----BEGIN PRIVATE KEY-----\n{SECRETS[5]}\n-----END PRIVATE KEY-----"
     emitter.emit_tool_call_attempt("deploy", args=f'{{"aws": "{SECRETS[3]}"}}')
     emitter.emit_tool_call_complete("deploy", result=f"token {SECRETS[4]} and key {pem}"[:200])
+    # Calute passes arguments as a JSON string: its preview is text, not a dict to walk
+    emitter.emit_tool_call_attempt("login", args='{"user": "bob", "password": "pw-in-json-9"}')
     emitter.flush()
 
-    records = await consume(kafka_settings, kafka_settings.routing().events, 3)
+    records = await consume(kafka_settings, kafka_settings.routing().events, 4)
     assert [e.type for _, _, _, e in records] == [
         "tool.called",
         "audit.tool_call_attempt",
         "audit.tool_call_complete",
+        "audit.tool_call_attempt",
     ]
     for _, _, raw, _ in records:
-        for secret in SECRETS:
+        for secret in (*SECRETS, "pw-in-json-9"):
             assert secret.encode() not in raw
         assert b"[REDACTED]" in raw
     shipped = records[0][3].data
