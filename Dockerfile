@@ -3,7 +3,7 @@
 #   docker run agentstream consume persistence      (or loops, budget, metrics, tracing)
 #   docker run agentstream topics create --partitions 6
 #   docker run agentstream demo --agents 4 --rate 20
-# Settings come from AGENTSTREAM_* environment variables (docs/notes/deploy.md).
+# Settings come from AGENTSTREAM_* environment variables (docs/deploy.md).
 ARG PYTHON_VERSION=3.12
 
 # --- builder: the agentstream wheel and every dependency's wheel ---------------------------

@@ -14,7 +14,6 @@ Counters are per process; instances splitting the partitions add up with ``sum``
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -427,9 +426,12 @@ class FleetMetrics:
         tool = self._tools(data.get("tool_name"))
         status = data.get("status", SUCCESS)
         self._inc(self.tool_calls, tool, SUCCESS if status == SUCCESS else ERROR)
-        duration_ms = _seconds_from_ms(data.get("duration_ms"))
-        if duration_ms is not None:
-            self._tool_times.observe(duration_ms, (tool,))
+        reported = data.get("duration_ms")
+        seconds = _seconds_from_ms(reported)
+        if seconds is not None:
+            self._tool_times.observe(seconds, (tool,))
+        elif reported is not None:  # negative, text, past a week: its metric cannot use it
+            self._inc(self.malformed, type_label(event.type))
 
     def _audit_tool_failure(
         self, event: Event, at: float, state: _PartitionState, origin: str
@@ -467,7 +469,7 @@ class FleetMetrics:
 
     def _turn_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         reason = event.data.get("stop_reason")
-        label = reason if reason in _STOP_REASONS else OTHER
+        label = reason if type(reason) is str and reason in _STOP_REASONS else OTHER
         self._inc(self.turns, label)
 
     def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
@@ -525,8 +527,13 @@ class FleetMetrics:
             state.seen.pop(event.session_id, None)
 
 
+MAX_DURATION_MS = 7 * 86_400_000
+"""A call's reported duration beyond a week is taken for a wrong value (counted as malformed
+data): one 1e308 made its tool's ``_sum`` absorb every later duration."""
+
+
 def _seconds_from_ms(value: object) -> float | None:
-    if (type(value) is int or type(value) is float) and 0 <= value < math.inf:
+    if (type(value) is int or type(value) is float) and 0 <= value <= MAX_DURATION_MS:
         return value / 1000
     return None
 
@@ -538,4 +545,4 @@ def _round(data: dict[str, Any]) -> int | None:
 
 def _direction(data: dict[str, Any], default: str) -> str:
     value = data.get("direction")
-    return value if value in _DIRECTIONS else default
+    return value if type(value) is str and value in _DIRECTIONS else default

@@ -59,7 +59,8 @@ class MetricsSettings(ServiceSettings):
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             names = [part.strip() for part in value.split(",")]
-            return [name for name in names if name]
+            # set but empty (a template's blank): no allow-list, not one that admits nothing
+            return [name for name in names if name] or None
         return value
 
     def agent_bound(self) -> BoundedLabel:

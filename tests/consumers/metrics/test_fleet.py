@@ -131,12 +131,16 @@ def test_audit_tool_outcomes_and_duration_ms() -> None:
         ev("audit.tool_call_complete", {"tool_name": "shell", "status": "timeout"}),
         ev("audit.tool_call_failure", {"tool_name": "shell", "error_type": "ValueError"}),
         ev("audit.tool_call_complete", {"tool_name": "shell", "duration_ms": "fast"}),
+        # one 1e308 made the tool's _sum absorb every later duration: over a week is no duration
+        ev("audit.tool_call_complete", {"tool_name": "shell", "duration_ms": 1e308}),
     )
-    assert h.value("agentstream_tool_calls_total", tool="shell", outcome="success") == 2
+    assert h.value("agentstream_tool_calls_total", tool="shell", outcome="success") == 3
     assert h.value("agentstream_tool_calls_total", tool="shell", outcome="error") == 2
     # duration_ms defaults to 0.0 in Calute: the timeout counts 0 s; "fast" is no duration.
     assert h.value("agentstream_tool_duration_seconds_count", tool="shell") == 1
     assert h.value("agentstream_tool_duration_seconds_sum", tool="shell") == pytest.approx(0.25)
+    malformed = "agentstream_metrics_malformed_events_total"
+    assert h.value(malformed, type="audit.tool_call_complete") == 2  # "fast" and 1e308
 
 
 def test_llm_calls_durations_and_tokens() -> None:
@@ -278,7 +282,14 @@ def test_odd_data_never_fails_the_batch_and_is_counted() -> None:
         ev("llm.call.completed", {"round": "zero", "input_tokens": -5, "output_tokens": True}),
         ev("guard.blocked", {"direction": None}),
         ev("turn.started", {"round": 0}),
+        # a list or a dict where a name goes raised TypeError (unhashable) in the set lookup:
+        # the event was missing from turns and guard counts, counted as malformed instead
+        ev("turn.ended", {"stop_reason": ["end_turn"]}),
+        ev("guard.input.checked", {"direction": {"in": 1}, "passed": True}),
     )
+    assert h.value("agentstream_turns_total", stop_reason="other") == 1
+    assert h.value("agentstream_metrics_malformed_events_total", type="turn.ended") == 0
+    assert h.value("agentstream_metrics_malformed_events_total", type="guard.input.checked") == 0
     assert h.value("agentstream_tool_calls_total", tool="unknown", outcome="success") == 1
     assert h.value("agentstream_metrics_malformed_events_total", type="tool.called") == 1
     assert h.value("agentstream_llm_calls_total", model="unknown") == 1

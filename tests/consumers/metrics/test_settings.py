@@ -21,6 +21,10 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [agents(a) for a in ("writer", "x", "planner")] == ["writer", OTHER, "planner"]
     tools = settings.tool_bound()
     assert [tools(t) for t in ("a", "b", "a")] == ["a", OTHER, "a"]
+    # set but empty (a template's blank) was an allow-list of nothing: every model "other"
+    monkeypatch.setenv("AGENTSTREAM_MODEL_LABELS", "")
+    settings = MetricsSettings()
+    assert settings.model_labels is None and settings.model_bound()("sonnet") == "sonnet"
 
 
 def test_command_line_options_are_settings_fields() -> None:
