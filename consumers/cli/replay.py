@@ -7,11 +7,14 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._common import add_kafka_arguments, settings_from, topic_argument
 from .sessions import add_store_argument, print_lines, store_from
 
 if TYPE_CHECKING:
     from agentstream.schemas import Event
+    from agentstream.schemas.codec import Encoding
     from agentstream.schemas.settings import KafkaSettings
 
 
@@ -47,6 +50,8 @@ async def run(args: argparse.Namespace) -> int:
     async with store_from(args) as store:
         await store.require_schema()
         events = await store.timeline(args.session_id)
+        # the envelopes as stored: fields a newer producer added (top level) are only there
+        documents = await store.timeline(args.session_id, raw=True) if events else []
     if not events:
         print(f"no events stored for session {args.session_id!r} in {store.url}", file=sys.stderr)
         return 1
@@ -56,13 +61,15 @@ async def run(args: argparse.Namespace) -> int:
         from agentstream.schemas.settings import KafkaSettings
 
         settings = settings_from(args, KafkaSettings)
-        sent = await publish(settings, args.to_topic, events, for_group=args.for_group)
+        sent = await publish(
+            settings, args.to_topic, events, for_group=args.for_group, documents=documents
+        )
         target = f" for group {args.for_group}" if args.for_group else ""
         print(f"published {sent} events of session {args.session_id} to {args.to_topic}{target}")
         return 0
     print_lines(
-        json.dumps(event.to_dict(), ensure_ascii=False) if args.json else human(event)
-        for event in events
+        json.dumps(document, ensure_ascii=False) if args.json else human(event)
+        for event, document in zip(events, documents, strict=True)
     )
     return 0
 
@@ -78,10 +85,18 @@ def human(event: Event) -> str:
 
 
 async def publish(
-    settings: KafkaSettings, topic: str, events: list[Event], *, for_group: str | None = None
+    settings: KafkaSettings,
+    topic: str,
+    events: list[Event],
+    *,
+    for_group: str | None = None,
+    documents: list[dict[str, Any]] | None = None,
 ) -> int:
     """Send ``events`` in order to ``topic``, each acknowledged; return how many. With
-    ``for_group`` only that consumer group handles them (see ``deadletter.REPLAYED_FOR``)."""
+    ``for_group`` only that consumer group handles them (see ``deadletter.REPLAYED_FOR``).
+    With ``documents`` (the envelopes as stored, one per event), each record's value is its
+    document as JSON, so that fields a newer producer added travel on; else the event encoded
+    with ``settings.encoding``."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
@@ -93,16 +108,22 @@ async def publish(
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
     await start_client(producer, settings.client_options())
+    encoding: Encoding = "json" if documents is not None else settings.encoding
+    values = (
+        [_document_value(d, settings.max_request_size) for d in documents]
+        if documents is not None
+        else [encode_event(e, encoding, max_bytes=settings.max_request_size) for e in events]
+    )
     try:
         futures = [
             await producer.send(
                 topic,
-                encode_event(event, settings.encoding, max_bytes=settings.max_request_size),
+                value,
                 key=record_key(event),
-                headers=addressed(event_headers(event, settings.encoding), for_group),
+                headers=addressed(event_headers(event, encoding), for_group),
                 timestamp_ms=_record_time(event),
             )
-            for event in events
+            for event, value in zip(events, values, strict=True)
         ]
         for future in futures:
             await future
@@ -123,3 +144,15 @@ def _record_time(event: Event) -> int | None:
     before 1970 (a Kafka timestamp cannot be negative)."""
     ms = int(event.timestamp.timestamp() * 1000)
     return ms if ms >= 0 else None
+
+
+def _document_value(document: dict[str, Any], max_bytes: int) -> bytes:
+    from agentstream.schemas.errors import RecordTooLargeError
+
+    value = msgspec.json.encode(document)
+    if len(value) > max_bytes:
+        raise RecordTooLargeError(
+            f"event {document.get('event_id')} encodes to {len(value)} bytes; the largest "
+            f"record allowed is {max_bytes} bytes (max_request_size)"
+        )
+    return value

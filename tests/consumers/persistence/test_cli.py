@@ -12,7 +12,7 @@ from support.runtime import first_line_then_close, read_records
 
 from agentstream.consumers.cli import build_parser
 from agentstream.consumers.persistence import StoreError, StoreUnavailableError, open_store
-from agentstream.schemas import Event, decode_record
+from agentstream.schemas import Event, decode_event, decode_record
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
@@ -200,3 +200,35 @@ async def test_replay_into_a_reader_that_stops_early_ends_as_every_command(
     assert json.loads(first)["session_id"] == "long"
     assert code == 141, err
     assert "Traceback" not in err, err
+
+
+async def test_replay_keeps_the_fields_a_newer_producer_added(
+    store_url: str, kafka_settings: KafkaSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store keeps them (the docs promise it), but `replay --json` printed this version's
+    Event, and `--to-topic` re-encoded it: a store fed from that topic lost them for good."""
+    assert await cli("db", "migrate", "--store", store_url) == 0
+    newer = (
+        '{"schema_version":2,"event_id":"019a3f2e-8c00-7000-8000-00000000abcd",'
+        '"type":"tool.called","timestamp":"2026-11-01T12:00:00Z","session_id":"sess-v2",'
+        '"trace_ctx":{"traceparent":"00-ab-cd-01"},"priority":3,'
+        '"data":{"name":"search","args":{},"added":true}}'
+    )
+    event = decode_event(newer.encode(), validate=False)
+    async with open_store(store_url) as store:
+        await store.write_batch([event], None, [newer])
+    assert await cli("replay", "sess-v2", "--json", "--store", store_url) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["trace_ctx"] == {"traceparent": "00-ab-cd-01"} and printed["priority"] == 3
+    assert printed["data"]["added"] is True
+    topic = kafka_settings.routing().events
+    servers = ("--bootstrap-servers", kafka_settings.bootstrap_servers)
+    assert await cli("replay", "sess-v2", "--store", store_url, "--to-topic", topic, *servers) == 0
+    [record] = await read_records(kafka_settings, topic, 1)
+    sent = json.loads(record.value)
+    assert (sent["trace_ctx"], sent["priority"], sent["schema_version"]) == (
+        {"traceparent": "00-ab-cd-01"},
+        3,
+        2,
+    )
+    assert decode_record(record.value, record.headers).event_id == event.event_id
