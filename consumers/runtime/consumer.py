@@ -333,8 +333,10 @@ class EventConsumer:
         partitions = self._consumer.partitions_for_topic(topic) if self._consumer else None
         return len(partitions) if partitions else None
 
-    async def start(self) -> None:
-        """Connect, join the group and start processing in background tasks."""
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Connect, join the group and start processing in background tasks. A ``stop`` set
+        while the topics are awaited ends the start there (nothing connected, nothing to
+        stop)."""
         if self._started:
             raise ConfigurationError("expected a consumer that was not started yet")
         if not self._table.patterns():
@@ -345,7 +347,21 @@ class EventConsumer:
         settings = self.settings
         try:
             # before a client that would create them
-            await wait_for_topics(settings, self.topics(), self.service)
+            waiting = asyncio.ensure_future(wait_for_topics(settings, self.topics(), self.service))
+            if stop is not None:
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopper.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+                    self._stopped = True
+                    log.info("service %s stopped while waiting for its topics", self.service)
+                    return
+            await waiting
         except BaseException:
             self._stopped = True
             raise
@@ -409,7 +425,9 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Start, process until ``stop`` is set, then stop. If the fetch or commit loop dies
         (a bug, never bad input), stops too and raises its error."""
-        await self.start()
+        await self.start(stop)
+        if self._stopped:  # stopped while waiting for the topics
+            return
         loops = list(self._tasks)
         try:
             waiter = asyncio.create_task(stop.wait())

@@ -59,3 +59,27 @@ async def test_a_service_waits_for_its_topics_and_never_creates_them(
             stop.set()
             await asyncio.wait_for(task, 30)
     assert f"service early: waiting for topics {', '.join(consumer.topics())}" in caplog.text
+
+
+async def test_a_stop_while_waiting_for_the_topics_ends_the_wait(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while a service waited for its topics ran out the 30 s shutdown bound and
+    exited 1: the wait did not watch the stop."""
+    base = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:12]}"
+    )
+    consumer = EventConsumer(service_settings(base), service="waiting")
+
+    @consumer.subscribe("*")
+    async def ignore(event: Event) -> None:
+        pass
+
+    stop = asyncio.Event()
+    with caplog.at_level(logging.INFO, logger="agentstream.consumers.runtime"):
+        task = asyncio.create_task(consumer.run(stop))
+        await wait_until(lambda: "waiting for topics" in caplog.text, what="the wait said")
+        stop.set()
+        await asyncio.wait_for(task, 20)  # it never ended: the topics never come
+    assert "service waiting stopped while waiting for its topics" in caplog.text
+    assert consumer._consumer is None and consumer._producer is None  # nothing connected
