@@ -476,17 +476,23 @@ class PostgresStore(Store):
     async def _sessions(
         self, agent: str | None, since: datetime | None, limit: int
     ) -> list[SessionSummary]:
-        where = ["session_id <> ''"]
+        # Sessions with an event of the agent and an event since then, each on its own (see
+        # the SQLite store).
+        conditions: list[str] = []
         args: list[Any] = []
         if agent is not None:
             args.append(agent)
-            where.append(f"agent_id = ${len(args)}")
+            conditions.append(f"agent_id = ${len(args)}")
         if since is not None:
             args.append(since)
-            where.append(f"timestamp >= ${len(args)}")
+            conditions.append(f"timestamp >= ${len(args)}")
         args.append(limit)
+        picked = " INTERSECT ".join(
+            f"SELECT DISTINCT session_id FROM events WHERE session_id <> '' AND {condition}"
+            for condition in conditions or ["true"]
+        )
         sql = f"""
-            WITH picked AS (SELECT DISTINCT session_id FROM events WHERE {" AND ".join(where)})
+            WITH picked AS ({picked})
             SELECT e.session_id, max(e.agent_id), count(*), min(e.timestamp), max(e.timestamp),
                    (SELECT last.event -> 'data' ->> 'stop_reason' FROM events AS last
                      WHERE last.session_id = e.session_id AND last.type = 'turn.ended'
@@ -500,7 +506,7 @@ class PostgresStore(Store):
         return [
             SessionSummary(
                 session_id=sid,
-                agent_id=agent_id or "",
+                agent_id=agent if agent is not None else agent_id or "",
                 events=n,
                 first=first,
                 last=last,

@@ -283,15 +283,20 @@ class SqliteStore(Store):
     async def _sessions(
         self, agent: str | None, since: datetime | None, limit: int
     ) -> list[SessionSummary]:
-        where = ["session_id <> ''"]
+        # Sessions with an event of the agent and an event since then, each on its own: one
+        # event that is both left out a session whose agent acted earlier than another did.
+        conditions: list[str] = []
         args: list[Any] = []
         if agent is not None:
-            where.append("agent_id = ?")
+            conditions.append("agent_id = ?")
             args.append(agent)
         if since is not None:
-            where.append("timestamp_us >= ?")
+            conditions.append("timestamp_us >= ?")
             args.append(to_micros(since))
-        picked = f"SELECT DISTINCT session_id FROM events WHERE {' AND '.join(where)}"
+        picked = " INTERSECT ".join(
+            f"SELECT DISTINCT session_id FROM events WHERE session_id <> '' AND {condition}"
+            for condition in conditions or ["1 = 1"]
+        )
         sql = f"""
             SELECT session_id, max(agent_id), count(*), min(timestamp_us), max(timestamp_us),
                    (SELECT json_extract(last.event, '$.data.stop_reason') FROM events AS last
@@ -309,7 +314,7 @@ class SqliteStore(Store):
         return [
             SessionSummary(
                 session_id=sid,
-                agent_id=agent_id or "",
+                agent_id=agent if agent is not None else agent_id or "",
                 events=n,
                 first=from_micros(first),
                 last=from_micros(last),

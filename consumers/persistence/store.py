@@ -21,7 +21,7 @@ import abc
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 from urllib.parse import urlsplit, urlunsplit
@@ -199,7 +199,7 @@ class Store(abc.ABC):
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
         """Delete at most ``limit`` (>= 1) events stamped before ``cutoff``; return how many."""
         _check_limit(limit, least=1)
-        return await self._delete_before(cutoff, limit)
+        return await self._delete_before(_aware(cutoff), limit)
 
     @abc.abstractmethod
     async def _delete_before(self, cutoff: datetime, limit: int) -> int:
@@ -213,7 +213,7 @@ class Store(abc.ABC):
         """Sessions, latest activity first: those with an event of ``agent`` (when given)
         and an event at or after ``since`` (when given). Counts cover the whole session."""
         _check_limit(limit)
-        return await self._sessions(agent, since, limit)
+        return await self._sessions(agent, _aware(since), limit)
 
     @abc.abstractmethod
     async def _sessions(
@@ -257,7 +257,9 @@ class Store(abc.ABC):
         """Events matching every filter given, oldest first. ``type`` is a type or a prefix
         pattern ending in ``.*`` (``tool.*``); ``until`` is exclusive."""
         _check_limit(limit)
-        return await self._events(EventQuery(type, agent, session, since, until, limit))
+        return await self._events(
+            EventQuery(type, agent, session, _aware(since), _aware(until), limit)
+        )
 
     @abc.abstractmethod
     async def _events(self, query: EventQuery) -> list[Event]:
@@ -339,3 +341,15 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
     raise StoreError(
         f"expected a store URL sqlite:///path or postgresql://user@host/db, got {redact_url(url)!r}"
     )
+
+
+@overload
+def _aware(moment: datetime) -> datetime: ...
+@overload
+def _aware(moment: None) -> None: ...
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without a zone is UTC, as `--since` reads one; SQLite raised TypeError on it
+    while PostgreSQL took it as its session's zone."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

@@ -126,6 +126,16 @@ async def test_sessions_summarise_whole_sessions(store: Store) -> None:
     assert await store.sessions(agent="agent-c") == []
 
 
+async def test_sessions_of_an_agent_since_a_time_need_not_be_one_event(store: Store) -> None:
+    """ "An event of the agent and an event since then": a session whose agent acted an hour
+    before another agent of it was left out (one event had to be both), and its line showed
+    the other agent."""
+    await store.write_batch([ev("x", 0, agent="agent-a"), ev("x", 120, agent="agent-b")])
+    await store.write_batch([ev("y", 0, agent="agent-a")])  # nothing since: out
+    found = await store.sessions(agent="agent-a", since=T0 + timedelta(minutes=60))
+    assert [(s.session_id, s.agent_id, s.events) for s in found] == [("x", "agent-a", 2)]
+
+
 async def test_events_filter_by_type_agent_session_and_time(store: Store) -> None:
     await store.write_batch(all_sample_events())
     await store.write_batch([ev("s9", m, agent="agent-z") for m in range(10)])
@@ -260,3 +270,13 @@ async def test_a_negative_limit_is_refused_on_both_stores(store: Store) -> None:
     with pytest.raises(ValueError, match="expected limit >= 1, got 0"):
         await store.delete_before(T0, limit=0)
     assert await store.events(limit=0) == []
+
+
+async def test_a_time_without_a_zone_is_utc_on_both_backends(store: Store) -> None:
+    """SQLite raised TypeError (naive against aware) where PostgreSQL answered."""
+    await store.write_batch([ev("n", 0), ev("n", 30)])
+    naive = (T0 + timedelta(minutes=10)).replace(tzinfo=None)
+    assert [e.timestamp for e in await store.events(since=naive)] == [T0 + timedelta(minutes=30)]
+    assert [e.timestamp for e in await store.events(until=naive)] == [T0]
+    assert [s.session_id for s in await store.sessions(since=naive)] == ["n"]
+    assert await store.delete_before(naive) == 1
