@@ -41,6 +41,7 @@ from .subscriptions import (
     topic_restriction,
 )
 from .unreadable import Batches, UnreadablePartitions, isolate, rewind
+from .until import until_stopped
 
 log = logging.getLogger("agentstream.consumers.runtime")
 
@@ -347,21 +348,13 @@ class EventConsumer:
         settings = self.settings
         try:
             # before a client that would create them
-            waiting = asyncio.ensure_future(wait_for_topics(settings, self.topics(), self.service))
-            if stop is not None:
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopper.cancel()
-                if not waiting.done():
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
-                    self._stopped = True
-                    log.info("service %s stopped while waiting for its topics", self.service)
-                    return
-            await waiting
+            waiting = wait_for_topics(settings, self.topics(), self.service)
+            if stop is None:
+                await waiting
+            elif not await until_stopped(waiting, stop):
+                self._stopped = True
+                log.info("service %s stopped while waiting for its topics", self.service)
+                return
         except BaseException:
             self._stopped = True
             raise

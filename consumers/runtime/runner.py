@@ -17,7 +17,7 @@ import logging
 import os
 import pkgutil
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,7 @@ from .consumer import EventConsumer
 from .http import ServiceHTTPServer
 from .settings import ServiceSettings
 from .spec import ServiceSpec
+from .until import until_stopped
 
 log = logging.getLogger("agentstream.consumers.runtime.runner")
 
@@ -174,12 +175,12 @@ async def run_service(
             f"(http_port / --http-port), got {exc}"
         ) from exc
     try:
-        if not await _until_stopped(wait_for_broker(settings.admin_options(), timeout=60), stop):
+        if not await until_stopped(wait_for_broker(settings.admin_options(), timeout=60), stop):
             return 0
         async with contextlib.AsyncExitStack() as stack:
             # A setup may wait (for its store, a state restore): a signal cancels it.
             entered = stack.enter_async_context(spec.setup(consumer, settings))
-            if not await _until_stopped(entered, stop):
+            if not await until_stopped(entered, stop):
                 log.info("service %s stopped while starting", spec.name)
                 return 0
             consumer_started[0] = True
@@ -198,23 +199,6 @@ async def run_service(
             loop.remove_signal_handler(sig)
     log.info("service %s exited cleanly", spec.name)
     return 0
-
-
-async def _until_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> bool:
-    """Run ``work`` unless ``stop`` comes first; whether it ran to its end."""
-    task = asyncio.create_task(work)
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        task.result()
-        return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals, bound: float) -> None:
