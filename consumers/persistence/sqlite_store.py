@@ -103,6 +103,14 @@ def _check_writable(path: str) -> None:
         raise
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -118,6 +126,7 @@ class SqliteStore(Store):
         self._readonly = readonly
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # the file opened (device, inode)
 
     # --- the worker thread -----------------------------------------------------------------
 
@@ -155,10 +164,22 @@ class SqliteStore(Store):
             if not self._readonly:
                 conn.execute("PRAGMA journal_mode = WAL")  # a locked or full disk may refuse
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                if self.path != ":memory:":
+                    self._identity = _file_identity(self.path)
         except BaseException:
             conn.close()  # not left to the garbage collector (Python 3.13 warns then)
             raise
         return conn
+
+    def _check_identity(self) -> None:
+        """A store file deleted (or replaced) under the service: SQLite goes on writing the
+        open, removed file, and the events would be acknowledged and lost at exit. Taken for
+        an outage (nothing committed) until the file is back or the service restarts."""
+        if self._identity is not None and _file_identity(self.path) != self._identity:
+            raise StoreUnavailableError(
+                f"SQLite store {self.path} was deleted or replaced while open: not writing "
+                "into the removed file (restore it, or restart the service to start a new one)"
+            )
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -231,7 +252,12 @@ class SqliteStore(Store):
                 _row(e, loc.topic, loc.partition, loc.offset, now, t)
                 for e, loc, t in zip(events, locations, documents, strict=True)
             ]
-        return await self._run(lambda conn: _insert(conn, rows))
+
+        def insert(conn: sqlite3.Connection) -> int:
+            self._check_identity()
+            return _insert(conn, rows)
+
+        return await self._run(insert)
 
     async def _delete_before(self, cutoff: datetime, limit: int) -> int:
         sql = (

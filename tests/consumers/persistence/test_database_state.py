@@ -258,3 +258,16 @@ async def test_a_port_where_no_postgresql_answers_is_said_so(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_sqlite_file_deleted_under_the_store_is_an_outage(tmp_path: Path) -> None:
+    """SQLite went on writing the open, removed file: the service acknowledged the events
+    (offsets committed, /readyz 200) and they were gone at exit."""
+    path = tmp_path / "events.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.migrate()
+        assert await store.write_batch(stream(1)) == 1
+        for name in ("events.db", "events.db-wal", "events.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        with pytest.raises(StoreUnavailableError, match="deleted or replaced while open"):
+            await store.write_batch(stream(1, prefix="later"))
