@@ -21,11 +21,12 @@ import abc
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 from urllib.parse import urlsplit, urlunsplit
 
+from agentstream.consumers.runtime.since import as_utc
 from agentstream.schemas import AgentstreamError, Event, RecordLocation
 
 
@@ -199,7 +200,7 @@ class Store(abc.ABC):
     async def delete_before(self, cutoff: datetime, *, limit: int = 1_000) -> int:
         """Delete at most ``limit`` (>= 1) events stamped before ``cutoff``; return how many."""
         _check_limit(limit, least=1)
-        return await self._delete_before(_aware(cutoff), limit)
+        return await self._delete_before(as_utc(cutoff), limit)
 
     @abc.abstractmethod
     async def _delete_before(self, cutoff: datetime, limit: int) -> int:
@@ -213,7 +214,7 @@ class Store(abc.ABC):
         """Sessions, latest activity first: those with an event of ``agent`` (when given)
         and an event at or after ``since`` (when given). Counts cover the whole session."""
         _check_limit(limit)
-        return await self._sessions(agent, _aware(since), limit)
+        return await self._sessions(agent, as_utc(since), limit)
 
     @abc.abstractmethod
     async def _sessions(
@@ -258,7 +259,7 @@ class Store(abc.ABC):
         pattern ending in ``.*`` (``tool.*``); ``until`` is exclusive."""
         _check_limit(limit)
         return await self._events(
-            EventQuery(type, agent, session, _aware(since), _aware(until), limit)
+            EventQuery(type, agent, session, as_utc(since), as_utc(until), limit)
         )
 
     @abc.abstractmethod
@@ -341,15 +342,3 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
     raise StoreError(
         f"expected a store URL sqlite:///path or postgresql://user@host/db, got {redact_url(url)!r}"
     )
-
-
-@overload
-def _aware(moment: datetime) -> datetime: ...
-@overload
-def _aware(moment: None) -> None: ...
-def _aware(moment: datetime | None) -> datetime | None:
-    """A time without a zone is UTC, as `--since` reads one; SQLite raised TypeError on it
-    while PostgreSQL took it as its session's zone."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
