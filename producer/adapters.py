@@ -41,15 +41,7 @@ from .scope import get_scope
 if TYPE_CHECKING:
     from .bus import Publisher
 
-__all__ = [
-    "CorailForwarder",
-    "corail_envelope",
-    "encodable_data",
-    "mended_envelope",
-    "plain_data",
-    "valid_text",
-    "wire_type",
-]
+__all__ = ["CorailForwarder", "corail_envelope", "encodable_data", "plain_data", "wire_type"]
 
 logger = logging.getLogger(__name__)
 

@@ -178,12 +178,7 @@ async def setup(consumer: EventConsumer, settings: BudgetSettings) -> AsyncItera
         consumer.partition_count,
         topics=[consumer.routing.events],
     )
-    sessions.event_time = EventTime(
-        consumer.registry,
-        consumer.service,
-        settings.max_clock_skew_ms,
-        topics=[consumer.routing.events],
-    )
+    sessions.event_time = EventTime.of_service(consumer, consumer.routing.events)
     size, wait = settings.budget_batch_records, settings.budget_batch_wait_ms
     consumer.subscribe_batch(  # what it counts travels on the events topic only
         "*",

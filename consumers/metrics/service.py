@@ -28,12 +28,7 @@ async def setup(consumer: EventConsumer, settings: MetricsSettings) -> AsyncIter
         pending_max_sessions=settings.pending_max_sessions,
         pending_max_per_session=settings.pending_max_per_session,
         pending_ttl_s=settings.pending_ttl_s,
-        event_time=EventTime(
-            consumer.registry,
-            consumer.service,
-            settings.max_clock_skew_ms,
-            topics=[routing.events, routing.alerts],
-        ),
+        event_time=EventTime.of_service(consumer, routing.events, routing.alerts),
     )
     consumer.subscribe_batch(
         "*",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,9 @@ from agentstream.schemas.throttle import ThrottledLog
 
 from .metrics import topic_counter
 from .record import Record
+
+if TYPE_CHECKING:
+    from .consumer import EventConsumer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,17 @@ class EventTime:
             topics,
         )
         self._log = ThrottledLog(log)
+
+    @classmethod
+    def of_service(cls, consumer: EventConsumer, *topics: str) -> EventTime:
+        """The event time of ``consumer``'s service: its registry, name and
+        ``max_clock_skew_ms``; ``topics`` get their counter at 0 from the start."""
+        return cls(
+            consumer.registry,
+            consumer.service,
+            consumer.settings.max_clock_skew_ms,
+            topics=topics,
+        )
 
     def event(self, record: Record) -> Event:
         return self.of(

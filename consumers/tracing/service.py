@@ -58,12 +58,7 @@ class TracingService:
         self.assembler = assembler
         self.exporter = exporter
         self.metrics = metrics
-        self.event_time = EventTime(
-            consumer.registry,
-            consumer.service,
-            settings.max_clock_skew_ms,
-            topics=[consumer.routing.events],
-        )
+        self.event_time = EventTime.of_service(consumer, consumer.routing.events)
         self.events_topic = consumer.routing.events
 
     async def handle(self, records: list[Record]) -> None:
