@@ -76,10 +76,6 @@ async def run(args: argparse.Namespace) -> int:
 
     from ._demo.pods import Demo
 
-    if args.agents < 1 or args.rate <= 0:
-        raise ConfigurationError(
-            f"expected --agents >= 1 and --rate > 0, got {args.agents} and {args.rate}"
-        )
     settings = kafka_settings_from(args)
     if args.manifest is not None and not args.manifest.parent.is_dir():  # known only at the end
         raise ConfigurationError(

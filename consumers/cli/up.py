@@ -93,11 +93,6 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"expected --log-dir to be a directory, got the file {args.log_dir}"
         )
-    if args.partitions < 1 or args.agents < 1 or args.rate <= 0:
-        raise ConfigurationError(
-            f"expected --partitions >= 1, --agents >= 1 and --rate > 0, got "
-            f"{args.partitions}, {args.agents} and {args.rate}"
-        )
     last = 65536 - len(SERVICES) - 1
     if args.first_port != 0 and not 1 <= args.first_port <= last:
         raise ConfigurationError(
