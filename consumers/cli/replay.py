@@ -49,9 +49,10 @@ async def run(args: argparse.Namespace) -> int:
 
     async with store_from(args) as store:
         await store.require_schema()
-        events = await store.timeline(args.session_id)
-        # the envelopes as stored: fields a newer producer added (top level) are only there
-        documents = await store.timeline(args.session_id, raw=True) if events else []
+        # the envelopes as stored too: fields a newer producer added (top level) are only there
+        stored = await store.timeline_as_stored(args.session_id)
+    events = [event for event, _ in stored]
+    documents = [document for _, document in stored]
     if not events:
         print(f"no events stored for session {args.session_id!r} in {store.url}", file=sys.stderr)
         return 1
@@ -69,7 +70,7 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     print_lines(
         json.dumps(document, ensure_ascii=False) if args.json else human(event)
-        for event, document in zip(events, documents, strict=True)
+        for event, document in stored
     )
     return 0
 

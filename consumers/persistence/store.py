@@ -241,6 +241,17 @@ class Store(abc.ABC):
             return [original_document(text, f"row {eid} of {self.url}") for eid, text in rows]
         return [event_from_json(text, f"row {eid} of {self.url}") for eid, text in rows]
 
+    async def timeline_as_stored(self, session_id: str) -> list[tuple[Event, dict[str, Any]]]:
+        """:meth:`timeline` with each event's stored JSON object beside it (one query): the
+        envelope as the producer sent it, fields this version does not know included."""
+        from .rows import event_from_json, original_document
+
+        found = []
+        for eid, text in await self._timeline_rows(session_id):
+            where = f"row {eid} of {self.url}"
+            found.append((event_from_json(text, where), original_document(text, where)))
+        return found
+
     @abc.abstractmethod
     async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
         """``(stored id, event JSON)`` of every event of a session, in timeline order."""
