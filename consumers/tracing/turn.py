@@ -73,7 +73,7 @@ def time_ns(moment: datetime) -> int:
     request fail."""
     delta = moment - _EPOCH
     ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-    return ns if 0 <= ns < _NS_LIMIT else min(max(ns, 0), _NS_LIMIT - 1)
+    return min(max(ns, 0), _NS_LIMIT - 1)
 
 
 @dataclass(frozen=True, slots=True)
