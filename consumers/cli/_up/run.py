@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from agentstream.consumers.broker import FETCH_MAX_WAIT_MS
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
@@ -31,6 +32,18 @@ SERVICES = ("persistence", "loops", "budget", "metrics", "tracing")
 HOST = "127.0.0.1"
 BROKER_GONE_GRACE_S = 5.0
 """How long the demo and the services get to stop once the embedded broker has died."""
+
+_FETCH_WAIT = "AGENTSTREAM_FETCH_MAX_WAIT_MS"
+
+
+def _embedded_fetch_wait(service: str) -> str:
+    """``fetch_max_wait_ms`` for ``service`` on the embedded broker: its own default, at most
+    :data:`~agentstream.consumers.broker.FETCH_MAX_WAIT_MS` (the client default, 500 ms, halved
+    how fast a service drains a backlog there)."""
+    from agentstream.consumers.runtime.runner import load_service
+
+    own = load_service(service).settings_class.model_fields["fetch_max_wait_ms"].default
+    return str(min(own, FETCH_MAX_WAIT_MS))
 
 
 @dataclass(frozen=True)
@@ -199,10 +212,9 @@ class Up:
 
         taken: set[int] = set()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.broker is not None:  # Tansu holds every fetch for the whole wait
-            from agentstream.consumers.broker import FETCH_MAX_WAIT_MS
-
-            env.setdefault("AGENTSTREAM_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
+        # Tansu holds every fetch for the whole wait: each service waits at most
+        # FETCH_MAX_WAIT_MS, unless the environment says otherwise (loops keeps its 20 ms)
+        wait_each = self.broker is not None and _FETCH_WAIT not in env
         if not _otlp_configured():  # likely nothing at the default endpoint: retrying each
             # batch for ~15 s only held tracing's commits back (and the catch-up at stop)
             env.setdefault("AGENTSTREAM_EXPORT_MAX_RETRIES", "0")
@@ -224,7 +236,7 @@ class Up:
             if name == "persistence":
                 args += ["--store", f"sqlite:///{o.store.resolve()}"]
             child = Child(name, cli_command(*args), o.log_dir / f"{name}.log")
-            child.start(env)
+            child.start({**env, _FETCH_WAIT: _embedded_fetch_wait(name)} if wait_each else env)
             self.children.append(child)
             self.monitor.services[name] = ServiceState(name, HOST, port, child)
             step = self.state.step(f"service {name}")
