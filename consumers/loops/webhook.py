@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import urllib.error
@@ -112,6 +113,9 @@ class WebhookNotifier:
             alert = await self._queue.get()
             try:
                 await self._deliver(alert)
+            except Exception:  # a bug must not stop every later alert
+                log.exception("webhook: alert %s not delivered", alert.event_id)
+                self._outcome("failed")
             finally:
                 self._queue.task_done()
 
@@ -121,7 +125,8 @@ class WebhookNotifier:
         for attempt in range(self.retries + 1):
             try:
                 await asyncio.to_thread(self._post, body)
-            except OSError as exc:  # URLError and HTTPError are OSErrors
+            except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are
+                # OSErrors; an answer that is not HTTP (BadStatusLine...) is an HTTPException
                 status = exc.code if isinstance(exc, urllib.error.HTTPError) else 0
                 permanent = 300 <= status < 500 and status not in (408, 429)
                 if permanent or attempt == self.retries:

@@ -218,3 +218,28 @@ def test_body_formats() -> None:
     for url in ("ftp://example.com", "notaurl", "http://", "http://host:port/x"):
         with pytest.raises(ConfigurationError, match="webhook URL: expected an http"):
             WebhookNotifier(url)
+
+
+async def test_an_answer_that_is_not_http_fails_the_alert_and_the_worker_goes_on(
+    receiver_factory: type[Receiver],
+) -> None:
+    # http.client raises HTTPException (BadStatusLine), not an OSError: it killed the worker,
+    # every later alert stayed queued and stop() raised it
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    outcomes: list[Outcome] = []
+    try:
+        notifier = WebhookNotifier(
+            f"http://127.0.0.1:{port}/hook", retries=1, backoff_s=0.01, on_outcome=outcomes.append
+        )
+        await deliver(notifier, block_alert(), block_alert())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcomes == ["failed", "failed"]
