@@ -23,8 +23,9 @@ log = logging.getLogger("agentstream.consumers.runtime.http")
 def http_url_problem(url: str, *, secret: bool = False) -> str | None:
     """What is wrong with ``url`` as the address of an HTTP endpoint we POST to (an OTLP
     collector, a webhook), or None: it needs an http or https scheme and a host. With
-    ``secret`` the message shows the URL as :func:`url_shown` does."""
-    shown = url_shown(url) if secret else url
+    ``secret`` the message shows the URL as :func:`url_shown` does, else as
+    :func:`endpoint_shown` does."""
+    shown = url_shown(url) if secret else endpoint_shown(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
@@ -49,6 +50,20 @@ def url_shown(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     rest = "/…" if (parts.path not in ("", "/") or parts.query or parts.fragment) else ""
     return f"{parts.scheme}://{host}{rest}"
+
+
+def endpoint_shown(url: str) -> str:
+    """An endpoint's URL (an OTLP collector's) as messages show it: without the credentials a
+    URL may carry (``user:password@``, the query string, the fragment); its path is kept."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:
+        return url_shown(url)
+    host = parts.netloc.rpartition("@")[2]
+    rest = "?…" if (parts.query or parts.fragment) else ""
+    return f"{parts.scheme}://{host}{parts.path}{rest}"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

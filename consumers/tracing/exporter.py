@@ -189,7 +189,7 @@ class OtlpHttpExporter:
             result = await asyncio.to_thread(self._post, body)
             if 200 <= result.status < 300:
                 self._failures.recovered(
-                    "export", f"tracing export: {self.target.endpoint} accepts spans again"
+                    "export", f"tracing export: {self.target.shown} accepts spans again"
                 )
                 self._delivered(batch, result.body)
                 return
@@ -198,7 +198,7 @@ class OtlpHttpExporter:
             if not retryable:
                 log.error(
                     "tracing export: %s answered %s (not retryable), %d spans dropped: %s",
-                    self.target.endpoint,
+                    self.target.shown,
                     result.error or result.status,
                     sum(i.spans for i in batch),
                     result.body[:300].decode(errors="replace"),
@@ -210,7 +210,7 @@ class OtlpHttpExporter:
                 tries = attempt + 1
                 self._failures(
                     "export",
-                    f"tracing export: {self.target.endpoint}: {spans} spans dropped after "
+                    f"tracing export: {self.target.shown}: {spans} spans dropped after "
                     f"{tries} {'attempt' if tries == 1 else 'attempts'} "
                     f"(last: {result.error or f'HTTP {result.status}'})",
                     amount=spans,

@@ -26,7 +26,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from agentstream.consumers.runtime import HttpPort, ServiceSettings
-from agentstream.consumers.runtime.http import http_url_problem
+from agentstream.consumers.runtime.http import endpoint_shown, http_url_problem
 from agentstream.schemas.errors import ConfigurationError, describe
 from agentstream.schemas.settings import PREFIX
 
@@ -165,6 +165,11 @@ class ExportTarget:
     client_cert: str | None = None
     client_key: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """The endpoint as log lines show it: without user info or query (credentials)."""
+        return endpoint_shown(self.endpoint)
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of an https endpoint with a CA bundle or a client certificate
         (None: urllib's default, the system's trust store); unreadable files are a
@@ -193,8 +198,9 @@ def parse_pairs(text: str | None, what: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
+            shown = f"{key.strip()}=…" if sep else "an item without '='"  # never its value
             raise ConfigurationError(
-                f"{what}: expected comma-separated key=value pairs, got the item {item.strip()!r}"
+                f"{what}: expected comma-separated key=value pairs, got {shown}"
             )
         pairs[unquote(key.strip())] = unquote(value.strip())
     return pairs

@@ -247,6 +247,26 @@ async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
     assert value(registry, "agentstream_tracing_export_failures_total") >= 3
 
 
+async def test_log_lines_leave_out_credentials_in_the_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = CollectorRegistry()
+    url = f"http://user:s3cret-pw@127.0.0.1:{port}/v1/traces?api_key=s3cret-key"
+    exporter = exporter_for(url, registry, max_retries=0)
+    await exporter.start()
+    try:
+        assert not await exporter.export([make_trace(1)], wait_s=5)
+    finally:
+        await exporter.close()
+    assert f"tracing export: http://127.0.0.1:{port}/v1/traces?…: 2 spans dropped" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
 async def test_export_waits_at_most_the_bound_and_keeps_retrying(otlp_receiver: Any) -> None:
     otlp_receiver.script = [503] * 3
     registry = CollectorRegistry()
@@ -286,6 +306,12 @@ def test_settings_follow_otel_variables_and_ours_win(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AGENTSTREAM_OTLP_HEADERS", "novalue")
     with pytest.raises(ConfigurationError, match="key=value"):
         TracingSettings()
+    for variable in ("AGENTSTREAM_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):  # a secret
+        monkeypatch.setenv(variable, "x-a=1,x-api-key:s3cret-key")  # ':' for '='
+        with pytest.raises(ConfigurationError, match="without '='") as refused:
+            TracingSettings()
+        assert "s3cret" not in str(refused.value)
+        monkeypatch.setenv(variable, "x-a=1")
     monkeypatch.delenv("AGENTSTREAM_OTLP_HEADERS")
     for endpoint in ("collector:4318/v1/traces", "http:///v1/traces", "http://c:43x8/v1"):
         monkeypatch.setenv("AGENTSTREAM_OTLP_ENDPOINT", endpoint)
