@@ -219,7 +219,14 @@ class KafkaSettings(BaseSettings):
             ) from None
         context.check_hostname = self.ssl_check_hostname
         if self.ssl_certfile:
-            password = self.ssl_password.get_secret_value() if self.ssl_password else None
+            password: str | Callable[[], str] = (
+                self.ssl_password.get_secret_value()
+                if self.ssl_password
+                else key_password_missing(
+                    f"ssl_keyfile {self.ssl_keyfile or self.ssl_certfile!r}",
+                    f"set its pass phrase in ssl_password ({PREFIX}SSL_PASSWORD)",
+                )
+            )
             try:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
             except (OSError, ssl.SSLError) as exc:
@@ -265,6 +272,18 @@ class KafkaSettings(BaseSettings):
     def admin_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaAdminClient``."""
         return self.client_options()
+
+
+def key_password_missing(key: str, remedy: str) -> Callable[[], str]:
+    """The ``password`` to give ``SSLContext.load_cert_chain`` when none is set: without one,
+    OpenSSL asks for an encrypted key's pass phrase on the terminal (a command hung there).
+    Called only for an encrypted key, it raises :class:`ConfigurationError` naming ``key``
+    and what to do."""
+
+    def refuse() -> str:
+        raise ConfigurationError(f"{key} is an encrypted private key: {remedy}")
+
+    return refuse
 
 
 def broker_address(options: Mapping[str, Any]) -> str:

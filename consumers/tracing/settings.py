@@ -28,7 +28,7 @@ from pydantic_settings import SettingsConfigDict
 from agentstream.consumers.runtime import HttpPort, ServiceSettings
 from agentstream.consumers.runtime.http import endpoint_shown, http_url_problem
 from agentstream.schemas.errors import ConfigurationError, describe
-from agentstream.schemas.settings import PREFIX
+from agentstream.schemas.settings import PREFIX, key_password_missing
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 PROTOCOL = "http/protobuf"
@@ -179,7 +179,14 @@ class ExportTarget:
         try:
             context = ssl.create_default_context(cafile=self.ca_file)
             if self.client_cert:
-                context.load_cert_chain(self.client_cert, self.client_key)
+                context.load_cert_chain(
+                    self.client_cert,
+                    self.client_key,
+                    key_password_missing(
+                        f"the OTLP client key {self.client_key or self.client_cert!r}",
+                        "give an unencrypted one (OTLP has no setting for a pass phrase)",
+                    ),
+                )
         except (OSError, ssl.SSLError) as exc:
             files = ", ".join(f for f in (self.ca_file, self.client_cert, self.client_key) if f)
             raise ConfigurationError(

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field, SecretStr, ValidationError
+from support.tls import TlsFiles, encrypted_key
 
 from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings, settings_error, split_server
@@ -185,6 +186,25 @@ def test_unreadable_tls_files_are_configuration_errors(tmp_path: Path) -> None:
     not_pem.write_text("not a certificate")
     with pytest.raises(ConfigurationError, match="expected ssl_certfile"):
         KafkaSettings(security_protocol="SSL", ssl_certfile=str(not_pem)).ssl_context()
+
+
+def test_an_encrypted_key_without_its_pass_phrase_is_said_not_asked_for(
+    tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    # without a password OpenSSL asked on the terminal: a command hung at "Enter PEM pass phrase"
+    key = encrypted_key(tls_files, tmp_path, "pw-1")
+    settings = {"security_protocol": "SSL", "ssl_certfile": str(tls_files.cert),
+                "ssl_keyfile": str(key)}  # fmt: skip
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings(**settings).ssl_context()
+    assert str(refused.value) == (
+        f"ssl_keyfile {str(key)!r} is an encrypted private key: set its pass phrase in "
+        "ssl_password (AGENTSTREAM_SSL_PASSWORD)"
+    )
+    assert KafkaSettings(**settings, ssl_password="pw-1").ssl_context() is not None
+    with pytest.raises(ConfigurationError, match="expected ssl_certfile") as wrong:
+        KafkaSettings(**settings, ssl_password="pw-2").ssl_context()
+    assert "pw-2" not in str(wrong.value)
 
 
 @pytest.mark.parametrize(

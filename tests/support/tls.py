@@ -47,3 +47,11 @@ def make_tls_files(d: Path) -> TlsFiles:
         "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d,
     )  # fmt: skip
     return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
+
+
+def encrypted_key(files: TlsFiles, d: Path, passphrase: str) -> Path:
+    """``files.key`` encrypted with ``passphrase`` (AES-256), written in ``d``."""
+    out = d / "encrypted.key"
+    _openssl("pkey", "-in", files.key, "-aes256", "-passout", f"pass:{passphrase}", "-out", out,
+             cwd=d)  # fmt: skip
+    return out

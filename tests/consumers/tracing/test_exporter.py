@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from support.tls import TlsFiles
+from support.tls import TlsFiles, encrypted_key
 
 from agentstream.consumers.tracing import Trace, TraceAssembler
 from agentstream.consumers.tracing.exporter import ExportPolicy, OtlpHttpExporter
@@ -217,6 +217,16 @@ def test_tls_files_follow_otel_variables_and_unreadable_ones_are_refused_at_star
     assert f"OTLP TLS: expected readable PEM files ({missing}, {tls_files.cert}" in str(
         caught.value
     )
+
+
+def test_an_encrypted_client_key_is_refused_not_asked_for(
+    tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    key = encrypted_key(tls_files, tmp_path, "pw-1")
+    target = ExportTarget(endpoint="https://c:4318/v1/traces", client_cert=str(tls_files.cert),
+                          client_key=str(key))  # fmt: skip
+    with pytest.raises(ConfigurationError, match="is an encrypted private key: give an unenc"):
+        target.ssl_context()
 
 
 async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
