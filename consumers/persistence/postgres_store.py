@@ -62,6 +62,7 @@ from .store import (
     StoreTimeoutError,
     StoreUnavailableError,
     type_bounds,
+    userinfo_unparsed,
 )
 
 T = TypeVar("T")
@@ -147,6 +148,17 @@ def statement_cache_option(url: str) -> tuple[str, int]:
             )
         size = int(value)
     return (f"{base}?{'&'.join(kept)}" if kept else base), size
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` does not parse as a URL (the reason never quotes the password), or None."""
+    if userinfo_unparsed(url):
+        return "percent-encode the characters #, /, ? and @ in the user name and password"
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def stored_id(event_id: str) -> str:
@@ -284,6 +296,9 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, *, pool_size: int = 4, command_timeout: float = 60.0) -> None:
         super().__init__(url)
+        problem = _url_problem(url)
+        if problem is not None:
+            raise StoreError(f"expected a postgresql:// URL, got {self.url}: {problem}")
         self._dsn, self._statement_cache_size = statement_cache_option(url)
         self._pool: asyncpg.Pool | None = None
         self._pool_size = pool_size

@@ -29,6 +29,7 @@ class PersistenceSettings(ServiceSettings):
     store: Annotated[str, checked(store_url_problem)] = Field(
         default="sqlite:///agentstream.db",
         description="sqlite:///path (relative), sqlite:////path (absolute) or postgresql://...",
+        repr=False,  # it may hold a password (messages show it through redact_url)
     )
     retention_days: float | None = Field(
         default=None,

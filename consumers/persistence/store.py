@@ -292,13 +292,29 @@ def _check_limit(limit: int, *, least: int = 0) -> None:
 _SECRET_PARAMETER = re.compile(r"(?i)(^|&)(password|sslpassword)=[^&]*")
 
 
+def userinfo_unparsed(url: str) -> bool:
+    """Whether ``url`` has an ``@`` its network location does not hold: a ``#``, ``/`` or
+    ``?`` left unencoded in the password ends the location early, so the password is not
+    where URL parsers look for it (and ``redact_url`` could not hide it)."""
+    after = url.partition("://")[2]
+    if "@" not in after:
+        return False
+    try:
+        return "@" not in urlsplit(url).netloc
+    except ValueError:  # does not parse at all: not this
+        return False
+
+
 def redact_url(url: str) -> str:
     """The URL for messages: ``postgresql://user:secret@host/db?password=x`` →
     ``postgresql://user:***@host/db?password=***`` (libpq and asyncpg take a password in the
-    query too). A URL that does not parse shows its scheme only."""
+    query too). A URL that does not parse, or whose password holds a character that ends
+    the host part (:func:`userinfo_unparsed`), shows its scheme only."""
     try:
         parts = urlsplit(url)
         password = parts.password
+        if userinfo_unparsed(url):
+            raise ValueError("an @ outside the network location")
     except ValueError:
         scheme = url.split(":", 1)[0] if ":" in url else ""
         return f"{scheme}://*** (a URL that does not parse)" if scheme else "***"

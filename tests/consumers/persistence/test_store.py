@@ -232,13 +232,38 @@ def test_a_store_url_of_no_known_kind_is_a_settings_error() -> None:
          "postgres://db/events?sslmode=require&SSLPASSWORD=***"),
         ("postgresql://agent@db/events", "postgresql://agent@db/events"),
         ("postgresql://agent:s3cret@[::1/events", "postgresql://*** (a URL that does not parse)"),
+        # unencoded, a '#', '/' or '?' ends the host part, and the password is not looked for
+        ("postgresql://agent:ab#s3cret@db/events", "postgresql://*** (a URL that does not parse)"),
+        ("postgresql://agent:ab/s3cret@db/events", "postgresql://*** (a URL that does not parse)"),
+        ("postgresql://agent:ab?s3cret@db/events", "postgresql://*** (a URL that does not parse)"),
     ],
 )  # fmt: skip
 def test_messages_never_show_a_store_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+    assert "s3cret" not in repr(PersistenceSettings(store="postgresql://agent:s3cret@db/events"))
     with pytest.raises(ValidationError) as caught:
         PersistenceSettings(store=url.replace("postgres", "mysql", 1))
     assert "s3cret" not in str(settings_error(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://agent:ab#s3cret@db/events", "percent-encode the characters #, /, ? and @"),
+        ("postgresql://agent:ab?s3cret@db/events", "percent-encode the characters #, /, ? and @"),
+        ("postgresql://agent:s3cret@[::1/events", "Invalid IPv6 URL"),
+        ("postgresql://agent:s3cret@db:54x2/events", "Port could not be cast to integer"),
+    ],
+)  # fmt: skip
+def test_a_postgresql_url_that_does_not_parse_is_refused_with_the_settings(
+    url: str, problem: str
+) -> None:
+    # it reached asyncpg (whose ValueError quoted the password) or a ValueError traceback
+    with pytest.raises(ValidationError) as caught:
+        PersistenceSettings(store=url)
+    message = str(settings_error(caught.value))
+    assert "expected a postgresql:// URL, got postgresql://" in message and problem in message
+    assert "s3cret" not in message
 
 
 async def test_readers_get_clear_errors(tmp_path: Path) -> None:
