@@ -131,6 +131,7 @@ class EventConsumer:
         self._workers: dict[TopicPartition, PartitionWorker] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._listed_ends: dict[TopicPartition, int] = {}  # ListOffsets, where fetches say nothing
+        self._past_end: set[TopicPartition] = set()  # reported by _report_past_end
         self._commit_lock = asyncio.Lock()
         self._fetch_failures = ThrottledLog(log)  # a failing fetch is retried every backoff
         self._unreadable = UnreadablePartitions(service)
@@ -471,7 +472,7 @@ class EventConsumer:
         self._fetch_failures(
             "fetch", "service %s: fetch failed (%r); finding the partition", self.service, exc
         )
-        expected = {tp: worker.offsets.next for tp, worker in self._workers.items()}
+        expected = {tp: worker.next_offset for tp, worker in self._workers.items()}
         await rewind(consumer, expected, self.service, reset=self.settings.auto_offset_reset)
         failed = await isolate(consumer, exc, limit, self._feed)
         for tp, error in failed.items():
@@ -493,14 +494,14 @@ class EventConsumer:
         ``max_buffered_records``; resume them below half. Memory stays bounded by the limit
         plus one poll, and idle partitions keep fetching. Returns how many are paused."""
         workers = self._workers
-        buffered = sum(w.offsets.outstanding for w in workers.values())
+        buffered = sum(w.buffered for w in workers.values())
         limit = self.settings.max_buffered_records
         assigned = consumer.assignment()
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         if buffered >= limit:
             for tp, worker in workers.items():
-                if not worker.paused and worker.offsets.outstanding and tp in assigned:
+                if not worker.paused and worker.buffered and tp in assigned:
                     worker.paused = True
                     pause.append(tp)
         elif buffered <= limit // 2:
@@ -528,6 +529,7 @@ class EventConsumer:
             await asyncio.sleep(interval)
             await self._commit()
             await self._list_ends()
+            self._report_past_end()
 
     async def _list_ends(self) -> None:
         """ListOffsets(latest) of the partitions whose fetch responses tell nothing current:
@@ -553,6 +555,35 @@ class EventConsumer:
             if tp in self._workers and end is not None:
                 self._listed_ends[tp] = int(end)
 
+    def _report_past_end(self) -> None:
+        """Say once per partition held when nothing came from it and the group's committed
+        offset is past the end of its log: the topic was created again or truncated. Apache
+        Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and the client resets the position
+        (``auto_offset_reset``); a broker that does not (the embedded one) leaves the group
+        waiting there, its lag 0, without a word."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp, worker in list(self._workers.items()):
+            committed = self._committed.get(tp)
+            if worker.offsets.first is not None or committed is None or tp in self._past_end:
+                continue
+            end = consumer.highwater(tp)
+            if end is not None and committed > end:
+                self._past_end.add(tp)
+                log.warning(
+                    "service %s: %s[%d]: the group's committed offset %d is past the end of "
+                    "the log (%d): the topic was created again or truncated. Kafka's clients "
+                    "reset the position (auto_offset_reset); where the broker does not answer "
+                    "OFFSET_OUT_OF_RANGE, nothing is read until the group's offsets are reset "
+                    "(kafka-consumer-groups --reset-offsets)",
+                    self.service,
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    end,
+                )
+
     async def _commit(self, only: frozenset[TopicPartition] | None = None) -> bool:
         """Commit the finished prefix of each partition that advanced; False if refused."""
         consumer = self._consumer
@@ -564,7 +595,9 @@ class EventConsumer:
                 if only is not None and tp not in only:
                     continue
                 committable = worker.offsets.committable()
-                if committable is not None and committable > self._committed.get(tp, -1):
+                # != rather than >: a log that restarted (see PartitionWorker.feed) and a
+                # position reset below the group's offset commit where the worker is
+                if committable is not None and committable != self._committed.get(tp):
                     offsets[tp] = committable
             if not offsets:
                 return True
@@ -651,6 +684,7 @@ class EventConsumer:
             self._workers.pop(tp, None)
             self._committed.pop(tp, None)
             self._listed_ends.pop(tp, None)
+            self._past_end.discard(tp)
         self._unreadable.forget(revoked)
         self.metrics.assigned_partitions.set(len(self._workers))
         await self._call(self._revoked_callbacks, revoked, "on_revoked")

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
 
@@ -71,19 +71,59 @@ class PartitionWorker:
         self._group = dispatcher.group_id.encode()  # replays for other groups are skipped
         self._consumed: dict[str, int] = {}  # counted here, added to the metric per chunk
         self._uncounted = 0
+        self._restarted: list[Any] | None = None  # records of a log that restarted (see feed)
         self._task = asyncio.create_task(
             self._run(), name=f"agentstream-partition-{tp.topic}-{tp.partition}"
         )
 
-    def feed(self, records: Iterable[Any]) -> None:
-        """Queue fetched records (aiokafka ``ConsumerRecord``s, in offset order)."""
-        if self._stopping:
+    def feed(self, records: Sequence[Any]) -> None:
+        """Queue fetched records (aiokafka ``ConsumerRecord``s, in offset order).
+
+        Records that start below the offset expected next mean the log restarted under the
+        consumer: the topic was deleted and created again, or truncated (an unclean leader
+        election), and the client reset its position (``auto_offset_reset``). They are new
+        records, not a redelivery: they wait here until the records in progress are done,
+        then are processed under offsets tracked afresh (committed even where lower)."""
+        if self._stopping or not records:
             return
-        new, seen = self.offsets.received_all(records)
-        self._queue.extend(new)
-        for raw in seen:  # never expected from aiokafka; a re-delivery must not be processed twice
-            log.warning("%s[%d]@%d fetched again, ignored", raw.topic, raw.partition, raw.offset)
+        restarted = self._restarted
+        if restarted is None:
+            expected = self.offsets.next
+            if expected is None or records[0].offset >= expected:
+                self._queue.extend(self.offsets.received_all(records)[0])
+                self._wake.set()
+                return
+            log.error(
+                "%s[%d]: the log restarted at offset %d, below the %d expected next (the topic "
+                "was created again or truncated): its records are processed as new ones once "
+                "those in progress are done; records the group had not read before are lost",
+                self.tp.topic,
+                self.tp.partition,
+                records[0].offset,
+                expected,
+            )
+            restarted = self._restarted = []
+        last = restarted[-1].offset if restarted else -1
+        restarted.extend(record for record in records if record.offset > last)
         self._wake.set()
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset of the next record this worker expects (None before any came)."""
+        restarted = self._restarted
+        return restarted[-1].offset + 1 if restarted else self.offsets.next
+
+    @property
+    def buffered(self) -> int:
+        """Records received and not finished, those of a restarted log included."""
+        restarted = self._restarted
+        return self.offsets.outstanding + (len(restarted) if restarted else 0)
+
+    def _restart(self) -> None:
+        """Track a restarted log's records afresh, now that the old ones are all done."""
+        records, self._restarted = self._restarted or [], None
+        self.offsets = PartitionOffsets()
+        self._queue.extend(self.offsets.received_all(records)[0])
 
     @property
     def done(self) -> bool:
@@ -123,6 +163,8 @@ class PartitionWorker:
         queue, wake = self._queue, self._wake
         try:
             while not self._stopping:
+                if self._restarted is not None and not queue and not self.offsets.outstanding:
+                    self._restart()
                 if not queue:
                     self._count_consumed()
                     await self._wait(self._next_deadline())

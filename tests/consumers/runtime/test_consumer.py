@@ -6,6 +6,7 @@ import asyncio
 from collections import defaultdict
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from support.produce import produce_events, produce_raw
 from support.runtime import (
@@ -21,6 +22,7 @@ from agentstream.consumers.broker import EmbeddedBroker
 from agentstream.consumers.runtime import EventConsumer, Record
 from agentstream.schemas import Event, decode_record, encode_event, event_headers, new_event_id
 from agentstream.schemas.admin import TopicSpec, ensure_topics
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -353,3 +355,42 @@ async def test_a_consumer_whose_broker_died_stops_without_an_error(
     stop.set()
     await asyncio.wait_for(task, 60)  # returns: no CancelledError, no hang
     assert consumer.committed_at_stop is (handled == 0)
+
+
+async def test_a_group_offset_past_the_end_of_the_log_is_said_and_a_reset_position_committed(
+    kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The topic was created again under a group whose committed offset (1,000) is past its
+    new end. Apache Kafka answers OFFSET_OUT_OF_RANGE and aiokafka resets the position
+    (auto_offset_reset=earliest); the embedded broker does not, so the test then does what
+    aiokafka does. Before, the records after the reset were handled but nothing committed
+    (only offsets above the group's were), and nothing said why a group stood still."""
+    settings = service_settings(kafka_settings)
+    events = _session_events(sessions=1, per_session=20)
+    await produce_events(settings, events)
+    consumer = EventConsumer(settings, service="reset")
+    topic = settings.routing().events
+    tp = TopicPartition(topic, partition_for(b"session-0", 4))  # the fixture's 4 partitions
+    committer = AIOKafkaConsumer(**{**settings.consumer_options(), "group_id": consumer.group_id})
+    await committer.start()
+    try:
+        committer.assign([tp])
+        await committer.commit({tp: 1_000})
+    finally:
+        await committer.stop()
+    seen: list[int] = []
+
+    @consumer.subscribe("tool.called")
+    async def on_tool(event: Event) -> None:
+        seen.append(event.seq)
+
+    async with running_consumer(consumer):
+        said = "the group's committed offset 1000 is past the end of the log (20)"
+        await wait_until(lambda: bool(seen) or said in caplog.text, what="a reset or a word")
+        if not seen:  # the embedded broker: what aiokafka does on OFFSET_OUT_OF_RANGE
+            assert consumer._consumer is not None
+            await consumer._consumer.seek_to_beginning(tp)
+        await wait_until(lambda: len(seen) == 20)
+        await wait_until(lambda: consumer.committed_offsets().get(tp) == 20)
+    assert seen == list(range(20))
+    assert (await committed_offsets(settings, consumer.group_id))[tp] == 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 from support.runtime import wait_until
@@ -136,3 +137,44 @@ async def test_handlers_that_never_await_still_let_the_loop_run_between_chunks()
         await unit.stop(1)
         # Without the yields the whole backlog ran in one stretch: one tick value seen.
         assert len(set(seen_at)) >= 2_000 // YIELD_EVERY, sorted(set(seen_at))
+
+
+def offsets_of(records: list[Record]) -> list[int]:
+    return [record.offset for record in records]
+
+
+async def test_a_log_that_restarts_below_the_expected_offset_is_processed_as_new_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The topic deleted and created again, or truncated, and the client reset its position
+    (auto_offset_reset): offsets start again below those seen. They were dropped as a
+    redelivery ("fetched again, ignored"), silently on a broker that never answers
+    OFFSET_OUT_OF_RANGE, and the committed offset never went back."""
+    handled: list[int] = []
+    flushed: list[list[int]] = []
+
+    async def each(event: Event, record: Record) -> None:
+        handled.append(record.offset)
+
+    async def sink(records: list[Record]) -> None:
+        await asyncio.sleep(0.05)  # the old log's last batch is still being written
+        flushed.append(offsets_of(records))
+
+    table = SubscriptionTable()
+    table.add(make_subscription("*", each, None))
+    table.add(make_batch_subscription("*", sink, None, max_records=25, max_wait_ms=20))
+    unit = worker(table, CollectorRegistry())
+    unit.gate.set()
+    unit.feed(fetched(30))
+    await wait_until(lambda: len(handled) == 30)
+    unit.feed(fetched(40))  # the new log, from offset 0
+    unit.feed(fetched(45)[40:])  # and what follows it
+    assert unit.next_offset == 45 and unit.buffered >= 45
+    await wait_until(lambda: sum(map(len, flushed)) == 75)
+    assert handled == list(range(30)) + list(range(45))
+    assert [o for batch in flushed for o in batch] == list(range(30)) + list(range(45))
+    assert all(batch == sorted(batch) for batch in flushed)  # no batch mixes the two logs
+    assert unit.offsets.committable() == 45 and unit.buffered == 0
+    await unit.stop(1)
+    (line,) = [r.getMessage() for r in caplog.records if "restarted" in r.getMessage()]
+    assert line.startswith("t.events[0]: the log restarted at offset 0, below the 30 expected")
