@@ -49,6 +49,7 @@ DEFAULT_HISTORY_SIZE = 1000
 _WILDCARD = "*"
 _MAX_TRACKED_SESSIONS = 10_000
 _MAX_LOCAL_IDS = 1_000
+_MAX_CACHED_TYPES = 4_096  # dispatch tables kept; types past it are matched at each emit
 
 Handler = Callable[[Event], Awaitable[None] | None]
 """``async def handler(event) -> None`` (Corail's shape); a plain function works too."""
@@ -164,7 +165,8 @@ class EventBus:
             ]
             exact = subscribed.get(event_type, ())
             handlers = (*exact, *globs, *subscribed.get(_WILDCARD, ()))
-            cache[event_type] = handlers
+            if len(cache) < _MAX_CACHED_TYPES:  # types may come from tool or request names
+                cache[event_type] = handlers
         return handlers
 
     # --- history ----------------------------------------------------------------------------

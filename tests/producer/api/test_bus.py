@@ -396,3 +396,18 @@ def test_session_tracking_is_bounded() -> None:
         bus.emit_sync(ev(session_id=f"s{i}"))
     assert not bus.has_session("s0") and bus.has_session("s10004")
     assert len(bus._sessions) == 10_000
+
+
+async def test_dispatch_tables_are_bounded_and_types_past_them_still_dispatched() -> None:
+    # one table per type was kept forever: a pod naming types after tools leaked ~150 B each
+    bus = EventBus()
+    seen: list[str] = []
+
+    async def on_plugin(event: Event) -> None:
+        seen.append(event.type)
+
+    bus.subscribe("plugin.*", on_plugin)
+    for i in range(5_000):
+        await bus.emit(ev(f"plugin.p{i}"))
+    assert len(bus._dispatch_cache) == 4_096
+    assert len(seen) == 5_000 and seen[-1] == "plugin.p4999"
