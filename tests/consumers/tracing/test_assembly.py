@@ -342,6 +342,32 @@ def test_span_limit_per_turn_counts_refused_spans() -> None:
     assert len(trace.spans) == 3 and trace.dropped_spans == 2
 
 
+def test_decisions_waiting_for_an_attempt_are_bounded_over_all_tool_names() -> None:
+    # each tool name kept up to 128: an agent naming tools freely grew an open turn by ~500 B
+    # per decision, for nothing (the root takes 128 events at the end)
+    ev = Stream()
+    tid = "a1b2c3d4e5f6"
+    events = [ev("audit.turn_start", {"prompt_preview": "go"}, turn_id=tid)]
+    events += [
+        ev("audit.tool_policy_decision", {"tool_name": f"t{i}", "action": "allow"}, turn_id=tid)
+        for i in range(1_000)
+    ]
+    assembler = TraceAssembler(limits=TurnLimits(max_events_per_span=10))
+    assert feed(assembler, events) == []
+    (turn,) = assembler._turns.values()
+    assert sum(map(len, turn.builder._pending.values())) == 10
+    events = [
+        ev("audit.tool_call_attempt", {"tool_name": "t0", "arguments_preview": "{}"}, turn_id=tid),
+        ev("audit.tool_policy_decision", {"tool_name": "t5000", "action": "allow"}, turn_id=tid),
+        ev("audit.turn_end", {"content_preview": "done"}, turn_id=tid),
+    ]
+    (trace,) = feed(assembler, events)
+    (tool,) = children(trace, "tool:t0")
+    assert [e.name for e in tool.events] == ["tool_policy_decision"]
+    parked = [e.attributes["gen_ai.tool.name"] for e in trace.root.events]
+    assert parked == [f"t{i}" for i in range(1, 10)] + ["t5000"]  # t0's went to its attempt
+
+
 def test_malformed_data_never_raises() -> None:
     ev = Stream()
     events = [
