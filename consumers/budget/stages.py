@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import TypeVar
@@ -146,6 +147,7 @@ class Stage:
         self._next_evict = time.monotonic() + evict_every_s
         self.partitions: dict[int, set[str]] = {}
         """Owned partitions → the scopes held for each."""
+        self._held: Counter[ScopeKind] = Counter()  # the scopes in partitions, by kind (gauge)
         self._dirty: dict[int, set[str]] = {}
         self._retained: dict[int, tuple[dict[str, ScopeState], int]] = {}
         """Revoked partitions: their scopes and our last changelog offset there."""
@@ -209,6 +211,7 @@ class Stage:
             else:
                 scopes[key] = state
         self.metrics.restored_scopes.labels(self.name).inc(read)
+        self._count(self.partitions.get(partition, ()), -1)
         held = self.partitions[partition] = set()
         pending: list[ScopeState] = []
         for state in scopes.values():
@@ -216,6 +219,7 @@ class Stage:
             held.add(state.scope)
             if state.pending:
                 pending.append(state)
+        self._count(held, 1)
         if pending:
             await self._retry(
                 f"resolving the pending signals of partition {partition}",
@@ -257,6 +261,7 @@ class Stage:
         changelog records written after ours need reading."""
         for partition in self.input_partitions(tps):
             scopes = self.partitions.pop(partition, set())
+            self._count(scopes, -1)
             if self._dirty.get(partition):
                 try:
                     await self._persist(partition)
@@ -277,7 +282,10 @@ class Stage:
     # --- the durable step -----------------------------------------------------------------
 
     def touch(self, partition: int, state: ScopeState) -> None:
-        self.partitions.setdefault(partition, set()).add(state.scope)
+        held = self.partitions.setdefault(partition, set())
+        if state.scope not in held:
+            held.add(state.scope)
+            self._held[scope_kind(state.scope)] += 1
         self._dirty.setdefault(partition, set()).add(state.scope)
 
     async def before_write(self, partition: int) -> None:
@@ -397,17 +405,21 @@ class Stage:
             for partition, scopes in self.partitions.items():
                 if scope in scopes:
                     scopes.discard(scope)
+                    self._held[scope_kind(scope)] -= 1
                     self._dirty.setdefault(partition, set()).add(scope)  # → tombstone
                     break
         self._update_gauge()
 
+    def _count(self, scopes: Iterable[str], sign: int) -> None:
+        held = self._held
+        for scope in scopes:
+            held[scope_kind(scope)] += sign
+
     def _update_gauge(self) -> None:
-        counts = dict.fromkeys(self.kinds, 0)
-        for scopes in self.partitions.values():
-            for scope in scopes:
-                counts[scope_kind(scope)] += 1
-        for kind, count in counts.items():
-            self.metrics.tracked_scopes.labels(kind.value).set(count)
+        """Per batch: from the counts kept as scopes come and go (counting every scope held
+        took 266 ms a batch with 400,000 sessions held)."""
+        for kind in self.kinds:
+            self.metrics.tracked_scopes.labels(kind.value).set(self._held[kind])
 
 
 class SessionStage(Stage):

@@ -195,12 +195,13 @@ async def test_day_stage_applies_each_source_offset_once() -> None:
 async def test_evicted_scopes_get_tombstones() -> None:
     recorder = Recorder()
     now = [T0]
+    registry = CollectorRegistry()
     sessions = SessionStage(
         settings=SETTINGS,
         repartition_topic="p.budget-repartition",
         ledger=Ledger(BudgetConfig(), clock=lambda: now[0]),
         writer=cast(ChangelogWriter, recorder),
-        metrics=BudgetMetrics(CollectorRegistry()),
+        metrics=BudgetMetrics(registry),
         publish=recorder.publish,
         session_idle=timedelta(hours=1),
         evict_every_s=0.0,
@@ -215,6 +216,12 @@ async def test_evicted_scopes_get_tombstones() -> None:
     new = sessions.ledger.get("session:new")
     assert new is not None
     assert new.rounds == 2
+    held = "agentstream_budget_tracked_scopes"
+    assert registry.get_sample_value(held, {"scope_kind": "session"}) == 1
+    await sessions.handle(records([turn(0, session="third", seconds=5400)], start=3))
+    assert registry.get_sample_value(held, {"scope_kind": "session"}) == 2
+    await sessions.revoked(frozenset({TopicPartition("p.events", 2)}))
+    assert registry.get_sample_value(held, {"scope_kind": "session"}) == 0
 
 
 async def test_by_default_persisting_is_retried_until_kafka_takes_it() -> None:
