@@ -60,6 +60,7 @@ class TraceAssembler:
         self._turns: OrderedDict[TurnRef, _OpenTurn] = OrderedDict()
         self._current: dict[tuple[Hashable, str], str] = {}
         self._ended: dict[tuple[Hashable, str], TurnBuilder] = {}
+        self._closed: OrderedDict[TurnRef, None] = OrderedDict()  # the last max_open_turns
         self.ignored: Counter[str] = Counter()
         """Traced events that belonged to no turn, by reason (for the service's metrics)."""
 
@@ -81,6 +82,11 @@ class TraceAssembler:
                 self.ignored["outside_turn"] += 1
             return finished
         entry = self._turns.get(ref)
+        if entry is None and ref in self._closed:
+            # Its trace went out already: a builder opened again would send the same trace and
+            # root span ids again, without the turn's start (a backend keeps one of the two)
+            self.ignored["closed_turn"] += 1
+            return finished
         if entry is None:
             entry = _OpenTurn(TurnBuilder(ref[1], ref[2], event, self.limits), self._clock())
             self._turns[ref] = entry
@@ -139,6 +145,8 @@ class TraceAssembler:
             del self._turns[ref]
         for key in [key for key in self._current if key[0] == scope]:
             del self._current[key]
+        for ref in [ref for ref in self._closed if ref[0] == scope]:
+            del self._closed[ref]
         return len(refs)
 
     def settle(self) -> None:
@@ -147,6 +155,9 @@ class TraceAssembler:
 
     def _close(self, ref: TurnRef, reason: str | None) -> Trace:
         entry = self._turns.pop(ref)
+        self._closed[ref] = None
+        if len(self._closed) > self.max_open_turns:
+            self._closed.popitem(last=False)
         if self._current.get((ref[0], ref[1])) == ref[2]:
             del self._current[(ref[0], ref[1])]
         if reason is None:

@@ -297,6 +297,32 @@ def test_open_turns_are_bounded_least_recently_active_evicted() -> None:
     assert assembler.open_turns == 2
 
 
+def test_later_events_of_a_closed_turn_are_counted_not_sent_again_under_the_same_ids() -> None:
+    # an evicted (or idle, or ended) Calute turn came back as a new builder: its trace and
+    # root span ids went out twice, the second root without the turn's start overwrote the first
+    assembler = TraceAssembler(max_open_turns=1)
+    a, b = Stream("a" * 32), Stream("b" * 32)
+    feed(assembler, [a("audit.turn_start", {"prompt_preview": "p"}, turn_id="t1")])
+    (evicted,) = feed(assembler, [b("audit.turn_start", {"prompt_preview": "q"}, turn_id="t2")])
+    assert evicted.root.attributes[INCOMPLETE_REASON] == "evicted"
+    late = a("audit.tool_call_attempt", {"tool_name": "x", "arguments_preview": "{}"}, turn_id="t1")
+    assert feed(assembler, [late]) == [] and assembler.ignored["closed_turn"] == 1
+    (ended,) = feed(assembler, [b("audit.turn_end", {"content_preview": "done"}, turn_id="t2")])
+    assert ended.complete
+    again = b("audit.tool_call_complete", {"tool_name": "x"}, turn_id="t2")
+    assert feed(assembler, [again]) == [] and assembler.ignored["closed_turn"] == 2
+    assert assembler.open_turns == 0
+    # a new turn of the same session opens as before
+    (new,) = feed(
+        assembler,
+        [
+            a("audit.turn_start", {"prompt_preview": "r"}, turn_id="t3"),
+            a("audit.turn_end", {"content_preview": "ok"}, turn_id="t3"),
+        ],
+    )
+    assert new.complete and new.trace_id != evicted.trace_id
+
+
 def test_ids_are_deterministic_and_redeliveries_ignored() -> None:
     ev = Stream()
     events = [
