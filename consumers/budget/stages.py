@@ -39,6 +39,7 @@ from aiokafka.structs import TopicPartition
 from agentstream.consumers.runtime import Record
 from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.placement import SessionPlacement
+from agentstream.consumers.runtime.replay import high_watermarks
 from agentstream.consumers.runtime.retry import backoff_seconds
 from agentstream.schemas import Event, encode_event, event_headers
 from agentstream.schemas.errors import AgentstreamError, ConfigurationError
@@ -192,6 +193,7 @@ class Stage:
         for partition in partitions:
             scopes = retained[partition][0] if partition in retained else {}
             await self._restore(partition, scopes, changed.get(partition, {}))
+        await self._forget_offsets_past_the_log(partitions)
         self.metrics.restore_seconds.labels(self.name).observe(time.perf_counter() - started)
         self._update_gauge()
 
@@ -232,6 +234,48 @@ class Stage:
             len(held),
             read,
         )
+
+    async def _forget_offsets_past_the_log(self, partitions: list[int]) -> None:
+        """Scopes keep the last events-topic offset they applied per partition, so that a
+        replay is not counted twice. An offset at or past its partition's high watermark is
+        no replay: the events topic was created again (or truncated) since. Such offsets are
+        forgotten, with an error line, so that the new records count; kept, every record of
+        the new log below them was taken for a replay (a session went on past its limits
+        unseen)."""
+        held = [
+            (partition, state)
+            for partition in partitions
+            for scope in self.partitions.get(partition, ())
+            if (state := self.ledger.get(scope)) is not None and state.offsets
+        ]
+        sources = {int(key) for _, state in held for key in state.offsets}
+        if not sources:
+            return
+        events = self.routing.events
+        tps = [TopicPartition(events, p) for p in sorted(sources)]
+        ends = await self._retry(
+            f"reading the end offsets of {events}",
+            lambda: high_watermarks(self.settings, tps, listed_fallback=False),
+        )
+        end_of = {tp.partition: end for tp, end in ends.items()}
+        forgotten: Counter[int] = Counter()
+        for partition, state in held:
+            for key, last in list(state.offsets.items()):
+                end = end_of.get(int(key))
+                if end is not None and last >= end:
+                    del state.offsets[key]
+                    forgotten[int(key)] += 1
+                    self._dirty.setdefault(partition, set()).add(state.scope)
+        if forgotten:
+            log.error(
+                "%s stage: %d scopes had applied offsets of %s past the end of the log (by "
+                "partition: %s): the topic was created again or truncated; those offsets are "
+                "forgotten and its records count as new ones",
+                self.name,
+                sum(forgotten.values()),
+                events,
+                dict(sorted(forgotten.items())),
+            )
 
     async def _resolve_pending(self, partition: int, states: list[ScopeState]) -> None:
         """Signals a crashed owner decided but may not have published: publish the missing."""

@@ -130,11 +130,16 @@ async def committed_offsets(
 
 
 async def high_watermarks(
-    settings: KafkaSettings, partitions: Iterable[TopicPartition], *, timeout_s: float = 10.0
+    settings: KafkaSettings,
+    partitions: Iterable[TopicPartition],
+    *,
+    timeout_s: float = 10.0,
+    listed_fallback: bool = True,
 ) -> dict[TopicPartition, int]:
     """The high watermark of each partition, from a fetch response (ListOffsets alone can
     understate it, see the module doc). Falls back to ListOffsets for a partition whose fetch
-    did not answer within ``timeout_s``."""
+    did not answer within ``timeout_s``; without ``listed_fallback``, such a partition is
+    left out (for a caller that must not take a low figure)."""
     tps = sorted(set(partitions))
     if not tps:
         return {}
@@ -156,6 +161,8 @@ async def high_watermarks(
                     result[tp] = max(result[tp], int(high))
                     pending.discard(tp)
                     consumer.pause(tp)
+        if pending and not listed_fallback:
+            return {tp: end for tp, end in result.items() if tp not in pending}
         if pending:
             log.warning("no fetch response for %s: high watermark from ListOffsets", pending)
         return result

@@ -392,3 +392,43 @@ def _partition_of(session: str, partitions: int) -> int:
     from aiokafka.partitioner import murmur2
 
     return int(murmur2(session.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def test_applied_offsets_past_the_end_of_a_recreated_events_topic_are_forgotten(
+    kafka_settings: KafkaSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events topic was deleted and created again (to fix its partition count, say) while
+    the changelog kept a live session that had applied offsets up to 155. The new log's
+    records (offsets 0...) were taken for replays: the session went on past its limits and
+    nothing was said."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    await ensure_budget_topics(settings)
+    session = "s-recreated"
+    partition = _partition_of(session, 4)
+    state = ScopeState(
+        scope=f"session:{session}",
+        agent_id="agent-a",
+        rounds=1,
+        events=156,
+        offsets={str(partition): 155},
+    )
+    writer = ChangelogWriter(settings)
+    await writer.start()
+    try:
+        await writer.write(partition, [state])
+    finally:
+        await writer.stop()
+    consumer = EventConsumer(settings, service=SERVICE.name)
+    async with SERVICE.setup(consumer, settings), running_consumer(consumer):
+        await produce_events(settings, [turn(r, session=session, seconds=r) for r in range(3)])
+        await wait_until(lambda: drained(settings, consumer.group_id), what="drained")
+    alerts = await read_events(settings, settings.routing().alerts)
+    assert sorted(a.type for a in alerts if a.session_id == session) == [
+        "budget.exceeded",
+        "budget.warning",
+    ]
+    restored = (await read_states(settings, [partition]))[f"session:{session}"]
+    assert restored.rounds == 4 and restored.offsets == {str(partition): 2}
+    assert "1 scopes had applied offsets of" in caplog.text
