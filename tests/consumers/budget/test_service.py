@@ -27,7 +27,7 @@ from agentstream.consumers.budget.changelog import (
     topic_shape,
 )
 from agentstream.consumers.budget.config import Dimension
-from agentstream.consumers.budget.service import SERVICE, BudgetService
+from agentstream.consumers.budget.service import SERVICE, BudgetService, BudgetSettings
 from agentstream.consumers.budget.signals import signal_event
 from agentstream.consumers.runtime import EventConsumer
 from agentstream.consumers.runtime.replay import partitions_of
@@ -338,10 +338,7 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
     """The crash window between the changelog write and the alert: the state says two
     signals are pending, one of them reached the alerts topic. The next owner publishes only
     the other, then clears the outbox."""
-    config = tmp_path / "budget.toml"
-    config.write_text(CONFIG)
-    settings = budget_settings(kafka_settings, config)
-    await ensure_budget_topics(settings)
+    settings = await with_budget_topics(kafka_settings, tmp_path)
     session = "s-crash"
     partition = _partition_of(session, 4)
     warning, exceeded = (
@@ -366,13 +363,7 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
         signals={"rounds": 2},
         pending=[warning, exceeded],
     )
-    writer = ChangelogWriter(settings)
-    await writer.start()
-    try:
-        await writer.write(partition, [state])
-        await writer.send_events([(settings.routing().alerts, signal_event(warning))])
-    finally:
-        await writer.stop()
+    await left_behind(settings, partition, state, alert=signal_event(warning))
 
     consumer = EventConsumer(settings, service=SERVICE.name)
     async with SERVICE.setup(consumer, settings), running_consumer(consumer):
@@ -388,6 +379,30 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
     )
 
 
+async def with_budget_topics(kafka_settings: KafkaSettings, tmp_path: Path) -> BudgetSettings:
+    """Settings with :data:`CONFIG`, the budget topics made."""
+    config = tmp_path / "budget.toml"
+    config.write_text(CONFIG)
+    settings = budget_settings(kafka_settings, config)
+    await ensure_budget_topics(settings)
+    return settings
+
+
+async def left_behind(
+    settings: KafkaSettings, partition: int, state: ScopeState, *, alert: Event | None = None
+) -> None:
+    """Write ``state`` to the changelog (and ``alert`` to the alerts topic) as a previous
+    owner of ``partition`` left them."""
+    writer = ChangelogWriter(settings)
+    await writer.start()
+    try:
+        await writer.write(partition, [state])
+        if alert is not None:
+            await writer.send_events([(settings.routing().alerts, alert)])
+    finally:
+        await writer.stop()
+
+
 def _partition_of(session: str, partitions: int) -> int:
     from aiokafka.partitioner import murmur2
 
@@ -401,10 +416,7 @@ async def test_applied_offsets_past_the_end_of_a_recreated_events_topic_are_forg
     the changelog kept a live session that had applied offsets up to 155. The new log's
     records (offsets 0...) were taken for replays: the session went on past its limits and
     nothing was said."""
-    config = tmp_path / "budget.toml"
-    config.write_text(CONFIG)
-    settings = budget_settings(kafka_settings, config)
-    await ensure_budget_topics(settings)
+    settings = await with_budget_topics(kafka_settings, tmp_path)
     session = "s-recreated"
     partition = _partition_of(session, 4)
     state = ScopeState(
@@ -414,12 +426,7 @@ async def test_applied_offsets_past_the_end_of_a_recreated_events_topic_are_forg
         events=156,
         offsets={str(partition): 155},
     )
-    writer = ChangelogWriter(settings)
-    await writer.start()
-    try:
-        await writer.write(partition, [state])
-    finally:
-        await writer.stop()
+    await left_behind(settings, partition, state)
     consumer = EventConsumer(settings, service=SERVICE.name)
     async with SERVICE.setup(consumer, settings), running_consumer(consumer):
         await produce_events(settings, [turn(r, session=session, seconds=r) for r in range(3)])
