@@ -96,7 +96,7 @@ class PartitionWorker:
             log.error(
                 "%s[%d]: the log restarted at offset %d, below the %d expected next (the topic "
                 "was created again or truncated): its records are processed as new ones once "
-                "those in progress are done; what the old log held past them is gone",
+                "those in progress are done; records of the old log not read yet are gone",
                 self.tp.topic,
                 self.tp.partition,
                 records[0].offset,
