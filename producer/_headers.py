@@ -47,17 +47,17 @@ class RecordFactory:
         """What :meth:`build` left out: a bare record (its value and publish index, to be
         finished) and why, naming the event; the caller empties it."""
 
-    def build(self, pending: Iterable[Pending]) -> list[_Record]:
-        """One record per pending tuple, in order. A tuple whose envelope fields cannot make
-        headers (agent code set a field to another type) is left out and kept in
-        :attr:`refused` with the reason, for the caller to count and finish."""
+    def build(self, pending: Iterable[Pending], first_index: int) -> list[_Record]:
+        """One record per pending tuple, in order, with publish indices from ``first_index``.
+        A tuple whose envelope fields cannot make headers (agent code set a field to another
+        type) is left out and kept in :attr:`refused` with the reason, for the caller to count
+        and finish."""
         types, sources, sessions = self._types, self._sources, self._sessions
         agents, turns = self._agents, self._turns
         content_type = self._content_type
         records: list[_Record] = []
         append = records.append
-        for item in pending:
-            value, fields, created, index = item
+        for index, (value, fields, created) in enumerate(pending, first_index):
             try:
                 event_id, type_, source, timestamp, seq, session, agent, turn = fields
                 topic, type_header = types.get(type_) or self._type(type_)

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CorruptRecordException,
@@ -157,7 +158,7 @@ class _Lanes(_PublisherState):
             batch.close()
             lane.bytes -= sum(len(record.value) for record in taken)
             lane.inflight = taken
-            self._spawn(self._send(lane, batch, taken))
+            self._spawn(self._send(producer, lane, batch, taken))
 
     def _reroute(self, lane: _Lane, now: float) -> None:
         records = list(lane.queue)
@@ -167,10 +168,13 @@ class _Lanes(_PublisherState):
         for record in records:
             self._route(record, now)
 
-    async def _send(self, lane: _Lane, batch: Any, taken: list[_Record]) -> None:
-        assert self._producer is not None
+    async def _send(
+        self, producer: AIOKafkaProducer, lane: _Lane, batch: Any, taken: list[_Record]
+    ) -> None:
+        """Send a batch with the producer that was there when it was handed out (a close
+        may take ``_producer`` away before this task first runs)."""
         try:
-            future = await self._producer.send_batch(batch, lane.topic, partition=lane.partition)
+            future = await producer.send_batch(batch, lane.topic, partition=lane.partition)
             await future
         except Exception as exc:
             self._on_failure(lane, taken, exc)

@@ -41,8 +41,11 @@ Redact = Callable[[dict[str, Any]], dict[str, Any]]
 Overflow = Literal["drop", "block"]
 HeaderFields = tuple[str, str, str, datetime, int, str, str, str]
 """event_id, type, source, timestamp, seq, session_id, agent_id, turn_id, as published."""
-Pending = tuple[bytes, HeaderFields, float, int]
-"""What ``publish()`` enqueues: value, header fields, publish time (epoch s), publish index."""
+Pending = tuple[bytes, HeaderFields, float]
+"""What ``publish()`` enqueues: value, header fields, publish time (epoch s). Its publish index
+(in :class:`_Ledger`) is given when the sender takes it (:meth:`_Ledger.take`): one append is
+then all that makes an event published, so an exception between two steps of ``publish()``
+(a KeyboardInterrupt) cannot leave an index no record will ever finish."""
 
 LOG_EVERY_S = 10.0
 """The publisher logs each kind of problem (connects, drops, spooling) at most this often."""
@@ -99,16 +102,18 @@ class _Lane:
 class _Ledger:
     """Which publish indices are finished, to answer "is everything up to N done?".
 
-    One byte per open index. :meth:`add` and :meth:`finish` say what the two hot paths do
-    inline (``KafkaPublisher.publish`` per event, ``_Lanes._finish`` per batch)."""
+    One byte per open index, opened by the sender as it takes published records
+    (:meth:`take`); :meth:`finish` says what ``_Lanes._finish`` does inline per batch."""
 
     def __init__(self) -> None:
         self.base = 1  # every index below base is finished
         self.flags = bytearray()
 
-    def add(self) -> int:
-        self.flags.append(0)
-        return self.base + len(self.flags) - 1
+    def take(self, count: int) -> int:
+        """Open ``count`` indices (records taken off the incoming queue); the first's."""
+        first = self.base + len(self.flags)
+        self.flags.extend(bytes(count))
+        return first
 
     def last(self) -> int:
         """The newest index handed out."""
@@ -160,6 +165,7 @@ class _PublisherState:
     _max_queue_bytes: int
     _seq: int  # shared
     _ledger: _Ledger  # shared
+    _stopped: threading.Event  # set by the sender thread as its last act
     _idle: bool  # shared: the sender sleeps long and wants a wake-up for new events
     _flushing: int  # shared
     _closed: bool  # shared

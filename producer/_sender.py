@@ -30,6 +30,8 @@ _TICK = 0.1
 _MAX_CONNECT_BACKOFF = 5.0
 _START_GRACE_S = 5.0
 """How long a close() lets a producer start() in progress finish before cancelling it."""
+_SHUTDOWN_SEND_S = 2.0
+"""How long a close() lets the last batches be sent, then lets aiokafka finish (each)."""
 
 
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -45,7 +47,10 @@ class _Sender(_Overflow):
     # === sender thread =========================================================================
 
     def _thread_main(self, ready: threading.Event) -> None:
-        asyncio.run(self._main(ready))
+        try:
+            asyncio.run(self._main(ready))
+        finally:
+            self._stopped.set()
 
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -169,9 +174,10 @@ class _Sender(_Overflow):
     def _step(self) -> None:
         with self._lock:
             pending, self._incoming = self._incoming, deque()
+            first = self._ledger.take(len(pending))
             self._idle = False
             urgent = self._flushing > 0 or self._closed
-        records = self._build(pending)
+        records = self._build(pending, first)
         now = time.monotonic()
         self._counts = {}
         if self._spool is not None and self._spooling:
@@ -197,10 +203,11 @@ class _Sender(_Overflow):
                     exc,
                 )
 
-    def _build(self, pending: Iterable[Pending]) -> list[_Record]:
-        """The records of ``pending``. Events whose envelope fields cannot make a record
-        (see :meth:`RecordFactory.build`) are counted, logged and finished as dropped."""
-        records = self._factory.build(pending)
+    def _build(self, pending: Iterable[Pending], first_index: int) -> list[_Record]:
+        """The records of ``pending``, publish indices from ``first_index``. Events whose
+        envelope fields cannot make a record (see :meth:`RecordFactory.build`) are counted,
+        logged and finished as dropped."""
+        records = self._factory.build(pending, first_index)
         refused = self._factory.refused
         if refused:
             self._factory.refused = []
@@ -215,16 +222,20 @@ class _Sender(_Overflow):
     async def _shutdown(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            # Let batches already handed to aiokafka finish, briefly (the broker may be gone).
+            # Let the batches the last step handed out be sent, and those already with aiokafka
+            # finish, briefly (the broker may be gone): they were published before close().
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=_SHUTDOWN_SEND_S)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 2.0)
+                await asyncio.wait_for(producer.stop(), _SHUTDOWN_SEND_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._lock:
             pending, self._incoming = self._incoming, deque()
-        leftover_incoming = self._build(pending)
+            first = self._ledger.take(len(pending))
+        leftover_incoming = self._build(pending, first)
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
         for lane in self._lanes.values():

@@ -181,6 +181,7 @@ class KafkaPublisher(_Sender):
         # left alone.
         quiet_client_repeats(thread_prefix=SENDER_THREAD_PREFIX)
         ready = threading.Event()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main,
             args=(ready,),
@@ -249,12 +250,9 @@ class KafkaPublisher(_Sender):
                 event.agent_id,
                 event.turn_id,
             )
-            ledger = self._ledger
-            ledger.flags.append(0)  # _Ledger.add(), inlined: this runs once per event
-            record = (value, fields, time.time(), ledger.base + len(ledger.flags) - 1)
-            self._incoming.append(record)
             self._in_memory += 1
             self._in_memory_bytes += len(value)
+            self._incoming.append((value, fields, time.time()))  # published (see Pending)
             if self._idle:  # otherwise the sender picks it up within linger_ms
                 self._idle = False
                 self._wake()
@@ -268,8 +266,8 @@ class KafkaPublisher(_Sender):
         with self._lock:
             if self._fatal is not None:
                 raise self._fatal
-            target = self._ledger.last()
-            if self._closed and not self._thread.is_alive():  # nothing will move any more
+            target = self._ledger.last() + len(self._incoming)  # see Pending
+            if self._closed and self._stopped.is_set():  # nothing will move any more
                 return self._ledger.base > target and self._inherited <= 0
             self._flushing += 1
             self._wake()
@@ -289,10 +287,16 @@ class KafkaPublisher(_Sender):
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the thread. Idempotent. Events still undelivered
-        go to the spool when there is one; without a spool they are counted as dropped."""
+        go to the spool when there is one; without a spool they are counted as dropped.
+
+        Every call returns once the sender has finished stopping: a close() cut short by a
+        signal (SIGTERM through :func:`exit_on_sigterm`, a second Ctrl-C) is finished by the
+        exit handler's, instead of the process ending while the spool is being written."""
         with self._lock:
-            if self._closed:
-                return
+            closing = self._closed
+        if closing:
+            self._stopped.wait()
+            return
         with contextlib.suppress(AgentstreamError):
             if not self.flush(timeout):
                 log.warning(
@@ -306,7 +310,9 @@ class KafkaPublisher(_Sender):
             self._closed = True
             self._stopping = True
             self._wake()
-        self._thread.join()
+        # not Thread.join(): on Python 3.11 a join cut short by a signal can leave the thread
+        # reported as stopped, and a later join then returns at once
+        self._stopped.wait()
         atexit.unregister(self._close_at_exit)
 
     def stats(self) -> ProducerStats:
@@ -328,6 +334,10 @@ class KafkaPublisher(_Sender):
         self._lock = threading.Lock()  # the parent's may have been held by its other threads
         self._cond = threading.Condition(self._lock)
         self._closed = self._stopping = True
+        self._stopped = threading.Event()  # no sender thread here: close() has nothing to wait
+        self._stopped.set()
+        if self._spool is not None:
+            self._spool.release_inherited()
         self._fatal = ConfigurationError(
             f"this KafkaPublisher was created in process {self._pid}, before os.fork(); its "
             "sender thread did not follow into this process, so nothing published here would "

@@ -429,6 +429,18 @@ class Spool:
                     handle.close()
             self._writer = self._reader = self._lock = None
 
+    def release_inherited(self) -> None:
+        """In the child of an ``os.fork()``: close the files and the lock inherited from the
+        parent, as they are (no sync, no checkpoint: the spool is the parent's). The parent's
+        lock then goes with the parent alone; held open here, it kept the directory locked
+        while any child lived, and the next process took another slot and left these
+        records where they were."""
+        for handle in (self._writer, self._reader, self._lock):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self._writer = self._reader = self._lock = None
+
     # --- adopting ---------------------------------------------------------------------------
 
     def _adopt(self, slot: Path) -> None:

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
+from support.samples import sample_event
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.producer.spool import Spool
 from agentstream.schemas import Event
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.codec import decode_record
@@ -217,3 +223,91 @@ def test_exit_on_sigterm_leaves_a_handler_that_is_there_alone() -> None:
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# Publishes to a broker that is down (kept in memory: no spooling before close), then closes:
+# close() spools everything; the test's SIGTERM comes while it waits for the sender to do so.
+CLOSING = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from support.samples import sample_event
+from agentstream.producer.publisher import KafkaPublisher, exit_on_sigterm
+from agentstream.schemas.settings import KafkaSettings
+
+settings = KafkaSettings(bootstrap_servers=sys.argv[1], topic_prefix="closing")
+publisher = KafkaPublisher(settings, spool_dir=sys.argv[2], redact=None, spool_after_ms=600_000,
+                           max_queue_events=10**6, max_queue_bytes=2**31)
+exit_on_sigterm()
+for i in range(int(sys.argv[4])):
+    publisher.publish(sample_event("tool.called", i))
+print("closing", flush=True)
+publisher.close(timeout=0)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_close_lets_the_spool_be_written_whole(tmp_path: Path) -> None:
+    """The signal cut close()'s wait for the sender; the exit handler's close() returned at
+    once (closed already), and the process ended while the sender was writing the spool:
+    tens of thousands of events neither spooled nor counted."""
+    count = 150_000
+    command = [sys.executable, "-c", CLOSING, f"127.0.0.1:{free_port()}", str(tmp_path),
+               str(TESTS), str(count)]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"closing\n"
+        time.sleep(0.2)  # close() waits for the sender, which is spooling
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(60) == 128 + signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    spool = Spool(tmp_path, max_bytes=2**31)
+    try:
+        assert spool.unread == count
+    finally:
+        spool.close()
+
+
+class _Interrupt(BaseException):
+    """What a signal handler raises in the agent (KeyboardInterrupt's kind)."""
+
+
+def test_interrupts_inside_publish_leave_flush_working(kafka_settings: KafkaSettings) -> None:
+    """An agent that cancels its turn on Ctrl-C and goes on: a signal landing between two
+    steps of publish() left a publish index no record would finish, so every later flush()
+    and close() waited out its whole timeout."""
+    publisher = KafkaPublisher(kafka_settings, redact=None)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if frame is not None and frame.f_code.co_filename.endswith("publisher.py"):
+            raise _Interrupt  # inside publish() only (not in a finalizer pytest would report)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    stop = threading.Event()
+
+    def interrupter() -> None:
+        for _ in range(300):
+            time.sleep(0.002)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        stop.set()
+
+    returned = interrupted = 0
+    try:
+        threading.Thread(target=interrupter, daemon=True).start()
+        while not stop.is_set():
+            try:
+                while not stop.is_set():
+                    publisher.publish(sample_event("tool.called", returned))
+                    returned += 1
+            except _Interrupt:
+                interrupted += 1
+        time.sleep(0.1)  # a signal still in flight
+        assert interrupted > 50
+        assert publisher.flush(20)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        publisher.close(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -451,3 +452,28 @@ def test_publishers_sharing_a_spool_dir_each_take_a_slot_until_none_is_free(
     again = KafkaPublisher(dead_settings(), spool_dir=tmp_path, redact=None)  # free again
     assert again._spool is not None and again._spool.directory == tmp_path
     again.close(0.1)
+
+
+async def test_close_sends_the_batch_its_last_step_hands_out(
+    kafka_settings: KafkaSettings, consume: Consume, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events waiting out the linger (one batch) when close(0) comes: the last step hands it
+    out, and the shutdown took the producer away before that send ran (an AssertionError in
+    it, 'Task exception was never retrieved', and the events dropped on a healthy broker)."""
+    publisher = KafkaPublisher(kafka_settings.model_copy(update={"linger_ms": 2_000}), redact=None)
+    sent = [Event(type="tool.called", session_id="s-1", data={"name": f"t{i}"}) for i in range(20)]
+    try:
+        publisher.publish(sent[0])
+        assert await asyncio.to_thread(publisher.flush, 20)  # connected, metadata known
+        for event in sent[1:]:
+            publisher.publish(event)
+        await asyncio.sleep(0.3)  # in their lanes, lingering
+    finally:
+        await asyncio.to_thread(publisher.close, 0)
+    stats = publisher.stats()
+    assert stats.delivered == 20 and not any(stats.dropped.values()), stats
+    records = await consume(kafka_settings, kafka_settings.routing().events, 20)
+    assert sorted(decode_record(r.value, r.headers).event_id for r in records) == sorted(
+        e.event_id for e in sent
+    )
+    assert "AssertionError" not in caplog.text and "never retrieved" not in caplog.text
