@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -74,6 +74,7 @@ class ControlListener:
             self._directives.labels(outcome)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._expected: dict[TopicPartition, int] = {}  # per partition, the next offset to read
         self._bus: EventBus | None = None
 
     @property
@@ -105,8 +106,7 @@ class ControlListener:
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
             await consumer.seek_to_end(*assigned)
-            for tp in assigned:
-                await consumer.position(tp)
+            self._expected = {tp: await consumer.position(tp) for tp in assigned}
         except BaseException:
             await consumer.stop()
             raise
@@ -137,10 +137,44 @@ class ControlListener:
                 )
                 await asyncio.sleep(self.retry_backoff_s)
                 continue
-            for tp, records in batches.items():
-                for record in records:
-                    where = RecordLocation(tp.topic, tp.partition, record.offset)
-                    await self._handle(bus, record.value, record.headers, where)
+            except Exception:  # a record the client cannot parse: the task ended, unseen
+                if not await self._set_aside(consumer, bus):
+                    await asyncio.sleep(self.retry_backoff_s)
+                continue
+            await self._dispatch(bus, batches)
+
+    async def _dispatch(self, bus: EventBus, batches: dict[TopicPartition, list[Any]]) -> None:
+        expected = self._expected
+        for tp, records in batches.items():
+            for record in records:
+                expected[tp] = record.offset + 1
+                where = RecordLocation(tp.topic, tp.partition, record.offset)
+                await self._handle(bus, record.value, record.headers, where)
+
+    async def _set_aside(self, consumer: AIOKafkaConsumer, bus: EventBus) -> bool:
+        """After a fetch raised other than a KafkaError (a record aiokafka cannot parse, such
+        as a header name that is not UTF-8): fetch each partition alone, handle what comes,
+        and pause those that fail on their own, with an error line. Whether one did."""
+        found = False
+        for tp, offset in self._expected.items():  # records the failed fetch took: again
+            consumer.seek(tp, offset)
+        for tp in sorted(consumer.assignment() - consumer.paused()):
+            try:
+                batches = await consumer.getmany(tp, timeout_ms=500)
+            except Exception as exc:
+                found = True
+                consumer.pause(tp)
+                logger.error(
+                    "control listener: cannot read %s[%d] at offset %d (%r): that partition "
+                    "is left, and directives on it do not reach this pod until it restarts",
+                    tp.topic,
+                    tp.partition,
+                    await consumer.position(tp),
+                    exc,
+                )
+                continue
+            await self._dispatch(bus, batches)
+        return found
 
     async def _handle(
         self,

@@ -84,12 +84,12 @@ that raised), and then only a new fetch raises again."""
 
 async def isolate(
     consumer: AIOKafkaConsumer,
-    error: KafkaError,
+    error: Exception,
     max_records: int,
     feed: Callable[[Batches], None],
     *,
     wait_ms: int = ISOLATE_WAIT_MS,
-) -> dict[TopicPartition, KafkaError]:
+) -> dict[TopicPartition, Exception]:
     """The partitions whose fetch raises on its own, with the error. The one ``error`` names,
     if it names one (aiokafka's bad CRC does); else each unpaused partition is fetched alone,
     at once and then waiting up to ``wait_ms`` each, what comes handed to ``feed``."""
@@ -98,11 +98,11 @@ async def isolate(
     if len(named) == 1:
         return {named[0]: error}
     for wait in (0, wait_ms):
-        failed: dict[TopicPartition, KafkaError] = {}
+        failed: dict[TopicPartition, Exception] = {}
         for tp in candidates:
             try:
                 batches = await consumer.getmany(tp, timeout_ms=wait, max_records=max_records)
-            except KafkaError as exc:
+            except Exception as exc:  # as the fetch loop's (see EventConsumer._fetch_loop)
                 failed[tp] = exc
                 continue
             feed(batches)
@@ -145,14 +145,17 @@ class UnreadablePartitions:
         held = self._held.get(tp)
         return held.position if held is not None else None
 
-    def hold(self, tp: TopicPartition, position: int | None, error: KafkaError) -> None:
+    def hold(self, tp: TopicPartition, position: int | None, error: Exception) -> None:
         self._held[tp] = _Unreadable(position, self._clock() + self.retry_s)
         hint = ""
-        if isinstance(error, CorruptRecordException | UnsupportedCodecError):
+        if not isinstance(error, KafkaError) or isinstance(
+            error, CorruptRecordException | UnsupportedCodecError
+        ):
             hint = (
-                f". A batch that cannot be read (corrupt, or compressed with a codec whose "
-                f"library is missing) stays where it is: once understood, move the group past "
-                f"it (kafka-consumer-groups --reset-offsets --to-offset N "
+                f". A batch that cannot be read (corrupt, compressed with a codec whose library "
+                f"is missing, or holding a record the client cannot parse, such as a header "
+                f"name that is not UTF-8) stays where it is: once understood, move the group "
+                f"past it (kafka-consumer-groups --reset-offsets --to-offset N "
                 f"--topic {tp.topic}:{tp.partition})"
             )
         self._log(

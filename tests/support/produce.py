@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import Event, encode_event, event_headers, record_key
@@ -69,11 +70,17 @@ async def produce_raw(
         await producer.stop()
 
 
-async def produce_corrupt_batch(settings: KafkaSettings, topic: str, partition: int) -> None:
-    """Append a record batch with a wrong CRC to ``topic[partition]`` (three records), through
-    aiokafka's own batch builder and a raw ProduceRequest. Apache Kafka refuses it
-    (CORRUPT_MESSAGE); the embedded broker stores it, as a broker with a damaged disk would
-    serve it: consumers that check CRCs (aiokafka does) cannot read past it."""
+async def produce_corrupt_batch(
+    settings: KafkaSettings, topic: str, partition: int, *, damage: str = "crc"
+) -> None:
+    """Append a record batch aiokafka cannot read to ``topic[partition]`` (three records),
+    through aiokafka's own batch builder and a raw ProduceRequest.
+
+    ``damage="crc"``: a wrong CRC. Apache Kafka refuses it (CORRUPT_MESSAGE); the embedded
+    broker stores it, as a broker with a damaged disk would serve it: consumers that check
+    CRCs (aiokafka does) cannot read past it. ``damage="header_name"``: the second record has
+    a header whose name is not UTF-8, the CRC right. Kafka takes it (Go clients send header
+    names as bytes); aiokafka raises UnicodeDecodeError parsing it."""
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=0,
@@ -84,9 +91,15 @@ async def produce_corrupt_batch(settings: KafkaSettings, topic: str, partition: 
         batch_size=1 << 20,
     )
     for i in range(3):
-        builder.append(i, timestamp=None, key=None, value=b"corrupt", headers=[])
+        headers = [("QQ", b"v")] if i == 1 else []
+        builder.append(i, timestamp=None, key=None, value=b"corrupt", headers=headers)
     batch = bytearray(builder.build())
-    struct.pack_into(">I", batch, 17, zlib.crc32(batch) ^ 0x5A5A5A5A)  # CRC32C at byte 17
+    if damage == "crc":
+        struct.pack_into(">I", batch, 17, zlib.crc32(batch) ^ 0x5A5A5A5A)  # CRC32C at byte 17
+    else:
+        at = batch.index(b"QQ")
+        batch[at : at + 2] = b"\xff\xfe"
+        struct.pack_into(">I", batch, 17, calc_crc32c(bytes(batch[21:])))  # of what follows
     producer = AIOKafkaProducer(**settings.producer_options())
     await producer.start()
     try:

@@ -37,16 +37,18 @@ def lag_of(consumer: EventConsumer, topic: str, partition: int) -> int:
     return next((lag for t, p, lag in consumer._lag() if (t, p) == (topic, partition)), 0)
 
 
+@pytest.mark.parametrize("damage", ["crc", "header_name"])
 async def test_an_unreadable_partition_is_set_aside_and_no_other_record_is_lost(
-    kafka_settings: KafkaSettings, broker_kind: str, caplog: pytest.LogCaptureFixture
+    kafka_settings: KafkaSettings, broker_kind: str, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    if broker_kind != "embedded":
+    # a header name that is not UTF-8 (UnicodeDecodeError, no KafkaError) killed every service
+    if broker_kind != "embedded" and damage == "crc":
         pytest.skip("Apache Kafka refuses a batch with a wrong CRC: it cannot be built there")
     settings = service_settings(kafka_settings)
     topic = settings.routing().events
     before = events_for(0, 5, 0)
     await produce_events(settings, before)
-    await produce_corrupt_batch(settings, topic, 0)
+    await produce_corrupt_batch(settings, topic, 0, damage=damage)
     stuck = events_for(0, 20, 10_000)
     await produce_events(settings, stuck)
 

@@ -8,12 +8,13 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from support.produce import produce_events, produce_raw
+from support.produce import produce_corrupt_batch, produce_events, produce_raw
 
 from agentstream.consumers.broker import EmbeddedBroker, free_port
 from agentstream.producer import ControlListener, Event, EventBus, EventType
 from agentstream.schemas.admin import TopicSpec, ensure_topics
 from agentstream.schemas.errors import BrokerUnavailableError, ConfigurationError
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -166,3 +167,24 @@ async def test_closing_the_bus_after_its_broker_died_does_not_raise(
     await asyncio.wait_for(bus.close(), 30)
     assert not listener.running
     assert consumer._client._sync_task is None, "its metadata task would reconnect forever"
+
+
+async def test_a_record_the_client_cannot_parse_sets_its_partition_aside_only(
+    kafka_settings: KafkaSettings,
+    recording: type[RecordingPublisher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a header name that is not UTF-8 raised UnicodeDecodeError out of getmany: the listener
+    # task ended without a word, and no directive reached the pod any more
+    listener = ControlListener(kafka_settings)
+    bus = EventBus(recording(), agent_id="agent-a", control=listener)
+    received: asyncio.Queue[Event] = asyncio.Queue()
+    bus.subscribe(EventType.CONTROL_AGENT_PAUSED, received.put)
+    topic = kafka_settings.routing().control
+    session = next(f"s{i}" for i in range(100) if partition_for(f"s{i}".encode(), 4) != 0)
+    async with bus:
+        await produce_corrupt_batch(kafka_settings, topic, 0, damage="header_name")
+        await produce_events(kafka_settings, [directive("agent-a", session)], topic=topic)
+        event = await asyncio.wait_for(received.get(), 20)
+        assert event.session_id == session and listener.running
+    assert f"control listener: cannot read {topic}[0] at offset" in caplog.text
