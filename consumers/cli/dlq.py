@@ -127,6 +127,12 @@ async def run_replay(args: argparse.Namespace) -> int:
         missing = set(args.offset) - {info.ref for info in letters}
         if missing:
             raise ConfigurationError(f"expected dead letters {sorted(missing)}, not found")
+        foreign = [info.ref for info in letters if not info.is_dead_letter]
+        if foreign:
+            raise ConfigurationError(
+                f"expected dead letters agentstream wrote, got {foreign}: no origin topic in "
+                "their headers, so nowhere to replay them to"
+            )
     else:
         letters = dead_letters(settings, service=args.service)
     sent = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ from .deadletter import (
 )
 from .reader import read_topics
 from .replay import Window, read_windows
+
+log = logging.getLogger("agentstream.consumers.runtime")
 
 
 def _text(headers: Any, name: str) -> str:
@@ -65,11 +68,17 @@ class DeadLetterInfo:
             handler=_text(h, H_HANDLER),
             reason=_text(h, H_REASON),
             topic=_text(h, H_TOPIC),
-            original_partition=int(_text(h, H_PARTITION) or -1),
-            original_offset=int(_text(h, H_OFFSET) or -1),
+            original_partition=_int(h, H_PARTITION),
+            original_offset=_int(h, H_OFFSET),
             type=_text(h, "ce_type") or "?",
             record=record,
         )
+
+    @property
+    def is_dead_letter(self) -> bool:
+        """Whether the record says where it came from (the DLQ may hold what another
+        producer wrote there): only then can it be replayed."""
+        return bool(self.topic)
 
     @property
     def ref(self) -> str:
@@ -79,8 +88,19 @@ class DeadLetterInfo:
     def line(self) -> str:
         when = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         origin = f"{self.topic}[{self.original_partition}]@{self.original_offset}"
+        if not self.is_dead_letter:
+            origin = "(no origin: not a dead letter agentstream wrote)"
         fields = (self.ref, when, self.service, self.handler, self.type, origin, self.reason)
         return "\t".join(fields)
+
+
+def _int(headers: Any, name: str) -> int:
+    """A header's integer, or -1 when absent or not one (another producer wrote the DLQ)."""
+    text = _text(headers, name)
+    try:
+        return int(text) if text else -1
+    except ValueError:
+        return -1
 
 
 async def dead_letters(
@@ -130,6 +150,9 @@ async def replay(
     try:
         dlq = settings.routing().dlq
         async for info in _each(letters):
+            if not info.is_dead_letter:
+                log.warning("dlq %s: no origin (not a dead letter we wrote), skipped", info.ref)
+                continue
             meta = await producer.send_and_wait(
                 info.topic,
                 info.record.value,

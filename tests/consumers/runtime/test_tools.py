@@ -183,6 +183,27 @@ async def test_dlq_show_reads_the_one_letter_asked_for(kafka_settings: KafkaSett
     assert f"expected partitions [9] of topic {dlq} to read, the topic has 4 partitions" in out
 
 
+async def test_a_record_another_producer_wrote_to_the_dlq_is_listed_not_a_traceback(
+    kafka_settings: KafkaSettings,
+) -> None:
+    # a non-integer origin header made `dlq list` and `dlq show` a ValueError traceback for
+    # the DLQ's whole retention; replaying a record without an origin sent it to topic ''
+    dlq = kafka_settings.routing().dlq
+    await produce_raw(kafka_settings, dlq, b"not ours", partition=0, headers=[
+        ("agentstream.errors.partition", b"abc"), ("agentstream.errors.reason", b"x")
+    ])  # fmt: skip
+    code, out = await _cli(kafka_settings, "dlq", "list")
+    assert code == 0, out
+    assert "0:0" in out and "(no origin: not a dead letter agentstream wrote)" in out, out
+    code, out = await _cli(kafka_settings, "dlq", "show", "0:0")
+    assert code == 0 and "dead letter 0:0" in out, out
+    code, out = await _cli(kafka_settings, "dlq", "replay", "--offset", "0:0")
+    assert code == 2, out
+    assert "expected dead letters agentstream wrote, got ['0:0']: no origin topic" in out, out
+    code, out = await _cli(kafka_settings, "dlq", "replay", "--all")
+    assert code == 0 and "0 dead letter(s) replayed" in out, out
+
+
 async def test_tail_into_a_reader_that_stops_early_ends_quietly(
     kafka_settings: KafkaSettings,
 ) -> None:
