@@ -33,8 +33,10 @@ DEAD_LETTER_HEADROOM = 65_536
 stack trace and reason are cut at 2,048, 8,192 and 2,048 characters, up to 4 bytes each in
 UTF-8, and a few short values). The dead-letter topic is created accepting records this much
 larger than the other topics, and the services' producer sends them: a record the events
-topic took can always be dead-lettered (one near the limit wedged its partition, its dead
-letter refused as too large at every retry)."""
+topic took near its limit can be dead-lettered (one wedged its partition, its dead letter
+refused as too large at every retry). A record the topic took compressed may be larger than
+that uncompressed, which is how a producer measures a request: its dead letter goes without
+its value (``agentstream.errors.value.dropped``)."""
 
 log = logging.getLogger("agentstream.admin")
 

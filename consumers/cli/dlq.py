@@ -127,12 +127,9 @@ async def run_replay(args: argparse.Namespace) -> int:
         missing = set(args.offset) - {info.ref for info in letters}
         if missing:
             raise ConfigurationError(f"expected dead letters {sorted(missing)}, not found")
-        foreign = [info.ref for info in letters if not info.is_dead_letter]
-        if foreign:
-            raise ConfigurationError(
-                f"expected dead letters agentstream wrote, got {foreign}: no origin topic in "
-                "their headers, so nowhere to replay them to"
-            )
+        refused = [f"{info.ref}: {why}" for info in letters if (why := info.unreplayable())]
+        if refused:
+            raise ConfigurationError(f"expected dead letters to replay, got {'; '.join(refused)}")
     else:
         letters = dead_letters(settings, service=args.service)
     sent = 0

@@ -39,6 +39,10 @@ H_STACKTRACE = ERROR_PREFIX + "exception.stacktrace"
 H_TIMESTAMP = ERROR_PREFIX + "timestamp"
 H_ATTEMPTS = ERROR_PREFIX + "attempts"
 H_REASON = ERROR_PREFIX + "reason"
+H_VALUE_DROPPED = ERROR_PREFIX + "value.dropped"
+"""Set (to the value's size in bytes) on a dead letter sent without its value: with it, it was
+larger than a request may be (a record the topic took compressed). The original stays on its
+topic, where the other error headers say."""
 
 
 REASON_UNDECODABLE = "undecodable"

@@ -9,11 +9,13 @@ from time import perf_counter
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from agentstream.schemas import DeadLetter, DecodeError, Event, SkipEvent
 from agentstream.schemas.errors import AgentstreamError, BatchDeadLetter
 
 from .deadletter import (
+    H_VALUE_DROPPED,
     REASON_RETRIES_EXHAUSTED,
     REASON_UNDECODABLE,
     Failure,
@@ -202,12 +204,13 @@ class Dispatcher:
             failure=failure,
         )
         attempt = 0
+        value = raw.value
         while True:
             attempt += 1
             try:
                 await self._producer().send_and_wait(
                     self.dlq_topic,
-                    raw.value,
+                    value,
                     key=raw.key,
                     headers=headers,
                     # the original's time, as Kafka Connect's dead letters keep it: services
@@ -215,6 +218,13 @@ class Dispatcher:
                     timestamp_ms=raw.timestamp if raw.timestamp >= 0 else None,
                 )
             except Exception as exc:
+                if isinstance(exc, MessageSizeTooLargeError) and value is not None:
+                    # a record the topic took compressed, past the request limit uncompressed:
+                    # no retry could send it, and its partition would wait for good
+                    self._drop_value(raw, value, exc)
+                    headers = [*headers, (H_VALUE_DROPPED, str(len(value)).encode())]
+                    value = None
+                    continue
                 self.metrics.dead_letter_errors.inc()
                 delay = backoff_seconds(
                     attempt, self.settings.retry_backoff_ms or 100, DLQ_MAX_BACKOFF_MS
@@ -242,6 +252,19 @@ class Dispatcher:
                     failure.reason,
                 )
                 return
+
+    @staticmethod
+    def _drop_value(raw: Any, value: bytes, exc: BaseException) -> None:
+        log.error(
+            "the dead letter of %s[%d]@%d is too large to send (%d bytes: %r): it goes without "
+            "its value (header %s); the original stays on its topic",
+            raw.topic,
+            raw.partition,
+            raw.offset,
+            len(value),
+            exc,
+            H_VALUE_DROPPED,
+        )
 
 
 class Where:

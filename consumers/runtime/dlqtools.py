@@ -24,6 +24,7 @@ from .deadletter import (
     H_REASON,
     H_SERVICE,
     H_TOPIC,
+    H_VALUE_DROPPED,
     REPLAYED_FROM,
     addressed,
     original_headers,
@@ -77,8 +78,21 @@ class DeadLetterInfo:
     @property
     def is_dead_letter(self) -> bool:
         """Whether the record says where it came from (the DLQ may hold what another
-        producer wrote there): only then can it be replayed."""
+        producer wrote there)."""
         return bool(self.topic)
+
+    def unreplayable(self) -> str | None:
+        """Why this letter cannot be sent back, or None."""
+        if not self.is_dead_letter:
+            return "no origin (not a dead letter agentstream wrote)"
+        dropped = _text(self.record.headers, H_VALUE_DROPPED)
+        if dropped:
+            return (
+                f"sent without its value ({dropped} bytes, too large for the dead-letter "
+                f"topic): the original is at {self.topic}[{self.original_partition}]@"
+                f"{self.original_offset}"
+            )
+        return None
 
     @property
     def ref(self) -> str:
@@ -150,8 +164,9 @@ async def replay(
     try:
         dlq = settings.routing().dlq
         async for info in _each(letters):
-            if not info.is_dead_letter:
-                log.warning("dlq %s: no origin (not a dead letter we wrote), skipped", info.ref)
+            why = info.unreplayable()
+            if why is not None:
+                log.warning("dlq %s: not replayed: %s", info.ref, why)
                 continue
             meta = await producer.send_and_wait(
                 info.topic,

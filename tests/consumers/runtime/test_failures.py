@@ -6,13 +6,14 @@ import asyncio
 import os
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from support.produce import produce_events, produce_raw
 from support.runtime import read_records, running_consumer, service_settings, wait_until
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer, Record
 from agentstream.consumers.runtime.consumer import PAUSED_POLL_TIMEOUT_MS, POLL_TIMEOUT_MS
-from agentstream.schemas import Event, encode_event, event_headers
+from agentstream.schemas import DeadLetter, Event, encode_event, event_headers, header
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -370,3 +371,45 @@ async def test_a_slow_handler_pauses_fetching_and_bounds_the_buffer(
         await wait_until(lambda: polls[-1] == POLL_TIMEOUT_MS, what="polls as usual")
     assert handled == list(range(300))
     assert peak <= 20 + 10, "buffer bounded by max_buffered_records plus one fetch"
+
+
+async def test_a_dead_letter_too_large_to_send_goes_without_its_value(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A record the topic took compressed (3 MB of text, a few KB in gzip) and a handler
+    refused: aiokafka measures a request uncompressed, so its dead letter could never be sent;
+    it was retried for good and its partition waited behind it."""
+    settings = service_settings(kafka_settings)
+    topic = settings.routing().events
+    big = sample_event("tool.called", 1)
+    big.data = {"name": "t", "args": {"text": "a" * 3_000_000}}
+    small = sample_event("tool.called", 2)
+    small.session_id = big.session_id
+    producer = AIOKafkaProducer(
+        **{**settings.producer_options(), "compression_type": "gzip", "max_request_size": 8 << 20}
+    )
+    await producer.start()
+    try:
+        for event in (big, small):
+            await producer.send_and_wait(
+                topic, encode_event(event, max_bytes=8 << 20), key=big.session_id.encode(),
+                headers=event_headers(event),
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+    consumer = EventConsumer(settings, service="big")
+    handled: list[int] = []
+
+    @consumer.subscribe("tool.called")
+    async def refuse_the_big_one(event: Event) -> None:
+        if event.seq == 1:
+            raise DeadLetter("too much")
+        handled.append(event.seq)
+
+    async with running_consumer(consumer):
+        await wait_until(lambda: handled == [2], what="the record after it")
+        [letter] = await read_records(settings, settings.routing().dlq, 1)
+    assert letter.value is None
+    size = len(encode_event(big, max_bytes=8 << 20))
+    assert header(letter.headers, "agentstream.errors.value.dropped") == str(size).encode()
+    assert header(letter.headers, "agentstream.errors.reason") == b"too much"

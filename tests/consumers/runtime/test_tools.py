@@ -199,9 +199,21 @@ async def test_a_record_another_producer_wrote_to_the_dlq_is_listed_not_a_traceb
     assert code == 0 and "dead letter 0:0" in out, out
     code, out = await _cli(kafka_settings, "dlq", "replay", "--offset", "0:0")
     assert code == 2, out
-    assert "expected dead letters agentstream wrote, got ['0:0']: no origin topic" in out, out
+    assert "expected dead letters to replay, got 0:0: no origin (not a dead letter" in out, out
     code, out = await _cli(kafka_settings, "dlq", "replay", "--all")
     assert code == 0 and "0 dead letter(s) replayed" in out, out
+    # a letter sent without its value (too large for the DLQ) cannot be replayed either
+    await produce_raw(kafka_settings, dlq, b"", partition=1, headers=[
+        ("agentstream.errors.topic", kafka_settings.routing().events.encode()),
+        ("agentstream.errors.partition", b"2"), ("agentstream.errors.offset", b"9"),
+        ("agentstream.errors.value.dropped", b"3000329"),
+    ])  # fmt: skip
+    code, out = await _cli(kafka_settings, "dlq", "replay", "--offset", "1:0")
+    assert code == 2, out
+    assert (
+        "1:0: sent without its value (3000329 bytes, too large for the dead-letter topic): "
+        f"the original is at {kafka_settings.routing().events}[2]@9"
+    ) in out, out
 
 
 async def test_tail_into_a_reader_that_stops_early_ends_quietly(
