@@ -556,6 +556,21 @@ class EventConsumer:
             if tp in self._workers and end is not None:
                 self._listed_ends[tp] = int(end)
 
+    @staticmethod
+    async def _past_skipped(
+        consumer: AIOKafkaConsumer, tp: TopicPartition, committable: int
+    ) -> int:
+        """For a partition with records handled and none in progress: the consumer's position
+        where it is past ``committable``. The client skips transaction markers and aborted
+        records without handing them out, so the last record handled is not the end (a
+        group's commit stayed one short after every transaction, its lag 1 until the next
+        record); Kafka's own consumers commit the position."""
+        try:
+            position = await asyncio.wait_for(consumer.position(tp), 1.0)
+        except Exception:  # revoked meanwhile, or no position yet
+            return committable
+        return max(position, committable)
+
     def _report_past_end(self) -> None:
         """Say once per partition held when nothing came from it and the group's committed
         offset is past the end of its log: the topic was created again or truncated. Apache
@@ -596,6 +611,8 @@ class EventConsumer:
                 if only is not None and tp not in only:
                     continue
                 committable = worker.offsets.committable()
+                if committable is not None and not worker.buffered and tp not in self._unreadable:
+                    committable = await self._past_skipped(consumer, tp, committable)
                 # != rather than >: a log that restarted (see PartitionWorker.feed) and a
                 # position reset below the group's offset commit where the worker is
                 if committable is not None and committable != self._committed.get(tp):

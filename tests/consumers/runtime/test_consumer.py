@@ -394,3 +394,35 @@ async def test_a_group_offset_past_the_end_of_the_log_is_said_and_a_reset_positi
         await wait_until(lambda: consumer.committed_offsets().get(tp) == 20)
     assert seen == list(range(20))
     assert (await committed_offsets(settings, consumer.group_id))[tp] == 20
+
+
+async def test_a_transaction_marker_after_the_last_record_is_committed_past(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A transactional producer (librdkafka) ends each transaction with a marker the client
+    skips: the group's commit stayed one short of the end, its lag 1 until the next record."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    settings = service_settings(kafka_settings)
+    topic = settings.routing().events
+    event = sample_event("tool.called", 1)
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "transactional.id": new_event_id()}
+    )
+    await asyncio.to_thread(producer.init_transactions, 20)
+    producer.begin_transaction()
+    producer.produce(topic, encode_event(event), key=b"s", partition=0,
+                     headers=event_headers(event))  # fmt: skip
+    await asyncio.to_thread(producer.commit_transaction, 20)
+    del producer  # librdkafka's destroy: its threads and connections go now, not at exit
+    consumer = EventConsumer(settings, service="txn")
+    seen: list[Event] = []
+
+    @consumer.subscribe("tool.called")
+    async def on_tool(event: Event) -> None:
+        seen.append(event)
+
+    tp = TopicPartition(topic, 0)
+    async with running_consumer(consumer):
+        await wait_until(lambda: len(seen) == 1)
+        await wait_until(lambda: consumer.committed_offsets().get(tp) == 2, what="past the marker")
+        assert [lag for t, p, lag in consumer._lag() if (t, p) == (topic, 0)] == [0]
