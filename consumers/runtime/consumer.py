@@ -566,7 +566,7 @@ class EventConsumer:
         group's commit stayed one short after every transaction, its lag 1 until the next
         record); Kafka's own consumers commit the position."""
         try:
-            position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            position: int = await asyncio.wait_for(consumer.position(tp), 1.0)
         except Exception:  # revoked meanwhile, or no position yet
             return committable
         return max(position, committable)
