@@ -135,6 +135,10 @@ class ScopeState(msgspec.Struct, kw_only=True):
     """Signals decided but not yet confirmed sent (the outbox, persisted with the totals)."""
     counted_turn: str | None = None
     """Session scopes: the last turn whose ``llm.call.completed`` counted tokens."""
+    seen_ms: int | None = None
+    """When the service last applied an event here (its clock, Unix ms). Eviction goes by it
+    too: events that claim a time far ahead (a pod whose clock is years off stamps its records
+    so as well) kept their scope from ever looking idle."""
 
     @property
     def is_session(self) -> bool:
@@ -405,6 +409,7 @@ class Ledger:
         # Every event of the session moves its wall time, counted or not.
         context = Context.of(event)
         state.add(charge or _NOTHING, context.ts_ms, partition, offset)
+        state.seen_ms = self._now_ms()
         signals = crossings(state, self.limits(state), self.config.warning_fraction, context)
         return charge, state, signals
 
@@ -429,21 +434,34 @@ class Ledger:
         if state.applied(partition, offset):
             return None, []
         state.add(charge, context.ts_ms, partition, offset)
+        state.seen_ms = self._now_ms()
         return state, crossings(state, self.limits(state), self.config.warning_fraction, context)
+
+    def _now_ms(self) -> int:
+        return int(self.clock().timestamp() * 1000)
 
     def evict(self, *, session_idle: timedelta, keep_days: int) -> list[str]:
         """Forget sessions idle for ``session_idle`` and day scopes older than ``keep_days``
-        days before today (by the injected clock). Returns the evicted scopes."""
+        days before today (by the injected clock), by their events' times or, where those
+        claim a time ahead, by when the service last applied one (``seen_ms``). Returns the
+        evicted scopes."""
         now = self.clock()
         idle_before = int((now - session_idle).timestamp() * 1000)
         oldest_day = (now.astimezone(UTC).date() - timedelta(days=keep_days)).isoformat()
+        unseen_before = int((now - timedelta(days=keep_days + 1)).timestamp() * 1000)
         gone = []
         for scope, state in self.states.items():
             kind = scope_kind(scope)
+            seen = state.seen_ms
             if kind is ScopeKind.SESSION:
-                if state.last_ts_ms is not None and state.last_ts_ms < idle_before:
+                last = state.last_ts_ms
+                if (last is not None and last < idle_before) or (
+                    seen is not None and seen < idle_before
+                ):
                     gone.append(scope)
-            elif scope.rsplit(":", 1)[1] < oldest_day:
+            elif scope.rsplit(":", 1)[1] < oldest_day or (
+                seen is not None and seen < unseen_before
+            ):
                 gone.append(scope)
         for scope in gone:
             del self.states[scope]

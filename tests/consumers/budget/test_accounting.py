@@ -338,6 +338,30 @@ def test_the_event_timestamp_decides_the_day_and_a_new_day_starts_from_zero() ->
     assert {"session:s-1", "session:s-2", "session:s-3"} <= set(gone)
 
 
+def test_scopes_of_events_stamped_years_ahead_are_evicted_once_unseen() -> None:
+    """A pod whose clock is 30 years ahead stamps its records so too (the skew check compares
+    the two): its session never looked idle and its day was decades away, so both stayed in
+    memory and in the changelog for good."""
+    now = [T0]
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS), clock=lambda: now[0])
+    ahead = T0 + timedelta(days=365 * 30)
+    run(tracker, [llm(10, 0, at=ahead, session="s-ahead"), llm(10, 0, session="s-now")])
+    later_day = f"agent:agent-a:{ahead.date().isoformat()}"
+    assert tracker.usage(later_day) is not None
+    now[0] = T0 + timedelta(hours=2)
+    assert tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=2) == [
+        "session:s-ahead",  # unseen for 2 h, whatever its events claim
+        "session:s-now",
+    ]
+    now[0] = T0 + timedelta(days=4)
+    assert sorted(tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=2)) == [
+        "agent:agent-a:2026-11-21",
+        later_day,
+        "user:user-1:2026-11-21",
+        f"user:user-1:{ahead.date().isoformat()}",
+    ]
+
+
 # --- once-only signals and idempotence ---------------------------------------------------
 
 
