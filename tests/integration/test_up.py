@@ -244,6 +244,8 @@ def test_sigint_stops_demo_services_and_broker_cleanly(tmp_path: Path) -> None:
     manifest = json.loads((logs / "demo-manifest.json").read_text())
     assert summary["phase"] == "stopped" and summary["demo"]["exit_code"] == 0, output[-3000:]
     assert all(s["exit_code"] == 0 for s in summary["services"].values()), summary["services"]
+    # no scrape after the last figures: a stopping service's refused connection is no error
+    assert all(s["last_error"] is None for s in summary["services"].values()), summary["services"]
     with contextlib.closing(sqlite3.connect(store)) as db:
         stored = {row[0] for row in db.execute("SELECT event_id FROM events")}
     missing = {event_id for event_id, _, _ in manifest["published"]} - stored

@@ -139,8 +139,13 @@ class Monitor:
     events_per_s: float = 0.0
     events_total: float = 0.0
     _last_events: tuple[float, float] | None = None
+    final: bool = False
+    """Set once the last figures are in (the services are stopping): no scrape after it, whose
+    refused connections would be reported as the services' last errors."""
 
     async def scrape(self) -> None:
+        if self.final:
+            return
         await asyncio.gather(*(self._scrape_one(s) for s in self.services.values()))
         metrics = self.services.get("metrics")
         if metrics is not None and metrics.scrapes_ok:

@@ -394,6 +394,7 @@ class Up:
                 step.detail = f"not within {self.o.drain_timeout:.0f} s"
         if self.monitor.services:
             await self.monitor.scrape()  # the last figures, for the summary
+        self.monitor.final = True
         for s in services:
             step = self.state.step(f"service {s.name}")
             step.status, step.detail = "running", "stopping (SIGTERM: drain, commit, leave)"
