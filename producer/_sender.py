@@ -31,7 +31,7 @@ _MAX_CONNECT_BACKOFF = 5.0
 _START_GRACE_S = 5.0
 """How long a close() lets a producer start() in progress finish before cancelling it."""
 _SHUTDOWN_SEND_S = 2.0
-"""How long a close() lets the last batches be sent, then lets aiokafka finish (each)."""
+"""How long a close() lets the last batches be sent and aiokafka finish, in all."""
 
 
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -224,10 +224,11 @@ class _Sender(_Overflow):
         if producer is not None:
             # Let the batches the last step handed out be sent, and those already with aiokafka
             # finish, briefly (the broker may be gone): they were published before close().
+            deadline = time.monotonic() + _SHUTDOWN_SEND_S
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=_SHUTDOWN_SEND_S)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), _SHUTDOWN_SEND_S)
+                await asyncio.wait_for(producer.stop(), max(0.1, deadline - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -161,6 +161,8 @@ class ControlListener:
         for tp in sorted(consumer.assignment() - consumer.paused()):
             try:
                 batches = await consumer.getmany(tp, timeout_ms=500)
+            except KafkaError:  # the broker, not this partition's data: tried again later
+                continue
             except Exception as exc:
                 found = True
                 consumer.pause(tp)
