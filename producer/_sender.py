@@ -51,6 +51,8 @@ class _Sender(_Overflow):
             asyncio.run(self._main(ready))
         finally:
             self._stopped.set()
+            with self._lock:  # a flush() waiting in another thread: nothing moves any more
+                self._cond.notify_all()
 
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()

@@ -272,10 +272,11 @@ class KafkaPublisher(_Sender):
             self._flushing += 1
             self._wake()
             try:
-                done = self._cond.wait_for(
+                self._cond.wait_for(
                     lambda: (
                         self._fatal is not None
                         or (self._ledger.base > target and self._inherited <= 0)
+                        or self._stopped.is_set()  # closed meanwhile: what is left stays so
                     ),
                     timeout,
                 )
@@ -283,7 +284,7 @@ class KafkaPublisher(_Sender):
                 self._flushing -= 1
             if self._fatal is not None:
                 raise self._fatal
-            return done
+            return self._ledger.base > target and self._inherited <= 0
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the thread. Idempotent. Events still undelivered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -477,3 +478,21 @@ async def test_close_sends_the_batch_its_last_step_hands_out(
         e.event_id for e in sent
     )
     assert "AssertionError" not in caplog.text and "never retrieved" not in caplog.text
+
+
+def test_a_flush_without_timeout_in_another_thread_returns_when_close_spools(
+    tmp_path: Path,
+) -> None:
+    """The broker is down and close() spools what is left: a flush() waiting in another thread
+    with no timeout waited for good (spooled events are not finished in this process)."""
+    publisher = KafkaPublisher(dead_settings(), redact=None, spool_dir=tmp_path)
+    for event in events(20, sessions=2):
+        publisher.publish(event)
+    outcome: list[bool] = []
+    waiter = threading.Thread(target=lambda: outcome.append(publisher.flush()), daemon=True)
+    waiter.start()
+    time.sleep(0.2)  # waiting
+    publisher.close(0.5)
+    waiter.join(15)
+    assert outcome == [False]  # answered: the events are in the spool, not delivered
+    assert publisher.stats().spooled == 20
