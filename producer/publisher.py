@@ -260,7 +260,8 @@ class KafkaPublisher(_Sender):
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event published so far (and any left in the spool by an earlier
         process) is acknowledged, or given up for good (failed or dropped: counted and logged),
-        as Kafka's ``flush()`` does; False when ``timeout`` seconds pass first. Any thread."""
+        as Kafka's ``flush()`` does; False when ``timeout`` seconds pass first, or when the
+        publisher is closed with events left for the next process (in the spool). Any thread."""
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("flush() cannot run on the publisher's own thread")
         with self._lock:
