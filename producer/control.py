@@ -22,11 +22,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
-from agentstream.schemas.admin import start_client, stop_client
+from agentstream.schemas.admin import fetch, start_client, stop_client
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ __all__ = ["ControlListener"]
 logger = logging.getLogger(__name__)
 
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
+_UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
+"""A batch that stays unreadable however often it is fetched (see ``schemas.admin.fetch``)."""
 
 
 class ControlListener:
@@ -127,7 +129,11 @@ class ControlListener:
     async def _run(self, consumer: AIOKafkaConsumer, bus: EventBus) -> None:
         while True:
             try:
-                batches = await consumer.getmany(timeout_ms=1_000)
+                batches = await fetch(consumer, timeout_ms=1_000)
+            except _UNREADABLE:  # the same batch every time: the task ended on it, unseen
+                if not await self._set_aside(consumer, bus):
+                    await asyncio.sleep(self.retry_backoff_s)
+                continue
             except KafkaError as exc:
                 logger.warning(
                     "control listener: fetching %s failed, retrying in %ss: %r",
@@ -136,10 +142,6 @@ class ControlListener:
                     exc,
                 )
                 await asyncio.sleep(self.retry_backoff_s)
-                continue
-            except Exception:  # a record the client cannot parse: the task ended, unseen
-                if not await self._set_aside(consumer, bus):
-                    await asyncio.sleep(self.retry_backoff_s)
                 continue
             await self._dispatch(bus, batches)
 
@@ -152,18 +154,16 @@ class ControlListener:
                 await self._handle(bus, record.value, record.headers, where)
 
     async def _set_aside(self, consumer: AIOKafkaConsumer, bus: EventBus) -> bool:
-        """After a fetch raised other than a KafkaError (a record aiokafka cannot parse, such
-        as a header name that is not UTF-8): fetch each partition alone, handle what comes,
-        and pause those that fail on their own, with an error line. Whether one did."""
+        """After a fetch found a batch it cannot read (a bad CRC, a record the client cannot
+        parse): fetch each partition alone, handle what comes, and pause those that fail on
+        their own, with an error line. Whether one did."""
         found = False
         for tp, offset in self._expected.items():  # records the failed fetch took: again
             consumer.seek(tp, offset)
         for tp in sorted(consumer.assignment() - consumer.paused()):
             try:
-                batches = await consumer.getmany(tp, timeout_ms=500)
-            except KafkaError:  # the broker, not this partition's data: tried again later
-                continue
-            except Exception as exc:
+                batches = await fetch(consumer, tp, timeout_ms=500)
+            except _UNREADABLE as exc:
                 found = True
                 consumer.pause(tp)
                 logger.error(
@@ -174,6 +174,8 @@ class ControlListener:
                     await consumer.position(tp),
                     exc,
                 )
+                continue
+            except KafkaError:  # the broker, not this partition's data: tried again later
                 continue
             await self._dispatch(bus, batches)
         return found

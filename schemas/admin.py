@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    CorruptRecordException,
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
@@ -21,7 +23,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from .connect import raise_if_refused, refusal
-from .errors import AgentstreamError, BrokerUnavailableError, ConfigurationError
+from .errors import AgentstreamError, BrokerUnavailableError, ConfigurationError, describe
 from .routing import ALERTS, CONTROL, DLQ, EVENTS, TOKENS, Routing
 from .settings import broker_address
 
@@ -194,6 +196,25 @@ async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdmi
         yield admin
     finally:
         await admin.close()
+
+
+async def fetch(
+    consumer: Any, *partitions: Any, timeout_ms: int, max_records: int | None = None
+) -> dict[Any, list[Any]]:
+    """``consumer.getmany(...)`` of an aiokafka consumer, with a record the client cannot
+    parse raised as a :class:`~aiokafka.errors.CorruptRecordException` (a KafkaError), as a
+    bad CRC is: a header name that is not UTF-8 (Go clients send header names as bytes, and
+    Kafka takes them) raised UnicodeDecodeError out of aiokafka's parser, past every handler
+    of fetch errors, and killed every service."""
+    try:
+        batches: dict[Any, list[Any]] = await consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+    except KafkaError:
+        raise
+    except (ValueError, IndexError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptRecordException(f"a record the client cannot parse: {describe(exc)}") from exc
+    return batches
 
 
 async def stop_client(client: Any) -> None:

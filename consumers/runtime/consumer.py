@@ -19,6 +19,7 @@ from agentstream.schemas import Event, EventType, encode_event, event_headers, r
 from agentstream.schemas.admin import (
     DEAD_LETTER_HEADROOM,
     admin_client,
+    fetch,
     missing_topics,
     start_client,
     stop_client,
@@ -449,9 +450,8 @@ class EventConsumer:
                 if again:
                     consumer.resume(*again)
             try:
-                batches = await consumer.getmany(timeout_ms=timeout, max_records=limit)
-            except Exception as exc:  # KafkaError; a record the client cannot parse (a header
-                # name that is not UTF-8 raised UnicodeDecodeError: every service died on it)
+                batches = await fetch(consumer, timeout_ms=timeout, max_records=limit)
+            except KafkaError as exc:
                 await self._fetch_failed(consumer, exc, limit)
                 continue
             if not self._unreadable:  # else a partition still fails: not "again" yet
@@ -467,7 +467,7 @@ class EventConsumer:
                 worker = self._workers[tp] = self._new_worker(tp)
             worker.feed(records)
 
-    async def _fetch_failed(self, consumer: AIOKafkaConsumer, exc: Exception, limit: int) -> None:
+    async def _fetch_failed(self, consumer: AIOKafkaConsumer, exc: KafkaError, limit: int) -> None:
         """A fetch raised: read again what it took from other partitions, and set aside the
         partitions that fail alone (see :mod:`.unreadable`); else wait and retry."""
         self._fetch_failures(

@@ -8,11 +8,10 @@ from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CorruptRecordException, KafkaError
 from aiokafka.structs import TopicPartition
 
-from agentstream.schemas.admin import start_client, stop_client
-from agentstream.schemas.errors import ConfigurationError, describe
+from agentstream.schemas.admin import fetch, start_client, stop_client
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings
 
 from .replay import high_watermarks
@@ -100,17 +99,7 @@ async def read_topics(
             ends = true_end if true_end is not None else await high_watermarks(settings, tps)
         positions = {tp: await consumer.position(tp) for tp in tps}
         while follow or any(positions[tp] < ends[tp] for tp in tps):
-            try:
-                batches = await consumer.getmany(timeout_ms=200)
-            except KafkaError:
-                raise
-            except Exception as exc:  # a batch the client cannot parse: as a corrupt one
-                at = [f"{tp.topic}[{tp.partition}]@{positions[tp]}" for tp in tps]
-                where = ", ".join(at[:4]) + (f" and {len(at) - 4} more" if len(at) > 4 else "")
-                raise CorruptRecordException(
-                    f"cannot read on from {where}: {describe(exc)} (a record the client cannot "
-                    "parse, such as a header name that is not UTF-8)"
-                ) from exc
+            batches = await fetch(consumer, timeout_ms=200)
             for tp, records in sorted(batches.items()):
                 for record in records:
                     positions[tp] = record.offset + 1

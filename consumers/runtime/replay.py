@@ -23,7 +23,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from agentstream.schemas.admin import admin_client, describe_topics, start_client, stop_client
+from agentstream.schemas.admin import (
+    admin_client,
+    describe_topics,
+    fetch,
+    start_client,
+    stop_client,
+)
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
 from agentstream.schemas.errors import ConfigurationError, DecodeError, RecordLocation
@@ -154,7 +160,7 @@ async def high_watermarks(
         pending = set(tps)
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
-            await consumer.getmany(*pending, timeout_ms=FETCH_WAIT_MS, max_records=1)
+            await fetch(consumer, *pending, timeout_ms=FETCH_WAIT_MS, max_records=1)
             for tp in list(pending):
                 high = consumer.highwater(tp)
                 if high is not None:
@@ -212,7 +218,7 @@ async def read_windows(
                     )
                     return
                 wait_ms = max(1, int(min(remaining * 1000, FETCH_WAIT_MS)))
-            batches = await consumer.getmany(*pending, timeout_ms=wait_ms, max_records=5_000)
+            batches = await fetch(consumer, *pending, timeout_ms=wait_ms, max_records=5_000)
             for tp in sorted(pending):
                 end = ends.get(tp)
                 if end is None:

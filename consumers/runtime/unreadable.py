@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from agentstream.schemas.admin import fetch
 from agentstream.schemas.throttle import ThrottledLog
 
 log = logging.getLogger("agentstream.consumers.runtime")
@@ -84,12 +85,12 @@ that raised), and then only a new fetch raises again."""
 
 async def isolate(
     consumer: AIOKafkaConsumer,
-    error: Exception,
+    error: KafkaError,
     max_records: int,
     feed: Callable[[Batches], None],
     *,
     wait_ms: int = ISOLATE_WAIT_MS,
-) -> dict[TopicPartition, Exception]:
+) -> dict[TopicPartition, KafkaError]:
     """The partitions whose fetch raises on its own, with the error. The one ``error`` names,
     if it names one (aiokafka's bad CRC does); else each unpaused partition is fetched alone,
     at once and then waiting up to ``wait_ms`` each, what comes handed to ``feed``."""
@@ -98,11 +99,11 @@ async def isolate(
     if len(named) == 1:
         return {named[0]: error}
     for wait in (0, wait_ms):
-        failed: dict[TopicPartition, Exception] = {}
+        failed: dict[TopicPartition, KafkaError] = {}
         for tp in candidates:
             try:
-                batches = await consumer.getmany(tp, timeout_ms=wait, max_records=max_records)
-            except Exception as exc:  # as the fetch loop's (see EventConsumer._fetch_loop)
+                batches = await fetch(consumer, tp, timeout_ms=wait, max_records=max_records)
+            except KafkaError as exc:
                 failed[tp] = exc
                 continue
             feed(batches)
@@ -145,12 +146,10 @@ class UnreadablePartitions:
         held = self._held.get(tp)
         return held.position if held is not None else None
 
-    def hold(self, tp: TopicPartition, position: int | None, error: Exception) -> None:
+    def hold(self, tp: TopicPartition, position: int | None, error: KafkaError) -> None:
         self._held[tp] = _Unreadable(position, self._clock() + self.retry_s)
         hint = ""
-        if not isinstance(error, KafkaError) or isinstance(
-            error, CorruptRecordException | UnsupportedCodecError
-        ):
+        if isinstance(error, CorruptRecordException | UnsupportedCodecError):
             hint = (
                 f". A batch that cannot be read (corrupt, compressed with a codec whose library "
                 f"is missing, or holding a record the client cannot parse, such as a header "

@@ -15,12 +15,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from agentstream.consumers.runtime import EventConsumer, Record, ServiceSpec
 from agentstream.consumers.runtime.eventtime import EventTime
 from agentstream.consumers.runtime.replay import committed_offsets
 from agentstream.schemas.errors import (
+    AgentstreamError,
     BatchDeadLetter,
     ConfigurationError,
     describe,
@@ -120,7 +122,7 @@ class TracingService:
                     self.assembler.add(timed, scope=tp.partition)
                 self.assembler.settle()
                 rebuilt += 1
-        except Exception as exc:  # as the loops restore: a record the client cannot parse too
+        except (AgentstreamError, KafkaError, OSError) as exc:
             log.warning("tracing restore of %s failed (turns partial): %r", sorted(tps), exc)
         self.assembler.ignored.clear()
         self.metrics.open_turns.set(self.assembler.open_turns)
