@@ -175,11 +175,10 @@ class _Sender(_Overflow):
 
     def _step(self) -> None:
         with self._lock:
-            pending, self._incoming = self._incoming, deque()
-            first = self._ledger.take(len(pending))
+            taken = self._take_incoming()
             self._idle = False
             urgent = self._flushing > 0 or self._closed
-        records = self._build(pending, first)
+        records = self._build(*taken)
         now = time.monotonic()
         self._counts = {}
         if self._spool is not None and self._spooling:
@@ -204,6 +203,12 @@ class _Sender(_Overflow):
                     self._spool_dir_name(),
                     exc,
                 )
+
+    def _take_incoming(self) -> tuple[deque[Pending], int]:
+        """What was published since the last take, and the first of the publish indices
+        opened for it (see :data:`~._records.Pending`). The caller holds ``_lock``."""
+        pending, self._incoming = self._incoming, deque()
+        return pending, self._ledger.take(len(pending))
 
     def _build(self, pending: Iterable[Pending], first_index: int) -> list[_Record]:
         """The records of ``pending``, publish indices from ``first_index``. Events whose
@@ -236,9 +241,8 @@ class _Sender(_Overflow):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._lock:
-            pending, self._incoming = self._incoming, deque()
-            first = self._ledger.take(len(pending))
-        leftover_incoming = self._build(pending, first)
+            taken = self._take_incoming()
+        leftover_incoming = self._build(*taken)
         # What is still in memory, oldest first per partition.
         leftover: list[_Record] = []
         for lane in self._lanes.values():

@@ -130,9 +130,10 @@ class EventBus:
         key = _pattern_key(event_type)
         with self._subscribing:
             current = self._handlers.get(key, ())
-            if handler not in current:
+            try:
+                index = current.index(handler)
+            except ValueError:
                 return
-            index = current.index(handler)
             handlers = dict(self._handlers)
             rest = (*current[:index], *current[index + 1 :])
             if rest:

@@ -268,24 +268,23 @@ class KafkaPublisher(_Sender):
             if self._fatal is not None:
                 raise self._fatal
             target = self._ledger.last() + len(self._incoming)  # see Pending
-            if self._closed and self._stopped.is_set():  # nothing will move any more
+
+            def done() -> bool:
                 return self._ledger.base > target and self._inherited <= 0
-            self._flushing += 1
-            self._wake()
-            try:
-                self._cond.wait_for(
-                    lambda: (
-                        self._fatal is not None
-                        or (self._ledger.base > target and self._inherited <= 0)
-                        or self._stopped.is_set()  # closed meanwhile: what is left stays so
-                    ),
-                    timeout,
-                )
-            finally:
-                self._flushing -= 1
-            if self._fatal is not None:
-                raise self._fatal
-            return self._ledger.base > target and self._inherited <= 0
+
+            if not (self._closed and self._stopped.is_set()):  # else nothing moves any more
+                self._flushing += 1
+                self._wake()
+                try:  # closed meanwhile: what is left stays so
+                    self._cond.wait_for(
+                        lambda: self._fatal is not None or done() or self._stopped.is_set(),
+                        timeout,
+                    )
+                finally:
+                    self._flushing -= 1
+                if self._fatal is not None:
+                    raise self._fatal
+            return done()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the thread. Idempotent. Events still undelivered

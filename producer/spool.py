@@ -424,10 +424,7 @@ class Spool:
                     self._delete(number)
                 (self.directory / _CHECKPOINT_NAME).unlink(missing_ok=True)
         finally:
-            for handle in (self._writer, self._reader, self._lock):  # the lock: releases it
-                if handle is not None:
-                    handle.close()
-            self._writer = self._reader = self._lock = None
+            self._close_files()  # the lock file's: releases it
 
     def release_inherited(self) -> None:
         """In the child of an ``os.fork()``: close the files and the lock inherited from the
@@ -435,6 +432,9 @@ class Spool:
         lock then goes with the parent alone; held open here, it kept the directory locked
         while any child lived, and the next process took another slot and left these
         records where they were."""
+        self._close_files()
+
+    def _close_files(self) -> None:
         for handle in (self._writer, self._reader, self._lock):
             if handle is not None:
                 with contextlib.suppress(OSError):
