@@ -64,7 +64,12 @@ def encode_event(
     event: Event, encoding: Encoding = "json", *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> bytes:
     """The record value of ``event``; raises :class:`RecordTooLargeError` past ``max_bytes``."""
-    value = _ENCODE[encoding](event)
+    return checked_size(_ENCODE[encoding](event), event, encoding, max_bytes)
+
+
+def checked_size(value: bytes, event: Event, encoding: Encoding, max_bytes: int) -> bytes:
+    """``value``, the encoding of ``event``, unless it is larger than ``max_bytes``:
+    :class:`RecordTooLargeError` then."""
     if len(value) > max_bytes:
         raise RecordTooLargeError(
             f"event {event.event_id} of type {event.type!r} encodes to {len(value)} bytes "

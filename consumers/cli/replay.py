@@ -104,16 +104,21 @@ async def publish(
     from agentstream.consumers.runtime.deadletter import addressed
     from agentstream.schemas import encode_event, event_headers, record_key
     from agentstream.schemas.admin import start_client, wait_for_broker
+    from agentstream.schemas.codec import checked_size
     from agentstream.schemas.errors import AgentstreamError, describe
 
     await wait_for_broker(settings.admin_options())
     producer = AIOKafkaProducer(**settings.producer_options())
     await start_client(producer, settings.client_options())
     encoding: Encoding = "json" if documents is not None else settings.encoding
+    largest = settings.max_request_size
     values = (
-        [_document_value(d, settings.max_request_size) for d in documents]
+        [
+            checked_size(msgspec.json.encode(d), e, encoding, largest)
+            for e, d in zip(events, documents, strict=True)
+        ]
         if documents is not None
-        else [encode_event(e, encoding, max_bytes=settings.max_request_size) for e in events]
+        else [encode_event(e, encoding, max_bytes=largest) for e in events]
     )
     try:
         futures = [
@@ -145,15 +150,3 @@ def _record_time(event: Event) -> int | None:
     before 1970 (a Kafka timestamp cannot be negative)."""
     ms = int(event.timestamp.timestamp() * 1000)
     return ms if ms >= 0 else None
-
-
-def _document_value(document: dict[str, Any], max_bytes: int) -> bytes:
-    from agentstream.schemas.errors import RecordTooLargeError
-
-    value = msgspec.json.encode(document)
-    if len(value) > max_bytes:
-        raise RecordTooLargeError(
-            f"event {document.get('event_id')} encodes to {len(value)} bytes; the largest "
-            f"record allowed is {max_bytes} bytes (max_request_size)"
-        )
-    return value
