@@ -124,7 +124,6 @@ class TurnBuilder:
         self._plan: Span | None = None
         self._steps: dict[int, deque[Span]] = {}
         self._pending: dict[str, list[SpanEvent]] = {}  # Calute decisions before an attempt
-        self._parked = 0  # events in _pending, all names together (max_events_per_span)
         self.root = Span(
             trace_id=self.trace_id,
             span_id=span_id_for(self.trace_id, "root"),
@@ -349,7 +348,7 @@ class TurnBuilder:
         self._describe_tool(span, name, call_id, attempt)
         if args is not None and args != "":
             span.attributes[MLFLOW_INPUTS] = self._value(args)
-        for pending in self._unpark(name):
+        for pending in self._pending.pop(name, []):
             self._add_event(span, pending)
         self._calls.open(Call(name=name, call_id=call_id, span=span, attempt=attempt))
 
@@ -461,7 +460,7 @@ class TurnBuilder:
             if span is None:
                 return
             self._describe_tool(span, name, _call_id(data), 0)
-            for pending in self._unpark(name):
+            for pending in self._pending.pop(name, []):
                 self._add_event(span, pending)
             self._add_event(span, span_event)
             span.attributes["agentstream.blocked"] = True
@@ -479,15 +478,9 @@ class TurnBuilder:
         call = self._calls.oldest_open(name) if after_attempt else None
         if call is not None:
             self._add_event(call.span, span_event)
-        elif self._parked < self.limits.max_events_per_span:  # the root takes no more at the end
-            self._pending.setdefault(name, []).append(span_event)  # (names are the agent's)
-            self._parked += 1
-
-    def _unpark(self, name: str) -> list[SpanEvent]:
-        """The decisions parked for tool ``name``, taken off the waiting list."""
-        waiting = self._pending.pop(name, [])
-        self._parked -= len(waiting)
-        return waiting
+        elif sum(map(len, self._pending.values())) < self.limits.max_events_per_span:
+            # all names together (the agent's): the root takes no more at the end
+            self._pending.setdefault(name, []).append(span_event)
 
     # --- guards, retrieval, thinking, plans, the rest -------------------------------------
 
@@ -619,7 +612,6 @@ class TurnBuilder:
                 span_event.attributes.setdefault("gen_ai.tool.name", name)
                 self._add_event(self.root, span_event)
         self._pending.clear()
-        self._parked = 0
         if not self.ended:
             self.root.close_incomplete(end, reason or "no_end_event")
         return Trace(
