@@ -305,6 +305,11 @@ def userinfo_unparsed(url: str) -> bool:
         return False
 
 
+def _unparsed(url: str) -> str:
+    scheme = url.split(":", 1)[0] if ":" in url else ""
+    return f"{scheme}://*** (a URL that does not parse)" if scheme else "***"
+
+
 def redact_url(url: str) -> str:
     """The URL for messages: ``postgresql://user:secret@host/db?password=x`` →
     ``postgresql://user:***@host/db?password=***`` (libpq and asyncpg take a password in the
@@ -313,11 +318,10 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         password = parts.password
-        if userinfo_unparsed(url):
-            raise ValueError("an @ outside the network location")
     except ValueError:
-        scheme = url.split(":", 1)[0] if ":" in url else ""
-        return f"{scheme}://*** (a URL that does not parse)" if scheme else "***"
+        return _unparsed(url)
+    if userinfo_unparsed(url):
+        return _unparsed(url)
     netloc = parts.netloc
     if password is not None:
         netloc = netloc.replace(f":{password}@", ":***@", 1)
