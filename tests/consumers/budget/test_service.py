@@ -9,6 +9,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.admin import NewTopic
@@ -340,7 +341,6 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
     the other, then clears the outbox."""
     settings = await with_budget_topics(kafka_settings, tmp_path)
     session = "s-crash"
-    partition = _partition_of(session, 4)
     warning, exceeded = (
         Signal(
             scope=f"session:{session}",
@@ -354,16 +354,10 @@ async def test_signals_left_pending_by_a_crash_are_published_once_on_restore(
         )
         for level in (Level.WARNING, Level.EXCEEDED)
     )
-    state = ScopeState(
-        scope=f"session:{session}",
-        agent_id="agent-a",
-        rounds=3,
-        events=3,
-        offsets={str(partition): 2},
-        signals={"rounds": 2},
-        pending=[warning, exceeded],
-    )
-    await left_behind(settings, partition, state, alert=signal_event(warning))
+    partition = await left_behind(
+        settings, session, applied=2, alert=signal_event(warning),
+        rounds=3, events=3, signals={"rounds": 2}, pending=[warning, exceeded],
+    )  # fmt: skip
 
     consumer = EventConsumer(settings, service=SERVICE.name)
     async with SERVICE.setup(consumer, settings), running_consumer(consumer):
@@ -389,10 +383,23 @@ async def with_budget_topics(kafka_settings: KafkaSettings, tmp_path: Path) -> B
 
 
 async def left_behind(
-    settings: KafkaSettings, partition: int, state: ScopeState, *, alert: Event | None = None
-) -> None:
-    """Write ``state`` to the changelog (and ``alert`` to the alerts topic) as a previous
-    owner of ``partition`` left them."""
+    settings: KafkaSettings,
+    session: str,
+    *,
+    applied: int,
+    alert: Event | None = None,
+    **totals: Any,
+) -> int:
+    """Write the state of ``session`` (agent-a's, events up to offset ``applied`` of its
+    partition applied, with ``totals``) to the changelog, and ``alert`` to the alerts topic,
+    as a previous owner of its partition left them; return that partition."""
+    partition = _partition_of(session, 4)
+    state = ScopeState(
+        scope=f"session:{session}",
+        agent_id="agent-a",
+        offsets={str(partition): applied},
+        **totals,
+    )
     writer = ChangelogWriter(settings)
     await writer.start()
     try:
@@ -401,6 +408,7 @@ async def left_behind(
             await writer.send_events([(settings.routing().alerts, alert)])
     finally:
         await writer.stop()
+    return partition
 
 
 def _partition_of(session: str, partitions: int) -> int:
@@ -418,15 +426,7 @@ async def test_applied_offsets_past_the_end_of_a_recreated_events_topic_are_forg
     nothing was said."""
     settings = await with_budget_topics(kafka_settings, tmp_path)
     session = "s-recreated"
-    partition = _partition_of(session, 4)
-    state = ScopeState(
-        scope=f"session:{session}",
-        agent_id="agent-a",
-        rounds=1,
-        events=156,
-        offsets={str(partition): 155},
-    )
-    await left_behind(settings, partition, state)
+    partition = await left_behind(settings, session, applied=155, rounds=1, events=156)
     consumer = EventConsumer(settings, service=SERVICE.name)
     async with SERVICE.setup(consumer, settings), running_consumer(consumer):
         await produce_events(settings, [turn(r, session=session, seconds=r) for r in range(3)])
