@@ -45,16 +45,14 @@ class PartitionOffsets:
         self._next = offset + 1
         return True
 
-    def received_all(self, records: Iterable[R]) -> tuple[list[R], list[R]]:
+    def received_all(self, records: Iterable[R]) -> list[R]:
         """:meth:`received` for fetched records in offset order, in one pass: the records
-        now tracked, and those already seen (not tracked)."""
+        now tracked (those behind the last received are left out)."""
         order, holds, after = self._order, self._holds, self._next
         new: list[R] = []
-        seen: list[R] = []
         for record in records:
             offset = record.offset
             if after is not None and offset < after:
-                seen.append(record)
                 continue
             order.append(offset)
             holds[offset] = 1
@@ -64,7 +62,7 @@ class PartitionOffsets:
             if self.first is None:
                 self.first = new[0].offset
             self._next = after
-        return new, seen
+        return new
 
     def hold(self, offset: int, count: int = 1) -> None:
         self._holds[offset] += count

@@ -90,7 +90,7 @@ class PartitionWorker:
         if restarted is None:
             expected = self.offsets.next
             if expected is None or records[0].offset >= expected:
-                self._queue.extend(self.offsets.received_all(records)[0])
+                self._queue.extend(self.offsets.received_all(records))
                 self._wake.set()
                 return
             log.error(
@@ -123,7 +123,7 @@ class PartitionWorker:
         """Track a restarted log's records afresh, now that the old ones are all done."""
         records, self._restarted = self._restarted or [], None
         self.offsets = PartitionOffsets()
-        self._queue.extend(self.offsets.received_all(records)[0])
+        self._queue.extend(self.offsets.received_all(records))
 
     @property
     def done(self) -> bool:
