@@ -26,16 +26,21 @@ Wall time
     Session scopes only: last minus first event timestamp.
 Idempotence
     Every scope remembers the last source offset it applied per input partition; an event
-    at or below it is skipped, so replays after a crash never count twice.
+    at or below it is skipped, so replays after a crash never count twice. A session also
+    remembers the ids of the last :data:`RECENT_EVENTS` events it counted: the same event
+    delivered again (a producer's retry or its spool sends it twice, at another offset) is
+    skipped too.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 import msgspec
 
@@ -61,6 +66,13 @@ COUNTED_TYPES: frozenset[str] = frozenset(
     }
 )
 """The event types that change a budget."""
+
+RECENT_EVENTS = 32
+"""Counted events per session whose ids are remembered to skip a redelivered copy: a
+producer retries a batch whole, so a copy follows its original closely in the partition."""
+_DIGEST = 8
+_MAX_SESSIONLESS = 10_000
+"""Sources whose last counted turn is remembered for events without a session."""
 
 
 class ScopeKind(enum.StrEnum):
@@ -136,9 +148,13 @@ class ScopeState(msgspec.Struct, kw_only=True):
     counted_turn: str | None = None
     """Session scopes: the last turn whose ``llm.call.completed`` counted tokens."""
     seen_ms: int | None = None
-    """When the service last applied an event here (its clock, Unix ms). Eviction goes by it
-    too: events that claim a time far ahead (a pod whose clock is years off stamps its records
-    so as well) kept their scope from ever looking idle."""
+    """When the service last applied an event here (its clock, Unix ms). Eviction goes by it:
+    events that claim a time far ahead (a pod whose clock is years off stamps its records
+    so as well) kept their scope from ever looking idle, and a backlog hours old made a
+    session being counted look idle."""
+    recent: bytes = b""
+    """Session scopes: 8-byte digests of the ids of the last :data:`RECENT_EVENTS` counted
+    events, oldest first."""
 
     @property
     def is_session(self) -> bool:
@@ -156,6 +172,19 @@ class ScopeState(msgspec.Struct, kw_only=True):
         """Whether the record at ``offset`` of input ``partition`` was applied already."""
         last = self.offsets.get(str(partition))
         return last is not None and offset <= last
+
+    def counted_before(self, event_id: str) -> bool:
+        """Whether the event ``event_id`` was counted here (among the last ones); if not, it
+        is remembered as counted now."""
+        digest = hashlib.blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+        recent = self.recent
+        at = recent.find(digest)
+        while at >= 0:
+            if at % _DIGEST == 0:
+                return True
+            at = recent.find(digest, at + 1)
+        self.recent = (recent + digest)[-RECENT_EVENTS * _DIGEST :]
+        return False
 
     def add(self, charge: Charge, ts_ms: int, partition: int, offset: int) -> None:
         self.tokens += charge.tokens
@@ -235,11 +264,24 @@ def timestamp_ms(event: Event) -> int:
     return int(event.timestamp.timestamp() * 1000)
 
 
-def charge_of(event: Event, config: BudgetConfig, session: ScopeState | None) -> Charge | None:
+class CountedTurn(Protocol):
+    counted_turn: str | None
+
+
+class _Sessionless:
+    """What :func:`charge_of` remembers for the events of a source that have no session."""
+
+    __slots__ = ("counted_turn",)
+
+    def __init__(self) -> None:
+        self.counted_turn: str | None = None
+
+
+def charge_of(event: Event, config: BudgetConfig, session: CountedTurn | None) -> Charge | None:
     """What ``event`` adds to a budget, or None when its type counts nothing.
 
     ``session`` is the event's session state (read, and for ``llm.call.completed`` updated:
-    ``counted_turn``) to avoid counting a turn's answer twice.
+    ``counted_turn``) to avoid counting a round's answer twice.
     """
     kind = event.type
     if kind == EventType.TURN_STARTED:
@@ -263,7 +305,7 @@ def _int_field(data: dict[str, object], name: str) -> int | None:
     return usage_count(data.get(name))
 
 
-def _llm_charge(event: Event, config: BudgetConfig, session: ScopeState | None) -> Charge:
+def _llm_charge(event: Event, config: BudgetConfig, session: CountedTurn | None) -> Charge:
     data = event.data
     model = data.get("model")
     model = model if isinstance(model, str) and model else None
@@ -362,6 +404,7 @@ class Ledger:
         self.config = config
         self.clock = clock
         self.states: dict[str, ScopeState] = {}
+        self._sessionless: dict[str, _Sessionless] = {}  # by source, oldest first
 
     def __len__(self) -> int:
         return len(self.states)
@@ -401,11 +444,18 @@ class Ledger:
         """Count ``event`` in its session. Returns its charge (None: nothing to count, or
         already applied), the touched session state and the signals it earned."""
         if not event.session_id:
-            return charge_of(event, self.config, None), None, []
+            return charge_of(event, self.config, self._of_source(event.source)), None, []
         state = self._state(session_scope(event.session_id), event.agent_id, event.user_id)
         if state.applied(partition, offset):
             return None, None, []
-        charge = charge_of(event, self.config, state) if event.type in COUNTED_TYPES else None
+        if not state.agent_id and event.agent_id:  # its overrides apply from now on
+            state.agent_id = event.agent_id
+        if not state.user_id and event.user_id:
+            state.user_id = event.user_id
+        counted = event.type in COUNTED_TYPES
+        if counted and state.counted_before(event.event_id):
+            return None, None, []
+        charge = charge_of(event, self.config, state) if counted else None
         # Every event of the session moves its wall time, counted or not.
         context = Context.of(event)
         state.add(charge or _NOTHING, context.ts_ms, partition, offset)
@@ -437,29 +487,39 @@ class Ledger:
         state.seen_ms = self._now_ms()
         return state, crossings(state, self.limits(state), self.config.warning_fraction, context)
 
+    def _of_source(self, source: str) -> _Sessionless:
+        """The turn memory of a source's events without a session (bounded, in memory)."""
+        memory = self._sessionless.pop(source, None)
+        if memory is None:
+            memory = _Sessionless()
+            if len(self._sessionless) >= _MAX_SESSIONLESS:
+                del self._sessionless[next(iter(self._sessionless))]
+        self._sessionless[source] = memory
+        return memory
+
     def _now_ms(self) -> int:
         return int(self.clock().timestamp() * 1000)
 
     def evict(self, *, session_idle: timedelta, keep_days: int) -> list[str]:
-        """Forget sessions idle for ``session_idle`` and day scopes older than ``keep_days``
-        days before today (by the injected clock), by their events' times or, where those
-        claim a time ahead, by when the service last applied one (``seen_ms``). Returns the
-        evicted scopes."""
+        """Forget the scopes nothing was applied to for ``session_idle`` (by the injected
+        clock, ``seen_ms``): every such session, and the day scopes older than ``keep_days``
+        days before today. A scope restored without ``seen_ms`` (written before it existed)
+        goes by its last event's time. Day scopes unseen for ``keep_days + 1`` days go
+        whatever day they claim (a pod clock years ahead). A backlog of old events keeps
+        its scopes while it is applied: evicting them between two of their events lost
+        their totals and sent their signals again. Returns the evicted scopes."""
         now = self.clock()
         idle_before = int((now - session_idle).timestamp() * 1000)
         oldest_day = (now.astimezone(UTC).date() - timedelta(days=keep_days)).isoformat()
         unseen_before = int((now - timedelta(days=keep_days + 1)).timestamp() * 1000)
         gone = []
         for scope, state in self.states.items():
-            kind = scope_kind(scope)
-            seen = state.seen_ms
-            if kind is ScopeKind.SESSION:
-                last = state.last_ts_ms
-                if (last is not None and last < idle_before) or (
-                    seen is not None and seen < idle_before
-                ):
+            seen = state.seen_ms if state.seen_ms is not None else state.last_ts_ms
+            idle = seen is None or seen < idle_before
+            if scope_kind(scope) is ScopeKind.SESSION:
+                if idle:
                     gone.append(scope)
-            elif scope.rsplit(":", 1)[1] < oldest_day or (
+            elif (idle and scope.rsplit(":", 1)[1] < oldest_day) or (
                 seen is not None and seen < unseen_before
             ):
                 gone.append(scope)

@@ -46,7 +46,8 @@ class BudgetMetrics:
         )
         self.replayed = Counter(
             "agentstream_budget_replayed_records_total",
-            "Records skipped because their scope had applied them already (replays).",
+            "Records skipped because their scope had applied them (a replay) or their event "
+            "(the same event_id delivered again) already.",
             ["stage"],
             registry=registry,
         )

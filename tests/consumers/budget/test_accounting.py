@@ -10,6 +10,7 @@ import pytest
 from support.budget import T0, ev, llm, response, tool, turn
 
 from agentstream.consumers.budget.accounting import (
+    RECENT_EVENTS,
     BudgetTracker,
     Ledger,
     Level,
@@ -101,6 +102,24 @@ def test_without_turn_ids_a_new_round_resets_what_the_answer_may_skip() -> None:
     assert (state.tokens, state.estimated_tokens, state.rounds) == (120, 100, 2)
 
 
+def test_events_without_a_session_count_a_rounds_answer_once_per_source() -> None:
+    """An answer's ``message.response`` of a round whose ``llm.call.completed`` counted was
+    counted again when the events had no session: nothing remembered the counted turn."""
+    tracker = BudgetTracker(BudgetConfig(session=NO_LIMITS))
+    events = [
+        turn(0, session="", turn="t-9"),
+        llm(100, 50, session="", turn="t-9"),
+        response("x" * 400, session="", turn="t-9"),  # covered by the call: not counted
+        turn(0, session="", turn="t-10"),
+        llm(session="", turn="t-10"),  # nothing reported
+        response("y" * 400, session="", turn="t-10"),  # estimated: 100
+    ]
+    run(tracker, events)
+    day = tracker.usage("agent:agent-a:2026-11-21")
+    assert day is not None
+    assert (day.tokens, day.estimated_tokens, day.rounds) == (250, 100, 2)
+
+
 def test_unknown_model_costs_nothing_and_is_counted_as_unpriced() -> None:
     config = BudgetConfig(session=NO_LIMITS, prices={"known": Price(1.0, 1.0)})
     tracker = BudgetTracker(config)
@@ -148,8 +167,11 @@ def test_tokens_follow_corail_default_100k() -> None:
 def test_tool_calls_count_corail_and_calute_attempts() -> None:
     config = BudgetConfig(session=Limits(tool_calls=4))
     tracker = BudgetTracker(config)
-    attempt = ev("audit.tool_call_attempt", {"tool_name": "shell"})
-    signals = run(tracker, [tool(), attempt, tool(), ev("tool.result", {"name": "x"}), attempt])
+
+    def attempt() -> Event:
+        return ev("audit.tool_call_attempt", {"tool_name": "shell"})
+
+    signals = run(tracker, [tool(), attempt(), tool(), ev("tool.result", {"name": "x"}), attempt()])
     state = tracker.usage("session:s-1")
     assert state is not None
     assert state.tool_calls == 4
@@ -235,6 +257,23 @@ def test_overrides_per_agent_and_user_and_the_stricter_wins() -> None:
     assert pairs(signals) == [
         ("agent:big:2026-11-21", "rounds", "warning"),
         ("agent:big:2026-11-21", "rounds", "exceeded"),
+    ]
+
+
+def test_an_override_applies_when_the_sessions_first_event_did_not_name_the_agent() -> None:
+    """The scope took its agent and user from its first event only: a session opened by a
+    ``session.created`` without them never got its agent's stricter limits."""
+    config = BudgetConfig(agents={"weather": Override(session=Limits(tokens=500))})
+    tracker = BudgetTracker(config)
+    signals = run(
+        tracker, [ev("session.created", agent="", user=""), llm(300, 300, agent="weather")]
+    )
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert (state.agent_id, state.user_id) == ("weather", "user-1")
+    assert pairs(signals) == [
+        ("session:s-1", "tokens", "warning"),
+        ("session:s-1", "tokens", "exceeded"),
     ]
 
 
@@ -328,14 +367,20 @@ def test_the_event_timestamp_decides_the_day_and_a_new_day_starts_from_zero() ->
     ]
     assert signals[0].event_id != signals[1].event_id
 
-    # The clock decides eviction: keep 1 day before today.
-    now[0] = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
-    gone = tracker.ledger.evict(session_idle=timedelta(days=365), keep_days=1)
-    assert sorted(gone) == ["agent:agent-a:2026-11-21", "user:user-1:2026-11-21"]
+    # The clock decides eviction, once nothing was applied for the idle time: keep 3 days
+    # before today (the 22nd), sessions idle for an hour.
+    now[0] = datetime(2026, 11, 25, 0, 59, tzinfo=UTC)
+    assert tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=3) == []
+    now[0] = datetime(2026, 11, 25, 1, 1, tzinfo=UTC)
+    gone = tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=3)
+    assert sorted(gone) == [
+        "agent:agent-a:2026-11-21",
+        "session:s-1",
+        "session:s-2",
+        "session:s-3",
+        "user:user-1:2026-11-21",
+    ]
     assert tracker.usage("agent:agent-a:2026-11-22") is not None
-    now[0] = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC) + timedelta(days=365)
-    gone = tracker.ledger.evict(session_idle=timedelta(hours=1), keep_days=1)
-    assert {"session:s-1", "session:s-2", "session:s-3"} <= set(gone)
 
 
 def test_scopes_of_events_stamped_years_ahead_are_evicted_once_unseen() -> None:
@@ -362,6 +407,31 @@ def test_scopes_of_events_stamped_years_ahead_are_evicted_once_unseen() -> None:
     ]
 
 
+def test_a_backlog_of_old_events_keeps_its_scopes_while_it_is_applied() -> None:
+    """Events stamped 30 hours ago (a backlog after an outage) made their session look idle
+    24 hours by their own times: evicted between two of its events, it lost its total and
+    sent its warning again."""
+    now = [T0 + timedelta(hours=30)]
+    tracker = BudgetTracker(BudgetConfig(session=Limits(tokens=1_000)), clock=lambda: now[0])
+    first = run(tracker, [llm(450, 450)])
+    now[0] += timedelta(minutes=5)
+    assert tracker.ledger.evict(session_idle=timedelta(hours=24), keep_days=0) == []
+    later = tracker.process(llm(450, 450, turn="turn-2", seconds=1), partition=0, offset=9)
+    assert pairs(first + later) == [
+        ("session:s-1", "tokens", "warning"),
+        ("session:s-1", "tokens", "exceeded"),
+    ]
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert state.tokens == 1_800
+    now[0] += timedelta(hours=24, seconds=1)  # nothing applied for the idle time
+    assert sorted(tracker.ledger.evict(session_idle=timedelta(hours=24), keep_days=0)) == [
+        "agent:agent-a:2026-11-21",
+        "session:s-1",
+        "user:user-1:2026-11-21",
+    ]
+
+
 # --- once-only signals and idempotence ---------------------------------------------------
 
 
@@ -377,6 +447,30 @@ def test_a_replayed_record_counts_once_and_signals_nothing_new() -> None:
     agent = tracker.usage("agent:agent-a:2026-11-21")
     assert agent is not None
     assert agent.tokens == 90
+
+
+def test_an_event_delivered_twice_at_another_offset_counts_once() -> None:
+    """A producer that retries a batch the broker had written (or its spool sent twice)
+    puts the same event at a later offset: it was counted again, and could cross a limit."""
+    tracker = BudgetTracker(BudgetConfig(session=Limits(tokens=1_000)))
+    call, other = llm(300, 300), llm(10, 10, turn="turn-2")
+    assert tracker.process(call, partition=0, offset=1) == []
+    assert tracker.process(other, partition=0, offset=2) == []
+    assert tracker.process(call, partition=0, offset=3) == []  # the copy, later
+    fillers = [tool() for _ in range(RECENT_EVENTS - 1)]
+    for offset, event in enumerate(fillers, start=4):
+        tracker.process(event, partition=0, offset=offset)
+    state = tracker.usage("session:s-1")
+    assert state is not None
+    assert (state.tokens, state.tool_calls) == (620, RECENT_EVENTS - 1)
+    day = tracker.usage("agent:agent-a:2026-11-21")
+    assert day is not None
+    assert day.tokens == 620
+    # The ids survive the changelog (a restart) ...
+    restored = decode_state(encode_state(state))
+    assert restored.counted_before(other.event_id)
+    # ... and the window holds the last RECENT_EVENTS counted events of the session.
+    assert not restored.counted_before(call.event_id)
 
 
 def test_a_jump_past_both_thresholds_earns_warning_then_exceeded_and_then_nothing() -> None:
