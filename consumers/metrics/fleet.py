@@ -26,7 +26,7 @@ from agentstream.schemas import Event, StopReason
 from agentstream.schemas.payloads import usage_count
 
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
-from .pairing import PendingCalls
+from .pairing import TURN_ENDED, PendingCalls
 from .sessions import ActiveSessions, PartitionKey
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class FleetMetrics:
         self._pending_ttl_s = pending_ttl_s
         self._clock = clock
         self._states: dict[PartitionKey, _PartitionState] = {}
+        self._revoked: dict[PartitionKey, _PartitionState] = {}  # until the next assignment
+        self._now = 0.0  # the clock when the batch in progress started
         self._next_prune = 0.0
         self._prune_every_s = min(60.0, session_window_s / 4)
 
@@ -194,7 +196,8 @@ class FleetMetrics:
         self.unpaired_calls = counter(
             "agentstream_unpaired_calls_total",
             "Call starts or outcomes that got no duration: no_start (outcome without a start), "
-            "evicted (memory bound), expired, session_ended, revoked (partition moved).",
+            "evicted (memory bound), expired, session_ended, turn_ended, revoked (partition "
+            "moved).",
             ["call", "reason"],
         )
         self.malformed = counter(
@@ -226,6 +229,7 @@ class FleetMetrics:
             "audit.tool_call_failure": self._audit_tool_failure,
             "llm.call.started": self._llm_started,
             "llm.call.completed": self._llm_completed,
+            "turn.started": self._turn_started,
             "turn.ended": self._turn_ended,
             "audit.turn_end": self._audit_turn_end,
             "guard.input.checked": self._guard_checked,
@@ -260,14 +264,30 @@ class FleetMetrics:
         self.observe_batch(records)
 
     async def forget_partitions(self, partitions: Iterable[PartitionLike]) -> None:
-        """The ``on_revoked`` hook: drop the open calls and sessions of those partitions."""
+        """The ``on_revoked`` hook: set the partitions' open calls and sessions aside until
+        the next assignment, which keeps those it assigns back (a rebalance revokes every
+        partition; each instance gets most of them back)."""
         for tp in partitions:
             key = (tp.topic, tp.partition)
             state = self._states.pop(key, None)
             if state is not None:
+                self._revoked[key] = state
+                self.active_sessions.detach(key)
+
+    async def keep_partitions(self, partitions: Iterable[PartitionLike]) -> None:
+        """The ``on_assigned`` hook: take back the state of the partitions assigned again;
+        drop the others' (their open calls get no duration: ``revoked``). Sessions active
+        on a partition that moved count on the instance that took it from their next event."""
+        assigned = {(tp.topic, tp.partition) for tp in partitions}
+        revoked, self._revoked = self._revoked, {}
+        for key, state in revoked.items():
+            if key in assigned and key not in self._states:
+                self._states[key] = state
+                if state.seen is not None:
+                    self.active_sessions.attach(key, state.seen)
+            else:
                 state.tools.clear()
                 state.llm.clear()
-            self.active_sessions.forget(key)
 
     def observe_batch(self, records: Sequence[RecordLike]) -> None:
         """Update every metric from ``records`` (normally consecutive records of one partition).
@@ -277,7 +297,7 @@ class FleetMetrics:
         """
         if not records:
             return
-        now = self._clock()
+        now = self._now = self._clock()
         counts: dict[tuple[str, str], int] = {}
         delay = self.pipeline_delay.new_batch()
         observe_delay = delay.observe
@@ -394,7 +414,7 @@ class FleetMetrics:
         name = _text(data.get("name"))
         call_id = _text(data.get("call_id"))
         key = ("id", call_id) if call_id else ("name", name)
-        state.tools.start(_session(event), key, at, name)
+        state.tools.start(_session(event), key, at, name, seen=self._now)
 
     def _tool_result(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         self._tool_outcome(event, at, state, SUCCESS)
@@ -442,7 +462,7 @@ class FleetMetrics:
 
     def _llm_started(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
-        state.llm.start(_session(event), _round(data), at, _text(data.get("model")))
+        state.llm.start(_session(event), _round(data), at, _text(data.get("model")), seen=self._now)
 
     def _llm_completed(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
@@ -467,10 +487,24 @@ class FleetMetrics:
 
     # --- turns, guards --------------------------------------------------------------------
 
+    def _turn_started(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
+        if _round(event.data) == 0:  # a new request: what the last one left open is over
+            self._end_turn(event, state)
+
     def _turn_ended(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         reason = event.data.get("stop_reason")
         label = reason if type(reason) is str and reason in _STOP_REASONS else OTHER
         self._inc(self.turns, label)
+        self._end_turn(event, state)
+
+    @staticmethod
+    def _end_turn(event: Event, state: _PartitionState) -> None:
+        """Calls still open when their turn is over never get an outcome: kept, a later call
+        of the same name or round would be paired with them (Corail's rounds start at 0 in
+        every request) and take their start time."""
+        session = _session(event)
+        state.tools.end_session(session, TURN_ENDED)
+        state.llm.end_session(session, TURN_ENDED)
 
     def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         self._inc(self.turns, UNKNOWN)

@@ -3,13 +3,16 @@
 A duration needs two events: ``tool.called`` then ``tool.result``/``tool.error``, or
 ``llm.call.started`` then ``llm.call.completed``. Both events of a call share the session,
 hence the partition, so each instance of the service pairs the calls of its own partitions
-and its state is dropped with them on a revoke.
+and its state is dropped with them when they move to another instance.
 
 Calls are matched by an explicit key when the events carry one (``call_id``, the LLM
 ``round``), else by name in order (first started, first finished), as Corail's tracing
 listener does. Memory is bounded three ways: sessions (least recently started first out),
-open calls per session (oldest first out) and age (``expire``). Every start dropped without
-its outcome is counted by reason, so operators see when durations are incomplete.
+open calls per session (oldest first out) and age (``expire``: how long the service has
+held a call, not how old its event claims to be, so a backlog drained hours late is paired
+as it happened). The calls still open when their session's turn ends get no outcome either.
+Every start dropped without its outcome is counted by reason, so operators see when
+durations are incomplete.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Callable, Hashable
 DropCallback = Callable[[str, int], None]
 """Called with ``(reason, count)`` when open calls are dropped without an outcome."""
 
-EVICTED, EXPIRED, SESSION_ENDED, REVOKED = "evicted", "expired", "session_ended", "revoked"
+EVICTED, EXPIRED, REVOKED = "evicted", "expired", "revoked"
+SESSION_ENDED, TURN_ENDED = "session_ended", "turn_ended"
 
 
 class _Session:
@@ -60,8 +64,9 @@ class PendingCalls:
     def sessions(self) -> int:
         return len(self._sessions)
 
-    def start(self, session: str, key: Hashable, at: float, info: str = "") -> None:
-        """A call started at ``at`` (seconds); ``info`` comes back with it (a model name)."""
+    def start(self, session: str, key: Hashable, at: float, info: str = "", *, seen: float) -> None:
+        """A call started at ``at`` (seconds, the event's time), ``seen`` by the service then
+        (its clock, for :meth:`expire`); ``info`` comes back with it (a model name)."""
         state = self._sessions.pop(session, None)
         if state is None:
             state = _Session()
@@ -76,7 +81,7 @@ class PendingCalls:
             queue = state.open[key] = deque()
         queue.append((at, info))
         state.size += 1
-        state.touched = at
+        state.touched = seen
 
     def finish(self, session: str, key: Hashable) -> tuple[float, str] | None:
         """The ``(start, info)`` of the oldest open call under ``key``, or None."""
@@ -94,14 +99,14 @@ class PendingCalls:
             del self._sessions[session]
         return found
 
-    def end_session(self, session: str) -> None:
-        """The session ended: its open calls will get no outcome."""
+    def end_session(self, session: str, reason: str = SESSION_ENDED) -> None:
+        """The session (or its turn: ``reason``) ended: its open calls get no outcome."""
         state = self._sessions.pop(session, None)
         if state is not None:
-            self._drop(state.size, SESSION_ENDED)
+            self._drop(state.size, reason)
 
     def expire(self, started_before: float) -> None:
-        """Drop sessions whose latest start is older than ``started_before``."""
+        """Drop sessions whose latest start was seen before ``started_before``."""
         stale = [k for k, s in self._sessions.items() if s.touched < started_before]
         for key in stale:
             self._drop(self._sessions.pop(key).size, EXPIRED)

@@ -38,6 +38,7 @@ async def setup(consumer: EventConsumer, settings: MetricsSettings) -> AsyncIter
         name="fleet-metrics",
     )
     consumer.on_revoked(metrics.forget_partitions)
+    consumer.on_assigned(metrics.keep_partitions)
     yield metrics
 
 

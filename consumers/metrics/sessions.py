@@ -47,9 +47,15 @@ class ActiveSessions(Collector):
             table = self._partitions[key] = {}
         return table
 
-    def forget(self, key: PartitionKey) -> None:
+    def detach(self, key: PartitionKey) -> dict[str, float] | None:
+        """Take a partition's table out of the count (its partition was revoked)."""
         with self.lock:
-            self._partitions.pop(key, None)
+            return self._partitions.pop(key, None)
+
+    def attach(self, key: PartitionKey, table: dict[str, float]) -> None:
+        """Count a detached table again (its partition was assigned back)."""
+        with self.lock:
+            self._partitions[key] = table
 
     def count(self) -> int:
         """Sessions seen within the window; forgets the others."""

@@ -45,7 +45,9 @@ class MetricsSettings(ServiceSettings):
     )
     pending_max_per_session: int = Field(default=64, ge=1, description="Open calls per session.")
     pending_ttl_s: float = Field(
-        default=3_600.0, gt=0, description="Open calls older than this get no duration."
+        default=3_600.0,
+        gt=0,
+        description="Open calls held this long by the service without an outcome get no duration.",
     )
     # Records waiting in a partition's batch count against the runtime's max_buffered_records:
     # small, quickly flushed batches keep fetching going (benchmarks/bench_metrics.py).

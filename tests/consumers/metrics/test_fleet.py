@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -229,19 +230,65 @@ def test_active_sessions_from_the_events_topic_only() -> None:
     assert h.value("agentstream_active_sessions") == 1
 
 
-def test_a_revoke_forgets_the_partitions_state() -> None:
+def test_a_rebalance_keeps_the_state_of_the_partitions_assigned_back() -> None:
+    """A rebalance revokes every partition: the active sessions and open calls of those
+    assigned back were forgotten (the gauge read 0 after a second instance joined, and stayed
+    so until the sessions' next events); those of partitions that moved are dropped."""
     h = Harness()
     h.feed(ev("tool.called", {"name": "search"}, session="s1"), partition=0)
     h.feed(ev("tool.called", {"name": "search"}, session="s2"), partition=1)
     assert h.value("agentstream_active_sessions") == 2
 
-    import asyncio
-
-    asyncio.run(h.metrics.forget_partitions([TP(EVENTS, 0)]))
+    asyncio.run(h.metrics.forget_partitions([TP(EVENTS, 0), TP(EVENTS, 1)]))
+    assert h.value("agentstream_active_sessions") == 0  # nothing held during the rebalance
+    asyncio.run(h.metrics.keep_partitions([TP(EVENTS, 1), TP(EVENTS, 2)]))
     assert h.value("agentstream_active_sessions") == 1
     assert h.value("agentstream_unpaired_calls_total", call="tool", reason="revoked") == 1
     h.feed(ev("tool.result", {"name": "search"}, session="s2"), partition=1)
     assert h.value("agentstream_tool_duration_seconds_count", tool="search") == 1
+    # A partition revoked and never assigned back is dropped at the next assignment.
+    asyncio.run(h.metrics.forget_partitions([TP(EVENTS, 1)]))
+    asyncio.run(h.metrics.keep_partitions([]))
+    assert h.value("agentstream_active_sessions") == 0
+
+
+def test_calls_left_open_by_a_turn_get_no_duration_from_later_calls() -> None:
+    """A request that ended on an error left its LLM call (round 0) and tool call open: every
+    later request's round-0 call and same-name tool call of the session was paired with the
+    start before it, 61 s instead of 1 s, for the rest of the session."""
+    h = Harness()
+    h.feed(
+        ev("turn.started", {"round": 0}, at=NOW - 100),
+        ev("llm.call.started", {"round": 0, "model": "m"}, at=NOW - 100),
+        ev("tool.called", {"name": "search"}, at=NOW - 99),
+        ev("agent.error", {"error": "boom"}, at=NOW - 98),  # no turn.ended
+        ev("turn.started", {"round": 0}, at=NOW - 40),
+        ev("llm.call.started", {"round": 0, "model": "m"}, at=NOW - 40),
+        ev("llm.call.completed", {"round": 0, "model": "m"}, at=NOW - 39),
+        ev("tool.called", {"name": "search"}, at=NOW - 38),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}, at=NOW - 36),
+        ev("tool.result", {"name": "search"}, at=NOW - 30),  # after its turn: no start left
+    )
+    assert h.value("agentstream_llm_call_duration_seconds_sum", model="m") == 1.0
+    assert h.value("agentstream_tool_duration_seconds_count", tool="search") == 0
+    unpaired = "agentstream_unpaired_calls_total"
+    assert h.value(unpaired, call="llm", reason="turn_ended") == 1
+    assert h.value(unpaired, call="tool", reason="turn_ended") == 2
+    assert h.value(unpaired, call="tool", reason="no_start") == 1
+
+
+def test_a_backlog_hours_old_is_paired_as_it_happened() -> None:
+    """Calls of events stamped two hours ago (the service was down) were expired at the first
+    prune as older than the hour a call may stay open: 150 of 200 durations were missing."""
+    h = Harness(pending_ttl_s=3_600.0)
+    old = NOW - 7_200
+    h.feed(*(ev("tool.called", {"name": "search"}, session=f"s{i}", at=old) for i in range(3)))
+    h.now += 61  # the next batch prunes
+    h.feed(
+        *(ev("tool.result", {"name": "search"}, session=f"s{i}", at=old + 0.5) for i in range(3))
+    )
+    assert h.value("agentstream_tool_duration_seconds_count", tool="search") == 3
+    assert h.value("agentstream_unpaired_calls_total", call="tool", reason="expired") == 0
 
 
 def test_pipeline_delay_per_event() -> None:

@@ -9,6 +9,8 @@ from support.metrics_service import fleet_traffic, metrics_service, metrics_sett
 from support.produce import produce_events, produce_raw
 from support.runtime import wait_until
 
+from agentstream.consumers.runtime import EventConsumer
+from agentstream.schemas.partitioner import partition_for
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -56,3 +58,45 @@ async def test_one_instance_counts_the_fleet(kafka_settings: KafkaSettings) -> N
         # The runtime's own metrics share the registry (/metrics serves both).
         consumed = total(registry, "agentstream_consumer_records_total", outcome="consumed")
         assert consumed == len(traffic.events)
+
+
+async def test_a_rebalance_keeps_the_sessions_of_the_partitions_kept(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A second instance joining revoked every partition of the first, which then forgot the
+    active sessions of all of them, those it was assigned back included: the sum over the
+    instances read 0 until the sessions' next events."""
+    settings = metrics_settings(kafka_settings)
+    events = settings.routing().events
+    traffic = fleet_traffic(12)
+
+    def held(consumer: EventConsumer) -> set[int]:
+        client = consumer._consumer
+        return (
+            {tp.partition for tp in client.assignment() if tp.topic == events} if client else set()
+        )
+
+    async with metrics_service(settings) as first:
+        await produce_events(settings, traffic.events)
+        await wait_until(
+            lambda: total(first.registry, "agentstream_events_total") == len(traffic.events),
+            what="every event counted",
+        )
+        assert total(first.registry, "agentstream_active_sessions") == 12
+        count = first.consumer.partition_count(events)
+        assert count is not None
+        async with metrics_service(settings) as second:
+            await wait_until(
+                lambda: (
+                    held(first.consumer) | held(second.consumer) == set(range(count))
+                    and not held(first.consumer) & held(second.consumer)
+                ),
+                what="the partitions split between the two instances",
+            )
+            kept = held(first.consumer)
+            on_kept = sum(partition_for(s.encode(), count) in kept for s in traffic.sessions)
+            assert 0 < on_kept < 12
+            await wait_until(
+                lambda: total(first.registry, "agentstream_active_sessions") == on_kept,
+                what="the first instance still counting the sessions of the partitions it kept",
+            )

@@ -121,9 +121,9 @@ class Drops:
 
 def test_pending_calls_pair_by_key_in_order_per_session() -> None:
     pending = PendingCalls()
-    pending.start("s1", "search", 1.0, "a")
-    pending.start("s1", "search", 2.0, "b")
-    pending.start("s2", "search", 5.0, "c")
+    pending.start("s1", "search", 1.0, "a", seen=1.0)
+    pending.start("s1", "search", 2.0, "b", seen=2.0)
+    pending.start("s2", "search", 5.0, "c", seen=5.0)
     assert pending.finish("s1", "search") == (1.0, "a")
     assert pending.finish("s2", "search") == (5.0, "c")
     assert pending.finish("s1", "search") == (2.0, "b")
@@ -135,13 +135,13 @@ def test_pending_calls_pair_by_key_in_order_per_session() -> None:
 def test_pending_calls_evict_least_recent_session_and_oldest_call() -> None:
     drops = Drops()
     pending = PendingCalls(max_sessions=2, max_per_session=2, on_drop=drops)
-    pending.start("s1", "t", 1.0)
-    pending.start("s2", "t", 2.0)
-    pending.start("s1", "u", 3.0)  # s1 is now the most recent
-    pending.start("s3", "t", 4.0)  # evicts s2
+    pending.start("s1", "t", 1.0, seen=1.0)
+    pending.start("s2", "t", 2.0, seen=2.0)
+    pending.start("s1", "u", 3.0, seen=3.0)  # s1 is now the most recent
+    pending.start("s3", "t", 4.0, seen=4.0)  # evicts s2
     assert pending.finish("s2", "t") is None
     assert drops.by_reason == {"evicted": 1}
-    pending.start("s1", "v", 5.0)  # s1 holds 2: its oldest call (t at 1.0) goes
+    pending.start("s1", "v", 5.0, seen=5.0)  # s1 holds 2: its oldest call (t at 1.0) goes
     assert pending.finish("s1", "t") is None
     assert pending.finish("s1", "u") == (3.0, "")
     assert drops.by_reason == {"evicted": 2}
@@ -151,14 +151,16 @@ def test_pending_calls_evict_least_recent_session_and_oldest_call() -> None:
 def test_pending_calls_expire_end_and_clear_count_their_drops() -> None:
     drops = Drops()
     pending = PendingCalls(on_drop=drops)
-    pending.start("old", "t", 10.0)
-    pending.start("new", "t", 100.0)
-    pending.start("ending", "t", 100.0)
-    pending.start("ending", "u", 100.0)
+    pending.start("old", "t", 10.0, seen=10.0)
+    pending.start("new", "t", 100.0, seen=100.0)
+    pending.start("ending", "t", 100.0, seen=100.0)
+    pending.start("ending", "u", 100.0, seen=100.0)
+    pending.start("turn", "t", 100.0, seen=100.0)
     pending.expire(started_before=50.0)
     pending.end_session("ending")
+    pending.end_session("turn", "turn_ended")
     pending.clear()
-    assert drops.by_reason == {"expired": 1, "session_ended": 2, "revoked": 1}
+    assert drops.by_reason == {"expired": 1, "session_ended": 2, "turn_ended": 1, "revoked": 1}
     assert len(pending) == 0
 
 
@@ -175,8 +177,11 @@ def test_active_sessions_count_the_window_and_forget_the_rest() -> None:
     assert registry.get_sample_value("agentstream_active_sessions") == 2
     now[0] = 1055.0
     assert registry.get_sample_value("agentstream_active_sessions") == 1
-    sessions.forget(("events", 1))
+    table = sessions.detach(("events", 1))
     assert registry.get_sample_value("agentstream_active_sessions") == 0
+    assert table == {"c": 1000.0}
+    sessions.attach(("events", 1), table)
+    assert registry.get_sample_value("agentstream_active_sessions") == 1
 
 
 def test_labelled_batch_histogram_exposes_what_client_python_would() -> None:
