@@ -103,8 +103,14 @@ def _finite(stamp: datetime) -> datetime:
 _CHUNK_CHARS = 64 * 2**20
 """Documents per statement are cut at this much JSON text (one ``jsonb`` value holds at most
 256 MiB); the statements of one batch share its transaction."""
-_ORDER = "ORDER BY timestamp, seq, event_id"
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ID_ORDER = "(event->>'event_id') COLLATE \"C\""
+_ORDER = f"ORDER BY timestamp, seq, {_ID_ORDER}"
+"""The SQLite store's order: ties broken by the producer's id byte by byte (not by the
+``uuid`` column, which holds a UUIDv5 for an id that is no UUID), whatever the collation."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""An id stored as it is: a UUID in the form PostgreSQL writes it. The ``uuid`` type ignores
+case, so an id in capitals (``...00AB``) would be taken for the duplicate of ``...00ab``,
+which other producers and the SQLite store keep apart: it gets a UUIDv5 as other ids do."""
 _ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _MIGRATION_LOCK = 0x61676E74  # pg_advisory_xact_lock key: "agnt"
@@ -169,6 +175,8 @@ def stored_id(event_id: str) -> str:
 
 
 def _text(value: str) -> str:
+    """Text PostgreSQL takes: NUL characters become U+FFFD, as they were stored (so a
+    lookup by the id the producer used finds it)."""
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
@@ -458,7 +466,7 @@ class PostgresStore(Store):
 
     async def _timeline_rows(self, session_id: str) -> list[tuple[str, str | bytes]]:
         sql = f"SELECT event_id, event::text FROM events WHERE session_id = $1 {_ORDER}"
-        return [(str(r[0]), r[1]) for r in await self._fetch(sql, session_id)]
+        return [(str(r[0]), r[1]) for r in await self._fetch(sql, _text(session_id))]
 
     async def _events(self, query: EventQuery) -> list[Event]:
         where: list[str] = []
@@ -472,13 +480,13 @@ class PostgresStore(Store):
         if query.type is not None and query.type != "*":
             bounds = type_bounds(query.type)
             if bounds is None:
-                add("type = {}", query.type)
+                add("type = {}", _text(query.type))
             else:
-                add("type >= {} AND type < {}", *bounds)
+                add("type >= {} AND type < {}", *map(_text, bounds))
         if query.agent is not None:
-            add("agent_id = {}", query.agent)
+            add("agent_id = {}", _text(query.agent))
         if query.session is not None:
-            add("session_id = {}", query.session)
+            add("session_id = {}", _text(query.session))
         if query.since is not None:
             add("timestamp >= {}", query.since)
         if query.until is not None:
@@ -496,7 +504,7 @@ class PostgresStore(Store):
         conditions: list[str] = []
         args: list[Any] = []
         if agent is not None:
-            args.append(agent)
+            args.append(_text(agent))
             conditions.append(f"agent_id = ${len(args)}")
         if since is not None:
             args.append(since)
@@ -508,14 +516,18 @@ class PostgresStore(Store):
         )
         sql = f"""
             WITH picked AS ({picked})
-            SELECT e.session_id, max(e.agent_id), count(*), min(e.timestamp), max(e.timestamp),
-                   (SELECT last.event -> 'data' ->> 'stop_reason' FROM events AS last
+            SELECT e.session_id, max(e.agent_id COLLATE "C"), count(*), min(e.timestamp),
+                   max(e.timestamp),
+                   (SELECT CASE jsonb_typeof(last.event -> 'data' -> 'stop_reason')
+                           WHEN 'string' THEN last.event -> 'data' ->> 'stop_reason' END
+                      FROM events AS last
                      WHERE last.session_id = e.session_id AND last.type = 'turn.ended'
-                     ORDER BY last.timestamp DESC, last.seq DESC, last.event_id DESC
+                     ORDER BY last.timestamp DESC, last.seq DESC,
+                              (last.event->>'event_id') COLLATE "C" DESC
                      LIMIT 1)
               FROM events AS e JOIN picked USING (session_id)
              GROUP BY e.session_id
-             ORDER BY max(e.timestamp) DESC, e.session_id
+             ORDER BY max(e.timestamp) DESC, e.session_id COLLATE "C"
              LIMIT ${len(args)}
         """
         return [

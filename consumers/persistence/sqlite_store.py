@@ -325,7 +325,9 @@ class SqliteStore(Store):
         )
         sql = f"""
             SELECT session_id, max(agent_id), count(*), min(timestamp_us), max(timestamp_us),
-                   (SELECT json_extract(last.event, '$.data.stop_reason') FROM events AS last
+                   (SELECT CASE json_type(last.event, '$.data.stop_reason')
+                           WHEN 'text' THEN json_extract(last.event, '$.data.stop_reason') END
+                      FROM events AS last
                      WHERE last.session_id = e.session_id AND last.type = 'turn.ended'
                      ORDER BY last.timestamp_us DESC, last.seq DESC, last.event_id DESC
                      LIMIT 1)

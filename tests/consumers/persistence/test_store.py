@@ -100,6 +100,56 @@ async def test_timeline_round_trips_events_in_timestamp_seq_id_order(store: Stor
     assert await store.timeline("nope") == []
 
 
+async def test_both_backends_break_ties_and_tell_ids_apart_alike(store: Store) -> None:
+    """PostgreSQL broke ties by its ``uuid`` column (a UUIDv5 for an id that is no UUID) and
+    took an id in capitals for a duplicate of the same id in small letters: its timelines
+    came in another order than SQLite's, and one of the two events was not stored."""
+    ids = [
+        "evt-2",
+        "evt-1",
+        "evt-3",
+        "C0FFEE00-0000-4000-8000-0000000000AB",
+        "c0ffee00-0000-4000-8000-0000000000ab",
+        "b0000000-0000-4000-8000-000000000000",
+        "A0000000-0000-4000-8000-000000000000",
+    ]
+    events = [
+        Event(event_id=i, type="tool.called", timestamp=T0, session_id="ties", data={}) for i in ids
+    ]
+    assert await store.write_batch(events) == len(ids)
+    assert await store.write_batch(events) == 0
+    assert [e.event_id for e in await store.timeline("ties")] == sorted(ids)
+    assert [e.event_id for e in await store.events(session="ties")] == sorted(ids)
+
+
+async def test_lookups_by_the_ids_a_producer_used_find_its_events(store: Store) -> None:
+    """PostgreSQL stores NUL characters as U+FFFD; looking a session up by the id the
+    producer used raised "invalid byte sequence" there."""
+    event = Event(
+        type="turn.ended",
+        timestamp=T0,
+        session_id="s\x00x",
+        agent_id="a\x00b",
+        data={"round": 0, "stop_reason": "end_turn"},
+    )
+    assert await store.write_batch([event]) == 1
+    assert len(await store.timeline("s\x00x")) == 1
+    assert len(await store.events(session="s\x00x", agent="a\x00b", type="turn.*")) == 1
+    (summary,) = await store.sessions(agent="a\x00b")
+    assert summary.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("reason", [True, 2**70, {"why": "x", "n": 1}, None])
+async def test_a_stop_reason_that_is_no_string_is_shown_as_none(
+    store: Store, reason: object
+) -> None:
+    """SQLite showed ``true`` as 1 and 2**70 as a rounded float, PostgreSQL as JSON text."""
+    ended = ev("s1", 1, type="turn.ended", data={"round": 0, "stop_reason": reason})
+    assert await store.write_batch([ev("s1", 0), ended]) == 2
+    (summary,) = await store.sessions()
+    assert summary.stop_reason is None
+
+
 async def test_sessions_summarise_whole_sessions(store: Store) -> None:
     await store.write_batch(
         [
