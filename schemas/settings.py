@@ -320,7 +320,9 @@ def settings_error(
         said = secret or item["type"] == "missing" or ", got " in message
         got = "" if said else f", got {item['input']!r:.120}"
         source = f"--{name.replace('_', '-')}" if name in options else prefix + name.upper()
-        problems.append(f"{name} ({source}): {message}{got}")
+        inner = ".".join(str(part) for part in item["loc"][1:])  # in a dict or list setting
+        where = f" at {inner}" if inner else ""
+        problems.append(f"{name} ({source}){where}: {message}{got}")
     return ConfigurationError(f"invalid settings: {'; '.join(problems)}")
 
 

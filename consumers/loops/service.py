@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, StrictInt
 
 from agentstream.consumers.runtime import (
     EventConsumer,
@@ -70,7 +70,7 @@ class LoopSettings(ServiceSettings):
     loop_same_call_critical: int | None = Field(default=None, ge=0, description="Default 5.")
     loop_pingpong_warning: int | None = Field(default=None, ge=0, description="Default 4.")
     loop_pingpong_critical: int | None = Field(default=None, ge=0, description="Default 6.")
-    loop_agents: dict[str, dict[str, int]] = Field(
+    loop_agents: dict[str, dict[str, StrictInt]] = Field(
         default_factory=dict,
         description='Per-agent thresholds, JSON: {"agent-id": {"same_call_warning": 5}}.',
     )

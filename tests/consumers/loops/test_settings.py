@@ -36,6 +36,19 @@ def test_environment_layers_over_the_file(tmp_path: Path, monkeypatch: pytest.Mo
     )
 
 
+@pytest.mark.parametrize("value", ["true", "false", "2.5", '"3"'])
+def test_per_agent_thresholds_in_the_environment_are_integers(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """JSON's true and false were taken for 1 and 0 (every call of the agent blocked, or a
+    rule silently off), where the TOML file refuses them."""
+    monkeypatch.setenv("AGENTSTREAM_LOOP_AGENTS", f'{{"alpha": {{"max_calls": {value}}}}}')
+    with pytest.raises(ValidationError) as caught:
+        LoopSettings()
+    error = settings_error(caught.value)
+    assert "loop_agents (AGENTSTREAM_LOOP_AGENTS) at alpha.max_calls: expected" in str(error)
+
+
 def test_command_line_options_map_to_settings(tmp_path: Path) -> None:
     path = tmp_path / "loops.toml"
     path.write_text('[loops.agents."slow"]\npingpong_critical = 10\n')
