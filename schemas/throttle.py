@@ -92,6 +92,15 @@ class ThrottledLog:
             since = self._since(kind)
         self._logger.info(message + since, *args)
 
+    def flush(self, key: str, message: str, *args: object) -> None:
+        """Log what is held back of ``key`` (at shutdown: it would never be said), if any."""
+        with self._lock:
+            kind = self._kinds.get(key)
+            if kind is None or not kind.held:
+                return
+            since = self._since(kind)
+        self._logger.log(self._level, message + since, *args)
+
     def _since(self, kind: _Kind) -> str:
         held, amount = kind.held, kind.amount
         kind.held = kind.amount = 0

@@ -4,8 +4,10 @@ A turn is identified by ``(scope, session_id, key)``: the scope is the Kafka par
 read from (so a revoked partition's turns can be dropped), the key is the event's ``turn_id``
 (Calute, or any producer that stamps one) or, for events without one (Corail), the event id
 of the ``message.received`` that opened it. An event without a ``turn_id`` joins the turn most
-recently opened in its session; a ``message.received`` without one starts a new turn (a turn
-still open there is closed as ``superseded``).
+recently opened in its session (by an event without one, while such a turn is open: a Calute
+turn inside a Corail request's tool call leaves the request's events to the request); a
+``message.received`` without one starts a new turn (a turn still open there is closed as
+``superseded``).
 
 A turn finishes on ``audit.turn_end`` / ``turn.ended``; Corail's ``message.response``, which
 comes right after ``turn.ended``, still becomes the root's output when it arrives before
@@ -90,7 +92,7 @@ class TraceAssembler:
         if entry is None:
             entry = _OpenTurn(TurnBuilder(ref[1], ref[2], event, self.limits), self._clock())
             self._turns[ref] = entry
-            self._current[(scope, ref[1])] = ref[2]
+            self._make_current(scope, ref, named=bool(event.turn_id))
         else:
             entry.touched = self._clock()
             self._turns.move_to_end(ref)
@@ -105,6 +107,15 @@ class TraceAssembler:
             oldest = next(iter(self._turns))
             finished.append(self._close(oldest, "evicted"))
         return finished
+
+    def _make_current(self, scope: Hashable, ref: TurnRef, *, named: bool) -> None:
+        """A turn opened by an event with a ``turn_id`` (Calute code running inside a Corail
+        request's tool) does not take the place of a Corail turn open in the session: the
+        request's later events, which have no ``turn_id``, still go to it."""
+        key = (scope, ref[1])
+        current = self._current.get(key)
+        if not named or current is None or (scope, ref[1], current) not in self._turns:
+            self._current[key] = ref[2]
 
     def _route(self, event: Event, scope: Hashable, finished: list[Trace]) -> TurnRef | None:
         session = event.session_id

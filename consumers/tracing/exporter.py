@@ -102,8 +102,17 @@ class OtlpHttpExporter:
         for trace in traces:
             item = _Item(trace, loop.create_future())
             futures.append(item.future)
-            if self._closing or self._queued_spans + item.spans > self.policy.queue_spans:
-                self._drop([item], "shutdown" if self._closing else "queue_full")
+            if self._closing:
+                self._drop([item], "shutdown")
+                continue
+            if self._queued_spans + item.spans > self.policy.queue_spans:
+                self._failures(
+                    "export",
+                    f"tracing export: {self._queued_spans:,} spans wait for {self.target.shown} "
+                    f"(export_queue_spans {self.policy.queue_spans:,}): new traces are dropped",
+                    amount=item.spans,
+                )
+                self._drop([item], "queue_full")
                 continue
             self._queue.append(item)
             self._queued_spans += item.spans
@@ -133,7 +142,14 @@ class OtlpHttpExporter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        self._drop([*self._inflight, *self._queue], "shutdown")  # _drop skips resolved ones
+        dropped = self._drop([*self._inflight, *self._queue], "shutdown")  # skips resolved ones
+        if dropped:
+            log.warning(
+                "tracing export: %d spans not delivered to %s by shutdown were dropped",
+                dropped,
+                self.target.shown,
+            )
+        self._failures.flush("export", "tracing export: at shutdown")
         self._inflight = []
         self._queue.clear()
         self._queued_spans = 0
@@ -217,6 +233,13 @@ class OtlpHttpExporter:
                 )
                 self._drop(batch, "export_failed")
                 return
+            if attempt == 0:  # said once; an answer that was only late makes a copy (upserted)
+                failed = result.error or f"HTTP {result.status}"
+                self._failures(
+                    "export",
+                    f"tracing export: {self.target.shown}: {failed}; retrying (a request that "
+                    "timed out may have arrived: the endpoint gets those spans again)",
+                )
             attempt += 1
             delay = backoff_seconds(
                 attempt,
@@ -269,13 +292,15 @@ class OtlpHttpExporter:
             if not item.future.done():
                 item.future.set_result(True)
 
-    def _drop(self, items: list[_Item], reason: str) -> None:
+    def _drop(self, items: list[_Item], reason: str) -> int:
+        """Count and resolve the items not resolved yet; how many spans they held."""
         pending = [item for item in items if not item.future.done()]
         spans = sum(item.spans for item in pending)
         if spans:
             self.metrics.dropped_spans.labels(reason=reason).inc(spans)
         for item in pending:
             item.future.set_result(False)
+        return spans
 
 
 def _retry_after(value: str | None) -> float | None:

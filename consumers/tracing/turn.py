@@ -241,6 +241,15 @@ class TurnBuilder:
         calls = _int(data, "function_calls_count")
         if calls is not None:
             self.root.attributes["agentstream.function_calls_count"] = calls
+        # Calute names no stop reason: the turn went well unless it reported an error.
+        errors = [e for e in self.root.events if e.name == "exception"]
+        if errors:
+            attrs = errors[-1].attributes
+            self.root.fail(
+                f"{attrs.get('exception.type') or 'error'}: {attrs['exception.message']}"
+            )
+        elif self.root.status == StatusCode.UNSET:
+            self.root.status = StatusCode.OK
         self._end(now)
 
     def _on_round(self, event: Event, data: dict[str, Any], now: int) -> None:
@@ -308,6 +317,8 @@ class TurnBuilder:
             attrs["gen_ai.response.finish_reasons"] = [stop]
         model = _str(data, "model")
         if model:
+            if span.name == "llm":  # Corail's llm.call.started names no model
+                span.name = f"llm:{model}"
             attrs["gen_ai.response.model"] = model
             attrs.setdefault("gen_ai.request.model", model)
             attrs["mlflow.llm.model"] = model

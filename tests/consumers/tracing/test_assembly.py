@@ -473,3 +473,54 @@ def test_times_outside_what_otlp_holds_are_clamped_not_fatal_to_the_export() -> 
     assert encode([trace], service_name="svc")  # it raised ValueError
     (tool,) = children(trace, "tool:")
     assert (tool.start_ns, tool.end_ns) == (0, 2**64 - 1)
+
+
+def test_a_calute_turn_inside_a_corail_tool_call_leaves_the_request_whole() -> None:
+    """Calute code running in a Corail request's tool made its turn the session's current
+    one: once it ended, the request's next events opened a fragment trace ("complete", with
+    an unpaired tool span), and the request itself was exported at its idle timeout."""
+    ev = Stream()
+    tid = "c0ffee000001"
+    events = [
+        ev("message.received", {"content": "outer question"}),
+        ev("turn.started", {"round": 0}),
+        ev("llm.call.started", {"round": 0}),
+        ev("llm.call.completed", {"round": 0, "model": "m", "stop_reason": "tool_use"}),
+        ev("tool.called", {"name": "research", "args": {}}),
+        ev("audit.turn_start", {"prompt_preview": "inner"}, turn_id=tid),
+        ev("audit.tool_call_attempt", {"tool_name": "web"}, turn_id=tid),
+        ev("audit.tool_call_complete", {"tool_name": "web", "duration_ms": 3.0}, turn_id=tid),
+        ev("audit.turn_end", {"content_preview": "inner done"}, turn_id=tid),
+        ev("tool.result", {"name": "research", "output": "found"}),
+        ev("turn.started", {"round": 1}),
+        ev("llm.call.started", {"round": 1}),
+        ev("llm.call.completed", {"round": 1, "model": "m", "stop_reason": "end_turn"}),
+        ev("turn.ended", {"round": 1, "stop_reason": "end_turn"}),
+        ev("message.response", {"content": "answer"}),
+    ]
+    assembler = TraceAssembler()
+    inner, outer = feed(assembler, events)
+    assembler.settle()
+    assert assembler.open_turns == 0
+    assert inner.root.attributes["agentstream.turn_id"] == tid and inner.complete
+    assert inner.root.status == StatusCode.OK  # Calute names no stop reason
+    assert outer.complete and outer.root.attributes["mlflow.spanInputs"] == "outer question"
+    (tool,) = children(outer, "tool:research")
+    assert "agentstream.unpaired" not in tool.attributes and tool.status == StatusCode.OK
+    # Corail's llm.call.started names no model: the completion names the span.
+    assert [s.name for s in children(outer, "llm")] == ["llm:m", "llm:m"]
+
+
+def test_a_calute_turn_that_reported_an_error_ends_in_error() -> None:
+    ev = Stream()
+    tid = "c0ffee000002"
+    (trace,) = feed(
+        TraceAssembler(),
+        [
+            ev("audit.turn_start", {}, turn_id=tid),
+            ev("audit.error", {"error_type": "KeyError", "error_message": "'x'"}, turn_id=tid),
+            ev("audit.turn_end", {}, turn_id=tid),
+        ],
+    )
+    assert trace.root.status == StatusCode.ERROR
+    assert trace.root.status_message == "KeyError: 'x'"

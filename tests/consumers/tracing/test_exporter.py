@@ -229,7 +229,10 @@ def test_an_encrypted_client_key_is_refused_not_asked_for(
         target.ssl_context()
 
 
-async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
+async def test_endpoint_down_bounded_queue_counted_drops_never_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Traces dropped for a full queue were counted but never logged."""
     registry = CollectorRegistry()
     # Nothing listens on this port: every POST fails to connect.
     import socket
@@ -255,6 +258,11 @@ async def test_endpoint_down_bounded_queue_counted_drops_never_raises() -> None:
     )
     assert dropped_full >= 8 and dropped_full + dropped_failed == 20
     assert value(registry, "agentstream_tracing_export_failures_total") >= 3
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("agentstream")]
+    # The first problem is said at once; what followed within the minute, at shutdown.
+    assert len(lines) == 2, lines
+    assert "new traces are dropped" in lines[0]
+    assert lines[1].startswith("tracing export: at shutdown (") and "spans dropped)" in lines[1]
 
 
 async def test_log_lines_leave_out_credentials_in_the_endpoint(
@@ -376,7 +384,10 @@ def test_nested_attribute_values_encode_as_otlp_any_values() -> None:
     assert any_value(2**70).string_value == str(2**70)
 
 
-async def test_close_during_backoff_counts_the_batch_in_flight(otlp_receiver: Any) -> None:
+async def test_close_during_backoff_counts_the_batch_in_flight(
+    otlp_receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch retried, then dropped at shutdown, left no line at all."""
     otlp_receiver.script = [503] * 10
     registry = CollectorRegistry()
     exporter = exporter_for(otlp_receiver.url, registry, backoff_s=30, max_backoff_s=30)
@@ -386,6 +397,8 @@ async def test_close_during_backoff_counts_the_batch_in_flight(otlp_receiver: An
     await exporter.close(timeout_s=0.2)
     assert future.done() and future.result() is False
     assert value(registry, "agentstream_tracing_dropped_spans_total", reason="shutdown") == 2
+    assert "2 spans not delivered to" in caplog.text and "by shutdown were dropped" in caplog.text
+    assert "HTTP 503; retrying" in caplog.text  # said at the first failed attempt
 
 
 async def wait_for_attempt(receiver: Any) -> None:
