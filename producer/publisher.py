@@ -63,6 +63,7 @@ from agentstream.schemas.partitioner import KeyPartitioner
 from agentstream.schemas.settings import KafkaSettings
 from agentstream.schemas.throttle import ThrottledLog, quiet_client_repeats
 
+from ._digest import ArgumentsDigest
 from ._headers import RecordFactory
 from ._records import LOG_EVERY_S, Overflow, Redact, _Ledger, log
 from ._sender import _Sender, producer_kwargs
@@ -128,6 +129,7 @@ class KafkaPublisher(_Sender):
             self._redact = DEFAULT_REDACTOR
         else:
             self._redact = redact
+        self._digest = ArgumentsDigest()
 
         self._spool: Spool | None = None
         self._in_memory = 0  # guarded by _cond, like the fields below; read by the metrics
@@ -225,7 +227,7 @@ class KafkaPublisher(_Sender):
             data = event.data
             try:
                 if self._redact is not None and data:
-                    redacted = self._redact(data)
+                    redacted = self._digest.digested(event.type, data, self._redact(data))
                     wire = event if redacted is data else replace(event, data=redacted)
                 else:
                     wire = event
@@ -397,7 +399,7 @@ class KafkaPublisher(_Sender):
         try:
             data = encodable_data(event.data)
             if self._redact is not None and data:
-                data = self._redact(data)
+                data = self._digest.digested(event.type, data, self._redact(data))
             wire = replace(event, data=data, **mended_envelope(event))
             value = encode_event(wire, self._encoding, max_bytes=self._max_record_bytes)
         except RecordTooLargeError as exc:

@@ -101,6 +101,9 @@ class ToolCalled(Payload, kw_only=True, frozen=True):
     name: str
     args: Any = None
     call_id: str | None = None
+    args_digest: str | None = None
+    """Set by the publisher when redaction changed ``args``: a digest of them as they were,
+    comparable within the process (the loops service uses it in place of ``args``)."""
 
 
 class ToolResult(Payload, kw_only=True, frozen=True):
@@ -337,6 +340,8 @@ class AuditToolCallAttempt(AuditPayload, kw_only=True, frozen=True):
 
     tool_name: str
     arguments_preview: str = ""
+    args_digest: str | None = None
+    """As :attr:`ToolCalled.args_digest`, of ``arguments_preview``."""
 
 
 class AuditToolCallComplete(AuditPayload, kw_only=True, frozen=True):

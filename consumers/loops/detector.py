@@ -148,6 +148,11 @@ def tool_call_of(event: Event) -> ToolCall | None:
         return None
     if not isinstance(name, str) or not name:
         return None
+    digest = data.get("args_digest")
+    if isinstance(digest, str) and digest:
+        # The publisher's digest of the arguments before redaction: calls that differ only in
+        # a secret are different calls, although their redacted arguments are equal.
+        return ToolCall(scope_of(event), name, f"digest:{digest}", event.event_id)
     return ToolCall(scope_of(event), name, args_hash(arguments), event.event_id)
 
 

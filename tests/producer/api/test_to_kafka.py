@@ -194,3 +194,37 @@ async def test_kafka_collector_from_settings_owns_its_publisher(
     ]
     assert events[0].payload.prompt_preview == "hello"  # type: ignore[attr-defined]
     assert events[0].seq < events[1].seq
+
+
+async def test_calls_that_differ_only_in_a_secret_stay_different_calls_for_loop_detection(
+    kafka_settings: KafkaSettings, publisher: KafkaPublisher
+) -> None:
+    """Redaction made five logins with five passwords identical on the wire: the loops
+    service blocked them as one call made five times (and paused the agent)."""
+    from agentstream.consumers.loops import LoopDetector
+
+    bus = EventBus(publisher, agent_id="agent-r")
+    emitter = AuditEmitter(KafkaCollector(publisher), session_id="s-tries")
+    with bus.scope(session_id="s-tries"):
+        for i in range(5):
+            args = {"user": "bob", "password": f"guess-{i}"}
+            await bus.emit(Event(type=EventType.TOOL_CALLED, data={"name": "login", "args": args}))
+            emitter.emit_tool_call_attempt("login", args=f'{{"api_key": "sk-proj-{i:024d}"}}')
+        for _ in range(5):  # the same secret five times is the same call
+            same = {"user": "bob", "password": "same-guess"}
+            await bus.emit(Event(type=EventType.TOOL_CALLED, data={"name": "retry", "args": same}))
+    emitter.flush()
+    publisher.flush(10)
+
+    records = await consume(kafka_settings, kafka_settings.routing().events, 15)
+    events = [e for _, _, _, e in records]
+    assert all(b"guess-" not in raw and b"sk-proj-" not in raw for _, _, raw, _ in records)
+    digests = {e.data["args_digest"] for e in events}
+    assert len(digests) == 5 + 5 + 1
+    detector = LoopDetector()
+    findings = [f for f in map(detector.handle, events) if f is not None]
+    assert [(f.pattern.value, f.level.label) for f in findings] == [
+        ("same_call", "warning"),
+        ("same_call", "critical"),
+    ]
+    assert {f.tool_name for f in findings} == {"retry"}
