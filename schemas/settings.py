@@ -39,12 +39,15 @@ def kafka_option(*roles: Role, default: Any, description: str = "") -> Any:
     return Field(default=default, description=description, json_schema_extra={"kafka": list(roles)})
 
 
-WaitMs = Annotated[int, Field(ge=0)]
-"""A wait or a backoff in milliseconds, 0 or more. The bound is the type's, so a service that
-redeclares an option to change its default keeps it."""
-TimeoutMs = Annotated[int, Field(gt=0)]
+INT32_MAX = 2**31 - 1
+"""Kafka's requests carry these options as 32-bit integers: a larger value passed the checks at
+start, then failed in aiokafka (a producer dropped every event, a consumer never joined)."""
+WaitMs = Annotated[int, Field(ge=0, le=INT32_MAX)]
+"""A wait or a backoff in milliseconds, 0 or more. The bounds are the type's, so a service that
+redeclares an option to change its default keeps them."""
+TimeoutMs = Annotated[int, Field(gt=0, le=INT32_MAX)]
 """A timeout or an interval in milliseconds, more than 0."""
-Bytes = Annotated[int, Field(gt=0)]
+Bytes = Annotated[int, Field(gt=0, le=INT32_MAX)]
 """A size in bytes, more than 0."""
 
 
@@ -295,13 +298,13 @@ def broker_address(options: Mapping[str, Any]) -> str:
 
 
 def settings_error(
-    error: ValidationError, options: Collection[str] = ()
+    error: ValidationError, options: Collection[str] | Mapping[str, str] = ()
 ) -> ConfigurationError | None:
     """The :class:`ConfigurationError` for a settings class (:func:`settings_classes`) that
     refused its values: each wrong setting with where it came from (its command-line option
-    when its name is in ``options``, those given on the command line, else its environment
-    variable), what was expected and what came (never the value of a secret). None when
-    ``error`` is not about settings."""
+    when its name is in ``options``, those given on the command line: ``--<name>``, or the
+    option a mapping gives; else its environment variable), what was expected and what came
+    (never the value of a secret). None when ``error`` is not about settings."""
     cls = settings_classes().get(error.title)
     if cls is None:
         return None
@@ -319,7 +322,12 @@ def settings_error(
         secret = field is not None and "SecretStr" in repr(field.annotation)
         said = secret or item["type"] == "missing" or ", got " in message
         got = "" if said else f", got {item['input']!r:.120}"
-        source = f"--{name.replace('_', '-')}" if name in options else prefix + name.upper()
+        if name not in options:
+            source = prefix + name.upper()
+        elif isinstance(options, Mapping):
+            source = options[name]
+        else:
+            source = f"--{name.replace('_', '-')}"
         inner = ".".join(str(part) for part in item["loc"][1:])  # in a dict or list setting
         where = f" at {inner}" if inner else ""
         problems.append(f"{name} ({source}){where}: {message}{got}")

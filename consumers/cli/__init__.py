@@ -11,16 +11,18 @@ import inspect
 import logging
 import os
 import pkgutil
+import re
 import signal
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings.exceptions import SettingsError
 
 from agentstream.schemas.environment import unread_variables
 from agentstream.schemas.errors import AgentstreamError, describe
 from agentstream.schemas.logs import configure_logging
-from agentstream.schemas.settings import LogSettings, settings_error
+from agentstream.schemas.settings import PREFIX, LogSettings, settings_error
 from agentstream.schemas.throttle import quiet_client_repeats
 
 
@@ -76,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is None:
             raise
         say(str(error))
+        return 2
+    except SettingsError as exc:  # a variable holding a mapping or a list that is no JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        where = f"{field[1]} ({PREFIX}{field[1].upper()})" if field else str(exc)
+        say(f"invalid settings: {where}: expected JSON (a mapping or a list), got text that is not")
         return 2
     except KeyboardInterrupt:
         return 130

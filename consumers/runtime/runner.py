@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 import agentstream.consumers as consumers_package
 from agentstream.schemas.admin import wait_for_broker
 from agentstream.schemas.errors import ConfigurationError
+from agentstream.schemas.settings import settings_error
 
 from .consumer import EventConsumer
 from .http import ServiceHTTPServer
@@ -117,7 +119,17 @@ def settings_from_options(
     args = parser.parse_args(list(options))
     fields = ["bootstrap_servers", "topic_prefix", "group_id", "http_host", "http_port", *own]
     given = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
-    settings: ServiceSettings = spec.settings_class(**given)
+    try:
+        settings: ServiceSettings = spec.settings_class(**given)
+    except ValidationError as exc:
+        # Named by the option given (--max-calls), not by the variable of the setting.
+        flags = {
+            a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings
+        }
+        error = settings_error(exc, {name: flags.get(name, name) for name in given})
+        if error is None:
+            raise
+        raise error from None
     return settings
 
 

@@ -237,9 +237,15 @@ def test_kafka_options_are_bounded_and_acks_minus_one_is_all() -> None:
         ("fetch_max_wait_ms", -1),
         ("max_batch_size", 0),
         ("request_timeout_ms", 0),
+        # Kafka's 32-bit fields: larger values failed inside aiokafka after the start
+        ("fetch_max_wait_ms", 2**31),
+        ("request_timeout_ms", 99_999_999_999),
+        ("session_timeout_ms", 2**31),
+        ("fetch_max_bytes", 2**31),
     ):
         with pytest.raises(ValidationError, match=option):
             KafkaSettings(**{option: value})
+    assert KafkaSettings(max_partition_fetch_bytes=2**31 - 1).max_partition_fetch_bytes > 0
     with pytest.raises(ValidationError) as caught:
         KafkaSettings(session_timeout_ms=6_000, heartbeat_interval_ms=6_000)
     assert "expected heartbeat_interval_ms below session_timeout_ms" in str(

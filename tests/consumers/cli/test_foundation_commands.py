@@ -157,11 +157,28 @@ async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext(
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (
+        (  # named by the option given, not by a variable set nowhere
             ["consume", "metrics", "--agent-label-limit", "-1"],
             {},
-            "agent_label_limit (AGENTSTREAM_AGENT_LABEL_LIMIT): expected greater than or "
-            "equal to 0, got -1",
+            "agent_label_limit (--agent-label-limit): expected greater than or equal to 0, "
+            "got -1",
+        ),
+        (
+            ["consume", "loops", "--max-calls", "-1"],
+            {},
+            "loop_max_calls (--max-calls): expected greater than or equal to 0, got -1",
+        ),
+        (  # a traceback (pydantic-settings' SettingsError)
+            ["consume", "loops"],
+            {"AGENTSTREAM_LOOP_AGENTS": "{bad"},
+            "loop_agents (AGENTSTREAM_LOOP_AGENTS): expected JSON (a mapping or a list), got "
+            "text that is not",
+        ),
+        (  # Kafka's 32-bit fields: it failed inside aiokafka once running
+            ["tail"],
+            {"AGENTSTREAM_FETCH_MAX_WAIT_MS": "99999999999"},
+            "fetch_max_wait_ms (AGENTSTREAM_FETCH_MAX_WAIT_MS): expected less than or equal "
+            "to 2147483647, got '99999999999'",
         ),
         (
             ["tail"],
