@@ -13,12 +13,13 @@ from agentstream.schemas.settings import KafkaSettings
 S = TypeVar("S", bound=KafkaSettings)
 
 
-def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bootstrap-servers",
-        metavar="HOST:PORT",
-        help="Kafka bootstrap servers (default: AGENTSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
+def add_kafka_arguments(
+    parser: argparse.ArgumentParser,
+    bootstrap_help: str = (
+        "Kafka bootstrap servers (default: AGENTSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)"
+    ),
+) -> None:
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT", help=bootstrap_help)
     parser.add_argument(
         "--topic-prefix", metavar="PREFIX", help="topic prefix (default: agentstream)"
     )

@@ -28,7 +28,11 @@ def register(commands: Any) -> None:
             "--duration. Events stay in the store for `agentstream sessions`/`replay`."
         ),
     )
-    add_kafka_arguments(parser)
+    add_kafka_arguments(
+        parser,
+        bootstrap_help="a Kafka cluster to use instead of the embedded broker (default: start "
+        "the embedded broker; AGENTSTREAM_BOOTSTRAP_SERVERS is not read here)",
+    )
     parser.add_argument(
         "--duration", type=positive_number, metavar="S", help="stop after S seconds of running"
     )

@@ -23,6 +23,7 @@ from agentstream.consumers.broker import free_port
 from agentstream.consumers.cli._demo.scenario import plan
 from agentstream.consumers.cli._up.monitor import metric_sums
 from agentstream.consumers.cli._up.processes import pick_port
+from agentstream.consumers.cli._up.run import service_environment
 
 
 def _alive(pid: int) -> bool:
@@ -306,6 +307,19 @@ def test_a_taken_port_is_replaced_by_a_free_one() -> None:
     free = free_port()
     assert pick_port(free, set()) == free
     assert pick_port(free, {free}) != free  # already given to another service
+
+
+def test_the_services_never_share_a_group_id_from_the_environment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With AGENTSTREAM_GROUP_ID set, the five services split one group's partitions: the
+    store got a share of the events, no alert came, and up ended with exit 0."""
+    environ = {"AGENTSTREAM_GROUP_ID": "shared", "AGENTSTREAM_TOPIC_PREFIX": "p", "PATH": "/bin"}
+    env = service_environment(environ)
+    assert "AGENTSTREAM_GROUP_ID" not in env
+    assert env["AGENTSTREAM_TOPIC_PREFIX"] == "p" and env["PYTHONUNBUFFERED"] == "1"
+    assert "AGENTSTREAM_GROUP_ID is ignored" in caplog.text
+    assert environ["AGENTSTREAM_GROUP_ID"] == "shared"  # the caller's is left alone
 
 
 def test_metric_sums_reads_lag_consumed_records_and_counted_events() -> None:

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -22,6 +22,9 @@ from agentstream.schemas.settings import KafkaSettings
 from .monitor import Monitor, ServiceState, http_get
 from .processes import Child, cli_command, pick_port
 from .view import UpState, View, make_view
+
+log = logging.getLogger("agentstream.up")
+_GROUP_ID = "AGENTSTREAM_GROUP_ID"
 
 if TYPE_CHECKING:
     from agentstream.consumers.broker import EmbeddedBroker
@@ -211,7 +214,7 @@ class Up:
         topics.detail = f"{len(outcome)} topics ({created} created, {each})"
 
         taken: set[int] = set()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = service_environment(os.environ)
         # Tansu holds every fetch for the whole wait: each service waits at most
         # FETCH_MAX_WAIT_MS, unless the environment says otherwise (loops keeps its 20 ms)
         wait_each = self.broker is not None and _FETCH_WAIT not in env
@@ -503,6 +506,21 @@ class Up:
             )
         lines.append(f"logs and summary: {self.o.log_dir.resolve()}")
         print("\n".join(lines), flush=True)
+
+
+def service_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the services: ``environ`` (their ``AGENTSTREAM_*`` settings), without
+    a group id. Each service is its own consumer group (``<prefix>.<service>``): one group id
+    shared by the five split the partitions between them, each missing the others' share (the
+    store got a fraction of the events, no alert came, and up ended with exit 0)."""
+    env = {**environ, "PYTHONUNBUFFERED": "1"}
+    if env.pop(_GROUP_ID, None) is not None:
+        log.warning(
+            "%s is ignored: up runs each service in a consumer group of its own "
+            "(<prefix>.<service>); one shared group would split the partitions between them",
+            _GROUP_ID,
+        )
+    return env
 
 
 def _otlp_configured() -> bool:

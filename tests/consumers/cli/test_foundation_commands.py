@@ -160,8 +160,7 @@ async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext(
         (  # named by the option given, not by a variable set nowhere
             ["consume", "metrics", "--agent-label-limit", "-1"],
             {},
-            "agent_label_limit (--agent-label-limit): expected greater than or equal to 0, "
-            "got -1",
+            "agent_label_limit (--agent-label-limit): expected greater than or equal to 0, got -1",
         ),
         (
             ["consume", "loops", "--max-calls", "-1"],
