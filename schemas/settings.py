@@ -221,6 +221,11 @@ class KafkaSettings(BaseSettings):
                 f"got {self.ssl_cafile!r}: {exc}"
             ) from None
         context.check_hostname = self.ssl_check_hostname
+        if self.ssl_keyfile and not self.ssl_certfile:  # a key alone was ignored without a word
+            raise ConfigurationError(
+                f"expected ssl_certfile ({PREFIX}SSL_CERTFILE) with ssl_keyfile "
+                f"({PREFIX}SSL_KEYFILE), got a key file alone: {self.ssl_keyfile!r}"
+            )
         if self.ssl_certfile:
             password: str | Callable[[], str] = (
                 self.ssl_password.get_secret_value()

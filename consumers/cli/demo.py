@@ -82,6 +82,10 @@ async def run(args: argparse.Namespace) -> int:
             f"expected --manifest in an existing directory, got {args.manifest} "
             f"({args.manifest.parent} is no directory)"
         )
+    if args.manifest is not None and args.manifest.is_dir():
+        raise ConfigurationError(
+            f"expected --manifest to name a file, got {args.manifest}: a directory"
+        )
     registry = server = None
     if args.metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server

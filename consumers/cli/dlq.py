@@ -115,6 +115,8 @@ async def run_replay(args: argparse.Namespace) -> int:
 
     if not args.all and not args.offset:
         raise ConfigurationError("expected --offset PARTITION:OFFSET or --all, got neither")
+    if args.all and args.offset:
+        raise ConfigurationError("expected --offset PARTITION:OFFSET or --all, got both")
     settings = kafka_settings_from(args)
     letters: AsyncIterable[DeadLetterInfo] | list[DeadLetterInfo]
     if args.offset:  # each read where it is; all found before any is sent

@@ -17,6 +17,7 @@ import logging
 import os
 import pkgutil
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,6 +183,11 @@ async def run_service(
     try:
         await http.start()
     except OSError as exc:
+        if isinstance(exc, socket.gaierror):  # the host, not the port
+            raise ConfigurationError(
+                f"expected an address to serve HTTP on (http_host / --http-host), got "
+                f"{settings.http_host!r}: {exc.strerror}"
+            ) from exc
         raise ConfigurationError(
             f"expected a free HTTP port at {settings.http_host}:{settings.http_port} "
             f"(http_port / --http-port), got {exc}"

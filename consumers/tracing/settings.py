@@ -174,6 +174,11 @@ class ExportTarget:
         """The TLS context of an https endpoint with a CA bundle or a client certificate
         (None: urllib's default, the system's trust store); unreadable files are a
         :class:`ConfigurationError` naming them."""
+        if self.client_key and not self.client_cert:  # a key alone was ignored without a word
+            raise ConfigurationError(
+                "OTLP TLS: expected a client certificate (AGENTSTREAM_OTLP_CLIENT_CERTIFICATE or "
+                f"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) with the client key {self.client_key!r}"
+            )
         if not (self.ca_file or self.client_cert):
             return None
         try:

@@ -195,6 +195,47 @@ async def test_a_wrong_setting_is_one_clear_line_not_a_traceback(
     assert err == f"agentstream: invalid settings: {expected}\n", err
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (  # it ran, then failed at the end without its summary, leaving DIR.tmp behind
+            ["demo", "--manifest", "/tmp"],
+            {},
+            "expected --manifest to name a file, got /tmp: a directory",
+        ),
+        (  # --all was dropped without a word
+            ["dlq", "replay", "--all", "--offset", "0:0"],
+            {},
+            "expected --offset PARTITION:OFFSET or --all, got both",
+        ),
+        (  # a key without its certificate was ignored without a word
+            ["tail"],
+            {"AGENTSTREAM_SECURITY_PROTOCOL": "SSL", "AGENTSTREAM_SSL_KEYFILE": "/no/key.pem"},
+            "expected ssl_certfile (AGENTSTREAM_SSL_CERTFILE) with ssl_keyfile "
+            "(AGENTSTREAM_SSL_KEYFILE), got a key file alone: '/no/key.pem'",
+        ),
+        (
+            ["consume", "tracing", "--bootstrap-servers", "127.0.0.1:1"],
+            {"AGENTSTREAM_OTLP_CLIENT_KEY": "/no/key.pem"},
+            "OTLP TLS: expected a client certificate (AGENTSTREAM_OTLP_CLIENT_CERTIFICATE or "
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) with the client key '/no/key.pem'",
+        ),
+        (  # the port was blamed
+            ["consume", "metrics", "--http-host", "999.1.1.1", "--bootstrap-servers", "h:1"],
+            {},
+            "expected an address to serve HTTP on (http_host / --http-host), got '999.1.1.1': ",
+        ),
+    ],
+)
+async def test_a_wrong_option_is_said_before_anything_runs(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    code, _, err = await _run(*args, env=env)
+    assert code == 2, err
+    assert err.startswith(f"agentstream: {expected}"), err
+    assert err.count("\n") == 1, err
+
+
 async def test_broker_command_runs_in_the_foreground_and_stops_on_sigterm() -> None:
     port = free_port()
     with subprocess.Popen(
