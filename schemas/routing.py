@@ -78,8 +78,17 @@ def prefix_problem(prefix: str) -> str | None:
 def pattern_problem(pattern: str) -> str | None:
     """Why a subscription pattern can match no event, or None: it is ``*``, a glob, or a type
     tag as envelopes carry them (dotted lower-case words)."""
-    if pattern == "*" or _is_glob(pattern) or checked_type(pattern):
+    if pattern == "*" or checked_type(pattern):
         return None
+    if _is_glob(pattern):
+        # Types are lower case and hold no '[': such a glob matched nothing, silently.
+        unclosed = "[" in pattern and "]" not in pattern[pattern.index("[") :]
+        if pattern == pattern.lower() and not unclosed:
+            return None
+        return (
+            "expected a glob that can match an event type (dotted lower-case words, as "
+            f"tool.*), got {pattern!r}"
+        )
     return (
         "expected an event type (dotted lower-case words, as tool.called), a glob (tool.*) "
         f"or '*', got {pattern!r}"

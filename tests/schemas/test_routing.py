@@ -85,7 +85,9 @@ def test_a_prefix_must_make_valid_names_for_every_topic() -> None:
     )
 
 
-@pytest.mark.parametrize("pattern", ["*", "tool.*", "audit.turn_start", "memory.stored", "t?.x"])
+@pytest.mark.parametrize(
+    "pattern", ["*", "tool.*", "audit.turn_start", "memory.stored", "t?.x", "tool.[cr]*"]
+)
 def test_patterns_that_can_match_pass(pattern: str) -> None:
     assert pattern_problem(pattern) is None
 
@@ -96,3 +98,13 @@ def test_patterns_that_can_match_nothing_are_named(pattern: str) -> None:
         "expected an event type (dotted lower-case words, as tool.called), a glob (tool.*) "
         f"or '*', got {pattern!r}"
     )
+
+
+@pytest.mark.parametrize("pattern", ["Tool.*", "TOOL.CALLED?", "[abc", "tool.[a-z"])
+def test_globs_that_can_match_nothing_are_named(pattern: str) -> None:
+    """A glob with capitals or an unclosed '[' was taken, and a reader showed no line."""
+    assert pattern_problem(pattern) == (
+        "expected a glob that can match an event type (dotted lower-case words, as tool.*), "
+        f"got {pattern!r}"
+    )
+    assert pattern_problem("tool.[a-z]*") is None
