@@ -101,6 +101,13 @@ class EmbeddedBroker:
         advertised_port: int | None = None,
         log_path: Path | None = None,
     ) -> None:
+        if ":" in host:
+            # Tansu takes tcp://[::1]:port, then advertises the host with its brackets, which
+            # no client resolves (aiokafka: "Name or service not known" for every request).
+            raise ConfigurationError(
+                f"expected an IPv4 address or a host name for the embedded broker, got {host!r}: "
+                "it cannot advertise an IPv6 address its clients can use"
+            )
         self.host = host
         try:
             self.port = port or free_port(host)

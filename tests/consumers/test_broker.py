@@ -53,3 +53,11 @@ def test_a_host_to_listen_on_that_is_wrong_is_said_so_not_a_taken_port(
     with pytest.raises(ConfigurationError, match=expected):
         broker.start()
     assert broker.pid is None
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_refused_with_the_reason(host: str) -> None:
+    """It failed as "Address family for hostname not supported", or the broker exited with
+    code 2 (unbracketed), or its clients could not resolve the address it advertised."""
+    with pytest.raises(ConfigurationError, match="cannot advertise an IPv6 address"):
+        EmbeddedBroker(host=host)
