@@ -82,6 +82,8 @@ async def run(args: argparse.Namespace) -> int:
             f"expected --manifest in an existing directory, got {args.manifest} "
             f"({args.manifest.parent} is no directory)"
         )
+    if args.run_id is not None and not args.run_id:  # a random one was used instead
+        raise ConfigurationError("expected --run-id to be a prefix of session ids, got ''")
     if args.manifest is not None and args.manifest.is_dir():
         raise ConfigurationError(
             f"expected --manifest to name a file, got {args.manifest}: a directory"

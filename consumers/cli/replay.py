@@ -47,6 +47,12 @@ def register(commands: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     from agentstream.schemas.errors import ConfigurationError
 
+    if args.for_group and not args.to_topic:
+        raise ConfigurationError("expected --for-group with --to-topic, got it alone")
+    if args.json and args.to_topic:  # --json was ignored
+        raise ConfigurationError(
+            "expected --json (show the timeline) or --to-topic (publish it), got both"
+        )
     async with store_from(args) as store:
         await store.require_schema()
         # the envelopes as stored too: fields a newer producer added (top level) are only there
@@ -56,8 +62,6 @@ async def run(args: argparse.Namespace) -> int:
     if not events:
         print(f"no events stored for session {args.session_id!r} in {store.url}", file=sys.stderr)
         return 1
-    if args.for_group and not args.to_topic:
-        raise ConfigurationError("expected --for-group with --to-topic, got it alone")
     if args.to_topic:
         from agentstream.schemas.settings import KafkaSettings
 

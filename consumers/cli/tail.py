@@ -36,7 +36,9 @@ def register(commands: Any) -> None:
         metavar="PATTERN",
         help="type or glob (default *)",
     )
-    parser.add_argument("--session", metavar="ID", help="only this session")
+    parser.add_argument(
+        "--session", metavar="ID", help="only this session ('': the events without one)"
+    )
     parser.add_argument("--agent", metavar="ID", help="only this agent")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
@@ -110,8 +112,8 @@ def _show(args: argparse.Namespace, record: Any, show: Callable[[Any, Any], None
     """Print ``record`` if it passes the filters; whether it did."""
     from agentstream.schemas import DecodeError, RecordLocation, decode_record, header, matches
 
-    session = args.session.encode() if args.session else None
-    agent = args.agent.encode() if args.agent else None
+    session = args.session.encode() if args.session is not None else None  # "": none
+    agent = args.agent.encode() if args.agent is not None else None
     announced = header(record.headers, "ce_type")
     if announced is not None and not matches(args.type, announced.decode("utf-8", "replace")):
         return False
@@ -127,8 +129,8 @@ def _show(args: argparse.Namespace, record: Any, show: Callable[[Any, Any], None
         return False
     if not matches(args.type, event.type):
         return False
-    if (args.session and event.session_id != args.session) or (
-        args.agent and event.agent_id != args.agent
+    if (args.session is not None and event.session_id != args.session) or (
+        args.agent is not None and event.agent_id != args.agent
     ):
         return False
     show(event, record)

@@ -203,6 +203,16 @@ async def test_a_wrong_setting_is_one_clear_line_not_a_traceback(
             {},
             "expected --manifest to name a file, got /tmp: a directory",
         ),
+        (  # a random one was used instead
+            ["demo", "--run-id", ""],
+            {},
+            "expected --run-id to be a prefix of session ids, got ''",
+        ),
+        (  # --json was ignored
+            ["replay", "s-1", "--json", "--to-topic", "t"],
+            {},
+            "expected --json (show the timeline) or --to-topic (publish it), got both",
+        ),
         (  # --all was dropped without a word
             ["dlq", "replay", "--all", "--offset", "0:0"],
             {},

@@ -42,7 +42,8 @@ async def _cli(settings: KafkaSettings, *args: str) -> tuple[int, str]:
 
 async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -> None:
     other = Event(type="tool.called", session_id="other", data={"name": "x"})
-    events = [sample_event("tool.called", 1), sample_event("message.received", 2), other]
+    alone = Event(type="tool.called", data={"name": "y"})  # no session
+    events = [sample_event("tool.called", 1), sample_event("message.received", 2), other, alone]
     for event in events:  # --since picks records by their time, here the events' (now)
         event.timestamp = other.timestamp
     await produce_events(kafka_settings, events)
@@ -56,6 +57,12 @@ async def test_tail_filters_by_type_and_session(kafka_settings: KafkaSettings) -
         assert code == 0, out
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert [(e["type"], e["seq"]) for e in lines] == [("tool.called", 1)], out
+    # '' is the events without a session (it matched every session)
+    code, out = await _cli(
+        kafka_settings, "tail", "--from-beginning", "--no-follow", "--json", "--session", ""
+    )
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["data"] for e in lines] == [{"name": "y"}], out
     # Following (the default) until --limit events were shown.
     code, out = await _cli(
         kafka_settings, "tail", "--since=5m", "--limit", "2", "--agent", "agent-weather"
