@@ -133,8 +133,9 @@ class AuditEmitter:
     def emit_turn_start(
         self, agent_id: str | None = None, turn_id: str | None = None, prompt: str = ""
     ) -> str:
-        """Emit a ``TurnStartEvent``; returns ``turn_id`` or a new 12-hex one."""
-        tid = turn_id if turn_id is not None else _generate_turn_id()
+        """Emit a ``TurnStartEvent``; returns ``turn_id`` or, when it is empty, a new 12-hex
+        one (Calute: ``turn_id or _generate_turn_id()``)."""
+        tid = turn_id or _generate_turn_id()
         self._emit(TurnStartEvent, agent_id, tid, {"prompt_preview": _preview(prompt)})
         return tid
 

@@ -29,7 +29,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from msgspec.structs import replace
+
 from agentstream.schemas import Event
+from agentstream.schemas.ids import new_event_id
 from agentstream.schemas.routing import matches
 from agentstream.schemas.throttle import ThrottledLog
 
@@ -249,6 +252,8 @@ class EventBus:
             self._note_session(event.session_id)
         if self.publisher is None or (self._local_ids and event.event_id in self._local_ids):
             return
+        if event.seq:  # published before: the same object emitted again is another event
+            event = replace(event, event_id=new_event_id())
         try:
             self.publisher.publish(event)
         except Exception as exc:
@@ -294,6 +299,16 @@ class EventBus:
             result = handler(event)
             if inspect.isawaitable(result):
                 await result
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the emitter itself is cancelled: it goes on
+                raise
+            # The handler awaited something cancelled elsewhere: a handler's error like any
+            # other (Corail's gather(return_exceptions=True) kept it from the emitter too).
+            self.handler_errors += 1
+            logger.error(
+                "EventBus handler %s failed for %s: %r", _handler_name(handler), event.type, exc
+            )
         except Exception as exc:
             self.handler_errors += 1
             logger.error(

@@ -51,6 +51,13 @@ class EventType(enum.StrEnum):
     CONTROL_KBS_RELOAD = "control.kbs.reload"
     CONTROL_AGENT_PAUSED = "control.agent.paused"
     CONTROL_AGENT_RESUMED = "control.agent.resumed"
+    # Corail's own names of the control types: aliases of the members above (iteration, the
+    # wire and the catalogue see each type once), so Corail code keeps its names.
+    CONFIG_UPDATED = "control.config.updated"
+    TOOLS_RELOAD_REQUESTED = "control.tools.reload"
+    KBS_RELOAD_REQUESTED = "control.kbs.reload"
+    AGENT_PAUSED = "control.agent.paused"
+    AGENT_RESUMED = "control.agent.resumed"
 
     # --- Calute audit (AuditEmitter), as audit.<event_type> ------------------------------
     AUDIT_TURN_START = "audit.turn_start"

@@ -60,8 +60,15 @@ class Event(msgspec.Struct, kw_only=True, dict=True):
         return payload_of(self.type, self.data)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, as Corail's ``Event.to_dict`` (type as a string, ISO timestamp)."""
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        """A dict as Corail's ``Event.to_dict`` (type as a string, ISO timestamp), JSON-ready
+        when ``data`` is: ``data`` that holds other objects (an exception, a ``Path``) is
+        given as it is, as Corail gives it."""
+        try:
+            return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        except (TypeError, ValueError):
+            plain: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(self, data={}))
+            plain["data"] = self.data
+            return plain
 
 
 WireId = Annotated[str, msgspec.Meta(min_length=1)]

@@ -171,11 +171,11 @@ class CorailEventType(enum.Enum):
     PLAN_STEP_FAILED = "plan.step.failed"
     PLAN_COMPLETED = "plan.completed"
     CORRECTION_ATTEMPTED = "correction.attempted"
-    CONTROL_CONFIG_UPDATED = "control.config.updated"
-    CONTROL_TOOLS_RELOAD = "control.tools.reload"
-    CONTROL_KBS_RELOAD = "control.kbs.reload"
-    CONTROL_AGENT_PAUSED = "control.agent.paused"
-    CONTROL_AGENT_RESUMED = "control.agent.resumed"
+    CONFIG_UPDATED = "control.config.updated"  # Corail's names for its control types
+    TOOLS_RELOAD_REQUESTED = "control.tools.reload"
+    KBS_RELOAD_REQUESTED = "control.kbs.reload"
+    AGENT_PAUSED = "control.agent.paused"
+    AGENT_RESUMED = "control.agent.resumed"
 
 
 class CorailStopReason(enum.StrEnum):

@@ -23,6 +23,7 @@ class RecordingPublisher:
             raise RuntimeError("publisher is broken")
         with self._lock:
             self.events.append(event)
+            event.seq = len(self.events)  # as KafkaPublisher stamps it
 
     def flush(self, timeout: float | None = None) -> bool:
         self.flushes += 1

@@ -40,6 +40,20 @@ async def test_corail_construction_and_exact_and_wildcard_handlers() -> None:
     assert seen == ["tool:calculator", "all:tool.called", "all:tool.result"]
 
 
+def test_corails_names_of_the_control_types_and_to_dict_of_any_data() -> None:
+    """Corail code subscribing with EventType.AGENT_PAUSED failed at import; to_dict() raised
+    for data holding an object (Corail's gives data as it is)."""
+    assert EventType.AGENT_PAUSED is EventType.CONTROL_AGENT_PAUSED
+    assert EventType.CONFIG_UPDATED.value == "control.config.updated"
+    assert EventType.TOOLS_RELOAD_REQUESTED is EventType.CONTROL_TOOLS_RELOAD
+    assert EventType.KBS_RELOAD_REQUESTED is EventType.CONTROL_KBS_RELOAD
+    assert EventType.AGENT_RESUMED is EventType.CONTROL_AGENT_RESUMED
+    error = ValueError("boom")
+    shown = Event(type=EventType.TOOL_ERROR, data={"error": error}).to_dict()
+    assert shown["data"] == {"error": error} and shown["type"] == "tool.error"
+    assert isinstance(shown["timestamp"], str)
+
+
 async def test_exact_then_glob_then_wildcard_order_and_duplicates() -> None:
     bus = EventBus()
     started: list[str] = []
@@ -106,6 +120,59 @@ async def test_failing_handler_is_logged_with_name_and_type_never_raised(
     assert bus.handler_errors == 1
     message = caplog.records[-1].getMessage()
     assert "broken_handler" in message and "tool.called" in message and "boom" in message
+
+
+async def test_a_handler_that_meets_a_cancellation_is_a_handler_error() -> None:
+    """A handler awaiting a future cancelled elsewhere raised CancelledError out of emit()
+    (Corail's gather(return_exceptions=True) keeps it from the emitter)."""
+    bus = EventBus()
+    ran: list[str] = []
+
+    async def waits_on_cancelled(event: Event) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    async def fine(event: Event) -> None:
+        ran.append("fine")
+
+    bus.subscribe("*", waits_on_cancelled)
+    await bus.emit(ev())  # one handler: awaited in the emitter's own task
+    bus.subscribe("*", fine)
+    await bus.emit(ev())  # two: gathered
+    assert ran == ["fine"] and bus.handler_errors == 2
+
+
+async def test_cancelling_the_emitter_still_cancels_it() -> None:
+    bus = EventBus()
+    started = asyncio.Event()
+
+    async def slow(event: Event) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    bus.subscribe("*", slow)
+    task = asyncio.create_task(bus.emit(ev()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert bus.handler_errors == 0
+
+
+async def test_an_event_object_emitted_twice_is_shipped_as_two_events(
+    recording: type[RecordingPublisher],
+) -> None:
+    """Corail's events have no id: the same object emitted twice is two events. It was shipped
+    twice under one event_id, and the store kept one."""
+    publisher = recording()
+    bus = EventBus(publisher)
+    event = ev()
+    await bus.emit(event)
+    await bus.emit(event)
+    first, second = publisher.events
+    assert first is event and second.event_id != event.event_id
+    assert second.data == event.data and bus.history == [event, event]
 
 
 async def test_sync_handlers_are_accepted() -> None:
