@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HISTORY_SIZE = 1000
 _WILDCARD = "*"
 _MAX_TRACKED_SESSIONS = 10_000
+_MAX_TRACKED_AGENTS = 1_000
 _MAX_LOCAL_IDS = 1_000
 _MAX_CACHED_TYPES = 4_096  # dispatch tables kept; types past it are matched at each emit
 
@@ -112,7 +113,8 @@ class EventBus:
         self._history: deque[Event] = deque(maxlen=history_size)
         self._tasks: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sessions: dict[str, None] = {}
+        self._sessions: dict[str, None] = {}  # least recently emitted in first
+        self._agents: dict[str, None] = {}  # the agents this bus emitted for (scopes name them)
         self._local_ids: dict[str, None] = {}
         self.handler_errors = 0
         self.publish_failures = FailureLog("EventBus publish")
@@ -248,8 +250,11 @@ class EventBus:
         if not event.agent_id:
             event.agent_id = self.agent_id
         self._history.append(event)
-        if self.control is not None and event.session_id:
-            self._note_session(event.session_id)
+        if self.control is not None:
+            if event.session_id:
+                _note(self._sessions, event.session_id, _MAX_TRACKED_SESSIONS)
+            if event.agent_id and event.agent_id != self.agent_id:
+                _note(self._agents, event.agent_id, _MAX_TRACKED_AGENTS)
         if self.publisher is None or (self._local_ids and event.event_id in self._local_ids):
             return
         if event.seq:  # published before: the same object emitted again is another event
@@ -321,20 +326,15 @@ class EventBus:
 
     # --- bookkeeping for the control channel ------------------------------------------------
 
-    def _note_session(self, session_id: str) -> None:
-        sessions = self._sessions
-        if session_id in sessions:
-            return
-        sessions[session_id] = None
-        if len(sessions) > _MAX_TRACKED_SESSIONS:
-            # emit_sync may run in several threads at once: a racing eviction is harmless
-            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-                del sessions[next(iter(sessions))]
-
     def has_session(self, session_id: str) -> bool:
-        """Whether this bus emitted in ``session_id`` recently (the last 10,000 sessions;
-        tracked only when a control listener is attached)."""
+        """Whether this bus emitted in ``session_id`` recently (the 10,000 sessions emitted
+        in last; tracked only when a control listener is attached)."""
         return session_id in self._sessions
+
+    def has_agent(self, agent_id: str) -> bool:
+        """Whether this bus emitted events of ``agent_id`` recently: its own ``agent_id``, or
+        one a scope gave (the 1,000 last; tracked only when a control listener is attached)."""
+        return bool(agent_id) and (agent_id == self.agent_id or agent_id in self._agents)
 
     def _mark_local(self, event_id: str) -> None:
         self._local_ids[event_id] = None
@@ -377,3 +377,17 @@ class EventBus:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _note(recent: dict[str, None], key: str, limit: int) -> None:
+    """``key`` used now: last in ``recent`` (the least recently used first out past ``limit``).
+    emit_sync may run in several threads at once: a racing change is harmless here."""
+    with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+        if key in recent:
+            if next(reversed(recent)) != key:
+                del recent[key]
+                recent[key] = None
+            return
+        recent[key] = None
+        if len(recent) > limit:
+            del recent[next(iter(recent))]

@@ -26,7 +26,7 @@ from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodec
 from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
-from agentstream.schemas.admin import fetch, start_client, stop_client
+from agentstream.schemas.admin import fetch, fetched_ends, start_client, stop_client
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -107,8 +107,13 @@ class ControlListener:
                 )
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
-            await consumer.seek_to_end(*assigned)
-            self._expected = {tp: await consumer.position(tp) for tp in assigned}
+            listed = {tp: int(end) for tp, end in (await consumer.end_offsets(assigned)).items()}
+            # ListOffsets can stop short of the end (the embedded broker: within the last
+            # batch): the directives after that point were published before this pod started.
+            ends = {**listed, **await fetched_ends(consumer, listed, timeout_s=5.0)}
+            for tp, end in ends.items():
+                consumer.seek(tp, end)
+            self._expected = dict(ends)
         except BaseException:
             await consumer.stop()
             raise
@@ -144,6 +149,28 @@ class ControlListener:
                 await asyncio.sleep(self.retry_backoff_s)
                 continue
             await self._dispatch(bus, batches)
+            self._restarted_logs(consumer)
+
+    def _restarted_logs(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition whose end is below where the listener reads restarted under it (the
+        topic was created again: an embedded broker restarted, keeping records in memory only;
+        a topic deleted and made again). The broker may never say so (the embedded broker
+        answers no OFFSET_OUT_OF_RANGE): the listener waited, deaf, until the new log grew
+        past its old position. Its records were published since: read from its start."""
+        for tp, expected in self._expected.items():
+            high = consumer.highwater(tp)
+            if high is None or high >= expected:
+                continue
+            logger.warning(
+                "control listener: %s[%d] ends at offset %d, below the %d expected next (the "
+                "topic was created again): reading it from its start",
+                tp.topic,
+                tp.partition,
+                high,
+                expected,
+            )
+            consumer.seek(tp, 0)
+            self._expected[tp] = 0
 
     async def _dispatch(self, bus: EventBus, batches: dict[TopicPartition, list[Any]]) -> None:
         expected = self._expected
@@ -203,7 +230,9 @@ class ControlListener:
 
     @staticmethod
     def addressed_to(bus: EventBus, event: Event) -> bool:
-        """Whether a directive is for ``bus``: its agent, or a session it emitted in."""
+        """Whether a directive is for ``bus``: an agent it emitted for (its own, or one its
+        scopes named: a pod serving several agents), or, without an agent, a session it
+        emitted in."""
         if event.agent_id:
-            return event.agent_id == bus.agent_id
+            return bus.has_agent(event.agent_id)
         return bool(event.session_id) and bus.has_session(event.session_id)

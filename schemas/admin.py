@@ -217,6 +217,33 @@ async def fetch(
     return batches
 
 
+async def fetched_ends(
+    consumer: Any, listed: Mapping[Any, int], *, timeout_s: float, wait_ms: int = 500
+) -> dict[Any, int]:
+    """The high watermark of each partition of ``listed`` (an assigned consumer's partitions,
+    with their ListOffsets ends) as a fetch response reports it, for those that answered
+    within ``timeout_s``. The embedded broker answers ListOffsets with the base offset of its
+    last batch + 1, short of the records after the first one of that batch; Apache Kafka
+    answers the high watermark, and both agree with fetch responses. Leaves the consumer's
+    positions and pauses as they were found only for partitions not probed: the caller seeks
+    where it wants next."""
+    for tp, end in listed.items():  # inside the last batch: the fetch answers at once with data
+        consumer.seek(tp, max(0, end - 1))
+    found: dict[Any, int] = {}
+    pending = set(listed)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        await fetch(consumer, *pending, timeout_ms=wait_ms, max_records=1)
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            if high is not None:
+                found[tp] = max(int(listed[tp]), int(high))
+                pending.discard(tp)
+                consumer.pause(tp)
+    consumer.resume(*found)
+    return found
+
+
 async def stop_client(client: Any) -> None:
     """``await client.stop()`` of an aiokafka consumer or producer. Without a broker, aiokafka's
     consumer ends its ``stop()`` in the CancelledError of its own fetch task (it awaits the

@@ -27,6 +27,7 @@ from agentstream.schemas.admin import (
     admin_client,
     describe_topics,
     fetch,
+    fetched_ends,
     start_client,
     stop_client,
 )
@@ -153,20 +154,10 @@ async def high_watermarks(
     await start_client(consumer, settings.client_options())
     try:
         consumer.assign(tps)
-        listed = await consumer.end_offsets(tps)
-        for tp in tps:  # inside the last batch: the fetch answers at once with data
-            consumer.seek(tp, max(0, listed[tp] - 1))
-        result = {tp: int(listed[tp]) for tp in tps}
-        pending = set(tps)
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            await fetch(consumer, *pending, timeout_ms=FETCH_WAIT_MS, max_records=1)
-            for tp in list(pending):
-                high = consumer.highwater(tp)
-                if high is not None:
-                    result[tp] = max(result[tp], int(high))
-                    pending.discard(tp)
-                    consumer.pause(tp)
+        listed = {tp: int(end) for tp, end in (await consumer.end_offsets(tps)).items()}
+        fetched = await fetched_ends(consumer, listed, timeout_s=timeout_s, wait_ms=FETCH_WAIT_MS)
+        result = {**listed, **fetched}
+        pending = set(tps) - set(fetched)
         if pending and not listed_fallback:
             return {tp: end for tp, end in result.items() if tp not in pending}
         if pending:

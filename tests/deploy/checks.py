@@ -21,6 +21,7 @@ from agentstream.consumers.runtime.runner import (
     load_service,
     settings_from_options,
 )
+from agentstream.schemas.errors import ConfigurationError
 from agentstream.schemas.settings import KafkaSettings, LogSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,5 +134,5 @@ def _parse(action: Any, where: str) -> Any:
             return action()
     except SystemExit:
         pytest.fail(f"{where}: the command line is rejected: {stderr.getvalue().strip()}")
-    except ValueError as exc:  # pydantic's ValidationError
+    except (ValueError, ConfigurationError) as exc:  # pydantic's, or the runner's, message
         pytest.fail(f"{where}: invalid settings: {exc}")

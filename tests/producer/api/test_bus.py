@@ -456,6 +456,21 @@ async def test_control_addressing_by_agent_then_by_recent_session() -> None:
     assert not ControlListener.addressed_to(bus, directive("", ""))
 
 
+async def test_a_pod_naming_its_agents_in_scopes_gets_their_directives() -> None:
+    """A bus without an agent_id whose requests name the agent with scope(agent_id=...) (a
+    pod serving several agents): the directives for those agents never reached it."""
+    from agentstream.producer import ControlListener
+
+    bus = EventBus()
+    bus.control = object()  # type: ignore[assignment]  # tracking is on with a listener
+    with bus.scope(session_id="s-1", agent_id="agent-x"):
+        await bus.emit(ev())
+    paused = Event(type=EventType.CONTROL_AGENT_PAUSED, agent_id="agent-x", session_id="s-1")
+    assert ControlListener.addressed_to(bus, paused)
+    other = Event(type=EventType.CONTROL_AGENT_PAUSED, agent_id="agent-y", session_id="s-1")
+    assert not ControlListener.addressed_to(bus, other)
+
+
 def test_session_tracking_is_bounded() -> None:
     bus = EventBus()
     bus.control = object()  # type: ignore[assignment]
@@ -463,6 +478,12 @@ def test_session_tracking_is_bounded() -> None:
         bus.emit_sync(ev(session_id=f"s{i}"))
     assert not bus.has_session("s0") and bus.has_session("s10004")
     assert len(bus._sessions) == 10_000
+    # The sessions emitted in last are kept: a long session emitting now and then stays
+    # (they were kept in the order first seen).
+    bus.emit_sync(ev(session_id="s5"))
+    for i in range(9_999):
+        bus.emit_sync(ev(session_id=f"t{i}"))
+    assert bus.has_session("s5") and not bus.has_session("s6")
 
 
 async def test_dispatch_tables_are_bounded_and_types_past_them_still_dispatched() -> None:

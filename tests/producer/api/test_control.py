@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -93,8 +94,12 @@ async def test_directives_for_this_agent_reach_local_handlers_only(
 async def test_directives_published_before_start_are_not_replayed(
     kafka_settings: KafkaSettings,
 ) -> None:
+    """Several directives in one batch (the budget service sends a batch's at once): the
+    embedded broker's ListOffsets answer stops after the batch's first record, and a pod that
+    started later was paused by the others."""
     topic = kafka_settings.routing().control
-    await produce_events(kafka_settings, [directive("agent-a", "old")], topic=topic)
+    old = [directive("agent-a", "old") for _ in range(5)]  # one session: one partition, one batch
+    await produce_events(kafka_settings, old, topic=topic)
     received: list[Event] = []
     arrived = asyncio.Event()
 
@@ -188,3 +193,44 @@ async def test_a_record_the_client_cannot_parse_sets_its_partition_aside_only(
         event = await asyncio.wait_for(received.get(), 20)
         assert event.session_id == session and listener.running
     assert f"control listener: cannot read {topic}[0] at offset" in caplog.text
+
+
+async def test_a_control_topic_created_again_is_read_from_its_start(
+    broker_factory: type[EmbeddedBroker], unique_name: str
+) -> None:
+    """The embedded broker restarted (it keeps records in memory) and the topic was made
+    again: the listener kept reading at offset 5 of a log that started at 0 again, deaf to
+    the directives until the log grew past it (and without a line: aiokafka retries the
+    connection itself)."""
+    broker = broker_factory()
+    broker.start()
+    await broker.wait_ready()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=unique_name)
+    topics = (settings.admin_options(), settings.routing(), TopicSpec(partitions=1))
+    await ensure_topics(*topics)
+    topic = settings.routing().control
+    await produce_events(settings, [directive("agent-a", f"before-{i}") for i in range(5)], topic)
+    received: list[str] = []
+    three = asyncio.Event()
+
+    def guard(event: Event) -> None:
+        received.append(event.session_id)
+        if len(received) == 3:
+            three.set()
+
+    bus = EventBus(agent_id="agent-a")
+    bus.subscribe("control.*", guard)
+    await bus.enable_control(settings)
+    try:
+        broker.stop()
+        broker = broker_factory(broker.port)
+        broker.start()
+        await broker.wait_ready()
+        await ensure_topics(*topics)
+        after = [directive("agent-a", f"after-{i}") for i in range(3)]
+        await produce_events(settings, after, topic)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(three.wait(), 30)
+    finally:
+        await bus.close()
+    assert received == ["after-0", "after-1", "after-2"]
