@@ -339,15 +339,36 @@ def test_scaled_objects_follow_each_groups_lag_up_to_the_partitions(
             if settings.security_protocol.startswith("SASL"):
                 assert metadata["sasl"] == KEDA_SASL[settings.sasl_mechanism], where
                 auth = auths[trigger["authenticationRef"]["name"]]
-                secret_names = {ref["name"] for ref in auth["spec"]["secretTargetRef"]}
+                refs = auth["spec"]["secretTargetRef"]
+                secret_names = {
+                    ref["name"] for ref in refs if ref["parameter"] in ("username", "password")
+                }
                 user_ref = next(
                     item["valueFrom"]["secretKeyRef"]
                     for item in container["env"]
                     if item["name"] == "AGENTSTREAM_SASL_PLAIN_USERNAME"
                 )
                 assert secret_names == {user_ref["name"]}, where
-                params = {ref["parameter"]: ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+                params = {ref["parameter"]: ref["key"] for ref in refs}
                 assert params["username"] == user_ref["key"], where
+                # The scaler trusts the CA the pods trust (Strimzi signs with its own).
+                ca_ref = next((ref for ref in refs if ref["parameter"] == "ca"), None)
+                if settings.ssl_cafile is None:
+                    assert ca_ref is None, where
+                else:
+                    assert ca_ref is not None, f"{where}: KEDA has no CA"
+                    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+                    secrets = {
+                        v["name"]: v["secret"]["secretName"]
+                        for v in pod_spec(deployment)["volumes"]  # type: ignore[index]
+                        if "secret" in v
+                    }
+                    mounted = {
+                        f"{mounts[name]}/{ca_ref['key']}": secret
+                        for name, secret in secrets.items()
+                        if name in mounts
+                    }
+                    assert mounted.get(settings.ssl_cafile) == ca_ref["name"], where
             expect_tls = settings.security_protocol in ("SSL", "SASL_SSL")
             assert (metadata.get("tls") == "enable") == expect_tls, where
             if service in EVENTS_ONLY and metadata["consumerGroup"] == group:
@@ -373,6 +394,10 @@ def test_overlay_changes_what_it_says() -> None:
         assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "agentstream"
     for workload, container in workloads(overlay):
         assert container["image"] == "registry.example.com/platform/agentstream:0.1.0"
+        # Strimzi's cluster CA: every pod (the topics Job too) has the file its setting names
+        ca_file = container_env(overlay, container)["AGENTSTREAM_SSL_CAFILE"]
+        mounts = [m["mountPath"] + "/" for m in container["volumeMounts"]]
+        assert any(ca_file.startswith(m) for m in mounts), workload["metadata"]["name"]
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "example"
         selector = workload["spec"].get("selector", {}).get("matchLabels", {})
