@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,17 @@ log = logging.getLogger("agentstream.consumers.persistence")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-_encoder = msgspec.json.Encoder()
+
+
+def _as_json(value: Any) -> Any:
+    """What JSON holds of a MessagePack value it has no type for: an extension type as
+    ``{"msgpack_ext": code, "data": base64}``; anything else as its text."""
+    if isinstance(value, msgspec.msgpack.Ext):
+        return {"msgpack_ext": value.code, "data": base64.b64encode(value.data).decode()}
+    return str(value)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_as_json)
 _decoder = msgspec.json.Decoder(Event)
 
 
@@ -49,15 +60,17 @@ def original_json(event: Event, value: bytes, encoding: Encoding) -> str:
     """The ``event`` column of a consumed record: its original envelope as JSON text, with
     every field as the producer sent it, including those this version's ``Event`` does not
     know (a newer producer's). JSON records are kept as they came; MessagePack ones are
-    decoded untyped and written as JSON. Without ``value``, or with a MessagePack value JSON
-    cannot hold (extension types), the decoded envelope re-encoded."""
+    decoded untyped and written as JSON (an extension type as ``{"msgpack_ext": code,
+    "data": base64}``: it failed the whole batch into the dead-letter topic). Without
+    ``value``, or with a MessagePack value that does not decode untyped, the decoded envelope
+    re-encoded."""
     if not value:
         return event_json(event)
     if encoding == "json":
         return value.decode("utf-8")  # decoded as an envelope already: valid UTF-8 JSON
     try:
         return _encoder.encode(msgspec.msgpack.decode(value)).decode()
-    except (msgspec.DecodeError, TypeError) as exc:
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
         log.warning(
             "event %s: MessagePack envelope not representable as JSON (%s); storing the "
             "decoded envelope, fields unknown to this version are dropped",

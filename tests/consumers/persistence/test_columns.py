@@ -136,3 +136,29 @@ async def test_the_first_and_last_instants_are_stored_as_such_not_as_infinities(
     assert [e.timestamp for e in timeline] == [first, T0, last]  # exact in the document
     assert await store.delete_before(T0, limit=10) == 1  # the zero time is old, not -infinity
     assert [e.seq for e in await store.timeline("edge")] == [1, 2]
+
+
+async def test_a_messagepack_extension_type_is_stored_not_a_failed_batch(store: Store) -> None:
+    """A MessagePack record holding an extension type (JSON has none) made the document
+    raise TypeError for the whole batch: retried, then every record of the batch, those of
+    other sessions included, went to the dead-letter topic as "retries exhausted"."""
+    import msgspec
+
+    from agentstream.consumers.persistence.rows import original_json
+    from agentstream.schemas import decode_record
+
+    event = Event(
+        type="tool.called",
+        timestamp=T0,
+        session_id="s-ext",
+        data={"name": "t", "args": {"blob": msgspec.msgpack.Ext(5, b"xyz")}},
+    )
+    value = encode_event(event, "msgpack")
+    decoded = decode_record(value, [("content-type", b"application/msgpack")])
+    document = original_json(decoded, value, "msgpack")
+    assert msgspec.json.decode(document)["data"]["args"] == {
+        "blob": {"msgpack_ext": 5, "data": "eHl6"}
+    }
+    assert await store.write_batch([decoded], None, [document]) == 1
+    (back,) = await store.timeline("s-ext")
+    assert back.data["args"]["blob"] == {"msgpack_ext": 5, "data": "eHl6"}
