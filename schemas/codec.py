@@ -196,6 +196,17 @@ def announced_type_error(
     )
 
 
+def untagged_error(announced: bytes, *, where: RecordLocation | None = None) -> EventTypeError:
+    """The error for a ``ce_type`` header that is no event type (dotted lower-case words): a
+    service whose subscriptions skip records by that header would skip it unseen, where the
+    others dead-letter it for not matching its envelope."""
+    return EventTypeError(
+        f"expected an event type in header ce_type (dotted lower-case words, as tool.called), "
+        f"got {announced.decode('utf-8', 'replace')!r}",
+        where=where,
+    )
+
+
 def record_key(event: Event) -> bytes | None:
     """The Kafka key: ``session_id``, else ``source``, else none."""
     key = event.session_id or event.source

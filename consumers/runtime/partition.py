@@ -14,7 +14,8 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from agentstream.schemas import DecodeError, Event, RecordLocation, header
-from agentstream.schemas.codec import announced_type_error, decode_event
+from agentstream.schemas.codec import announced_type_error, decode_event, untagged_error
+from agentstream.schemas.envelope import checked_type
 
 from .deadletter import DECODE_HANDLER, REASON_UNDECODABLE, REPLAYED_FOR, Failure
 from .dispatch import Dispatcher, bounded
@@ -252,6 +253,8 @@ class PartitionWorker:
             known = types.get(announced)
             if known is None:
                 known = self._lookup(raw.topic, announced)
+                if known is None:  # not a type tag: a service that skips the type never saw it
+                    return raw, untagged_error(announced)
             event_type, singles, subs, needs_record = known
             offset = raw.offset
             if not subs and not singles:
@@ -325,10 +328,13 @@ class PartitionWorker:
         self._metrics.record(event_type, SKIPPED)
         self.offsets.release(offset)
 
-    def _lookup(self, topic: str, announced: bytes) -> _Known:
+    def _lookup(self, topic: str, announced: bytes) -> _Known | None:
         """What the hot path needs to know of a ``ce_type`` value on this partition's topic:
-        the type, its event and batch subscriptions, and whether a :class:`Record` is needed."""
+        the type, its event and batch subscriptions, and whether a :class:`Record` is needed;
+        None for a value that is no type tag (``Tool.Called``, empty, a trailing space)."""
         event_type = announced.decode("utf-8", "replace")
+        if not checked_type(event_type):
+            return None
         singles, subs = self._table.for_type(topic, event_type)
         found = (event_type, singles, subs, bool(subs) or any(s.takes_record for s in singles))
         if len(self._types) < 1024:  # the subscriptions are fixed once the consumer started

@@ -413,3 +413,32 @@ async def test_a_dead_letter_too_large_to_send_goes_without_its_value(
     size = len(encode_event(big, max_bytes=8 << 20))
     assert header(letter.headers, "agentstream.errors.value.dropped") == str(size).encode()
     assert header(letter.headers, "agentstream.errors.reason") == b"too much"
+
+
+async def test_a_ce_type_that_is_no_type_tag_is_dead_lettered_by_every_service(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A service whose subscriptions skip records by their ce_type header (loops) skipped a
+    tool call whose header said 'Tool.Called' or 'tool.called ' (a loop went unseen), where
+    services taking every type dead-letter it for not matching its envelope."""
+    settings = service_settings(kafka_settings)
+    consumer = EventConsumer(settings, service="narrow")
+    handled: list[str] = []
+
+    @consumer.subscribe("tool.*")
+    async def on_tool(event: Event) -> None:
+        handled.append(event.event_id)
+
+    topic = settings.routing().events
+    call = sample_event("tool.called", 1)
+    after = sample_event("tool.result", 2)
+    bad_tags = [b"Tool.Called", b"tool.called ", b""]
+    async with running_consumer(consumer):
+        for tag in bad_tags:
+            headers = [(n, tag if n == "ce_type" else v) for n, v in event_headers(call)]
+            await produce_raw(settings, topic, encode_event(call), key=b"k", headers=headers)
+        await produce_events(settings, [after], topic=topic)
+        await wait_until(lambda: handled == [after.event_id])
+        letters = await read_records(settings, settings.routing().dlq, len(bad_tags))
+    messages = sorted(dict(r.headers)["agentstream.errors.exception.message"] for r in letters)
+    assert all(b"expected an event type in header ce_type" in m for m in messages), messages
