@@ -19,6 +19,12 @@ These keep every reader able to read every writer, older or newer:
 Golden records of each released version live in ``tests/schemas/golden`` and must decode
 both ways (old bytes with new code, new bytes with the old Structs). The JSON Schema of the
 envelope and of every payload is exported to ``jsonschema/`` by ``agentstream schemas export``.
+
+What readers refuse, within version 1: an envelope with an empty ``event_id`` (the first
+version's schema let it through; stores and services deduplicate by the id, so every such
+event was taken for the first one's copy: refused as undecodable instead, never stored as
+a duplicate), and an integer field written as a float (``"seq": 1.0``): JSON Schema cannot
+tell ``1.0`` from ``1`` and the exported schemas accept it, the decoders do not.
 """
 
 from .catalogue import AUDIT_PREFIX, EventType, StopReason, audit_type

@@ -18,7 +18,7 @@ from support.runtime import (
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer
-from agentstream.schemas import DeadLetter, Event, header
+from agentstream.schemas import DeadLetter, Event, encode_event, header
 from agentstream.schemas.settings import KafkaSettings
 
 
@@ -84,10 +84,16 @@ async def test_tail_from_the_end_shows_nothing_older(kafka_settings: KafkaSettin
 async def test_tail_says_where_an_undecodable_record_is(kafka_settings: KafkaSettings) -> None:
     events = kafka_settings.routing().events
     await produce_raw(kafka_settings, events, b"not json", key=b"s")
+    # data that does not match its type's payload: the services take it, tail shows it too
+    # (it was "# undecodable record")
+    odd = Event(type="tool.called", session_id="s-odd", data={"args": {}})
+    await produce_raw(kafka_settings, events, encode_event(odd), key=b"s")
     code, out = await _cli(kafka_settings, "tail", "--from-beginning", "--no-follow", "--json")
     assert code == 0, out
     assert "# undecodable record expected json encoding of an event" in out, out
     assert re.search(rf"\(at {re.escape(events)}\[\d+\]@0\)$", out, re.MULTILINE), out
+    shown = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["event_id"] for e in shown] == [odd.event_id], out
 
 
 async def test_dlq_list_show_and_replay(kafka_settings: KafkaSettings) -> None:
