@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-from pydantic_settings.exceptions import SettingsError
+from pydantic_settings import SettingsError
 
 from agentstream.schemas.environment import unread_variables
 from agentstream.schemas.errors import AgentstreamError, describe
