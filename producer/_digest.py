@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from typing import Any, Final
 
@@ -23,7 +24,6 @@ ARGS_DIGEST: Final = "args_digest"
 """The ``data`` key of ``tool.called`` and ``audit.tool_call_attempt`` that holds it."""
 
 _ARGUMENTS = {"tool.called": "args", "audit.tool_call_attempt": "arguments_preview"}
-_encoder = msgspec.json.Encoder(order="sorted")
 
 
 class ArgumentsDigest:
@@ -46,8 +46,11 @@ class ArgumentsDigest:
 
     def of(self, arguments: Any) -> str:
         """The digest of ``arguments`` (equal arguments, equal digests, in this process)."""
-        try:
-            text = _encoder.encode(arguments)
+        try:  # JSON with sorted keys, as the loops service hashes arguments
+            plain = msgspec.to_builtins(arguments, str_keys=True)
+            text = json.dumps(plain, sort_keys=True, default=str)
         except (TypeError, ValueError, OverflowError):  # an object the encoder refuses
-            text = repr(arguments).encode("utf-8", "surrogatepass")
-        return hmac.new(self._key, text, hashlib.sha256).hexdigest()[:32]
+            text = repr(arguments)
+        return hmac.new(
+            self._key, text.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).hexdigest()[:32]
