@@ -100,7 +100,7 @@ def checked_type(event_type: str) -> bool:
     """Whether ``event_type`` matches :data:`TYPE_PATTERN` (memoised, up to 4096 types)."""
     if event_type in _CHECKED_TYPES:
         return True
-    if _TYPE_RE.match(event_type) is None:
+    if _TYPE_RE.fullmatch(event_type) is None:  # match(): "$" also matches before a final \n
         return False
     if len(_CHECKED_TYPES) < 4096:
         _CHECKED_TYPES.add(event_type)

@@ -413,7 +413,7 @@ class FleetMetrics:
         data = event.data
         name = _text(data.get("name"))
         call_id = _text(data.get("call_id"))
-        key = ("id", call_id) if call_id else ("name", name)
+        key = (event.agent_id, "id", call_id) if call_id else (event.agent_id, "name", name)
         state.tools.start(_session(event), key, at, name, seen=self._now)
 
     def _tool_result(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
@@ -427,11 +427,12 @@ class FleetMetrics:
         name = _text(data.get("name"))
         call_id = _text(data.get("call_id"))
         session = _session(event)
+        agent = event.agent_id
         started = None
         if call_id:
-            started = state.tools.finish(session, ("id", call_id))
+            started = state.tools.finish(session, (agent, "id", call_id))
         if started is None:
-            started = state.tools.finish(session, ("name", name))
+            started = state.tools.finish(session, (agent, "name", name))
         tool = self._tools(name or (started[1] if started else ""))
         self._inc(self.tool_calls, tool, outcome)
         if started is None:
@@ -462,11 +463,12 @@ class FleetMetrics:
 
     def _llm_started(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
-        state.llm.start(_session(event), _round(data), at, _text(data.get("model")), seen=self._now)
+        key = (event.agent_id, _round(data))
+        state.llm.start(_session(event), key, at, _text(data.get("model")), seen=self._now)
 
     def _llm_completed(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
-        started = state.llm.finish(_session(event), _round(data))
+        started = state.llm.finish(_session(event), (event.agent_id, _round(data)))
         model = self._models(_text(data.get("model")) or (started[1] if started else ""))
         self._inc(self.llm_calls, model)
         if started is None:
@@ -499,12 +501,17 @@ class FleetMetrics:
 
     @staticmethod
     def _end_turn(event: Event, state: _PartitionState) -> None:
-        """Calls still open when their turn is over never get an outcome: kept, a later call
-        of the same name or round would be paired with them (Corail's rounds start at 0 in
-        every request) and take their start time."""
-        session = _session(event)
-        state.tools.end_session(session, TURN_ENDED)
-        state.llm.end_session(session, TURN_ENDED)
+        """The calls of this agent still open when its turn is over never get an outcome:
+        kept, a later call of the same name or round would be paired with them (Corail's
+        rounds start at 0 in every request) and take their start time. Calls are keyed by
+        agent, so a worker agent's turn inside a planner's tool call (same session) leaves
+        the planner's call open. Without a session (keyed by the pod), requests cannot be
+        told apart: nothing is ended."""
+        if not event.session_id:
+            return
+        session, agent = event.session_id, event.agent_id
+        state.tools.end_owner(session, agent, TURN_ENDED)
+        state.llm.end_owner(session, agent, TURN_ENDED)
 
     def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         self._inc(self.turns, UNKNOWN)

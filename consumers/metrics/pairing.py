@@ -100,10 +100,24 @@ class PendingCalls:
         return found
 
     def end_session(self, session: str, reason: str = SESSION_ENDED) -> None:
-        """The session (or its turn: ``reason``) ended: its open calls get no outcome."""
+        """The session ended: its open calls get no outcome."""
         state = self._sessions.pop(session, None)
         if state is not None:
             self._drop(state.size, reason)
+
+    def end_owner(self, session: str, owner: Hashable, reason: str) -> None:
+        """The calls of ``owner`` in ``session`` (keys ``(owner, ...)``: an agent's, whose turn
+        ended) get no outcome; those of other owners (an agent it called) stay open."""
+        state = self._sessions.get(session)
+        if state is None:
+            return
+        ended = [key for key in state.open if type(key) is tuple and key and key[0] == owner]
+        dropped = sum(len(state.open.pop(key)) for key in ended)
+        if dropped:
+            state.size -= dropped
+            if not state.size:
+                del self._sessions[session]
+            self._drop(dropped, reason)
 
     def expire(self, started_before: float) -> None:
         """Drop sessions whose latest start was seen before ``started_before``."""

@@ -107,10 +107,11 @@ _ID_ORDER = "(event->>'event_id') COLLATE \"C\""
 _ORDER = f"ORDER BY timestamp, seq, {_ID_ORDER}"
 """The SQLite store's order: ties broken by the producer's id byte by byte (not by the
 ``uuid`` column, which holds a UUIDv5 for an id that is no UUID), whatever the collation."""
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-"""An id stored as it is: a UUID in the form PostgreSQL writes it. The ``uuid`` type ignores
-case, so an id in capitals (``...00AB``) would be taken for the duplicate of ``...00ab``,
-which other producers and the SQLite store keep apart: it gets a UUIDv5 as other ids do."""
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+"""An id stored as it is: a UUID, in either case (UUIDs are case-insensitive, RFC 9562:
+``...00AB`` and ``...00ab`` are one event here, two on SQLite, which compares text). Storing
+capitals under a UUIDv5 instead would store again, after an upgrade, the events stored before
+it under their own id when they are delivered again."""
 _ID_NAMESPACE = uuid.UUID("6f1d4a52-2c8e-4f4e-9a43-5f3c7d0e8b21")
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 _MIGRATION_LOCK = 0x61676E74  # pg_advisory_xact_lock key: "agnt"

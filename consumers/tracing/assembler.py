@@ -4,8 +4,8 @@ A turn is identified by ``(scope, session_id, key)``: the scope is the Kafka par
 read from (so a revoked partition's turns can be dropped), the key is the event's ``turn_id``
 (Calute, or any producer that stamps one) or, for events without one (Corail), the event id
 of the ``message.received`` that opened it. An event without a ``turn_id`` joins the turn most
-recently opened in its session (by an event without one, while such a turn is open: a Calute
-turn inside a Corail request's tool call leaves the request's events to the request); a
+recently opened in its session (a Calute turn opened inside an open Corail request's tool call
+leaves the request's events to the request); a
 ``message.received`` without one starts a new turn (a turn still open there is closed as
 ``superseded``).
 
@@ -37,6 +37,7 @@ TurnRef = tuple[Hashable, str, str]  # (scope, session_id, turn key)
 class _OpenTurn:
     builder: TurnBuilder
     touched: float  # monotonic time of the last event
+    named: bool = False  # opened by an event with a turn_id (Calute), not a Corail request
 
 
 class TraceAssembler:
@@ -90,9 +91,10 @@ class TraceAssembler:
             self.ignored["closed_turn"] += 1
             return finished
         if entry is None:
-            entry = _OpenTurn(TurnBuilder(ref[1], ref[2], event, self.limits), self._clock())
+            named = bool(event.turn_id)
+            entry = _OpenTurn(TurnBuilder(ref[1], ref[2], event, self.limits), self._clock(), named)
             self._turns[ref] = entry
-            self._make_current(scope, ref, named=bool(event.turn_id))
+            self._make_current(scope, ref, named=named)
         else:
             entry.touched = self._clock()
             self._turns.move_to_end(ref)
@@ -109,13 +111,17 @@ class TraceAssembler:
         return finished
 
     def _make_current(self, scope: Hashable, ref: TurnRef, *, named: bool) -> None:
-        """A turn opened by an event with a ``turn_id`` (Calute code running inside a Corail
-        request's tool) does not take the place of a Corail turn open in the session: the
-        request's later events, which have no ``turn_id``, still go to it."""
+        """The session's events without a ``turn_id`` go to the turn opened last, except that
+        a turn opened by an event with one (Calute code running inside a Corail request's
+        tool) does not take the place of an open Corail request: the request's later events,
+        which have no ``turn_id``, still go to it."""
         key = (scope, ref[1])
         current = self._current.get(key)
-        if not named or current is None or (scope, ref[1], current) not in self._turns:
-            self._current[key] = ref[2]
+        if named and current is not None:
+            entry = self._turns.get((scope, ref[1], current))
+            if entry is not None and not entry.named:
+                return
+        self._current[key] = ref[2]
 
     def _route(self, event: Event, scope: Hashable, finished: list[Trace]) -> TurnRef | None:
         session = event.session_id

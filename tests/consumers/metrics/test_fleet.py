@@ -277,6 +277,31 @@ def test_calls_left_open_by_a_turn_get_no_duration_from_later_calls() -> None:
     assert h.value(unpaired, call="tool", reason="no_start") == 1
 
 
+def test_a_turn_ends_the_calls_of_its_own_agent_only() -> None:
+    """A worker agent's turn inside a planner's tool call (one session) ended the planner's
+    open call too; events without a session (keyed by the pod) ended every request's."""
+    h = Harness()
+    h.feed(
+        ev("tool.called", {"name": "delegate", "call_id": "c1"}, agent="planner", at=NOW - 10),
+        ev("turn.started", {"round": 0}, agent="worker", at=NOW - 9),
+        ev("llm.call.started", {"round": 0, "model": "m"}, agent="worker", at=NOW - 9),
+        ev("llm.call.completed", {"round": 0, "model": "m"}, agent="worker", at=NOW - 8),
+        ev("turn.ended", {"round": 0, "stop_reason": "end_turn"}, agent="worker", at=NOW - 8),
+        ev("tool.result", {"name": "delegate", "call_id": "c1"}, agent="planner", at=NOW - 7),
+    )
+    assert h.value("agentstream_tool_duration_seconds_sum", tool="delegate") == 3.0
+    # Two requests of one pod without a session: the second's start leaves the first's call.
+    h.feed(
+        ev("tool.called", {"name": "fetch"}, session="", at=NOW - 6),
+        ev("turn.started", {"round": 0}, session="", at=NOW - 5),
+        ev("tool.result", {"name": "fetch"}, session="", at=NOW - 4),
+    )
+    assert h.value("agentstream_tool_duration_seconds_count", tool="fetch") == 1
+    unpaired = "agentstream_unpaired_calls_total"
+    assert h.value(unpaired, call="tool", reason="turn_ended") == 0
+    assert h.value(unpaired, call="tool", reason="no_start") == 0
+
+
 def test_a_backlog_hours_old_is_paired_as_it_happened() -> None:
     """Calls of events stamped two hours ago (the service was down) were expired at the first
     prune as older than the hour a call may stay open: 150 of 200 durations were missing."""

@@ -432,7 +432,7 @@ async def test_a_ce_type_that_is_no_type_tag_is_dead_lettered_by_every_service(
     topic = settings.routing().events
     call = sample_event("tool.called", 1)
     after = sample_event("tool.result", 2)
-    bad_tags = [b"Tool.Called", b"tool.called ", b""]
+    bad_tags = [b"Tool.Called", b"tool.called ", b"tool.called\n", b""]
     async with running_consumer(consumer):
         for tag in bad_tags:
             headers = [(n, tag if n == "ce_type" else v) for n, v in event_headers(call)]

@@ -524,3 +524,26 @@ def test_a_calute_turn_that_reported_an_error_ends_in_error() -> None:
     )
     assert trace.root.status == StatusCode.ERROR
     assert trace.root.status_message == "KeyError: 'x'"
+
+
+def test_events_without_a_turn_id_join_the_calute_turn_opened_last() -> None:
+    """Calute's emit_* take turn_id=None: such an event joins the turn opened last. A Calute
+    turn opened after another Calute turn did not become the current one, and the tool call
+    went to an orphan turn (its own trace, exported at the idle timeout)."""
+    ev = Stream()
+    assembler = TraceAssembler()
+    feed(
+        assembler,
+        [ev("audit.turn_start", {}, turn_id="a"), ev("audit.turn_start", {}, turn_id="b")],
+    )
+    feed(assembler, [ev("audit.turn_end", {}, turn_id="a")])
+    feed(
+        assembler,
+        [
+            ev("audit.tool_call_attempt", {"tool_name": "search"}),
+            ev("audit.tool_call_complete", {"tool_name": "search", "duration_ms": 1.0}),
+        ],
+    )
+    (b,) = feed(assembler, [ev("audit.turn_end", {}, turn_id="b")])
+    assert [s.name for s in b.spans] == ["turn", "tool:search"]
+    assert assembler.open_turns == 0
