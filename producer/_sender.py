@@ -234,8 +234,11 @@ class _Sender(_Overflow):
             deadline = time.monotonic() + _SHUTDOWN_SEND_S
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=_SHUTDOWN_SEND_S)
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(producer.stop(), max(0.1, deadline - time.monotonic()))
+            except Exception:  # cut (a dead broker; aiokafka 0.13 also waits out linger_ms):
+                with contextlib.suppress(Exception):  # its connections would stay open
+                    await producer.client.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
