@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterable
@@ -68,12 +69,17 @@ async def run_list(args: argparse.Namespace) -> int:
     from agentstream.consumers.runtime.dlqtools import dead_letters
 
     header = "ref\ttime\tservice\thandler\ttype\toriginal\treason"
-    letters = dead_letters(kafka_settings_from(args), service=args.service)
-    async for info in letters:  # the header once the topic could be read: no table on an error
-        if header:
-            print(header, flush=True)
-            header = ""
-        print(info.line())
+    # Closed here whatever ends the loop (a reader gone: `dlq list | head -1`); left to the
+    # event loop's shutdown, the generator was closed while running ("aclose(): asynchronous
+    # generator is already running", a traceback).
+    async with contextlib.aclosing(
+        dead_letters(kafka_settings_from(args), service=args.service)
+    ) as letters:
+        async for info in letters:  # the header once the topic could be read: no table on an error
+            if header:
+                print(header, flush=True)
+                header = ""
+            print(info.line())
     if header:
         print(header, flush=True)
     return 0
