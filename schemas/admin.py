@@ -224,9 +224,8 @@ async def fetched_ends(
     with their ListOffsets ends) as a fetch response reports it, for those that answered
     within ``timeout_s``. The embedded broker answers ListOffsets with the base offset of its
     last batch + 1, short of the records after the first one of that batch; Apache Kafka
-    answers the high watermark, and both agree with fetch responses. Leaves the consumer's
-    positions and pauses as they were found only for partitions not probed: the caller seeks
-    where it wants next."""
+    answers the high watermark, and both agree with fetch responses. Moves the consumer's
+    positions (the caller seeks where it wants next) and leaves the partitions resumed."""
     for tp, end in listed.items():  # inside the last batch: the fetch answers at once with data
         consumer.seek(tp, max(0, end - 1))
     found: dict[Any, int] = {}
