@@ -253,8 +253,8 @@ async def test_dlq_list_into_a_reader_that_stops_early_ends_quietly(
     shutdown, which closed it while it ran ("aclose(): asynchronous generator is already
     running", a traceback after the line)."""
     dlq = kafka_settings.routing().dlq
-    for i in range(50):
-        headers = [("agentstream.errors.reason", b"reason %d" % i)]
+    for i in range(50):  # 4 KB lines, 200 KB in all: more than a pipe holds, so the pipe breaks
+        headers = [("agentstream.errors.reason", b"r" * 4_000 + b" %d" % i)]
         await produce_raw(kafka_settings, dlq, b"letter %d" % i, partition=i % 4, headers=headers)
     for _ in range(3):  # the race showed 2 times out of 3
         code, first, err = await first_line_then_close(
