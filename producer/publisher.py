@@ -227,8 +227,12 @@ class KafkaPublisher(_Sender):
             data = event.data
             try:
                 if self._redact is not None and data:
-                    redacted = self._digest.digested(event.type, data, self._redact(data))
-                    wire = event if redacted is data else replace(event, data=redacted)
+                    redacted = self._redact(data)
+                    if redacted is data:  # nothing redacted (the common case): no copy, no digest
+                        wire = event
+                    else:
+                        redacted = self._digest.digested(event.type, data, redacted)
+                        wire = replace(event, data=redacted)
                 else:
                     wire = event
                 value = encode_event(wire, self._encoding, max_bytes=self._max_record_bytes)
