@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
-from typing import Any, Final
+from typing import Any
 
-import msgspec
-
-ARGS_DIGEST: Final = "args_digest"
-"""The ``data`` key of ``tool.called`` and ``audit.tool_call_attempt`` that holds it."""
+from agentstream.schemas.payloads import ARGS_DIGEST, arguments_text
 
 _ARGUMENTS = {"tool.called": "args", "audit.tool_call_attempt": "arguments_preview"}
 
@@ -46,11 +42,5 @@ class ArgumentsDigest:
 
     def of(self, arguments: Any) -> str:
         """The digest of ``arguments`` (equal arguments, equal digests, in this process)."""
-        try:  # JSON with sorted keys, as the loops service hashes arguments
-            plain = msgspec.to_builtins(arguments, str_keys=True)
-            text = json.dumps(plain, sort_keys=True, default=str)
-        except (TypeError, ValueError, OverflowError):  # an object the encoder refuses
-            text = repr(arguments)
-        return hmac.new(
-            self._key, text.encode("utf-8", "surrogatepass"), hashlib.sha256
-        ).hexdigest()[:32]
+        text = arguments_text(arguments).encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, text, hashlib.sha256).hexdigest()[:32]

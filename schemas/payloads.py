@@ -12,7 +12,9 @@ kept as they came; the typed view just does not name them.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import contextlib
+import json
+from typing import Any, ClassVar, Final
 
 import msgspec
 
@@ -93,6 +95,26 @@ def usage_count(value: object) -> int | None:
 
 class LlmToken(Payload, kw_only=True, frozen=True):
     event_type: ClassVar[str] = "llm.token"
+
+
+ARGS_DIGEST: Final = "args_digest"
+"""The ``data`` key of ``tool.called`` and ``audit.tool_call_attempt`` holding a digest of the
+call's arguments before redaction (set by the publisher when redaction changed them)."""
+
+
+def arguments_text(arguments: Any) -> str:
+    """A tool call's arguments as Calute hashes them: JSON with sorted keys; a string as
+    itself, ``None`` as ``"empty"``. They are first put in the form a JSON record gives them
+    (``to_builtins`` with string keys: integer keys as text, bytes as base64), so a call reads
+    the same whichever wire encoding carried it (a MessagePack record keeps integer keys,
+    which beside string keys made the sort raise TypeError)."""
+    if arguments is None:
+        return "empty"
+    if isinstance(arguments, str):
+        return arguments
+    with contextlib.suppress(TypeError, ValueError):  # an object (in a test, in a pod)
+        arguments = msgspec.to_builtins(arguments, str_keys=True)
+    return json.dumps(arguments, sort_keys=True, default=str)
 
 
 class ToolCalled(Payload, kw_only=True, frozen=True):

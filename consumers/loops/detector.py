@@ -27,9 +27,7 @@ Memory per scope is constant: the detector keeps counters, not the call history.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -37,9 +35,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
-import msgspec
-
 from agentstream.schemas import Event, EventType
+from agentstream.schemas.payloads import ARGS_DIGEST, arguments_text
 
 from .config import PINGPONG_WINDOW, LoopConfig, LoopThresholds
 
@@ -61,24 +58,9 @@ class Level(IntEnum):
 
 
 def args_hash(arguments: Any) -> str:
-    """Calute's canonical argument hash: MD5 of JSON with sorted keys; a string hashes as
-    itself, ``None`` as ``"empty"``.
-
-    The arguments are first put in the form a JSON record gives them (``to_builtins`` with
-    string keys: integer keys as text, bytes as base64), so a call hashes the same whichever
-    wire encoding carried it: a MessagePack record keeps integer keys, which beside string
-    keys made the sort raise TypeError (the event was dead-lettered, the call not counted).
-    """
-    if arguments is None:
-        text = "empty"
-    elif isinstance(arguments, str):
-        text = arguments
-    else:
-        # Not from a record (an object in a test): hashed as Calute does.
-        with contextlib.suppress(TypeError, ValueError):
-            arguments = msgspec.to_builtins(arguments, str_keys=True)
-        text = json.dumps(arguments, sort_keys=True, default=str)
-    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    """Calute's canonical argument hash: MD5 of :func:`~agentstream.schemas.payloads.
+    arguments_text` (JSON with sorted keys; a string as itself, ``None`` as ``"empty"``)."""
+    return hashlib.md5(arguments_text(arguments).encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 class ScopeKey(NamedTuple):
@@ -148,7 +130,7 @@ def tool_call_of(event: Event) -> ToolCall | None:
         return None
     if not isinstance(name, str) or not name:
         return None
-    digest = data.get("args_digest")
+    digest = data.get(ARGS_DIGEST)
     if isinstance(digest, str) and digest:
         # The publisher's digest of the arguments before redaction: calls that differ only in
         # a secret are different calls, although their redacted arguments are equal.

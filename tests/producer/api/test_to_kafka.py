@@ -202,6 +202,7 @@ async def test_calls_that_differ_only_in_a_secret_stay_different_calls_for_loop_
     """Redaction made five logins with five passwords identical on the wire: the loops
     service blocked them as one call made five times (and paused the agent)."""
     from agentstream.consumers.loops import LoopDetector
+    from agentstream.schemas.payloads import ARGS_DIGEST
 
     bus = EventBus(publisher, agent_id="agent-r")
     emitter = AuditEmitter(KafkaCollector(publisher), session_id="s-tries")
@@ -219,7 +220,7 @@ async def test_calls_that_differ_only_in_a_secret_stay_different_calls_for_loop_
     records = await consume(kafka_settings, kafka_settings.routing().events, 15)
     events = [e for _, _, _, e in records]
     assert all(b"guess-" not in raw and b"sk-proj-" not in raw for _, _, raw, _ in records)
-    digests = {e.data["args_digest"] for e in events}
+    digests = {e.data[ARGS_DIGEST] for e in events}
     assert len(digests) == 5 + 5 + 1
     detector = LoopDetector()
     findings = [f for f in map(detector.handle, events) if f is not None]
