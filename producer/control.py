@@ -22,11 +22,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
 from agentstream.schemas import DecodeError, Event, EventType, RecordLocation, decode_record
-from agentstream.schemas.admin import fetch, fetched_ends, start_client, stop_client
+from agentstream.schemas.admin import (
+    UNREADABLE_ERRORS,
+    fetch,
+    start_client,
+    stop_client,
+    true_ends,
+)
 from agentstream.schemas.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -39,8 +45,6 @@ __all__ = ["ControlListener"]
 logger = logging.getLogger(__name__)
 
 _KNOWN_TYPES = frozenset(t.value for t in EventType)
-_UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
-"""A batch that stays unreadable however often it is fetched (see ``schemas.admin.fetch``)."""
 
 
 class ControlListener:
@@ -107,10 +111,9 @@ class ControlListener:
                 )
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
-            listed = {tp: int(end) for tp, end in (await consumer.end_offsets(assigned)).items()}
             # ListOffsets can stop short of the end (the embedded broker: within the last
             # batch): the directives after that point were published before this pod started.
-            ends = {**listed, **await fetched_ends(consumer, listed, timeout_s=5.0)}
+            ends, _ = await true_ends(consumer, assigned, timeout_s=5.0)
             for tp, end in ends.items():
                 consumer.seek(tp, end)
             self._expected = dict(ends)
@@ -135,7 +138,7 @@ class ControlListener:
         while True:
             try:
                 batches = await fetch(consumer, timeout_ms=1_000)
-            except _UNREADABLE:  # the same batch every time: the task ended on it, unseen
+            except UNREADABLE_ERRORS:  # the same batch every time: the task ended on it, unseen
                 if not await self._set_aside(consumer, bus):
                     await asyncio.sleep(self.retry_backoff_s)
                 continue
@@ -190,7 +193,7 @@ class ControlListener:
         for tp in sorted(consumer.assignment() - consumer.paused()):
             try:
                 batches = await fetch(consumer, tp, timeout_ms=500)
-            except _UNREADABLE as exc:
+            except UNREADABLE_ERRORS as exc:
                 found = True
                 consumer.pause(tp)
                 logger.error(

@@ -18,6 +18,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
+    UnsupportedCodecError,
     for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
@@ -198,6 +199,11 @@ async def admin_client(options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaAdmi
         await admin.close()
 
 
+UNREADABLE_ERRORS = (CorruptRecordException, UnsupportedCodecError)
+"""What a fetch raises for a batch that stays unreadable however often it is fetched: a bad
+CRC, a codec whose library is missing, a record the client cannot parse (see :func:`fetch`)."""
+
+
 async def fetch(
     consumer: Any, *partitions: Any, timeout_ms: int, max_records: int | None = None
 ) -> dict[Any, list[Any]]:
@@ -217,30 +223,31 @@ async def fetch(
     return batches
 
 
-async def fetched_ends(
-    consumer: Any, listed: Mapping[Any, int], *, timeout_s: float, wait_ms: int = 500
-) -> dict[Any, int]:
-    """The high watermark of each partition of ``listed`` (an assigned consumer's partitions,
-    with their ListOffsets ends) as a fetch response reports it, for those that answered
-    within ``timeout_s``. The embedded broker answers ListOffsets with the base offset of its
-    last batch + 1, short of the records after the first one of that batch; Apache Kafka
-    answers the high watermark, and both agree with fetch responses. Moves the consumer's
-    positions (the caller seeks where it wants next) and leaves the partitions resumed."""
-    for tp, end in listed.items():  # inside the last batch: the fetch answers at once with data
+async def true_ends(
+    consumer: Any, partitions: Sequence[Any], *, timeout_s: float, wait_ms: int = 500
+) -> tuple[dict[Any, int], set[Any]]:
+    """The end of each of an assigned consumer's ``partitions``: the high watermark a fetch
+    response reports, and the partitions whose fetch did not answer within ``timeout_s``
+    (their end is ListOffsets'). The embedded broker answers ListOffsets with the base offset
+    of its last batch + 1, short of the records after the first one of that batch; Apache
+    Kafka answers the high watermark, and both agree with fetch responses. Moves the
+    consumer's positions (the caller seeks where it wants next) and leaves the partitions
+    resumed."""
+    ends = {tp: int(end) for tp, end in (await consumer.end_offsets(list(partitions))).items()}
+    for tp, end in ends.items():  # inside the last batch: the fetch answers at once with data
         consumer.seek(tp, max(0, end - 1))
-    found: dict[Any, int] = {}
-    pending = set(listed)
+    pending = set(ends)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         await fetch(consumer, *pending, timeout_ms=wait_ms, max_records=1)
         for tp in list(pending):
             high = consumer.highwater(tp)
             if high is not None:
-                found[tp] = max(int(listed[tp]), int(high))
+                ends[tp] = max(ends[tp], int(high))
                 pending.discard(tp)
                 consumer.pause(tp)
-    consumer.resume(*found)
-    return found
+    consumer.resume(*(set(ends) - pending))
+    return ends, pending
 
 
 async def stop_client(client: Any) -> None:

@@ -27,9 +27,9 @@ from agentstream.schemas.admin import (
     admin_client,
     describe_topics,
     fetch,
-    fetched_ends,
     start_client,
     stop_client,
+    true_ends,
 )
 from agentstream.schemas.codec import decode_record
 from agentstream.schemas.envelope import Event
@@ -154,10 +154,7 @@ async def high_watermarks(
     await start_client(consumer, settings.client_options())
     try:
         consumer.assign(tps)
-        listed = {tp: int(end) for tp, end in (await consumer.end_offsets(tps)).items()}
-        fetched = await fetched_ends(consumer, listed, timeout_s=timeout_s, wait_ms=FETCH_WAIT_MS)
-        result = {**listed, **fetched}
-        pending = set(tps) - set(fetched)
+        result, pending = await true_ends(consumer, tps, timeout_s=timeout_s, wait_ms=FETCH_WAIT_MS)
         if pending and not listed_fallback:
             return {tp: end for tp, end in result.items() if tp not in pending}
         if pending:

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from agentstream.schemas.admin import fetch
+from agentstream.schemas.admin import UNREADABLE_ERRORS, fetch
 from agentstream.schemas.throttle import ThrottledLog
 
 log = logging.getLogger("agentstream.consumers.runtime")
@@ -149,7 +149,7 @@ class UnreadablePartitions:
     def hold(self, tp: TopicPartition, position: int | None, error: KafkaError) -> None:
         self._held[tp] = _Unreadable(position, self._clock() + self.retry_s)
         hint = ""
-        if isinstance(error, CorruptRecordException | UnsupportedCodecError):
+        if isinstance(error, UNREADABLE_ERRORS):
             hint = (
                 f". A batch that cannot be read (corrupt, compressed with a codec whose library "
                 f"is missing, or holding a record the client cannot parse, such as a header "
