@@ -26,7 +26,7 @@ from agentstream.schemas import Event, StopReason
 from agentstream.schemas.payloads import usage_count
 
 from .labels import OTHER, UNKNOWN, BoundedLabel, type_label
-from .pairing import TURN_ENDED, PendingCalls
+from .pairing import PendingCalls
 from .sessions import ActiveSessions, PartitionKey
 
 log = logging.getLogger(__name__)
@@ -413,8 +413,8 @@ class FleetMetrics:
         data = event.data
         name = _text(data.get("name"))
         call_id = _text(data.get("call_id"))
-        key = (event.agent_id, "id", call_id) if call_id else (event.agent_id, "name", name)
-        state.tools.start(_session(event), key, at, name, seen=self._now)
+        key = ("id", call_id) if call_id else ("name", name)
+        state.tools.start(_session(event), event.agent_id, key, at, name, seen=self._now)
 
     def _tool_result(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         self._tool_outcome(event, at, state, SUCCESS)
@@ -430,9 +430,9 @@ class FleetMetrics:
         agent = event.agent_id
         started = None
         if call_id:
-            started = state.tools.finish(session, (agent, "id", call_id))
+            started = state.tools.finish(session, agent, ("id", call_id))
         if started is None:
-            started = state.tools.finish(session, (agent, "name", name))
+            started = state.tools.finish(session, agent, ("name", name))
         tool = self._tools(name or (started[1] if started else ""))
         self._inc(self.tool_calls, tool, outcome)
         if started is None:
@@ -463,12 +463,12 @@ class FleetMetrics:
 
     def _llm_started(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
-        key = (event.agent_id, _round(data))
-        state.llm.start(_session(event), key, at, _text(data.get("model")), seen=self._now)
+        model = _text(data.get("model"))
+        state.llm.start(_session(event), event.agent_id, _round(data), at, model, seen=self._now)
 
     def _llm_completed(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         data = event.data
-        started = state.llm.finish(_session(event), (event.agent_id, _round(data)))
+        started = state.llm.finish(_session(event), event.agent_id, _round(data))
         model = self._models(_text(data.get("model")) or (started[1] if started else ""))
         self._inc(self.llm_calls, model)
         if started is None:
@@ -510,8 +510,8 @@ class FleetMetrics:
         if not event.session_id:
             return
         session, agent = event.session_id, event.agent_id
-        state.tools.end_owner(session, agent, TURN_ENDED)
-        state.llm.end_owner(session, agent, TURN_ENDED)
+        state.tools.end_owner(session, agent)
+        state.llm.end_owner(session, agent)
 
     def _audit_turn_end(self, event: Event, at: float, state: _PartitionState, origin: str) -> None:
         self._inc(self.turns, UNKNOWN)

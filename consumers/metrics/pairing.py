@@ -31,7 +31,7 @@ class _Session:
     __slots__ = ("open", "size", "touched")
 
     def __init__(self) -> None:
-        self.open: dict[Hashable, deque[tuple[float, str]]] = {}
+        self.open: dict[tuple[str, Hashable], deque[tuple[float, str]]] = {}  # (owner, key)
         self.size = 0
         self.touched = 0.0
 
@@ -64,7 +64,9 @@ class PendingCalls:
     def sessions(self) -> int:
         return len(self._sessions)
 
-    def start(self, session: str, key: Hashable, at: float, info: str = "", *, seen: float) -> None:
+    def start(
+        self, session: str, owner: str, key: Hashable, at: float, info: str = "", *, seen: float
+    ) -> None:
         """A call started at ``at`` (seconds, the event's time), ``seen`` by the service then
         (its clock, for :meth:`expire`); ``info`` comes back with it (a model name)."""
         state = self._sessions.pop(session, None)
@@ -76,48 +78,48 @@ class PendingCalls:
         self._sessions[session] = state  # most recently started last
         if state.size >= self._max_per_session:
             self._drop_oldest_call(state)
-        queue = state.open.get(key)
+        queue = state.open.get((owner, key))
         if queue is None:
-            queue = state.open[key] = deque()
+            queue = state.open[owner, key] = deque()
         queue.append((at, info))
         state.size += 1
         state.touched = seen
 
-    def finish(self, session: str, key: Hashable) -> tuple[float, str] | None:
-        """The ``(start, info)`` of the oldest open call under ``key``, or None."""
+    def finish(self, session: str, owner: str, key: Hashable) -> tuple[float, str] | None:
+        """The ``(start, info)`` of ``owner``'s oldest open call under ``key``, or None."""
         state = self._sessions.get(session)
         if state is None:
             return None
-        queue = state.open.get(key)
+        queue = state.open.get((owner, key))
         if not queue:
             return None
         found = queue.popleft()
         if not queue:
-            del state.open[key]
+            del state.open[owner, key]
         state.size -= 1
         if not state.size:
             del self._sessions[session]
         return found
 
-    def end_session(self, session: str, reason: str = SESSION_ENDED) -> None:
+    def end_session(self, session: str) -> None:
         """The session ended: its open calls get no outcome."""
         state = self._sessions.pop(session, None)
         if state is not None:
-            self._drop(state.size, reason)
+            self._drop(state.size, SESSION_ENDED)
 
-    def end_owner(self, session: str, owner: Hashable, reason: str) -> None:
-        """The calls of ``owner`` in ``session`` (keys ``(owner, ...)``: an agent's, whose turn
-        ended) get no outcome; those of other owners (an agent it called) stay open."""
+    def end_owner(self, session: str, owner: str) -> None:
+        """``owner``'s turn in ``session`` ended: its open calls get no outcome; those of other
+        owners (an agent it called) stay open."""
         state = self._sessions.get(session)
         if state is None:
             return
-        ended = [key for key in state.open if type(key) is tuple and key and key[0] == owner]
+        ended = [key for key in state.open if key[0] == owner]
         dropped = sum(len(state.open.pop(key)) for key in ended)
         if dropped:
             state.size -= dropped
             if not state.size:
                 del self._sessions[session]
-            self._drop(dropped, reason)
+            self._drop(dropped, TURN_ENDED)
 
     def expire(self, started_before: float) -> None:
         """Drop sessions whose latest start was seen before ``started_before``."""

@@ -121,13 +121,13 @@ class Drops:
 
 def test_pending_calls_pair_by_key_in_order_per_session() -> None:
     pending = PendingCalls()
-    pending.start("s1", "search", 1.0, "a", seen=1.0)
-    pending.start("s1", "search", 2.0, "b", seen=2.0)
-    pending.start("s2", "search", 5.0, "c", seen=5.0)
-    assert pending.finish("s1", "search") == (1.0, "a")
-    assert pending.finish("s2", "search") == (5.0, "c")
-    assert pending.finish("s1", "search") == (2.0, "b")
-    assert pending.finish("s1", "search") is None
+    pending.start("s1", "agent", "search", 1.0, "a", seen=1.0)
+    pending.start("s1", "agent", "search", 2.0, "b", seen=2.0)
+    pending.start("s2", "agent", "search", 5.0, "c", seen=5.0)
+    assert pending.finish("s1", "agent", "search") == (1.0, "a")
+    assert pending.finish("s2", "agent", "search") == (5.0, "c")
+    assert pending.finish("s1", "agent", "search") == (2.0, "b")
+    assert pending.finish("s1", "agent", "search") is None
     assert len(pending) == 0
     assert pending.sessions == 0
 
@@ -135,15 +135,15 @@ def test_pending_calls_pair_by_key_in_order_per_session() -> None:
 def test_pending_calls_evict_least_recent_session_and_oldest_call() -> None:
     drops = Drops()
     pending = PendingCalls(max_sessions=2, max_per_session=2, on_drop=drops)
-    pending.start("s1", "t", 1.0, seen=1.0)
-    pending.start("s2", "t", 2.0, seen=2.0)
-    pending.start("s1", "u", 3.0, seen=3.0)  # s1 is now the most recent
-    pending.start("s3", "t", 4.0, seen=4.0)  # evicts s2
-    assert pending.finish("s2", "t") is None
+    pending.start("s1", "agent", "t", 1.0, seen=1.0)
+    pending.start("s2", "agent", "t", 2.0, seen=2.0)
+    pending.start("s1", "agent", "u", 3.0, seen=3.0)  # s1 is now the most recent
+    pending.start("s3", "agent", "t", 4.0, seen=4.0)  # evicts s2
+    assert pending.finish("s2", "agent", "t") is None
     assert drops.by_reason == {"evicted": 1}
-    pending.start("s1", "v", 5.0, seen=5.0)  # s1 holds 2: its oldest call (t at 1.0) goes
-    assert pending.finish("s1", "t") is None
-    assert pending.finish("s1", "u") == (3.0, "")
+    pending.start("s1", "agent", "v", 5.0, seen=5.0)  # s1 holds 2: its oldest call (t at 1.0) goes
+    assert pending.finish("s1", "agent", "t") is None
+    assert pending.finish("s1", "agent", "u") == (3.0, "")
     assert drops.by_reason == {"evicted": 2}
     assert len(pending) == 2
 
@@ -151,14 +151,16 @@ def test_pending_calls_evict_least_recent_session_and_oldest_call() -> None:
 def test_pending_calls_expire_end_and_clear_count_their_drops() -> None:
     drops = Drops()
     pending = PendingCalls(on_drop=drops)
-    pending.start("old", "t", 10.0, seen=10.0)
-    pending.start("new", "t", 100.0, seen=100.0)
-    pending.start("ending", "t", 100.0, seen=100.0)
-    pending.start("ending", "u", 100.0, seen=100.0)
-    pending.start("turn", "t", 100.0, seen=100.0)
+    pending.start("old", "agent", "t", 10.0, seen=10.0)
+    pending.start("new", "agent", "t", 100.0, seen=100.0)
+    pending.start("ending", "agent", "t", 100.0, seen=100.0)
+    pending.start("ending", "agent", "u", 100.0, seen=100.0)
+    pending.start("turn", "agent", "t", 100.0, seen=100.0)
     pending.expire(started_before=50.0)
     pending.end_session("ending")
-    pending.end_session("turn", "turn_ended")
+    pending.start("turn", "other-agent", "t", 100.0, seen=100.0)
+    pending.end_owner("turn", "agent")  # the other agent's call stays open
+    assert pending.finish("turn", "other-agent", "t") == (100.0, "")
     pending.clear()
     assert drops.by_reason == {"expired": 1, "session_ended": 2, "turn_ended": 1, "revoked": 1}
     assert len(pending) == 0
