@@ -40,7 +40,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
 
 import msgspec
 
@@ -264,20 +263,7 @@ def timestamp_ms(event: Event) -> int:
     return int(event.timestamp.timestamp() * 1000)
 
 
-class CountedTurn(Protocol):
-    counted_turn: str | None
-
-
-class _Sessionless:
-    """What :func:`charge_of` remembers for the events of a source that have no session."""
-
-    __slots__ = ("counted_turn",)
-
-    def __init__(self) -> None:
-        self.counted_turn: str | None = None
-
-
-def charge_of(event: Event, config: BudgetConfig, session: CountedTurn | None) -> Charge | None:
+def charge_of(event: Event, config: BudgetConfig, session: ScopeState | None) -> Charge | None:
     """What ``event`` adds to a budget, or None when its type counts nothing.
 
     ``session`` is the event's session state (read, and for ``llm.call.completed`` updated:
@@ -305,7 +291,7 @@ def _int_field(data: dict[str, object], name: str) -> int | None:
     return usage_count(data.get(name))
 
 
-def _llm_charge(event: Event, config: BudgetConfig, session: CountedTurn | None) -> Charge:
+def _llm_charge(event: Event, config: BudgetConfig, session: ScopeState | None) -> Charge:
     data = event.data
     model = data.get("model")
     model = model if isinstance(model, str) and model else None
@@ -404,7 +390,7 @@ class Ledger:
         self.config = config
         self.clock = clock
         self.states: dict[str, ScopeState] = {}
-        self._sessionless: dict[str, _Sessionless] = {}  # by source, oldest first
+        self._sessionless: dict[str, ScopeState] = {}  # by source, least recent first
 
     def __len__(self) -> int:
         return len(self.states)
@@ -487,11 +473,12 @@ class Ledger:
         state.seen_ms = self._now_ms()
         return state, crossings(state, self.limits(state), self.config.warning_fraction, context)
 
-    def _of_source(self, source: str) -> _Sessionless:
-        """The turn memory of a source's events without a session (bounded, in memory)."""
+    def _of_source(self, source: str) -> ScopeState:
+        """What :func:`charge_of` remembers of a source's events without a session (its counted
+        turn; bounded, in memory only: no budget applies to it)."""
         memory = self._sessionless.pop(source, None)
         if memory is None:
-            memory = _Sessionless()
+            memory = ScopeState(scope=f"source:{source}")
             if len(self._sessionless) >= _MAX_SESSIONLESS:
                 del self._sessionless[next(iter(self._sessionless))]
         self._sessionless[source] = memory
