@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from agentstream.consumers.broker import free_port
 from agentstream.consumers.runtime import EventConsumer, ServiceSettings, replay
 from agentstream.consumers.runtime.replay import partitions_of, read_to_end
+from agentstream.schemas import Event
 from agentstream.schemas.settings import KafkaSettings
 
 POLL = 0.02
@@ -304,3 +305,17 @@ async def first_line_then_close(*args: str) -> tuple[int, bytes, str]:
             return code, first, process.stderr.read().decode()
 
     return await asyncio.to_thread(run)
+
+
+def recording_consumer(
+    settings: ServiceSettings, service: str, pattern: str = "*"
+) -> tuple[EventConsumer, list[str]]:
+    """A consumer whose one handler, on ``pattern``, records the ids of the events it gets."""
+    consumer = EventConsumer(settings, service=service)
+    handled: list[str] = []
+
+    @consumer.subscribe(pattern)
+    async def record(event: Event) -> None:
+        handled.append(event.event_id)
+
+    return consumer, handled

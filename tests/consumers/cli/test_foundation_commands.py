@@ -160,44 +160,36 @@ async def test_the_message_names_the_security_protocol_when_it_is_not_plaintext(
         (  # named by the option given, not by a variable set nowhere
             ["consume", "metrics", "--agent-label-limit", "-1"],
             {},
+            "invalid settings: "
             "agent_label_limit (--agent-label-limit): expected greater than or equal to 0, got -1",
         ),
         (
             ["consume", "loops", "--max-calls", "-1"],
             {},
+            "invalid settings: "
             "loop_max_calls (--max-calls): expected greater than or equal to 0, got -1",
         ),
         (  # a traceback (pydantic-settings' SettingsError)
             ["consume", "loops"],
             {"AGENTSTREAM_LOOP_AGENTS": "{bad"},
+            "invalid settings: "
             "loop_agents (AGENTSTREAM_LOOP_AGENTS): expected JSON (a mapping or a list), got "
             "text that is not",
         ),
         (  # Kafka's 32-bit fields: it failed inside aiokafka once running
             ["tail"],
             {"AGENTSTREAM_FETCH_MAX_WAIT_MS": "99999999999"},
+            "invalid settings: "
             "fetch_max_wait_ms (AGENTSTREAM_FETCH_MAX_WAIT_MS): expected less than or equal "
             "to 2147483647, got '99999999999'",
         ),
         (
             ["tail"],
             {"AGENTSTREAM_SECURITY_PROTOCOL": "ssl"},
+            "invalid settings: "
             "security_protocol (AGENTSTREAM_SECURITY_PROTOCOL): expected 'PLAINTEXT', 'SSL', "
             "'SASL_PLAINTEXT' or 'SASL_SSL', got 'ssl'",
         ),
-    ],
-)
-async def test_a_wrong_setting_is_one_clear_line_not_a_traceback(
-    args: list[str], env: dict[str, str], expected: str
-) -> None:
-    code, _, err = await _run(*args, env=env)
-    assert code == 2, err
-    assert err == f"agentstream: invalid settings: {expected}\n", err
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "expected"),
-    [
         (  # it ran, then failed at the end without its summary, leaving DIR.tmp behind
             ["demo", "--manifest", "/tmp"],
             {},
@@ -237,9 +229,11 @@ async def test_a_wrong_setting_is_one_clear_line_not_a_traceback(
         ),
     ],
 )
-async def test_a_wrong_option_is_said_before_anything_runs(
+async def test_a_wrong_setting_or_option_is_one_line_before_anything_runs(
     args: list[str], env: dict[str, str], expected: str
 ) -> None:
+    """One line naming what was expected, what came and where, exit 2: never a traceback,
+    nor a failure later, once running."""
     code, _, err = await _run(*args, env=env)
     assert code == 2, err
     assert err.startswith(f"agentstream: {expected}"), err

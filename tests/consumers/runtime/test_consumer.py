@@ -12,6 +12,7 @@ from support.produce import produce_events, produce_raw
 from support.runtime import (
     committed_offsets,
     read_records,
+    recording_consumer,
     running_consumer,
     service_settings,
     wait_until,
@@ -106,12 +107,7 @@ async def test_skipped_types_are_not_decoded_and_still_committed(
     kafka_settings: KafkaSettings,
 ) -> None:
     settings = service_settings(kafka_settings)
-    consumer = EventConsumer(settings, service="skipper")
-    handled: list[str] = []
-
-    @consumer.subscribe("tool.*")
-    async def on_tool(event: Event) -> None:
-        handled.append(event.event_id)
+    consumer, handled = recording_consumer(settings, "skipper", "tool.*")
 
     topic = settings.routing().events
     # Not an event at all, but announced as a type nobody here subscribes to.

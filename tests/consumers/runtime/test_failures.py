@@ -8,7 +8,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from support.produce import produce_events, produce_raw
-from support.runtime import read_records, running_consumer, service_settings, wait_until
+from support.runtime import (
+    read_records,
+    recording_consumer,
+    running_consumer,
+    service_settings,
+    wait_until,
+)
 from support.samples import sample_event
 
 from agentstream.consumers.runtime import EventConsumer, Record
@@ -137,12 +143,7 @@ async def test_a_record_at_the_size_limit_is_dead_lettered_with_its_error_header
     """The dead letter is the record plus error headers: for a record the source topic took
     near max_request_size it was refused as too large at every retry, the partition wedged."""
     settings = service_settings(kafka_settings)
-    consumer = EventConsumer(settings, service="big")
-    handled: list[str] = []
-
-    @consumer.subscribe("*")
-    async def handle(event: Event) -> None:
-        handled.append(event.event_id)
+    consumer, handled = recording_consumer(settings, "big", "*")
 
     topic = settings.routing().events
     huge = b"\x00" + b"x" * (settings.max_request_size - 200)  # undecodable, and just fits
@@ -422,12 +423,7 @@ async def test_a_ce_type_that_is_no_type_tag_is_dead_lettered_by_every_service(
     tool call whose header said 'Tool.Called' or 'tool.called ' (a loop went unseen), where
     services taking every type dead-letter it for not matching its envelope."""
     settings = service_settings(kafka_settings)
-    consumer = EventConsumer(settings, service="narrow")
-    handled: list[str] = []
-
-    @consumer.subscribe("tool.*")
-    async def on_tool(event: Event) -> None:
-        handled.append(event.event_id)
+    consumer, handled = recording_consumer(settings, "narrow", "tool.*")
 
     topic = settings.routing().events
     call = sample_event("tool.called", 1)
